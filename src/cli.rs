@@ -1,0 +1,324 @@
+//! The `portcullis` command: `serve`, `check`, `trust`.
+//!
+//! Every way of configuring (file, quick-mode flags, zero-config) builds one [`RawConfig`] that
+//! goes through the same validation.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use toml::Spanned;
+
+use crate::config::raw::{RawConfig, RawRespond, RawRoute, RawSite};
+use crate::config::validate::{self, Mode, Overrides};
+use crate::config::{self, Problem, Severity, Source};
+use crate::server::Server;
+use crate::tls::local_ca::{self, LocalCa};
+
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about = "A secure-by-default HTTPS front door: TLS, HTTP/1.1 + HTTP/2, redirects, static files.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve HTTPS (zero-config: https://localhost with a local CA).
+    Serve(ServeArgs),
+    /// Validate everything `serve` would load, print each problem with a fix; exit 0 when clean.
+    Check(ServeArgs),
+    /// Install the local CA's root into the system trust store (or print it).
+    Trust(TrustArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// Config file (TOML). Without it, quick mode: the flags below, or zero-config localhost.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Quick mode: a host name to serve (repeatable). Default: the certificate's names, or localhost.
+    #[arg(long, value_name = "NAME")]
+    domain: Vec<String>,
+    /// Quick mode: certificate chain (PEM, leaf first).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// Quick mode: private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Quick mode: serve static files from this directory (default: a welcome page).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// HTTPS port for every HTTPS listener (default 443).
+    #[arg(long, value_name = "PORT")]
+    https_port: Option<u16>,
+    /// Plain-HTTP (redirect) port (default 80).
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<u16>,
+    /// HTTPS listen address IP:PORT (repeatable); replaces the config's.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Plain-HTTP listen address IP:PORT (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Vec<SocketAddr>,
+    /// Do not listen for plain HTTP at all.
+    #[arg(long)]
+    no_http: bool,
+    /// Worker threads (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Data directory (local CA, state).
+    #[arg(long, value_name = "DIR", env = "PORTCULLIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// check: treat warnings as errors.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args, Debug)]
+struct TrustArgs {
+    /// Only print the root certificate (PEM) to stdout.
+    #[arg(long)]
+    print: bool,
+    /// Data directory holding the local CA.
+    #[arg(long, value_name = "DIR", env = "PORTCULLIS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Serve(a) => serve(a),
+        Command::Check(a) => check(a),
+        Command::Trust(a) => trust(a),
+    }
+}
+
+const WELCOME: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>portcullis</title></head>\n<body style=\"font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto\">\n<h1>portcullis is running</h1>\n<p>This page is served over HTTPS with a certificate from portcullis's local CA.\nServe your own files with <code>portcullis serve --root DIR</code>, or write a config file\n(see <code>portcullis.example.toml</code>).</p>\n</body></html>\n";
+
+fn sp<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+/// Builds the raw config: from the file, or from quick-mode flags.
+fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
+    if let Some(path) = &a.config {
+        if !a.domain.is_empty() || a.cert.is_some() || a.key.is_some() || a.root.is_some() {
+            return Err(Problem::error(config::Location::Flag("--config".into()), "--config cannot be combined with --domain/--cert/--key/--root").fix("put the site into the config file, or drop --config"));
+        }
+        return config::parse_file(path);
+    }
+    let mut hosts: Vec<String> = a.domain.clone();
+    if hosts.is_empty() {
+        match &a.cert {
+            Some(cert) => hosts = crate::tls::certs::names_in_pem_file(cert).unwrap_or_default(),
+            None => hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        }
+    }
+    let name = hosts.first().map(|h| h.trim_start_matches("*.").to_string()).unwrap_or_else(|| "default".into());
+    let path_str = |p: &Path| p.to_string_lossy().into_owned();
+    let mut site = RawSite {
+        name: sp(name),
+        hosts: sp(hosts.into_iter().map(sp).collect()),
+        cert: a.cert.as_deref().map(|p| sp(path_str(p))),
+        key: a.key.as_deref().map(|p| sp(path_str(p))),
+        root: a.root.as_deref().map(|p| sp(path_str(p))),
+        ..Default::default()
+    };
+    if a.root.is_none() {
+        site.routes.push(RawRoute {
+            path: sp("/".into()),
+            respond: Some(sp(RawRespond { status: None, body: Some(WELCOME.into()), content_type: Some(sp("text/html; charset=utf-8".into())) })),
+            ..Default::default()
+        });
+    }
+    Ok((RawConfig { sites: vec![site], ..Default::default() }, Source::Flags))
+}
+
+fn overrides(a: &ServeArgs) -> Overrides {
+    Overrides {
+        https_port: a.https_port,
+        http_port: a.http_port,
+        https_listen: a.listen.clone(),
+        http_listen: a.http_listen.clone(),
+        no_http: a.no_http,
+        workers: a.workers,
+        data_dir: a.data_dir.clone(),
+        log_level: a.log_level.clone(),
+    }
+}
+
+fn print_problems(problems: &[Problem]) {
+    for p in problems {
+        eprintln!("{p}");
+    }
+}
+
+fn serve(a: ServeArgs) -> i32 {
+    let (raw, source) = match load_raw(&a) {
+        Ok(x) => x,
+        Err(p) => {
+            eprintln!("{p}");
+            return 1;
+        }
+    };
+    let (config, warnings) = match validate::validate(raw, &source, &overrides(&a), Mode::Serve) {
+        Ok(x) => x,
+        Err(problems) => {
+            print_problems(&problems);
+            let n = problems.iter().filter(|p| p.is_error()).count();
+            eprintln!("portcullis: not starting: {n} error(s) in the configuration (run `portcullis check` for the same report)");
+            return 1;
+        }
+    };
+    crate::ops::init_logging(&config.log_level);
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let sites: Vec<String> = config.sites.iter().map(|s| format!("{} ({})", s.name, s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "))).collect();
+    let first_host = config.sites.get(config.default_site).and_then(|s| s.hosts.first()).map(|h| h.to_string()).unwrap_or_else(|| "localhost".into());
+    let server = match Server::start(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return 1;
+        }
+    };
+    for n in &server.notes {
+        tracing::warn!("{n}");
+    }
+    for addr in server.https_addrs() {
+        eprintln!("portcullis: listening on https://{addr}");
+    }
+    for addr in server.http_addrs() {
+        eprintln!("portcullis: listening on http://{addr} (redirects to HTTPS)");
+    }
+    eprintln!("portcullis: serving {}", sites.join("; "));
+    if let Some(port) = server.https_addrs().first().map(|a| a.port()) {
+        let host = if first_host.contains(':') { format!("[{first_host}]") } else { first_host };
+        let suffix = if port == 443 { String::new() } else { format!(":{port}") };
+        eprintln!("portcullis: open https://{host}{suffix}/");
+    }
+    if let Some(root) = &server.local_ca_root {
+        eprintln!("portcullis: certificates for local names come from the local CA; its root is {}", root.display());
+        eprintln!("portcullis: trust it with `portcullis trust` (system store) or `curl --cacert {}`", root.display());
+    }
+    wait_for_signal();
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown();
+    tracing::info!("stopped");
+    0
+}
+
+fn wait_for_signal() {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot wait for signals");
+            return;
+        }
+    };
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
+                _ = int.recv() => { tracing::info!("SIGINT received"); return; }
+                _ = hup.recv() => { tracing::warn!("SIGHUP received: live reload is not supported yet; restart portcullis to apply config changes"); }
+            }
+        }
+    });
+}
+
+fn check(a: ServeArgs) -> i32 {
+    let (raw, source) = match load_raw(&a) {
+        Ok(x) => x,
+        Err(p) => {
+            eprintln!("{p}");
+            return 1;
+        }
+    };
+    let label = match &source {
+        Source::File { path, .. } => path.display().to_string(),
+        Source::Flags => "command line".into(),
+    };
+    match validate::validate(raw, &source, &overrides(&a), Mode::Check) {
+        Ok((config, warnings)) => {
+            print_problems(&warnings);
+            for s in &config.sites {
+                if matches!(s.certs, crate::config::model::SiteCertSource::LocalCa) {
+                    eprintln!("{label}: note: site {:?}: its certificate will be issued by the local CA ({})", s.name, local_ca::root_cert_path(&config.data_dir).display());
+                }
+            }
+            let certs: usize = config.sites.iter().map(|s| if let crate::config::model::SiteCertSource::Files(f) = &s.certs { f.len() } else { 0 }).sum();
+            if a.strict && !warnings.is_empty() {
+                eprintln!("{label}: {} warning(s) (--strict)", warnings.len());
+                return 1;
+            }
+            println!("{label}: OK ({} site(s), {certs} certificate(s), {} warning(s))", config.sites.len(), warnings.len());
+            0
+        }
+        Err(problems) => {
+            print_problems(&problems);
+            let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
+            eprintln!("{label}: {errors} error(s), {} warning(s)", problems.len() - errors);
+            1
+        }
+    }
+}
+
+fn trust(a: TrustArgs) -> i32 {
+    let data_dir = a.data_dir.unwrap_or_else(crate::storage::default_data_dir);
+    let ca = match LocalCa::open_or_create(&data_dir) {
+        Ok(ca) => ca,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return 1;
+        }
+    };
+    let root = local_ca::root_cert_path(&data_dir);
+    if a.print {
+        print!("{}", ca.root_pem());
+        return 0;
+    }
+    eprintln!("portcullis: local CA root: {}", root.display());
+    let stores: [(&str, &str, &[&str]); 2] = [
+        ("/usr/local/share/ca-certificates", "portcullis-local-ca.crt", &["update-ca-certificates"]),
+        ("/etc/pki/ca-trust/source/anchors", "portcullis-local-ca.pem", &["update-ca-trust", "extract"]),
+    ];
+    for (dir, file, cmd) in stores {
+        if !Path::new(dir).is_dir() {
+            continue;
+        }
+        let target = Path::new(dir).join(file);
+        if let Err(e) = std::fs::write(&target, ca.root_pem()) {
+            eprintln!("portcullis: cannot write {}: {e}; run `sudo portcullis trust`, or trust {} by hand", target.display(), root.display());
+            return 1;
+        }
+        match std::process::Command::new(cmd[0]).args(&cmd[1..]).status() {
+            Ok(s) if s.success() => {
+                eprintln!("portcullis: installed into the system trust store ({}); browsers with their own store (Firefox) need it imported separately", target.display());
+                return 0;
+            }
+            Ok(s) => eprintln!("portcullis: {} failed ({s}); the root was copied to {}", cmd[0], target.display()),
+            Err(e) => eprintln!("portcullis: cannot run {}: {e}; the root was copied to {}", cmd[0], target.display()),
+        }
+        return 1;
+    }
+    eprintln!("portcullis: no known system trust store here; trust {} by hand (e.g. curl --cacert {}), or print it with `portcullis trust --print`", root.display(), root.display());
+    1
+}

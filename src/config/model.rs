@@ -1,0 +1,178 @@
+//! The validated configuration the server runs on. Every value is resolved and checked:
+//! serving code never asks "is this set?".
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::tls::certs::LoadedCert;
+use crate::tls::names::HostPattern;
+use crate::tls::Profile;
+
+/// Everything `serve` needs.
+#[derive(Debug)]
+pub struct Config {
+    pub workers: usize,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub access_log: bool,
+    pub listen: Listen,
+    pub tls: TlsSettings,
+    pub http: HttpSettings,
+    pub limits: Limits,
+    pub sites: Vec<Site>,
+    /// Index into `sites` for clients without SNI.
+    pub default_site: usize,
+}
+
+/// Listening sockets.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub https: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    /// Port written into redirects; `None` → the first HTTPS listener's (actual) port.
+    pub public_https_port: Option<u16>,
+    /// IPv6 listeners that came from defaults may be skipped on hosts without IPv6.
+    pub ipv6_optional: bool,
+}
+
+/// What to do with an SNI name no site has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownSni {
+    /// Answer with the default site's certificate.
+    DefaultSite,
+    /// Send an `unrecognized_name` alert and close.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub profile: Profile,
+    pub unknown_sni: UnknownSni,
+    pub session_tickets: bool,
+    pub ticket_rotation: Duration,
+    pub session_cache_size: usize,
+    pub prefer_server_order: bool,
+}
+
+/// Port-80 redirect codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectKind {
+    /// 301 for GET/HEAD, 308 otherwise.
+    Permanent,
+    /// 302 for GET/HEAD, 307 otherwise.
+    Temporary,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub http2: bool,
+    pub redirect: RedirectKind,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_stream_window: u32,
+    pub h2_connection_window: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// One site: names, certificates, headers, routes.
+#[derive(Debug)]
+pub struct Site {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub certs: SiteCertSource,
+    /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Routes, longest prefix first.
+    pub routes: Vec<Route>,
+}
+
+/// Where a site's certificates come from.
+#[derive(Debug)]
+pub enum SiteCertSource {
+    /// Chains loaded from files (one or more, e.g. ECDSA + RSA).
+    Files(Vec<LoadedCert>),
+    /// Issued by the local CA at start-up (local names only).
+    LocalCa,
+}
+
+/// A path prefix and its handler.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `/` or a prefix without trailing slash (`/api`), matched on segment boundaries.
+    pub prefix: String,
+    pub handler: Handler,
+}
+
+impl Route {
+    /// Whether `path` falls under this route.
+    pub fn matches(&self, path: &str) -> bool {
+        if self.prefix == "/" {
+            return true;
+        }
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/'),
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Handler {
+    Files(FilesSpec),
+    Respond(RespondSpec),
+    Redirect(RedirectSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct FilesSpec {
+    pub root: PathBuf,
+    pub index: Vec<String>,
+    pub browse: bool,
+    pub precompressed: bool,
+    pub follow_symlinks_outside_root: bool,
+    pub hidden_files: bool,
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RespondSpec {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedirectSpec {
+    /// Target; `{uri}`, `{path}`, `{query}` and `{host}` are replaced per request.
+    pub to: String,
+    pub status: StatusCode,
+}

@@ -1,0 +1,221 @@
+//! The configuration file as written: plain serde structs that mirror the TOML.
+//!
+//! Everything here is optional or defaulted, keeps its source span (so errors can name the
+//! line), and rejects unknown keys. Nothing here is interpreted: [`super::validate`] turns a
+//! [`RawConfig`] into the typed [`super::model::Config`] that the server runs on.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Worker threads; default: number of CPUs.
+    pub workers: Option<Spanned<usize>>,
+    /// Where the local CA (and later ACME state) lives.
+    pub data_dir: Option<Spanned<String>>,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter).
+    pub log_level: Option<Spanned<String>>,
+    /// Log one line per request (off by default: it costs per request).
+    pub access_log: Option<bool>,
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default, rename = "site")]
+    pub sites: Vec<RawSite>,
+}
+
+/// `[listen]`: socket addresses.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// HTTPS listeners, e.g. `["0.0.0.0:443", "[::]:443"]`.
+    pub https: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Plain-HTTP listeners (redirect to HTTPS, ACME HTTP-01); `[]` disables port 80.
+    pub http: Option<Spanned<Vec<Spanned<String>>>>,
+    /// HTTPS port to put into redirects when it differs from the listener's (e.g. behind NAT).
+    pub public_https_port: Option<Spanned<u16>>,
+}
+
+/// `[tls]`: handshake policy shared by all sites.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// `intermediate` (TLS 1.2 + 1.3, default) or `modern` (TLS 1.3 only).
+    pub profile: Option<Spanned<String>>,
+    /// What to do with an SNI name no site has: `default` (serve the default site) or `reject`.
+    pub unknown_sni: Option<Spanned<String>>,
+    /// The site whose certificate answers clients without SNI; default: the first site.
+    pub default_site: Option<Spanned<String>>,
+    /// Stateless session tickets (TLS 1.2 and 1.3). Default true.
+    pub session_tickets: Option<bool>,
+    /// How often ticket keys rotate; the previous key stays valid as long again. Default 12h.
+    pub ticket_key_rotation: Option<Spanned<String>>,
+    /// Server-side session cache entries (TLS 1.2 session IDs). Default 10000, 0 disables.
+    pub session_cache_size: Option<Spanned<usize>>,
+    /// Pick the cipher suite by the server's order (AES-GCM first) instead of the client's.
+    pub prefer_server_cipher_order: Option<bool>,
+}
+
+/// `[http]`: protocol behaviour shared by all sites.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Offer HTTP/2 via ALPN. Default true.
+    pub http2: Option<bool>,
+    /// Port-80 redirects: `permanent` (301/308, default) or `temporary` (302/307).
+    pub redirect: Option<Spanned<String>>,
+    /// HTTP/2: concurrent streams per connection (default 128).
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
+    /// HTTP/2: per-stream receive window in bytes (default 256 KiB).
+    pub h2_stream_window: Option<Spanned<u32>>,
+    /// HTTP/2: per-connection receive window in bytes (default 1 MiB).
+    pub h2_connection_window: Option<Spanned<u32>>,
+}
+
+/// `[limits]`: timeouts and sizes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<usize>>,
+    pub max_body_bytes: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<usize>>,
+}
+
+/// One `[[site]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    /// A short unique name used in logs and errors.
+    pub name: Spanned<String>,
+    /// Host names (exact, `*.wildcard`, or IP addresses) this site answers for.
+    pub hosts: Spanned<Vec<Spanned<String>>>,
+    /// Certificate chain (leaf first), PEM.
+    pub cert: Option<Spanned<String>>,
+    /// Private key for `cert`, PEM (PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<Spanned<String>>,
+    /// Further chains for the same names, e.g. an RSA chain beside an ECDSA one.
+    #[serde(default)]
+    pub certs: Vec<RawCertPair>,
+    /// Shorthand for a static-file route at `/`.
+    pub root: Option<Spanned<String>>,
+    #[serde(default)]
+    pub hsts: RawHsts,
+    /// Response headers to add or override on every HTTPS response of this site.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// Response headers to remove (e.g. a default security header you do not want).
+    #[serde(default)]
+    pub remove_headers: Vec<Spanned<String>>,
+    /// Send `Content-Security-Policy: upgrade-insecure-requests` (fixes mixed content).
+    pub csp_upgrade_insecure_requests: Option<bool>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+}
+
+/// A `{ cert, key }` pair in `certs = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[site.hsts]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHsts {
+    pub enabled: Option<bool>,
+    pub max_age: Option<Spanned<u64>>,
+    pub include_subdomains: Option<bool>,
+    pub preload: Option<Spanned<bool>>,
+}
+
+/// One `[[site.route]]`: a path prefix and exactly one handler.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, matched on segment boundaries (`/api` matches `/api` and `/api/x`).
+    pub path: Spanned<String>,
+    pub files: Option<Spanned<RawFiles>>,
+    pub respond: Option<Spanned<RawRespond>>,
+    pub redirect: Option<Spanned<RawRedirect>>,
+}
+
+/// `files = { root = "...", ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    pub root: Spanned<String>,
+    pub index: Option<Vec<String>>,
+    pub browse: Option<bool>,
+    pub precompressed: Option<bool>,
+    pub follow_symlinks_outside_root: Option<bool>,
+    pub hidden_files: Option<bool>,
+    /// Remove the route's path prefix before looking up the file (like nginx `alias`).
+    pub strip_prefix: Option<bool>,
+}
+
+/// `respond = { status = 200, body = "...", content_type = "..." }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRespond {
+    pub status: Option<Spanned<u16>>,
+    pub body: Option<String>,
+    pub content_type: Option<Spanned<String>>,
+}
+
+/// `redirect = { to = "https://example.com{uri}", status = 308 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedirect {
+    pub to: Spanned<String>,
+    pub status: Option<Spanned<u16>>,
+}
+
+fn blank<T: Default>() -> Spanned<T> {
+    Spanned::new(0..0, T::default())
+}
+
+impl Default for RawSite {
+    fn default() -> Self {
+        RawSite {
+            name: blank(),
+            hosts: blank(),
+            cert: None,
+            key: None,
+            certs: Vec::new(),
+            root: None,
+            hsts: RawHsts::default(),
+            headers: BTreeMap::new(),
+            remove_headers: Vec::new(),
+            csp_upgrade_insecure_requests: None,
+            routes: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawRoute {
+    fn default() -> Self {
+        RawRoute { path: blank(), files: None, respond: None, redirect: None }
+    }
+}
+
+impl Default for RawFiles {
+    fn default() -> Self {
+        RawFiles { root: blank(), index: None, browse: None, precompressed: None, follow_symlinks_outside_root: None, hidden_files: None, strip_prefix: None }
+    }
+}

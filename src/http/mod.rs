@@ -1,0 +1,289 @@
+//! HTTP: what a request meets once TLS (or plain TCP on port 80) is done, whatever the version.
+//!
+//! [`Frontend`] is the request-serving half of the runtime: the sites' routes and header
+//! policies, resolved once at start. [`HttpsService`] routes each HTTPS request by `Host` to a
+//! site and a handler and applies the site's headers; [`redirect::RedirectService`] answers
+//! port 80. Handlers are synchronous (no per-request future allocation): fixed responses,
+//! redirects, and static files (whose blocking reads are page-cache reads, as in nginx).
+
+pub mod body;
+pub mod pages;
+pub mod redirect;
+pub mod static_files;
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{HeaderName, Method, Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+
+use crate::acme::Http01Tokens;
+use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
+use crate::config::Config;
+use crate::tls::names::{host_from_authority, NameTable};
+use body::Body;
+use static_files::{StaticConfig, StaticFiles};
+
+/// A route ready to serve.
+pub struct RouteHandler {
+    prefix: String,
+    kind: RouteKind,
+}
+
+enum RouteKind {
+    Files { files: StaticFiles, strip_prefix: bool },
+    Respond(RespondSpec),
+    Redirect(RedirectSpec),
+}
+
+/// A site's request side: routes and the headers added to every response.
+pub struct SiteHandler {
+    pub name: String,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    routes: Vec<RouteHandler>,
+}
+
+/// Everything request handling needs, shared by all connections and workers.
+pub struct Frontend {
+    pub sites: Vec<SiteHandler>,
+    /// Host name → index into `sites`.
+    pub hosts: NameTable<usize>,
+    pub max_body: u64,
+    pub access_log: bool,
+    pub redirect: RedirectKind,
+    /// `""` when HTTPS is on 443, else `":PORT"`, for port-80 redirects.
+    pub https_port_suffix: String,
+    /// ACME HTTP-01 answers (filled by the ACME client; empty until then).
+    pub acme: Arc<Http01Tokens>,
+}
+
+impl Frontend {
+    /// Builds the request side from the validated config. Fails only when a static root cannot
+    /// be opened (it was checked during validation, so this is a race with the file system).
+    pub fn new(config: &Config, https_port: u16, acme: Arc<Http01Tokens>) -> Result<Self, String> {
+        let mut sites = Vec::new();
+        let mut hosts = NameTable::default();
+        for (i, site) in config.sites.iter().enumerate() {
+            for h in &site.hosts {
+                hosts.insert(h, i);
+            }
+            let mut routes = Vec::new();
+            for r in &site.routes {
+                let kind = match &r.handler {
+                    Handler::Files(f) => {
+                        let files = StaticFiles::new(StaticConfig {
+                            root: f.root.clone(),
+                            index: f.index.clone(),
+                            browse: f.browse,
+                            precompressed: f.precompressed,
+                            follow_symlinks_outside_root: f.follow_symlinks_outside_root,
+                            hidden_files: f.hidden_files,
+                        })
+                        .map_err(|e| format!("site {:?}: cannot open root {}: {e}", site.name, f.root.display()))?;
+                        RouteKind::Files { files, strip_prefix: f.strip_prefix }
+                    }
+                    Handler::Respond(r) => RouteKind::Respond(r.clone()),
+                    Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
+                };
+                routes.push(RouteHandler { prefix: r.prefix.clone(), kind });
+            }
+            sites.push(SiteHandler { name: site.name.clone(), headers: site.headers.clone(), routes });
+        }
+        Ok(Frontend {
+            sites,
+            hosts,
+            max_body: config.limits.max_body_bytes,
+            access_log: config.access_log,
+            redirect: config.http.redirect,
+            https_port_suffix: if https_port == 443 { String::new() } else { format!(":{https_port}") },
+            acme,
+        })
+    }
+}
+
+/// Per-connection counters shared between the service and the connection's I/O timer.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// Requests whose response has not been fully sent yet.
+    pub active: AtomicUsize,
+    /// Requests started on this connection (changes → a request head has been read).
+    pub started: AtomicU64,
+}
+
+/// Decrements [`ConnState::active`] when the response body is done (dropped).
+pub struct ActiveGuard(Arc<ConnState>);
+
+impl ActiveGuard {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        state.started.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(state.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The body hyper sends: our [`Body`] plus the guard that marks the request finished.
+pub struct TrackedBody {
+    inner: Body,
+    _guard: ActiveGuard,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The HTTPS service of one connection.
+#[derive(Clone)]
+pub struct HttpsService {
+    pub front: Arc<Frontend>,
+    /// The site chosen by SNI (`None`: the client sent no SNI).
+    pub sni_site: Option<usize>,
+    pub conn: Arc<ConnState>,
+    /// Over the connection limit: answer 503 to everything.
+    pub overloaded: bool,
+}
+
+impl<B> hyper::service::Service<Request<B>> for HttpsService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<TrackedBody>, Infallible>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let guard = ActiveGuard::new(&self.conn);
+        let (parts, _body) = req.into_parts();
+        let (site, mut resp) = self.route(&parts);
+        if let Some(site) = site {
+            let h = resp.headers_mut();
+            for (name, value) in &self.front.sites[site].headers {
+                if !h.contains_key(name) {
+                    h.insert(name.clone(), value.clone());
+                }
+            }
+        } else {
+            // Errors before a site is known still get the protections every site has.
+            let h = resp.headers_mut();
+            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        }
+        if self.front.access_log {
+            tracing::info!(target: "access", method = %parts.method, uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
+        }
+        let resp = finish(&parts.method, resp);
+        ready(Ok(resp.map(|inner| TrackedBody { inner, _guard: guard })))
+    }
+}
+
+/// HEAD: keep the headers (with the length the GET body would have), drop the body.
+fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
+    if method == Method::HEAD {
+        let len = http_body::Body::size_hint(resp.body()).exact();
+        if let Some(len) = len {
+            if !resp.headers().contains_key(header::CONTENT_LENGTH) && resp.status() != StatusCode::NOT_MODIFIED {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        *resp.body_mut() = Body::empty();
+    }
+    resp
+}
+
+impl HttpsService {
+    /// Picks the site and produces the response (before site headers).
+    fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>) {
+        if self.overloaded {
+            let mut r = pages::error(StatusCode::SERVICE_UNAVAILABLE);
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (self.sni_site, r);
+        }
+        let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let Some(host) = authority.and_then(host_from_authority) else {
+            return (self.sni_site, pages::error(StatusCode::BAD_REQUEST));
+        };
+        let site = match self.front.hosts.get(host) {
+            Some(&s) => s,
+            None => return (self.sni_site, pages::error(StatusCode::MISDIRECTED_REQUEST)),
+        };
+        if let Some(sni) = self.sni_site {
+            // Host must belong to the site whose certificate this connection was made with
+            // (no domain fronting across sites).
+            if sni != site {
+                return (Some(sni), pages::error(StatusCode::MISDIRECTED_REQUEST));
+            }
+        }
+        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+            if len > self.front.max_body {
+                let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
+                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return (Some(site), r);
+            }
+        }
+        (Some(site), serve_site(&self.front.sites[site], parts, host))
+    }
+}
+
+fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> Response<Body> {
+    let path = parts.uri.path();
+    let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
+        return pages::error(StatusCode::NOT_FOUND);
+    };
+    match &route.kind {
+        RouteKind::Respond(spec) => {
+            let mut r = Response::new(Body::full(spec.body.clone()));
+            *r.status_mut() = spec.status;
+            r.headers_mut().insert(header::CONTENT_TYPE, spec.content_type.clone());
+            r
+        }
+        RouteKind::Redirect(spec) => {
+            let query = parts.uri.query().unwrap_or("");
+            let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let to = spec.to.replace("{uri}", uri).replace("{path}", path).replace("{query}", query).replace("{host}", host);
+            pages::redirect(spec.status, &to)
+        }
+        RouteKind::Files { files, strip_prefix } => {
+            let lookup = if *strip_prefix && route.prefix != "/" {
+                let rest = &path[route.prefix.len().min(path.len())..];
+                if rest.is_empty() {
+                    "/"
+                } else {
+                    rest
+                }
+            } else {
+                path
+            };
+            files.serve(parts, lookup)
+        }
+    }
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}

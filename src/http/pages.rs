@@ -1,0 +1,28 @@
+//! Short responses the server makes itself: error pages and redirects.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::Body;
+
+/// `404 Not Found\n` as text, with the status set.
+pub fn error(status: StatusCode) -> Response<Body> {
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut r = Response::new(Body::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// A redirect to `location` (which has been checked to be a valid header value by the caller,
+/// or falls back to a 500).
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let Ok(loc) = HeaderValue::from_str(location) else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::LOCATION, loc);
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r
+}

@@ -1,0 +1,81 @@
+//! Port 80: every request for a configured host is redirected to HTTPS (no HSTS here, RFC 6797
+//! §7.2); unknown hosts get 400 (no open redirect); ACME HTTP-01 challenges are answered.
+
+use std::convert::Infallible;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use super::body::Body;
+use super::{pages, ActiveGuard, ConnState, Frontend, TrackedBody};
+use crate::config::model::RedirectKind;
+use crate::tls::names::{host_from_authority, normalize};
+
+/// Where HTTP-01 challenge requests arrive.
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// The service of one plain-HTTP connection.
+#[derive(Clone)]
+pub struct RedirectService {
+    pub front: Arc<Frontend>,
+    pub conn: Arc<ConnState>,
+}
+
+impl<B> hyper::service::Service<Request<B>> for RedirectService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<TrackedBody>, Infallible>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let guard = ActiveGuard::new(&self.conn);
+        let resp = self.respond(&req);
+        if self.front.access_log {
+            tracing::info!(target: "access", scheme = "http", method = %req.method(), uri = %req.uri(), status = resp.status().as_u16());
+        }
+        let resp = super::finish(req.method(), resp);
+        ready(Ok(resp.map(|inner| TrackedBody { inner, _guard: guard })))
+    }
+}
+
+impl RedirectService {
+    fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+        let path = req.uri().path();
+        if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
+            return match self.front.acme.get(token) {
+                Some(key_auth) => {
+                    let mut r = Response::new(Body::full(key_auth));
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    r
+                }
+                None => pages::error(StatusCode::NOT_FOUND),
+            };
+        }
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let Some(host) = authority.and_then(host_from_authority) else {
+            return pages::error(StatusCode::BAD_REQUEST);
+        };
+        if self.front.hosts.get(host).is_none() {
+            // Not one of ours: redirecting would make us an open redirector.
+            return pages::error(StatusCode::BAD_REQUEST);
+        }
+        let host = normalize(host);
+        let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+        let status = match (self.front.redirect, safe) {
+            (RedirectKind::Permanent, true) => StatusCode::MOVED_PERMANENTLY,
+            (RedirectKind::Permanent, false) => StatusCode::PERMANENT_REDIRECT,
+            (RedirectKind::Temporary, true) => StatusCode::FOUND,
+            (RedirectKind::Temporary, false) => StatusCode::TEMPORARY_REDIRECT,
+        };
+        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = if pq.starts_with('/') { pq } else { "/" };
+        let host_part = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
+        let location = format!("https://{host_part}{}{pq}", self.front.https_port_suffix);
+        let mut r = pages::redirect(status, &location);
+        if !safe {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        r
+    }
+}

@@ -1,0 +1,160 @@
+//! One connection, from accepted TCP socket to the last response: read the ClientHello, pick the
+//! site by SNI, finish the handshake, then hand the stream to hyper (HTTP/1.1 or HTTP/2 by ALPN).
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use rustls::server::{Acceptor, Accepted};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::StartHandshake;
+
+use super::io::{TimedIo, Timeouts};
+use super::{ConnGuard, ServerState, WorkerCtx};
+use crate::config::model::UnknownSni;
+use crate::http::redirect::RedirectService;
+use crate::http::{ConnState, HttpsService};
+
+/// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
+const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// `std::io` adapters over a non-blocking tokio socket, for rustls's `Acceptor`.
+struct SyncIo<'a>(&'a TcpStream);
+
+impl Read for SyncIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for SyncIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads until a complete ClientHello is in. `Ok(None)`: the peer went away or sent garbage
+/// (an alert has been sent where one applies).
+async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Option<Accepted>> {
+    let mut acceptor = Acceptor::default();
+    loop {
+        tcp.readable().await?;
+        match acceptor.read_tls(&mut SyncIo(tcp)) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(Some(accepted)),
+            Ok(None) => continue,
+            Err((err, mut alert)) => {
+                tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
+                // Best effort: the alert is a few bytes, the socket buffer is empty.
+                let _ = alert.write(&mut SyncIo(tcp));
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// Serves one TLS connection to completion.
+pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, overloaded: bool, _guard: ConnGuard) {
+    let _ = tcp.set_nodelay(true);
+    let limits = &state.limits;
+    let handshake = async {
+        let Some(accepted) = read_client_hello(&tcp, peer).await? else { return Ok(None) };
+        let hello = accepted.client_hello();
+        let sni = hello.server_name().map(str::to_owned);
+        let site = match &sni {
+            None => Some(state.tls.default_site),
+            Some(name) => state.tls.sni.get(name).copied().or(match state.tls.unknown_sni {
+                UnknownSni::DefaultSite => Some(state.tls.default_site),
+                UnknownSni::Reject => None,
+            }),
+        };
+        Ok::<_, io::Error>(Some((accepted, sni, site)))
+    };
+    let (accepted, sni, site) = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
+            return;
+        }
+    };
+    let Some(site) = site else {
+        tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
+        let mut tcp = tcp;
+        let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+        return;
+    };
+    let config = state.tls.configs[site].clone();
+    let tls = match tokio::time::timeout(limits.handshake_timeout, StartHandshake::from_parts(accepted, tcp).into_stream(config)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let conn_state = Arc::new(ConnState::default());
+    let timeouts = Timeouts { header: limits.header_timeout, idle: limits.idle_timeout, send: limits.send_timeout, h1: !h2 };
+    // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
+    let io = TokioIo::new(Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts)));
+    let svc = HttpsService { front: state.front.clone(), sni_site: sni.as_ref().map(|_| site), conn: conn_state, overloaded };
+    let result = if h2 {
+        let conn = ctx.h2.serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    } else {
+        let conn = ctx.h1.serve_connection(io, svc);
+        tokio::pin!(conn);
+        if overloaded {
+            conn.as_mut().graceful_shutdown();
+        }
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves one plain-HTTP (port 80) connection: redirects and ACME HTTP-01.
+pub async fn serve_http(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, _guard: ConnGuard) {
+    let _ = tcp.set_nodelay(true);
+    let limits = &state.limits;
+    let conn_state = Arc::new(ConnState::default());
+    let timeouts = Timeouts { header: limits.header_timeout, idle: limits.idle_timeout, send: limits.send_timeout, h1: true };
+    let io = TokioIo::new(Box::pin(TimedIo::new(tcp, conn_state.clone(), timeouts)));
+    let svc = RedirectService { front: state.front.clone(), conn: conn_state };
+    let conn = ctx.h1.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}

@@ -1,0 +1,55 @@
+//! Binding listening sockets, with errors that say what to do.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds a TCP listener (`SO_REUSEADDR`, IPv6 sockets v6-only so IPv4 can bind separately).
+pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
+    let wrap = |e: io::Error| BindError { addr, what: what.to_string(), err: e };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
+    socket.set_reuse_address(true).map_err(wrap)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(wrap)?;
+    }
+    socket.set_nonblocking(true).map_err(wrap)?;
+    socket.bind(&addr.into()).map_err(wrap)?;
+    socket.listen(4096).map_err(wrap)?;
+    Ok(socket.into())
+}
+
+/// A listener that could not be bound.
+#[derive(Debug)]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub what: String,
+    pub err: io::Error,
+}
+
+impl BindError {
+    /// IPv6 is not available on this host (for skipping default `[::]` listeners).
+    pub fn is_no_ipv6(&self) -> bool {
+        // EAFNOSUPPORT (97), EADDRNOTAVAIL (99) on Linux.
+        self.addr.is_ipv6() && matches!(self.err.raw_os_error(), Some(97) | Some(99))
+    }
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (addr, what, port) = (self.addr, &self.what, self.addr.port());
+        let flag = if what == "https" { "--https-port 8443" } else { "--http-port 8080" };
+        match self.err.kind() {
+            io::ErrorKind::PermissionDenied => write!(
+                f,
+                "cannot listen on {addr} ({what}): permission denied; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (sudo setcap cap_net_bind_service=+ep $(command -v portcullis)), or use an unprivileged port with {flag}"
+            ),
+            io::ErrorKind::AddrInUse => write!(
+                f,
+                "cannot listen on {addr} ({what}): port {port} is already in use by another process (see: ss -ltnp 'sport = :{port}'); stop it or choose another port with {flag}"
+            ),
+            io::ErrorKind::AddrNotAvailable => write!(f, "cannot listen on {addr} ({what}): this machine has no such address; use one of its addresses or 0.0.0.0 / [::]"),
+            _ => write!(f, "cannot listen on {addr} ({what}): {}", self.err),
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! The running server: listeners, worker threads, connection accounting, graceful shutdown.
+//!
+//! Thread-per-core: each worker runs a single-threaded tokio runtime and accepts from the same
+//! listening sockets (one socket per address, shared; whichever worker is free takes the next
+//! connection). Connections never move between threads, so nothing on the request path is
+//! contended. A connection limit is shared by all workers.
+
+pub mod conn;
+pub mod io;
+pub mod listener;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::ServerConfig;
+use tokio::sync::{watch, Notify};
+
+use crate::acme::Http01Tokens;
+use crate::config::model::{Limits, SiteCertSource, UnknownSni};
+use crate::config::{Config, Problem};
+use crate::http::Frontend;
+use crate::tls::certs::LoadedCert;
+use crate::tls::local_ca::{self, LocalCa};
+use crate::tls::names::NameTable;
+use crate::tls::resolver::SiteCerts;
+use crate::tls::{TlsOptions, TlsShared};
+
+/// The TLS side of the runtime: one rustls config per site and the SNI table.
+pub struct TlsFront {
+    pub configs: Vec<Arc<ServerConfig>>,
+    pub certs: Vec<Arc<SiteCerts>>,
+    pub sni: NameTable<usize>,
+    pub default_site: usize,
+    pub unknown_sni: UnknownSni,
+}
+
+/// Shared by every worker and connection.
+pub struct ServerState {
+    pub front: Arc<Frontend>,
+    pub tls: TlsFront,
+    pub limits: Limits,
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+impl ServerState {
+    /// Connections currently open (TLS and plain).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection while it lives.
+pub struct ConnGuard(Arc<ServerState>);
+
+impl ConnGuard {
+    fn new(state: &Arc<ServerState>) -> (Self, usize) {
+        let n = state.open.fetch_add(1, Ordering::Relaxed) + 1;
+        (ConnGuard(state.clone()), n)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Per-worker protocol builders (built once, used for every connection of the worker).
+pub struct WorkerCtx {
+    pub h1: hyper::server::conn::http1::Builder,
+    pub h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl WorkerCtx {
+    fn new(config: &Config) -> Self {
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(None) // ours (server::io) answers 408; hyper's would just close
+            .keep_alive(true)
+            .half_close(false)
+            .max_buf_size(config.limits.max_header_bytes.max(8192) + 8192)
+            .max_headers(128);
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(config.http.h2_max_concurrent_streams)
+            .initial_stream_window_size(config.http.h2_stream_window)
+            .initial_connection_window_size(config.http.h2_connection_window)
+            .max_header_list_size(config.limits.max_header_bytes as u32)
+            .max_frame_size(16 * 1024)
+            .max_send_buf_size(256 * 1024)
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256));
+        WorkerCtx { h1, h2 }
+    }
+}
+
+/// A started server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    state: Arc<ServerState>,
+    shutdown_tx: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    https_addrs: Vec<SocketAddr>,
+    http_addrs: Vec<SocketAddr>,
+    shutdown_timeout: Duration,
+    /// Where the local CA's root is, when a site uses it.
+    pub local_ca_root: Option<std::path::PathBuf>,
+    /// Things worth telling the operator at start (e.g. a skipped IPv6 listener).
+    pub notes: Vec<Problem>,
+}
+
+impl Server {
+    /// Binds every listener, prepares certificates and starts the workers. Nothing is served
+    /// unless everything could be set up (no half-started server).
+    pub fn start(config: Config) -> Result<Server, String> {
+        let mut notes = Vec::new();
+        // 1. Listeners first: the most common failure, and nothing else is touched yet.
+        let mut https = Vec::new();
+        let mut http = Vec::new();
+        for (addrs, out, what) in [(&config.listen.https, &mut https, "https"), (&config.listen.http, &mut http, "http")] {
+            for &addr in addrs {
+                match listener::bind(addr, what) {
+                    Ok(l) => out.push(l),
+                    Err(e) if config.listen.ipv6_optional && e.is_no_ipv6() => {
+                        notes.push(Problem::warning(crate::config::Location::None, format!("IPv6 is not available here; not listening on {addr}")));
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        let https_addrs: Vec<SocketAddr> = https.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let http_addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let https_port = config.listen.public_https_port.or_else(|| https_addrs.first().map(|a| a.port())).unwrap_or(443);
+
+        // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
+        let mut local_ca: Option<LocalCa> = None;
+        let mut local_ca_root = None;
+        let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
+        for site in &config.sites {
+            match &site.certs {
+                SiteCertSource::Files(list) => site_certs.push(list.clone()),
+                SiteCertSource::LocalCa => {
+                    if local_ca.is_none() {
+                        local_ca = Some(LocalCa::open_or_create(&config.data_dir)?);
+                        local_ca_root = Some(local_ca::root_cert_path(&config.data_dir));
+                    }
+                    let ca = local_ca.as_ref().ok_or("local CA unavailable")?;
+                    let leaf = ca.leaf_for(&site.hosts).map_err(|e| format!("site {:?}: local CA: {e}", site.name))?;
+                    site_certs.push(vec![leaf]);
+                }
+            }
+        }
+
+        // 3. TLS configs.
+        let shared = TlsShared::new(&TlsOptions {
+            profile: config.tls.profile,
+            session_tickets: config.tls.session_tickets,
+            ticket_rotation_secs: config.tls.ticket_rotation.as_secs().min(u32::MAX as u64) as u32,
+            session_cache_size: config.tls.session_cache_size,
+            http2: config.http.http2,
+            prefer_server_order: config.tls.prefer_server_order,
+        })
+        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+        let mut configs = Vec::new();
+        let mut certs = Vec::new();
+        let mut sni = NameTable::default();
+        for (i, (site, loaded)) in config.sites.iter().zip(&site_certs).enumerate() {
+            let resolver = Arc::new(SiteCerts::new(loaded.iter().map(|l| l.certified.clone()).collect()));
+            configs.push(shared.site_config(resolver.clone()).map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?);
+            certs.push(resolver);
+            for h in &site.hosts {
+                sni.insert(h, i);
+            }
+        }
+        let tls = TlsFront { configs, certs, sni, default_site: config.default_site, unknown_sni: config.tls.unknown_sni };
+
+        let front = Arc::new(Frontend::new(&config, https_port, Arc::new(Http01Tokens::default()))?);
+        let state = Arc::new(ServerState { front, tls, limits: config.limits.clone(), open: AtomicUsize::new(0), drained: Notify::new() });
+
+        // 4. Workers.
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut workers = Vec::new();
+        for n in 0..config.workers {
+            let clone_all = |ls: &[TcpListener]| ls.iter().map(|l| l.try_clone()).collect::<Result<Vec<_>, _>>();
+            let https = clone_all(&https).map_err(|e| format!("cannot share listener: {e}"))?;
+            let http = clone_all(&http).map_err(|e| format!("cannot share listener: {e}"))?;
+            let state = state.clone();
+            let rx = shutdown_rx.clone();
+            let ctx = Arc::new(WorkerCtx::new(&config));
+            let shutdown_timeout = config.limits.shutdown_timeout;
+            let handle = std::thread::Builder::new()
+                .name(format!("portcullis-w{n}"))
+                .spawn(move || worker(https, http, state, ctx, rx, shutdown_timeout))
+                .map_err(|e| format!("cannot start worker thread: {e}"))?;
+            workers.push(handle);
+        }
+
+        // 5. Keep local-CA leaves fresh without a restart.
+        if let Some(ca) = local_ca {
+            let state = state.clone();
+            let hosts: Vec<_> = config.sites.iter().map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.clone())).collect();
+            let rx = shutdown_rx.clone();
+            std::thread::Builder::new()
+                .name("portcullis-localca".into())
+                .spawn(move || renew_local_leaves(ca, hosts, state, rx))
+                .map_err(|e| format!("cannot start renewal thread: {e}"))?;
+        }
+
+        Ok(Server { state, shutdown_tx, workers, https_addrs, http_addrs, shutdown_timeout: config.limits.shutdown_timeout, local_ca_root, notes })
+    }
+
+    /// Bound HTTPS addresses (with the real port when 0 was configured).
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
+    }
+
+    /// Bound plain-HTTP addresses.
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        &self.http_addrs
+    }
+
+    /// Shared state (for status and tests).
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to the shutdown timeout, and returns
+    /// once every worker has stopped (or the deadline passed).
+    pub fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
+        for w in self.workers {
+            while !w.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if w.is_finished() {
+                let _ = w.join();
+            }
+        }
+    }
+}
+
+fn worker(https: Vec<TcpListener>, http: Vec<TcpListener>, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, shutdown_timeout: Duration) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        for (listeners, tls) in [(https, true), (http, false)] {
+            for l in listeners {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => {
+                        tokio::spawn(accept_loop(l, tls, state.clone(), ctx.clone(), shutdown.clone()));
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot register listener"),
+                }
+            }
+        }
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        // Drain: in-flight requests finish; hyper closes idle keep-alive connections.
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        loop {
+            let notified = state.drained.notified();
+            if state.open_connections() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(open = state.open_connections(), "shutdown deadline reached; closing remaining connections");
+                    break;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    });
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, tls: bool, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
+    let max = state.limits.max_connections;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                let (guard, n) = ConnGuard::new(&state);
+                // Above the limit: a 503 for a while (cheap to tell), then plain refusal.
+                if n > max.saturating_mul(2) || (!tls && n > max) {
+                    drop(tcp);
+                    continue;
+                }
+                if tls {
+                    tokio::spawn(conn::serve_tls(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), n > max, guard));
+                } else {
+                    tokio::spawn(conn::serve_http(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), guard));
+                }
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning; warn at most every 10 s.
+                if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "accept failed (out of file descriptors? raise `ulimit -n`)");
+                    last_warn = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn renew_local_leaves(ca: LocalCa, hosts: Vec<Option<Vec<crate::tls::names::HostPattern>>>, state: Arc<ServerState>, shutdown: watch::Receiver<bool>) {
+    loop {
+        for _ in 0..3600 {
+            if *shutdown.borrow() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let now = crate::tls::certs::unix_now();
+        for (i, names) in hosts.iter().enumerate() {
+            let Some(names) = names else { continue };
+            match ca.leaf_for(names) {
+                Ok(leaf) => {
+                    if local_ca::needs_renewal(&leaf, now).is_none() {
+                        state.tls.certs[i].replace(vec![leaf.certified.clone()]);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "local CA: cannot renew leaf"),
+            }
+        }
+    }
+}

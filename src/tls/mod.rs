@@ -1,0 +1,120 @@
+//! TLS mechanism: certificates, the per-site certificate choice, ticket keys, the local CA, and
+//! the rustls configuration every site's handshakes run with.
+//!
+//! Policy is fixed here, secure by default: TLS 1.2 + 1.3 (`intermediate`) or 1.3 only
+//! (`modern`), ECDHE + AEAD suites only, X25519MLKEM768 preferred, then X25519, P-256, P-384.
+
+pub mod certs;
+pub mod local_ca;
+pub mod names;
+pub mod resolver;
+pub mod tickets;
+
+use std::sync::Arc;
+
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
+use rustls::ServerConfig;
+
+/// A Mozilla-style TLS profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// TLS 1.2 and 1.3 (ECDHE + AEAD only). The default.
+    Intermediate,
+    /// TLS 1.3 only.
+    Modern,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "intermediate" => Some(Profile::Intermediate),
+            "modern" => Some(Profile::Modern),
+            _ => None,
+        }
+    }
+
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static INTERMEDIATE: [&rustls::SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+        static MODERN: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            Profile::Intermediate => &INTERMEDIATE,
+            Profile::Modern => &MODERN,
+        }
+    }
+}
+
+/// The crypto provider: aws-lc-rs with our suite order and groups (PQ hybrid first).
+pub fn provider() -> CryptoProvider {
+    use aws_lc_rs::cipher_suite as cs;
+    use aws_lc_rs::kx_group as kx;
+    CryptoProvider {
+        cipher_suites: vec![
+            cs::TLS13_AES_128_GCM_SHA256,
+            cs::TLS13_AES_256_GCM_SHA384,
+            cs::TLS13_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ],
+        kx_groups: vec![kx::X25519MLKEM768, kx::X25519, kx::SECP256R1, kx::SECP384R1],
+        ..aws_lc_rs::default_provider()
+    }
+}
+
+/// What all sites' TLS configs share: provider, versions, resumption state, ALPN.
+pub struct TlsShared {
+    provider: Arc<CryptoProvider>,
+    profile: Profile,
+    ticketer: Option<Arc<dyn ProducesTickets>>,
+    session_cache: Arc<dyn StoresServerSessions>,
+    alpn: Vec<Vec<u8>>,
+    server_order: bool,
+}
+
+/// Settings for [`TlsShared::new`].
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    pub profile: Profile,
+    pub session_tickets: bool,
+    pub ticket_rotation_secs: u32,
+    pub session_cache_size: usize,
+    pub http2: bool,
+    pub prefer_server_order: bool,
+}
+
+impl TlsShared {
+    pub fn new(opts: &TlsOptions) -> Result<Self, rustls::Error> {
+        let ticketer = if opts.session_tickets { Some(tickets::rotating_ticketer(opts.ticket_rotation_secs)?) } else { None };
+        let session_cache: Arc<dyn StoresServerSessions> = if opts.session_cache_size > 0 {
+            ServerSessionMemoryCache::new(opts.session_cache_size)
+        } else {
+            Arc::new(rustls::server::NoServerSessionStorage {})
+        };
+        let mut alpn = Vec::new();
+        if opts.http2 {
+            alpn.push(b"h2".to_vec());
+        }
+        alpn.push(b"http/1.1".to_vec());
+        Ok(TlsShared { provider: Arc::new(provider()), profile: opts.profile, ticketer, session_cache, alpn, server_order: opts.prefer_server_order })
+    }
+
+    /// A server config answering with `certs` (one per site; all share tickets and cache).
+    pub fn site_config(&self, certs: Arc<resolver::SiteCerts>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(self.profile.versions())?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+        cfg.alpn_protocols = self.alpn.clone();
+        cfg.ignore_client_order = self.server_order;
+        cfg.session_storage = self.session_cache.clone();
+        if let Some(t) = &self.ticketer {
+            cfg.ticketer = t.clone();
+        }
+        cfg.max_early_data_size = 0;
+        Ok(Arc::new(cfg))
+    }
+}
