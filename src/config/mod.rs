@@ -155,3 +155,9 @@ pub fn parse_file(path: &Path) -> Result<(raw::RawConfig, Source), Problem> {
         }
     }
 }
+
+/// Reads, parses and validates a config file in one step.
+pub fn load(path: &Path, overrides: &validate::Overrides, mode: validate::Mode) -> validate::Validated {
+    let (raw, source) = parse_file(path).map_err(|p| vec![p])?;
+    validate::validate(raw, &source, overrides, mode)
+}
