@@ -16,7 +16,11 @@ use crate::server::Server;
 use crate::tls::local_ca::{self, LocalCa};
 
 #[derive(Parser, Debug)]
-#[command(name = "portcullis", version, about = "A secure-by-default HTTPS front door: TLS, HTTP/1.1 + HTTP/2, redirects, static files.")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A secure-by-default HTTPS front door: TLS, HTTP/1.1 + HTTP/2, redirects, static files."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,7 +118,11 @@ fn sp<T>(v: T) -> Spanned<T> {
 fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
     if let Some(path) = &a.config {
         if !a.domain.is_empty() || a.cert.is_some() || a.key.is_some() || a.root.is_some() {
-            return Err(Problem::error(config::Location::Flag("--config".into()), "--config cannot be combined with --domain/--cert/--key/--root").fix("put the site into the config file, or drop --config"));
+            return Err(Problem::error(
+                config::Location::Flag("--config".into()),
+                "--config cannot be combined with --domain/--cert/--key/--root",
+            )
+            .fix("put the site into the config file, or drop --config"));
         }
         return config::parse_file(path);
     }
@@ -125,7 +133,10 @@ fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
             None => hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         }
     }
-    let name = hosts.first().map(|h| h.trim_start_matches("*.").to_string()).unwrap_or_else(|| "default".into());
+    let name = hosts
+        .first()
+        .map(|h| h.trim_start_matches("*.").to_string())
+        .unwrap_or_else(|| "default".into());
     let path_str = |p: &Path| p.to_string_lossy().into_owned();
     let mut site = RawSite {
         name: sp(name),
@@ -138,11 +149,21 @@ fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
     if a.root.is_none() {
         site.routes.push(RawRoute {
             path: sp("/".into()),
-            respond: Some(sp(RawRespond { status: None, body: Some(WELCOME.into()), content_type: Some(sp("text/html; charset=utf-8".into())) })),
+            respond: Some(sp(RawRespond {
+                status: None,
+                body: Some(WELCOME.into()),
+                content_type: Some(sp("text/html; charset=utf-8".into())),
+            })),
             ..Default::default()
         });
     }
-    Ok((RawConfig { sites: vec![site], ..Default::default() }, Source::Flags))
+    Ok((
+        RawConfig {
+            sites: vec![site],
+            ..Default::default()
+        },
+        Source::Flags,
+    ))
 }
 
 fn overrides(a: &ServeArgs) -> Overrides {
@@ -185,8 +206,27 @@ fn serve(a: ServeArgs) -> i32 {
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    let sites: Vec<String> = config.sites.iter().map(|s| format!("{} ({})", s.name, s.hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "))).collect();
-    let first_host = config.sites.get(config.default_site).and_then(|s| s.hosts.first()).map(|h| h.to_string()).unwrap_or_else(|| "localhost".into());
+    let sites: Vec<String> = config
+        .sites
+        .iter()
+        .map(|s| {
+            format!(
+                "{} ({})",
+                s.name,
+                s.hosts
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+        .collect();
+    let first_host = config
+        .sites
+        .get(config.default_site)
+        .and_then(|s| s.hosts.first())
+        .map(|h| h.to_string())
+        .unwrap_or_else(|| "localhost".into());
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -205,13 +245,27 @@ fn serve(a: ServeArgs) -> i32 {
     }
     eprintln!("portcullis: serving {}", sites.join("; "));
     if let Some(port) = server.https_addrs().first().map(|a| a.port()) {
-        let host = if first_host.contains(':') { format!("[{first_host}]") } else { first_host };
-        let suffix = if port == 443 { String::new() } else { format!(":{port}") };
+        let host = if first_host.contains(':') {
+            format!("[{first_host}]")
+        } else {
+            first_host
+        };
+        let suffix = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
         eprintln!("portcullis: open https://{host}{suffix}/");
     }
     if let Some(root) = &server.local_ca_root {
-        eprintln!("portcullis: certificates for local names come from the local CA; its root is {}", root.display());
-        eprintln!("portcullis: trust it with `portcullis trust` (system store) or `curl --cacert {}`", root.display());
+        eprintln!(
+            "portcullis: certificates for local names come from the local CA; its root is {}",
+            root.display()
+        );
+        eprintln!(
+            "portcullis: trust it with `portcullis trust` (system store) or `curl --cacert {}`",
+            root.display()
+        );
     }
     wait_for_signal();
     tracing::info!("shutting down: finishing in-flight requests");
@@ -221,7 +275,10 @@ fn serve(a: ServeArgs) -> i32 {
 }
 
 fn wait_for_signal() {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot wait for signals");
@@ -264,18 +321,38 @@ fn check(a: ServeArgs) -> i32 {
                     eprintln!("{label}: note: site {:?}: its certificate will be issued by the local CA ({})", s.name, local_ca::root_cert_path(&config.data_dir).display());
                 }
             }
-            let certs: usize = config.sites.iter().map(|s| if let crate::config::model::SiteCertSource::Files(f) = &s.certs { f.len() } else { 0 }).sum();
+            let certs: usize = config
+                .sites
+                .iter()
+                .map(|s| {
+                    if let crate::config::model::SiteCertSource::Files(f) = &s.certs {
+                        f.len()
+                    } else {
+                        0
+                    }
+                })
+                .sum();
             if a.strict && !warnings.is_empty() {
                 eprintln!("{label}: {} warning(s) (--strict)", warnings.len());
                 return 1;
             }
-            println!("{label}: OK ({} site(s), {certs} certificate(s), {} warning(s))", config.sites.len(), warnings.len());
+            println!(
+                "{label}: OK ({} site(s), {certs} certificate(s), {} warning(s))",
+                config.sites.len(),
+                warnings.len()
+            );
             0
         }
         Err(problems) => {
             print_problems(&problems);
-            let errors = problems.iter().filter(|p| p.severity == Severity::Error).count();
-            eprintln!("{label}: {errors} error(s), {} warning(s)", problems.len() - errors);
+            let errors = problems
+                .iter()
+                .filter(|p| p.severity == Severity::Error)
+                .count();
+            eprintln!(
+                "{label}: {errors} error(s), {} warning(s)",
+                problems.len() - errors
+            );
             1
         }
     }
@@ -297,8 +374,16 @@ fn trust(a: TrustArgs) -> i32 {
     }
     eprintln!("portcullis: local CA root: {}", root.display());
     let stores: [(&str, &str, &[&str]); 2] = [
-        ("/usr/local/share/ca-certificates", "portcullis-local-ca.crt", &["update-ca-certificates"]),
-        ("/etc/pki/ca-trust/source/anchors", "portcullis-local-ca.pem", &["update-ca-trust", "extract"]),
+        (
+            "/usr/local/share/ca-certificates",
+            "portcullis-local-ca.crt",
+            &["update-ca-certificates"],
+        ),
+        (
+            "/etc/pki/ca-trust/source/anchors",
+            "portcullis-local-ca.pem",
+            &["update-ca-trust", "extract"],
+        ),
     ];
     for (dir, file, cmd) in stores {
         if !Path::new(dir).is_dir() {
@@ -314,8 +399,16 @@ fn trust(a: TrustArgs) -> i32 {
                 eprintln!("portcullis: installed into the system trust store ({}); browsers with their own store (Firefox) need it imported separately", target.display());
                 return 0;
             }
-            Ok(s) => eprintln!("portcullis: {} failed ({s}); the root was copied to {}", cmd[0], target.display()),
-            Err(e) => eprintln!("portcullis: cannot run {}: {e}; the root was copied to {}", cmd[0], target.display()),
+            Ok(s) => eprintln!(
+                "portcullis: {} failed ({s}); the root was copied to {}",
+                cmd[0],
+                target.display()
+            ),
+            Err(e) => eprintln!(
+                "portcullis: cannot run {}: {e}; the root was copied to {}",
+                cmd[0],
+                target.display()
+            ),
         }
         return 1;
     }

@@ -36,13 +36,21 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
 fn write_temp(path: &Path, data: &[u8], mode: u32) -> io::Result<PathBuf> {
     let tmp = temp_path(path);
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     f.write_all(data)?;
     f.sync_all()?;
     Ok(tmp)
@@ -94,9 +102,16 @@ mod tests {
         assert!(create_new_atomic(&p, b"one", 0o600).unwrap());
         assert!(!create_new_atomic(&p, b"two", 0o600).unwrap());
         assert_eq!(fs::read(&p).unwrap(), b"one");
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         write_atomic(&p, b"three", 0o600).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"three");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temp files left behind");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp files left behind"
+        );
     }
 }

@@ -57,11 +57,21 @@ pub struct Problem {
 
 impl Problem {
     pub fn error(location: Location, message: impl Into<String>) -> Self {
-        Problem { severity: Severity::Error, location, message: message.into(), fix: None }
+        Problem {
+            severity: Severity::Error,
+            location,
+            message: message.into(),
+            fix: None,
+        }
     }
 
     pub fn warning(location: Location, message: impl Into<String>) -> Self {
-        Problem { severity: Severity::Warning, location, message: message.into(), fix: None }
+        Problem {
+            severity: Severity::Warning,
+            location,
+            message: message.into(),
+            fix: None,
+        }
     }
 
     /// Adds the fix that the message's reader should apply.
@@ -102,7 +112,10 @@ impl Source {
     /// The location of a byte span, or `flag` for configurations built from flags.
     pub fn locate(&self, span: Range<usize>, flag: &str) -> Location {
         match self {
-            Source::File { path, text } => Location::File { path: path.clone(), line: line_of(text, span.start) },
+            Source::File { path, text } => Location::File {
+                path: path.clone(),
+                line: line_of(text, span.start),
+            },
             Source::Flags => {
                 if flag.is_empty() {
                     Location::None
@@ -125,27 +138,47 @@ impl Source {
 /// 1-based line number of byte offset `pos` in `text`.
 pub fn line_of(text: &str, pos: usize) -> usize {
     let pos = pos.min(text.len());
-    text.as_bytes()[..pos].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..pos]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Reads and parses a TOML config file. Syntax errors, wrong types and unknown keys come back
 /// as one [`Problem`] naming the file and line.
 pub fn parse_file(path: &Path) -> Result<(raw::RawConfig, Source), Problem> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Problem::error(Location::Flag(path.display().to_string()), format!("cannot read config file: {e}"))
-            .fix("check the path given to --config and its permissions")
+        Problem::error(
+            Location::Flag(path.display().to_string()),
+            format!("cannot read config file: {e}"),
+        )
+        .fix("check the path given to --config and its permissions")
     })?;
-    let source = Source::File { path: path.to_path_buf(), text };
-    let Source::File { text, .. } = &source else { unreachable!() };
+    let source = Source::File {
+        path: path.to_path_buf(),
+        text,
+    };
+    let Source::File { text, .. } = &source else {
+        unreachable!()
+    };
     match toml::from_str::<raw::RawConfig>(text) {
         Ok(raw) => Ok((raw, source)),
         Err(e) => {
             let loc = match e.span() {
                 Some(span) => source.locate(span, ""),
-                None => Location::File { path: path.to_path_buf(), line: 1 },
+                None => Location::File {
+                    path: path.to_path_buf(),
+                    line: 1,
+                },
             };
             // toml's message is multi-line with a source excerpt; keep its first line only.
-            let msg = e.message().lines().next().unwrap_or("invalid TOML").to_string();
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
             let fix = if msg.contains("unknown field") {
                 "remove or rename the key; see portcullis.example.toml for every valid key"
             } else {
@@ -157,7 +190,11 @@ pub fn parse_file(path: &Path) -> Result<(raw::RawConfig, Source), Problem> {
 }
 
 /// Reads, parses and validates a config file in one step.
-pub fn load(path: &Path, overrides: &validate::Overrides, mode: validate::Mode) -> validate::Validated {
+pub fn load(
+    path: &Path,
+    overrides: &validate::Overrides,
+    mode: validate::Mode,
+) -> validate::Validated {
     let (raw, source) = parse_file(path).map_err(|p| vec![p])?;
     validate::validate(raw, &source, overrides, mode)
 }

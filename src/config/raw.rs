@@ -210,12 +210,25 @@ impl Default for RawSite {
 
 impl Default for RawRoute {
     fn default() -> Self {
-        RawRoute { path: blank(), files: None, respond: None, redirect: None }
+        RawRoute {
+            path: blank(),
+            files: None,
+            respond: None,
+            redirect: None,
+        }
     }
 }
 
 impl Default for RawFiles {
     fn default() -> Self {
-        RawFiles { root: blank(), index: None, browse: None, precompressed: None, follow_symlinks_outside_root: None, hidden_files: None, strip_prefix: None }
+        RawFiles {
+            root: blank(),
+            index: None,
+            browse: None,
+            precompressed: None,
+            follow_symlinks_outside_root: None,
+            hidden_files: None,
+            strip_prefix: None,
+        }
     }
 }

@@ -66,18 +66,37 @@ impl Ctx<'_> {
             self.base.join(p)
         }
     }
-    fn duration(&mut self, v: &Option<Spanned<String>>, key: &str, default: Duration, min: Duration, max: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(s) = v else { return default };
         match humantime::parse_duration(s.get_ref()) {
             Ok(d) if d >= min && d <= max => d,
             Ok(_) => {
                 let loc = self.loc(s, "");
-                self.err(loc, format!("{key} = {:?} is out of range", s.get_ref()), format!("use a value between {} and {}", humantime::format_duration(min), humantime::format_duration(max)));
+                self.err(
+                    loc,
+                    format!("{key} = {:?} is out of range", s.get_ref()),
+                    format!(
+                        "use a value between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
                 default
             }
             Err(e) => {
                 let loc = self.loc(s, "");
-                self.err(loc, format!("{key} = {:?} is not a duration: {e}", s.get_ref()), "write durations like \"10s\", \"5m\" or \"12h\"");
+                self.err(
+                    loc,
+                    format!("{key} = {:?} is not a duration: {e}", s.get_ref()),
+                    "write durations like \"10s\", \"5m\" or \"12h\"",
+                );
                 default
             }
         }
@@ -86,16 +105,32 @@ impl Ctx<'_> {
 
 /// Validates `raw` (read from `source`) with command-line `overrides` applied.
 pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mode) -> Validated {
-    let mut cx = Ctx { source, base: source.base_dir(), problems: Vec::new(), mode, extra_roots: Vec::new() };
+    let mut cx = Ctx {
+        source,
+        base: source.base_dir(),
+        problems: Vec::new(),
+        mode,
+        extra_roots: Vec::new(),
+    };
 
     let workers = match (overrides.workers, &raw.workers) {
         (Some(n), _) => n,
         (None, Some(w)) => *w.get_ref(),
-        (None, None) => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        (None, None) => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     };
     if workers == 0 || workers > 1024 {
-        let loc = raw.workers.as_ref().map(|w| cx.loc(w, "--workers")).unwrap_or(Location::Flag("--workers".into()));
-        cx.err(loc, format!("workers = {workers} is out of range"), "use 1 to 1024 (default: the number of CPUs)");
+        let loc = raw
+            .workers
+            .as_ref()
+            .map(|w| cx.loc(w, "--workers"))
+            .unwrap_or(Location::Flag("--workers".into()));
+        cx.err(
+            loc,
+            format!("workers = {workers} is out of range"),
+            "use 1 to 1024 (default: the number of CPUs)",
+        );
     }
 
     let data_dir = match (&overrides.data_dir, &raw.data_dir) {
@@ -109,10 +144,22 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         }
     }
 
-    let log_level = overrides.log_level.clone().or_else(|| raw.log_level.as_ref().map(|l| l.get_ref().clone())).unwrap_or_else(|| "info".into());
+    let log_level = overrides
+        .log_level
+        .clone()
+        .or_else(|| raw.log_level.as_ref().map(|l| l.get_ref().clone()))
+        .unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        let loc = raw.log_level.as_ref().map(|l| cx.loc(l, "--log-level")).unwrap_or(Location::Flag("--log-level".into()));
-        cx.err(loc, format!("log_level = {log_level:?} is not a valid level or filter"), "use error, warn, info, debug or trace");
+        let loc = raw
+            .log_level
+            .as_ref()
+            .map(|l| cx.loc(l, "--log-level"))
+            .unwrap_or(Location::Flag("--log-level".into()));
+        cx.err(
+            loc,
+            format!("log_level = {log_level:?} is not a valid level or filter"),
+            "use error, warn, info, debug or trace",
+        );
     }
 
     let listen = listen(&mut cx, &raw.listen, overrides);
@@ -125,18 +172,37 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     if errors {
         return Err(cx.problems);
     }
-    let config = Config { workers, data_dir, log_level, access_log: raw.access_log.unwrap_or(false), listen, tls, http, limits, sites, default_site };
+    let config = Config {
+        workers,
+        data_dir,
+        log_level,
+        access_log: raw.access_log.unwrap_or(false),
+        listen,
+        tls,
+        http,
+        limits,
+        sites,
+        default_site,
+    };
     Ok((config, cx.problems))
 }
 
-fn parse_addrs(cx: &mut Ctx<'_>, list: &Spanned<Vec<Spanned<String>>>, key: &str) -> Vec<SocketAddr> {
+fn parse_addrs(
+    cx: &mut Ctx<'_>,
+    list: &Spanned<Vec<Spanned<String>>>,
+    key: &str,
+) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for a in list.get_ref() {
         match a.get_ref().parse::<SocketAddr>() {
             Ok(addr) => out.push(addr),
             Err(_) => {
                 let loc = cx.loc(a, "");
-                cx.err(loc, format!("listen.{key}: {:?} is not an IP:PORT address", a.get_ref()), "write addresses like \"0.0.0.0:443\", \"127.0.0.1:8443\" or \"[::]:443\"");
+                cx.err(
+                    loc,
+                    format!("listen.{key}: {:?} is not an IP:PORT address", a.get_ref()),
+                    "write addresses like \"0.0.0.0:443\", \"127.0.0.1:8443\" or \"[::]:443\"",
+                );
             }
         }
     }
@@ -144,7 +210,10 @@ fn parse_addrs(cx: &mut Ctx<'_>, list: &Spanned<Vec<Spanned<String>>>, key: &str
 }
 
 fn defaults(port: u16) -> Vec<SocketAddr> {
-    vec![SocketAddr::from(([0, 0, 0, 0], port)), SocketAddr::from(([0u16; 8], port))]
+    vec![
+        SocketAddr::from(([0, 0, 0, 0], port)),
+        SocketAddr::from(([0u16; 8], port)),
+    ]
 }
 
 fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
@@ -177,11 +246,23 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
         http.iter_mut().for_each(|a| a.set_port(p));
     }
     if https.is_empty() && !cx.problems.iter().any(Problem::is_error) {
-        let loc = raw.https.as_ref().map(|l| cx.loc(l, "--listen")).unwrap_or(Location::None);
-        cx.err(loc, "listen.https is empty: nothing would serve HTTPS", "list at least one address, e.g. https = [\"0.0.0.0:443\"]");
+        let loc = raw
+            .https
+            .as_ref()
+            .map(|l| cx.loc(l, "--listen"))
+            .unwrap_or(Location::None);
+        cx.err(
+            loc,
+            "listen.https is empty: nothing would serve HTTPS",
+            "list at least one address, e.g. https = [\"0.0.0.0:443\"]",
+        );
     }
     // Two listeners overlap when they share a port and one address covers the other.
-    let all: Vec<(SocketAddr, &str)> = https.iter().map(|a| (*a, "https")).chain(http.iter().map(|a| (*a, "http"))).collect();
+    let all: Vec<(SocketAddr, &str)> = https
+        .iter()
+        .map(|a| (*a, "https"))
+        .chain(http.iter().map(|a| (*a, "http")))
+        .collect();
     for i in 0..all.len() {
         for j in i + 1..all.len() {
             let ((a, ka), (b, kb)) = (all[i], all[j]);
@@ -189,13 +270,30 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
                 continue;
             }
             if a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified() {
-                let loc = raw.https.as_ref().or(raw.http.as_ref()).map(|l| cx.loc(l, "--listen")).unwrap_or(Location::Flag("--https-port/--http-port".into()));
-                cx.err(loc, format!("listeners overlap: {ka} {a} and {kb} {b} share port {}", a.port()), "give each listener its own port, or list the address only once");
+                let loc = raw
+                    .https
+                    .as_ref()
+                    .or(raw.http.as_ref())
+                    .map(|l| cx.loc(l, "--listen"))
+                    .unwrap_or(Location::Flag("--https-port/--http-port".into()));
+                cx.err(
+                    loc,
+                    format!(
+                        "listeners overlap: {ka} {a} and {kb} {b} share port {}",
+                        a.port()
+                    ),
+                    "give each listener its own port, or list the address only once",
+                );
             }
         }
     }
     let public_https_port = raw.public_https_port.as_ref().map(|p| *p.get_ref());
-    Listen { https, http, public_https_port, ipv6_optional }
+    Listen {
+        https,
+        http,
+        public_https_port,
+        ipv6_optional,
+    }
 }
 
 fn tls_settings(cx: &mut Ctx<'_>, raw: &RawTls) -> TlsSettings {
@@ -203,7 +301,11 @@ fn tls_settings(cx: &mut Ctx<'_>, raw: &RawTls) -> TlsSettings {
         None => Profile::Intermediate,
         Some(p) => Profile::parse(p.get_ref()).unwrap_or_else(|| {
             let loc = cx.loc(p, "");
-            cx.err(loc, format!("tls.profile = {:?} is unknown", p.get_ref()), "use \"intermediate\" (TLS 1.2 + 1.3) or \"modern\" (TLS 1.3 only)");
+            cx.err(
+                loc,
+                format!("tls.profile = {:?} is unknown", p.get_ref()),
+                "use \"intermediate\" (TLS 1.2 + 1.3) or \"modern\" (TLS 1.3 only)",
+            );
             Profile::Intermediate
         }),
     };
@@ -212,12 +314,26 @@ fn tls_settings(cx: &mut Ctx<'_>, raw: &RawTls) -> TlsSettings {
         Some((_, "reject")) => UnknownSni::Reject,
         Some((s, other)) => {
             let loc = cx.loc(s, "");
-            cx.err(loc, format!("tls.unknown_sni = {other:?} is unknown"), "use \"default\" (serve the default site) or \"reject\" (unrecognized_name alert)");
+            cx.err(
+                loc,
+                format!("tls.unknown_sni = {other:?} is unknown"),
+                "use \"default\" (serve the default site) or \"reject\" (unrecognized_name alert)",
+            );
             UnknownSni::DefaultSite
         }
     };
-    let rotation = cx.duration(&raw.ticket_key_rotation, "tls.ticket_key_rotation", Duration::from_secs(12 * 3600), Duration::from_secs(60), Duration::from_secs(7 * 86400));
-    let session_cache_size = raw.session_cache_size.as_ref().map(|s| *s.get_ref()).unwrap_or(10_000);
+    let rotation = cx.duration(
+        &raw.ticket_key_rotation,
+        "tls.ticket_key_rotation",
+        Duration::from_secs(12 * 3600),
+        Duration::from_secs(60),
+        Duration::from_secs(7 * 86400),
+    );
+    let session_cache_size = raw
+        .session_cache_size
+        .as_ref()
+        .map(|s| *s.get_ref())
+        .unwrap_or(10_000);
     TlsSettings {
         profile,
         unknown_sni,
@@ -234,27 +350,54 @@ fn http_settings(cx: &mut Ctx<'_>, raw: &RawHttp) -> HttpSettings {
         Some((_, "temporary")) => RedirectKind::Temporary,
         Some((s, other)) => {
             let loc = cx.loc(s, "");
-            cx.err(loc, format!("http.redirect = {other:?} is unknown"), "use \"permanent\" (301/308) or \"temporary\" (302/307)");
+            cx.err(
+                loc,
+                format!("http.redirect = {other:?} is unknown"),
+                "use \"permanent\" (301/308) or \"temporary\" (302/307)",
+            );
             RedirectKind::Permanent
         }
     };
-    let mut ranged = |v: &Option<Spanned<u32>>, key: &str, default: u32, min: u32, max: u32| -> u32 {
-        match v {
-            None => default,
-            Some(s) if (min..=max).contains(s.get_ref()) => *s.get_ref(),
-            Some(s) => {
-                let loc = cx.loc(s, "");
-                cx.err(loc, format!("http.{key} = {} is out of range", s.get_ref()), format!("use {min} to {max}"));
-                default
+    let mut ranged =
+        |v: &Option<Spanned<u32>>, key: &str, default: u32, min: u32, max: u32| -> u32 {
+            match v {
+                None => default,
+                Some(s) if (min..=max).contains(s.get_ref()) => *s.get_ref(),
+                Some(s) => {
+                    let loc = cx.loc(s, "");
+                    cx.err(
+                        loc,
+                        format!("http.{key} = {} is out of range", s.get_ref()),
+                        format!("use {min} to {max}"),
+                    );
+                    default
+                }
             }
-        }
-    };
+        };
     HttpSettings {
         http2: raw.http2.unwrap_or(true),
         redirect,
-        h2_max_concurrent_streams: ranged(&raw.h2_max_concurrent_streams, "h2_max_concurrent_streams", 128, 1, 10_000),
-        h2_stream_window: ranged(&raw.h2_stream_window, "h2_stream_window", 256 * 1024, 65_535, (1 << 31) - 1),
-        h2_connection_window: ranged(&raw.h2_connection_window, "h2_connection_window", 1024 * 1024, 65_535, (1 << 31) - 1),
+        h2_max_concurrent_streams: ranged(
+            &raw.h2_max_concurrent_streams,
+            "h2_max_concurrent_streams",
+            128,
+            1,
+            10_000,
+        ),
+        h2_stream_window: ranged(
+            &raw.h2_stream_window,
+            "h2_stream_window",
+            256 * 1024,
+            65_535,
+            (1 << 31) - 1,
+        ),
+        h2_connection_window: ranged(
+            &raw.h2_connection_window,
+            "h2_connection_window",
+            1024 * 1024,
+            65_535,
+            (1 << 31) - 1,
+        ),
     }
 }
 
@@ -262,11 +405,41 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
     let d = Limits::default();
     let s = Duration::from_secs;
     let mut l = Limits {
-        handshake_timeout: cx.duration(&raw.handshake_timeout, "limits.handshake_timeout", d.handshake_timeout, Duration::from_millis(100), s(300)),
-        header_timeout: cx.duration(&raw.header_timeout, "limits.header_timeout", d.header_timeout, Duration::from_millis(100), s(300)),
-        idle_timeout: cx.duration(&raw.idle_timeout, "limits.idle_timeout", d.idle_timeout, Duration::from_millis(100), s(3600)),
-        send_timeout: cx.duration(&raw.send_timeout, "limits.send_timeout", d.send_timeout, Duration::from_millis(100), s(3600)),
-        shutdown_timeout: cx.duration(&raw.shutdown_timeout, "limits.shutdown_timeout", d.shutdown_timeout, Duration::ZERO, s(3600)),
+        handshake_timeout: cx.duration(
+            &raw.handshake_timeout,
+            "limits.handshake_timeout",
+            d.handshake_timeout,
+            Duration::from_millis(100),
+            s(300),
+        ),
+        header_timeout: cx.duration(
+            &raw.header_timeout,
+            "limits.header_timeout",
+            d.header_timeout,
+            Duration::from_millis(100),
+            s(300),
+        ),
+        idle_timeout: cx.duration(
+            &raw.idle_timeout,
+            "limits.idle_timeout",
+            d.idle_timeout,
+            Duration::from_millis(100),
+            s(3600),
+        ),
+        send_timeout: cx.duration(
+            &raw.send_timeout,
+            "limits.send_timeout",
+            d.send_timeout,
+            Duration::from_millis(100),
+            s(3600),
+        ),
+        shutdown_timeout: cx.duration(
+            &raw.shutdown_timeout,
+            "limits.shutdown_timeout",
+            d.shutdown_timeout,
+            Duration::ZERO,
+            s(3600),
+        ),
         ..d
     };
     if let Some(v) = &raw.max_header_bytes {
@@ -274,7 +447,11 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
             l.max_header_bytes = *v.get_ref();
         } else {
             let loc = cx.loc(v, "");
-            cx.err(loc, format!("limits.max_header_bytes = {} is out of range", v.get_ref()), "use 1024 to 1048576 (default 16384)");
+            cx.err(
+                loc,
+                format!("limits.max_header_bytes = {} is out of range", v.get_ref()),
+                "use 1024 to 1048576 (default 16384)",
+            );
         }
     }
     if let Some(v) = &raw.max_body_bytes {
@@ -285,15 +462,27 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
             l.max_connections = *v.get_ref();
         } else {
             let loc = cx.loc(v, "");
-            cx.err(loc, "limits.max_connections must be at least 1", "use e.g. 10000");
+            cx.err(
+                loc,
+                "limits.max_connections must be at least 1",
+                "use e.g. 10000",
+            );
         }
     }
     l
 }
 
-fn sites(cx: &mut Ctx<'_>, raw: Vec<RawSite>, default_site: &Option<Spanned<String>>) -> (Vec<Site>, usize) {
+fn sites(
+    cx: &mut Ctx<'_>,
+    raw: Vec<RawSite>,
+    default_site: &Option<Spanned<String>>,
+) -> (Vec<Site>, usize) {
     if raw.is_empty() {
-        cx.err(Location::None, "no [[site]] is configured", "add a [[site]] with name, hosts and cert/key or root (see portcullis.example.toml)");
+        cx.err(
+            Location::None,
+            "no [[site]] is configured",
+            "add a [[site]] with name, hosts and cert/key or root (see portcullis.example.toml)",
+        );
         return (Vec::new(), 0);
     }
     let mut names: HashMap<String, Location> = HashMap::new();
@@ -302,11 +491,23 @@ fn sites(cx: &mut Ctx<'_>, raw: Vec<RawSite>, default_site: &Option<Spanned<Stri
     for rs in raw {
         let name = rs.name.get_ref().clone();
         let name_loc = cx.loc(&rs.name, "");
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            cx.err(name_loc.clone(), format!("site name {name:?} is not valid"), "use letters, digits, '-', '_' and '.'");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            cx.err(
+                name_loc.clone(),
+                format!("site name {name:?} is not valid"),
+                "use letters, digits, '-', '_' and '.'",
+            );
         }
         if let Some(prev) = names.insert(name.clone(), name_loc.clone()) {
-            cx.err(name_loc.clone(), format!("duplicate site name {name:?} (also at {prev})"), "give every [[site]] its own name");
+            cx.err(
+                name_loc.clone(),
+                format!("duplicate site name {name:?} (also at {prev})"),
+                "give every [[site]] its own name",
+            );
         }
         if let Some(site) = site(cx, rs, &name, &mut hosts_seen) {
             out.push(site);
@@ -314,16 +515,31 @@ fn sites(cx: &mut Ctx<'_>, raw: Vec<RawSite>, default_site: &Option<Spanned<Stri
     }
     let default = match default_site {
         None => 0,
-        Some(d) => out.iter().position(|s| s.name == *d.get_ref()).unwrap_or_else(|| {
-            let loc = cx.loc(d, "");
-            cx.err(loc, format!("tls.default_site = {:?} is not the name of any site", d.get_ref()), "use the name of one of the [[site]] entries");
-            0
-        }),
+        Some(d) => out
+            .iter()
+            .position(|s| s.name == *d.get_ref())
+            .unwrap_or_else(|| {
+                let loc = cx.loc(d, "");
+                cx.err(
+                    loc,
+                    format!(
+                        "tls.default_site = {:?} is not the name of any site",
+                        d.get_ref()
+                    ),
+                    "use the name of one of the [[site]] entries",
+                );
+                0
+            }),
     };
     (out, default)
 }
 
-fn site(cx: &mut Ctx<'_>, rs: RawSite, name: &str, seen: &mut HashMap<HostPattern, (String, Location)>) -> Option<Site> {
+fn site(
+    cx: &mut Ctx<'_>,
+    rs: RawSite,
+    name: &str,
+    seen: &mut HashMap<HostPattern, (String, Location)>,
+) -> Option<Site> {
     let before = cx.problems.iter().filter(|p| p.is_error()).count();
     let mut hosts = Vec::new();
     if rs.hosts.get_ref().is_empty() {
@@ -335,7 +551,13 @@ fn site(cx: &mut Ctx<'_>, rs: RawSite, name: &str, seen: &mut HashMap<HostPatter
         match HostPattern::parse(h.get_ref()) {
             Ok(p) => {
                 if let Some((other, at)) = seen.get(&p) {
-                    cx.err(loc.clone(), format!("site {name:?}: host {p} is already claimed by site {other:?} ({at})"), "each host name may belong to one site only");
+                    cx.err(
+                        loc.clone(),
+                        format!(
+                            "site {name:?}: host {p} is already claimed by site {other:?} ({at})"
+                        ),
+                        "each host name may belong to one site only",
+                    );
                 } else {
                     seen.insert(p.clone(), (name.to_string(), loc));
                 }
@@ -343,7 +565,11 @@ fn site(cx: &mut Ctx<'_>, rs: RawSite, name: &str, seen: &mut HashMap<HostPatter
                     hosts.push(p);
                 }
             }
-            Err(e) => cx.err(loc, format!("site {name:?}: bad host: {e}"), "fix the host name"),
+            Err(e) => cx.err(
+                loc,
+                format!("site {name:?}: bad host: {e}"),
+                "fix the host name",
+            ),
         }
     }
 
@@ -355,28 +581,51 @@ fn site(cx: &mut Ctx<'_>, rs: RawSite, name: &str, seen: &mut HashMap<HostPatter
     if after != before {
         return None;
     }
-    Some(Site { name: name.to_string(), hosts, certs: certs?, headers, routes })
+    Some(Site {
+        name: name.to_string(),
+        hosts,
+        certs: certs?,
+        headers,
+        routes,
+    })
 }
 
-fn site_certs(cx: &mut Ctx<'_>, rs: &RawSite, name: &str, hosts: &[HostPattern]) -> Option<SiteCertSource> {
+fn site_certs(
+    cx: &mut Ctx<'_>,
+    rs: &RawSite,
+    name: &str,
+    hosts: &[HostPattern],
+) -> Option<SiteCertSource> {
     let mut pairs: Vec<(&Spanned<String>, &Spanned<String>)> = Vec::new();
     match (&rs.cert, &rs.key) {
         (Some(c), Some(k)) => pairs.push((c, k)),
         (Some(c), None) => {
             let loc = cx.loc(c, "--cert");
-            cx.err(loc, format!("site {name:?}: cert is set but key is not"), "add key = \"path/to/key.pem\" (or --key)");
+            cx.err(
+                loc,
+                format!("site {name:?}: cert is set but key is not"),
+                "add key = \"path/to/key.pem\" (or --key)",
+            );
             return None;
         }
         (None, Some(k)) => {
             let loc = cx.loc(k, "--key");
-            cx.err(loc, format!("site {name:?}: key is set but cert is not"), "add cert = \"path/to/fullchain.pem\" (or --cert)");
+            cx.err(
+                loc,
+                format!("site {name:?}: key is set but cert is not"),
+                "add cert = \"path/to/fullchain.pem\" (or --cert)",
+            );
             return None;
         }
         (None, None) => {}
     }
     pairs.extend(rs.certs.iter().map(|p| (&p.cert, &p.key)));
     if pairs.is_empty() {
-        let public: Vec<String> = hosts.iter().filter(|h| !h.is_local()).map(|h| h.to_string()).collect();
+        let public: Vec<String> = hosts
+            .iter()
+            .filter(|h| !h.is_local())
+            .map(|h| h.to_string())
+            .collect();
         if public.is_empty() {
             return Some(SiteCertSource::LocalCa);
         }
@@ -397,17 +646,53 @@ fn site_certs(cx: &mut Ctx<'_>, rs: &RawSite, name: &str, hosts: &[HostPattern])
             Err(f) => cx.err(loc, format!("site {name:?}: {}", f.message), f.fix),
             Ok((lc, findings)) => {
                 for f in findings {
-                    let expiry = f.message.contains("expired") || f.message.contains("not valid before");
-                    let severity = if expiry && cx.mode == Mode::Serve { Severity::Warning } else { f.severity };
-                    let msg = if expiry && cx.mode == Mode::Serve { format!("site {name:?}: {} — SERVING IT ANYWAY, clients will refuse it", f.message) } else { format!("site {name:?}: {}", f.message) };
-                    cx.problems.push(Problem { severity, location: loc.clone(), message: msg, fix: Some(f.fix) });
+                    let expiry =
+                        f.message.contains("expired") || f.message.contains("not valid before");
+                    let severity = if expiry && cx.mode == Mode::Serve {
+                        Severity::Warning
+                    } else {
+                        f.severity
+                    };
+                    let msg = if expiry && cx.mode == Mode::Serve {
+                        format!(
+                            "site {name:?}: {} — SERVING IT ANYWAY, clients will refuse it",
+                            f.message
+                        )
+                    } else {
+                        format!("site {name:?}: {}", f.message)
+                    };
+                    cx.problems.push(Problem {
+                        severity,
+                        location: loc.clone(),
+                        message: msg,
+                        fix: Some(f.fix),
+                    });
                 }
-                let missing: Vec<String> = hosts.iter().filter(|h| !certs::covers(&lc.info, h)).map(|h| h.to_string()).collect();
+                let missing: Vec<String> = hosts
+                    .iter()
+                    .filter(|h| !certs::covers(&lc.info, h))
+                    .map(|h| h.to_string())
+                    .collect();
                 if !missing.is_empty() {
-                    let sans: Vec<String> = lc.info.dns_names.iter().cloned().chain(lc.info.ips.iter().map(|i| i.to_string())).collect();
+                    let sans: Vec<String> = lc
+                        .info
+                        .dns_names
+                        .iter()
+                        .cloned()
+                        .chain(lc.info.ips.iter().map(|i| i.to_string()))
+                        .collect();
                     cx.err(
                         loc,
-                        format!("site {name:?}: {} does not cover {} (its names: {})", cp.display(), missing.join(", "), if sans.is_empty() { "none".to_string() } else { sans.join(", ") }),
+                        format!(
+                            "site {name:?}: {} does not cover {} (its names: {})",
+                            cp.display(),
+                            missing.join(", "),
+                            if sans.is_empty() {
+                                "none".to_string()
+                            } else {
+                                sans.join(", ")
+                            }
+                        ),
                         "get a certificate that includes these names, or remove them from hosts",
                     );
                 }
@@ -423,7 +708,14 @@ fn header_value(cx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<Hea
         Ok(h) => Some(h),
         Err(_) => {
             let loc = cx.loc(v, "");
-            cx.err(loc, format!("{what}: value {:?} is not a valid header value", v.get_ref()), "use visible ASCII without line breaks");
+            cx.err(
+                loc,
+                format!(
+                    "{what}: value {:?} is not a valid header value",
+                    v.get_ref()
+                ),
+                "use visible ASCII without line breaks",
+            );
             None
         }
     }
@@ -433,11 +725,19 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
     let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
     let hsts = &rs.hsts;
     if hsts.enabled.unwrap_or(true) {
-        let max_age = hsts.max_age.as_ref().map(|m| *m.get_ref()).unwrap_or(31_536_000);
+        let max_age = hsts
+            .max_age
+            .as_ref()
+            .map(|m| *m.get_ref())
+            .unwrap_or(31_536_000);
         let sub = hsts.include_subdomains.unwrap_or(false);
         let preload = hsts.preload.as_ref().map(|p| *p.get_ref()).unwrap_or(false);
         if preload && (!sub || max_age < 31_536_000) {
-            let loc = hsts.preload.as_ref().map(|p| cx.loc(p, "")).unwrap_or(Location::None);
+            let loc = hsts
+                .preload
+                .as_ref()
+                .map(|p| cx.loc(p, ""))
+                .unwrap_or(Location::None);
             cx.err(loc, format!("site {name:?}: hsts.preload needs include_subdomains = true and max_age ≥ 31536000 (the preload list refuses anything less)"), "set include_subdomains = true and max_age = 31536000 or more, or drop preload");
         }
         let mut v = format!("max-age={max_age}");
@@ -447,18 +747,37 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
         if preload {
             v.push_str("; preload");
         }
-        out.push((http::header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("max-age=31536000"))));
+        out.push((
+            http::header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("max-age=31536000")),
+        ));
     }
-    out.push((http::header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")));
-    out.push((http::header::REFERRER_POLICY, HeaderValue::from_static("strict-origin-when-cross-origin")));
-    out.push((http::header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN")));
+    out.push((
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ));
+    out.push((
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("strict-origin-when-cross-origin"),
+    ));
+    out.push((
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("SAMEORIGIN"),
+    ));
     if rs.csp_upgrade_insecure_requests.unwrap_or(false) {
-        out.push((http::header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("upgrade-insecure-requests")));
+        out.push((
+            http::header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("upgrade-insecure-requests"),
+        ));
     }
     for (k, v) in &rs.headers {
         let Ok(hn) = HeaderName::from_bytes(k.as_bytes()) else {
             let loc = cx.loc(v, "");
-            cx.err(loc, format!("site {name:?}: {k:?} is not a valid header name"), "use letters, digits and '-'");
+            cx.err(
+                loc,
+                format!("site {name:?}: {k:?} is not a valid header name"),
+                "use letters, digits and '-'",
+            );
             continue;
         };
         if let Some(hv) = header_value(cx, v, &format!("site {name:?}: header {k}")) {
@@ -471,37 +790,83 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
             Ok(hn) => out.retain(|(n, _)| *n != hn),
             Err(_) => {
                 let loc = cx.loc(r, "");
-                cx.err(loc, format!("site {name:?}: remove_headers: {:?} is not a valid header name", r.get_ref()), "use letters, digits and '-'");
+                cx.err(
+                    loc,
+                    format!(
+                        "site {name:?}: remove_headers: {:?} is not a valid header name",
+                        r.get_ref()
+                    ),
+                    "use letters, digits and '-'",
+                );
             }
         }
     }
     out
 }
 
-fn routes(cx: &mut Ctx<'_>, raw: Vec<RawRoute>, root: Option<Spanned<String>>, name: &str) -> Vec<Route> {
+fn routes(
+    cx: &mut Ctx<'_>,
+    raw: Vec<RawRoute>,
+    root: Option<Spanned<String>>,
+    name: &str,
+) -> Vec<Route> {
     let mut out: Vec<(Route, Location)> = Vec::new();
     if let Some(r) = &root {
         let loc = cx.loc(r, "--root");
-        let spec = files_spec(cx, &RawFiles { root: r.clone(), ..Default::default() }, loc.clone(), name);
+        let spec = files_spec(
+            cx,
+            &RawFiles {
+                root: r.clone(),
+                ..Default::default()
+            },
+            loc.clone(),
+            name,
+        );
         if let Some(spec) = spec {
-            out.push((Route { prefix: "/".into(), handler: Handler::Files(spec) }, loc));
+            out.push((
+                Route {
+                    prefix: "/".into(),
+                    handler: Handler::Files(spec),
+                },
+                loc,
+            ));
         }
     }
     for rr in raw {
         let loc = cx.loc(&rr.path, "");
         let p = rr.path.get_ref();
-        if !p.starts_with('/') || p.contains(['?', '#', '\\']) || p.split('/').any(|s| s == ".." || s == ".") {
-            cx.err(loc, format!("site {name:?}: route path {p:?} is not a clean path prefix"), "start it with '/', e.g. \"/api\"; no '?', '#', '.' or '..' segments");
+        if !p.starts_with('/')
+            || p.contains(['?', '#', '\\'])
+            || p.split('/').any(|s| s == ".." || s == ".")
+        {
+            cx.err(
+                loc,
+                format!("site {name:?}: route path {p:?} is not a clean path prefix"),
+                "start it with '/', e.g. \"/api\"; no '?', '#', '.' or '..' segments",
+            );
             continue;
         }
-        let prefix = if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p.clone() };
-        let prefix = if prefix.is_empty() { "/".to_string() } else { prefix };
+        let prefix = if p.len() > 1 {
+            p.trim_end_matches('/').to_string()
+        } else {
+            p.clone()
+        };
+        let prefix = if prefix.is_empty() {
+            "/".to_string()
+        } else {
+            prefix
+        };
         if let Some((_, prev)) = out.iter().find(|(r, _)| r.prefix == prefix) {
             let prev = prev.clone();
-            cx.err(loc, format!("site {name:?}: two routes for {prefix:?} (the other at {prev})"), "merge them; each prefix may appear once (root = \"…\" is a route for \"/\")");
+            cx.err(
+                loc,
+                format!("site {name:?}: two routes for {prefix:?} (the other at {prev})"),
+                "merge them; each prefix may appear once (root = \"…\" is a route for \"/\")",
+            );
             continue;
         }
-        let count = rr.files.is_some() as u8 + rr.respond.is_some() as u8 + rr.redirect.is_some() as u8;
+        let count =
+            rr.files.is_some() as u8 + rr.respond.is_some() as u8 + rr.redirect.is_some() as u8;
         if count != 1 {
             cx.err(loc, format!("site {name:?}: route {prefix:?} needs exactly one of files, respond, redirect (has {count})"), "keep one handler per [[site.route]]");
             continue;
@@ -521,10 +886,14 @@ fn routes(cx: &mut Ctx<'_>, raw: Vec<RawRoute>, root: Option<Spanned<String>>, n
         }
     }
     if out.is_empty() && !cx.problems.iter().any(Problem::is_error) {
-        cx.err(Location::None, format!("site {name:?} has nothing to serve"), "set root = \"/path/to/site\" or add a [[site.route]]");
+        cx.err(
+            Location::None,
+            format!("site {name:?} has nothing to serve"),
+            "set root = \"/path/to/site\" or add a [[site.route]]",
+        );
     }
     let mut routes: Vec<Route> = out.into_iter().map(|(r, _)| r).collect();
-    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     routes
 }
 
@@ -533,7 +902,11 @@ fn files_spec(cx: &mut Ctx<'_>, f: &RawFiles, loc: Location, name: &str) -> Opti
     match std::fs::metadata(&root) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            cx.err(loc, format!("site {name:?}: root {} is not a directory", root.display()), "point root at the directory holding the site's files");
+            cx.err(
+                loc,
+                format!("site {name:?}: root {} is not a directory", root.display()),
+                "point root at the directory holding the site's files",
+            );
             return None;
         }
         Err(e) => {
@@ -560,7 +933,14 @@ fn respond_spec(cx: &mut Ctx<'_>, r: &Spanned<RawRespond>, name: &str) -> Option
             Ok(st) if (200..600).contains(&st.as_u16()) => st,
             _ => {
                 let loc = cx.loc(s, "");
-                cx.err(loc, format!("site {name:?}: respond.status = {} is not a valid status", s.get_ref()), "use 200 to 599");
+                cx.err(
+                    loc,
+                    format!(
+                        "site {name:?}: respond.status = {} is not a valid status",
+                        s.get_ref()
+                    ),
+                    "use 200 to 599",
+                );
                 return None;
             }
         },
@@ -569,24 +949,44 @@ fn respond_spec(cx: &mut Ctx<'_>, r: &Spanned<RawRespond>, name: &str) -> Option
         None => HeaderValue::from_static("text/plain; charset=utf-8"),
         Some(ct) => header_value(cx, ct, &format!("site {name:?}: respond.content_type"))?,
     };
-    Some(RespondSpec { status, body: Bytes::from(raw.body.clone().unwrap_or_default()), content_type })
+    Some(RespondSpec {
+        status,
+        body: Bytes::from(raw.body.clone().unwrap_or_default()),
+        content_type,
+    })
 }
 
 fn redirect_spec(cx: &mut Ctx<'_>, r: &Spanned<RawRedirect>, name: &str) -> Option<RedirectSpec> {
     let raw = r.get_ref();
     let loc = cx.loc(&raw.to, "");
     if raw.to.get_ref().is_empty() || raw.to.get_ref().contains(['\r', '\n']) {
-        cx.err(loc, format!("site {name:?}: redirect.to is empty or has line breaks"), "use a URL such as \"https://example.com{uri}\"");
+        cx.err(
+            loc,
+            format!("site {name:?}: redirect.to is empty or has line breaks"),
+            "use a URL such as \"https://example.com{uri}\"",
+        );
         return None;
     }
     let status = match &raw.status {
         None => StatusCode::FOUND,
-        Some(s) if [301, 302, 303, 307, 308].contains(s.get_ref()) => StatusCode::from_u16(*s.get_ref()).ok()?,
+        Some(s) if [301, 302, 303, 307, 308].contains(s.get_ref()) => {
+            StatusCode::from_u16(*s.get_ref()).ok()?
+        }
         Some(s) => {
             let loc = cx.loc(s, "");
-            cx.err(loc, format!("site {name:?}: redirect.status = {} is not a redirect status", s.get_ref()), "use 301, 302, 303, 307 or 308");
+            cx.err(
+                loc,
+                format!(
+                    "site {name:?}: redirect.status = {} is not a redirect status",
+                    s.get_ref()
+                ),
+                "use 301, 302, 303, 307 or 308",
+            );
             return None;
         }
     };
-    Some(RedirectSpec { to: raw.to.get_ref().clone(), status })
+    Some(RedirectSpec {
+        to: raw.to.get_ref().clone(),
+        status,
+    })
 }

@@ -37,7 +37,10 @@ pub struct RouteHandler {
 }
 
 enum RouteKind {
-    Files { files: StaticFiles, strip_prefix: bool },
+    Files {
+        files: StaticFiles,
+        strip_prefix: bool,
+    },
     Respond(RespondSpec),
     Redirect(RedirectSpec),
 }
@@ -85,15 +88,31 @@ impl Frontend {
                             follow_symlinks_outside_root: f.follow_symlinks_outside_root,
                             hidden_files: f.hidden_files,
                         })
-                        .map_err(|e| format!("site {:?}: cannot open root {}: {e}", site.name, f.root.display()))?;
-                        RouteKind::Files { files, strip_prefix: f.strip_prefix }
+                        .map_err(|e| {
+                            format!(
+                                "site {:?}: cannot open root {}: {e}",
+                                site.name,
+                                f.root.display()
+                            )
+                        })?;
+                        RouteKind::Files {
+                            files,
+                            strip_prefix: f.strip_prefix,
+                        }
                     }
                     Handler::Respond(r) => RouteKind::Respond(r.clone()),
                     Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
                 };
-                routes.push(RouteHandler { prefix: r.prefix.clone(), kind });
+                routes.push(RouteHandler {
+                    prefix: r.prefix.clone(),
+                    kind,
+                });
             }
-            sites.push(SiteHandler { name: site.name.clone(), headers: site.headers.clone(), routes });
+            sites.push(SiteHandler {
+                name: site.name.clone(),
+                headers: site.headers.clone(),
+                routes,
+            });
         }
         Ok(Frontend {
             sites,
@@ -101,7 +120,11 @@ impl Frontend {
             max_body: config.limits.max_body_bytes,
             access_log: config.access_log,
             redirect: config.http.redirect,
-            https_port_suffix: if https_port == 443 { String::new() } else { format!(":{https_port}") },
+            https_port_suffix: if https_port == 443 {
+                String::new()
+            } else {
+                format!(":{https_port}")
+            },
             acme,
         })
     }
@@ -143,7 +166,10 @@ impl http_body::Body for TrackedBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
@@ -184,13 +210,19 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
         } else {
             // Errors before a site is known still get the protections every site has.
             let h = resp.headers_mut();
-            h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
         }
         if self.front.access_log {
             tracing::info!(target: "access", method = %parts.method, uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
         }
         let resp = finish(&parts.method, resp);
-        ready(Ok(resp.map(|inner| TrackedBody { inner, _guard: guard })))
+        ready(Ok(resp.map(|inner| TrackedBody {
+            inner,
+            _guard: guard,
+        })))
     }
 }
 
@@ -199,8 +231,11 @@ fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
     if method == Method::HEAD {
         let len = http_body::Body::size_hint(resp.body()).exact();
         if let Some(len) = len {
-            if !resp.headers().contains_key(header::CONTENT_LENGTH) && resp.status() != StatusCode::NOT_MODIFIED {
-                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            if !resp.headers().contains_key(header::CONTENT_LENGTH)
+                && resp.status() != StatusCode::NOT_MODIFIED
+            {
+                resp.headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
         *resp.body_mut() = Body::empty();
@@ -213,11 +248,18 @@ impl HttpsService {
     fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>) {
         if self.overloaded {
             let mut r = pages::error(StatusCode::SERVICE_UNAVAILABLE);
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (self.sni_site, r);
         }
-        let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let Some(host) = authority.and_then(host_from_authority) else {
             return (self.sni_site, pages::error(StatusCode::BAD_REQUEST));
         };
@@ -232,10 +274,16 @@ impl HttpsService {
                 return (Some(sni), pages::error(StatusCode::MISDIRECTED_REQUEST));
             }
         }
-        if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(len) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
             if len > self.front.max_body {
                 let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
-                r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return (Some(site), r);
             }
         }
@@ -252,16 +300,29 @@ fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> R
         RouteKind::Respond(spec) => {
             let mut r = Response::new(Body::full(spec.body.clone()));
             *r.status_mut() = spec.status;
-            r.headers_mut().insert(header::CONTENT_TYPE, spec.content_type.clone());
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, spec.content_type.clone());
             r
         }
         RouteKind::Redirect(spec) => {
             let query = parts.uri.query().unwrap_or("");
-            let uri = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let to = spec.to.replace("{uri}", uri).replace("{path}", path).replace("{query}", query).replace("{host}", host);
+            let uri = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let to = spec
+                .to
+                .replace("{uri}", uri)
+                .replace("{path}", path)
+                .replace("{query}", query)
+                .replace("{host}", host);
             pages::redirect(spec.status, &to)
         }
-        RouteKind::Files { files, strip_prefix } => {
+        RouteKind::Files {
+            files,
+            strip_prefix,
+        } => {
             let lookup = if *strip_prefix && route.prefix != "/" {
                 let rest = &path[route.prefix.len().min(path.len())..];
                 if rest.is_empty() {

@@ -7,10 +7,17 @@ use super::body::Body;
 
 /// `404 Not Found\n` as text, with the status set.
 pub fn error(status: StatusCode) -> Response<Body> {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut r = Response::new(Body::full(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -23,6 +30,7 @@ pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = status;
     r.headers_mut().insert(header::LOCATION, loc);
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     r
 }

@@ -35,7 +35,10 @@ impl<B> hyper::service::Service<Request<B>> for RedirectService {
             tracing::info!(target: "access", scheme = "http", method = %req.method(), uri = %req.uri(), status = resp.status().as_u16());
         }
         let resp = super::finish(req.method(), resp);
-        ready(Ok(resp.map(|inner| TrackedBody { inner, _guard: guard })))
+        ready(Ok(resp.map(|inner| TrackedBody {
+            inner,
+            _guard: guard,
+        })))
     }
 }
 
@@ -46,13 +49,20 @@ impl RedirectService {
             return match self.front.acme.get(token) {
                 Some(key_auth) => {
                     let mut r = Response::new(Body::full(key_auth));
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
                     r
                 }
                 None => pages::error(StatusCode::NOT_FOUND),
             };
         }
-        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let Some(host) = authority.and_then(host_from_authority) else {
             return pages::error(StatusCode::BAD_REQUEST);
         };
@@ -68,13 +78,22 @@ impl RedirectService {
             (RedirectKind::Temporary, true) => StatusCode::FOUND,
             (RedirectKind::Temporary, false) => StatusCode::TEMPORARY_REDIRECT,
         };
-        let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let pq = if pq.starts_with('/') { pq } else { "/" };
-        let host_part = if host.contains(':') { format!("[{host}]") } else { host.into_owned() };
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.into_owned()
+        };
         let location = format!("https://{host_part}{}{pq}", self.front.https_port_suffix);
         let mut r = pages::redirect(status, &location);
         if !safe {
-            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         r
     }

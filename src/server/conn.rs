@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
-use rustls::server::{Acceptor, Accepted};
+use rustls::server::{Accepted, Acceptor};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -65,34 +65,50 @@ async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Opti
 }
 
 /// Serves one TLS connection to completion.
-pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, overloaded: bool, _guard: ConnGuard) {
+pub async fn serve_tls(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    ctx: Arc<WorkerCtx>,
+    mut shutdown: watch::Receiver<bool>,
+    overloaded: bool,
+    _guard: ConnGuard,
+) {
     let _ = tcp.set_nodelay(true);
     let limits = &state.limits;
     let handshake = async {
-        let Some(accepted) = read_client_hello(&tcp, peer).await? else { return Ok(None) };
+        let Some(accepted) = read_client_hello(&tcp, peer).await? else {
+            return Ok(None);
+        };
         let hello = accepted.client_hello();
         let sni = hello.server_name().map(str::to_owned);
         let site = match &sni {
             None => Some(state.tls.default_site),
-            Some(name) => state.tls.sni.get(name).copied().or(match state.tls.unknown_sni {
-                UnknownSni::DefaultSite => Some(state.tls.default_site),
-                UnknownSni::Reject => None,
-            }),
+            Some(name) => state
+                .tls
+                .sni
+                .get(name)
+                .copied()
+                .or(match state.tls.unknown_sni {
+                    UnknownSni::DefaultSite => Some(state.tls.default_site),
+                    UnknownSni::Reject => None,
+                }),
         };
         Ok::<_, io::Error>(Some((accepted, sni, site)))
     };
-    let (accepted, sni, site) = match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(Some(x))) => x,
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
-            return;
-        }
-    };
+    let (accepted, sni, site) =
+        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+            Ok(Ok(Some(x))) => x,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
+                return;
+            }
+        };
     let Some(site) = site else {
         tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
         let mut tcp = tcp;
@@ -100,7 +116,12 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>
         return;
     };
     let config = state.tls.configs[site].clone();
-    let tls = match tokio::time::timeout(limits.handshake_timeout, StartHandshake::from_parts(accepted, tcp).into_stream(config)).await {
+    let tls = match tokio::time::timeout(
+        limits.handshake_timeout,
+        StartHandshake::from_parts(accepted, tcp).into_stream(config),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), error = %e, "TLS handshake failed");
@@ -113,10 +134,20 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let conn_state = Arc::new(ConnState::default());
-    let timeouts = Timeouts { header: limits.header_timeout, idle: limits.idle_timeout, send: limits.send_timeout, h1: !h2 };
+    let timeouts = Timeouts {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+        h1: !h2,
+    };
     // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
     let io = TokioIo::new(Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts)));
-    let svc = HttpsService { front: state.front.clone(), sni_site: sni.as_ref().map(|_| site), conn: conn_state, overloaded };
+    let svc = HttpsService {
+        front: state.front.clone(),
+        sni_site: sni.as_ref().map(|_| site),
+        conn: conn_state,
+        overloaded,
+    };
     let result = if h2 {
         let conn = ctx.h2.serve_connection(io, svc);
         tokio::pin!(conn);
@@ -141,13 +172,28 @@ pub async fn serve_tls(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>
 }
 
 /// Serves one plain-HTTP (port 80) connection: redirects and ACME HTTP-01.
-pub async fn serve_http(tcp: TcpStream, peer: SocketAddr, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, _guard: ConnGuard) {
+pub async fn serve_http(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    state: Arc<ServerState>,
+    ctx: Arc<WorkerCtx>,
+    mut shutdown: watch::Receiver<bool>,
+    _guard: ConnGuard,
+) {
     let _ = tcp.set_nodelay(true);
     let limits = &state.limits;
     let conn_state = Arc::new(ConnState::default());
-    let timeouts = Timeouts { header: limits.header_timeout, idle: limits.idle_timeout, send: limits.send_timeout, h1: true };
+    let timeouts = Timeouts {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+        h1: true,
+    };
     let io = TokioIo::new(Box::pin(TimedIo::new(tcp, conn_state.clone(), timeouts)));
-    let svc = RedirectService { front: state.front.clone(), conn: conn_state };
+    let svc = RedirectService {
+        front: state.front.clone(),
+        conn: conn_state,
+    };
     let conn = ctx.h1.serve_connection(io, svc);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -101,7 +101,11 @@ impl<T: AsyncWrite> TimedIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.sending_408.is_some() {
             return self.poll_send_408(cx);
         }
@@ -112,72 +116,95 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
                 let now = Instant::now();
                 *this.last_activity = now;
                 *this.fresh = false;
-                if this.timeouts.h1 && this.header_deadline.is_none() && this.state.active.load(Ordering::Relaxed) == 0 {
-                    *this.header_deadline = Some((now + this.timeouts.header, this.state.started.load(Ordering::Relaxed)));
+                if this.timeouts.h1
+                    && this.header_deadline.is_none()
+                    && this.state.active.load(Ordering::Relaxed) == 0
+                {
+                    *this.header_deadline = Some((
+                        now + this.timeouts.header,
+                        this.state.started.load(Ordering::Relaxed),
+                    ));
                 }
             }
             return Poll::Ready(r);
         }
-        loop {
-            let mut this = self.as_mut().project();
-            if let Some((_, started)) = *this.header_deadline {
-                if this.state.started.load(Ordering::Relaxed) != started {
-                    *this.header_deadline = None;
-                }
+        let mut this = self.as_mut().project();
+        if let Some((_, started)) = *this.header_deadline {
+            if this.state.started.load(Ordering::Relaxed) != started {
+                *this.header_deadline = None;
             }
-            let deadline = if let Some((d, _)) = *this.header_deadline {
-                d
-            } else if *this.fresh {
-                *this.last_activity + this.timeouts.header.min(this.timeouts.idle)
-            } else if this.state.active.load(Ordering::Relaxed) == 0 {
-                *this.last_activity + this.timeouts.idle
-            } else {
-                return Poll::Pending;
-            };
-            if this.read_timer.deadline() != deadline {
-                this.read_timer.as_mut().reset(deadline);
-            }
-            ready!(this.read_timer.as_mut().poll(cx));
-            if this.header_deadline.is_some() {
-                tracing::debug!("request header timeout: sending 408");
-                *this.sending_408 = Some(0);
-                return self.poll_send_408(cx);
-            }
-            // Idle (or nothing ever sent): end of stream; hyper closes the connection.
-            tracing::trace!("idle timeout");
-            return Poll::Ready(Ok(()));
         }
+        let deadline = if let Some((d, _)) = *this.header_deadline {
+            d
+        } else if *this.fresh {
+            *this.last_activity + this.timeouts.header.min(this.timeouts.idle)
+        } else if this.state.active.load(Ordering::Relaxed) == 0 {
+            *this.last_activity + this.timeouts.idle
+        } else {
+            return Poll::Pending;
+        };
+        if this.read_timer.deadline() != deadline {
+            this.read_timer.as_mut().reset(deadline);
+        }
+        ready!(this.read_timer.as_mut().poll(cx));
+        if this.header_deadline.is_some() {
+            tracing::debug!("request header timeout: sending 408");
+            *this.sending_408 = Some(0);
+            return self.poll_send_408(cx);
+        }
+        // Idle (or nothing ever sent): end of stream; hyper closes the connection.
+        tracing::trace!("idle timeout");
+        Poll::Ready(Ok(()))
     }
 }
 
 impl<T: AsyncWrite> TimedIo<T> {
     /// Common handling of a write-side poll: arms the send timer while the peer is not reading.
-    fn on_write<R>(self: Pin<&mut Self>, cx: &mut Context<'_>, res: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn on_write<R>(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        res: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         let mut this = self.project();
         match res {
             Poll::Ready(r) => {
                 *this.write_armed = false;
+                // Keep-alive idleness counts from the end of the last response too.
+                *this.last_activity = Instant::now();
                 Poll::Ready(r)
             }
             Poll::Pending => {
                 if !*this.write_armed {
                     *this.write_armed = true;
-                    this.write_timer.as_mut().reset(Instant::now() + this.timeouts.send);
+                    this.write_timer
+                        .as_mut()
+                        .reset(Instant::now() + this.timeouts.send);
                 }
                 ready!(this.write_timer.as_mut().poll(cx));
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "send timeout: the peer stopped reading")))
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "send timeout: the peer stopped reading",
+                )))
             }
         }
     }
 }
 
 impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write(cx, buf);
         self.on_write(cx, res)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
         self.on_write(cx, res)
     }

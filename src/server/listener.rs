@@ -7,8 +7,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 /// Binds a TCP listener (`SO_REUSEADDR`, IPv6 sockets v6-only so IPv4 can bind separately).
 pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
-    let wrap = |e: io::Error| BindError { addr, what: what.to_string(), err: e };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
+    let wrap = |e: io::Error| BindError {
+        addr,
+        what: what.to_string(),
+        err: e,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
     socket.set_reuse_address(true).map_err(wrap)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(wrap)?;
@@ -38,7 +43,11 @@ impl BindError {
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (addr, what, port) = (self.addr, &self.what, self.addr.port());
-        let flag = if what == "https" { "--https-port 8443" } else { "--http-port 8080" };
+        let flag = if what == "https" {
+            "--https-port 8443"
+        } else {
+            "--http-port 8080"
+        };
         match self.err.kind() {
             io::ErrorKind::PermissionDenied => write!(
                 f,

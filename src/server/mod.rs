@@ -123,20 +123,31 @@ impl Server {
         // 1. Listeners first: the most common failure, and nothing else is touched yet.
         let mut https = Vec::new();
         let mut http = Vec::new();
-        for (addrs, out, what) in [(&config.listen.https, &mut https, "https"), (&config.listen.http, &mut http, "http")] {
+        for (addrs, out, what) in [
+            (&config.listen.https, &mut https, "https"),
+            (&config.listen.http, &mut http, "http"),
+        ] {
             for &addr in addrs {
                 match listener::bind(addr, what) {
                     Ok(l) => out.push(l),
                     Err(e) if config.listen.ipv6_optional && e.is_no_ipv6() => {
-                        notes.push(Problem::warning(crate::config::Location::None, format!("IPv6 is not available here; not listening on {addr}")));
+                        notes.push(Problem::warning(
+                            crate::config::Location::None,
+                            format!("IPv6 is not available here; not listening on {addr}"),
+                        ));
                     }
                     Err(e) => return Err(e.to_string()),
                 }
             }
         }
-        let https_addrs: Vec<SocketAddr> = https.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let https_addrs: Vec<SocketAddr> =
+            https.iter().filter_map(|l| l.local_addr().ok()).collect();
         let http_addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let https_port = config.listen.public_https_port.or_else(|| https_addrs.first().map(|a| a.port())).unwrap_or(443);
+        let https_port = config
+            .listen
+            .public_https_port
+            .or_else(|| https_addrs.first().map(|a| a.port()))
+            .unwrap_or(443);
 
         // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
         let mut local_ca: Option<LocalCa> = None;
@@ -151,7 +162,9 @@ impl Server {
                         local_ca_root = Some(local_ca::root_cert_path(&config.data_dir));
                     }
                     let ca = local_ca.as_ref().ok_or("local CA unavailable")?;
-                    let leaf = ca.leaf_for(&site.hosts).map_err(|e| format!("site {:?}: local CA: {e}", site.name))?;
+                    let leaf = ca
+                        .leaf_for(&site.hosts)
+                        .map_err(|e| format!("site {:?}: local CA: {e}", site.name))?;
                     site_certs.push(vec![leaf]);
                 }
             }
@@ -171,23 +184,49 @@ impl Server {
         let mut certs = Vec::new();
         let mut sni = NameTable::default();
         for (i, (site, loaded)) in config.sites.iter().zip(&site_certs).enumerate() {
-            let resolver = Arc::new(SiteCerts::new(loaded.iter().map(|l| l.certified.clone()).collect()));
-            configs.push(shared.site_config(resolver.clone()).map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?);
+            let resolver = Arc::new(SiteCerts::new(
+                loaded.iter().map(|l| l.certified.clone()).collect(),
+            ));
+            configs.push(
+                shared
+                    .site_config(resolver.clone())
+                    .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
+            );
             certs.push(resolver);
             for h in &site.hosts {
                 sni.insert(h, i);
             }
         }
-        let tls = TlsFront { configs, certs, sni, default_site: config.default_site, unknown_sni: config.tls.unknown_sni };
+        let tls = TlsFront {
+            configs,
+            certs,
+            sni,
+            default_site: config.default_site,
+            unknown_sni: config.tls.unknown_sni,
+        };
 
-        let front = Arc::new(Frontend::new(&config, https_port, Arc::new(Http01Tokens::default()))?);
-        let state = Arc::new(ServerState { front, tls, limits: config.limits.clone(), open: AtomicUsize::new(0), drained: Notify::new() });
+        let front = Arc::new(Frontend::new(
+            &config,
+            https_port,
+            Arc::new(Http01Tokens::default()),
+        )?);
+        let state = Arc::new(ServerState {
+            front,
+            tls,
+            limits: config.limits.clone(),
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        });
 
         // 4. Workers.
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut workers = Vec::new();
         for n in 0..config.workers {
-            let clone_all = |ls: &[TcpListener]| ls.iter().map(|l| l.try_clone()).collect::<Result<Vec<_>, _>>();
+            let clone_all = |ls: &[TcpListener]| {
+                ls.iter()
+                    .map(|l| l.try_clone())
+                    .collect::<Result<Vec<_>, _>>()
+            };
             let https = clone_all(&https).map_err(|e| format!("cannot share listener: {e}"))?;
             let http = clone_all(&http).map_err(|e| format!("cannot share listener: {e}"))?;
             let state = state.clone();
@@ -204,7 +243,11 @@ impl Server {
         // 5. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {
             let state = state.clone();
-            let hosts: Vec<_> = config.sites.iter().map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.clone())).collect();
+            let hosts: Vec<_> = config
+                .sites
+                .iter()
+                .map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.clone()))
+                .collect();
             let rx = shutdown_rx.clone();
             std::thread::Builder::new()
                 .name("portcullis-localca".into())
@@ -212,7 +255,16 @@ impl Server {
                 .map_err(|e| format!("cannot start renewal thread: {e}"))?;
         }
 
-        Ok(Server { state, shutdown_tx, workers, https_addrs, http_addrs, shutdown_timeout: config.limits.shutdown_timeout, local_ca_root, notes })
+        Ok(Server {
+            state,
+            shutdown_tx,
+            workers,
+            https_addrs,
+            http_addrs,
+            shutdown_timeout: config.limits.shutdown_timeout,
+            local_ca_root,
+            notes,
+        })
     }
 
     /// Bound HTTPS addresses (with the real port when 0 was configured).
@@ -246,8 +298,18 @@ impl Server {
     }
 }
 
-fn worker(https: Vec<TcpListener>, http: Vec<TcpListener>, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>, shutdown_timeout: Duration) {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn worker(
+    https: Vec<TcpListener>,
+    http: Vec<TcpListener>,
+    state: Arc<ServerState>,
+    ctx: Arc<WorkerCtx>,
+    mut shutdown: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start worker runtime");
@@ -285,7 +347,13 @@ fn worker(https: Vec<TcpListener>, http: Vec<TcpListener>, state: Arc<ServerStat
     });
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, tls: bool, state: Arc<ServerState>, ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: bool,
+    state: Arc<ServerState>,
+    ctx: Arc<WorkerCtx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let max = state.limits.max_connections;
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -303,9 +371,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, tls: bool, state: Arc<Se
                     continue;
                 }
                 if tls {
-                    tokio::spawn(conn::serve_tls(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), n > max, guard));
+                    tokio::spawn(conn::serve_tls(
+                        tcp,
+                        peer,
+                        state.clone(),
+                        ctx.clone(),
+                        shutdown.clone(),
+                        n > max,
+                        guard,
+                    ));
                 } else {
-                    tokio::spawn(conn::serve_http(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), guard));
+                    tokio::spawn(conn::serve_http(
+                        tcp,
+                        peer,
+                        state.clone(),
+                        ctx.clone(),
+                        shutdown.clone(),
+                        guard,
+                    ));
                 }
             }
             Err(e) => {
@@ -320,7 +403,12 @@ async fn accept_loop(listener: tokio::net::TcpListener, tls: bool, state: Arc<Se
     }
 }
 
-fn renew_local_leaves(ca: LocalCa, hosts: Vec<Option<Vec<crate::tls::names::HostPattern>>>, state: Arc<ServerState>, shutdown: watch::Receiver<bool>) {
+fn renew_local_leaves(
+    ca: LocalCa,
+    hosts: Vec<Option<Vec<crate::tls::names::HostPattern>>>,
+    state: Arc<ServerState>,
+    shutdown: watch::Receiver<bool>,
+) {
     loop {
         for _ in 0..3600 {
             if *shutdown.borrow() {

@@ -29,7 +29,9 @@ pub struct LoadedCert {
 
 impl std::fmt::Debug for LoadedCert {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedCert").field("info", &self.info).finish()
+        f.debug_struct("LoadedCert")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -82,10 +84,18 @@ pub struct Finding {
 
 impl Finding {
     fn error(message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding { severity: Severity::Error, message: message.into(), fix: fix.into() }
+        Finding {
+            severity: Severity::Error,
+            message: message.into(),
+            fix: fix.into(),
+        }
     }
     fn warning(message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Finding { severity: Severity::Warning, message: message.into(), fix: fix.into() }
+        Finding {
+            severity: Severity::Warning,
+            message: message.into(),
+            fix: fix.into(),
+        }
     }
 }
 
@@ -97,7 +107,12 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// `Err` holds the first fatal problem (the pair cannot be used at all); `Ok` holds the loaded
 /// pair and every further finding, errors included (expired, out of order), so that the caller
 /// decides whether it is fatal (`check`) or a loud warning (`serve`).
-pub fn load_pair(cert_path: &Path, key_path: &Path, now: i64, extra_roots: &[Vec<u8>]) -> Result<(LoadedCert, Vec<Finding>), Finding> {
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+    now: i64,
+    extra_roots: &[Vec<u8>],
+) -> Result<(LoadedCert, Vec<Finding>), Finding> {
     let cert_pem = read_file(cert_path, "certificate")?;
     let key_pem = read_file(key_path, "key")?;
     load_pem(&cert_pem, &key_pem, cert_path, key_path, now, extra_roots)
@@ -106,26 +121,48 @@ pub fn load_pair(cert_path: &Path, key_path: &Path, now: i64, extra_roots: &[Vec
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Finding> {
     std::fs::read(path).map_err(|e| {
         let fix = match e.kind() {
-            std::io::ErrorKind::NotFound => "check the path (relative paths are relative to the config file)",
-            std::io::ErrorKind::PermissionDenied => "make the file readable by the user portcullis runs as",
+            std::io::ErrorKind::NotFound => {
+                "check the path (relative paths are relative to the config file)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "make the file readable by the user portcullis runs as"
+            }
             _ => "check the file",
         };
-        Finding::error(format!("cannot read {what} file {}: {e}", path.display()), fix)
+        Finding::error(
+            format!("cannot read {what} file {}: {e}", path.display()),
+            fix,
+        )
     })
 }
 
 /// [`load_pair`] on PEM text already in memory (`*_path` only names the source in messages).
-pub fn load_pem(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Path, now: i64, extra_roots: &[Vec<u8>]) -> Result<(LoadedCert, Vec<Finding>), Finding> {
+pub fn load_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_path: &Path,
+    key_path: &Path,
+    now: i64,
+    extra_roots: &[Vec<u8>],
+) -> Result<(LoadedCert, Vec<Finding>), Finding> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| Finding::error(format!("{}: malformed PEM: {e}", cert_path.display()), "the file must hold PEM \"CERTIFICATE\" blocks, leaf first"))?;
+        .map_err(|e| {
+            Finding::error(
+                format!("{}: malformed PEM: {e}", cert_path.display()),
+                "the file must hold PEM \"CERTIFICATE\" blocks, leaf first",
+            )
+        })?;
     if chain.is_empty() {
         let fix = if PrivateKeyDer::from_pem_slice(cert_pem).is_ok() {
             "this file holds a private key: swap the cert and key paths"
         } else {
             "the file must hold PEM \"-----BEGIN CERTIFICATE-----\" blocks, leaf first"
         };
-        return Err(Finding::error(format!("{}: no certificate found", cert_path.display()), fix));
+        return Err(Finding::error(
+            format!("{}: no certificate found", cert_path.display()),
+            fix,
+        ));
     }
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
         let fix = if CertificateDer::pem_slice_iter(key_pem).next().is_some() {
@@ -141,7 +178,14 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Pa
         .enumerate()
         .map(|(i, der)| {
             X509Certificate::from_der(der).map(|(_, c)| c).map_err(|e| {
-                Finding::error(format!("{}: certificate {} cannot be parsed: {e}", cert_path.display(), i + 1), "replace it with the certificate your CA issued")
+                Finding::error(
+                    format!(
+                        "{}: certificate {} cannot be parsed: {e}",
+                        cert_path.display(),
+                        i + 1
+                    ),
+                    "replace it with the certificate your CA issued",
+                )
             })
         })
         .collect::<Result<_, _>>()?;
@@ -149,7 +193,10 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Pa
     let key_kind = key_kind(leaf);
 
     let signing_key = aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
-        Finding::error(format!("{}: unsupported private key ({e})", key_path.display()), "use ECDSA P-256/P-384, RSA ≥ 2048 bits or Ed25519")
+        Finding::error(
+            format!("{}: unsupported private key ({e})", key_path.display()),
+            "use ECDSA P-256/P-384, RSA ≥ 2048 bits or Ed25519",
+        )
     })?;
     let certified = CertifiedKey::new(chain.clone(), signing_key);
     match certified.keys_match() {
@@ -161,14 +208,25 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Pa
             ));
         }
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(e) => return Err(Finding::error(format!("{}: {e}", key_path.display()), "check the key")),
+        Err(e) => {
+            return Err(Finding::error(
+                format!("{}: {e}", key_path.display()),
+                "check the key",
+            ))
+        }
     }
 
     let mut findings = Vec::new();
     let label = cert_path.display().to_string();
     match &key_kind {
-        KeyKind::Rsa(bits) if *bits < 2048 => findings.push(Finding::error(format!("{label}: RSA key of {bits} bits is too weak"), "get a certificate with an RSA ≥ 2048 or ECDSA P-256 key")),
-        KeyKind::Other(s) => findings.push(Finding::error(format!("{label}: unsupported key type {s}"), "use ECDSA P-256/P-384, RSA ≥ 2048 bits or Ed25519")),
+        KeyKind::Rsa(bits) if *bits < 2048 => findings.push(Finding::error(
+            format!("{label}: RSA key of {bits} bits is too weak"),
+            "get a certificate with an RSA ≥ 2048 or ECDSA P-256 key",
+        )),
+        KeyKind::Other(s) => findings.push(Finding::error(
+            format!("{label}: unsupported key type {s}"),
+            "use ECDSA P-256/P-384, RSA ≥ 2048 bits or Ed25519",
+        )),
         _ => {}
     }
     if is_ca(leaf) && parsed.iter().skip(1).any(|c| !is_ca(c)) {
@@ -193,19 +251,34 @@ pub fn load_pem(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &Pa
         chain_len: chain.len(),
         cert_path: cert_path.to_path_buf(),
     };
-    Ok((LoadedCert { certified: Arc::new(certified), info }, findings))
+    Ok((
+        LoadedCert {
+            certified: Arc::new(certified),
+            info,
+        },
+        findings,
+    ))
 }
 
 /// "CN=…" or the whole subject when there is no CN.
 fn subject_of(cert: &X509Certificate<'_>) -> String {
-    match cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+    match cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
         Some(cn) => format!("CN={cn}"),
         None => cert.subject().to_string(),
     }
 }
 
 fn is_ca(cert: &X509Certificate<'_>) -> bool {
-    cert.basic_constraints().ok().flatten().map(|bc| bc.value.ca).unwrap_or(false)
+    cert.basic_constraints()
+        .ok()
+        .flatten()
+        .map(|bc| bc.value.ca)
+        .unwrap_or(false)
 }
 
 fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
@@ -251,7 +324,9 @@ fn check_order(parsed: &[X509Certificate<'_>], label: &str, out: &mut Vec<Findin
     for i in 0..parsed.len().saturating_sub(1) {
         let (child, parent) = (&parsed[i], &parsed[i + 1]);
         if child.issuer().as_raw() != parent.subject().as_raw() {
-            let real = parsed.iter().position(|c| c.subject().as_raw() == child.issuer().as_raw());
+            let real = parsed
+                .iter()
+                .position(|c| c.subject().as_raw() == child.issuer().as_raw());
             let fix = match real {
                 Some(j) => format!("certificate {} is its issuer: order the file leaf first, then each certificate's issuer", j + 1),
                 None => "order the file leaf first, then each certificate's issuer (the intermediate), and drop unrelated certificates".to_string(),
@@ -274,12 +349,20 @@ fn check_order(parsed: &[X509Certificate<'_>], label: &str, out: &mut Vec<Findin
 
 fn check_validity(parsed: &[X509Certificate<'_>], label: &str, now: i64, out: &mut Vec<Finding>) {
     for (i, cert) in parsed.iter().enumerate() {
-        let which = if i == 0 { "the certificate".to_string() } else { format!("chain certificate {} ({})", i + 1, subject_of(cert)) };
+        let which = if i == 0 {
+            "the certificate".to_string()
+        } else {
+            format!("chain certificate {} ({})", i + 1, subject_of(cert))
+        };
         let nb = cert.validity().not_before.timestamp();
         let na = cert.validity().not_after.timestamp();
         if na < now {
             out.push(Finding::error(
-                format!("{label}: {which} expired on {} ({} days ago)", fmt_time(na), (now - na) / 86400),
+                format!(
+                    "{label}: {which} expired on {} ({} days ago)",
+                    fmt_time(na),
+                    (now - na) / 86400
+                ),
                 "renew it (or remove cert/key to let portcullis obtain one)",
             ));
         } else if nb > now {
@@ -288,14 +371,26 @@ fn check_validity(parsed: &[X509Certificate<'_>], label: &str, now: i64, out: &m
                 "check the system clock, or wait until it becomes valid",
             ));
         } else if na - now < EXPIRY_WARNING_DAYS * 86400 {
-            out.push(Finding::warning(format!("{label}: {which} expires on {} (in {} days)", fmt_time(na), (na - now) / 86400), "renew it soon"));
+            out.push(Finding::warning(
+                format!(
+                    "{label}: {which} expires on {} (in {} days)",
+                    fmt_time(na),
+                    (na - now) / 86400
+                ),
+                "renew it soon",
+            ));
         }
     }
 }
 
 /// Warns when the last certificate is not a root and its issuer is no known root: the
 /// intermediate is most likely missing from the file (browsers then say "untrusted").
-fn check_complete(parsed: &[X509Certificate<'_>], label: &str, extra_roots: &[Vec<u8>], out: &mut Vec<Finding>) {
+fn check_complete(
+    parsed: &[X509Certificate<'_>],
+    label: &str,
+    extra_roots: &[Vec<u8>],
+    out: &mut Vec<Finding>,
+) {
     let last = &parsed[parsed.len() - 1];
     if last.issuer().as_raw() == last.subject().as_raw() {
         if parsed.len() > 1 {
@@ -304,9 +399,16 @@ fn check_complete(parsed: &[X509Certificate<'_>], label: &str, extra_roots: &[Ve
         return;
     }
     let issuer = last.issuer().as_raw();
-    let known = known_root_subjects().iter().chain(extra_roots.iter()).any(|s| s.as_slice() == issuer);
+    let known = known_root_subjects()
+        .iter()
+        .chain(extra_roots.iter())
+        .any(|s| s.as_slice() == issuer);
     if !known {
-        let what = if parsed.len() == 1 { "the file holds only the leaf and its issuer".to_string() } else { "the last certificate's issuer".to_string() };
+        let what = if parsed.len() == 1 {
+            "the file holds only the leaf and its issuer".to_string()
+        } else {
+            "the last certificate's issuer".to_string()
+        };
         out.push(Finding::warning(
             format!("{label}: chain may be incomplete: {what} ({}) is not in the file and is not a well-known root", last.issuer()),
             "append the intermediate certificate(s) from your CA to the chain file (use the CA's \"fullchain\" file)",
@@ -330,7 +432,10 @@ fn known_root_subjects() -> &'static [Vec<u8>] {
                 der
             })
             .collect();
-        for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+        for bundle in [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+        ] {
             if let Ok(pem) = std::fs::read(bundle) {
                 for der in CertificateDer::pem_slice_iter(&pem).flatten() {
                     if let Ok((_, c)) = X509Certificate::from_der(&der) {
@@ -357,7 +462,9 @@ fn push_der_len(out: &mut Vec<u8>, len: usize) {
 
 /// The DER subject of a CA certificate, for [`load_pair`]'s `extra_roots`.
 pub fn subject_der(cert_der: &[u8]) -> Option<Vec<u8>> {
-    X509Certificate::from_der(cert_der).ok().map(|(_, c)| c.subject().as_raw().to_vec())
+    X509Certificate::from_der(cert_der)
+        .ok()
+        .map(|(_, c)| c.subject().as_raw().to_vec())
 }
 
 /// Whether the leaf's SANs cover `pattern` (wildcard SANs cover one label; a wildcard pattern
@@ -366,14 +473,19 @@ pub fn covers(info: &CertInfo, pattern: &HostPattern) -> bool {
     match pattern {
         HostPattern::Ip(ip) => info.ips.contains(ip),
         HostPattern::Exact(name) => info.dns_names.iter().any(|san| san_matches(san, name)),
-        HostPattern::Wildcard(suffix) => info.dns_names.iter().any(|san| san.strip_prefix("*.") == Some(suffix.as_str())),
+        HostPattern::Wildcard(suffix) => info
+            .dns_names
+            .iter()
+            .any(|san| san.strip_prefix("*.") == Some(suffix.as_str())),
     }
 }
 
 fn san_matches(san: &str, name: &str) -> bool {
     let san = san.trim_end_matches('.');
     match san.strip_prefix("*.") {
-        Some(suffix) => name.split_once('.').is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
         None => san == name,
     }
 }
@@ -381,14 +493,24 @@ fn san_matches(san: &str, name: &str) -> bool {
 /// `2026-01-31 12:00 UTC`.
 pub fn fmt_time(unix: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute()),
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
         Err(_) => unix.to_string(),
     }
 }
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The DNS and IP names of the first certificate in a PEM file (for quick mode without --domain).
@@ -397,5 +519,9 @@ pub fn names_in_pem_file(path: &Path) -> Option<Vec<String>> {
     let der = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
     let (_, cert) = X509Certificate::from_der(&der).ok()?;
     let (dns, ips) = sans(&cert);
-    Some(dns.into_iter().chain(ips.into_iter().map(|i| i.to_string())).collect())
+    Some(
+        dns.into_iter()
+            .chain(ips.into_iter().map(|i| i.to_string()))
+            .collect(),
+    )
 }

@@ -7,7 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 use super::certs::{self, LoadedCert};
 use super::names::HostPattern;
@@ -45,15 +48,23 @@ impl LocalCa {
     /// Opens the CA in `data_dir`, creating it on first use.
     pub fn open_or_create(data_dir: &Path) -> Result<Self, String> {
         let dir = ca_dir(data_dir);
-        storage::ensure_private_dir(&dir).map_err(|e| format!("cannot create {}: {e} (set data_dir or --data-dir to a writable directory)", dir.display()))?;
+        storage::ensure_private_dir(&dir).map_err(|e| {
+            format!(
+                "cannot create {}: {e} (set data_dir or --data-dir to a writable directory)",
+                dir.display()
+            )
+        })?;
         let key_path = dir.join("root-key.pem");
         let cert_path = dir.join("root.pem");
         if !key_path.exists() {
-            let (cert_pem, key_pem) = new_root().map_err(|e| format!("cannot create the local CA: {e}"))?;
+            let (cert_pem, key_pem) =
+                new_root().map_err(|e| format!("cannot create the local CA: {e}"))?;
             // Key first, then cert: a reader that sees the cert always finds its key.
-            let won = storage::create_new_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
+            let won = storage::create_new_atomic(&key_path, key_pem.as_bytes(), 0o600)
+                .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
             if won {
-                storage::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+                storage::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)
+                    .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
                 tracing::info!(root = %cert_path.display(), "created a new local CA");
             } else {
                 // Another process created it at the same moment; give it a moment to write the cert.
@@ -76,13 +87,32 @@ impl LocalCa {
         if !key_path.exists() || !cert_path.exists() {
             return Ok(None);
         }
-        let key_pem = std::fs::read_to_string(&key_path).map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
-        let root_pem = std::fs::read_to_string(&cert_path).map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("{}: corrupt CA key ({e}); delete {} to start a new local CA", key_path.display(), dir.display()))?;
+        let key_pem = std::fs::read_to_string(&key_path)
+            .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?;
+        let root_pem = std::fs::read_to_string(&cert_path)
+            .map_err(|e| format!("cannot read {}: {e}", cert_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            format!(
+                "{}: corrupt CA key ({e}); delete {} to start a new local CA",
+                key_path.display(),
+                dir.display()
+            )
+        })?;
         let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(root_pem.as_bytes())
             .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
-            .map_err(|e| format!("{}: corrupt CA certificate ({e}); delete {} to start a new local CA", cert_path.display(), dir.display()))?;
-        Ok(Some(LocalCa { dir, root_pem, root_der, key }))
+            .map_err(|e| {
+                format!(
+                    "{}: corrupt CA certificate ({e}); delete {} to start a new local CA",
+                    cert_path.display(),
+                    dir.display()
+                )
+            })?;
+        Ok(Some(LocalCa {
+            dir,
+            root_pem,
+            root_der,
+            key,
+        }))
     }
 
     /// The root certificate, PEM.
@@ -102,12 +132,22 @@ impl LocalCa {
             .iter()
             .map(|n| match n {
                 HostPattern::Ip(ip) => Ok(SanType::IpAddress(*ip)),
-                other => other.to_string().try_into().map(SanType::DnsName).map_err(|e| format!("{other}: {e}")),
+                other => other
+                    .to_string()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|e| format!("{other}: {e}")),
             })
             .collect::<Result<_, _>>()?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "portcullis local CA");
-        dn.push(DnType::CommonName, names.first().map(|n| n.to_string()).unwrap_or_else(|| "localhost".into()));
+        dn.push(
+            DnType::CommonName,
+            names
+                .first()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "localhost".into()),
+        );
         params.distinguished_name = dn;
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
@@ -116,9 +156,13 @@ impl LocalCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-        let issuer = Issuer::from_ca_cert_der(&self.root_der.clone().into(), &self.key).map_err(|e| e.to_string())?;
-        let cert = params.signed_by(&leaf_key, &issuer).map_err(|e| e.to_string())?;
+        let leaf_key =
+            KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
+        let issuer = Issuer::from_ca_cert_der(&self.root_der.clone().into(), &self.key)
+            .map_err(|e| e.to_string())?;
+        let cert = params
+            .signed_by(&leaf_key, &issuer)
+            .map_err(|e| e.to_string())?;
         Ok((cert.pem(), leaf_key.serialize_pem()))
     }
 
@@ -127,7 +171,8 @@ impl LocalCa {
     pub fn leaf_for(&self, names: &[HostPattern]) -> Result<LoadedCert, String> {
         let id = names_id(names);
         let leaves = self.dir.join("leaves");
-        storage::ensure_private_dir(&leaves).map_err(|e| format!("cannot create {}: {e}", leaves.display()))?;
+        storage::ensure_private_dir(&leaves)
+            .map_err(|e| format!("cannot create {}: {e}", leaves.display()))?;
         let cert_path = leaves.join(format!("{id}.pem"));
         let key_path = leaves.join(format!("{id}.key"));
         let now = certs::unix_now();
@@ -135,16 +180,30 @@ impl LocalCa {
         if let Ok((loaded, findings)) = certs::load_pair(&cert_path, &key_path, now, &roots) {
             let fresh = needs_renewal(&loaded, now).is_none();
             let covers = names.iter().all(|n| certs::covers(&loaded.info, n));
-            if fresh && covers && findings.iter().all(|f| f.severity != crate::config::Severity::Error) {
+            if fresh
+                && covers
+                && findings
+                    .iter()
+                    .all(|f| f.severity != crate::config::Severity::Error)
+            {
                 return Ok(loaded);
             }
         }
         let (cert_pem, key_pem) = self.issue(names)?;
-        storage::write_atomic(&key_path, key_pem.as_bytes(), 0o600).map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
-        storage::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
-        certs::load_pem(cert_pem.as_bytes(), key_pem.as_bytes(), &cert_path, &key_path, now, &roots)
-            .map(|(l, _)| l)
-            .map_err(|f| f.message)
+        storage::write_atomic(&key_path, key_pem.as_bytes(), 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
+        storage::write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)
+            .map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+        certs::load_pem(
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            &cert_path,
+            &key_path,
+            now,
+            &roots,
+        )
+        .map(|(l, _)| l)
+        .map_err(|f| f.message)
     }
 }
 
@@ -161,13 +220,23 @@ pub fn needs_renewal(cert: &LoadedCert, now: i64) -> Option<&'static str> {
 fn new_root() -> Result<(String, String), rcgen::Error> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
-    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "portcullis local CA");
-    dn.push(DnType::CommonName, format!("portcullis local CA {host} {}", hex(&random_bytes::<4>())));
+    dn.push(
+        DnType::CommonName,
+        format!("portcullis local CA {host} {}", hex(&random_bytes::<4>())),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + ROOT_LIFETIME;

@@ -35,7 +35,8 @@ impl Profile {
     }
 
     fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
-        static INTERMEDIATE: [&rustls::SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
+        static INTERMEDIATE: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
         static MODERN: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         match self {
             Profile::Intermediate => &INTERMEDIATE,
@@ -88,7 +89,11 @@ pub struct TlsOptions {
 
 impl TlsShared {
     pub fn new(opts: &TlsOptions) -> Result<Self, rustls::Error> {
-        let ticketer = if opts.session_tickets { Some(tickets::rotating_ticketer(opts.ticket_rotation_secs)?) } else { None };
+        let ticketer = if opts.session_tickets {
+            Some(tickets::rotating_ticketer(opts.ticket_rotation_secs)?)
+        } else {
+            None
+        };
         let session_cache: Arc<dyn StoresServerSessions> = if opts.session_cache_size > 0 {
             ServerSessionMemoryCache::new(opts.session_cache_size)
         } else {
@@ -99,11 +104,21 @@ impl TlsShared {
             alpn.push(b"h2".to_vec());
         }
         alpn.push(b"http/1.1".to_vec());
-        Ok(TlsShared { provider: Arc::new(provider()), profile: opts.profile, ticketer, session_cache, alpn, server_order: opts.prefer_server_order })
+        Ok(TlsShared {
+            provider: Arc::new(provider()),
+            profile: opts.profile,
+            ticketer,
+            session_cache,
+            alpn,
+            server_order: opts.prefer_server_order,
+        })
     }
 
     /// A server config answering with `certs` (one per site; all share tickets and cache).
-    pub fn site_config(&self, certs: Arc<resolver::SiteCerts>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    pub fn site_config(
+        &self,
+        certs: Arc<resolver::SiteCerts>,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.profile.versions())?
             .with_no_client_auth()

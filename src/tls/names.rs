@@ -37,18 +37,27 @@ impl HostPattern {
         if s.is_empty() {
             return Err("empty host name".into());
         }
-        let unbracketed = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+        let unbracketed = s
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(s);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Ok(HostPattern::Ip(ip));
         }
         if s.contains("://") || s.contains('/') {
-            return Err(format!("{s:?} is a URL, not a host name; write just the name, e.g. \"example.com\""));
+            return Err(format!(
+                "{s:?} is a URL, not a host name; write just the name, e.g. \"example.com\""
+            ));
         }
         if s.contains(':') {
-            return Err(format!("{s:?} has a port; host names have no port (ports go in [listen])"));
+            return Err(format!(
+                "{s:?} has a port; host names have no port (ports go in [listen])"
+            ));
         }
         if !s.is_ascii() {
-            return Err(format!("{s:?} is not ASCII; write internationalised names in punycode (xn--…)"));
+            return Err(format!(
+                "{s:?} is not ASCII; write internationalised names in punycode (xn--…)"
+            ));
         }
         let lower = s.trim_end_matches('.').to_ascii_lowercase();
         let (wild, rest) = match lower.strip_prefix("*.") {
@@ -66,10 +75,17 @@ impl HostPattern {
                 return Err(format!("{s:?} has a label longer than 63 characters"));
             }
             if label.contains('*') {
-                return Err(format!("{s:?}: a wildcard must be the whole leftmost label, as in \"*.example.com\""));
+                return Err(format!(
+                    "{s:?}: a wildcard must be the whole leftmost label, as in \"*.example.com\""
+                ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                return Err(format!("{s:?} has characters not allowed in a host name (letters, digits, '-')"));
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "{s:?} has characters not allowed in a host name (letters, digits, '-')"
+                ));
             }
             if label.starts_with('-') || label.ends_with('-') {
                 return Err(format!("{s:?}: a label may not start or end with '-'"));
@@ -77,7 +93,9 @@ impl HostPattern {
         }
         if wild {
             if !rest.contains('.') {
-                return Err(format!("{s:?}: a wildcard needs at least two labels after \"*.\""));
+                return Err(format!(
+                    "{s:?}: a wildcard needs at least two labels after \"*.\""
+                ));
             }
             Ok(HostPattern::Wildcard(rest))
         } else {
@@ -94,7 +112,13 @@ impl HostPattern {
                 Some((first, rest)) => !first.is_empty() && rest == suffix,
                 None => false,
             },
-            HostPattern::Ip(ip) => name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok() == Some(*ip),
+            HostPattern::Ip(ip) => {
+                name.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                    .ok()
+                    == Some(*ip)
+            }
         }
     }
 
@@ -105,8 +129,17 @@ impl HostPattern {
             HostPattern::Ip(_) => return true,
             HostPattern::Exact(n) | HostPattern::Wildcard(n) => n.as_str(),
         };
-        let local_suffixes = ["localhost", "test", "internal", "home.arpa", "local", "invalid"];
-        local_suffixes.iter().any(|s| name == *s || name.ends_with(&format!(".{s}")))
+        let local_suffixes = [
+            "localhost",
+            "test",
+            "internal",
+            "home.arpa",
+            "local",
+            "invalid",
+        ];
+        local_suffixes
+            .iter()
+            .any(|s| name == *s || name.ends_with(&format!(".{s}")))
     }
 }
 
@@ -126,7 +159,9 @@ pub fn host_from_authority(authority: &str) -> Option<&str> {
     if let Some(rest) = authority.strip_prefix('[') {
         let end = rest.find(']')?;
         let after = &rest[end + 1..];
-        if !(after.is_empty() || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit()))) {
+        if !(after.is_empty()
+            || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit())))
+        {
             return None;
         }
         return Some(&rest[..end]);
@@ -152,7 +187,11 @@ pub struct NameTable<T> {
 
 impl<T> Default for NameTable<T> {
     fn default() -> Self {
-        NameTable { exact: HashMap::new(), wildcard: HashMap::new(), ips: Vec::new() }
+        NameTable {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            ips: Vec::new(),
+        }
     }
 }
 
@@ -203,7 +242,10 @@ mod tests {
         assert!(w.matches("A.EXAMPLE.com."));
         assert!(!w.matches("example.com"));
         assert!(!w.matches("a.b.example.com"));
-        assert_eq!(HostPattern::parse("[::1]").unwrap(), HostPattern::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            HostPattern::parse("[::1]").unwrap(),
+            HostPattern::Ip("::1".parse().unwrap())
+        );
         assert!(HostPattern::parse("https://x.com").is_err());
         assert!(HostPattern::parse("x.com:443").is_err());
         assert!(HostPattern::parse("a*.x.com").is_err());

@@ -30,7 +30,9 @@ fn sorted(mut certs: Vec<Arc<CertifiedKey>>) -> Vec<Arc<CertifiedKey>> {
 
 impl SiteCerts {
     pub fn new(certs: Vec<Arc<CertifiedKey>>) -> Self {
-        SiteCerts { certs: ArcSwap::from_pointee(sorted(certs)) }
+        SiteCerts {
+            certs: ArcSwap::from_pointee(sorted(certs)),
+        }
     }
 
     /// Replaces the chains; handshakes already under way finish with the old ones.
@@ -48,6 +50,10 @@ impl ResolvesServerCert for SiteCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let certs = self.certs.load();
         let schemes = hello.signature_schemes();
-        certs.iter().find(|c| c.key.choose_scheme(schemes).is_some()).or_else(|| certs.first()).cloned()
+        certs
+            .iter()
+            .find(|c| c.key.choose_scheme(schemes).is_some())
+            .or_else(|| certs.first())
+            .cloned()
     }
 }

@@ -34,8 +34,13 @@ impl GcmTicketKey {
         let mut key_name = [0u8; KEY_NAME_LEN];
         aws_lc_rs::rand::fill(&mut secret).map_err(|_| rustls::crypto::GetRandomFailed)?;
         aws_lc_rs::rand::fill(&mut key_name).map_err(|_| rustls::crypto::GetRandomFailed)?;
-        let key = UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| rustls::crypto::GetRandomFailed)?;
-        Ok(GcmTicketKey { key: LessSafeKey::new(key), key_name, counter: AtomicU64::new(0) })
+        let key =
+            UnboundKey::new(&AES_256_GCM, &secret).map_err(|_| rustls::crypto::GetRandomFailed)?;
+        Ok(GcmTicketKey {
+            key: LessSafeKey::new(key),
+            key_name,
+            counter: AtomicU64::new(0),
+        })
     }
 }
 
@@ -58,18 +63,33 @@ impl ProducesTickets for GcmTicketKey {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
         let (_, body) = out.split_at_mut(KEY_NAME_LEN + NONCE_LEN);
-        let tag = self.key.seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&self.key_name), body).ok()?;
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&self.key_name),
+                body,
+            )
+            .ok()?;
         out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        if cipher.len() < KEY_NAME_LEN + NONCE_LEN + TAG_LEN || cipher[..KEY_NAME_LEN] != self.key_name {
+        if cipher.len() < KEY_NAME_LEN + NONCE_LEN + TAG_LEN
+            || cipher[..KEY_NAME_LEN] != self.key_name
+        {
             return None;
         }
-        let nonce = Nonce::try_assume_unique_for_key(&cipher[KEY_NAME_LEN..KEY_NAME_LEN + NONCE_LEN]).ok()?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&cipher[KEY_NAME_LEN..KEY_NAME_LEN + NONCE_LEN])
+                .ok()?;
         let mut body = cipher[KEY_NAME_LEN + NONCE_LEN..].to_vec();
-        let plain_len = self.key.open_in_place(nonce, Aad::from(&self.key_name), &mut body).ok()?.len();
+        let plain_len = self
+            .key
+            .open_in_place(nonce, Aad::from(&self.key_name), &mut body)
+            .ok()?
+            .len();
         body.truncate(plain_len);
         Some(body)
     }
@@ -81,7 +101,10 @@ fn generate() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFaile
 
 /// A ticketer whose key rotates every `rotation` (seconds); tickets stay valid up to twice that.
 pub fn rotating_ticketer(rotation_secs: u32) -> Result<Arc<dyn ProducesTickets>, rustls::Error> {
-    Ok(Arc::new(TicketRotator::new(rotation_secs.max(60), generate)?))
+    Ok(Arc::new(TicketRotator::new(
+        rotation_secs.max(60),
+        generate,
+    )?))
 }
 
 #[cfg(test)]
