@@ -85,7 +85,7 @@ impl WorkerCtx {
             .header_read_timeout(None) // ours (server::io) answers 408; hyper's would just close
             .keep_alive(true)
             .half_close(false)
-            .max_buf_size(config.limits.max_header_bytes.max(8192) + 8192)
+            .max_buf_size(config.limits.max_header_bytes.max(8192))
             .max_headers(128);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
