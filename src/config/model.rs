@@ -161,6 +161,8 @@ pub struct FilesSpec {
     pub follow_symlinks_outside_root: bool,
     pub hidden_files: bool,
     pub strip_prefix: bool,
+    /// How long small files are answered from memory before the disk is asked again.
+    pub cache_validity: Duration,
 }
 
 #[derive(Debug, Clone)]

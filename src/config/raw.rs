@@ -167,6 +167,9 @@ pub struct RawFiles {
     pub hidden_files: Option<bool>,
     /// Remove the route's path prefix before looking up the file (like nginx `alias`).
     pub strip_prefix: Option<bool>,
+    /// Small files are served from memory for this long before the disk is checked again
+    /// (default "1s"; "0s" disables).
+    pub cache: Option<Spanned<String>>,
 }
 
 /// `respond = { status = 200, body = "...", content_type = "..." }`.
@@ -229,6 +232,7 @@ impl Default for RawFiles {
             follow_symlinks_outside_root: None,
             hidden_files: None,
             strip_prefix: None,
+            cache: None,
         }
     }
 }

@@ -914,6 +914,7 @@ fn files_spec(cx: &mut Ctx<'_>, f: &RawFiles, loc: Location, name: &str) -> Opti
             return None;
         }
     }
+    let cache_validity = cx.duration(&f.cache, "files.cache", Duration::from_secs(1), Duration::ZERO, Duration::from_secs(3600));
     Some(FilesSpec {
         root,
         index: f.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
@@ -922,6 +923,7 @@ fn files_spec(cx: &mut Ctx<'_>, f: &RawFiles, loc: Location, name: &str) -> Opti
         follow_symlinks_outside_root: f.follow_symlinks_outside_root.unwrap_or(false),
         hidden_files: f.hidden_files.unwrap_or(false),
         strip_prefix: f.strip_prefix.unwrap_or(false),
+        cache_validity,
     })
 }
 

@@ -87,6 +87,7 @@ impl Frontend {
                             precompressed: f.precompressed,
                             follow_symlinks_outside_root: f.follow_symlinks_outside_root,
                             hidden_files: f.hidden_files,
+                            cache_validity: f.cache_validity,
                         })
                         .map_err(|e| {
                             format!(

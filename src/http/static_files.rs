@@ -55,7 +55,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -112,6 +112,10 @@ pub struct StaticConfig {
     pub follow_symlinks_outside_root: bool,
     /// Serve dot-files and dot-directories (default `false`; `.well-known` is always served).
     pub hidden_files: bool,
+    /// How long a small file (≤ [`SMALL_FILE_MAX`]) may be answered from memory before the file
+    /// system is asked again (default 1 s, like nginx's `open_file_cache_valid`; zero disables
+    /// the cache). Changes on disk become visible within this time.
+    pub cache_validity: Duration,
 }
 
 impl StaticConfig {
@@ -124,6 +128,7 @@ impl StaticConfig {
             precompressed: true,
             follow_symlinks_outside_root: false,
             hidden_files: false,
+            cache_validity: Duration::from_secs(1),
         }
     }
 }
@@ -138,6 +143,8 @@ pub struct StaticFiles {
     cfg: StaticConfig,
     /// Set once `openat2` has returned `ENOSYS`.
     openat2_unsupported: AtomicBool,
+    /// Identifies this handler in the per-thread small-file cache.
+    id: u64,
 }
 
 impl StaticFiles {
@@ -164,6 +171,7 @@ impl StaticFiles {
             canonical_root,
             cfg,
             openat2_unsupported: AtomicBool::new(false),
+            id: NEXT_HANDLER_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -181,6 +189,15 @@ impl StaticFiles {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
+        let cache_now = if self.cfg.cache_validity.is_zero() {
+            None
+        } else {
+            let now = Instant::now();
+            if let Some(hit) = cache::get(self.id, path, now, self.cfg.cache_validity) {
+                return self.serve_cached(req, &hit, head);
+            }
+            Some(now)
+        };
         let target = match parse_path(path, self.cfg.hidden_files) {
             Ok(target) => target,
             Err(status) => {
@@ -193,9 +210,9 @@ impl StaticFiles {
             Err(err) => return open_failed(err, path, head),
         };
         match FileType::from_raw_mode(st.st_mode) {
-            FileType::Directory => self.serve_dir(req, path, &target, fd, head),
+            FileType::Directory => self.serve_dir(req, path, &target, fd, head, cache_now),
             FileType::RegularFile if !target.trailing_slash => {
-                self.serve_file(req, &target.rel, fd, &st, head)
+                self.serve_file(req, &target.rel, fd, &st, head, (path, cache_now))
             }
             _ => error_response(StatusCode::NOT_FOUND, head),
         }
@@ -267,6 +284,7 @@ impl StaticFiles {
         target: &Target,
         dir: OwnedFd,
         head: bool,
+        cache_now: Option<Instant>,
     ) -> Response<Body> {
         if !target.trailing_slash {
             return redirect_with_slash(req, path, head);
@@ -275,7 +293,7 @@ impl StaticFiles {
             let rel = join_rel(&target.rel, name);
             if let Ok((fd, st)) = self.open_rel(&rel) {
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
-                    return self.serve_file(req, &rel, fd, &st, head);
+                    return self.serve_file(req, &rel, fd, &st, head, (path, cache_now));
                 }
             }
         }
@@ -332,7 +350,8 @@ impl StaticFiles {
     }
 
     /// Serves the regular file `rel` (already open as `fd`, with metadata `st`), or one of its
-    /// precompressed siblings.
+    /// precompressed siblings. `cache` is the request path (the cache key) and the time of the
+    /// cache miss, when the small-file cache is on.
     fn serve_file(
         &self,
         req: &http::request::Parts,
@@ -340,12 +359,83 @@ impl StaticFiles {
         fd: OwnedFd,
         st: &Stat,
         head: bool,
+        cache: (&str, Option<Instant>),
     ) -> Response<Body> {
+        if let (key, Some(now)) = cache {
+            if u64::try_from(st.st_size).is_ok_and(|n| n <= SMALL_FILE_MAX) {
+                match self.load_cached(rel, &fd, st, now) {
+                    Some(entry) => {
+                        let entry = cache::insert(self.id, key, entry);
+                        return self.serve_cached(req, &entry, head);
+                    }
+                    None => {} // a sibling is large, or a read failed: serve from the file
+                }
+            }
+        }
         let (variant, vary) = self.select_variant(&req.headers, rel, fd, st);
         let Variant { fd, meta, encoding } = variant;
-        let etag = meta.etag(encoding);
+        let validators = Validators::new(&meta, encoding);
+        self.respond(req, content_type_for(rel), Src::Fd(fd), meta, encoding, &validators, vary, head)
+    }
 
-        let mut resp = match preconditions(&req.headers, &etag, meta.mtime) {
+    /// Reads `rel` and its precompressed siblings into memory, for the cache. `None` when one of
+    /// them is too large or cannot be read (the caller then serves from the file).
+    fn load_cached(&self, rel: &str, fd: &OwnedFd, st: &Stat, now: Instant) -> Option<cache::Entry> {
+        let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<cache::Cached> {
+            let meta = FileMeta::from_stat(st);
+            if meta.size > SMALL_FILE_MAX {
+                return None;
+            }
+            let data = pread_up_to(fd, 0, usize::try_from(meta.size).ok()?).ok()?;
+            if data.len() as u64 != meta.size {
+                return None;
+            }
+            Some(cache::Cached { data: Bytes::from(data), meta, validators: Validators::new(&meta, encoding) })
+        };
+        let identity = load(fd, st, None)?;
+        let (mut br, mut gz) = (None, None);
+        if self.cfg.precompressed {
+            if let Some((fd, st)) = self.open_sibling(rel, Encoding::Br) {
+                br = Some(load(&fd, &st, Some(Encoding::Br))?);
+            }
+            if let Some((fd, st)) = self.open_sibling(rel, Encoding::Gzip) {
+                gz = Some(load(&fd, &st, Some(Encoding::Gzip))?);
+            }
+        }
+        Some(cache::Entry { content_type: content_type_for(rel), identity, br, gz, loaded: now })
+    }
+
+    /// Serves a cached small file (and its siblings) from memory.
+    fn serve_cached(&self, req: &http::request::Parts, entry: &cache::Entry, head: bool) -> Response<Body> {
+        let vary = entry.br.is_some() || entry.gz.is_some();
+        let (chosen, encoding) = if vary {
+            match AcceptEncoding::parse(&req.headers).choose(entry.br.is_some(), entry.gz.is_some()) {
+                Some(Encoding::Br) => (entry.br.as_ref().unwrap_or(&entry.identity), Some(Encoding::Br)),
+                Some(Encoding::Gzip) => (entry.gz.as_ref().unwrap_or(&entry.identity), Some(Encoding::Gzip)),
+                None => (&entry.identity, None),
+            }
+        } else {
+            (&entry.identity, None)
+        };
+        let src = Src::Mem(chosen.data.clone());
+        self.respond(req, entry.content_type.clone(), src, chosen.meta, encoding, &chosen.validators, vary, head)
+    }
+
+    /// Preconditions, ranges and headers for the chosen representation.
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        req: &http::request::Parts,
+        content_type: HeaderValue,
+        src: Src,
+        meta: FileMeta,
+        encoding: Option<Encoding>,
+        validators: &Validators,
+        vary: bool,
+        head: bool,
+    ) -> Response<Body> {
+        let etag = validators.etag.to_str().unwrap_or("");
+        let mut resp = match preconditions(&req.headers, etag, meta.mtime) {
             Precondition::Failed => return error_response(StatusCode::PRECONDITION_FAILED, head),
             Precondition::NotModified => {
                 let mut resp = Response::new(Body::Empty);
@@ -354,7 +444,7 @@ impl StaticFiles {
             }
             Precondition::Proceed => {
                 let range = if req.method == Method::GET {
-                    requested_range(&req.headers, &etag, meta.mtime, meta.size)
+                    requested_range(&req.headers, etag, meta.mtime, meta.size)
                 } else {
                     RangeRequest::Full
                 };
@@ -370,17 +460,25 @@ impl StaticFiles {
                         return resp;
                     }
                 };
-                let body = match file_body(fd, start, len, head) {
-                    Ok(body) => body,
-                    Err(err) => {
-                        tracing::warn!(rel, error = %err, "static: reading file failed");
-                        return error_response(StatusCode::INTERNAL_SERVER_ERROR, head);
+                let body = match src {
+                    Src::Mem(data) if head || len == 0 => {
+                        drop(data);
+                        Body::Empty
                     }
+                    // Ranges were checked against this size: the slice is in bounds.
+                    Src::Mem(data) => Body::full(data.slice(start as usize..(start + len) as usize)),
+                    Src::Fd(fd) => match file_body(fd, start, len, head) {
+                        Ok(body) => body,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "static: reading file failed");
+                            return error_response(StatusCode::INTERNAL_SERVER_ERROR, head);
+                        }
+                    },
                 };
                 let mut resp = Response::new(body);
                 *resp.status_mut() = status;
                 let h = resp.headers_mut();
-                h.insert(header::CONTENT_TYPE, content_type_for(rel));
+                h.insert(header::CONTENT_TYPE, content_type);
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
                 if let Some(enc) = encoding {
@@ -396,8 +494,8 @@ impl StaticFiles {
         };
         // Validators (and Vary) go on 200, 206 and 304 alike.
         let h = resp.headers_mut();
-        set_header(h, header::ETAG, &etag);
-        set_header(h, header::LAST_MODIFIED, &meta.last_modified());
+        h.insert(header::ETAG, validators.etag.clone());
+        h.insert(header::LAST_MODIFIED, validators.last_modified.clone());
         if vary {
             h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
         }
@@ -657,6 +755,111 @@ fn join_rel(dir: &str, name: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Metadata, validators, preconditions
 // ---------------------------------------------------------------------------------------------
+
+/// Where a response's bytes come from.
+enum Src {
+    Fd(OwnedFd),
+    Mem(Bytes),
+}
+
+/// `ETag` and `Last-Modified`, formatted once.
+#[derive(Debug, Clone)]
+struct Validators {
+    etag: HeaderValue,
+    last_modified: HeaderValue,
+}
+
+impl Validators {
+    fn new(meta: &FileMeta, encoding: Option<Encoding>) -> Self {
+        let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
+        Validators { etag: hv(meta.etag(encoding)), last_modified: hv(meta.last_modified()) }
+    }
+}
+
+static NEXT_HANDLER_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The small-file cache: per worker thread (no locks, no cache lines shared between cores),
+/// keyed by handler and raw request path, bounded in entries and bytes. An entry is trusted for
+/// [`StaticConfig::cache_validity`] and then looked up on disk again.
+mod cache {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http::HeaderValue;
+
+    use super::{FileMeta, Validators};
+
+    /// Most entries per thread.
+    const MAX_ENTRIES: usize = 4096;
+    /// Most cached bytes per thread.
+    const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+    /// One representation in memory.
+    pub(super) struct Cached {
+        pub data: Bytes,
+        pub meta: FileMeta,
+        pub validators: Validators,
+    }
+
+    /// A file and its precompressed siblings.
+    pub(super) struct Entry {
+        pub content_type: HeaderValue,
+        pub identity: Cached,
+        pub br: Option<Cached>,
+        pub gz: Option<Cached>,
+        pub loaded: Instant,
+    }
+
+    impl Entry {
+        fn bytes(&self) -> usize {
+            self.identity.data.len() + self.br.as_ref().map_or(0, |c| c.data.len()) + self.gz.as_ref().map_or(0, |c| c.data.len())
+        }
+    }
+
+    #[derive(Default)]
+    struct Cache {
+        /// Handler id → request path → entry (two levels so lookups borrow the path).
+        map: HashMap<u64, HashMap<Box<str>, Rc<Entry>>>,
+        entries: usize,
+        bytes: usize,
+    }
+
+    thread_local! {
+        static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    }
+
+    /// A fresh entry for `path` of handler `id`.
+    pub(super) fn get(id: u64, path: &str, now: Instant, validity: Duration) -> Option<Rc<Entry>> {
+        CACHE.with(|c| {
+            let c = c.borrow();
+            let e = c.map.get(&id)?.get(path)?;
+            (now.saturating_duration_since(e.loaded) < validity).then(|| e.clone())
+        })
+    }
+
+    /// Stores `entry` (evicting everything when a bound is reached) and returns it shared.
+    pub(super) fn insert(id: u64, path: &str, entry: Entry) -> Rc<Entry> {
+        let entry = Rc::new(entry);
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            let size = entry.bytes();
+            if c.entries >= MAX_ENTRIES || c.bytes + size > MAX_BYTES {
+                c.map.clear();
+                c.entries = 0;
+                c.bytes = 0;
+            }
+            match c.map.entry(id).or_default().insert(Box::from(path), entry.clone()) {
+                Some(old) => c.bytes -= old.bytes(),
+                None => c.entries += 1,
+            }
+            c.bytes += size;
+        });
+        entry
+    }
+}
 
 /// The representation chosen for a response: a file and, for a precompressed sibling, its
 /// content coding.
