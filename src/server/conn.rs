@@ -132,7 +132,31 @@ pub async fn serve_tls(
             return;
         }
     };
+    let mut tls = tls;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    if !h2 {
+        // HTTP/1.1: wait for the request's first bytes before handing the connection to hyper,
+        // so a connection that sits idle after its handshake holds no HTTP buffers (nginx
+        // allocates its request buffer the same way). Records rustls already holds count.
+        let buffered = match tls.get_mut().1.process_new_packets() {
+            Ok(io) => io.plaintext_bytes_to_read() > 0 || io.peer_has_closed(),
+            Err(_) => true, // let hyper read and report the error
+        };
+        if !buffered {
+            let wait = limits.header_timeout.min(limits.idle_timeout);
+            tokio::select! {
+                r = tokio::time::timeout(wait, tls.get_ref().0.readable()) => match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::debug!(%peer, "no request after the handshake: closing");
+                        return;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
     let conn_state = Arc::new(ConnState::default());
     let timeouts = Timeouts {
         header: limits.header_timeout,
@@ -148,16 +172,16 @@ pub async fn serve_tls(
         conn: conn_state,
         overloaded,
     };
+    // The protocol state lives in its own allocation of exactly its size: the task's future
+    // would otherwise be as large as the larger of the two (HTTP/2's) for every connection.
     let result = if h2 {
-        let conn = ctx.h2.serve_connection(io, svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(ctx.h2.serve_connection(io, svc));
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
         }
     } else {
-        let conn = ctx.h1.serve_connection(io, svc);
-        tokio::pin!(conn);
+        let mut conn = Box::pin(ctx.h1.serve_connection(io, svc));
         if overloaded {
             conn.as_mut().graceful_shutdown();
         }

@@ -371,15 +371,9 @@ async fn accept_loop(
                     continue;
                 }
                 if tls {
-                    tokio::spawn(conn::serve_tls(
-                        tcp,
-                        peer,
-                        state.clone(),
-                        ctx.clone(),
-                        shutdown.clone(),
-                        n > max,
-                        guard,
-                    ));
+                    let fut = conn::serve_tls(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), n > max, guard);
+                    tracing::trace!(bytes = std::mem::size_of_val(&fut), "connection task");
+                    tokio::spawn(fut);
                 } else {
                     tokio::spawn(conn::serve_http(
                         tcp,
