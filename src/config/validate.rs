@@ -914,7 +914,13 @@ fn files_spec(cx: &mut Ctx<'_>, f: &RawFiles, loc: Location, name: &str) -> Opti
             return None;
         }
     }
-    let cache_validity = cx.duration(&f.cache, "files.cache", Duration::from_secs(1), Duration::ZERO, Duration::from_secs(3600));
+    let cache_validity = cx.duration(
+        &f.cache,
+        "files.cache",
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
     Some(FilesSpec {
         root,
         index: f.index.clone().unwrap_or_else(|| vec!["index.html".into()]),

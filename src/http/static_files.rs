@@ -363,24 +363,37 @@ impl StaticFiles {
     ) -> Response<Body> {
         if let (key, Some(now)) = cache {
             if u64::try_from(st.st_size).is_ok_and(|n| n <= SMALL_FILE_MAX) {
-                match self.load_cached(rel, &fd, st, now) {
-                    Some(entry) => {
-                        let entry = cache::insert(self.id, key, entry);
-                        return self.serve_cached(req, &entry, head);
-                    }
-                    None => {} // a sibling is large, or a read failed: serve from the file
+                // None: a sibling is large, or a read failed: serve from the file below.
+                if let Some(entry) = self.load_cached(rel, &fd, st, now) {
+                    let entry = cache::insert(self.id, key, entry);
+                    return self.serve_cached(req, &entry, head);
                 }
             }
         }
         let (variant, vary) = self.select_variant(&req.headers, rel, fd, st);
         let Variant { fd, meta, encoding } = variant;
         let validators = Validators::new(&meta, encoding);
-        self.respond(req, content_type_for(rel), Src::Fd(fd), meta, encoding, &validators, vary, head)
+        self.respond(
+            req,
+            content_type_for(rel),
+            Src::Fd(fd),
+            meta,
+            encoding,
+            &validators,
+            vary,
+            head,
+        )
     }
 
     /// Reads `rel` and its precompressed siblings into memory, for the cache. `None` when one of
     /// them is too large or cannot be read (the caller then serves from the file).
-    fn load_cached(&self, rel: &str, fd: &OwnedFd, st: &Stat, now: Instant) -> Option<cache::Entry> {
+    fn load_cached(
+        &self,
+        rel: &str,
+        fd: &OwnedFd,
+        st: &Stat,
+        now: Instant,
+    ) -> Option<cache::Entry> {
         let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<cache::Cached> {
             let meta = FileMeta::from_stat(st);
             if meta.size > SMALL_FILE_MAX {
@@ -390,7 +403,11 @@ impl StaticFiles {
             if data.len() as u64 != meta.size {
                 return None;
             }
-            Some(cache::Cached { data: Bytes::from(data), meta, validators: Validators::new(&meta, encoding) })
+            Some(cache::Cached {
+                data: Bytes::from(data),
+                meta,
+                validators: Validators::new(&meta, encoding),
+            })
         };
         let identity = load(fd, st, None)?;
         let (mut br, mut gz) = (None, None);
@@ -402,23 +419,50 @@ impl StaticFiles {
                 gz = Some(load(&fd, &st, Some(Encoding::Gzip))?);
             }
         }
-        Some(cache::Entry { content_type: content_type_for(rel), identity, br, gz, loaded: now })
+        Some(cache::Entry {
+            content_type: content_type_for(rel),
+            identity,
+            br,
+            gz,
+            loaded: now,
+        })
     }
 
     /// Serves a cached small file (and its siblings) from memory.
-    fn serve_cached(&self, req: &http::request::Parts, entry: &cache::Entry, head: bool) -> Response<Body> {
+    fn serve_cached(
+        &self,
+        req: &http::request::Parts,
+        entry: &cache::Entry,
+        head: bool,
+    ) -> Response<Body> {
         let vary = entry.br.is_some() || entry.gz.is_some();
         let (chosen, encoding) = if vary {
-            match AcceptEncoding::parse(&req.headers).choose(entry.br.is_some(), entry.gz.is_some()) {
-                Some(Encoding::Br) => (entry.br.as_ref().unwrap_or(&entry.identity), Some(Encoding::Br)),
-                Some(Encoding::Gzip) => (entry.gz.as_ref().unwrap_or(&entry.identity), Some(Encoding::Gzip)),
+            match AcceptEncoding::parse(&req.headers).choose(entry.br.is_some(), entry.gz.is_some())
+            {
+                Some(Encoding::Br) => (
+                    entry.br.as_ref().unwrap_or(&entry.identity),
+                    Some(Encoding::Br),
+                ),
+                Some(Encoding::Gzip) => (
+                    entry.gz.as_ref().unwrap_or(&entry.identity),
+                    Some(Encoding::Gzip),
+                ),
                 None => (&entry.identity, None),
             }
         } else {
             (&entry.identity, None)
         };
         let src = Src::Mem(chosen.data.clone());
-        self.respond(req, entry.content_type.clone(), src, chosen.meta, encoding, &chosen.validators, vary, head)
+        self.respond(
+            req,
+            entry.content_type.clone(),
+            src,
+            chosen.meta,
+            encoding,
+            &chosen.validators,
+            vary,
+            head,
+        )
     }
 
     /// Preconditions, ranges and headers for the chosen representation.
@@ -466,7 +510,9 @@ impl StaticFiles {
                         Body::Empty
                     }
                     // Ranges were checked against this size: the slice is in bounds.
-                    Src::Mem(data) => Body::full(data.slice(start as usize..(start + len) as usize)),
+                    Src::Mem(data) => {
+                        Body::full(data.slice(start as usize..(start + len) as usize))
+                    }
                     Src::Fd(fd) => match file_body(fd, start, len, head) {
                         Ok(body) => body,
                         Err(err) => {
@@ -772,7 +818,10 @@ struct Validators {
 impl Validators {
     fn new(meta: &FileMeta, encoding: Option<Encoding>) -> Self {
         let hv = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static(""));
-        Validators { etag: hv(meta.etag(encoding)), last_modified: hv(meta.last_modified()) }
+        Validators {
+            etag: hv(meta.etag(encoding)),
+            last_modified: hv(meta.last_modified()),
+        }
     }
 }
 
@@ -815,7 +864,9 @@ mod cache {
 
     impl Entry {
         fn bytes(&self) -> usize {
-            self.identity.data.len() + self.br.as_ref().map_or(0, |c| c.data.len()) + self.gz.as_ref().map_or(0, |c| c.data.len())
+            self.identity.data.len()
+                + self.br.as_ref().map_or(0, |c| c.data.len())
+                + self.gz.as_ref().map_or(0, |c| c.data.len())
         }
     }
 
@@ -851,7 +902,12 @@ mod cache {
                 c.entries = 0;
                 c.bytes = 0;
             }
-            match c.map.entry(id).or_default().insert(Box::from(path), entry.clone()) {
+            match c
+                .map
+                .entry(id)
+                .or_default()
+                .insert(Box::from(path), entry.clone())
+            {
                 Some(old) => c.bytes -= old.bytes(),
                 None => c.entries += 1,
             }

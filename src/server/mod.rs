@@ -371,7 +371,15 @@ async fn accept_loop(
                     continue;
                 }
                 if tls {
-                    let fut = conn::serve_tls(tcp, peer, state.clone(), ctx.clone(), shutdown.clone(), n > max, guard);
+                    let fut = conn::serve_tls(
+                        tcp,
+                        peer,
+                        state.clone(),
+                        ctx.clone(),
+                        shutdown.clone(),
+                        n > max,
+                        guard,
+                    );
                     tracing::trace!(bytes = std::mem::size_of_val(&fut), "connection task");
                     tokio::spawn(fut);
                 } else {
