@@ -227,6 +227,13 @@ fn serve(a: ServeArgs) -> i32 {
         .and_then(|s| s.hosts.first())
         .map(|h| h.to_string())
         .unwrap_or_else(|| "localhost".into());
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return 1;
+        }
+    };
     let server = match Server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -267,38 +274,50 @@ fn serve(a: ServeArgs) -> i32 {
             root.display()
         );
     }
-    wait_for_signal();
+    signals.wait();
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown();
     tracing::info!("stopped");
     0
 }
 
-fn wait_for_signal() {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot wait for signals");
-            return;
-        }
-    };
-    rt.block_on(async {
+/// SIGTERM/SIGINT/SIGHUP handlers, installed before the server starts so that a signal that
+/// arrives during start-up is a graceful stop, not the default "killed".
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM received"); return; }
-                _ = int.recv() => { tracing::info!("SIGINT received"); return; }
-                _ = hup.recv() => { tracing::warn!("SIGHUP received: live reload is not supported yet; restart portcullis to apply config changes"); }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the signal handler: {e}"))?;
+        let _guard = rt.enter();
+        let err = |e: std::io::Error| format!("cannot install signal handlers: {e}");
+        let term = signal(SignalKind::terminate()).map_err(err)?;
+        let int = signal(SignalKind::interrupt()).map_err(err)?;
+        let hup = signal(SignalKind::hangup()).map_err(err)?;
+        drop(_guard);
+        Ok(Signals { rt, term, int, hup })
+    }
+
+    /// Blocks until SIGTERM or SIGINT.
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
+                    _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
+                    _ = self.hup.recv() => { tracing::warn!("SIGHUP received: live reload is not supported yet; restart portcullis to apply config changes"); }
+                }
             }
-        }
-    });
+        });
+    }
 }
 
 fn check(a: ServeArgs) -> i32 {

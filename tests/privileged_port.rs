@@ -19,7 +19,13 @@ fn privileged_port_without_permission_is_one_clear_line() {
     let mut cmd = if running_as_root() {
         // Drop to nobody without any capability, as an ordinary user would run it.
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", exe]);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            exe,
+        ]);
         c
     } else {
         Command::new(exe)
@@ -42,6 +48,10 @@ fn privileged_port_without_permission_is_one_clear_line() {
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -58,6 +58,10 @@ pub struct Frontend {
     /// Host name → index into `sites`.
     pub hosts: NameTable<usize>,
     pub max_body: u64,
+    /// Largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// The site answering clients without SNI; its headers go on site-less error responses.
+    pub default_site: usize,
     pub access_log: bool,
     pub redirect: RedirectKind,
     /// `""` when HTTPS is on 443, else `":PORT"`, for port-80 redirects.
@@ -119,6 +123,8 @@ impl Frontend {
             sites,
             hosts,
             max_body: config.limits.max_body_bytes,
+            max_header_bytes: config.limits.max_header_bytes,
+            default_site: config.default_site,
             access_log: config.access_log,
             redirect: config.http.redirect,
             https_port_suffix: if https_port == 443 {
@@ -201,20 +207,14 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
         let guard = ActiveGuard::new(&self.conn);
         let (parts, _body) = req.into_parts();
         let (site, mut resp) = self.route(&parts);
-        if let Some(site) = site {
-            let h = resp.headers_mut();
-            for (name, value) in &self.front.sites[site].headers {
-                if !h.contains_key(name) {
-                    h.insert(name.clone(), value.clone());
-                }
+        // Errors before a site is known (unknown Host, no SNI) get the headers of the site whose
+        // certificate the connection uses: every HTTPS response carries the protections.
+        let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
+        let h = resp.headers_mut();
+        for (name, value) in &self.front.sites[policy].headers {
+            if let http::header::Entry::Vacant(slot) = h.entry(name.clone()) {
+                slot.insert(value.clone());
             }
-        } else {
-            // Errors before a site is known still get the protections every site has.
-            let h = resp.headers_mut();
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
         }
         if self.front.access_log {
             tracing::info!(target: "access", method = %parts.method, uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
@@ -225,6 +225,17 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
             _guard: guard,
         })))
     }
+}
+
+/// The size of a request head as sent in HTTP/1.1 (request line and `Name: value` lines).
+fn head_size(parts: &http::request::Parts) -> usize {
+    let line = parts.method.as_str().len()
+        + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    parts
+        .headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// HEAD: keep the headers (with the length the GET body would have), drop the body.
@@ -251,6 +262,13 @@ impl HttpsService {
             let mut r = pages::error(StatusCode::SERVICE_UNAVAILABLE);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return (self.sni_site, r);
+        }
+        if head_size(parts) > self.front.max_header_bytes {
+            // hyper's HTTP/1.1 buffer cannot be set below 8 KiB; smaller limits are enforced here.
+            let mut r = pages::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (self.sni_site, r);

@@ -181,10 +181,8 @@ pub async fn serve_tls(
             _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
         }
     } else {
+        // Overloaded connections get a 503 with `Connection: close` (see HttpsService).
         let mut conn = Box::pin(ctx.h1.serve_connection(io, svc));
-        if overloaded {
-            conn.as_mut().graceful_shutdown();
-        }
         tokio::select! {
             r = conn.as_mut() => r,
             _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }

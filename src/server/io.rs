@@ -1,6 +1,6 @@
 //! Connection I/O with the server's timeouts built in.
 //!
-//! [`TimedIo`] wraps a connection's stream and enforces, without a task or allocation of its own:
+//! [`TimedIo`] wraps a connection's stream and enforces, without a task of its own:
 //! * header timeout (HTTP/1.1): a request head that does not arrive completely in time gets a
 //!   `408 Request Timeout` and the connection is closed (hyper itself would close silently);
 //! * first-request timeout: a connection that sends nothing after the handshake is closed;
@@ -8,6 +8,12 @@
 //! * send timeout: a peer that stops reading is cut off instead of holding buffers forever.
 //!
 //! "A request is in flight" comes from [`ConnState`], which the HTTP service updates.
+//!
+//! Timers are lazy, as in nginx: activity only records a coarse timestamp (a vDSO read of
+//! `CLOCK_MONOTONIC_COARSE`, no timer-wheel update); the timer stays armed at its old deadline,
+//! and when it fires early the real deadline is computed and the timer re-armed. A busy
+//! keep-alive connection therefore touches the timer wheel about once per idle period instead
+//! of twice per request.
 
 use std::future::Future;
 use std::io;
@@ -35,6 +41,35 @@ pub struct Timeouts {
 
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nConnection: close\r\n\r\n408 Request Timeout\n";
 
+/// Milliseconds on the coarse monotonic clock (resolution a few ms; plenty for timeouts).
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64).saturating_mul(1000) + (t.tv_nsec as u64) / 1_000_000
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// What the read-side deadline is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// A request head started arriving and is not complete (HTTP/1.1).
+    Header(u64),
+    /// Nothing in flight: keep-alive idle (or nothing received at all yet).
+    Idle(u64),
+    /// A response is in flight (its end is not signalled here): look again later.
+    Recheck(u64),
+}
+
+impl Due {
+    fn at(self) -> u64 {
+        match self {
+            Due::Header(t) | Due::Idle(t) | Due::Recheck(t) => t,
+        }
+    }
+}
+
 pin_project! {
     /// A stream that enforces [`Timeouts`]; see the module docs.
     pub struct TimedIo<T> {
@@ -46,11 +81,14 @@ pin_project! {
         write_timer: Sleep,
         state: Arc<ConnState>,
         timeouts: Timeouts,
-        last_activity: Instant,
-        // Deadline for the current request head and the request count when it was armed.
-        header_deadline: Option<(Instant, u64)>,
+        // Coarse ms of the last byte received or sent.
+        last_activity: u64,
+        // When the current request head started (coarse ms) and the request count then.
+        header_started: Option<(u64, u64)>,
         // Nothing received yet on this connection.
         fresh: bool,
+        // Coarse ms the read timer is armed for (None: not armed).
+        read_armed: Option<u64>,
         write_armed: bool,
         // Some(n): the 408 is being written, n bytes so far.
         sending_408: Option<usize>,
@@ -62,13 +100,14 @@ impl<T> TimedIo<T> {
         let now = Instant::now();
         TimedIo {
             inner,
-            read_timer: tokio::time::sleep_until(now + timeouts.header),
-            write_timer: tokio::time::sleep_until(now + timeouts.send),
+            read_timer: tokio::time::sleep_until(now),
+            write_timer: tokio::time::sleep_until(now),
             state,
             timeouts,
-            last_activity: now,
-            header_deadline: None,
+            last_activity: coarse_ms(),
+            header_started: None,
             fresh: true,
+            read_armed: None,
             write_armed: false,
             sending_408: None,
         }
@@ -113,64 +152,83 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
         let before = buf.filled().len();
         if let Poll::Ready(r) = this.inner.poll_read(cx, buf) {
             if buf.filled().len() > before {
-                let now = Instant::now();
+                let now = coarse_ms();
                 *this.last_activity = now;
                 *this.fresh = false;
                 if this.timeouts.h1
-                    && this.header_deadline.is_none()
+                    && this.header_started.is_none()
                     && this.state.active.load(Ordering::Relaxed) == 0
                 {
-                    *this.header_deadline = Some((
-                        now + this.timeouts.header,
-                        this.state.started.load(Ordering::Relaxed),
-                    ));
+                    *this.header_started = Some((now, this.state.started.load(Ordering::Relaxed)));
                 }
             }
             return Poll::Ready(r);
         }
-        let mut this = self.as_mut().project();
-        if let Some((_, started)) = *this.header_deadline {
-            if this.state.started.load(Ordering::Relaxed) != started {
-                *this.header_deadline = None;
+        loop {
+            let mut this = self.as_mut().project();
+            if let Some((_, started)) = *this.header_started {
+                if this.state.started.load(Ordering::Relaxed) != started {
+                    *this.header_started = None;
+                }
             }
+            let due = if let Some((t, _)) = *this.header_started {
+                Due::Header(t + ms(this.timeouts.header))
+            } else if *this.fresh {
+                Due::Idle(*this.last_activity + ms(this.timeouts.header.min(this.timeouts.idle)))
+            } else if this.state.active.load(Ordering::Relaxed) == 0 {
+                Due::Idle(*this.last_activity + ms(this.timeouts.idle))
+            } else {
+                // A response is being produced (the write side has its own timer). Nothing
+                // wakes this read when it ends, so look again after an idle period; the
+                // connection then closes at most one idle period late.
+                Due::Recheck(coarse_ms() + ms(this.timeouts.idle))
+            };
+            // Arm only when the timer would fire too late (or is not armed); firing early is
+            // handled below by re-arming.
+            if this
+                .read_armed
+                .is_none_or(|armed| armed > due.at() && !matches!(due, Due::Recheck(_)))
+            {
+                let now = coarse_ms();
+                let wait = Duration::from_millis(due.at().saturating_sub(now));
+                this.read_timer.as_mut().reset(Instant::now() + wait);
+                *this.read_armed = Some(due.at());
+            }
+            ready!(this.read_timer.as_mut().poll(cx));
+            *this.read_armed = None;
+            if coarse_ms() < due.at() || matches!(due, Due::Recheck(_)) {
+                continue; // fired for an older deadline, or time to look again: re-arm
+            }
+            if let Due::Header(_) = due {
+                tracing::debug!("request header timeout: sending 408");
+                *this.sending_408 = Some(0);
+                return self.poll_send_408(cx);
+            }
+            // Idle (or nothing ever sent): end of stream; hyper closes the connection.
+            tracing::trace!("idle timeout");
+            return Poll::Ready(Ok(()));
         }
-        let deadline = if let Some((d, _)) = *this.header_deadline {
-            d
-        } else if *this.fresh {
-            *this.last_activity + this.timeouts.header.min(this.timeouts.idle)
-        } else if this.state.active.load(Ordering::Relaxed) == 0 {
-            *this.last_activity + this.timeouts.idle
-        } else {
-            return Poll::Pending;
-        };
-        if this.read_timer.deadline() != deadline {
-            this.read_timer.as_mut().reset(deadline);
-        }
-        ready!(this.read_timer.as_mut().poll(cx));
-        if this.header_deadline.is_some() {
-            tracing::debug!("request header timeout: sending 408");
-            *this.sending_408 = Some(0);
-            return self.poll_send_408(cx);
-        }
-        // Idle (or nothing ever sent): end of stream; hyper closes the connection.
-        tracing::trace!("idle timeout");
-        Poll::Ready(Ok(()))
     }
 }
 
 impl<T: AsyncWrite> TimedIo<T> {
     /// Common handling of a write-side poll: arms the send timer while the peer is not reading.
+    /// `progress`: bytes were written (a flush with nothing to send is no activity: hyper
+    /// flushes on every wake-up, which must not keep an idle connection alive).
     fn on_write<R>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         res: Poll<io::Result<R>>,
+        progress: bool,
     ) -> Poll<io::Result<R>> {
         let mut this = self.project();
         match res {
             Poll::Ready(r) => {
                 *this.write_armed = false;
-                // Keep-alive idleness counts from the end of the last response too.
-                *this.last_activity = Instant::now();
+                if progress {
+                    // Keep-alive idleness counts from the end of the last response too.
+                    *this.last_activity = coarse_ms();
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
@@ -197,7 +255,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write(cx, buf);
-        self.on_write(cx, res)
+        let progress = matches!(res, Poll::Ready(Ok(n)) if n > 0);
+        self.on_write(cx, res, progress)
     }
 
     fn poll_write_vectored(
@@ -206,7 +265,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
-        self.on_write(cx, res)
+        let progress = matches!(res, Poll::Ready(Ok(n)) if n > 0);
+        self.on_write(cx, res, progress)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -215,11 +275,11 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = self.as_mut().project().inner.poll_flush(cx);
-        self.on_write(cx, res)
+        self.on_write(cx, res, false)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = self.as_mut().project().inner.poll_shutdown(cx);
-        self.on_write(cx, res)
+        self.on_write(cx, res, false)
     }
 }

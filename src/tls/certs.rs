@@ -198,10 +198,28 @@ pub fn load_pem(
             "use ECDSA P-256/P-384, RSA ≥ 2048 bits or Ed25519",
         )
     })?;
-    let certified = CertifiedKey::new(chain.clone(), signing_key);
+    let certified = CertifiedKey::new(chain.clone(), signing_key.clone());
     match certified.keys_match() {
         Ok(()) => {}
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            // The key may belong to a certificate further down: then the chain is out of order.
+            let owner = (1..chain.len()).find(|&j| {
+                CertifiedKey::new(vec![chain[j].clone()], signing_key.clone())
+                    .keys_match()
+                    .is_ok()
+            });
+            if let Some(j) = owner {
+                return Err(Finding::error(
+                    format!(
+                        "{}: chain is out of order: the key belongs to certificate {} ({}), but the file starts with {}",
+                        cert_path.display(),
+                        j + 1,
+                        subject_of(&parsed[j]),
+                        subject_of(leaf)
+                    ),
+                    format!("put the leaf (certificate {}) first, then its issuer, then that one's issuer", j + 1),
+                ));
+            }
             return Err(Finding::error(
                 format!("{}: private key does not match the certificate {} ({})", key_path.display(), subject_of(leaf), cert_path.display()),
                 "use the key the certificate was issued for (compare `openssl x509 -pubkey` with `openssl pkey -pubout`)",

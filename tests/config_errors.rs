@@ -1,0 +1,534 @@
+//! Configuration and certificate mistakes: each is reported with the file, the line and a
+//! message naming the problem, by `config::load`, `portcullis check` and `portcullis serve`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use portcullis::config::validate::{Mode, Overrides};
+
+/// 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in config"))
+        + 1
+}
+
+/// Every problem (errors and warnings) `load` reports, as displayed, or the warnings of a
+/// config that loads.
+fn problems(path: &Path, mode: Mode) -> Result<Vec<String>, Vec<String>> {
+    match portcullis::config::load(path, &Overrides::default(), mode) {
+        Ok((_, warnings)) => Ok(warnings.iter().map(|p| p.to_string()).collect()),
+        Err(problems) => Err(problems.iter().map(|p| p.to_string()).collect()),
+    }
+}
+
+/// Writes `text` as the config and expects it to be refused in `mode`; returns the problems.
+fn refused(env: &TestEnv, text: &str, mode: Mode) -> (std::path::PathBuf, Vec<String>) {
+    let path = env.write_config_raw(text);
+    match problems(&path, mode) {
+        Ok(w) => panic!("config was accepted (warnings: {w:?}):\n{text}"),
+        Err(p) => (path, p),
+    }
+}
+
+/// The one problem containing all of `needles`, or a panic listing every problem.
+fn find<'a>(problems: &'a [String], needles: &[&str]) -> &'a str {
+    problems
+        .iter()
+        .find(|p| needles.iter().all(|n| p.contains(n)))
+        .unwrap_or_else(|| {
+            panic!(
+                "no problem containing {needles:?} in:\n{}",
+                problems.join("\n")
+            )
+        })
+}
+
+fn site(cert: &str, key: &str, hosts: &str) -> String {
+    format!(
+        r#"workers = 1
+data_dir = "data"
+[listen]
+https = ["127.0.0.1:0"]
+http = []
+
+[[site]]
+name = "alpha"
+hosts = {hosts}
+cert = "{cert}"
+key = "{key}"
+[[site.route]]
+path = "/"
+respond = {{ body = "ok" }}
+"#
+    )
+}
+
+fn loc(path: &Path, line: usize) -> String {
+    format!("{}:{line}: error:", path.display())
+}
+
+#[test]
+fn key_that_does_not_match_the_certificate_is_reported() {
+    let env = TestEnv::new();
+    let text = site("certs/alpha.pem", "certs/beta.key", r#"["alpha.test"]"#);
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let line = line_of(&text, "cert = ");
+    let msg = find(&p, &["does not match"]);
+    assert!(msg.starts_with(&loc(&path, line)), "{msg}");
+    assert!(msg.contains("beta.key"), "names the key file: {msg}");
+    assert!(msg.contains("(fix: "), "{msg}");
+}
+
+#[test]
+fn chain_with_intermediate_before_leaf_is_reported_out_of_order() {
+    let env = TestEnv::new();
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    // The intermediate first, then the leaf: a classic copy-and-paste mistake.
+    env.write(
+        "certs/swapped.pem",
+        format!("{}{}", p.inter_pem, leaf.cert_pem),
+    );
+    env.write("certs/swapped.key", &leaf.key_pem);
+    let text = site(
+        "certs/swapped.pem",
+        "certs/swapped.key",
+        r#"["alpha.test"]"#,
+    );
+    let (path, problems) = refused(&env, &text, Mode::Check);
+    let msg = find(&problems, &["out of order"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{msg}"
+    );
+    assert!(msg.contains("swapped.pem"), "{msg}");
+}
+
+#[test]
+fn chain_with_root_before_intermediate_is_reported_out_of_order() {
+    let env = TestEnv::new();
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    env.write(
+        "certs/misordered.pem",
+        format!("{}{}{}", leaf.cert_pem, p.root_pem, p.inter_pem),
+    );
+    env.write("certs/misordered.key", &leaf.key_pem);
+    let text = site(
+        "certs/misordered.pem",
+        "certs/misordered.key",
+        r#"["alpha.test"]"#,
+    );
+    let (path, problems) = refused(&env, &text, Mode::Check);
+    let msg = find(&problems, &["out of order"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn leaf_without_intermediate_is_warned_about() {
+    let env = TestEnv::new();
+    let leaf = pki().leaf(&[ALPHA], Alg::Ecdsa);
+    env.write("certs/leafonly.pem", &leaf.cert_pem);
+    env.write("certs/leafonly.key", &leaf.key_pem);
+    let path = env.write_config_raw(&site(
+        "certs/leafonly.pem",
+        "certs/leafonly.key",
+        r#"["alpha.test"]"#,
+    ));
+    let warnings = problems(&path, Mode::Check).expect("a warning, not an error");
+    find(&warnings, &["incomplete", "leafonly.pem"]);
+}
+
+fn expired_env() -> (TestEnv, String) {
+    let env = TestEnv::new();
+    let leaf = pki().expired_leaf(&[ALPHA]);
+    env.write_chain("expired", &leaf);
+    let text = site(
+        "certs/expired.pem",
+        "certs/expired.key",
+        r#"["alpha.test"]"#,
+    );
+    (env, text)
+}
+
+#[test]
+fn expired_certificate_fails_check_with_exit_1() {
+    let (env, text) = expired_env();
+    let path = env.write_config_raw(&text);
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("expired"))
+        .unwrap_or_else(|| panic!("no 'expired' in:\n{stderr}"));
+    assert!(
+        line.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{line}"
+    );
+    assert!(line.contains("expired.pem"), "{line}");
+}
+
+#[test]
+fn expired_certificate_is_a_loud_warning_when_serving() {
+    let (env, text) = expired_env();
+    let path = env.write_config_raw(&text);
+    let warnings = problems(&path, Mode::Serve).expect("serve mode still starts");
+    find(&warnings, &["expired", "warning"]);
+}
+
+#[test]
+fn certificate_not_covering_a_host_is_reported() {
+    let env = TestEnv::new();
+    let text = site(
+        "certs/alpha.pem",
+        "certs/alpha.key",
+        r#"["alpha.test", "other.test"]"#,
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["does not cover"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{msg}"
+    );
+    assert!(msg.contains("other.test"), "{msg}");
+    assert!(!msg.contains("does not cover alpha.test"), "{msg}");
+}
+
+#[test]
+fn missing_certificate_file_is_reported() {
+    let env = TestEnv::new();
+    let text = site("certs/missing.pem", "certs/alpha.key", r#"["alpha.test"]"#);
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["cannot read", "missing.pem"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unreadable_key_file_is_reported() {
+    let env = TestEnv::new();
+    let text = site("certs/alpha.pem", "certs", r#"["alpha.test"]"#);
+    let (_, p) = refused(&env, &text, Mode::Serve);
+    find(&p, &["cannot read", "key"]);
+}
+
+#[test]
+fn cert_and_key_paths_swapped_is_explained() {
+    let env = TestEnv::new();
+    let text = site("certs/alpha.key", "certs/alpha.pem", r#"["alpha.test"]"#);
+    let (_, p) = refused(&env, &text, Mode::Serve);
+    find(&p, &["no certificate found", "swap"]);
+}
+
+#[test]
+fn malformed_toml_reports_the_line() {
+    let env = TestEnv::new();
+    let text = "workers = 1\ndata_dir = \"data\"\n\n[listen]\nhttps = [\"127.0.0.1:0\"\n\n[[site]]\nname = \"alpha\"\n";
+    let (path, p) = refused(&env, text, Mode::Serve);
+    assert_eq!(p.len(), 1, "{p:?}");
+    // The unclosed array starts on line 5; the parser notices at the latest on line 7.
+    let msg = &p[0];
+    let ok = (5..=7).any(|l| msg.starts_with(&loc(&path, l)));
+    assert!(
+        ok,
+        "expected {}:5..7: error: ..., got {msg}",
+        path.display()
+    );
+}
+
+#[test]
+fn invalid_value_syntax_reports_its_line() {
+    let env = TestEnv::new();
+    let text = "workers = 1\ndata_dir = \"data\"\nlog_level = = \"info\"\n";
+    let (path, p) = refused(&env, text, Mode::Serve);
+    assert!(p[0].starts_with(&loc(&path, 3)), "{p:?}");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let env = TestEnv::new();
+    let mut text = site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#);
+    text = text.replace(
+        "key = \"certs/alpha.key\"\n",
+        "key = \"certs/alpha.key\"\ncolour = \"blue\"\n",
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["colour"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "colour"))),
+        "{msg}"
+    );
+    assert!(msg.contains("unknown"), "{msg}");
+}
+
+#[test]
+fn unknown_top_level_table_key_is_named() {
+    let env = TestEnv::new();
+    let text = "workers = 1\n[limits]\nheader_timout = \"5s\"\n";
+    let (path, p) = refused(&env, text, Mode::Serve);
+    let msg = find(&p, &["header_timout"]);
+    assert!(msg.starts_with(&loc(&path, 3)), "{msg}");
+}
+
+#[test]
+fn duplicate_site_names_are_reported() {
+    let env = TestEnv::new();
+    let text = format!(
+        "{}{}",
+        TestEnv::prelude(),
+        TWO_SITES.replacen("name = \"beta\"", "name = \"alpha\"", 1)
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["duplicate site name", "alpha"]);
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("name = \"alpha\""))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert!(msg.starts_with(&loc(&path, second)), "{msg}");
+}
+
+#[test]
+fn host_claimed_by_two_sites_is_reported() {
+    let env = TestEnv::new();
+    let text = format!(
+        "{}{}",
+        TestEnv::prelude(),
+        TWO_SITES.replace(
+            "hosts = [\"beta.test\"]",
+            "hosts = [\"beta.test\", \"alpha.test\"]"
+        )
+    );
+    let (_, p) = refused(&env, &text, Mode::Serve);
+    find(&p, &["alpha.test", "already claimed"]);
+}
+
+#[test]
+fn overlapping_listeners_are_reported() {
+    let env = TestEnv::new();
+    let text = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:18443\"]\nhttp = [\"0.0.0.0:18443\"]\n{ONE_SITE}"
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["overlap", "18443"]);
+    assert!(msg.starts_with(&loc(&path, 4)), "{msg}");
+}
+
+#[test]
+fn port_already_in_use_is_reported_by_server_start() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let env = TestEnv::new();
+    let text = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:{port}\"]\nhttp = []\n{ONE_SITE}"
+    );
+    let path = env.write_config_raw(&text);
+    let (config, _) = env.load(&path).expect("config itself is fine");
+    let err = match portcullis::server::Server::start(config) {
+        Ok(s) => {
+            s.shutdown();
+            panic!("started on a port that is in use");
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("already in use"), "{err}");
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+}
+
+#[test]
+fn hsts_preload_without_include_subdomains_is_an_error() {
+    let env = TestEnv::new();
+    let text = format!(
+        "{}{}",
+        TestEnv::prelude(),
+        ONE_SITE.replace(
+            "[[site.route]]",
+            "[site.hsts]\npreload = true\n[[site.route]]"
+        )
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["preload", "include_subdomains"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "preload = true"))),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let env = TestEnv::new();
+    let text = format!(
+        "workers = 0\ndata_dir = \"data\"\n[limits]\nidle_timeout = \"forever\"\n{}",
+        site("certs/missing.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+            .split_once("[[site]]")
+            .map(|(_, s)| format!("[[site]]{s}"))
+            .unwrap()
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    find(&p, &["workers"]);
+    let idle = find(&p, &["idle_timeout"]);
+    assert!(idle.starts_with(&loc(&path, 4)), "{idle}");
+    find(&p, &["cannot read", "missing.pem"]);
+}
+
+fn text_of(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_on_a_good_config_exits_0_and_says_ok() {
+    let env = TestEnv::new();
+    let path = env.write_config(TWO_SITES);
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let (stdout, stderr) = (text_of(&out.stdout), text_of(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("OK"), "{stdout}");
+    assert!(stdout.contains("2 site(s)"), "{stdout}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn check_reports_every_error_and_exits_1() {
+    let env = TestEnv::new();
+    let text = site(
+        "certs/alpha.pem",
+        "certs/beta.key",
+        r#"["alpha.test", "other.test"]"#,
+    );
+    let path = env.write_config_raw(&text);
+    let out = run_with_timeout(
+        Command::new(bin()).args(["check", "--config"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not match"), "{stderr}");
+    assert!(stderr.contains("error(s)"), "summary line: {stderr}");
+}
+
+#[test]
+fn serve_with_a_bad_config_exits_nonzero_with_a_one_line_error() {
+    let env = TestEnv::new();
+    let text = site("certs/alpha.pem", "certs/beta.key", r#"["alpha.test"]"#);
+    let path = env.write_config_raw(&text);
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert!(!out.status.success(), "serve must refuse: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    let problem = errors
+        .iter()
+        .find(|l| l.contains("does not match"))
+        .unwrap_or_else(|| panic!("no error line naming the problem:\n{stderr}"));
+    assert!(
+        problem.starts_with(&loc(&path, line_of(&text, "cert = "))),
+        "{problem}"
+    );
+    assert!(
+        stderr.lines().count() <= 2,
+        "the problem plus at most one summary line, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn serve_with_malformed_toml_exits_nonzero_with_a_one_line_error() {
+    let env = TestEnv::new();
+    let path = env.write_config_raw("workers = 1\n[listen\nhttps = []\n");
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "one line:\n{stderr}");
+    assert!(stderr.starts_with(&loc(&path, 2)), "{stderr}");
+}
+
+#[test]
+fn serve_on_a_port_in_use_exits_nonzero_with_a_one_line_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let env = TestEnv::new();
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["serve", "--listen", &addr.to_string(), "--no-http"])
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line:\n{stderr}");
+    assert!(lines[0].contains("already in use"), "{stderr}");
+    assert!(lines[0].contains(&addr.port().to_string()), "{stderr}");
+}
+
+#[test]
+fn serve_with_missing_cert_flag_file_exits_nonzero() {
+    let env = TestEnv::new();
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args([
+                "serve",
+                "--domain",
+                "alpha.test",
+                "--cert",
+                "/nonexistent/fullchain.pem",
+                "--key",
+                "/nonexistent/key.pem",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("cannot read"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.starts_with("--cert: error:"), "{line}");
+    assert!(line.contains("/nonexistent/fullchain.pem"), "{line}");
+}
