@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::http::static_files::StaticConfig;
 use crate::tls::certs::LoadedCert;
 use crate::tls::names::HostPattern;
 use crate::tls::Profile;
@@ -132,19 +133,6 @@ pub struct Route {
     pub handler: Handler,
 }
 
-impl Route {
-    /// Whether `path` falls under this route.
-    pub fn matches(&self, path: &str) -> bool {
-        if self.prefix == "/" {
-            return true;
-        }
-        match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/'),
-            None => false,
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 pub enum Handler {
     Files(FilesSpec),
@@ -152,17 +140,12 @@ pub enum Handler {
     Redirect(RedirectSpec),
 }
 
+/// A static-file route: the handler's own settings plus where the route's prefix goes.
 #[derive(Debug, Clone)]
 pub struct FilesSpec {
-    pub root: PathBuf,
-    pub index: Vec<String>,
-    pub browse: bool,
-    pub precompressed: bool,
-    pub follow_symlinks_outside_root: bool,
-    pub hidden_files: bool,
+    pub files: StaticConfig,
+    /// Remove the route's prefix before looking the file up (like nginx `alias`).
     pub strip_prefix: bool,
-    /// How long small files are answered from memory before the disk is asked again.
-    pub cache_validity: Duration,
 }
 
 #[derive(Debug, Clone)]

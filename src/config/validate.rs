@@ -15,6 +15,7 @@ use toml::Spanned;
 use super::model::*;
 use super::raw::*;
 use super::{Location, Problem, Severity, Source};
+use crate::http::static_files::StaticConfig;
 use crate::tls::certs::{self, LoadedCert};
 use crate::tls::names::HostPattern;
 use crate::tls::Profile;
@@ -922,14 +923,16 @@ fn files_spec(cx: &mut Ctx<'_>, f: &RawFiles, loc: Location, name: &str) -> Opti
         Duration::from_secs(3600),
     );
     Some(FilesSpec {
-        root,
-        index: f.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
-        browse: f.browse.unwrap_or(false),
-        precompressed: f.precompressed.unwrap_or(true),
-        follow_symlinks_outside_root: f.follow_symlinks_outside_root.unwrap_or(false),
-        hidden_files: f.hidden_files.unwrap_or(false),
+        files: StaticConfig {
+            root,
+            index: f.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
+            browse: f.browse.unwrap_or(false),
+            precompressed: f.precompressed.unwrap_or(true),
+            follow_symlinks_outside_root: f.follow_symlinks_outside_root.unwrap_or(false),
+            hidden_files: f.hidden_files.unwrap_or(false),
+            cache_validity,
+        },
         strip_prefix: f.strip_prefix.unwrap_or(false),
-        cache_validity,
     })
 }
 

@@ -28,7 +28,7 @@ use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
 use crate::tls::names::{host_from_authority, NameTable};
 use body::Body;
-use static_files::{StaticConfig, StaticFiles};
+use static_files::StaticFiles;
 
 /// A route ready to serve.
 pub struct RouteHandler {
@@ -84,20 +84,11 @@ impl Frontend {
             for r in &site.routes {
                 let kind = match &r.handler {
                     Handler::Files(f) => {
-                        let files = StaticFiles::new(StaticConfig {
-                            root: f.root.clone(),
-                            index: f.index.clone(),
-                            browse: f.browse,
-                            precompressed: f.precompressed,
-                            follow_symlinks_outside_root: f.follow_symlinks_outside_root,
-                            hidden_files: f.hidden_files,
-                            cache_validity: f.cache_validity,
-                        })
-                        .map_err(|e| {
+                        let files = StaticFiles::new(f.files.clone()).map_err(|e| {
                             format!(
                                 "site {:?}: cannot open root {}: {e}",
                                 site.name,
-                                f.root.display()
+                                f.files.root.display()
                             )
                         })?;
                         RouteKind::Files {
