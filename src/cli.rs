@@ -129,7 +129,12 @@ fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
     let mut hosts: Vec<String> = a.domain.clone();
     if hosts.is_empty() {
         match &a.cert {
-            Some(cert) => hosts = crate::tls::certs::names_in_pem_file(cert).unwrap_or_default(),
+            // An unreadable certificate is reported by validation; "localhost" only keeps a
+            // second, misleading "no hosts" error out of that report.
+            Some(cert) => {
+                hosts = crate::tls::certs::names_in_pem_file(cert)
+                    .unwrap_or_else(|| vec!["localhost".into()])
+            }
             None => hosts = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
         }
     }

@@ -155,14 +155,12 @@ pub fn parse_file(path: &Path) -> Result<(raw::RawConfig, Source), Problem> {
         )
         .fix("check the path given to --config and its permissions")
     })?;
+    let parsed = toml::from_str::<raw::RawConfig>(&text);
     let source = Source::File {
         path: path.to_path_buf(),
         text,
     };
-    let Source::File { text, .. } = &source else {
-        unreachable!()
-    };
-    match toml::from_str::<raw::RawConfig>(text) {
+    match parsed {
         Ok(raw) => Ok((raw, source)),
         Err(e) => {
             let loc = match e.span() {

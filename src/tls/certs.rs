@@ -122,7 +122,7 @@ fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Finding> {
     std::fs::read(path).map_err(|e| {
         let fix = match e.kind() {
             std::io::ErrorKind::NotFound => {
-                "check the path (relative paths are relative to the config file)"
+                "check the path (relative paths are relative to the config file, or to the current directory for flags)"
             }
             std::io::ErrorKind::PermissionDenied => {
                 "make the file readable by the user portcullis runs as"
