@@ -371,7 +371,7 @@ async fn accept_loop(
                     continue;
                 }
                 if tls {
-                    let fut = conn::serve_tls(
+                    tokio::spawn(conn::serve_tls(
                         tcp,
                         peer,
                         state.clone(),
@@ -379,9 +379,7 @@ async fn accept_loop(
                         shutdown.clone(),
                         n > max,
                         guard,
-                    );
-                    tracing::trace!(bytes = std::mem::size_of_val(&fut), "connection task");
-                    tokio::spawn(fut);
+                    ));
                 } else {
                     tokio::spawn(conn::serve_http(
                         tcp,
