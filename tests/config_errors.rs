@@ -193,6 +193,27 @@ fn expired_certificate_is_a_loud_warning_when_serving() {
 }
 
 #[test]
+fn certificate_expiring_within_30_days_is_a_warning_not_an_error() {
+    let env = TestEnv::new();
+    env.write_chain("soon", &pki().leaf_expiring_in(&[ALPHA], 10));
+    let text = site("certs/soon.pem", "certs/soon.key", r#"["alpha.test"]"#);
+    let path = env.write_config_raw(&text);
+    let warnings = problems(&path, Mode::Check).expect("expiring soon is not an error");
+    let w = find(&warnings, &["expires on", "soon.pem", "warning"]);
+    assert!(w.contains("in 9 days") || w.contains("in 10 days"), "{w}");
+}
+
+#[test]
+fn certificate_not_yet_valid_is_an_error_in_check() {
+    let env = TestEnv::new();
+    env.write_chain("future", &pki().leaf_not_yet_valid(&[ALPHA], 5));
+    let text = site("certs/future.pem", "certs/future.key", r#"["alpha.test"]"#);
+    let path = env.write_config_raw(&text);
+    let errors = problems(&path, Mode::Check).expect_err("not yet valid must fail check");
+    find(&errors, &["not valid before", "future.pem", "error"]);
+}
+
+#[test]
 fn certificate_not_covering_a_host_is_reported() {
     let env = TestEnv::new();
     let text = site(

@@ -192,6 +192,28 @@ impl Pki {
         )
     }
 
+    /// A leaf valid for `days` more days (e.g. 10: inside the 30-day warning window).
+    pub fn leaf_expiring_in(&self, names: &[&str], days: i64) -> Leaf {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue(
+            names,
+            Alg::Ecdsa,
+            now - time::Duration::days(80),
+            now + time::Duration::days(days),
+        )
+    }
+
+    /// A leaf that becomes valid only in `days` days.
+    pub fn leaf_not_yet_valid(&self, names: &[&str], days: i64) -> Leaf {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue(
+            names,
+            Alg::Ecdsa,
+            now + time::Duration::days(days),
+            now + time::Duration::days(days + 90),
+        )
+    }
+
     /// Leaf then intermediate: what a "fullchain.pem" holds.
     pub fn chain_pem(&self, leaf: &Leaf) -> String {
         format!("{}{}", leaf.cert_pem, self.inter_pem)
