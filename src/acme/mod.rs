@@ -1,5 +1,7 @@
-//! ACME (automatic certificates). What exists so far is the hook the port-80 listener answers
-//! HTTP-01 challenges from; the ACME client fills it.
+//! ACME (automatic certificates): the HTTP-01 token store the port-80 listener answers from, and
+//! the [`client`] that orders certificates.
+
+pub mod client;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -1,0 +1,199 @@
+//! ACME against a real CA: Debian's `pebble` on loopback, validating HTTP-01 through the
+//! portcullis port-80 listener.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{pki, Alg, TestEnv};
+use portcullis::acme::client::{AcmeClient, AcmeError};
+use portcullis::acme::Http01Tokens;
+use portcullis::storage::{FileStorage, Storage};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// pebble, killed on drop.
+struct Pebble {
+    child: Child,
+    directory: String,
+    mgmt: u16,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts pebble with its HTTPS listener certified by the test PKI, validating HTTP-01 on
+/// `http_port`.
+fn start_pebble(dir: &Path, http_port: u16) -> Pebble {
+    let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
+    std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
+    std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
+    let (port, mgmt, tls) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
+        "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
+        "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+        dir.join("pebble-chain.pem").display(),
+        dir.join("pebble-key.pem").display()
+    );
+    std::fs::write(dir.join("pebble.json"), config).unwrap();
+    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
+    let child = Command::new("pebble")
+        .arg("-config")
+        .arg(dir.join("pebble.json"))
+        .env("PEBBLE_VA_NOSLEEP", "1")
+        .env("PEBBLE_WFE_NONCEREJECT", "0")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("pebble must be installed (Debian package `pebble`; .ci/run installs it)");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "pebble did not start: {}",
+            std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Pebble {
+        child,
+        directory: format!("https://localhost:{port}/dir"),
+        mgmt,
+    }
+}
+
+/// pebble's (per-start) root, fetched from its management interface.
+fn pebble_root(dir: &Path, pebble: &Pebble, ca: &Path) -> std::path::PathBuf {
+    let out = dir.join("pebble-root.pem");
+    let st = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://localhost:{}/roots/0", pebble.mgmt))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "could not fetch pebble's root");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http01_issuance_from_pebble_gives_a_chain_that_verifies() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let srv = env.start("[[site]]\nname = \"local\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"hi\" }\n");
+    let pebble = start_pebble(&dir, srv.http().port());
+    let tokens: Arc<Http01Tokens> = srv.server.as_ref().unwrap().state().front.acme.clone();
+    let storage = FileStorage::new(dir.join("store"));
+
+    let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
+        .await
+        .expect("account");
+    let issued = client
+        .issue_http01(&["localhost".to_string()], &tokens)
+        .await
+        .unwrap_or_else(|e| panic!("issuance failed: {e}"));
+    assert!(
+        storage
+            .list("acme")
+            .unwrap()
+            .iter()
+            .any(|k| k.ends_with("account.json")),
+        "account stored"
+    );
+
+    // The chain verifies against pebble's root, for the name ordered.
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let chain = dir.join("issued.pem");
+    std::fs::write(&chain, &issued.chain_pem).unwrap();
+    let leaf_end = issued.chain_pem.find("-----END CERTIFICATE-----").unwrap() + 25;
+    std::fs::write(dir.join("leaf.pem"), &issued.chain_pem[..leaf_end]).unwrap();
+    std::fs::write(dir.join("rest.pem"), &issued.chain_pem[leaf_end..]).unwrap();
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(dir.join("rest.pem"))
+        .args(["-verify_hostname", "localhost"])
+        .arg(dir.join("leaf.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // And portcullis itself accepts it as a certificate for localhost.
+    std::fs::write(dir.join("key.pem"), &issued.key_pem).unwrap();
+    let (loaded, _) = portcullis::tls::certs::load_pair(
+        &chain,
+        &dir.join("key.pem"),
+        portcullis::tls::certs::unix_now(),
+        &[],
+    )
+    .expect("issued pair loads");
+    assert!(loaded.info.dns_names.contains(&"localhost".to_string()));
+    assert!(tokens.get("anything").is_none());
+
+    // The stored account is reused, not registered again.
+    let before = std::fs::read(
+        dir.join("store")
+            .join(storage.list("acme").unwrap()[0].as_str()),
+    )
+    .unwrap();
+    let again = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
+        .await
+        .expect("stored account");
+    drop(again);
+    let after = std::fs::read(
+        dir.join("store")
+            .join(storage.list("acme").unwrap()[0].as_str()),
+    )
+    .unwrap();
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_that_cannot_succeed_names_the_name_and_the_challenge() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let srv = env.start("[[site]]\nname = \"local\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"hi\" }\n");
+    let pebble = start_pebble(&dir, srv.http().port());
+    let storage = FileStorage::new(dir.join("store"));
+    let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
+        .await
+        .expect("account");
+    // Tokens go to a store the listener does not answer from: validation gets 404.
+    let unrelated = Arc::new(Http01Tokens::default());
+    let err = client
+        .issue_http01(&["localhost".to_string()], &unrelated)
+        .await
+        .expect_err("must fail");
+    let msg = err.to_string();
+    assert!(matches!(err, AcmeError::Challenge { .. }), "{msg}");
+    assert!(
+        msg.contains("localhost") && msg.contains("http-01") && msg.contains(&pebble.directory),
+        "{msg}"
+    );
+}
