@@ -341,8 +341,14 @@ fn check(a: ServeArgs) -> i32 {
         Ok((config, warnings)) => {
             print_problems(&warnings);
             for s in &config.sites {
-                if matches!(s.certs, crate::config::model::SiteCertSource::LocalCa) {
-                    eprintln!("{label}: note: site {:?}: its certificate will be issued by the local CA ({})", s.name, local_ca::root_cert_path(&config.data_dir).display());
+                match s.certs {
+                    crate::config::model::SiteCertSource::LocalCa => {
+                        eprintln!("{label}: note: site {:?}: its certificate will be issued by the local CA ({})", s.name, local_ca::root_cert_path(&config.data_dir).display());
+                    }
+                    crate::config::model::SiteCertSource::Acme => {
+                        eprintln!("{label}: note: site {:?}: its certificate will be obtained from the ACME CA {} (HTTP-01 on port 80)", s.name, config.acme.directory);
+                    }
+                    crate::config::model::SiteCertSource::Files(_) => {}
                 }
             }
             let certs: usize = config

@@ -197,3 +197,74 @@ async fn a_challenge_that_cannot_succeed_names_the_name_and_the_challenge() {
         "{msg}"
     );
 }
+
+/// The whole path: `serve` with a site that has no certificate orders one from pebble in the
+/// background, serves it as soon as it arrives, and serves the stored one at the next start.
+#[test]
+fn serve_obtains_a_certificate_and_reuses_it_after_a_restart() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port);
+    let config = format!(
+        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"acme ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let get = |port: u16| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/"),
+            ])
+            .output()
+            .unwrap()
+    };
+
+    let (cfg, _) = env.load(&path).unwrap_or_else(|p| {
+        panic!(
+            "{}",
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = get(port);
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "acme ok");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no valid certificate after 30 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.shutdown();
+
+    // Restarted: the stored certificate is served at once, without a new order.
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("restart");
+    let out = get(server.https_addrs()[0].port());
+    assert!(
+        out.status.success(),
+        "stored certificate not served right after restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown();
+}

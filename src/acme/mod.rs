@@ -2,6 +2,7 @@
 //! the [`client`] that orders certificates.
 
 pub mod client;
+pub mod manager;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -24,10 +24,27 @@ pub struct Config {
     pub tls: TlsSettings,
     pub http: HttpSettings,
     pub limits: Limits,
+    pub acme: AcmeSettings,
     pub sites: Vec<Site>,
     /// Index into `sites` for clients without SNI.
     pub default_site: usize,
 }
+
+/// The ACME CA for sites without certificate files.
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// Directory URL.
+    pub directory: String,
+    /// Contact URIs (`mailto:…`).
+    pub contact: Vec<String>,
+    /// Extra root to trust for the CA's HTTPS.
+    pub ca_root: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// Listening sockets.
 #[derive(Debug, Clone)]
@@ -123,6 +140,8 @@ pub enum SiteCertSource {
     Files(Vec<LoadedCert>),
     /// Issued by the local CA at start-up (local names only).
     LocalCa,
+    /// Obtained from the ACME CA and renewed automatically.
+    Acme,
 }
 
 /// A path prefix and its handler.

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub acme: RawAcme,
     #[serde(default, rename = "site")]
     pub sites: Vec<RawSite>,
 }
@@ -95,6 +97,18 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<usize>>,
 }
 
+/// `[acme]`: the CA that issues certificates for sites without `cert`/`key`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// `"production"` (Let's Encrypt, default), `"staging"` (Let's Encrypt staging) or a directory URL.
+    pub ca: Option<Spanned<String>>,
+    /// Contact e-mail for the ACME account (expiry notices).
+    pub email: Option<Spanned<String>>,
+    /// An extra root certificate to trust for the CA's own HTTPS (private or test CAs).
+    pub ca_root: Option<Spanned<String>>,
+}
+
 /// One `[[site]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,6 +121,9 @@ pub struct RawSite {
     pub cert: Option<Spanned<String>>,
     /// Private key for `cert`, PEM (PKCS#8, SEC1 or PKCS#1).
     pub key: Option<Spanned<String>>,
+    /// Who issues the certificate when there is no cert/key: `"auto"` (local CA for local
+    /// names, ACME otherwise), `"acme"` or `"local"`.
+    pub issuer: Option<Spanned<String>>,
     /// Further chains for the same names, e.g. an RSA chain beside an ECDSA one.
     #[serde(default)]
     pub certs: Vec<RawCertPair>,
@@ -200,6 +217,7 @@ impl Default for RawSite {
             hosts: blank(),
             cert: None,
             key: None,
+            issuer: None,
             certs: Vec::new(),
             root: None,
             hsts: RawHsts::default(),

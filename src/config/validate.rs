@@ -167,6 +167,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let tls = tls_settings(&mut cx, &raw.tls);
     let http = http_settings(&mut cx, &raw.http);
     let limits = limits(&mut cx, &raw.limits);
+    let acme = acme_settings(&mut cx, &raw.acme);
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
 
     let errors = cx.problems.iter().any(Problem::is_error);
@@ -182,6 +183,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         tls,
         http,
         limits,
+        acme,
         sites,
         default_site,
     };
@@ -294,6 +296,50 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
         http,
         public_https_port,
         ipv6_optional,
+    }
+}
+
+fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
+    let directory = match raw.ca.as_ref().map(|c| (c, c.get_ref().as_str())) {
+        None | Some((_, "production")) => LETS_ENCRYPT.to_string(),
+        Some((_, "staging")) => LETS_ENCRYPT_STAGING.to_string(),
+        Some((_, url)) if url.starts_with("https://") => url.to_string(),
+        Some((c, other)) => {
+            let loc = cx.loc(c, "");
+            cx.err(loc, format!("acme.ca = {other:?} is neither \"production\", \"staging\" nor an https:// directory URL"), "use \"production\", \"staging\" or the CA's directory URL");
+            LETS_ENCRYPT.to_string()
+        }
+    };
+    let mut contact = Vec::new();
+    if let Some(e) = &raw.email {
+        let mail = e.get_ref();
+        if mail.contains('@') && !mail.contains([' ', ',', ':']) {
+            contact.push(format!("mailto:{mail}"));
+        } else {
+            let loc = cx.loc(e, "");
+            cx.err(
+                loc,
+                format!("acme.email = {mail:?} is not an e-mail address"),
+                "write a plain address such as \"admin@example.com\"",
+            );
+        }
+    }
+    let ca_root = raw.ca_root.as_ref().map(|r| {
+        let p = cx.path(r.get_ref());
+        if !p.is_file() {
+            let loc = cx.loc(r, "");
+            cx.err(
+                loc,
+                format!("acme.ca_root {} is not a readable file", p.display()),
+                "point it at the PEM root certificate of your CA's HTTPS endpoint",
+            );
+        }
+        p
+    });
+    AcmeSettings {
+        directory,
+        contact,
+        ca_root,
     }
 }
 
@@ -622,21 +668,48 @@ fn site_certs(
     }
     pairs.extend(rs.certs.iter().map(|p| (&p.cert, &p.key)));
     if pairs.is_empty() {
-        let public: Vec<String> = hosts
-            .iter()
-            .filter(|h| !h.is_local())
-            .map(|h| h.to_string())
-            .collect();
-        if public.is_empty() {
+        let issuer = rs
+            .issuer
+            .as_ref()
+            .map(|i| i.get_ref().as_str())
+            .unwrap_or("auto");
+        let all_local = hosts.iter().all(HostPattern::is_local);
+        let acme = match issuer {
+            "auto" => !all_local,
+            "acme" => true,
+            "local" => false,
+            other => {
+                let loc = rs
+                    .issuer
+                    .as_ref()
+                    .map(|i| cx.loc(i, ""))
+                    .unwrap_or(Location::None);
+                cx.err(
+                    loc,
+                    format!("site {name:?}: issuer = {other:?} is unknown"),
+                    "use \"auto\", \"acme\" or \"local\"",
+                );
+                return None;
+            }
+        };
+        if !acme {
             return Some(SiteCertSource::LocalCa);
         }
-        let loc = cx.loc(&rs.name, "--domain");
-        cx.err(
-            loc,
-            format!("site {name:?}: no cert/key for public name(s) {} and automatic certificates (ACME) are not enabled in this build", public.join(", ")),
-            "set cert = \"fullchain.pem\" and key = \"key.pem\" (local names such as localhost get a local-CA certificate automatically)",
-        );
-        return None;
+        let bad: Vec<String> = hosts
+            .iter()
+            .filter(|h| !matches!(h, HostPattern::Exact(_)))
+            .map(|h| h.to_string())
+            .collect();
+        if !bad.is_empty() {
+            let loc = cx.loc(&rs.hosts, "--domain");
+            cx.err(
+                loc,
+                format!("site {name:?}: {} cannot get an ACME certificate here (wildcards need DNS-01, IP addresses are not supported by most CAs)", bad.join(", ")),
+                "give the site cert/key files, or issuer = \"local\" for internal use",
+            );
+            return None;
+        }
+        return Some(SiteCertSource::Acme);
     }
     let now = certs::unix_now();
     let mut loaded: Vec<LoadedCert> = Vec::new();

@@ -19,10 +19,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
 
-use crate::acme::Http01Tokens;
+use crate::acme::{self, Http01Tokens};
 use crate::config::model::{Limits, SiteCertSource, UnknownSni};
 use crate::config::{Config, Problem};
 use crate::http::Frontend;
+use crate::storage::{FileStorage, Storage};
 use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
 use crate::tls::names::NameTable;
@@ -150,6 +151,8 @@ impl Server {
             .unwrap_or(443);
 
         // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(config.data_dir.clone()));
+        let mut acme_sites = Vec::new();
         let mut local_ca: Option<LocalCa> = None;
         let mut local_ca_root = None;
         let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
@@ -166,6 +169,15 @@ impl Server {
                         .leaf_for(&site.hosts)
                         .map_err(|e| format!("site {:?}: local CA: {e}", site.name))?;
                     site_certs.push(vec![leaf]);
+                }
+                SiteCertSource::Acme => {
+                    let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
+                    let stored = acme::manager::stored(storage.as_ref(), &names);
+                    if stored.is_none() {
+                        tracing::info!(site = site.name, "no certificate yet: ordering one from the ACME CA; handshakes for it fail until then");
+                    }
+                    site_certs.push(stored.iter().cloned().collect());
+                    acme_sites.push((site_certs.len() - 1, names, stored));
                 }
             }
         }
@@ -205,11 +217,8 @@ impl Server {
             unknown_sni: config.tls.unknown_sni,
         };
 
-        let front = Arc::new(Frontend::new(
-            &config,
-            https_port,
-            Arc::new(Http01Tokens::default()),
-        )?);
+        let tokens = Arc::new(Http01Tokens::default());
+        let front = Arc::new(Frontend::new(&config, https_port, tokens.clone())?);
         let state = Arc::new(ServerState {
             front,
             tls,
@@ -240,7 +249,30 @@ impl Server {
             workers.push(handle);
         }
 
-        // 5. Keep local-CA leaves fresh without a restart.
+        // 5. ACME: order missing certificates, renew all, swap them in as they come.
+        if !acme_sites.is_empty() {
+            let sites = acme_sites
+                .into_iter()
+                .map(|(i, names, stored)| {
+                    let site = acme::manager::AcmeSite {
+                        name: config.sites[i].name.clone(),
+                        names,
+                        certs: state.tls.certs[i].clone(),
+                    };
+                    (site, stored)
+                })
+                .collect();
+            acme::manager::spawn(
+                config.acme.clone(),
+                storage.clone(),
+                sites,
+                tokens,
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| format!("cannot start the ACME thread: {e}"))?;
+        }
+
+        // 6. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {
             let state = state.clone();
             let hosts: Vec<_> = config

@@ -1,0 +1,278 @@
+//! Keeping ACME certificates: stored ones are served at start, missing ones are ordered in the
+//! background while the server runs, and every certificate is renewed when a third of its
+//! lifetime is left. Failures are retried with exponential backoff (1 min doubling to 6 h) and
+//! logged with the CA's detail; the current certificate keeps being served meanwhile, and a
+//! renewed one is swapped in without a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::client::AcmeClient;
+use super::Http01Tokens;
+use crate::config::model::AcmeSettings;
+use crate::storage::Storage;
+use crate::tls::certs::{self, LoadedCert};
+use crate::tls::resolver::SiteCerts;
+
+/// A site whose certificate comes from ACME.
+pub struct AcmeSite {
+    pub name: String,
+    /// DNS names to order, in config order.
+    pub names: Vec<String>,
+    /// Where the certificate is served from (replaced on issuance/renewal).
+    pub certs: Arc<SiteCerts>,
+}
+
+/// Storage directory of the certificate for `names`.
+fn cert_dir(names: &[String]) -> String {
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
+    let id: String = digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("certs/{}-{id}", sorted[0].replace('*', "_"))
+}
+
+/// The stored certificate for `names`, if it is there, parses, matches its key and is not
+/// expired. A corrupt or stale file is reported and treated as missing (it will be re-ordered).
+pub fn stored(storage: &dyn Storage, names: &[String]) -> Option<LoadedCert> {
+    let dir = cert_dir(names);
+    let (chain, key) = match (
+        storage.load(&format!("{dir}/chain.pem")),
+        storage.load(&format!("{dir}/key.pem")),
+    ) {
+        (Ok(Some(c)), Ok(Some(k))) => (c, k),
+        (Ok(None), _) | (_, Ok(None)) => return None,
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(dir, error = %e, "cannot read the stored certificate; ordering a new one");
+            return None;
+        }
+    };
+    let now = certs::unix_now();
+    let label = std::path::Path::new(&dir);
+    match certs::load_pem(
+        &chain,
+        &key,
+        &label.join("chain.pem"),
+        &label.join("key.pem"),
+        now,
+        &[],
+    ) {
+        Ok((loaded, _)) if loaded.info.not_after > now => Some(loaded),
+        Ok(_) => None,
+        Err(f) => {
+            tracing::error!(dir, problem = %f.message, "stored certificate is corrupt; ordering a new one");
+            None
+        }
+    }
+}
+
+/// Seconds from now until `cert` should be renewed (0: now).
+fn renew_in(cert: &LoadedCert, now: i64) -> i64 {
+    let life = cert.info.not_after - cert.info.not_before;
+    (cert.info.not_after - life / 3 - now).max(0)
+}
+
+struct SiteState {
+    site: AcmeSite,
+    current: Option<LoadedCert>,
+    /// Unix time of the next attempt after a failure, and the backoff used.
+    retry_at: i64,
+    backoff: i64,
+}
+
+const MIN_BACKOFF: i64 = 60;
+const MAX_BACKOFF: i64 = 6 * 3600;
+
+/// Runs the certificate manager on its own thread until `shutdown`.
+pub fn spawn(
+    settings: AcmeSettings,
+    storage: Arc<dyn Storage>,
+    sites: Vec<(AcmeSite, Option<LoadedCert>)>,
+    tokens: Arc<Http01Tokens>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("portcullis-acme".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "ACME: cannot start");
+                    return;
+                }
+            };
+            rt.block_on(run(settings, storage, sites, tokens, shutdown));
+        })?;
+    Ok(())
+}
+
+async fn run(
+    settings: AcmeSettings,
+    storage: Arc<dyn Storage>,
+    sites: Vec<(AcmeSite, Option<LoadedCert>)>,
+    tokens: Arc<Http01Tokens>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut states: Vec<SiteState> = sites
+        .into_iter()
+        .map(|(site, current)| SiteState {
+            site,
+            current,
+            retry_at: 0,
+            backoff: MIN_BACKOFF,
+        })
+        .collect();
+    let mut client: Option<AcmeClient> = None;
+    let mut account_backoff = MIN_BACKOFF;
+    loop {
+        let now = certs::unix_now();
+        let mut next_wake = now + 3600;
+        for st in &mut states {
+            let due = st.current.as_ref().map_or(0, |c| renew_in(c, now));
+            if due > 0 {
+                next_wake = next_wake.min(now + due);
+                continue;
+            }
+            if st.retry_at > now {
+                next_wake = next_wake.min(st.retry_at);
+                continue;
+            }
+            if client.is_none() {
+                match AcmeClient::open(
+                    storage.as_ref(),
+                    &settings.directory,
+                    settings.ca_root.as_deref(),
+                    &settings.contact,
+                )
+                .await
+                {
+                    Ok(c) => {
+                        client = Some(c);
+                        account_backoff = MIN_BACKOFF;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in_secs = account_backoff, "ACME: no account");
+                        next_wake = next_wake.min(now + account_backoff);
+                        account_backoff = (account_backoff * 2).min(MAX_BACKOFF);
+                        break;
+                    }
+                }
+            }
+            let Some(c) = &client else { break };
+            obtain(c, storage.as_ref(), st, &tokens).await;
+            if st
+                .current
+                .as_ref()
+                .is_none_or(|cur| renew_in(cur, certs::unix_now()) == 0)
+            {
+                next_wake = next_wake.min(st.retry_at);
+            }
+        }
+        let wait = Duration::from_secs((next_wake - certs::unix_now()).clamp(1, 3600) as u64);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// Orders (or picks up from storage, when another process ordered it) the certificate of one site.
+async fn obtain(
+    client: &AcmeClient,
+    storage: &dyn Storage,
+    st: &mut SiteState,
+    tokens: &Arc<Http01Tokens>,
+) {
+    let names = st.site.names.clone();
+    let lock = match storage.try_lock(&format!(
+        "order-{}",
+        cert_dir(&names).trim_start_matches("certs/")
+    )) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            // Another process is ordering this certificate: use what it stores.
+            tracing::info!(
+                site = st.site.name,
+                "ACME: another process holds the order lock; waiting for its certificate"
+            );
+            st.retry_at = certs::unix_now() + 10;
+            if let Some(c) = stored(storage, &names) {
+                install(st, c);
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::error!(site = st.site.name, error = %e, "ACME: cannot take the order lock");
+            st.retry_at = certs::unix_now() + st.backoff;
+            return;
+        }
+    };
+    // The other process may have finished just before we got the lock.
+    if let Some(c) = stored(storage, &names) {
+        if renew_in(&c, certs::unix_now()) > 0 {
+            install(st, c);
+            return;
+        }
+    }
+    tracing::info!(
+        site = st.site.name,
+        names = names.join(", "),
+        "ACME: ordering a certificate"
+    );
+    match client.issue_http01(&names, tokens).await {
+        Ok(issued) => {
+            let dir = cert_dir(&names);
+            let saved = storage
+                .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
+                .and_then(|_| {
+                    storage.store(
+                        &format!("{dir}/chain.pem"),
+                        issued.chain_pem.as_bytes(),
+                        false,
+                    )
+                });
+            if let Err(e) = saved {
+                tracing::error!(site = st.site.name, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
+            }
+            let label = std::path::Path::new(&dir);
+            match certs::load_pem(
+                issued.chain_pem.as_bytes(),
+                issued.key_pem.as_bytes(),
+                &label.join("chain.pem"),
+                &label.join("key.pem"),
+                certs::unix_now(),
+                &[],
+            ) {
+                Ok((c, _)) => {
+                    tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
+                    install(st, c);
+                    st.backoff = MIN_BACKOFF;
+                }
+                Err(f) => {
+                    tracing::error!(site = st.site.name, problem = %f.message, "ACME: the CA's certificate is unusable");
+                    st.retry_at = certs::unix_now() + st.backoff;
+                    st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(site = st.site.name, error = %e, retry_in_secs = st.backoff, "ACME: order failed");
+            st.retry_at = certs::unix_now() + st.backoff;
+            st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    drop(lock);
+}
+
+fn install(st: &mut SiteState, cert: LoadedCert) {
+    st.site.certs.replace(vec![cert.certified.clone()]);
+    st.current = Some(cert);
+}
