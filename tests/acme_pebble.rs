@@ -6,12 +6,11 @@ mod common;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{pki, Alg, TestEnv};
-use portcullis::acme::client::{AcmeClient, AcmeError};
-use portcullis::acme::Http01Tokens;
+use portcullis::acme::client::{AcmeClient, AcmeError, ChallengeKind};
+use portcullis::acme::Challenges;
 use portcullis::storage::{FileStorage, Storage};
 
 fn free_port() -> u16 {
@@ -38,11 +37,11 @@ impl Drop for Pebble {
 
 /// Starts pebble with its HTTPS listener certified by the test PKI, validating HTTP-01 on
 /// `http_port`.
-fn start_pebble(dir: &Path, http_port: u16) -> Pebble {
+fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
     std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
-    let (port, mgmt, tls) = (free_port(), free_port(), free_port());
+    let (port, mgmt, tls) = (free_port(), free_port(), tls_port);
     let config = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
         "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
@@ -100,15 +99,24 @@ async fn http01_issuance_from_pebble_gives_a_chain_that_verifies() {
     std::fs::create_dir_all(&dir).unwrap();
     let test_ca = env.write("test-root.pem", &pki().root_pem);
     let srv = env.start("[[site]]\nname = \"local\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"hi\" }\n");
-    let pebble = start_pebble(&dir, srv.http().port());
-    let tokens: Arc<Http01Tokens> = srv.server.as_ref().unwrap().state().front.acme.clone();
+    let pebble = start_pebble(&dir, srv.http().port(), srv.https.port());
+    let state = srv.server.as_ref().unwrap().state();
+    let challenges = Challenges {
+        http01: state.front.acme.clone(),
+        tls_alpn: state.tls_alpn.clone(),
+    };
+    let tokens = challenges.http01.clone();
     let storage = FileStorage::new(dir.join("store"));
 
     let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
         .await
         .expect("account");
     let issued = client
-        .issue_http01(&["localhost".to_string()], &tokens)
+        .issue(
+            &["localhost".to_string()],
+            &challenges,
+            ChallengeKind::Http01,
+        )
         .await
         .unwrap_or_else(|e| panic!("issuance failed: {e}"));
     assert!(
@@ -179,15 +187,19 @@ async fn a_challenge_that_cannot_succeed_names_the_name_and_the_challenge() {
     std::fs::create_dir_all(&dir).unwrap();
     let test_ca = env.write("test-root.pem", &pki().root_pem);
     let srv = env.start("[[site]]\nname = \"local\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"hi\" }\n");
-    let pebble = start_pebble(&dir, srv.http().port());
+    let pebble = start_pebble(&dir, srv.http().port(), free_port());
     let storage = FileStorage::new(dir.join("store"));
     let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
         .await
         .expect("account");
     // Tokens go to a store the listener does not answer from: validation gets 404.
-    let unrelated = Arc::new(Http01Tokens::default());
+    let unrelated = Challenges::default();
     let err = client
-        .issue_http01(&["localhost".to_string()], &unrelated)
+        .issue(
+            &["localhost".to_string()],
+            &unrelated,
+            ChallengeKind::Http01,
+        )
         .await
         .expect_err("must fail");
     let msg = err.to_string();
@@ -207,7 +219,7 @@ fn serve_obtains_a_certificate_and_reuses_it_after_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let test_ca = env.write("test-root.pem", &pki().root_pem);
     let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port);
+    let pebble = start_pebble(&dir, http_port, free_port());
     let config = format!(
         "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
          [acme]\nca = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n\
@@ -267,4 +279,55 @@ fn serve_obtains_a_certificate_and_reuses_it_after_a_restart() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn01_issuance_is_answered_by_the_https_listener() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let srv = env.start("[[site]]\nname = \"local\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"hi\" }\n");
+    // pebble validates TLS-ALPN-01 on our HTTPS port; HTTP-01 would go to a closed port.
+    let pebble = start_pebble(&dir, free_port(), srv.https.port());
+    let state = srv.server.as_ref().unwrap().state();
+    let challenges = Challenges {
+        http01: state.front.acme.clone(),
+        tls_alpn: state.tls_alpn.clone(),
+    };
+    let storage = FileStorage::new(dir.join("store"));
+    let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
+        .await
+        .expect("account");
+    let issued = client
+        .issue(
+            &["localhost".to_string()],
+            &challenges,
+            ChallengeKind::TlsAlpn01,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("tls-alpn-01 issuance failed: {e}"));
+    assert!(issued.chain_pem.contains("BEGIN CERTIFICATE"));
+    assert!(
+        challenges.tls_alpn.get("localhost").is_none(),
+        "challenge taken down afterwards"
+    );
+    // An acme-tls/1 handshake with no pending challenge is refused.
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &srv.https.to_string(),
+            "-servername",
+            "localhost",
+            "-alpn",
+            "acme-tls/1",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("BEGIN CERTIFICATE"),
+        "no certificate must be presented"
+    );
 }

@@ -5,7 +5,6 @@
 //! decided by the certificate manager that calls it.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{
@@ -13,7 +12,7 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use super::Http01Tokens;
+use super::Challenges;
 use crate::storage::Storage;
 
 /// Why an ACME operation failed, in words that name the CA, the name and the challenge.
@@ -50,6 +49,32 @@ pub enum AcmeError {
     CorruptAccount(serde_json::Error),
     #[error("cannot make the certificate request: {0}")]
     Csr(#[from] rcgen::Error),
+}
+
+/// How control of a name is proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeKind {
+    /// A token served on port 80 (`/.well-known/acme-challenge/`).
+    Http01,
+    /// A special certificate presented on port 443 over ALPN `acme-tls/1` (RFC 8737).
+    TlsAlpn01,
+}
+
+impl ChallengeKind {
+    /// The name used by RFC 8555/8737 and in messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            ChallengeKind::Http01 => "http-01",
+            ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+
+    fn acme_type(self) -> ChallengeType {
+        match self {
+            ChallengeKind::Http01 => ChallengeType::Http01,
+            ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        }
+    }
 }
 
 /// A certificate obtained from the CA.
@@ -137,18 +162,26 @@ impl AcmeClient {
         })
     }
 
-    /// Orders a certificate for `names` (ECDSA P-256 key), proving control with HTTP-01: the
-    /// key authorizations are put into `tokens`, which the port-80 listener answers from.
-    pub async fn issue_http01(
+    /// Orders a certificate for `names` (ECDSA P-256 key), proving control with `kind`: HTTP-01
+    /// key authorizations go into the port-80 token store, TLS-ALPN-01 certificates into the
+    /// store the 443 listener consults for `acme-tls/1` handshakes.
+    pub async fn issue(
         &self,
         names: &[String],
-        tokens: &Arc<Http01Tokens>,
+        challenges: &Challenges,
+        kind: ChallengeKind,
     ) -> Result<Issued, AcmeError> {
         let dir = self.directory.clone();
         let ca = |what, source| AcmeError::Ca {
             directory: dir.clone(),
             what,
             source,
+        };
+        let failed = |name: String, detail: String| AcmeError::Challenge {
+            directory: dir.clone(),
+            name,
+            challenge: kind.label(),
+            detail,
         };
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
@@ -157,6 +190,7 @@ impl AcmeClient {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(|e| ca("creating an order", e))?;
+        // What was put up, to take down afterwards: HTTP-01 tokens or TLS-ALPN-01 names.
         let mut placed: Vec<String> = Vec::new();
         let result = async {
             let mut authzs = order.authorizations();
@@ -165,84 +199,79 @@ impl AcmeClient {
                 if authz.status != AuthorizationStatus::Pending {
                     continue;
                 }
-                let name = match &authz.identifier().identifier {
-                    Identifier::Dns(n) => n.clone(),
-                    other => format!("{other:?}"),
-                };
-                let mut challenge = authz.challenge(ChallengeType::Http01).ok_or_else(|| {
-                    AcmeError::NoChallenge {
-                        directory: dir.clone(),
-                        name: name.clone(),
-                        challenge: "http-01",
+                let name = dns_name(authz.identifier().identifier);
+                let mut challenge =
+                    authz
+                        .challenge(kind.acme_type())
+                        .ok_or_else(|| AcmeError::NoChallenge {
+                            directory: dir.clone(),
+                            name: name.clone(),
+                            challenge: kind.label(),
+                        })?;
+                match kind {
+                    ChallengeKind::Http01 => {
+                        challenges.http01.insert(
+                            challenge.token.clone(),
+                            challenge.key_authorization().as_str().to_string(),
+                        );
+                        placed.push(challenge.token.clone());
                     }
-                })?;
-                tokens.insert(
-                    challenge.token.clone(),
-                    challenge.key_authorization().as_str().to_string(),
-                );
-                placed.push(challenge.token.clone());
+                    ChallengeKind::TlsAlpn01 => {
+                        let digest = challenge.key_authorization().digest();
+                        challenges
+                            .tls_alpn
+                            .insert(&name, digest.as_ref())
+                            .map_err(|detail| failed(name.clone(), detail))?;
+                        placed.push(name.clone());
+                    }
+                }
                 challenge
                     .set_ready()
                     .await
                     .map_err(|e| ca("answering a challenge", e))?;
             }
             let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
-            let status = match order.poll_ready(&retry).await {
-                Ok(status) => status,
+            let (status, problem) = match order.poll_ready(&retry).await {
+                Ok(status) => (status, None),
                 // The CA reports a failed validation as the order's problem.
                 Err(instant_acme::Error::Api(problem)) => {
-                    let mut failed = Vec::new();
-                    let mut authzs = order.authorizations();
-                    while let Some(Ok(authz)) = authzs.next().await {
-                        if authz.status == AuthorizationStatus::Invalid {
-                            if let Identifier::Dns(n) = &authz.identifier().identifier {
-                                failed.push(n.clone());
-                            }
-                        }
-                    }
-                    let name = if failed.is_empty() {
-                        names.join(", ")
-                    } else {
-                        failed.join(", ")
-                    };
-                    return Err(AcmeError::Challenge {
-                        directory: dir.clone(),
-                        name,
-                        challenge: "http-01",
-                        detail: problem.to_string(),
-                    });
+                    (OrderStatus::Invalid, Some(problem.to_string()))
                 }
                 Err(e) => return Err(ca("waiting for validation", e)),
             };
             if status != OrderStatus::Ready {
-                // Name the failed identifier and the CA's reason.
+                // Name the failed identifiers and the CA's reason.
+                let mut bad = Vec::new();
+                let mut detail = problem;
                 let mut authzs = order.authorizations();
                 while let Some(Ok(authz)) = authzs.next().await {
                     if authz.status == AuthorizationStatus::Invalid {
-                        let name = format!("{:?}", authz.identifier().identifier);
-                        let detail = authz
-                            .challenges
-                            .iter()
-                            .filter_map(|c| c.error.as_ref())
-                            .map(|p| p.to_string())
-                            .next()
-                            .unwrap_or_else(|| "no detail from the CA".to_string());
-                        return Err(AcmeError::Challenge {
-                            directory: dir.clone(),
-                            name: name
-                                .trim_start_matches("Dns(")
-                                .trim_end_matches(')')
-                                .trim_matches('"')
-                                .to_string(),
-                            challenge: "http-01",
-                            detail,
-                        });
+                        bad.push(dns_name(authz.identifier().identifier));
+                        if detail.is_none() {
+                            detail = authz
+                                .challenges
+                                .iter()
+                                .filter_map(|c| c.error.as_ref())
+                                .map(|p| p.to_string())
+                                .next();
+                        }
                     }
                 }
-                return Err(AcmeError::Order {
-                    directory: dir.clone(),
-                    status,
-                });
+                if bad.is_empty() && detail.is_none() {
+                    return Err(AcmeError::Order {
+                        directory: dir.clone(),
+                        status,
+                    });
+                }
+                let name = if bad.is_empty() {
+                    names.join(", ")
+                } else {
+                    bad.join(", ")
+                };
+                return Err(failed(
+                    name,
+                    detail.unwrap_or_else(|| "no detail from the CA".to_string()),
+                ));
             }
             let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
             let csr = rcgen::CertificateParams::new(names.to_vec())?.serialize_request(&key)?;
@@ -260,9 +289,19 @@ impl AcmeClient {
             })
         }
         .await;
-        for t in &placed {
-            tokens.remove(t);
+        for p in &placed {
+            match kind {
+                ChallengeKind::Http01 => challenges.http01.remove(p),
+                ChallengeKind::TlsAlpn01 => challenges.tls_alpn.remove(p),
+            }
         }
         result
+    }
+}
+
+fn dns_name(id: &Identifier) -> String {
+    match id {
+        Identifier::Dns(n) => n.clone(),
+        other => format!("{other:?}"),
     }
 }

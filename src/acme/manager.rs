@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::client::AcmeClient;
-use super::Http01Tokens;
+use super::client::{AcmeClient, AcmeError, ChallengeKind};
+use super::Challenges;
 use crate::config::model::AcmeSettings;
 use crate::storage::Storage;
 use crate::tls::certs::{self, LoadedCert};
@@ -93,7 +93,7 @@ pub fn spawn(
     settings: AcmeSettings,
     storage: Arc<dyn Storage>,
     sites: Vec<(AcmeSite, Option<LoadedCert>)>,
-    tokens: Arc<Http01Tokens>,
+    challenges: Challenges,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -109,7 +109,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(run(settings, storage, sites, tokens, shutdown));
+            rt.block_on(run(settings, storage, sites, challenges, shutdown));
         })?;
     Ok(())
 }
@@ -118,7 +118,7 @@ async fn run(
     settings: AcmeSettings,
     storage: Arc<dyn Storage>,
     sites: Vec<(AcmeSite, Option<LoadedCert>)>,
-    tokens: Arc<Http01Tokens>,
+    challenges: Challenges,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut states: Vec<SiteState> = sites
@@ -167,7 +167,7 @@ async fn run(
                 }
             }
             let Some(c) = &client else { break };
-            obtain(c, storage.as_ref(), st, &tokens).await;
+            obtain(c, storage.as_ref(), st, &challenges).await;
             if st
                 .current
                 .as_ref()
@@ -189,7 +189,7 @@ async fn obtain(
     client: &AcmeClient,
     storage: &dyn Storage,
     st: &mut SiteState,
-    tokens: &Arc<Http01Tokens>,
+    challenges: &Challenges,
 ) {
     let names = st.site.names.clone();
     let lock = match storage.try_lock(&format!(
@@ -227,7 +227,20 @@ async fn obtain(
         names = names.join(", "),
         "ACME: ordering a certificate"
     );
-    match client.issue_http01(&names, tokens).await {
+    // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
+    let first = client
+        .issue(&names, challenges, ChallengeKind::Http01)
+        .await;
+    let result = match first {
+        Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })) => {
+            tracing::warn!(site = st.site.name, error = %e, "ACME: http-01 failed; trying tls-alpn-01");
+            client
+                .issue(&names, challenges, ChallengeKind::TlsAlpn01)
+                .await
+        }
+        other => other,
+    };
+    match result {
         Ok(issued) => {
             let dir = cert_dir(&names);
             let saved = storage

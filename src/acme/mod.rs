@@ -35,3 +35,73 @@ impl Http01Tokens {
         }
     }
 }
+
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Pending TLS-ALPN-01 challenges: DNS name → the TLS config that presents the challenge
+/// certificate (self-signed, with the `acmeIdentifier` extension) over ALPN `acme-tls/1`.
+#[derive(Debug, Default)]
+pub struct TlsAlpnChallenges {
+    configs: RwLock<HashMap<String, std::sync::Arc<rustls::ServerConfig>>>,
+}
+
+impl TlsAlpnChallenges {
+    /// The config answering the challenge for `name`, if one is pending.
+    pub fn get(&self, name: &str) -> Option<std::sync::Arc<rustls::ServerConfig>> {
+        self.configs
+            .read()
+            .ok()?
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// Starts answering the challenge for `name` with `key_auth_digest` (SHA-256 of the key
+    /// authorization). Fails only when the certificate cannot be made.
+    pub fn insert(&self, name: &str, key_auth_digest: &[u8]) -> Result<(), String> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| e.to_string())?;
+        let mut params =
+            rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
+        params.custom_extensions =
+            vec![rcgen::CustomExtension::new_acme_identifier(key_auth_digest)];
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        let key_der = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der)
+            .map_err(|e| e.to_string())?;
+        // Not `with_single_cert`: it parses the certificate with webpki, which refuses the
+        // critical acmeIdentifier extension this certificate exists to carry.
+        let certified = std::sync::Arc::new(rustls::sign::CertifiedKey::new(
+            vec![cert.der().clone()],
+            signer,
+        ));
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            crate::tls::provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(crate::tls::resolver::SiteCerts::new(
+            vec![certified],
+        )));
+        config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
+        if let Ok(mut c) = self.configs.write() {
+            c.insert(name.to_ascii_lowercase(), std::sync::Arc::new(config));
+        }
+        Ok(())
+    }
+
+    /// Stops answering for `name`.
+    pub fn remove(&self, name: &str) {
+        if let Ok(mut c) = self.configs.write() {
+            c.remove(&name.to_ascii_lowercase());
+        }
+    }
+}
+
+/// Where challenges are answered: the port-80 token store and the TLS-ALPN-01 configs.
+#[derive(Debug, Default, Clone)]
+pub struct Challenges {
+    pub http01: std::sync::Arc<Http01Tokens>,
+    pub tls_alpn: std::sync::Arc<TlsAlpnChallenges>,
+}

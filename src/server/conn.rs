@@ -14,12 +14,16 @@ use tokio_rustls::StartHandshake;
 
 use super::io::{TimedIo, Timeouts};
 use super::{ConnGuard, ServerState, WorkerCtx};
+use crate::acme::ACME_TLS_ALPN;
 use crate::config::model::UnknownSni;
 use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
 
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// A fatal `no_application_protocol` alert (for `acme-tls/1` with no pending challenge).
+const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
 /// `std::io` adapters over a non-blocking tokio socket, for rustls's `Acceptor`.
 struct SyncIo<'a>(&'a TcpStream);
@@ -94,9 +98,14 @@ pub async fn serve_tls(
                     UnknownSni::Reject => None,
                 }),
         };
-        Ok::<_, io::Error>(Some((accepted, sni, site)))
+        // ACME TLS-ALPN-01 validation (RFC 8737): answered from the challenge store, never a site.
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+        let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
+        Ok::<_, io::Error>(Some((accepted, sni, site, acme)))
     };
-    let (accepted, sni, site) =
+    let (accepted, sni, site, acme) =
         match tokio::time::timeout(limits.handshake_timeout, handshake).await {
             Ok(Ok(Some(x))) => x,
             Ok(Ok(None)) => return,
@@ -109,6 +118,24 @@ pub async fn serve_tls(
                 return;
             }
         };
+    if let Some(challenge) = acme {
+        let mut tcp = tcp;
+        let Some(config) = challenge else {
+            tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "acme-tls/1 handshake without a pending challenge");
+            let _ = tcp.write_all(&ALERT_NO_APPLICATION_PROTOCOL).await;
+            return;
+        };
+        let handshake = StartHandshake::from_parts(accepted, tcp).into_stream(config);
+        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+            Ok(Ok(mut tls)) => {
+                tracing::info!(%peer, sni = sni.as_deref().unwrap_or(""), "answered a TLS-ALPN-01 validation");
+                let _ = tls.shutdown().await;
+            }
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timeout"),
+        }
+        return;
+    }
     let Some(site) = site else {
         tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
         let mut tcp = tcp;

@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
 
-use crate::acme::{self, Http01Tokens};
+use crate::acme::{self, TlsAlpnChallenges};
 use crate::config::model::{Limits, SiteCertSource, UnknownSni};
 use crate::config::{Config, Problem};
 use crate::http::Frontend;
@@ -43,6 +43,8 @@ pub struct TlsFront {
 pub struct ServerState {
     pub front: Arc<Frontend>,
     pub tls: TlsFront,
+    /// TLS-ALPN-01 challenge answers, consulted for `acme-tls/1` handshakes.
+    pub tls_alpn: Arc<TlsAlpnChallenges>,
     pub limits: Limits,
     open: AtomicUsize,
     drained: Notify,
@@ -217,11 +219,16 @@ impl Server {
             unknown_sni: config.tls.unknown_sni,
         };
 
-        let tokens = Arc::new(Http01Tokens::default());
-        let front = Arc::new(Frontend::new(&config, https_port, tokens.clone())?);
+        let challenges = acme::Challenges::default();
+        let front = Arc::new(Frontend::new(
+            &config,
+            https_port,
+            challenges.http01.clone(),
+        )?);
         let state = Arc::new(ServerState {
             front,
             tls,
+            tls_alpn: challenges.tls_alpn.clone(),
             limits: config.limits.clone(),
             open: AtomicUsize::new(0),
             drained: Notify::new(),
@@ -266,7 +273,7 @@ impl Server {
                 config.acme.clone(),
                 storage.clone(),
                 sites,
-                tokens,
+                challenges.clone(),
                 shutdown_rx.clone(),
             )
             .map_err(|e| format!("cannot start the ACME thread: {e}"))?;
