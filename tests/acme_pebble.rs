@@ -331,3 +331,104 @@ async fn tls_alpn01_issuance_is_answered_by_the_https_listener() {
         "no certificate must be presented"
     );
 }
+
+/// Two processes sharing one storage never order the same certificate at once: while another
+/// holder has the order lock, the server waits and then serves the certificate that the other
+/// holder stored, without ordering its own.
+#[test]
+fn a_server_waits_for_the_order_lock_and_serves_what_the_holder_stored() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let names = vec!["localhost".to_string()];
+    // "The other process": holds the order lock on the same data directory.
+    let storage = FileStorage::new(env.path("data"));
+    let lock = storage
+        .try_lock(&portcullis::acme::manager::order_lock(&names))
+        .unwrap()
+        .expect("lock");
+
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let state = server.state().clone();
+    let challenges = Challenges {
+        http01: state.front.acme.clone(),
+        tls_alpn: state.tls_alpn.clone(),
+    };
+    // The other process orders (answering through this server's listener, the one pebble
+    // validates against) and stores the result, then releases the lock.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let issued = rt.block_on(async {
+        let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
+            .await
+            .expect("account");
+        client
+            .issue(&names, &challenges, ChallengeKind::Http01)
+            .await
+            .expect("issue")
+    });
+    let cert_dir = portcullis::acme::manager::cert_dir(&names);
+    storage
+        .store(
+            &format!("{cert_dir}/key.pem"),
+            issued.key_pem.as_bytes(),
+            true,
+        )
+        .unwrap();
+    storage
+        .store(
+            &format!("{cert_dir}/chain.pem"),
+            issued.chain_pem.as_bytes(),
+            false,
+        )
+        .unwrap();
+    drop(lock);
+
+    // The server serves exactly that certificate (no order of its own).
+    let leaf_of = |pem: &str| {
+        let end = pem.find("-----END CERTIFICATE-----").unwrap() + 25;
+        pem[..end].to_string()
+    };
+    let want = leaf_of(&issued.chain_pem);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(start) = text.find("-----BEGIN CERTIFICATE-----") {
+            assert_eq!(
+                leaf_of(&text[start..]),
+                want,
+                "served certificate must be the one the lock holder stored"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate served after the lock was released"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    server.shutdown();
+}

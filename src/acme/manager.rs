@@ -25,8 +25,17 @@ pub struct AcmeSite {
     pub certs: Arc<SiteCerts>,
 }
 
-/// Storage directory of the certificate for `names`.
-fn cert_dir(names: &[String]) -> String {
+/// How often a process waiting for another one's order looks for its certificate.
+const LOCK_POLL_SECS: i64 = 2;
+
+/// The storage lock held while ordering the certificate for `names`: two processes sharing a
+/// storage never order the same certificate at once.
+pub fn order_lock(names: &[String]) -> String {
+    format!("order-{}", cert_dir(names).trim_start_matches("certs/"))
+}
+
+/// Storage directory of the certificate for `names` (`chain.pem`, `key.pem`).
+pub fn cert_dir(names: &[String]) -> String {
     let mut sorted = names.to_vec();
     sorted.sort();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
@@ -192,10 +201,7 @@ async fn obtain(
     challenges: &Challenges,
 ) {
     let names = st.site.names.clone();
-    let lock = match storage.try_lock(&format!(
-        "order-{}",
-        cert_dir(&names).trim_start_matches("certs/")
-    )) {
+    let lock = match storage.try_lock(&order_lock(&names)) {
         Ok(Some(l)) => l,
         Ok(None) => {
             // Another process is ordering this certificate: use what it stores.
@@ -203,7 +209,7 @@ async fn obtain(
                 site = st.site.name,
                 "ACME: another process holds the order lock; waiting for its certificate"
             );
-            st.retry_at = certs::unix_now() + 10;
+            st.retry_at = certs::unix_now() + LOCK_POLL_SECS;
             if let Some(c) = stored(storage, &names) {
                 install(st, c);
             }
