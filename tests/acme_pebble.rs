@@ -38,14 +38,24 @@ impl Drop for Pebble {
 /// Starts pebble with its HTTPS listener certified by the test PKI, validating HTTP-01 on
 /// `http_port`.
 fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+    start_pebble_with(dir, http_port, tls_port, 0)
+}
+
+/// [`start_pebble`] issuing certificates valid for `validity_secs` (0: pebble's default, 5 years).
+fn start_pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
     let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
     std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
     let (port, mgmt, tls) = (free_port(), free_port(), tls_port);
+    let validity = if validity_secs > 0 {
+        format!(", \"certificateValidityPeriod\": {validity_secs}")
+    } else {
+        String::new()
+    };
     let config = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
         "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
-        "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+        "ocspResponderURL": "", "externalAccountBindingRequired": false{validity}}}}}"#,
         dir.join("pebble-chain.pem").display(),
         dir.join("pebble-key.pem").display()
     );
@@ -429,6 +439,97 @@ fn a_server_waits_for_the_order_lock_and_serves_what_the_holder_stored() {
             "no certificate served after the lock was released"
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+    server.shutdown();
+}
+
+/// A certificate that is renewed while clients keep connecting: the new one is swapped in with
+/// no failed request, and served from then on.
+#[test]
+fn a_short_lived_certificate_is_renewed_and_hot_swapped_without_failed_requests() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    // 24 s certificates: renewal is due 8 s before expiry (a third of the lifetime).
+    let pebble = start_pebble_with(&dir, http_port, free_port(), 24);
+    let config = format!(
+        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    // Each probe: a full request with a verifying client, and the leaf it was served.
+    let probe = || -> (bool, Option<String>) {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "3",
+                "-w",
+                "%{http_code}",
+                "-o",
+                "/dev/null",
+                "--cacert",
+            ])
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        let ok = out.status.success() && String::from_utf8_lossy(&out.stdout) == "200";
+        let s = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&s.stdout).to_string();
+        let leaf = text.find("-----BEGIN CERTIFICATE-----").map(|i| {
+            let end = text[i..].find("-----END CERTIFICATE-----").unwrap() + i;
+            text[i..end].to_string()
+        });
+        (ok, leaf)
+    };
+    // First certificate.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let (true, Some(leaf)) = probe() {
+            break leaf;
+        }
+        assert!(Instant::now() < deadline, "no certificate after 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Keep requesting until the served certificate changes; every request must succeed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut requests = 0;
+    loop {
+        let (ok, leaf) = probe();
+        requests += 1;
+        assert!(ok, "request {requests} failed during renewal");
+        if leaf.as_ref().is_some_and(|l| *l != first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certificate not renewed within 30 s ({requests} requests)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
     server.shutdown();
 }

@@ -177,12 +177,11 @@ async fn run(
             }
             let Some(c) = &client else { break };
             obtain(c, storage.as_ref(), st, &challenges).await;
-            if st
-                .current
-                .as_ref()
-                .is_none_or(|cur| renew_in(cur, certs::unix_now()) == 0)
-            {
-                next_wake = next_wake.min(st.retry_at);
+            // Next: the new certificate's renewal time, or the retry after a failure.
+            let now = certs::unix_now();
+            match st.current.as_ref().map(|cur| renew_in(cur, now)) {
+                Some(due) if due > 0 => next_wake = next_wake.min(now + due),
+                _ => next_wake = next_wake.min(st.retry_at),
             }
         }
         let wait = Duration::from_secs((next_wake - certs::unix_now()).clamp(1, 3600) as u64);
