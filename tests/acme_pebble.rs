@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::{pki, Alg, TestEnv};
 use portcullis::acme::client::{AcmeClient, AcmeError, ChallengeKind};
 use portcullis::acme::Challenges;
+use portcullis::config::model::AcmeKeyType;
 use portcullis::storage::{FileStorage, Storage};
 
 fn free_port() -> u16 {
@@ -126,6 +127,7 @@ async fn http01_issuance_from_pebble_gives_a_chain_that_verifies() {
             &["localhost".to_string()],
             &challenges,
             ChallengeKind::Http01,
+            AcmeKeyType::EcdsaP256,
         )
         .await
         .unwrap_or_else(|e| panic!("issuance failed: {e}"));
@@ -209,6 +211,7 @@ async fn a_challenge_that_cannot_succeed_names_the_name_and_the_challenge() {
             &["localhost".to_string()],
             &unrelated,
             ChallengeKind::Http01,
+            AcmeKeyType::EcdsaP256,
         )
         .await
         .expect_err("must fail");
@@ -314,6 +317,7 @@ async fn tls_alpn01_issuance_is_answered_by_the_https_listener() {
             &["localhost".to_string()],
             &challenges,
             ChallengeKind::TlsAlpn01,
+            AcmeKeyType::EcdsaP256,
         )
         .await
         .unwrap_or_else(|e| panic!("tls-alpn-01 issuance failed: {e}"));
@@ -385,7 +389,12 @@ fn a_server_waits_for_the_order_lock_and_serves_what_the_holder_stored() {
             .await
             .expect("account");
         client
-            .issue(&names, &challenges, ChallengeKind::Http01)
+            .issue(
+                &names,
+                &challenges,
+                ChallengeKind::Http01,
+                AcmeKeyType::EcdsaP256,
+            )
             .await
             .expect("issue")
     });
@@ -531,5 +540,69 @@ fn a_short_lived_certificate_is_renewed_and_hot_swapped_without_failed_requests(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    server.shutdown();
+}
+
+/// Changing `acme.key_type` takes effect at once: the stored ECDSA certificate is replaced by an
+/// RSA one after the restart (caddy#6732 is this bug in Caddy).
+#[test]
+fn a_changed_key_type_replaces_the_stored_certificate() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let config = |key_type: &str| {
+        format!(
+            "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+             [acme]\nca = \"{}\"\nca_root = \"{}\"\nkey_type = \"{key_type}\"\n\
+             [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+            pebble.directory,
+            test_ca.display()
+        )
+    };
+    let served_key = |port: u16| -> String {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                "localhost",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with("Server public key is"))
+            .unwrap_or("")
+            .to_string()
+    };
+    let wait_for = |port: u16, want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = served_key(port);
+            if got.contains(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {want:?}, still {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let path = env.write_config_raw(&config("ecdsa-p256"));
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    wait_for(server.https_addrs()[0].port(), "256 bit");
+    server.shutdown();
+
+    let path = env.write_config_raw(&config("rsa2048"));
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("restart");
+    wait_for(server.https_addrs()[0].port(), "2048 bit");
     server.shutdown();
 }

@@ -13,6 +13,7 @@ use instant_acme::{
 };
 
 use super::Challenges;
+use crate::config::model::AcmeKeyType;
 use crate::storage::Storage;
 
 /// Why an ACME operation failed, in words that name the CA, the name and the challenge.
@@ -162,7 +163,7 @@ impl AcmeClient {
         })
     }
 
-    /// Orders a certificate for `names` (ECDSA P-256 key), proving control with `kind`: HTTP-01
+    /// Orders a certificate for `names` with a `key_type` key, proving control with `kind`: HTTP-01
     /// key authorizations go into the port-80 token store, TLS-ALPN-01 certificates into the
     /// store the 443 listener consults for `acme-tls/1` handshakes.
     pub async fn issue(
@@ -170,6 +171,7 @@ impl AcmeClient {
         names: &[String],
         challenges: &Challenges,
         kind: ChallengeKind,
+        key_type: AcmeKeyType,
     ) -> Result<Issued, AcmeError> {
         let dir = self.directory.clone();
         let ca = |what, source| AcmeError::Ca {
@@ -273,7 +275,7 @@ impl AcmeClient {
                     detail.unwrap_or_else(|| "no detail from the CA".to_string()),
                 ));
             }
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            let key = key_type.generate()?;
             let csr = rcgen::CertificateParams::new(names.to_vec())?.serialize_request(&key)?;
             order
                 .finalize_csr(csr.der())

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::client::{AcmeClient, AcmeError, ChallengeKind};
 use super::Challenges;
-use crate::config::model::AcmeSettings;
+use crate::config::model::{AcmeKeyType, AcmeSettings};
 use crate::storage::Storage;
 use crate::tls::certs::{self, LoadedCert};
 use crate::tls::resolver::SiteCerts;
@@ -145,7 +145,12 @@ async fn run(
         let now = certs::unix_now();
         let mut next_wake = now + 3600;
         for st in &mut states {
-            let due = st.current.as_ref().map_or(0, |c| renew_in(c, now));
+            // A changed key type takes effect now, not at the next regular renewal.
+            let due = st
+                .current
+                .as_ref()
+                .filter(|c| c.info.key == settings.key_type.kind())
+                .map_or(0, |c| renew_in(c, now));
             if due > 0 {
                 next_wake = next_wake.min(now + due);
                 continue;
@@ -176,7 +181,7 @@ async fn run(
                 }
             }
             let Some(c) = &client else { break };
-            obtain(c, storage.as_ref(), st, &challenges).await;
+            obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await;
             // Next: the new certificate's renewal time, or the retry after a failure.
             let now = certs::unix_now();
             match st.current.as_ref().map(|cur| renew_in(cur, now)) {
@@ -198,6 +203,7 @@ async fn obtain(
     storage: &dyn Storage,
     st: &mut SiteState,
     challenges: &Challenges,
+    key_type: AcmeKeyType,
 ) {
     let names = st.site.names.clone();
     let lock = match storage.try_lock(&order_lock(&names)) {
@@ -222,7 +228,7 @@ async fn obtain(
     };
     // The other process may have finished just before we got the lock.
     if let Some(c) = stored(storage, &names) {
-        if renew_in(&c, certs::unix_now()) > 0 {
+        if renew_in(&c, certs::unix_now()) > 0 && c.info.key == key_type.kind() {
             install(st, c);
             return;
         }
@@ -234,13 +240,13 @@ async fn obtain(
     );
     // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
     let first = client
-        .issue(&names, challenges, ChallengeKind::Http01)
+        .issue(&names, challenges, ChallengeKind::Http01, key_type)
         .await;
     let result = match first {
         Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })) => {
             tracing::warn!(site = st.site.name, error = %e, "ACME: http-01 failed; trying tls-alpn-01");
             client
-                .issue(&names, challenges, ChallengeKind::TlsAlpn01)
+                .issue(&names, challenges, ChallengeKind::TlsAlpn01, key_type)
                 .await
         }
         other => other,

@@ -39,6 +39,55 @@ pub struct AcmeSettings {
     pub contact: Vec<String>,
     /// Extra root to trust for the CA's HTTPS.
     pub ca_root: Option<PathBuf>,
+    /// Key type of ordered certificates; a change takes effect at the next order (a stored
+    /// certificate with another key type is replaced at once).
+    pub key_type: AcmeKeyType,
+}
+
+/// Key types for ACME certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeKeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa4096,
+}
+
+impl AcmeKeyType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ecdsa-p256" => Some(AcmeKeyType::EcdsaP256),
+            "ecdsa-p384" => Some(AcmeKeyType::EcdsaP384),
+            "rsa2048" => Some(AcmeKeyType::Rsa2048),
+            "rsa4096" => Some(AcmeKeyType::Rsa4096),
+            _ => None,
+        }
+    }
+
+    /// The matching [`crate::tls::certs::KeyKind`] of a loaded certificate.
+    pub fn kind(self) -> crate::tls::certs::KeyKind {
+        use crate::tls::certs::KeyKind;
+        match self {
+            AcmeKeyType::EcdsaP256 => KeyKind::EcdsaP256,
+            AcmeKeyType::EcdsaP384 => KeyKind::EcdsaP384,
+            AcmeKeyType::Rsa2048 => KeyKind::Rsa(2048),
+            AcmeKeyType::Rsa4096 => KeyKind::Rsa(4096),
+        }
+    }
+
+    /// A fresh key of this type.
+    pub fn generate(self) -> Result<rcgen::KeyPair, rcgen::Error> {
+        match self {
+            AcmeKeyType::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+            AcmeKeyType::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            AcmeKeyType::Rsa2048 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
+            AcmeKeyType::Rsa4096 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+            }
+        }
+    }
 }
 
 /// Let's Encrypt's production directory.

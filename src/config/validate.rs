@@ -336,10 +336,23 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         }
         p
     });
+    let key_type = match &raw.key_type {
+        None => AcmeKeyType::EcdsaP256,
+        Some(k) => AcmeKeyType::parse(k.get_ref()).unwrap_or_else(|| {
+            let loc = cx.loc(k, "");
+            cx.err(
+                loc,
+                format!("acme.key_type = {:?} is unknown", k.get_ref()),
+                "use \"ecdsa-p256\" (default), \"ecdsa-p384\", \"rsa2048\" or \"rsa4096\"",
+            );
+            AcmeKeyType::EcdsaP256
+        }),
+    };
     AcmeSettings {
         directory,
         contact,
         ca_root,
+        key_type,
     }
 }
 
