@@ -34,6 +34,8 @@ enum Command {
     Check(ServeArgs),
     /// Install the local CA's root into the system trust store (or print it).
     Trust(TrustArgs),
+    /// List every site's certificates: names, issuer, expiry, next renewal, last ACME error.
+    Certs(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -105,6 +107,7 @@ pub fn main() -> i32 {
         Command::Serve(a) => serve(a),
         Command::Check(a) => check(a),
         Command::Trust(a) => trust(a),
+        Command::Certs(a) => certs(a),
     }
 }
 
@@ -444,4 +447,93 @@ fn trust(a: TrustArgs) -> i32 {
     }
     eprintln!("portcullis: no known system trust store here; trust {} by hand (e.g. curl --cacert {}), or print it with `portcullis trust --print`", root.display(), root.display());
     1
+}
+
+fn certs(a: ServeArgs) -> i32 {
+    use crate::config::model::SiteCertSource;
+    use crate::tls::certs::{fmt_time, unix_now, LoadedCert};
+    let (raw, source) = match load_raw(&a) {
+        Ok(x) => x,
+        Err(p) => {
+            eprintln!("{p}");
+            return 1;
+        }
+    };
+    let config = match validate::validate(raw, &source, &overrides(&a), Mode::Serve) {
+        Ok((c, _)) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return 1;
+        }
+    };
+    let now = unix_now();
+    let describe = |c: &LoadedCert| {
+        format!(
+            "{} [{}], issuer {}, expires {} ({} days), key {}",
+            c.info.subject,
+            c.info
+                .dns_names
+                .iter()
+                .cloned()
+                .chain(c.info.ips.iter().map(|i| i.to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            c.info.issuer,
+            fmt_time(c.info.not_after),
+            (c.info.not_after - now).div_euclid(86400),
+            c.info.key
+        )
+    };
+    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
+    for site in &config.sites {
+        let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
+        match &site.certs {
+            SiteCertSource::Files(list) => {
+                for c in list {
+                    println!(
+                        "{}: file {}: {}",
+                        site.name,
+                        c.info.cert_path.display(),
+                        describe(c)
+                    );
+                }
+            }
+            SiteCertSource::LocalCa => {
+                println!(
+                    "{}: local CA ({}), leaf re-issued automatically for {}",
+                    site.name,
+                    local_ca::root_cert_path(&config.data_dir).display(),
+                    names.join(", ")
+                );
+            }
+            SiteCertSource::Acme => {
+                match crate::acme::manager::stored(&storage, &names) {
+                    Some(c) => println!(
+                        "{}: ACME {}: {}, renews {}",
+                        site.name,
+                        config.acme.directory,
+                        describe(&c),
+                        fmt_time(crate::acme::manager::renewal_time(&c))
+                    ),
+                    None => println!(
+                        "{}: ACME {}: no certificate yet for {}",
+                        site.name,
+                        config.acme.directory,
+                        names.join(", ")
+                    ),
+                }
+                if let Some(st) = crate::acme::manager::status(&storage, &names) {
+                    if let Some(err) = st.last_error {
+                        println!(
+                            "{}:   last attempt {} failed: {err}; next try {}",
+                            site.name,
+                            fmt_time(st.last_attempt),
+                            st.retry_at.map(fmt_time).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    0
 }

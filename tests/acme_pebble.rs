@@ -606,3 +606,61 @@ fn a_changed_key_type_replaces_the_stored_certificate() {
     wait_for(server.https_addrs()[0].port(), "2048 bit");
     server.shutdown();
 }
+
+/// `portcullis certs` shows each ACME certificate with its issuer, expiry and renewal time, and
+/// the CA's reason when ordering failed.
+#[test]
+fn certs_command_shows_the_certificate_and_the_last_failure() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let good_http = free_port();
+    let pebble = start_pebble(&dir, good_http, free_port());
+    // Site "good" is validated through our port-80 listener; site "bad" asks for a name
+    // pebble cannot reach on any port we serve (its HTTP-01 and TLS-ALPN-01 both fail).
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{good_http}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"good\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n\
+         [[site]]\nname = \"bad\"\nhosts = [\"unreachable.invalid\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"no\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let certs = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["certs", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = certs();
+        let good = text.lines().any(|l| {
+            l.starts_with("good: ACME") && l.contains("renews") && l.contains("localhost")
+        });
+        let bad = text.lines().any(|l| {
+            l.starts_with("bad:") && l.contains("failed") && l.contains("unreachable.invalid")
+        });
+        if good && bad {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certs output never showed both sites:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(text.contains("no certificate yet"), "{text}");
+    server.shutdown();
+}

@@ -92,6 +92,8 @@ struct SiteState {
     /// Unix time of the next attempt after a failure, and the backoff used.
     retry_at: i64,
     backoff: i64,
+    /// The last failure, until a success (shown by `portcullis certs`).
+    last_error: Option<String>,
 }
 
 const MIN_BACKOFF: i64 = 60;
@@ -137,6 +139,7 @@ async fn run(
             current,
             retry_at: 0,
             backoff: MIN_BACKOFF,
+            last_error: None,
         })
         .collect();
     let mut client: Option<AcmeClient> = None;
@@ -222,6 +225,7 @@ async fn obtain(
         }
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, "ACME: cannot take the order lock");
+            st.last_error = Some(format!("cannot take the order lock: {e}"));
             st.retry_at = certs::unix_now() + st.backoff;
             return;
         }
@@ -279,9 +283,12 @@ async fn obtain(
                     tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
                     install(st, c);
                     st.backoff = MIN_BACKOFF;
+                    st.last_error = None;
                 }
                 Err(f) => {
                     tracing::error!(site = st.site.name, problem = %f.message, "ACME: the CA's certificate is unusable");
+                    st.last_error =
+                        Some(format!("the CA's certificate is unusable: {}", f.message));
                     st.retry_at = certs::unix_now() + st.backoff;
                     st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
                 }
@@ -289,11 +296,51 @@ async fn obtain(
         }
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, retry_in_secs = st.backoff, "ACME: order failed");
+            st.last_error = Some(e.to_string());
             st.retry_at = certs::unix_now() + st.backoff;
             st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
         }
     }
     drop(lock);
+    write_status(storage, st);
+}
+
+/// What `portcullis certs` shows of an ACME certificate besides the certificate itself.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    /// Unix time of the last attempt to order.
+    pub last_attempt: i64,
+    /// Why the last attempt failed (none after a success).
+    pub last_error: Option<String>,
+    /// Unix time of the next attempt when the last one failed.
+    pub retry_at: Option<i64>,
+}
+
+fn write_status(storage: &dyn Storage, st: &SiteState) {
+    let status = Status {
+        last_attempt: certs::unix_now(),
+        last_error: st.last_error.clone(),
+        retry_at: st.last_error.as_ref().map(|_| st.retry_at),
+    };
+    let key = format!("{}/status.json", cert_dir(&st.site.names));
+    if let Ok(json) = serde_json::to_vec_pretty(&status) {
+        if let Err(e) = storage.store(&key, &json, false) {
+            tracing::warn!(error = %e, "ACME: cannot record the order status");
+        }
+    }
+}
+
+/// The recorded status of the certificate for `names`, if any.
+pub fn status(storage: &dyn Storage, names: &[String]) -> Option<Status> {
+    let bytes = storage
+        .load(&format!("{}/status.json", cert_dir(names)))
+        .ok()??;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Unix time at which `cert` is due for renewal (two thirds into its lifetime).
+pub fn renewal_time(cert: &LoadedCert) -> i64 {
+    cert.info.not_after - (cert.info.not_after - cert.info.not_before) / 3
 }
 
 fn install(st: &mut SiteState, cert: LoadedCert) {
