@@ -36,6 +36,8 @@ enum Command {
     Trust(TrustArgs),
     /// List every site's certificates: names, issuer, expiry, next renewal, last ACME error.
     Certs(ServeArgs),
+    /// Revoke a site's ACME certificate at its CA; the next start orders a new one.
+    Revoke(RevokeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -85,6 +87,18 @@ struct ServeArgs {
 }
 
 #[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// The site whose certificate to revoke.
+    #[arg(long, value_name = "NAME")]
+    site: String,
+    /// unspecified, key-compromise, superseded, cessation-of-operation, affiliation-changed.
+    #[arg(long, value_name = "REASON")]
+    reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
 struct TrustArgs {
     /// Only print the root certificate (PEM) to stdout.
     #[arg(long)]
@@ -108,6 +122,7 @@ pub fn main() -> i32 {
         Command::Check(a) => check(a),
         Command::Trust(a) => trust(a),
         Command::Certs(a) => certs(a),
+        Command::Revoke(a) => revoke(a),
     }
 }
 
@@ -536,4 +551,96 @@ fn certs(a: ServeArgs) -> i32 {
         }
     }
     0
+}
+
+fn revoke(a: RevokeArgs) -> i32 {
+    use instant_acme::RevocationReason;
+    let reason = match a.reason.as_deref() {
+        None => None,
+        Some("unspecified") => Some(RevocationReason::Unspecified),
+        Some("key-compromise") => Some(RevocationReason::KeyCompromise),
+        Some("superseded") => Some(RevocationReason::Superseded),
+        Some("cessation-of-operation") => Some(RevocationReason::CessationOfOperation),
+        Some("affiliation-changed") => Some(RevocationReason::AffiliationChanged),
+        Some(other) => {
+            eprintln!("--reason: {other:?} is unknown (use unspecified, key-compromise, superseded, cessation-of-operation or affiliation-changed)");
+            return 2;
+        }
+    };
+    let (raw, source) = match load_raw(&a.serve) {
+        Ok(x) => x,
+        Err(p) => {
+            eprintln!("{p}");
+            return 1;
+        }
+    };
+    let config = match validate::validate(raw, &source, &overrides(&a.serve), Mode::Serve) {
+        Ok((c, _)) => c,
+        Err(problems) => {
+            print_problems(&problems);
+            return 1;
+        }
+    };
+    let Some(site) = config.sites.iter().find(|s| s.name == a.site) else {
+        eprintln!(
+            "--site: no site named {:?} (sites: {})",
+            a.site,
+            config
+                .sites
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return 1;
+    };
+    if !matches!(site.certs, crate::config::model::SiteCertSource::Acme) {
+        eprintln!("site {:?} does not get its certificate from ACME; revoke file certificates with the CA that issued them", site.name);
+        return 1;
+    }
+    let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
+    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
+    let Some(cert) = crate::acme::manager::stored(&storage, &names) else {
+        eprintln!("site {:?}: no stored ACME certificate to revoke", site.name);
+        return 1;
+    };
+    let Some(leaf) = cert.certified.cert.first().cloned() else {
+        return 1;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return 1;
+        }
+    };
+    let result = rt.block_on(async {
+        let client = crate::acme::client::AcmeClient::open(
+            &storage,
+            &config.acme.directory,
+            config.acme.ca_root.as_deref(),
+            &config.acme.contact,
+        )
+        .await?;
+        client.revoke(&leaf, reason).await
+    });
+    match result {
+        Ok(()) => {
+            let dir = crate::acme::manager::cert_dir(&names);
+            for f in ["chain.pem", "key.pem"] {
+                if let Err(e) = crate::storage::Storage::delete(&storage, &format!("{dir}/{f}")) {
+                    eprintln!("portcullis: revoked, but cannot remove the stored {f}: {e}");
+                }
+            }
+            println!("site {}: certificate {} revoked; a running server keeps it until restarted, the next start orders a new one", site.name, cert.info.subject);
+            0
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            1
+        }
+    }
 }

@@ -664,3 +664,87 @@ fn certs_command_shows_the_certificate_and_the_last_failure() {
     assert!(text.contains("no certificate yet"), "{text}");
     server.shutdown();
 }
+
+/// `portcullis revoke` revokes the stored certificate at the CA and removes it, so that the next
+/// start orders a new one.
+#[test]
+fn revoke_command_revokes_at_the_ca() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let names = vec!["localhost".to_string()];
+    let chain = env
+        .path("data")
+        .join(portcullis::acme::manager::cert_dir(&names))
+        .join("chain.pem");
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !chain.exists() {
+        assert!(Instant::now() < deadline, "no certificate stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.shutdown();
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&chain)
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&serial.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_lowercase();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["revoke", "--config"])
+        .arg(&path)
+        .args(["--site", "pebbled", "--reason", "key-compromise"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "revoke: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+    assert!(
+        !chain.exists(),
+        "the revoked certificate is removed from storage"
+    );
+    let status = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&test_ca)
+        .arg(format!(
+            "https://localhost:{}/cert-status-by-serial/{serial}",
+            pebble.mgmt
+        ))
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("Revoked"),
+        "pebble status for {serial}: {status}"
+    );
+
+    // Unknown reason and a site without ACME are refused with a clear line.
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["revoke", "--config"])
+        .arg(&path)
+        .args(["--site", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no site named \"nope\""));
+}

@@ -299,6 +299,26 @@ impl AcmeClient {
         }
         result
     }
+
+    /// Revokes `cert` (DER of the leaf) at the CA, signed by this account.
+    pub async fn revoke(
+        &self,
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        reason: Option<instant_acme::RevocationReason>,
+    ) -> Result<(), AcmeError> {
+        let request = instant_acme::RevocationRequest {
+            certificate: cert,
+            reason,
+        };
+        self.account
+            .revoke(&request)
+            .await
+            .map_err(|source| AcmeError::Ca {
+                directory: self.directory.clone(),
+                what: "revoking the certificate",
+                source,
+            })
+    }
 }
 
 fn dns_name(id: &Identifier) -> String {
