@@ -279,3 +279,34 @@ fn check_in_zero_config_mode_is_ok() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("OK"));
 }
+
+/// A served certificate close to expiry is reported while serving (the 30/14/7/1-day warnings),
+/// not only by `check`.
+#[test]
+fn serving_a_certificate_that_expires_in_ten_days_logs_a_warning() {
+    let env = TestEnv::new();
+    env.write_chain("soon", &pki().leaf_expiring_in(&[ALPHA], 10));
+    let (cert, key) = (env.path("certs/soon.pem"), env.path("certs/soon.key"));
+    let args = [
+        "serve",
+        "--domain",
+        "alpha.test",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--no-http",
+        "--workers",
+        "1",
+    ];
+    let data = env.path("data");
+    let mut p = ServeProcess::spawn(&args, &[("PORTCULLIS_DATA_DIR", &data)]);
+    let line = p.wait_for_line("certificate expires soon", START);
+    assert!(
+        line.contains("days_left=9") || line.contains("days_left=10"),
+        "{line}"
+    );
+    let _ = p.child.kill();
+}

@@ -1,4 +1,7 @@
-//! Operations: logging now; metrics, reload and the status page later.
+//! Operations: logging and certificate-expiry monitoring; metrics, reload and the status page
+//! later.
+
+pub mod expiry;
 
 use std::io::IsTerminal;
 

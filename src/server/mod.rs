@@ -279,7 +279,11 @@ impl Server {
             .map_err(|e| format!("cannot start the ACME thread: {e}"))?;
         }
 
-        // 6. Keep local-CA leaves fresh without a restart.
+        // 6. Warn before any served certificate expires.
+        crate::ops::expiry::spawn(state.clone(), shutdown_rx.clone())
+            .map_err(|e| format!("cannot start the expiry monitor: {e}"))?;
+
+        // 7. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {
             let state = state.clone();
             let hosts: Vec<_> = config

@@ -40,6 +40,11 @@ impl SiteCerts {
         self.certs.store(Arc::new(sorted(certs)));
     }
 
+    /// The chains served now.
+    pub fn current(&self) -> Arc<Vec<Arc<CertifiedKey>>> {
+        self.certs.load_full()
+    }
+
     /// True when the site has at least one chain.
     pub fn is_empty(&self) -> bool {
         self.certs.load().is_empty()

@@ -1,0 +1,95 @@
+//! Expiry monitoring for every served certificate, whatever its source (files, ACME, local CA):
+//! a warning when one gets within 30, 14, 7 and 1 days of expiry, an error every hour once it
+//! has expired. The figures are what a metrics endpoint will export.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use x509_parser::prelude::FromDer;
+
+use crate::server::ServerState;
+use crate::tls::certs::fmt_time;
+
+/// Days-left thresholds that get a warning each.
+pub const THRESHOLDS: [i64; 4] = [30, 14, 7, 1];
+
+/// The smallest threshold `days_left` has reached (`Some(0)`: expired), if any.
+pub fn level(days_left: i64) -> Option<i64> {
+    if days_left < 0 {
+        return Some(0);
+    }
+    THRESHOLDS.iter().rev().find(|&&t| days_left < t).copied()
+}
+
+/// Expiry (Unix time) and subject of every certificate each site serves now.
+pub fn served(state: &ServerState) -> Vec<(String, String, i64)> {
+    let mut out = Vec::new();
+    for (i, certs) in state.tls.certs.iter().enumerate() {
+        let site = state
+            .front
+            .sites
+            .get(i)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        for ck in certs.current().iter() {
+            let Some(der) = ck.cert.first() else { continue };
+            if let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) {
+                out.push((
+                    site.clone(),
+                    cert.subject().to_string(),
+                    cert.validity().not_after.timestamp(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Checks every hour until `shutdown`, on its own thread.
+pub fn spawn(state: Arc<ServerState>, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("portcullis-expiry".into()).spawn(move || {
+        // Last level warned about per (site, subject): each threshold is logged once.
+        let mut warned: HashMap<(String, String), i64> = HashMap::new();
+        loop {
+            let now = crate::tls::certs::unix_now();
+            for (site, subject, not_after) in served(&state) {
+                let days = (not_after - now).div_euclid(86400);
+                let Some(lvl) = level(days) else {
+                    warned.remove(&(site, subject));
+                    continue;
+                };
+                if lvl == 0 {
+                    tracing::error!(site, subject, expired = %fmt_time(not_after), "certificate has EXPIRED: clients refuse it");
+                } else if warned.get(&(site.clone(), subject.clone())) != Some(&lvl) {
+                    tracing::warn!(site, subject, expires = %fmt_time(not_after), days_left = days, "certificate expires soon");
+                    warned.insert((site, subject), lvl);
+                }
+            }
+            for _ in 0..3600 {
+                if *shutdown.borrow() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels() {
+        assert_eq!(level(90), None);
+        assert_eq!(level(30), None);
+        assert_eq!(level(29), Some(30));
+        assert_eq!(level(13), Some(14));
+        assert_eq!(level(6), Some(7));
+        assert_eq!(level(0), Some(1));
+        assert_eq!(level(-1), Some(0));
+    }
+}
