@@ -540,6 +540,18 @@ fn a_short_lived_certificate_is_renewed_and_hot_swapped_without_failed_requests(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The replaced certificate is kept as a backup.
+    let previous = env
+        .path("data")
+        .join(portcullis::acme::manager::cert_dir(&[
+            "localhost".to_string()
+        ]))
+        .join("previous/chain.pem");
+    assert!(
+        previous.exists(),
+        "previous certificate kept at {}",
+        previous.display()
+    );
     server.shutdown();
 }
 
@@ -747,4 +759,51 @@ fn revoke_command_revokes_at_the_ca() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no site named \"nope\""));
+}
+
+/// When the primary CA does not answer, the certificate comes from the fallback CA.
+#[test]
+fn an_unreachable_primary_ca_falls_back_to_the_next_one() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let dead = format!("https://localhost:{}/dir", free_port());
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{dead}\"\nfallback = [\"{}\"]\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/"),
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate from the fallback CA: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.shutdown();
 }

@@ -300,6 +300,11 @@ impl AcmeClient {
         result
     }
 
+    /// The CA's directory URL.
+    pub fn directory(&self) -> &str {
+        &self.directory
+    }
+
     /// Revokes `cert` (DER of the leaf) at the CA, signed by this account.
     pub async fn revoke(
         &self,

@@ -142,8 +142,11 @@ async fn run(
             last_error: None,
         })
         .collect();
-    let mut client: Option<AcmeClient> = None;
-    let mut account_backoff = MIN_BACKOFF;
+    // The primary CA first, then each fallback in turn (each with its own account).
+    let directories: Vec<String> = std::iter::once(settings.directory.clone())
+        .chain(settings.fallback.iter().cloned())
+        .collect();
+    let mut clients: Vec<Option<AcmeClient>> = directories.iter().map(|_| None).collect();
     loop {
         let now = certs::unix_now();
         let mut next_wake = now + 3600;
@@ -162,29 +165,49 @@ async fn run(
                 next_wake = next_wake.min(st.retry_at);
                 continue;
             }
-            if client.is_none() {
-                match AcmeClient::open(
-                    storage.as_ref(),
-                    &settings.directory,
-                    settings.ca_root.as_deref(),
-                    &settings.contact,
-                )
-                .await
-                {
-                    Ok(c) => {
-                        client = Some(c);
-                        account_backoff = MIN_BACKOFF;
+            let mut errors = Vec::new();
+            for (i, directory) in directories.iter().enumerate() {
+                if clients[i].is_none() {
+                    match AcmeClient::open(
+                        storage.as_ref(),
+                        directory,
+                        settings.ca_root.as_deref(),
+                        &settings.contact,
+                    )
+                    .await
+                    {
+                        Ok(c) => clients[i] = Some(c),
+                        Err(e) => {
+                            tracing::error!(site = st.site.name, error = %e, "ACME: no account at this CA");
+                            errors.push(e.to_string());
+                            continue;
+                        }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, retry_in_secs = account_backoff, "ACME: no account");
-                        next_wake = next_wake.min(now + account_backoff);
-                        account_backoff = (account_backoff * 2).min(MAX_BACKOFF);
+                }
+                let Some(c) = &clients[i] else { continue };
+                match obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await {
+                    Outcome::Failed => {
+                        errors.extend(st.last_error.clone());
+                        if i + 1 < directories.len() {
+                            tracing::warn!(
+                                site = st.site.name,
+                                next = directories[i + 1],
+                                "ACME: trying the fallback CA"
+                            );
+                        }
+                    }
+                    Outcome::Done | Outcome::Waiting => {
+                        errors.clear();
                         break;
                     }
                 }
             }
-            let Some(c) = &client else { break };
-            obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await;
+            if !errors.is_empty() {
+                st.last_error = Some(errors.join("; then: "));
+                st.retry_at = certs::unix_now() + st.backoff;
+                st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+                write_status(storage.as_ref(), st);
+            }
             // Next: the new certificate's renewal time, or the retry after a failure.
             let now = certs::unix_now();
             match st.current.as_ref().map(|cur| renew_in(cur, now)) {
@@ -200,6 +223,16 @@ async fn run(
     }
 }
 
+/// How one attempt at one CA ended.
+enum Outcome {
+    /// A certificate is installed.
+    Done,
+    /// Another process is ordering it; look again soon.
+    Waiting,
+    /// This CA did not deliver (`SiteState::last_error` says why).
+    Failed,
+}
+
 /// Orders (or picks up from storage, when another process ordered it) the certificate of one site.
 async fn obtain(
     client: &AcmeClient,
@@ -207,7 +240,7 @@ async fn obtain(
     st: &mut SiteState,
     challenges: &Challenges,
     key_type: AcmeKeyType,
-) {
+) -> Outcome {
     let names = st.site.names.clone();
     let lock = match storage.try_lock(&order_lock(&names)) {
         Ok(Some(l)) => l,
@@ -221,32 +254,32 @@ async fn obtain(
             if let Some(c) = stored(storage, &names) {
                 install(st, c);
             }
-            return;
+            return Outcome::Waiting;
         }
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, "ACME: cannot take the order lock");
             st.last_error = Some(format!("cannot take the order lock: {e}"));
-            st.retry_at = certs::unix_now() + st.backoff;
-            return;
+            return Outcome::Failed;
         }
     };
     // The other process may have finished just before we got the lock.
     if let Some(c) = stored(storage, &names) {
         if renew_in(&c, certs::unix_now()) > 0 && c.info.key == key_type.kind() {
             install(st, c);
-            return;
+            return Outcome::Done;
         }
     }
     tracing::info!(
         site = st.site.name,
         names = names.join(", "),
+        ca = client.directory(),
         "ACME: ordering a certificate"
     );
     // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
-    let first = client
+    let result = match client
         .issue(&names, challenges, ChallengeKind::Http01, key_type)
-        .await;
-    let result = match first {
+        .await
+    {
         Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })) => {
             tracing::warn!(site = st.site.name, error = %e, "ACME: http-01 failed; trying tls-alpn-01");
             client
@@ -255,21 +288,9 @@ async fn obtain(
         }
         other => other,
     };
-    match result {
+    let outcome = match result {
         Ok(issued) => {
             let dir = cert_dir(&names);
-            let saved = storage
-                .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
-                .and_then(|_| {
-                    storage.store(
-                        &format!("{dir}/chain.pem"),
-                        issued.chain_pem.as_bytes(),
-                        false,
-                    )
-                });
-            if let Err(e) = saved {
-                tracing::error!(site = st.site.name, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
-            }
             let label = std::path::Path::new(&dir);
             match certs::load_pem(
                 issued.chain_pem.as_bytes(),
@@ -280,29 +301,50 @@ async fn obtain(
                 &[],
             ) {
                 Ok((c, _)) => {
+                    // Keep the certificate being replaced as a backup, then store the new one.
+                    for f in ["chain.pem", "key.pem"] {
+                        if let Ok(Some(old)) = storage.load(&format!("{dir}/{f}")) {
+                            let _ =
+                                storage.store(&format!("{dir}/previous/{f}"), &old, f == "key.pem");
+                        }
+                    }
+                    let saved = storage
+                        .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
+                        .and_then(|_| {
+                            storage.store(
+                                &format!("{dir}/chain.pem"),
+                                issued.chain_pem.as_bytes(),
+                                false,
+                            )
+                        });
+                    if let Err(e) = saved {
+                        tracing::error!(site = st.site.name, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
+                    }
                     tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
                     install(st, c);
                     st.backoff = MIN_BACKOFF;
                     st.last_error = None;
+                    Outcome::Done
                 }
                 Err(f) => {
                     tracing::error!(site = st.site.name, problem = %f.message, "ACME: the CA's certificate is unusable");
                     st.last_error =
                         Some(format!("the CA's certificate is unusable: {}", f.message));
-                    st.retry_at = certs::unix_now() + st.backoff;
-                    st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+                    Outcome::Failed
                 }
             }
         }
         Err(e) => {
-            tracing::error!(site = st.site.name, error = %e, retry_in_secs = st.backoff, "ACME: order failed");
+            tracing::error!(site = st.site.name, error = %e, "ACME: order failed");
             st.last_error = Some(e.to_string());
-            st.retry_at = certs::unix_now() + st.backoff;
-            st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+            Outcome::Failed
         }
-    }
+    };
     drop(lock);
-    write_status(storage, st);
+    if let Outcome::Done = outcome {
+        write_status(storage, st);
+    }
+    outcome
 }
 
 /// What `portcullis certs` shows of an ACME certificate besides the certificate itself.

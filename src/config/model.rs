@@ -35,6 +35,8 @@ pub struct Config {
 pub struct AcmeSettings {
     /// Directory URL.
     pub directory: String,
+    /// Directory URLs tried in turn when `directory` fails.
+    pub fallback: Vec<String>,
     /// Contact URIs (`mailto:…`).
     pub contact: Vec<String>,
     /// Extra root to trust for the CA's HTTPS.

@@ -300,16 +300,27 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
 }
 
 fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
-    let directory = match raw.ca.as_ref().map(|c| (c, c.get_ref().as_str())) {
-        None | Some((_, "production")) => LETS_ENCRYPT.to_string(),
-        Some((_, "staging")) => LETS_ENCRYPT_STAGING.to_string(),
-        Some((_, url)) if url.starts_with("https://") => url.to_string(),
-        Some((c, other)) => {
+    let mut directory_of = |c: &Spanned<String>, key: &str| match c.get_ref().as_str() {
+        "production" => LETS_ENCRYPT.to_string(),
+        "staging" => LETS_ENCRYPT_STAGING.to_string(),
+        url if url.starts_with("https://") => url.to_string(),
+        other => {
             let loc = cx.loc(c, "");
-            cx.err(loc, format!("acme.ca = {other:?} is neither \"production\", \"staging\" nor an https:// directory URL"), "use \"production\", \"staging\" or the CA's directory URL");
+            cx.err(loc, format!("acme.{key} = {other:?} is neither \"production\", \"staging\" nor an https:// directory URL"), "use \"production\", \"staging\" or the CA's directory URL");
             LETS_ENCRYPT.to_string()
         }
     };
+    let directory = raw
+        .ca
+        .as_ref()
+        .map(|c| directory_of(c, "ca"))
+        .unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    let fallback: Vec<String> = raw
+        .fallback
+        .iter()
+        .flatten()
+        .map(|c| directory_of(c, "fallback"))
+        .collect();
     let mut contact = Vec::new();
     if let Some(e) = &raw.email {
         let mail = e.get_ref();
@@ -350,6 +361,7 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
     };
     AcmeSettings {
         directory,
+        fallback,
         contact,
         ca_root,
         key_type,
