@@ -618,11 +618,12 @@ fn revoke(a: RevokeArgs) -> i32 {
         }
     };
     let result = rt.block_on(async {
-        let client = crate::acme::client::AcmeClient::open(
+        let client = crate::acme::client::AcmeClient::open_with_eab(
             &storage,
             &config.acme.directory,
             config.acme.ca_root.as_deref(),
             &config.acme.contact,
+            config.acme.eab.as_ref(),
         )
         .await?;
         client.revoke(&leaf, reason).await

@@ -44,19 +44,23 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
 
 /// [`start_pebble`] issuing certificates valid for `validity_secs` (0: pebble's default, 5 years).
 fn start_pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+    let mut extra = ", \"externalAccountBindingRequired\": false".to_string();
+    if validity_secs > 0 {
+        extra.push_str(&format!(", \"certificateValidityPeriod\": {validity_secs}"));
+    }
+    start_pebble_extra(dir, http_port, tls_port, &extra)
+}
+
+/// [`start_pebble`] with `extra` JSON members (starting with a comma) in pebble's config.
+fn start_pebble_extra(dir: &Path, http_port: u16, tls_port: u16, extra: &str) -> Pebble {
     let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
     std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
     let (port, mgmt, tls) = (free_port(), free_port(), tls_port);
-    let validity = if validity_secs > 0 {
-        format!(", \"certificateValidityPeriod\": {validity_secs}")
-    } else {
-        String::new()
-    };
     let config = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
         "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
-        "ocspResponderURL": "", "externalAccountBindingRequired": false{validity}}}}}"#,
+        "ocspResponderURL": ""{extra}}}}}"#,
         dir.join("pebble-chain.pem").display(),
         dir.join("pebble-key.pem").display()
     );
@@ -806,4 +810,34 @@ fn an_unreachable_primary_ca_falls_back_to_the_next_one() {
         std::thread::sleep(Duration::from_millis(200));
     }
     server.shutdown();
+}
+
+/// A CA that requires External Account Binding: registration works with `eab_kid` and
+/// `eab_hmac_key`, and is refused without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_sent_when_configured() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = start_pebble_extra(&dir, free_port(), free_port(), &format!(", \"externalAccountBindingRequired\": true, \"externalAccountMACKeys\": {{\"kid-1\": \"{key}\"}}"));
+    // Through the config, as a user writes it.
+    let cfg = env.write_config_raw(&format!("data_dir = \"data\"\n[acme]\nca = \"{}\"\nca_root = \"{}\"\neab_kid = \"kid-1\"\neab_hmac_key = \"{key}\"\n[[site]]\nname = \"x\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"x\" }}\n", pebble.directory, test_ca.display()));
+    let (config, _) = env.load(&cfg).unwrap();
+    let storage = FileStorage::new(dir.join("store"));
+    AcmeClient::open_with_eab(
+        &storage,
+        &pebble.directory,
+        Some(&test_ca),
+        &[],
+        config.acme.eab.as_ref(),
+    )
+    .await
+    .expect("EAB registration");
+    let without = FileStorage::new(dir.join("store2"));
+    let err = AcmeClient::open(&without, &pebble.directory, Some(&test_ca), &[])
+        .await
+        .expect_err("registration without EAB must fail");
+    assert!(err.to_string().contains("registering an account"), "{err}");
 }

@@ -553,3 +553,35 @@ fn serve_with_missing_cert_flag_file_exits_nonzero() {
     assert!(line.starts_with("--cert: error:"), "{line}");
     assert!(line.contains("/nonexistent/fullchain.pem"), "{line}");
 }
+
+#[test]
+fn acme_settings_are_checked() {
+    let env = TestEnv::new();
+    let site = "[[site]]\nname = \"a\"\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"x\" }\n";
+    let (_, p) = refused(
+        &env,
+        &format!("[acme]\neab_kid = \"kid-1\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["eab_kid and acme.eab_hmac_key go together"]);
+    let (_, p) = refused(
+        &env,
+        &format!("[acme]\nca = \"http://insecure.example/dir\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["acme.ca", "https://"]);
+    let (_, p) = refused(
+        &env,
+        &format!("[acme]\nkey_type = \"dsa\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["acme.key_type", "dsa"]);
+    let (_, p) = refused(
+        &env,
+        &format!("[acme]\nemail = \"not an address\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["acme.email"]);
+    let (_, p) = refused(&env, "[[site]]\nname = \"w\"\nhosts = [\"*.example.com\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"x\" }\n", Mode::Check);
+    find(&p, &["*.example.com", "DNS-01"]);
+}

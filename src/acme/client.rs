@@ -120,6 +120,18 @@ impl AcmeClient {
         ca_root: Option<&Path>,
         contact: &[String],
     ) -> Result<Self, AcmeError> {
+        Self::open_with_eab(storage, directory, ca_root, contact, None).await
+    }
+
+    /// [`AcmeClient::open`] for CAs that require External Account Binding (RFC 8555 §7.3.4):
+    /// `eab` is the key id and the (decoded) HMAC key the CA handed out.
+    pub async fn open_with_eab(
+        storage: &dyn Storage,
+        directory: &str,
+        ca_root: Option<&Path>,
+        contact: &[String],
+        eab: Option<&(String, Vec<u8>)>,
+    ) -> Result<Self, AcmeError> {
         let ca = |what, source| AcmeError::Ca {
             directory: directory.to_string(),
             what,
@@ -151,7 +163,12 @@ impl AcmeClient {
         };
         let (account, creds) = builder()
             .map_err(|e| ca("HTTP client", e))?
-            .create(&new, directory.to_string(), None)
+            .create(
+                &new,
+                directory.to_string(),
+                eab.map(|(kid, key)| instant_acme::ExternalAccountKey::new(kid.clone(), key))
+                    .as_ref(),
+            )
             .await
             .map_err(|e| ca("registering an account", e))?;
         let json = serde_json::to_vec_pretty(&creds).map_err(AcmeError::CorruptAccount)?;

@@ -168,11 +168,14 @@ async fn run(
             let mut errors = Vec::new();
             for (i, directory) in directories.iter().enumerate() {
                 if clients[i].is_none() {
-                    match AcmeClient::open(
+                    // EAB credentials belong to the primary CA only.
+                    let eab = if i == 0 { settings.eab.as_ref() } else { None };
+                    match AcmeClient::open_with_eab(
                         storage.as_ref(),
                         directory,
                         settings.ca_root.as_deref(),
                         &settings.contact,
+                        eab,
                     )
                     .await
                     {

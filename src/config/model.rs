@@ -37,6 +37,8 @@ pub struct AcmeSettings {
     pub directory: String,
     /// Directory URLs tried in turn when `directory` fails.
     pub fallback: Vec<String>,
+    /// External Account Binding for `directory`: key id and decoded HMAC key.
+    pub eab: Option<(String, Vec<u8>)>,
     /// Contact URIs (`mailto:…`).
     pub contact: Vec<String>,
     /// Extra root to trust for the CA's HTTPS.

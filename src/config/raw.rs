@@ -107,6 +107,9 @@ pub struct RawAcme {
     pub email: Option<Spanned<String>>,
     /// An extra root certificate to trust for the CA's own HTTPS (private or test CAs).
     pub ca_root: Option<Spanned<String>>,
+    /// External Account Binding for `ca` (required by some CAs): key id and base64url HMAC key.
+    pub eab_kid: Option<Spanned<String>>,
+    pub eab_hmac_key: Option<Spanned<String>>,
     /// CAs to try, in order, when `ca` does not deliver (same values as `ca`).
     pub fallback: Option<Vec<Spanned<String>>>,
     /// Key of ordered certificates: `"ecdsa-p256"` (default), `"ecdsa-p384"`, `"rsa2048"`, `"rsa4096"`.

@@ -359,9 +359,38 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
             AcmeKeyType::EcdsaP256
         }),
     };
+    let eab = match (&raw.eab_kid, &raw.eab_hmac_key) {
+        (None, None) => None,
+        (Some(kid), Some(key)) => {
+            use base64::Engine;
+            let k = key.get_ref().trim_end_matches('=');
+            match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(k) {
+                Ok(bytes) if !bytes.is_empty() => Some((kid.get_ref().clone(), bytes)),
+                _ => {
+                    let loc = cx.loc(key, "");
+                    cx.err(
+                        loc,
+                        "acme.eab_hmac_key is not base64url",
+                        "paste the HMAC key exactly as your CA shows it",
+                    );
+                    None
+                }
+            }
+        }
+        (Some(s), None) | (None, Some(s)) => {
+            let loc = cx.loc(s, "");
+            cx.err(
+                loc,
+                "acme.eab_kid and acme.eab_hmac_key go together",
+                "set both (your CA's EAB key id and HMAC key) or neither",
+            );
+            None
+        }
+    };
     AcmeSettings {
         directory,
         fallback,
+        eab,
         contact,
         ca_root,
         key_type,
