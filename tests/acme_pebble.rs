@@ -841,3 +841,77 @@ async fn external_account_binding_is_sent_when_configured() {
         .expect_err("registration without EAB must fail");
     assert!(err.to_string().contains("registering an account"), "{err}");
 }
+
+/// A corrupt certificate in storage is reported and re-obtained (not retried forever, not
+/// served), and the rest of the storage (the account) is kept (certmagic#366 is this bug).
+#[test]
+fn a_corrupt_stored_certificate_is_re_obtained() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let chain = env
+        .path("data")
+        .join(portcullis::acme::manager::cert_dir(&[
+            "localhost".to_string()
+        ]))
+        .join("chain.pem");
+    let serves = |port: u16| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(&root)
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/"),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let wait_served = |port: u16| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !serves(port) {
+            assert!(Instant::now() < deadline, "no valid certificate served");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    wait_served(server.https_addrs()[0].port());
+    server.shutdown();
+    let accounts_before = std::fs::read_dir(env.path("data/acme")).unwrap().count();
+
+    std::fs::write(
+        &chain,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let (cfg, _) = env.load(&path).unwrap();
+    let server =
+        portcullis::server::Server::start(cfg).expect("restart with a corrupt certificate");
+    wait_served(server.https_addrs()[0].port());
+    server.shutdown();
+    let fresh = std::fs::read_to_string(&chain).unwrap();
+    assert!(
+        !fresh.contains("garbage"),
+        "the corrupt file was replaced by a new certificate"
+    );
+    assert_eq!(
+        std::fs::read_dir(env.path("data/acme")).unwrap().count(),
+        accounts_before,
+        "the account is kept"
+    );
+}
