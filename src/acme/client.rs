@@ -39,6 +39,8 @@ pub enum AcmeError {
         name: String,
         challenge: &'static str,
     },
+    #[error("ACME CA {directory}: no answer within {secs} s")]
+    Timeout { directory: String, secs: u64 },
     #[error("ACME CA {directory}: order ended as {status:?}")]
     Order {
         directory: String,

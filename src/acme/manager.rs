@@ -25,6 +25,9 @@ pub struct AcmeSite {
     pub certs: Arc<SiteCerts>,
 }
 
+/// The longest one order may take before it counts as failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// How often a process waiting for another one's order looks for its certificate.
 const LOCK_POLL_SECS: i64 = 2;
 
@@ -279,15 +282,27 @@ async fn obtain(
         "ACME: ordering a certificate"
     );
     // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
-    let result = match client
-        .issue(&names, challenges, ChallengeKind::Http01, key_type)
+    // A CA that stops answering must not stall renewals of every other site: each attempt has
+    // a deadline.
+    let names_ref = &names;
+    let attempt = |kind| async move {
+        match tokio::time::timeout(
+            ORDER_TIMEOUT,
+            client.issue(names_ref, challenges, kind, key_type),
+        )
         .await
-    {
+        {
+            Ok(r) => r,
+            Err(_) => Err(AcmeError::Timeout {
+                directory: client.directory().to_string(),
+                secs: ORDER_TIMEOUT.as_secs(),
+            }),
+        }
+    };
+    let result = match attempt(ChallengeKind::Http01).await {
         Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })) => {
             tracing::warn!(site = st.site.name, error = %e, "ACME: http-01 failed; trying tls-alpn-01");
-            client
-                .issue(&names, challenges, ChallengeKind::TlsAlpn01, key_type)
-                .await
+            attempt(ChallengeKind::TlsAlpn01).await
         }
         other => other,
     };
