@@ -464,22 +464,24 @@ fn trust(a: TrustArgs) -> i32 {
     1
 }
 
+/// The validated config for tools that act on it (`certs`, `revoke`): warnings are not shown,
+/// errors are, and then `None`.
+fn load_quietly(a: &ServeArgs) -> Option<crate::config::Config> {
+    let (raw, source) = load_raw(a).map_err(|p| eprintln!("{p}")).ok()?;
+    match validate::validate(raw, &source, &overrides(a), Mode::Serve) {
+        Ok((config, _)) => Some(config),
+        Err(problems) => {
+            print_problems(&problems);
+            None
+        }
+    }
+}
+
 fn certs(a: ServeArgs) -> i32 {
     use crate::config::model::SiteCertSource;
     use crate::tls::certs::{fmt_time, unix_now, LoadedCert};
-    let (raw, source) = match load_raw(&a) {
-        Ok(x) => x,
-        Err(p) => {
-            eprintln!("{p}");
-            return 1;
-        }
-    };
-    let config = match validate::validate(raw, &source, &overrides(&a), Mode::Serve) {
-        Ok((c, _)) => c,
-        Err(problems) => {
-            print_problems(&problems);
-            return 1;
-        }
+    let Some(config) = load_quietly(&a) else {
+        return 1;
     };
     let now = unix_now();
     let describe = |c: &LoadedCert| {
@@ -567,19 +569,8 @@ fn revoke(a: RevokeArgs) -> i32 {
             return 2;
         }
     };
-    let (raw, source) = match load_raw(&a.serve) {
-        Ok(x) => x,
-        Err(p) => {
-            eprintln!("{p}");
-            return 1;
-        }
-    };
-    let config = match validate::validate(raw, &source, &overrides(&a.serve), Mode::Serve) {
-        Ok((c, _)) => c,
-        Err(problems) => {
-            print_problems(&problems);
-            return 1;
-        }
+    let Some(config) = load_quietly(&a.serve) else {
+        return 1;
     };
     let Some(site) = config.sites.iter().find(|s| s.name == a.site) else {
         eprintln!(
