@@ -53,10 +53,22 @@ fn start_pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity_secs: u
 
 /// [`start_pebble`] with `extra` JSON members (starting with a comma) in pebble's config.
 fn start_pebble_extra(dir: &Path, http_port: u16, tls_port: u16, extra: &str) -> Pebble {
+    start_pebble_ports(dir, free_port(), free_port(), http_port, tls_port, extra)
+}
+
+/// [`start_pebble_extra`] on given directory and management ports.
+fn start_pebble_ports(
+    dir: &Path,
+    port: u16,
+    mgmt: u16,
+    http_port: u16,
+    tls_port: u16,
+    extra: &str,
+) -> Pebble {
     let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
     std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
-    let (port, mgmt, tls) = (free_port(), free_port(), tls_port);
+    let tls = tls_port;
     let config = format!(
         r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
         "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
@@ -914,4 +926,62 @@ fn a_corrupt_stored_certificate_is_re_obtained() {
         accounts_before,
         "the account is kept"
     );
+}
+
+/// The CA lost its state (here: pebble restarted, which forgets every account): the next
+/// renewal registers a new account instead of failing forever, and the new certificate is served.
+#[test]
+fn a_ca_that_forgot_the_account_gets_a_new_registration() {
+    let env = TestEnv::new();
+    let (dir_a, dir_b) = (env.path("acme-a"), env.path("acme-b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let (port, mgmt, http_port, tls_port) = (free_port(), free_port(), free_port(), free_port());
+    let short = ", \"externalAccountBindingRequired\": false, \"certificateValidityPeriod\": 24";
+    let pebble = start_pebble_ports(&dir_a, port, mgmt, http_port, tls_port, short);
+    let config = format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let https = server.https_addrs()[0].port();
+    let verifies = |root: &Path| {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "3", "--cacert"])
+            .arg(root)
+            .args([
+                "--resolve",
+                &format!("localhost:{https}:127.0.0.1"),
+                &format!("https://localhost:{https}/"),
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let root_a = pebble_root(&dir_a, &pebble, &test_ca);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !verifies(&root_a) {
+        assert!(Instant::now() < deadline, "no first certificate");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The CA restarts with no memory of our account (and a new root).
+    drop(pebble);
+    let pebble = start_pebble_ports(&dir_b, port, mgmt, http_port, tls_port, short);
+    let root_b = pebble_root(&dir_b, &pebble, &test_ca);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !verifies(&root_b) {
+        assert!(
+            Instant::now() < deadline,
+            "the renewal after the CA lost the account never succeeded"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    server.shutdown();
 }

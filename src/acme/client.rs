@@ -80,6 +80,29 @@ impl ChallengeKind {
     }
 }
 
+impl AcmeError {
+    /// The CA does not know the account (it was deleted, or the CA lost its state): the stored
+    /// account must be dropped and a new one registered.
+    pub fn is_unknown_account(&self) -> bool {
+        match self {
+            AcmeError::Ca {
+                source: instant_acme::Error::Api(p),
+                ..
+            } => p.r#type.as_deref().is_some_and(|t| {
+                t.ends_with(":accountDoesNotExist")
+                    || t.ends_with(":unauthorized")
+                        && p.detail.as_deref().is_some_and(|d| d.contains("account"))
+            }),
+            _ => false,
+        }
+    }
+}
+
+/// Drops the stored account for `directory` (the next [`AcmeClient::open`] registers anew).
+pub fn forget_account(storage: &dyn Storage, directory: &str) -> std::io::Result<()> {
+    storage.delete(&account_key(directory))
+}
+
 /// A certificate obtained from the CA.
 #[derive(Debug, Clone)]
 pub struct Issued {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::client::{AcmeClient, AcmeError, ChallengeKind};
+use super::client::{forget_account, AcmeClient, AcmeError, ChallengeKind};
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
 use crate::storage::Storage;
@@ -169,42 +169,58 @@ async fn run(
                 continue;
             }
             let mut errors = Vec::new();
-            for (i, directory) in directories.iter().enumerate() {
-                if clients[i].is_none() {
-                    // EAB credentials belong to the primary CA only.
-                    let eab = if i == 0 { settings.eab.as_ref() } else { None };
-                    match AcmeClient::open_with_eab(
-                        storage.as_ref(),
-                        directory,
-                        settings.ca_root.as_deref(),
-                        &settings.contact,
-                        eab,
-                    )
-                    .await
-                    {
-                        Ok(c) => clients[i] = Some(c),
-                        Err(e) => {
-                            tracing::error!(site = st.site.name, error = %e, "ACME: no account at this CA");
-                            errors.push(e.to_string());
-                            continue;
+            'cas: for (i, directory) in directories.iter().enumerate() {
+                let mut registered_again = false;
+                loop {
+                    if clients[i].is_none() {
+                        // EAB credentials belong to the primary CA only.
+                        let eab = if i == 0 { settings.eab.as_ref() } else { None };
+                        match AcmeClient::open_with_eab(
+                            storage.as_ref(),
+                            directory,
+                            settings.ca_root.as_deref(),
+                            &settings.contact,
+                            eab,
+                        )
+                        .await
+                        {
+                            Ok(c) => clients[i] = Some(c),
+                            Err(e) => {
+                                tracing::error!(site = st.site.name, error = %e, "ACME: no account at this CA");
+                                errors.push(e.to_string());
+                                break;
+                            }
                         }
                     }
-                }
-                let Some(c) = &clients[i] else { continue };
-                match obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await {
-                    Outcome::Failed => {
-                        errors.extend(st.last_error.clone());
-                        if i + 1 < directories.len() {
+                    let Some(c) = &clients[i] else { break };
+                    match obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await {
+                        Outcome::UnknownAccount if !registered_again => {
                             tracing::warn!(
                                 site = st.site.name,
-                                next = directories[i + 1],
-                                "ACME: trying the fallback CA"
+                                ca = directory,
+                                "ACME: the CA no longer knows our account; registering a new one"
                             );
+                            if let Err(e) = forget_account(storage.as_ref(), directory) {
+                                tracing::error!(error = %e, "ACME: cannot drop the stored account");
+                            }
+                            clients[i] = None;
+                            registered_again = true;
                         }
-                    }
-                    Outcome::Done | Outcome::Waiting => {
-                        errors.clear();
-                        break;
+                        Outcome::Failed | Outcome::UnknownAccount => {
+                            errors.extend(st.last_error.clone());
+                            if i + 1 < directories.len() {
+                                tracing::warn!(
+                                    site = st.site.name,
+                                    next = directories[i + 1],
+                                    "ACME: trying the fallback CA"
+                                );
+                            }
+                            break;
+                        }
+                        Outcome::Done | Outcome::Waiting => {
+                            errors.clear();
+                            break 'cas;
+                        }
                     }
                 }
             }
@@ -237,6 +253,8 @@ enum Outcome {
     Waiting,
     /// This CA did not deliver (`SiteState::last_error` says why).
     Failed,
+    /// The CA does not know our account any more: register again and retry.
+    UnknownAccount,
 }
 
 /// Orders (or picks up from storage, when another process ordered it) the certificate of one site.
@@ -355,7 +373,11 @@ async fn obtain(
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, "ACME: order failed");
             st.last_error = Some(e.to_string());
-            Outcome::Failed
+            if e.is_unknown_account() {
+                Outcome::UnknownAccount
+            } else {
+                Outcome::Failed
+            }
         }
     };
     drop(lock);
