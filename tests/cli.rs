@@ -310,3 +310,46 @@ fn serving_a_certificate_that_expires_in_ten_days_logs_a_warning() {
     );
     let _ = p.child.kill();
 }
+
+/// Clients that send an IP address as SNI (wrk, some scanners) must not make the server log a
+/// line per connection: that would let anyone flood the log.
+#[test]
+fn ip_address_sni_does_not_log_per_connection() {
+    let env = TestEnv::new();
+    let data = env.path("data");
+    let mut p = ServeProcess::spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-http",
+            "--workers",
+            "1",
+        ],
+        &[("PORTCULLIS_DATA_DIR", &data)],
+    );
+    let addr = parse_listen_line(&p.wait_for_line("listening on https://", START));
+    for _ in 0..5 {
+        let _ = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                "127.0.0.1",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl");
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    p.wait_for_line("stopped", START);
+    let noisy: Vec<&String> = p
+        .stderr
+        .iter()
+        .filter(|l| l.contains("SNI") || l.contains("WARN"))
+        .collect();
+    assert!(noisy.is_empty(), "per-connection log lines: {noisy:?}");
+}

@@ -585,3 +585,23 @@ fn acme_settings_are_checked() {
     let (_, p) = refused(&env, "[[site]]\nname = \"w\"\nhosts = [\"*.example.com\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"x\" }\n", Mode::Check);
     find(&p, &["*.example.com", "DNS-01"]);
 }
+
+#[test]
+fn full_chain_from_a_private_root_is_not_called_incomplete() {
+    let env = TestEnv::new();
+    env.write_chain("full", &pki().leaf(&[ALPHA], Alg::Ecdsa));
+    let path = env.write_config_raw(&site(
+        "certs/full.pem",
+        "certs/full.key",
+        r#"["alpha.test"]"#,
+    ));
+    let warnings = problems(&path, Mode::Check).expect("a warning, not an error");
+    let w = find(
+        &warnings,
+        &["not a well-known root", "private CA", "full.pem"],
+    );
+    assert!(
+        !w.contains("incomplete") && !w.contains("append the intermediate"),
+        "{w}"
+    );
+}

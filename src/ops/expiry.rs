@@ -15,16 +15,22 @@ use crate::tls::certs::fmt_time;
 /// Days-left thresholds that get a warning each.
 pub const THRESHOLDS: [i64; 4] = [30, 14, 7, 1];
 
-/// The smallest threshold `days_left` has reached (`Some(0)`: expired), if any.
-pub fn level(days_left: i64) -> Option<i64> {
+/// The smallest threshold `days_left` has reached (`Some(0)`: expired), if any. Only thresholds
+/// below half the certificate's lifetime count: a 7-day certificate (local CA, short-lived ACME
+/// profiles) is renewed long before "30 days left" would mean anything.
+pub fn level(days_left: i64, lifetime_days: i64) -> Option<i64> {
     if days_left < 0 {
         return Some(0);
     }
-    THRESHOLDS.iter().rev().find(|&&t| days_left < t).copied()
+    THRESHOLDS
+        .iter()
+        .rev()
+        .find(|&&t| days_left < t && 2 * t < lifetime_days.max(2))
+        .copied()
 }
 
-/// Expiry (Unix time) and subject of every certificate each site serves now.
-pub fn served(state: &ServerState) -> Vec<(String, String, i64)> {
+/// Site, subject, start and end of validity (Unix time) of every certificate served now.
+pub fn served(state: &ServerState) -> Vec<(String, String, i64, i64)> {
     let mut out = Vec::new();
     for (i, certs) in state.tls.certs.iter().enumerate() {
         let site = state
@@ -39,6 +45,7 @@ pub fn served(state: &ServerState) -> Vec<(String, String, i64)> {
                 out.push((
                     site.clone(),
                     cert.subject().to_string(),
+                    cert.validity().not_before.timestamp(),
                     cert.validity().not_after.timestamp(),
                 ));
             }
@@ -54,9 +61,9 @@ pub fn spawn(state: Arc<ServerState>, shutdown: watch::Receiver<bool>) -> std::i
         let mut warned: HashMap<(String, String), i64> = HashMap::new();
         loop {
             let now = crate::tls::certs::unix_now();
-            for (site, subject, not_after) in served(&state) {
+            for (site, subject, not_before, not_after) in served(&state) {
                 let days = (not_after - now).div_euclid(86400);
-                let Some(lvl) = level(days) else {
+                let Some(lvl) = level(days, (not_after - not_before) / 86400) else {
                     warned.remove(&(site, subject));
                     continue;
                 };
@@ -84,12 +91,17 @@ mod tests {
 
     #[test]
     fn levels() {
-        assert_eq!(level(90), None);
-        assert_eq!(level(30), None);
-        assert_eq!(level(29), Some(30));
-        assert_eq!(level(13), Some(14));
-        assert_eq!(level(6), Some(7));
-        assert_eq!(level(0), Some(1));
-        assert_eq!(level(-1), Some(0));
+        assert_eq!(level(90, 90), None);
+        assert_eq!(level(30, 90), None);
+        assert_eq!(level(29, 90), Some(30));
+        assert_eq!(level(13, 90), Some(14));
+        assert_eq!(level(6, 90), Some(7));
+        assert_eq!(level(0, 90), Some(1));
+        assert_eq!(level(-1, 90), Some(0));
+        // A 7-day certificate: only the last day counts, and expiry.
+        assert_eq!(level(6, 7), None);
+        assert_eq!(level(2, 7), None);
+        assert_eq!(level(0, 7), Some(1));
+        assert_eq!(level(-1, 7), Some(0));
     }
 }

@@ -422,15 +422,18 @@ fn check_complete(
         .chain(extra_roots.iter())
         .any(|s| s.as_slice() == issuer);
     if !known {
-        let what = if parsed.len() == 1 {
-            "the file holds only the leaf and its issuer".to_string()
+        if parsed.len() > 1 && is_ca(last) {
+            // The intermediate is there; its root is simply not a public one.
+            out.push(Finding::warning(
+                format!("{label}: the chain ends at {} whose issuer ({}) is not a well-known root: only clients that trust that root (a private CA) will accept it", subject_of(last), last.issuer()),
+                "fine for a private CA whose root your clients have installed; for public sites use a certificate from a public CA",
+            ));
         } else {
-            "the last certificate's issuer".to_string()
-        };
-        out.push(Finding::warning(
-            format!("{label}: chain may be incomplete: {what} ({}) is not in the file and is not a well-known root", last.issuer()),
-            "append the intermediate certificate(s) from your CA to the chain file (use the CA's \"fullchain\" file)",
-        ));
+            out.push(Finding::warning(
+                format!("{label}: chain may be incomplete: the file holds only {} and its issuer ({}) is neither in the file nor a well-known root", subject_of(last), last.issuer()),
+                "append the intermediate certificate(s) from your CA to the chain file (use the CA's \"fullchain\" file)",
+            ));
+        }
     }
 }
 
