@@ -68,6 +68,32 @@ async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Opti
     }
 }
 
+/// Answers an ACME TLS-ALPN-01 validation handshake (RFC 8737) with the challenge's certificate,
+/// or refuses it when no challenge is pending for the name.
+async fn answer_tls_alpn_01(
+    mut tcp: TcpStream,
+    accepted: Accepted,
+    challenge: Option<Arc<rustls::ServerConfig>>,
+    peer: SocketAddr,
+    sni: Option<String>,
+    timeout: std::time::Duration,
+) {
+    let Some(config) = challenge else {
+        tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "acme-tls/1 handshake without a pending challenge");
+        let _ = tcp.write_all(&ALERT_NO_APPLICATION_PROTOCOL).await;
+        return;
+    };
+    let handshake = StartHandshake::from_parts(accepted, tcp).into_stream(config);
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(mut tls)) => {
+            tracing::info!(%peer, sni = sni.as_deref().unwrap_or(""), "answered a TLS-ALPN-01 validation");
+            let _ = tls.shutdown().await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timeout"),
+    }
+}
+
 /// Serves one TLS connection to completion.
 pub async fn serve_tls(
     tcp: TcpStream,
@@ -119,21 +145,16 @@ pub async fn serve_tls(
             }
         };
     if let Some(challenge) = acme {
-        let mut tcp = tcp;
-        let Some(config) = challenge else {
-            tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "acme-tls/1 handshake without a pending challenge");
-            let _ = tcp.write_all(&ALERT_NO_APPLICATION_PROTOCOL).await;
-            return;
-        };
-        let handshake = StartHandshake::from_parts(accepted, tcp).into_stream(config);
-        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-            Ok(Ok(mut tls)) => {
-                tracing::info!(%peer, sni = sni.as_deref().unwrap_or(""), "answered a TLS-ALPN-01 validation");
-                let _ = tls.shutdown().await;
-            }
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timeout"),
-        }
+        // Boxed: its state would otherwise enlarge every connection's task (rare path).
+        Box::pin(answer_tls_alpn_01(
+            tcp,
+            accepted,
+            challenge,
+            peer,
+            sni,
+            limits.handshake_timeout,
+        ))
+        .await;
         return;
     }
     let Some(site) = site else {
