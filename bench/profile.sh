@@ -26,6 +26,17 @@ PKI=$BENCH_WORK/pki DOCROOT=$BENCH_WORK/docroot TLSLOAD=$BENCH_WORK/target/relea
 for f in "$BIN" "$PKI/leaf-ecdsa.fullchain.pem" "$DOCROOT/1m" "$TLSLOAD"; do
   [[ -e $f ]] || { echo "profile.sh: missing $f (run bench/compare.sh -q first)" >&2; exit 1; }
 done
+# one benchmark at a time: this pins a server to CPU 0 and a load generator to CPU 1, exactly what a
+# running run.sh measures (ALLOW_CONCURRENT=1 to skip the wait)
+if [[ -z ${ALLOW_CONCURRENT:-} ]]; then
+  for ((w = 0; ; w++)); do
+    others=$(pgrep -f '/bench/(run|limits)\.sh' || true)
+    [[ -n $others ]] || break
+    ((w < 120)) || { echo "profile.sh: another benchmark is still running after 20 min: $others" >&2; exit 1; }
+    ((w % 6)) || echo "profile.sh: waiting for another benchmark to finish (pids $(echo $others))" >&2
+    sleep 10
+  done
+fi
 mkdir -p "$OUT"
 PORT=${PORT:-29443}
 DATA=$(mktemp -d)
