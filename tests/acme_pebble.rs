@@ -104,6 +104,20 @@ fn start_pebble_ports(
     }
 }
 
+/// `curl https://localhost:PORT/` to 127.0.0.1, trusting only `root`.
+fn curl_localhost(root: &Path, port: u16) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "3", "--cacert"])
+        .arg(root)
+        .args([
+            "--resolve",
+            &format!("localhost:{port}:127.0.0.1"),
+            &format!("https://localhost:{port}/"),
+        ])
+        .output()
+        .unwrap()
+}
+
 /// pebble's (per-start) root, fetched from its management interface.
 fn pebble_root(dir: &Path, pebble: &Pebble, ca: &Path) -> std::path::PathBuf {
     let out = dir.join("pebble-root.pem");
@@ -258,18 +272,7 @@ fn serve_obtains_a_certificate_and_reuses_it_after_a_restart() {
     );
     let path = env.write_config_raw(&config);
     let root = pebble_root(&dir, &pebble, &test_ca);
-    let get = |port: u16| {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "3", "--cacert"])
-            .arg(&root)
-            .args([
-                "--resolve",
-                &format!("localhost:{port}:127.0.0.1"),
-                &format!("https://localhost:{port}/"),
-            ])
-            .output()
-            .unwrap()
-    };
+    let get = |port: u16| curl_localhost(&root, port);
 
     let (cfg, _) = env.load(&path).unwrap_or_else(|p| {
         panic!(
@@ -801,16 +804,7 @@ fn an_unreachable_primary_ca_falls_back_to_the_next_one() {
     let port = server.https_addrs()[0].port();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "3", "--cacert"])
-            .arg(&root)
-            .args([
-                "--resolve",
-                &format!("localhost:{port}:127.0.0.1"),
-                &format!("https://localhost:{port}/"),
-            ])
-            .output()
-            .unwrap();
+        let out = curl_localhost(&root, port);
         if out.status.success() {
             break;
         }
@@ -879,20 +873,7 @@ fn a_corrupt_stored_certificate_is_re_obtained() {
             "localhost".to_string()
         ]))
         .join("chain.pem");
-    let serves = |port: u16| {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "3", "--cacert"])
-            .arg(&root)
-            .args([
-                "--resolve",
-                &format!("localhost:{port}:127.0.0.1"),
-                &format!("https://localhost:{port}/"),
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let serves = |port: u16| curl_localhost(&root, port).status.success();
     let wait_served = |port: u16| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !serves(port) {
@@ -951,20 +932,7 @@ fn a_ca_that_forgot_the_account_gets_a_new_registration() {
     let (cfg, _) = env.load(&path).unwrap();
     let server = portcullis::server::Server::start(cfg).expect("start");
     let https = server.https_addrs()[0].port();
-    let verifies = |root: &Path| {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "3", "--cacert"])
-            .arg(root)
-            .args([
-                "--resolve",
-                &format!("localhost:{https}:127.0.0.1"),
-                &format!("https://localhost:{https}/"),
-            ])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let verifies = |root: &Path| curl_localhost(root, https).status.success();
     let root_a = pebble_root(&dir_a, &pebble, &test_ca);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !verifies(&root_a) {
