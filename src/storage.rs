@@ -27,6 +27,22 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// A short stable file-name id for `input`: hex of the first 8 bytes of its SHA-256.
+pub fn short_id(input: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The same id for a set of names, whatever their order.
+pub fn names_id<S: AsRef<str>>(names: &[S]) -> String {
+    let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    short_id(&sorted.join(","))
+}
+
 /// Creates `dir` (and parents) with mode 0700 if missing.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     if !dir.exists() {

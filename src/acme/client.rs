@@ -128,12 +128,7 @@ impl std::fmt::Debug for AcmeClient {
 
 /// The storage key of the account for `directory`.
 fn account_key(directory: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
-    let id: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("acme/{id}/account.json")
+    format!("acme/{}/account.json", crate::storage::short_id(directory))
 }
 
 impl AcmeClient {

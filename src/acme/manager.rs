@@ -39,14 +39,12 @@ pub fn order_lock(names: &[String]) -> String {
 
 /// Storage directory of the certificate for `names` (`chain.pem`, `key.pem`).
 pub fn cert_dir(names: &[String]) -> String {
-    let mut sorted = names.to_vec();
-    sorted.sort();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
-    let id: String = digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("certs/{}-{id}", sorted[0].replace('*', "_"))
+    let first = names.iter().min().map_or("", String::as_str);
+    format!(
+        "certs/{}-{}",
+        first.replace('*', "_"),
+        crate::storage::names_id(names)
+    )
 }
 
 /// The stored certificate for `names`, if it is there, parses, matches its key and is not

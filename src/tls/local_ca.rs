@@ -264,8 +264,6 @@ fn hex(b: &[u8]) -> String {
 
 /// A stable file name for a set of names.
 fn names_id(names: &[HostPattern]) -> String {
-    let mut sorted: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    sorted.sort();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
-    hex(&digest.as_ref()[..8])
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    storage::names_id(&names)
 }
