@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use x509_parser::prelude::FromDer;
@@ -74,11 +73,8 @@ pub fn spawn(state: Arc<ServerState>, shutdown: watch::Receiver<bool>) -> std::i
                     warned.insert((site, subject), lvl);
                 }
             }
-            for _ in 0..3600 {
-                if *shutdown.borrow() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_secs(1));
+            if !crate::server::hourly_wait(&shutdown) {
+                return;
             }
         }
     })?;

@@ -453,11 +453,8 @@ fn renew_local_leaves(
     shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        for _ in 0..3600 {
-            if *shutdown.borrow() {
-                return;
-            }
-            std::thread::sleep(Duration::from_secs(1));
+        if !hourly_wait(&shutdown) {
+            return;
         }
         let now = crate::tls::certs::unix_now();
         for (i, names) in hosts.iter().enumerate() {
@@ -472,4 +469,16 @@ fn renew_local_leaves(
             }
         }
     }
+}
+
+/// For housekeeping threads: waits an hour, looking at `shutdown` every second; `false` when
+/// the server is stopping.
+pub fn hourly_wait(shutdown: &watch::Receiver<bool>) -> bool {
+    for _ in 0..3600 {
+        if *shutdown.borrow() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    true
 }
