@@ -15,6 +15,7 @@ use crate::config::model::{AcmeKeyType, AcmeSettings};
 use crate::storage::Storage;
 use crate::tls::certs::{self, LoadedCert};
 use crate::tls::resolver::SiteCerts;
+use crate::tls::stapler::RenewRequests;
 
 /// A site whose certificate comes from ACME.
 pub struct AcmeSite {
@@ -95,6 +96,16 @@ struct SiteState {
     backoff: i64,
     /// The last failure, until a success (shown by `portcullis certs`).
     last_error: Option<String>,
+    /// The leaf of a certificate found revoked (OCSP): never installed again, replaced now.
+    revoked: Option<Vec<u8>>,
+}
+
+fn leaf_of(cert: &LoadedCert) -> Option<&[u8]> {
+    cert.certified.cert.first().map(|c| c.as_ref())
+}
+
+fn is_revoked(st: &SiteState, cert: &LoadedCert) -> bool {
+    st.revoked.is_some() && st.revoked.as_deref() == leaf_of(cert)
 }
 
 const MIN_BACKOFF: i64 = 60;
@@ -106,6 +117,7 @@ pub fn spawn(
     storage: Arc<dyn Storage>,
     sites: Vec<(AcmeSite, Option<LoadedCert>)>,
     challenges: Challenges,
+    renew: Arc<RenewRequests>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -121,7 +133,7 @@ pub fn spawn(
                     return;
                 }
             };
-            rt.block_on(run(settings, storage, sites, challenges, shutdown));
+            rt.block_on(run(settings, storage, sites, challenges, renew, shutdown));
         })?;
     Ok(())
 }
@@ -131,6 +143,7 @@ async fn run(
     storage: Arc<dyn Storage>,
     sites: Vec<(AcmeSite, Option<LoadedCert>)>,
     challenges: Challenges,
+    renew: Arc<RenewRequests>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut states: Vec<SiteState> = sites
@@ -141,6 +154,7 @@ async fn run(
             retry_at: 0,
             backoff: MIN_BACKOFF,
             last_error: None,
+            revoked: None,
         })
         .collect();
     // The primary CA first, then each fallback in turn (each with its own account).
@@ -152,11 +166,17 @@ async fn run(
         let now = certs::unix_now();
         let mut next_wake = now + 3600;
         for st in &mut states {
+            // A revoked certificate (OCSP said so) is replaced now, failures or not.
+            if renew.take(&st.site.name) {
+                st.revoked = st.current.as_ref().and_then(leaf_of).map(<[u8]>::to_vec);
+                st.retry_at = 0;
+                st.backoff = MIN_BACKOFF;
+            }
             // A changed key type takes effect now, not at the next regular renewal.
             let due = st
                 .current
                 .as_ref()
-                .filter(|c| c.info.key == settings.key_type.kind())
+                .filter(|c| c.info.key == settings.key_type.kind() && !is_revoked(st, c))
                 .map_or(0, |c| renew_in(c, now));
             if due > 0 {
                 next_wake = next_wake.min(now + due);
@@ -238,6 +258,7 @@ async fn run(
         let wait = Duration::from_secs((next_wake - certs::unix_now()).clamp(1, 3600) as u64);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = renew.notify.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
@@ -273,7 +294,7 @@ async fn obtain(
                 "ACME: another process holds the order lock; waiting for its certificate"
             );
             st.retry_at = certs::unix_now() + LOCK_POLL_SECS;
-            if let Some(c) = stored(storage, &names) {
+            if let Some(c) = stored(storage, &names).filter(|c| !is_revoked(st, c)) {
                 install(st, c);
             }
             return Outcome::Waiting;
@@ -286,7 +307,10 @@ async fn obtain(
     };
     // The other process may have finished just before we got the lock.
     if let Some(c) = stored(storage, &names) {
-        if renew_in(&c, certs::unix_now()) > 0 && c.info.key == key_type.kind() {
+        if renew_in(&c, certs::unix_now()) > 0
+            && c.info.key == key_type.kind()
+            && !is_revoked(st, &c)
+        {
             install(st, c);
             return Outcome::Done;
         }

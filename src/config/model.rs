@@ -127,6 +127,8 @@ pub struct TlsSettings {
     pub ticket_rotation: Duration,
     pub session_cache_size: usize,
     pub prefer_server_order: bool,
+    /// Fetch and staple OCSP responses.
+    pub ocsp_stapling: bool,
 }
 
 /// Port-80 redirect codes.
@@ -180,6 +182,8 @@ pub struct Site {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub certs: SiteCertSource,
+    /// A staple file replacing OCSP fetching (file certificates only).
+    pub ocsp_staple: Option<std::path::PathBuf>,
     /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Routes, longest prefix first.

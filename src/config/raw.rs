@@ -65,6 +65,8 @@ pub struct RawTls {
     pub session_cache_size: Option<Spanned<usize>>,
     /// Pick the cipher suite by the server's order (AES-GCM first) instead of the client's.
     pub prefer_server_cipher_order: Option<bool>,
+    /// Fetch OCSP responses from the responders certificates name and staple them. Default true.
+    pub ocsp_stapling: Option<bool>,
 }
 
 /// `[http]`: protocol behaviour shared by all sites.
@@ -134,6 +136,8 @@ pub struct RawSite {
     /// Further chains for the same names, e.g. an RSA chain beside an ECDSA one.
     #[serde(default)]
     pub certs: Vec<RawCertPair>,
+    /// A DER OCSP response file to staple instead of fetching one (kept current by you).
+    pub ocsp_staple: Option<Spanned<String>>,
     /// Shorthand for a static-file route at `/`.
     pub root: Option<Spanned<String>>,
     #[serde(default)]
@@ -226,6 +230,7 @@ impl Default for RawSite {
             key: None,
             issuer: None,
             certs: Vec::new(),
+            ocsp_staple: None,
             root: None,
             hsts: RawHsts::default(),
             headers: BTreeMap::new(),

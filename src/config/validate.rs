@@ -442,6 +442,7 @@ fn tls_settings(cx: &mut Ctx<'_>, raw: &RawTls) -> TlsSettings {
         ticket_rotation: rotation,
         session_cache_size,
         prefer_server_order: raw.prefer_server_cipher_order.unwrap_or(true),
+        ocsp_stapling: raw.ocsp_stapling.unwrap_or(true),
     }
 }
 
@@ -675,6 +676,7 @@ fn site(
     }
 
     let certs = site_certs(cx, &rs, name, &hosts);
+    let ocsp_staple = ocsp_staple(cx, &rs, name, certs.as_ref());
     let headers = headers(cx, &rs, name);
     let routes = routes(cx, rs.routes, rs.root, name);
 
@@ -686,6 +688,7 @@ fn site(
         name: name.to_string(),
         hosts,
         certs: certs?,
+        ocsp_staple,
         headers,
         routes,
     })
@@ -829,6 +832,94 @@ fn site_certs(
         }
     }
     Some(SiteCertSource::Files(loaded))
+}
+
+/// `ocsp_staple = "file"`: a DER OCSP response that must verify for one of the site's chains.
+fn ocsp_staple(
+    cx: &mut Ctx<'_>,
+    rs: &RawSite,
+    name: &str,
+    certs: Option<&SiteCertSource>,
+) -> Option<std::path::PathBuf> {
+    let raw = rs.ocsp_staple.as_ref()?;
+    let loc = cx.loc(raw, "");
+    let path = cx.path(raw.get_ref());
+    let Some(SiteCertSource::Files(chains)) = certs else {
+        if certs.is_some() {
+            cx.err(
+                loc,
+                format!("site {name:?}: ocsp_staple needs cert/key files"),
+                "automatic certificates get their OCSP responses fetched; remove ocsp_staple",
+            );
+        }
+        return None;
+    };
+    let der = match std::fs::read(&path) {
+        Ok(d) => d,
+        Err(e) => {
+            cx.err(
+                loc,
+                format!(
+                    "site {name:?}: cannot read ocsp_staple {}: {e}",
+                    path.display()
+                ),
+                "fix the path, or remove ocsp_staple to fetch responses from the CA",
+            );
+            return None;
+        }
+    };
+    let now = certs::unix_now();
+    let mut first_error = None;
+    for lc in chains {
+        let (Some(leaf), Some(issuer)) = (lc.certified.cert.first(), lc.certified.cert.get(1))
+        else {
+            continue;
+        };
+        match crate::tls::ocsp::verify(&der, leaf, issuer, now) {
+            Ok(v) => {
+                if v.state != crate::tls::ocsp::CertState::Good {
+                    cx.err(
+                        loc,
+                        format!(
+                            "site {name:?}: ocsp_staple {} says the certificate is {:?}",
+                            path.display(),
+                            v.state
+                        ),
+                        "replace the certificate; a revoked one must not be served",
+                    );
+                    return None;
+                }
+                return Some(path);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let why = first_error.map_or_else(
+        || "no chain with its issuer certificate to check it against".to_string(),
+        |e| e.to_string(),
+    );
+    let expired = why.contains("expired");
+    let problem = Problem {
+        severity: if expired && cx.mode == Mode::Serve {
+            Severity::Warning
+        } else {
+            Severity::Error
+        },
+        location: loc,
+        message: format!(
+            "site {name:?}: ocsp_staple {} cannot be stapled: {why}",
+            path.display()
+        ),
+        fix: Some(
+            "write a current DER response for this certificate there (e.g. openssl ocsp -respout)"
+                .into(),
+        ),
+    };
+    let keep = problem.severity == Severity::Warning;
+    cx.problems.push(problem);
+    keep.then_some(path)
 }
 
 fn header_value(cx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<HeaderValue> {

@@ -28,6 +28,7 @@ use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
 use crate::tls::names::NameTable;
 use crate::tls::resolver::SiteCerts;
+use crate::tls::stapler::{self, RenewRequests, StapleSite, Stapler};
 use crate::tls::{TlsOptions, TlsShared};
 
 /// The TLS side of the runtime: one rustls config per site and the SNI table.
@@ -257,6 +258,8 @@ impl Server {
         }
 
         // 5. ACME: order missing certificates, renew all, swap them in as they come.
+        let renew = Arc::new(RenewRequests::default());
+        let acme_names: Vec<usize> = acme_sites.iter().map(|(i, _, _)| *i).collect();
         if !acme_sites.is_empty() {
             let sites = acme_sites
                 .into_iter()
@@ -274,16 +277,35 @@ impl Server {
                 storage.clone(),
                 sites,
                 challenges.clone(),
+                renew.clone(),
                 shutdown_rx.clone(),
             )
             .map_err(|e| format!("cannot start the ACME thread: {e}"))?;
         }
 
-        // 6. Warn before any served certificate expires.
+        // 6. OCSP: staple a verified response for every certificate that names a responder.
+        let staple_sites = config
+            .sites
+            .iter()
+            .enumerate()
+            .map(|(i, site)| StapleSite {
+                name: site.name.clone(),
+                certs: state.tls.certs[i].clone(),
+                staple_file: site.ocsp_staple.clone(),
+                renew: acme_names.contains(&i).then(|| renew.clone()),
+            })
+            .collect();
+        stapler::spawn(
+            Stapler::new(staple_sites, storage.clone(), config.tls.ocsp_stapling),
+            shutdown_rx.clone(),
+        )
+        .map_err(|e| format!("cannot start the OCSP stapler: {e}"))?;
+
+        // 7. Warn before any served certificate expires.
         crate::ops::expiry::spawn(state.clone(), shutdown_rx.clone())
             .map_err(|e| format!("cannot start the expiry monitor: {e}"))?;
 
-        // 7. Keep local-CA leaves fresh without a restart.
+        // 8. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {
             let state = state.clone();
             let hosts: Vec<_> = config

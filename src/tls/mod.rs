@@ -7,7 +7,9 @@
 pub mod certs;
 pub mod local_ca;
 pub mod names;
+pub mod ocsp;
 pub mod resolver;
+pub mod stapler;
 pub mod tickets;
 
 use std::sync::Arc;

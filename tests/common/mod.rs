@@ -141,6 +141,17 @@ impl Pki {
         not_before: time::OffsetDateTime,
         not_after: time::OffsetDateTime,
     ) -> Leaf {
+        self.issue_with(names, alg, not_before, not_after, Vec::new())
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        alg: Alg,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+        extensions: Vec<rcgen::CustomExtension>,
+    ) -> Leaf {
         let key = match alg {
             Alg::Ecdsa => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
             Alg::Rsa => self.rsa_key(),
@@ -161,6 +172,7 @@ impl Pki {
         params.use_authority_key_identifier_extension = true;
         params.not_before = not_before;
         params.not_after = not_after;
+        params.custom_extensions = extensions;
         let issuer = Issuer::from_params(&self.inter_params, &self.inter_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         Leaf {
@@ -212,6 +224,64 @@ impl Pki {
             now + time::Duration::days(days),
             now + time::Duration::days(days + 90),
         )
+    }
+
+    /// A 90-day ECDSA leaf whose Authority Information Access names the OCSP responder `url`;
+    /// with `must_staple`, also the TLS Feature extension asking for a staple (RFC 7633).
+    pub fn leaf_with_ocsp(&self, names: &[&str], url: &str, must_staple: bool) -> Leaf {
+        // AuthorityInfoAccessSyntax ::= SEQUENCE OF SEQUENCE { id-ad-ocsp, [6] IA5String }.
+        // Hand-encoded because rcgen has no AIA support; every length here is < 128.
+        let mut desc = vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+        desc.push(0x86);
+        desc.push(url.len() as u8);
+        desc.extend_from_slice(url.as_bytes());
+        let mut access = vec![0x30, desc.len() as u8];
+        access.extend(desc);
+        let mut aia = vec![0x30, access.len() as u8];
+        aia.extend(access);
+        let mut exts = vec![rcgen::CustomExtension::from_oid_content(
+            &[1, 3, 6, 1, 5, 5, 7, 1, 1],
+            aia,
+        )];
+        if must_staple {
+            exts.push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 5, 5, 7, 1, 24],
+                vec![0x30, 0x03, 0x02, 0x01, 0x05],
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_with(
+            names,
+            Alg::Ecdsa,
+            now - time::Duration::days(1),
+            now + time::Duration::days(90),
+            exts,
+        )
+    }
+
+    /// The intermediate's key, PEM (to sign OCSP responses as the issuer).
+    pub fn inter_key_pem(&self) -> String {
+        self.inter_key.serialize_pem()
+    }
+
+    /// A delegated OCSP responder certificate (id-kp-OCSPSigning) issued by the intermediate.
+    pub fn ocsp_responder(&self) -> Leaf {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn("Portcullis Test OCSP Responder");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::OcspSigning];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(30);
+        let issuer = Issuer::from_params(&self.inter_params, &self.inter_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
     }
 
     /// Leaf then intermediate: what a "fullchain.pem" holds.
@@ -422,6 +492,8 @@ pub struct ClientOpts {
     pub check_name: bool,
     /// Trust anchor (default: the test PKI's root).
     pub root: Option<CertificateDer<'static>>,
+    /// Where the stapled OCSP response of the last handshake is put (empty: none stapled).
+    pub staple: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
 }
 
 impl Default for ClientOpts {
@@ -433,6 +505,7 @@ impl Default for ClientOpts {
             rsa_only: false,
             check_name: true,
             root: None,
+            staple: None,
         }
     }
 }
@@ -466,6 +539,7 @@ struct TestVerifier {
     inner: Arc<WebPkiServerVerifier>,
     check_name: bool,
     rsa_only: bool,
+    staple: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
 }
 
 impl ServerCertVerifier for TestVerifier {
@@ -477,6 +551,9 @@ impl ServerCertVerifier for TestVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(s) = &self.staple {
+            *s.lock().unwrap() = ocsp_response.to_vec();
+        }
         match self.inner.verify_server_cert(
             end_entity,
             intermediates,
@@ -539,6 +616,7 @@ pub fn client_config(opts: &ClientOpts) -> Arc<ClientConfig> {
         inner,
         check_name: opts.check_name,
         rsa_only: opts.rsa_only,
+        staple: opts.staple.clone(),
     });
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&opts.versions)
@@ -1171,6 +1249,18 @@ impl ServeProcess {
                     self.stderr.join("\n")
                 ),
             }
+        }
+    }
+
+    /// Collects the stderr lines printed so far into `stderr`, waiting up to `timeout` for
+    /// more (all of them once the process has exited).
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.stderr.push(line);
         }
     }
 

@@ -1,0 +1,576 @@
+//! OCSP stapling against a local responder: `openssl ocsp` signs every response (as the
+//! issuer or as a delegated responder), served over HTTP on 127.0.0.1 by a small fixture that
+//! can also fail or answer garbage. `openssl s_client -status` is the client that checks what
+//! the server staples.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use x509_cert::der::Decode;
+
+/// What the responder fixture does with a request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// `openssl ocsp` answers from the index (good unless the serial is revoked).
+    Openssl,
+    /// `openssl ocsp` answers with an empty index: status unknown.
+    Unknown,
+    /// HTTP 500.
+    Down,
+    /// 200 with bytes that are not an OCSP response.
+    Garbage,
+}
+
+struct ResponderState {
+    mode: Mode,
+    revoked: HashSet<String>,
+    /// Revoke the first serial asked about, answer good for every later one.
+    revoke_first: bool,
+    /// Serials asked about, in order (uppercase hex).
+    asked: Vec<String>,
+}
+
+/// An OCSP responder on 127.0.0.1; each answer is made by `openssl ocsp -reqin`.
+struct Responder {
+    url: String,
+    state: Arc<Mutex<ResponderState>>,
+    hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Responder {
+    /// Responses signed by `signer` (`cert`, `key` PEM files) for certificates issued by `ca`,
+    /// valid for `minutes`.
+    fn start(dir: &Path, ca: &Path, signer: (&Path, &Path), minutes: u32) -> Responder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let state = Arc::new(Mutex::new(ResponderState {
+            mode: Mode::Openssl,
+            revoked: HashSet::new(),
+            revoke_first: false,
+            asked: Vec::new(),
+        }));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, h, sp) = (state.clone(), hits.clone(), stop.clone());
+        let (dir, ca) = (dir.to_path_buf(), ca.to_path_buf());
+        let (cert, key) = (signer.0.to_path_buf(), signer.1.to_path_buf());
+        std::thread::spawn(move || {
+            while !sp.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = serve_one(s, &st, &dir, &ca, &cert, &key, minutes);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Responder {
+            url: format!("http://{addr}/ocsp"),
+            state,
+            hits,
+            stop,
+        }
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    fn revoke(&self, serial: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .revoked
+            .insert(serial.to_string());
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.state.lock().unwrap().asked.clone()
+    }
+}
+
+fn serial_hex(bytes: &[u8]) -> String {
+    let n = bytes.iter().take_while(|&&b| b == 0).count();
+    bytes[n..].iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// The serial of a PEM or DER certificate, as `openssl ocsp`'s index spells it.
+fn cert_serial(der: &[u8]) -> String {
+    use x509_parser::prelude::FromDer;
+    let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
+    serial_hex(c.raw_serial())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn serve_one(
+    mut s: TcpStream,
+    state: &Mutex<ResponderState>,
+    dir: &Path,
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    minutes: u32,
+) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, len) = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (i + 4, len);
+        }
+    };
+    while buf.len() < head_end + len {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = &buf[head_end..];
+    let (mode, index) = {
+        let mut st = state.lock().unwrap();
+        let serial = x509_ocsp::OcspRequest::from_der(body)
+            .ok()
+            .and_then(|r| {
+                r.tbs_request
+                    .request_list
+                    .first()
+                    .map(|q| serial_hex(q.req_cert.serial_number.as_bytes()))
+            })
+            .unwrap_or_default();
+        if st.revoke_first && st.asked.is_empty() {
+            st.revoked.insert(serial.clone());
+        }
+        st.asked.push(serial.clone());
+        let line = if st.revoked.contains(&serial) {
+            format!("R\t351231235959Z\t250101000000Z,keyCompromise\t{serial}\tunknown\t/CN=test\n")
+        } else {
+            format!("V\t351231235959Z\t\t{serial}\tunknown\t/CN=test\n")
+        };
+        (
+            st.mode,
+            if st.mode == Mode::Unknown {
+                String::new()
+            } else {
+                line
+            },
+        )
+    };
+    let reply = |s: &mut TcpStream, status: &str, body: &[u8]| {
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(body)
+    };
+    match mode {
+        Mode::Down => return reply(&mut s, "500 Internal Server Error", b"down"),
+        Mode::Garbage => return reply(&mut s, "200 OK", b"\x30\x03\x0a\x01\x00garbage"),
+        Mode::Openssl | Mode::Unknown => {}
+    }
+    let tag =
+        format!("{:?}", std::thread::current().id()).replace(|c: char| !c.is_alphanumeric(), "");
+    let (idx, req, resp) = (
+        dir.join(format!("index-{tag}.txt")),
+        dir.join(format!("req-{tag}.der")),
+        dir.join(format!("resp-{tag}.der")),
+    );
+    std::fs::write(&idx, index)?;
+    std::fs::write(&req, body)?;
+    let out = Command::new("openssl")
+        .arg("ocsp")
+        .arg("-index")
+        .arg(&idx)
+        .arg("-CA")
+        .arg(ca)
+        .arg("-rsigner")
+        .arg(cert)
+        .arg("-rkey")
+        .arg(key)
+        .arg("-reqin")
+        .arg(&req)
+        .arg("-respout")
+        .arg(&resp)
+        .arg("-nmin")
+        .arg(minutes.to_string())
+        .stdin(Stdio::null())
+        .output()?;
+    match std::fs::read(&resp) {
+        Ok(der) if out.status.success() => reply(&mut s, "200 OK", &der),
+        _ => reply(
+            &mut s,
+            "500 Internal Server Error",
+            String::from_utf8_lossy(&out.stderr).as_bytes(),
+        ),
+    }
+}
+
+/// A test directory with the intermediate (`ca.pem` + key, the issuer that signs responses
+/// directly), a delegated responder (`responder.pem` + key), the root, a responder, and a leaf
+/// naming that responder (`certs/ocsp.pem` + key).
+struct Setup {
+    env: TestEnv,
+    leaf: Leaf,
+    responder: Responder,
+}
+
+/// Responses signed by the responder certificate (`delegated`) or the issuer itself, valid for
+/// `minutes`; a Must-Staple leaf with `must_staple`.
+fn setup(delegated: bool, minutes: u32, must_staple: bool) -> Setup {
+    require_tool("openssl");
+    let env = TestEnv::new();
+    let p = pki();
+    env.write("ca.pem", &p.inter_pem);
+    env.write("ca.key", p.inter_key_pem());
+    let signer = p.ocsp_responder();
+    env.write("responder.pem", &signer.cert_pem);
+    env.write("responder.key", &signer.key_pem);
+    let (c, k) = if delegated {
+        ("responder.pem", "responder.key")
+    } else {
+        ("ca.pem", "ca.key")
+    };
+    let responder = Responder::start(
+        env.dir.path(),
+        &env.path("ca.pem"),
+        (&env.path(c), &env.path(k)),
+        minutes,
+    );
+    let leaf = p.leaf_with_ocsp(&[ALPHA], &responder.url, must_staple);
+    env.write_chain("ocsp", &leaf);
+    Setup {
+        env,
+        leaf,
+        responder,
+    }
+}
+
+impl Setup {
+    fn config(&self, extra_site: &str) -> PathBuf {
+        self.env.write_config(&format!(
+            "[[site]]\nname = \"alpha\"\nhosts = [\"{ALPHA}\"]\ncert = \"certs/ocsp.pem\"\nkey = \"certs/ocsp.key\"\n{extra_site}\
+             [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n"
+        ))
+    }
+
+    fn serve(&self, extra_site: &str) -> (ServeProcess, SocketAddr) {
+        let cfg = self.config(extra_site);
+        let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+        let line = p.wait_for_line("listening on https://", Duration::from_secs(10));
+        (p, parse_listen_line(&line))
+    }
+
+    /// `openssl s_client -status` output (stdout) for one handshake.
+    fn s_client(&self, addr: SocketAddr) -> String {
+        let out = run_with_timeout(
+            Command::new("openssl")
+                .args(["s_client", "-status", "-servername", ALPHA, "-connect"])
+                .arg(addr.to_string())
+                .arg("-CAfile")
+                .arg(self.env.path("certs/root.pem"))
+                .stdin(Stdio::null()),
+            IO_TIMEOUT,
+        );
+        text(&out.stdout)
+    }
+}
+
+fn assert_good_staple(out: &str) {
+    assert!(
+        out.contains("OCSP Response Status: successful") && out.contains("Cert Status: good"),
+        "no good staple:\n{out}"
+    );
+}
+
+/// Also checks the staple the way a client that verifies it would: a rustls client takes the
+/// staple from the handshake and `openssl ocsp` verifies its signature, status and validity
+/// against the root.
+fn assert_good_staple_verifies(s: &Setup, addr: SocketAddr) {
+    assert_good_staple(&s.s_client(addr));
+    let staple = Arc::new(Mutex::new(Vec::new()));
+    let opts = ClientOpts {
+        staple: Some(staple.clone()),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { tls_connect(addr, Some(ALPHA), opts.build()).await.unwrap() });
+    let der = staple.lock().unwrap().clone();
+    assert!(!der.is_empty(), "rustls saw no staple");
+    let path = s.env.write("seen-staple.der", der);
+    let out = Command::new("openssl")
+        .args(["ocsp", "-respin"])
+        .arg(&path)
+        .arg("-issuer")
+        .arg(s.env.path("ca.pem"))
+        .arg("-cert")
+        .arg(s.env.path("certs/ocsp.pem"))
+        .arg("-CAfile")
+        .arg(s.env.path("certs/root.pem"))
+        .output()
+        .unwrap();
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        out.status.success() && all.contains("Response verify OK") && all.contains(": good"),
+        "openssl does not verify the staple:\n{all}"
+    );
+}
+
+/// Waits for a log line containing `needle`, including lines already collected.
+fn wait_log(p: &mut ServeProcess, needle: &str, secs: u64) -> String {
+    if let Some(l) = p.stderr.iter().find(|l| l.contains(needle)) {
+        return l.clone();
+    }
+    p.wait_for_line(needle, Duration::from_secs(secs))
+}
+
+fn assert_no_staple(out: &str) {
+    assert!(
+        out.contains("OCSP response: no response sent"),
+        "a staple was sent:\n{out}"
+    );
+}
+
+#[test]
+fn a_good_response_from_a_delegated_responder_is_stapled_and_verifies() {
+    let s = setup(true, 60, false);
+    let (mut p, addr) = s.serve("");
+    wait_log(&mut p, "OCSP: stapling a good response", 15);
+    assert_good_staple_verifies(&s, addr);
+    assert_eq!(s.responder.asked(), vec![cert_serial(&s.leaf.der)]);
+}
+
+#[test]
+fn a_revoked_certificate_is_not_stapled_and_is_logged_as_an_error() {
+    let s = setup(false, 60, false);
+    s.responder.revoke(&cert_serial(&s.leaf.der));
+    let (mut p, addr) = s.serve("");
+    let line = p.wait_for_line("REVOKED", Duration::from_secs(15));
+    assert!(line.contains("ERROR") && line.contains("alpha"), "{line}");
+    assert_no_staple(&s.s_client(addr));
+}
+
+#[test]
+fn unknown_garbage_or_forged_responses_are_never_stapled() {
+    // Status unknown.
+    let s = setup(false, 60, false);
+    s.responder.set_mode(Mode::Unknown);
+    let (mut p, addr) = s.serve("");
+    p.wait_for_line("does not know this certificate", Duration::from_secs(15));
+    assert_no_staple(&s.s_client(addr));
+    drop(p);
+
+    // Not an OCSP response at all.
+    let s = setup(false, 60, false);
+    s.responder.set_mode(Mode::Garbage);
+    let (mut p, addr) = s.serve("");
+    let line = p.wait_for_line("cannot refresh the staple", Duration::from_secs(15));
+    assert!(line.contains("not an OCSP response"), "{line}");
+    assert_no_staple(&s.s_client(addr));
+    drop(p);
+
+    // Signed by a key the issuer never delegated OCSP to: a responder certificate from another
+    // CA, here a fresh self-signed one.
+    let s = setup(false, 60, false);
+    let rogue = rcgen::generate_simple_self_signed(vec!["rogue".to_string()]).unwrap();
+    s.env.write("ca.key", rogue.signing_key.serialize_pem());
+    s.env.write("ca-rogue.pem", rogue.cert.pem());
+    let r2 = Responder::start(
+        s.env.dir.path(),
+        &s.env.path("ca.pem"),
+        (&s.env.path("ca-rogue.pem"), &s.env.path("ca.key")),
+        60,
+    );
+    let leaf = pki().leaf_with_ocsp(&[ALPHA], &r2.url, false);
+    s.env.write_chain("ocsp", &leaf);
+    let (mut p, addr) = s.serve("");
+    let line = p.wait_for_line("cannot refresh the staple", Duration::from_secs(15));
+    assert!(line.contains("bad signature"), "{line}");
+    assert_no_staple(&s.s_client(addr));
+    assert_eq!(r2.hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_unreachable_responder_leaves_the_last_good_staple_in_place() {
+    // One-minute responses: refreshed after 30 s.
+    let s = setup(true, 1, false);
+    let (mut p, addr) = s.serve("");
+    p.wait_for_line("OCSP: stapling a good response", Duration::from_secs(15));
+    assert_good_staple(&s.s_client(addr));
+    s.responder.set_mode(Mode::Down);
+    let line = p.wait_for_line("cannot refresh the staple", Duration::from_secs(45));
+    assert!(
+        line.contains("keeping the last good response") && line.contains("HTTP 500"),
+        "{line}"
+    );
+    assert_good_staple(&s.s_client(addr));
+    assert!(s.responder.hits.load(Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn a_cached_response_is_stapled_at_once_after_a_restart_without_the_responder() {
+    let s = setup(false, 60, false);
+    let (mut p, _) = s.serve("");
+    p.wait_for_line("OCSP: stapling a good response", Duration::from_secs(15));
+    drop(p);
+    s.responder.set_mode(Mode::Down);
+    let hits = s.responder.hits.load(Ordering::SeqCst);
+    let (_p, addr) = s.serve("");
+    // The very first handshake carries it, and the responder was not needed.
+    assert_good_staple(&s.s_client(addr));
+    assert_eq!(s.responder.hits.load(Ordering::SeqCst), hits);
+}
+
+/// Asks the responder fixture once for a response to `leaf` and stores it in `path`.
+fn response_file(s: &Setup, path: &str) -> PathBuf {
+    let req = s.env.write("req.der", {
+        let out = Command::new("openssl")
+            .args(["ocsp", "-no_nonce", "-reqout", "/dev/stdout", "-issuer"])
+            .arg(s.env.path("ca.pem"))
+            .arg("-cert")
+            .arg(s.env.path("certs/ocsp.pem"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.stdout
+    });
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--data-binary"])
+        .arg(format!("@{}", req.display()))
+        .args(["-H", "Content-Type: application/ocsp-request", "-o"])
+        .arg(s.env.path(path))
+        .arg(&s.responder.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    s.env.path(path)
+}
+
+#[test]
+fn a_staple_file_replaces_fetching() {
+    let s = setup(false, 60, false);
+    response_file(&s, "staple.der");
+    s.responder.set_mode(Mode::Down);
+    let hits = s.responder.hits.load(Ordering::SeqCst);
+    let (mut p, addr) = s.serve("ocsp_staple = \"staple.der\"\n");
+    wait_log(&mut p, "stapling the response from the staple file", 10);
+    assert_good_staple_verifies(&s, addr);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.responder.hits.load(Ordering::SeqCst),
+        hits,
+        "fetched despite the file"
+    );
+}
+
+#[test]
+fn check_rejects_a_staple_file_for_another_certificate() {
+    let s = setup(false, 60, false);
+    response_file(&s, "staple.der");
+    // The site now serves another leaf: the file does not match it.
+    let other = pki().leaf_with_ocsp(&[ALPHA], &s.responder.url, false);
+    s.env.write_chain("ocsp", &other);
+    let cfg = s.config("ocsp_staple = \"staple.der\"\n");
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("portcullis.toml:")
+            && err.contains("ocsp_staple")
+            && err.contains("staple.der")
+            && err.contains("another certificate"),
+        "{err}"
+    );
+    // And a staple file on an automatic site is refused.
+    let cfg = s.env.write_config(
+        "[[site]]\nname = \"auto\"\nhosts = [\"localhost\"]\nocsp_staple = \"staple.der\"\n",
+    );
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr) + &text(&out.stdout);
+    assert!(
+        !out.status.success() && err.contains("ocsp_staple needs cert/key files"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_must_staple_certificate_without_a_staple_is_reported_loudly() {
+    let s = setup(false, 60, true);
+    s.responder.set_mode(Mode::Down);
+    let (mut p, addr) = s.serve("");
+    let line = wait_log(&mut p, "Must-Staple", 15);
+    assert!(
+        line.contains("ERROR") && line.contains("browsers refuse it"),
+        "{line}"
+    );
+    assert_no_staple(&s.s_client(addr));
+}
+
+#[test]
+fn certificates_without_a_responder_get_no_staple_and_no_ocsp_log_lines() {
+    let env = TestEnv::new();
+    let cfg = env.write_config(&format!(
+        "[[site]]\nname = \"alpha\"\nhosts = [\"{ALPHA}\"]\ncert = \"certs/alpha.pem\"\nkey = \"certs/alpha.key\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n"
+    ));
+    let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let line = p.wait_for_line("listening on https://", Duration::from_secs(10));
+    let addr = parse_listen_line(&line);
+    let out = run_with_timeout(
+        Command::new("openssl")
+            .args(["s_client", "-status", "-servername", ALPHA, "-connect"])
+            .arg(addr.to_string())
+            .stdin(Stdio::null()),
+        IO_TIMEOUT,
+    );
+    assert_no_staple(&text(&out.stdout));
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+    p.drain(Duration::from_secs(5));
+    assert!(
+        !p.stderr.iter().any(|l| l.contains("OCSP")),
+        "{}",
+        p.stderr.join("\n")
+    );
+}
