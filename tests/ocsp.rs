@@ -574,3 +574,78 @@ fn certificates_without_a_responder_get_no_staple_and_no_ocsp_log_lines() {
         p.stderr.join("\n")
     );
 }
+
+/// An ACME certificate the CA's responder calls revoked is replaced at once, and the new one
+/// gets a good staple (pebble puts our responder's URL in what it issues; `openssl ocsp` signs
+/// with pebble's intermediate key).
+#[test]
+fn a_revoked_acme_certificate_is_replaced_at_once_and_the_new_one_stapled() {
+    use common::pebble::*;
+    require_tool("openssl");
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let (inter, inter_key) = (env.path("pebble-inter.pem"), env.path("pebble-inter.key"));
+    let responder = Responder::start(env.dir.path(), &inter, (&inter, &inter_key), 60);
+    responder.state.lock().unwrap().revoke_first = true;
+    let http_port = free_port();
+    let pebble = start_pebble_extra(
+        &dir,
+        http_port,
+        free_port(),
+        &format!(
+            ", \"externalAccountBindingRequired\": false, \"ocspResponderURL\": \"{}\"",
+            responder.url
+        ),
+    );
+    for (what, to) in [
+        ("intermediates/0", &inter),
+        ("intermediate-keys/0", &inter_key),
+    ] {
+        let st = Command::new("curl")
+            .args(["-sS", "--fail", "--cacert"])
+            .arg(&test_ca)
+            .arg(format!("https://localhost:{}/{what}", pebble.mgmt))
+            .arg("-o")
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot fetch pebble's {what}");
+    }
+    let cfg = env.write_config_raw(&format!(
+        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    ));
+    let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let line = p.wait_for_line("listening on https://", Duration::from_secs(10));
+    let addr = parse_listen_line(&line);
+    let revoked = wait_log(&mut p, "REVOKED", 30);
+    assert!(
+        revoked.contains("ordering a new certificate now"),
+        "{revoked}"
+    );
+    wait_log(&mut p, "OCSP: stapling a good response", 30);
+    let asked = responder.asked();
+    assert!(
+        asked.len() >= 2 && asked[1..].iter().all(|s| *s != asked[0]),
+        "no new certificate asked about: {asked:?}"
+    );
+    let out = run_with_timeout(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-status",
+                "-servername",
+                "localhost",
+                "-connect",
+            ])
+            .arg(addr.to_string())
+            .stdin(Stdio::null()),
+        IO_TIMEOUT,
+    );
+    assert_good_staple(&text(&out.stdout));
+}

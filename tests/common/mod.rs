@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
