@@ -506,3 +506,40 @@ async fn handshake_timeout_closes_a_connection_stalled_mid_client_hello() {
         started.elapsed()
     );
 }
+
+/// A site whose ACME certificate is not there yet refuses handshakes with an `internal_error`
+/// alert, and the log says why (rate-limited), instead of a bare handshake failure.
+#[test]
+fn a_site_whose_certificate_is_pending_gets_a_clear_alert_and_log_line() {
+    let env = TestEnv::new();
+    // A CA that cannot be reached: the order never completes during the test.
+    let cfg = env.write_config(
+        "[acme]\nca = \"https://127.0.0.1:1/dir\"\n\
+         [[site]]\nname = \"pending\"\nhosts = [\"pending.example\"]\nissuer = \"acme\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = { body = \"ok\" }\n",
+    );
+    let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    let line = p.wait_for_line("listening on https://", Duration::from_secs(10));
+    let addr = parse_listen_line(&line);
+    for _ in 0..3 {
+        let out = run_with_timeout(
+            std::process::Command::new("openssl")
+                .args(["s_client", "-servername", "pending.example", "-connect"])
+                .arg(addr.to_string())
+                .stdin(std::process::Stdio::null()),
+            IO_TIMEOUT,
+        );
+        let all = text(&out.stdout) + &text(&out.stderr);
+        assert!(all.contains("alert internal error"), "{all}");
+    }
+    let warn = p.wait_for_line("certificate is still being obtained", Duration::from_secs(5));
+    assert!(warn.contains("site=\"pending\""), "{warn}");
+    // Three refused handshakes, one warning.
+    p.drain(Duration::from_millis(500));
+    let n = p
+        .stderr
+        .iter()
+        .filter(|l| l.contains("certificate is still being obtained"))
+        .count();
+    assert_eq!(n, 1, "{}", p.stderr.join("\n"));
+}

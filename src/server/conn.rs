@@ -22,6 +22,13 @@ use crate::http::{ConnState, HttpsService};
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
+/// A fatal `internal_error` alert: the site has no certificate yet (ACME order under way).
+const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+
+/// Unix time of the last "certificate pending" warning (one per minute at most, however many
+/// clients knock).
+static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
 /// A fatal `no_application_protocol` alert (for `acme-tls/1` with no pending challenge).
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
@@ -163,6 +170,30 @@ pub async fn serve_tls(
         let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
         return;
     };
+    if state.tls.certs[site].is_empty() {
+        // An automatic certificate not obtained yet: a definite alert and a log line that says
+        // why, instead of rustls's generic handshake_failure.
+        let now = crate::tls::certs::unix_now();
+        let last = PENDING_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+        let name = state.front.sites.get(site).map_or("", |s| s.name.as_str());
+        if now - last >= 60
+            && PENDING_WARNED
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(%peer, site = name, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the site's certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
+        } else {
+            tracing::debug!(%peer, site = name, "handshake refused: certificate pending");
+        }
+        let mut tcp = tcp;
+        let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+        return;
+    }
     let config = state.tls.configs[site].clone();
     let tls = match tokio::time::timeout(
         limits.handshake_timeout,
