@@ -532,7 +532,10 @@ fn a_site_whose_certificate_is_pending_gets_a_clear_alert_and_log_line() {
         let all = text(&out.stdout) + &text(&out.stderr);
         assert!(all.contains("alert internal error"), "{all}");
     }
-    let warn = p.wait_for_line("certificate is still being obtained", Duration::from_secs(5));
+    let warn = p.wait_for_line(
+        "certificate is still being obtained",
+        Duration::from_secs(5),
+    );
     assert!(warn.contains("site=\"pending\""), "{warn}");
     // Three refused handshakes, one warning.
     p.drain(Duration::from_millis(500));

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod manager;
+pub mod on_demand;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

@@ -25,9 +25,25 @@ pub struct Config {
     pub http: HttpSettings,
     pub limits: Limits,
     pub acme: AcmeSettings,
+    pub on_demand: Option<OnDemandSettings>,
     pub sites: Vec<Site>,
     /// Index into `sites` for clients without SNI.
     pub default_site: usize,
+}
+
+/// On-demand TLS: which names may get a certificate at their first handshake, and the abuse
+/// limits that keep a flood of random SNI from exhausting the CA's rate limits.
+#[derive(Debug, Clone)]
+pub struct OnDemandSettings {
+    /// Index into `sites` of the site that serves approved names.
+    pub site: usize,
+    /// `GET <ask>?domain=<name>` approves with a 2xx answer (plain http:// on a trusted host).
+    pub ask: Option<String>,
+    /// Patterns approved without asking.
+    pub allow: Vec<HostPattern>,
+    pub max_names: usize,
+    pub orders_per_minute: u32,
+    pub refusal_cache: Duration,
 }
 
 /// The ACME CA for sites without certificate files.

@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub acme: RawAcme,
+    /// On-demand TLS: certificates obtained at the first handshake for approved names.
+    pub on_demand: Option<RawOnDemand>,
     #[serde(default, rename = "site")]
     pub sites: Vec<RawSite>,
 }
@@ -97,6 +99,25 @@ pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<usize>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<usize>>,
+}
+
+/// `[on_demand]`: obtain a certificate at the first handshake for a name no site lists, when
+/// the name is approved.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnDemand {
+    /// The site that serves approved names.
+    pub site: Spanned<String>,
+    /// `GET <ask>?domain=<name>`: a 2xx answer approves the name.
+    pub ask: Option<Spanned<String>>,
+    /// Names or `*.patterns` approved without asking.
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Most certificates obtained on demand (default 1000).
+    pub max_names: Option<Spanned<usize>>,
+    /// Most new orders per minute, all names together (default 10).
+    pub orders_per_minute: Option<Spanned<u32>>,
+    /// How long a refused or failed name is not asked about / ordered again (default 10m).
+    pub refusal_cache: Option<Spanned<String>>,
 }
 
 /// `[acme]`: the CA that issues certificates for sites without `cert`/`key`.

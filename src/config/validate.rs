@@ -169,6 +169,10 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let limits = limits(&mut cx, &raw.limits);
     let acme = acme_settings(&mut cx, &raw.acme);
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
+    let on_demand = raw
+        .on_demand
+        .as_ref()
+        .and_then(|od| on_demand(&mut cx, od, &sites));
 
     let errors = cx.problems.iter().any(Problem::is_error);
     if errors {
@@ -184,10 +188,94 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         http,
         limits,
         acme,
+        on_demand,
         sites,
         default_site,
     };
     Ok((config, cx.problems))
+}
+
+fn on_demand(cx: &mut Ctx<'_>, raw: &RawOnDemand, sites: &[Site]) -> Option<OnDemandSettings> {
+    let Some(site) = sites.iter().position(|s| s.name == *raw.site.get_ref()) else {
+        let loc = cx.loc(&raw.site, "");
+        cx.err(
+            loc,
+            format!(
+                "on_demand.site = {:?} is not the name of any site",
+                raw.site.get_ref()
+            ),
+            "use the name of the [[site]] that should serve names approved on demand",
+        );
+        return None;
+    };
+    let ask = raw.ask.as_ref().and_then(|a| {
+        let url = a.get_ref();
+        match url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => Some(url.clone()),
+            _ => {
+                let loc = cx.loc(a, "");
+                cx.err(
+                    loc,
+                    format!("on_demand.ask = {url:?} is not an http:// URL"),
+                    "point it at your approval endpoint, e.g. \"http://127.0.0.1:9000/allowed\" (it is called with ?domain=NAME)",
+                );
+                None
+            }
+        }
+    });
+    let mut allow = Vec::new();
+    for p in raw.allow.iter().flat_map(|l| l.get_ref()) {
+        match HostPattern::parse(p.get_ref()) {
+            Ok(h) if !matches!(h, HostPattern::Ip(_)) => allow.push(h),
+            Ok(_) => {
+                let loc = cx.loc(p, "");
+                cx.err(loc, format!("on_demand.allow: {:?} is an IP address", p.get_ref()), "list DNS names or *.patterns; ACME CAs do not issue for IP addresses on demand");
+            }
+            Err(e) => {
+                let loc = cx.loc(p, "");
+                cx.err(
+                    loc,
+                    format!("on_demand.allow: {e}"),
+                    "list DNS names or *.patterns",
+                );
+            }
+        }
+    }
+    if raw.ask.is_none() && allow.is_empty() {
+        let loc = cx.loc(&raw.site, "");
+        cx.err(
+            loc,
+            "on_demand needs ask or allow: without them any name a client sends would be ordered, and a flood of random names would exhaust the CA's rate limits",
+            "add ask = \"http://127.0.0.1:PORT/check\" or allow = [\"*.customers.example.com\"]",
+        );
+    }
+    let max_names = raw.max_names.as_ref().map_or(1000, |m| *m.get_ref());
+    let orders_per_minute = raw.orders_per_minute.as_ref().map_or(10, |m| *m.get_ref());
+    if orders_per_minute == 0 {
+        if let Some(m) = &raw.orders_per_minute {
+            let loc = cx.loc(m, "");
+            cx.err(
+                loc,
+                "on_demand.orders_per_minute = 0 would never order",
+                "use at least 1, or remove [on_demand]",
+            );
+        }
+    }
+    let refusal_cache = cx.duration(
+        &raw.refusal_cache,
+        "on_demand.refusal_cache",
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        Duration::from_secs(7 * 86400),
+    );
+    Some(OnDemandSettings {
+        site,
+        ask,
+        allow,
+        max_names,
+        orders_per_minute,
+        refusal_cache,
+    })
 }
 
 fn parse_addrs(

@@ -7,6 +7,7 @@
 //! redirects, and static files (whose blocking reads are page-cache reads, as in nginx).
 
 pub mod body;
+pub mod client;
 pub mod pages;
 pub mod redirect;
 pub mod static_files;
@@ -68,6 +69,8 @@ pub struct Frontend {
     pub https_port_suffix: String,
     /// ACME HTTP-01 answers (filled by the ACME client; empty until then).
     pub acme: Arc<Http01Tokens>,
+    /// On-demand TLS: the site serving names obtained on demand, and those names.
+    pub on_demand: Option<(usize, Arc<crate::tls::resolver::NamedCerts>)>,
 }
 
 impl Frontend {
@@ -124,7 +127,20 @@ impl Frontend {
                 format!(":{https_port}")
             },
             acme,
+            on_demand: None,
         })
+    }
+
+    /// The site answering for `host` (a `Host` header's name): the configured ones, then names
+    /// that got a certificate on demand.
+    pub fn site_of(&self, host: &str) -> Option<usize> {
+        if let Some(&s) = self.hosts.get(host) {
+            return Some(s);
+        }
+        let (site, names) = self.on_demand.as_ref()?;
+        names
+            .contains(&crate::tls::names::normalize(host))
+            .then_some(*site)
     }
 }
 
@@ -273,8 +289,8 @@ impl HttpsService {
         let Some(host) = authority.and_then(host_from_authority) else {
             return (self.sni_site, pages::error(StatusCode::BAD_REQUEST));
         };
-        let site = match self.front.hosts.get(host) {
-            Some(&s) => s,
+        let site = match self.front.site_of(host) {
+            Some(s) => s,
             None => return (self.sni_site, pages::error(StatusCode::MISDIRECTED_REQUEST)),
         };
         if let Some(sni) = self.sni_site {

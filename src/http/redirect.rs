@@ -66,7 +66,7 @@ impl RedirectService {
         let Some(host) = authority.and_then(host_from_authority) else {
             return pages::error(StatusCode::BAD_REQUEST);
         };
-        if self.front.hosts.get(host).is_none() {
+        if self.front.site_of(host).is_none() {
             // Not one of ours: redirecting would make us an open redirector.
             return pages::error(StatusCode::BAD_REQUEST);
         }

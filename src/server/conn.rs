@@ -136,9 +136,10 @@ pub async fn serve_tls(
             .alpn()
             .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
         let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
-        Ok::<_, io::Error>(Some((accepted, sni, site, acme)))
+        let listed = sni.as_ref().is_none_or(|n| state.tls.sni.get(n).is_some());
+        Ok::<_, io::Error>(Some((accepted, sni, site, acme, listed)))
     };
-    let (accepted, sni, site, acme) =
+    let (accepted, sni, mut site, acme, listed) =
         match tokio::time::timeout(limits.handshake_timeout, handshake).await {
             Ok(Ok(Some(x))) => x,
             Ok(Ok(None)) => return,
@@ -164,13 +165,21 @@ pub async fn serve_tls(
         .await;
         return;
     }
+    let mut on_demand = false;
+    if let (Some(od), Some(name), false) = (&state.tls.on_demand, &sni, listed) {
+        // On-demand TLS: an approved name gets its certificate now (boxed: rare and large).
+        if Box::pin(od.admit(name, crate::acme::on_demand::HANDSHAKE_WAIT)).await {
+            site = Some(od.settings.site);
+            on_demand = true;
+        }
+    }
     let Some(site) = site else {
         tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
         let mut tcp = tcp;
         let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
         return;
     };
-    if state.tls.certs[site].is_empty() {
+    if !on_demand && state.tls.certs[site].is_empty() {
         // An automatic certificate not obtained yet: a definite alert and a log line that says
         // why, instead of rustls's generic handshake_failure.
         let now = crate::tls::certs::unix_now();

@@ -27,7 +27,7 @@ use crate::storage::{FileStorage, Storage};
 use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
 use crate::tls::names::NameTable;
-use crate::tls::resolver::SiteCerts;
+use crate::tls::resolver::{NamedCerts, SiteCerts, WithNamed};
 use crate::tls::stapler::{self, RenewRequests, StapleSite, Stapler};
 use crate::tls::{TlsOptions, TlsShared};
 
@@ -38,6 +38,8 @@ pub struct TlsFront {
     pub sni: NameTable<usize>,
     pub default_site: usize,
     pub unknown_sni: UnknownSni,
+    /// On-demand TLS, when configured: admits names no site lists.
+    pub on_demand: Option<Arc<acme::on_demand::OnDemand>>,
 }
 
 /// Shared by every worker and connection.
@@ -198,13 +200,24 @@ impl Server {
         let mut configs = Vec::new();
         let mut certs = Vec::new();
         let mut sni = NameTable::default();
+        let named = config
+            .on_demand
+            .as_ref()
+            .map(|od| (od.site, Arc::new(NamedCerts::default())));
         for (i, (site, loaded)) in config.sites.iter().zip(&site_certs).enumerate() {
             let resolver = Arc::new(SiteCerts::new(
                 loaded.iter().map(|l| l.certified.clone()).collect(),
             ));
+            let serving: Arc<dyn rustls::server::ResolvesServerCert> = match &named {
+                Some((s, named)) if *s == i => Arc::new(WithNamed {
+                    named: named.clone(),
+                    site: resolver.clone(),
+                }),
+                _ => resolver.clone(),
+            };
             configs.push(
                 shared
-                    .site_config(resolver.clone())
+                    .site_config(serving)
                     .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
             );
             certs.push(resolver);
@@ -212,20 +225,34 @@ impl Server {
                 sni.insert(h, i);
             }
         }
+        let challenges = acme::Challenges::default();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let on_demand = match (&config.on_demand, &named) {
+            (Some(settings), Some((_, named))) => Some(
+                acme::on_demand::spawn(
+                    settings.clone(),
+                    named.clone(),
+                    config.acme.clone(),
+                    storage.clone(),
+                    challenges.clone(),
+                    shutdown_rx.clone(),
+                )
+                .map_err(|e| format!("cannot start the on-demand TLS thread: {e}"))?,
+            ),
+            _ => None,
+        };
         let tls = TlsFront {
             configs,
             certs,
             sni,
             default_site: config.default_site,
             unknown_sni: config.tls.unknown_sni,
+            on_demand,
         };
 
-        let challenges = acme::Challenges::default();
-        let front = Arc::new(Frontend::new(
-            &config,
-            https_port,
-            challenges.http01.clone(),
-        )?);
+        let mut front = Frontend::new(&config, https_port, challenges.http01.clone())?;
+        front.on_demand = named;
+        let front = Arc::new(front);
         let state = Arc::new(ServerState {
             front,
             tls,
@@ -236,7 +263,6 @@ impl Server {
         });
 
         // 4. Workers.
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let mut workers = Vec::new();
         for n in 0..config.workers {
             let clone_all = |ls: &[TcpListener]| {

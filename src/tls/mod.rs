@@ -119,7 +119,7 @@ impl TlsShared {
     /// A server config answering with `certs` (one per site; all share tickets and cache).
     pub fn site_config(
         &self,
-        certs: Arc<resolver::SiteCerts>,
+        certs: Arc<dyn rustls::server::ResolvesServerCert>,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.profile.versions())?

@@ -9,8 +9,6 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_lc_rs::digest;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
 use x509_cert::der::asn1::{Null, ObjectIdentifier, OctetString};
 use x509_cert::der::{Decode, Encode};
 use x509_cert::serial_number::SerialNumber;
@@ -358,61 +356,18 @@ pub fn verify(
 /// POSTs `request` to the responder at `url` (plain HTTP, as RFC 6960 responders are) and
 /// returns the body, within `timeout`.
 pub async fn fetch(url: &str, request: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, OcspError> {
-    match tokio::time::timeout(timeout, fetch_inner(url, request)).await {
-        Ok(r) => r,
-        Err(_) => err(format!("responder {url} did not answer within {timeout:?}")),
+    let (status, body) = crate::http::client::request(
+        http::Method::POST,
+        url,
+        Some("application/ocsp-request"),
+        request,
+        MAX_RESPONSE,
+        timeout,
+    )
+    .await
+    .map_err(|e| OcspError(format!("responder {e}")))?;
+    if status != http::StatusCode::OK {
+        return err(format!("responder {url} answered HTTP {status}"));
     }
-}
-
-async fn fetch_inner(url: &str, request: Vec<u8>) -> Result<Vec<u8>, OcspError> {
-    let uri: http::Uri = match url.parse() {
-        Ok(u) => u,
-        Err(e) => return err(format!("bad responder URL {url:?}: {e}")),
-    };
-    if uri.scheme_str() != Some("http") {
-        return err(format!("responder URL {url} is not http://"));
-    }
-    let Some(host) = uri.host() else {
-        return err(format!("responder URL {url} has no host"));
-    };
-    let port = uri.port_u16().unwrap_or(80);
-    let host_port = format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    );
-    let stream = tokio::net::TcpStream::connect(&host_port)
-        .await
-        .or_else(|e| err(format!("cannot connect to responder {url}: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .or_else(|e| err(format!("responder {url}: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
-    let req = http::Request::post(path)
-        .header(http::header::HOST, authority)
-        .header(http::header::CONTENT_TYPE, "application/ocsp-request")
-        .header(http::header::ACCEPT, "application/ocsp-response")
-        .header(
-            http::header::USER_AGENT,
-            concat!("portcullis/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(Bytes::from(request)))
-        .or_else(|e| err(format!("responder {url}: {e}")))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .or_else(|e| err(format!("responder {url}: {e}")))?;
-    if resp.status() != http::StatusCode::OK {
-        return err(format!("responder {url} answered HTTP {}", resp.status()));
-    }
-    let body = Limited::new(resp.into_body(), MAX_RESPONSE)
-        .collect()
-        .await
-        .or_else(|e| err(format!("responder {url}: reading the response: {e}")))?;
-    Ok(body.to_bytes().to_vec())
+    Ok(body.to_vec())
 }

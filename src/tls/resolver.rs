@@ -97,3 +97,67 @@ impl ResolvesServerCert for SiteCerts {
             .cloned()
     }
 }
+
+/// Certificates by exact name, added at run time (on-demand TLS), served in front of a site's
+/// own chains.
+#[derive(Debug, Default)]
+pub struct NamedCerts {
+    certs: std::sync::RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl NamedCerts {
+    /// The certificate for `name` (lower-case), if one was added.
+    pub fn get(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs.read().ok()?.get(name).cloned()
+    }
+
+    /// True when `name` (lower-case) has a certificate.
+    pub fn contains(&self, name: &str) -> bool {
+        self.certs.read().is_ok_and(|c| c.contains_key(name))
+    }
+
+    /// Adds or replaces the certificate for `name`.
+    pub fn insert(&self, name: &str, cert: Arc<CertifiedKey>) {
+        if let Ok(mut c) = self.certs.write() {
+            c.insert(name.to_string(), cert);
+        }
+    }
+
+    /// How many names have a certificate.
+    pub fn len(&self) -> usize {
+        self.certs.read().map_or(0, |c| c.len())
+    }
+
+    /// True when no name has a certificate.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every name with its certificate.
+    pub fn all(&self) -> Vec<(String, Arc<CertifiedKey>)> {
+        self.certs.read().map_or_else(
+            |_| Vec::new(),
+            |c| c.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        )
+    }
+}
+
+/// A site's resolver when it also serves on-demand names: the name's own certificate first,
+/// the site's chains otherwise.
+#[derive(Debug)]
+pub struct WithNamed {
+    pub named: Arc<NamedCerts>,
+    pub site: Arc<SiteCerts>,
+}
+
+impl ResolvesServerCert for WithNamed {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let lower = name.to_ascii_lowercase();
+            if let Some(c) = self.named.get(&lower) {
+                return Some(c);
+            }
+        }
+        self.site.resolve(hello)
+    }
+}

@@ -59,6 +59,81 @@ pub fn start_pebble_ports(
     tls_port: u16,
     extra: &str,
 ) -> Pebble {
+    start_pebble_args(dir, port, mgmt, http_port, tls_port, extra, &[])
+}
+
+/// pebble resolving every name to 127.0.0.1 through `pebble-challtestsrv` (for names other
+/// than `localhost`).
+pub fn start_pebble_resolving(dir: &Path, http_port: u16, tls_port: u16) -> (Pebble, ChallTestSrv) {
+    let dns = ChallTestSrv::start();
+    let pebble = start_pebble_args(
+        dir,
+        free_port(),
+        free_port(),
+        http_port,
+        tls_port,
+        ", \"externalAccountBindingRequired\": false",
+        &["-dnsserver", &dns.dns],
+    );
+    (pebble, dns)
+}
+
+/// `pebble-challtestsrv` as a DNS server answering 127.0.0.1 for every A query (and nothing
+/// for AAAA); killed on drop.
+pub struct ChallTestSrv {
+    child: Child,
+    /// `127.0.0.1:PORT` of its DNS listener.
+    pub dns: String,
+    /// Its management API, `http://127.0.0.1:PORT`.
+    pub management: String,
+}
+
+impl Drop for ChallTestSrv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ChallTestSrv {
+    pub fn start() -> ChallTestSrv {
+        let (dns_port, mgmt_port) = (free_port(), free_port());
+        let child = Command::new("pebble-challtestsrv")
+            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+            .args(["-management", &format!("127.0.0.1:{mgmt_port}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble-challtestsrv must be installed (Debian package `pebble`)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], mgmt_port))).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "pebble-challtestsrv did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ChallTestSrv {
+            child,
+            dns: format!("127.0.0.1:{dns_port}"),
+            management: format!("http://127.0.0.1:{mgmt_port}"),
+        }
+    }
+}
+
+/// [`start_pebble_ports`] with extra command-line arguments.
+pub fn start_pebble_args(
+    dir: &Path,
+    port: u16,
+    mgmt: u16,
+    http_port: u16,
+    tls_port: u16,
+    extra: &str,
+    args: &[&str],
+) -> Pebble {
     let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
     std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
     std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
@@ -75,6 +150,7 @@ pub fn start_pebble_ports(
     let child = Command::new("pebble")
         .arg("-config")
         .arg(dir.join("pebble.json"))
+        .args(args)
         .env("PEBBLE_VA_NOSLEEP", "1")
         .env("PEBBLE_WFE_NONCEREJECT", "0")
         .stdout(log.try_clone().unwrap())
