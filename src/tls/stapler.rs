@@ -364,10 +364,14 @@ pub fn spawn(mut stapler: Stapler, mut shutdown: watch::Receiver<bool>) -> std::
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(stapler.round(false));
+    // The first round runs on the stapler's thread (the caller may itself be inside a tokio
+    // runtime, where blocking on another one panics); the caller waits for it.
+    let (first_done, first) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("portcullis-ocsp".into())
         .spawn(move || {
+            rt.block_on(stapler.round(false));
+            let _ = first_done.send(());
             rt.block_on(async move {
                 loop {
                     let wake = stapler.round(true).await;
@@ -381,5 +385,7 @@ pub fn spawn(mut stapler: Stapler, mut shutdown: watch::Receiver<bool>) -> std::
                 }
             })
         })?;
+    // An error here means the thread ended early; the stapler logs its own failures.
+    let _ = first.recv();
     Ok(())
 }
