@@ -306,3 +306,30 @@ fn max_names_caps_the_certificates_obtained_on_demand() {
     // The first name keeps working.
     assert!(s.curl("first.shops.test", port).status.success());
 }
+
+/// On-demand certificates are watched for expiry like every other served certificate.
+#[test]
+fn on_demand_certificates_are_in_the_expiry_monitor() {
+    let s = setup();
+    let acme = std::fs::read_to_string(s.env.path("acme.toml")).unwrap();
+    let cfg = s.env.write_config_raw(&format!(
+        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{}\"]\n{acme}\
+         [on_demand]\nsite = \"shops\"\nallow = [\"*.shops.test\"]\n\
+         [[site]]\nname = \"shops\"\nhosts = [\"localhost\"]\nissuer = \"local\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"shop\" }}\n",
+        s.http_port
+    ));
+    let (config, _) = s.env.load(&cfg).unwrap_or_else(|p| panic!("{p:?}"));
+    let server = portcullis::server::Server::start(config).unwrap();
+    let port = server.https_addrs()[0].port();
+    assert!(s.curl("watched.shops.test", port).status.success());
+    let served = portcullis::ops::expiry::served(server.state());
+    assert!(
+        served.iter().any(
+            |(site, _, not_before, not_after)| site == "shops (on demand)"
+                && not_after > not_before
+        ),
+        "{served:?}"
+    );
+    server.shutdown();
+}

@@ -28,26 +28,46 @@ pub fn level(days_left: i64, lifetime_days: i64) -> Option<i64> {
         .copied()
 }
 
-/// Site, subject, start and end of validity (Unix time) of every certificate served now.
+/// Site, subject, start and end of validity (Unix time) of every certificate served now,
+/// on-demand ones included.
 pub fn served(state: &ServerState) -> Vec<(String, String, i64, i64)> {
     let mut out = Vec::new();
-    for (i, certs) in state.tls.certs.iter().enumerate() {
-        let site = state
+    let site_name = |i: usize| {
+        state
             .front
             .sites
             .get(i)
             .map(|s| s.name.clone())
-            .unwrap_or_default();
-        for ck in certs.current().iter() {
-            let Some(der) = ck.cert.first() else { continue };
-            if let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) {
-                out.push((
-                    site.clone(),
-                    cert.subject().to_string(),
-                    cert.validity().not_before.timestamp(),
-                    cert.validity().not_after.timestamp(),
-                ));
-            }
+            .unwrap_or_default()
+    };
+    let on_demand = state.front.on_demand.iter().flat_map(|(i, named)| {
+        named
+            .all()
+            .into_iter()
+            .map(move |(_, ck)| (format!("{} (on demand)", site_name(*i)), ck))
+    });
+    let chains = state
+        .tls
+        .certs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, certs)| {
+            certs
+                .current()
+                .iter()
+                .map(|ck| (site_name(i), ck.clone()))
+                .collect::<Vec<_>>()
+        })
+        .chain(on_demand);
+    for (site, ck) in chains {
+        let Some(der) = ck.cert.first() else { continue };
+        if let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) {
+            out.push((
+                site,
+                cert.subject().to_string(),
+                cert.validity().not_before.timestamp(),
+                cert.validity().not_after.timestamp(),
+            ));
         }
     }
     out

@@ -310,7 +310,7 @@ impl Server {
         }
 
         // 6. OCSP: staple a verified response for every certificate that names a responder.
-        let staple_sites = config
+        let mut staple_sites: Vec<StapleSite> = config
             .sites
             .iter()
             .enumerate()
@@ -321,6 +321,14 @@ impl Server {
                 renew: acme_names.contains(&i).then(|| renew.clone()),
             })
             .collect();
+        if let Some((site, named)) = &state.front.on_demand {
+            staple_sites.push(StapleSite {
+                name: format!("{} (on demand)", config.sites[*site].name),
+                certs: named.clone(),
+                staple_file: None,
+                renew: None,
+            });
+        }
         stapler::spawn(
             Stapler::new(staple_sites, storage.clone(), config.tls.ocsp_stapling),
             shutdown_rx.clone(),

@@ -103,6 +103,8 @@ impl ResolvesServerCert for SiteCerts {
 #[derive(Debug, Default)]
 pub struct NamedCerts {
     certs: std::sync::RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    /// Told when a certificate is added or replaced (the OCSP stapler staples it at once).
+    on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl NamedCerts {
@@ -121,6 +123,33 @@ impl NamedCerts {
         if let Ok(mut c) = self.certs.write() {
             c.insert(name.to_string(), cert);
         }
+        if let Some(n) = self.on_change.get() {
+            n.notify_one();
+        }
+    }
+
+    /// Has `notify` told whenever [`NamedCerts::insert`] runs.
+    pub fn notify_changes(&self, notify: Arc<tokio::sync::Notify>) {
+        let _ = self.on_change.set(notify);
+    }
+
+    /// Staples `ocsp` (or removes the staple) on every certificate whose leaf is `leaf`.
+    pub fn set_ocsp(&self, leaf: &[u8], ocsp: Option<&[u8]>) -> bool {
+        let Ok(mut c) = self.certs.write() else {
+            return false;
+        };
+        let mut found = false;
+        for ck in c.values_mut() {
+            if ck.cert.first().map(|c| c.as_ref()) == Some(leaf) {
+                found = true;
+                if ck.ocsp.as_deref() != ocsp {
+                    let mut new = CertifiedKey::clone(ck);
+                    new.ocsp = ocsp.map(|o| o.to_vec());
+                    *ck = Arc::new(new);
+                }
+            }
+        }
+        found
     }
 
     /// How many names have a certificate.

@@ -22,7 +22,8 @@ use tokio::sync::{watch, Notify};
 use crate::storage::Storage;
 use crate::tls::certs::{fmt_time, unix_now};
 use crate::tls::ocsp::{self, CertState, Verified};
-use crate::tls::resolver::SiteCerts;
+use crate::tls::resolver::{NamedCerts, SiteCerts};
+use rustls::sign::CertifiedKey;
 
 const MIN_BACKOFF: i64 = 60;
 const MAX_BACKOFF: i64 = 3600;
@@ -62,10 +63,45 @@ impl RenewRequests {
     }
 }
 
+/// Where a site's certificates are served from: its own chains, or the names obtained on
+/// demand.
+pub trait Served: Send + Sync {
+    /// The certificates served now.
+    fn chains(&self) -> Vec<Arc<CertifiedKey>>;
+    /// Staples `ocsp` (or removes it) on the certificate whose leaf is `leaf`.
+    fn set_ocsp(&self, leaf: &[u8], ocsp: Option<&[u8]>);
+    /// Has `notify` told when certificates are replaced or added.
+    fn notify_changes(&self, notify: Arc<Notify>);
+}
+
+impl Served for SiteCerts {
+    fn chains(&self) -> Vec<Arc<CertifiedKey>> {
+        self.current().to_vec()
+    }
+    fn set_ocsp(&self, leaf: &[u8], ocsp: Option<&[u8]>) {
+        SiteCerts::set_ocsp(self, leaf, ocsp);
+    }
+    fn notify_changes(&self, notify: Arc<Notify>) {
+        SiteCerts::notify_changes(self, notify);
+    }
+}
+
+impl Served for NamedCerts {
+    fn chains(&self) -> Vec<Arc<CertifiedKey>> {
+        self.all().into_iter().map(|(_, c)| c).collect()
+    }
+    fn set_ocsp(&self, leaf: &[u8], ocsp: Option<&[u8]>) {
+        NamedCerts::set_ocsp(self, leaf, ocsp);
+    }
+    fn notify_changes(&self, notify: Arc<Notify>) {
+        NamedCerts::notify_changes(self, notify);
+    }
+}
+
 /// One site as the stapler sees it.
 pub struct StapleSite {
     pub name: String,
-    pub certs: Arc<SiteCerts>,
+    pub certs: Arc<dyn Served>,
     /// A DER OCSP response file kept current by someone else; replaces fetching.
     pub staple_file: Option<PathBuf>,
     /// The ACME manager's renewal requests, for sites it manages.
@@ -141,7 +177,7 @@ impl Stapler {
         let mut seen = HashSet::new();
         let mut wake = unix_now() + MAX_WAIT;
         for si in 0..self.sites.len() {
-            let chains = self.sites[si].certs.current();
+            let chains = self.sites[si].certs.chains();
             for ck in chains.iter() {
                 let Some(leaf) = ck.cert.first() else {
                     continue;
