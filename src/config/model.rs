@@ -62,6 +62,10 @@ pub struct AcmeSettings {
     /// Key type of ordered certificates; a change takes effect at the next order (a stored
     /// certificate with another key type is replaced at once).
     pub key_type: AcmeKeyType,
+    /// Certificate profile to order (`meta.profiles` of the CA's directory, e.g. `"shortlived"`);
+    /// checked against what the CA advertises when ordering. Renewal timing follows the
+    /// lifetime the CA actually issues.
+    pub profile: Option<String>,
 }
 
 /// Key types for ACME certificates.

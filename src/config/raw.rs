@@ -137,6 +137,8 @@ pub struct RawAcme {
     pub fallback: Option<Vec<Spanned<String>>>,
     /// Key of ordered certificates: `"ecdsa-p256"` (default), `"ecdsa-p384"`, `"rsa2048"`, `"rsa4096"`.
     pub key_type: Option<Spanned<String>>,
+    /// Certificate profile to order (ACME profiles, e.g. `"shortlived"`), when the CA offers it.
+    pub profile: Option<Spanned<String>>,
 }
 
 /// One `[[site]]`.

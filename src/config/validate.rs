@@ -475,6 +475,23 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
             None
         }
     };
+    let profile = raw.profile.as_ref().and_then(|p| {
+        let name = p.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            let loc = cx.loc(p, "");
+            cx.err(
+                loc,
+                format!("acme.profile = {name:?} is not a profile name"),
+                "use a name the CA lists in its directory's meta.profiles, e.g. \"classic\" or \"shortlived\"",
+            );
+        }
+        ok.then(|| name.clone())
+    });
     AcmeSettings {
         directory,
         fallback,
@@ -482,6 +499,7 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         contact,
         ca_root,
         key_type,
+        profile,
     }
 }
 
