@@ -1306,6 +1306,7 @@ fn a_ca_down_at_renewal_keeps_the_old_certificate_retries_visibly_and_recovers()
     assert!(
         last.contains("failed")
             && last.contains(&format!("localhost:{port}"))
+            && last.contains("Connection refused")
             && last.contains("next try"),
         "{last}"
     );

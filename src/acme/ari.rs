@@ -257,12 +257,12 @@ pub fn parse_window(body: &[u8]) -> Result<Window, String> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Info {
-        suggested_window: Raw,
+        suggested_window: SuggestedWindow,
         #[serde(rename = "explanationURL")]
         explanation_url: Option<String>,
     }
     #[derive(serde::Deserialize)]
-    struct Raw {
+    struct SuggestedWindow {
         start: String,
         end: String,
     }

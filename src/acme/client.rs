@@ -19,7 +19,7 @@ use crate::storage::Storage;
 /// Why an ACME operation failed, in words that name the CA, the name and the challenge.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("ACME CA {directory}: {what}: {source}")]
+    #[error("ACME CA {directory}: {what}: {}", with_causes(source))]
     Ca {
         directory: String,
         what: &'static str,
@@ -70,6 +70,22 @@ pub struct OrderOptions {
     /// only when the CA offers ARI. Should the CA refuse it (e.g. already replaced), the order
     /// is placed again without it.
     pub replaces: Option<String>,
+}
+
+/// `e` and its causes on one line ("client error (Connect): tcp connect error: Connection
+/// refused"): the outer message alone often hides what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// How control of a name is proven.
