@@ -578,6 +578,12 @@ fn acme_settings_are_checked() {
     find(&p, &["acme.key_type", "dsa"]);
     let (_, p) = refused(
         &env,
+        &format!("[acme]\nprofile = \"short lived\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["acme.profile", "short lived", "meta.profiles"]);
+    let (_, p) = refused(
+        &env,
         &format!("[acme]\nemail = \"not an address\"\n{site}"),
         Mode::Check,
     );

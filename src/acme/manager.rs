@@ -170,17 +170,24 @@ const MAX_BACKOFF: i64 = 6 * 3600;
 
 /// The first retry delay: 1 minute, or `PORTCULLIS_ACME_RETRY_MIN` (for tests only, e.g. `1s`).
 fn min_backoff() -> i64 {
-    match std::env::var("PORTCULLIS_ACME_RETRY_MIN") {
-        Err(_) => DEFAULT_MIN_BACKOFF,
-        Ok(v) => match humantime::parse_duration(&v) {
-            Ok(d) if d.as_secs() >= 1 => (d.as_secs() as i64).min(MAX_BACKOFF),
-            _ => {
-                tracing::warn!(
-                    value = v,
-                    "PORTCULLIS_ACME_RETRY_MIN is not a duration of at least 1s (e.g. \"5s\"); using 1 min"
-                );
-                DEFAULT_MIN_BACKOFF
-            }
+    let v = std::env::var("PORTCULLIS_ACME_RETRY_MIN").ok();
+    parse_min_backoff(v.as_deref()).unwrap_or_else(|| {
+        tracing::warn!(
+            value = v,
+            "PORTCULLIS_ACME_RETRY_MIN is not a duration of at least 1s (e.g. \"5s\"); using 1 min"
+        );
+        DEFAULT_MIN_BACKOFF
+    })
+}
+
+/// The first retry delay for the value of `PORTCULLIS_ACME_RETRY_MIN` (`None`: unset → 1 min);
+/// `None` when the value is unusable. At most the 6-hour cap.
+fn parse_min_backoff(v: Option<&str>) -> Option<i64> {
+    match v {
+        None => Some(DEFAULT_MIN_BACKOFF),
+        Some(v) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d.as_secs() >= 1 => Some((d.as_secs() as i64).min(MAX_BACKOFF)),
+            _ => None,
         },
     }
 }
@@ -749,4 +756,20 @@ pub fn renewal_time(cert: &LoadedCert) -> i64 {
 fn install(st: &mut SiteState, cert: LoadedCert) {
     st.site.certs.replace(vec![cert.certified.clone()]);
     st.current = Some(cert);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_backoff_starts_at_one_minute_unless_a_test_shortens_it() {
+        assert_eq!(parse_min_backoff(None), Some(60));
+        assert_eq!(parse_min_backoff(Some("1s")), Some(1));
+        assert_eq!(parse_min_backoff(Some(" 5s ")), Some(5));
+        assert_eq!(parse_min_backoff(Some("2days")), Some(MAX_BACKOFF));
+        assert_eq!(parse_min_backoff(Some("0s")), None);
+        assert_eq!(parse_min_backoff(Some("500ms")), None);
+        assert_eq!(parse_min_backoff(Some("soon")), None);
+    }
 }
