@@ -1181,7 +1181,8 @@ fn ari_failures_fall_back_to_the_lifetime_rule_and_say_why() {
     }
 }
 
-/// `acme.profile` is sent in the order when the CA offers it.
+/// `acme.profile` is sent in the order when the CA offers it, and a site's own `profile`
+/// overrides it.
 #[test]
 fn the_configured_profile_is_sent_in_the_order() {
     let env = TestEnv::new();
@@ -1190,34 +1191,41 @@ fn the_configured_profile_is_sent_in_the_order() {
     let test_ca = env.write("test-root.pem", &pki().root_pem);
     let http_port = free_port();
     let pebble = start_pebble(&dir, http_port, free_port());
+    let root = pebble_root(&dir, &pebble, &test_ca);
     let proxy = AcmeProxy::start(
         &pebble.directory,
         None,
         &[("classic", "90 days"), ("shortlived", "6 days")],
     );
-    let path = env.write_config_raw(&acme_config(
+    let base = acme_config(
         http_port,
         &proxy.directory,
         &test_ca,
         "profile = \"shortlived\"\n",
-    ));
-    let root = pebble_root(&dir, &pebble, &test_ca);
-    let (cfg, _) = env.load(&path).unwrap();
-    assert_eq!(cfg.acme.profile.as_deref(), Some("shortlived"));
-    let server = portcullis::server::Server::start(cfg).expect("start");
-    let port = server.https_addrs()[0].port();
-    wait_until(30, "no certificate", || {
-        curl_localhost(&root, port).status.success().then_some(())
-    });
-    let orders = proxy.new_orders();
-    assert_eq!(orders.len(), 1, "{orders:?}");
-    assert_eq!(
-        orders[0]["profile"].as_str(),
-        Some("shortlived"),
-        "{:?}",
-        orders[0]
     );
-    server.shutdown();
+    let overridden = base
+        .replace("data_dir = \"data\"", "data_dir = \"data2\"")
+        .replace(
+            "issuer = \"acme\"\n",
+            "issuer = \"acme\"\nprofile = \"classic\"\n",
+        );
+    for (n, (config, want)) in [(base, "shortlived"), (overridden, "classic")]
+        .into_iter()
+        .enumerate()
+    {
+        let path = env.write_config_raw(&config);
+        let (cfg, _) = env.load(&path).unwrap();
+        assert_eq!(cfg.acme.profile.as_deref(), Some("shortlived"));
+        let server = portcullis::server::Server::start(cfg).expect("start");
+        let port = server.https_addrs()[0].port();
+        wait_until(30, "no certificate", || {
+            curl_localhost(&root, port).status.success().then_some(())
+        });
+        let orders = proxy.new_orders();
+        assert_eq!(orders.len(), n + 1, "{orders:?}");
+        assert_eq!(orders[n]["profile"].as_str(), Some(want), "{:?}", orders[n]);
+        server.shutdown();
+    }
 }
 
 /// A profile the CA does not offer fails the order with an error naming it and the offered

@@ -584,6 +584,12 @@ fn acme_settings_are_checked() {
     find(&p, &["acme.profile", "short lived", "meta.profiles"]);
     let (_, p) = refused(
         &env,
+        "[[site]]\nname = \"files\"\nhosts = [\"alpha.test\"]\ncert = \"certs/alpha.pem\"\nkey = \"certs/alpha.key\"\nprofile = \"shortlived\"\n[[site.route]]\npath = \"/\"\nrespond = { body = \"x\" }\n",
+        Mode::Check,
+    );
+    find(&p, &["site \"files\"", "profile only applies", "ACME"]);
+    let (_, p) = refused(
+        &env,
         &format!("[acme]\nemail = \"not an address\"\n{site}"),
         Mode::Check,
     );

@@ -29,6 +29,8 @@ pub struct AcmeSite {
     pub names: Vec<String>,
     /// Where the certificate is served from (replaced on issuance/renewal).
     pub certs: Arc<SiteCerts>,
+    /// The site's own ACME profile (`profile` in `[[site]]`); `None`: `acme.profile`.
+    pub profile: Option<String>,
 }
 
 /// The longest one order may take before it counts as failed.
@@ -316,7 +318,7 @@ async fn run(
                     let Some(c) = &clients[i] else { break };
                     // `replaces` only for the CA that told us about the certificate.
                     let options = OrderOptions {
-                        profile: settings.profile.clone(),
+                        profile: st.site.profile.clone().or_else(|| settings.profile.clone()),
                         replaces: st
                             .plan
                             .as_ref()

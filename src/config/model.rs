@@ -204,6 +204,9 @@ pub struct Site {
     pub certs: SiteCertSource,
     /// A staple file replacing OCSP fetching (file certificates only).
     pub ocsp_staple: Option<std::path::PathBuf>,
+    /// ACME profile for this site's certificate (`profile` in `[[site]]`), overriding
+    /// `acme.profile`; only for [`SiteCertSource::Acme`].
+    pub acme_profile: Option<String>,
     /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Routes, longest prefix first.
