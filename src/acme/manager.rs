@@ -249,8 +249,11 @@ async fn run(
         })
         .collect();
     // ARI requests; without this client, renewal follows the lifetime rule only.
-    let ari_http = match AriHttp::new(settings.ca_root.as_deref()) {
-        Ok(h) => Some(h),
+    let mut ari_http = match AriHttp::new(settings.ca_root.as_deref()) {
+        Ok(http) => Some(Ari {
+            http,
+            directories: std::collections::HashMap::new(),
+        }),
         Err(e) => {
             tracing::error!(error = %e, "ACME: cannot make the HTTPS client for ARI; renewing by the lifetime rule");
             None
@@ -277,7 +280,7 @@ async fn run(
                 .as_ref()
                 .is_some_and(|c| c.info.key == settings.key_type.kind() && !is_revoked(st, c));
             if keep {
-                refresh_plan(st, ari_http.as_ref(), &directories[0], storage.as_ref()).await;
+                refresh_plan(st, ari_http.as_mut(), &directories[0], storage.as_ref()).await;
                 if let Some(plan) = &st.plan {
                     next_wake = next_wake.min(plan.ari_check_at);
                     if plan.at > now {
@@ -374,7 +377,7 @@ async fn run(
             }
             // Next: the new certificate's renewal time (after asking its CA's ARI), or the
             // retry after a failure.
-            refresh_plan(st, ari_http.as_ref(), &directories[0], storage.as_ref()).await;
+            refresh_plan(st, ari_http.as_mut(), &directories[0], storage.as_ref()).await;
             let now = certs::unix_now();
             match &st.plan {
                 Some(plan) if plan.at > now => {
@@ -392,11 +395,30 @@ async fn run(
     }
 }
 
+/// The ARI client and the directories it read (kept an hour: one read serves every site).
+struct Ari {
+    http: AriHttp,
+    directories: std::collections::HashMap<String, (i64, ari::CaInfo)>,
+}
+
+impl Ari {
+    async fn directory(&mut self, ca: &str, now: i64) -> Result<ari::CaInfo, String> {
+        if let Some((at, info)) = self.directories.get(ca) {
+            if now - at < 3600 {
+                return Ok(info.clone());
+            }
+        }
+        let info = self.http.directory(ca).await?;
+        self.directories.insert(ca.to_string(), (now, info.clone()));
+        Ok(info)
+    }
+}
+
 /// Makes sure the current certificate of `st` has a renewal plan, and asks its CA's ARI when
 /// that is due (the CA that issued it, else `primary`). Records a changed plan in the status.
 async fn refresh_plan(
     st: &mut SiteState,
-    http: Option<&AriHttp>,
+    ari: Option<&mut Ari>,
     primary: &str,
     storage: &dyn Storage,
 ) {
@@ -416,10 +438,10 @@ async fn refresh_plan(
     };
     if plan.ari_check_at <= now {
         let before = (plan.at, plan.basis.clone());
-        match http {
-            Some(http) => {
+        match ari {
+            Some(ari) => {
                 let ca = st.issuer_ca.as_deref().unwrap_or(primary);
-                check_ari(http, ca, &st.site.name, (not_before, not_after), plan, now).await;
+                check_ari(ari, ca, &st.site.name, (not_before, not_after), plan, now).await;
             }
             None => plan.ari_check_at = now + ari::ARI_RECHECK_MAX,
         }
@@ -433,7 +455,7 @@ async fn refresh_plan(
 /// Asks `ca` for the renewal window of the certificate `plan` is for and reschedules by it; on
 /// any problem, falls back to the lifetime rule with one log line naming it.
 async fn check_ari(
-    http: &AriHttp,
+    ari: &mut Ari,
     ca: &str,
     site: &str,
     (not_before, not_after): (i64, i64),
@@ -463,7 +485,7 @@ async fn check_ari(
         Ok(id) => id,
         Err(e) => return fallback(plan, e, ari::ARI_RECHECK_MAX),
     };
-    let url = match http.directory(ca).await {
+    let url = match ari.directory(ca, now).await {
         Ok(info) => match info.renewal_info {
             Some(url) => url,
             None => {
@@ -485,7 +507,7 @@ async fn check_ari(
         },
         Err(e) => return fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
     };
-    match http.renewal_info(&url, &id).await {
+    match ari.http.renewal_info(&url, &id).await {
         Err(e) => fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
         Ok((window, retry_after)) => {
             let recheck = ari::recheck_in(retry_after);
