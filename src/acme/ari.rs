@@ -116,7 +116,9 @@ pub fn cert_id(leaf_der: &[u8]) -> Result<String, String> {
 /// A suggested renewal window, Unix times.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
+    /// Start of the window (Unix time).
     pub start: i64,
+    /// End of the window (Unix time).
     pub end: i64,
     /// The CA's page explaining the window, if it gave one.
     pub explanation: Option<String>,

@@ -418,7 +418,7 @@ impl Ari {
 /// that is due (the CA that issued it, else `primary`). Records a changed plan in the status.
 async fn refresh_plan(
     st: &mut SiteState,
-    ari: Option<&mut Ari>,
+    client: Option<&mut Ari>,
     primary: &str,
     storage: &dyn Storage,
 ) {
@@ -438,10 +438,18 @@ async fn refresh_plan(
     };
     if plan.ari_check_at <= now {
         let before = (plan.at, plan.basis.clone());
-        match ari {
-            Some(ari) => {
+        match client {
+            Some(client) => {
                 let ca = st.issuer_ca.as_deref().unwrap_or(primary);
-                check_ari(ari, ca, &st.site.name, (not_before, not_after), plan, now).await;
+                check_ari(
+                    client,
+                    ca,
+                    &st.site.name,
+                    (not_before, not_after),
+                    plan,
+                    now,
+                )
+                .await;
             }
             None => plan.ari_check_at = now + ari::ARI_RECHECK_MAX,
         }
@@ -452,10 +460,23 @@ async fn refresh_plan(
     }
 }
 
+/// Puts `plan` back on the lifetime rule until `recheck_at`. An earlier time that a previous ARI
+/// answer asked for stays (the CA wanted that certificate replaced early).
+fn to_lifetime_rule(plan: &mut Plan, recheck_at: i64) {
+    plan.at = if plan.window.is_some() {
+        plan.at.min(plan.lifetime_at)
+    } else {
+        plan.lifetime_at
+    };
+    plan.window = None;
+    plan.replaces = None;
+    plan.ari_check_at = recheck_at;
+}
+
 /// Asks `ca` for the renewal window of the certificate `plan` is for and reschedules by it; on
 /// any problem, falls back to the lifetime rule with one log line naming it.
 async fn check_ari(
-    ari: &mut Ari,
+    client: &mut Ari,
     ca: &str,
     site: &str,
     (not_before, not_after): (i64, i64),
@@ -463,15 +484,7 @@ async fn check_ari(
     now: i64,
 ) {
     let fallback = |plan: &mut Plan, why: String, recheck: i64| {
-        // An earlier time a previous ARI answer asked for stays (the CA wanted it early).
-        plan.at = if plan.window.is_some() {
-            plan.at.min(plan.lifetime_at)
-        } else {
-            plan.lifetime_at
-        };
-        plan.window = None;
-        plan.replaces = None;
-        plan.ari_check_at = now + recheck;
+        to_lifetime_rule(plan, now + recheck);
         plan.basis = format!("lifetime rule; ARI: {why}");
         tracing::warn!(
             site,
@@ -485,14 +498,11 @@ async fn check_ari(
         Ok(id) => id,
         Err(e) => return fallback(plan, e, ari::ARI_RECHECK_MAX),
     };
-    let url = match ari.directory(ca, now).await {
+    let url = match client.directory(ca, now).await {
         Ok(info) => match info.renewal_info {
             Some(url) => url,
             None => {
-                plan.at = plan.lifetime_at;
-                plan.window = None;
-                plan.replaces = None;
-                plan.ari_check_at = now + ari::ARI_RECHECK_MAX;
+                to_lifetime_rule(plan, now + ari::ARI_RECHECK_MAX);
                 if !plan.basis.contains("offers no ARI") {
                     plan.basis = format!("{LIFETIME_BASIS}; the CA offers no ARI");
                     tracing::info!(
@@ -507,7 +517,7 @@ async fn check_ari(
         },
         Err(e) => return fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
     };
-    match ari.http.renewal_info(&url, &id).await {
+    match client.http.renewal_info(&url, &id).await {
         Err(e) => fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
         Ok((window, retry_after)) => {
             let recheck = ari::recheck_in(retry_after);
@@ -785,6 +795,35 @@ fn install(st: &mut SiteState, cert: LoadedCert) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(at: i64, lifetime_at: i64, window: Option<(i64, i64)>) -> Plan {
+        Plan {
+            leaf: vec![1],
+            at,
+            lifetime_at,
+            ari_check_at: 0,
+            window,
+            basis: "ARI window".into(),
+            replaces: Some(("https://ca.test/dir".into(), "a.b".into())),
+        }
+    }
+
+    #[test]
+    fn falling_back_to_the_lifetime_rule_keeps_an_earlier_ari_time_and_drops_replaces() {
+        // ARI had asked for an early renewal: that stays.
+        let mut p = plan(100, 500, Some((90, 110)));
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!((p.at, p.ari_check_at), (100, 7000));
+        assert!(p.window.is_none() && p.replaces.is_none());
+        // ARI had pushed it later than the lifetime rule: back to the lifetime rule.
+        let mut p = plan(900, 500, Some((800, 1000)));
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!(p.at, 500);
+        // No ARI answer before: the lifetime rule's time.
+        let mut p = plan(500, 500, None);
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!(p.at, 500);
+    }
 
     #[test]
     fn the_retry_backoff_starts_at_one_minute_unless_a_test_shortens_it() {
