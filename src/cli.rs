@@ -525,13 +525,16 @@ fn certs(a: ServeArgs) -> i32 {
             }
             SiteCertSource::Acme => {
                 match crate::acme::manager::stored(&storage, &names) {
-                    Some(c) => println!(
-                        "{}: ACME {}: {}, renews {}",
-                        site.name,
-                        config.acme.directory,
-                        describe(&c),
-                        fmt_time(crate::acme::manager::renewal_time(&c))
-                    ),
+                    Some(c) => {
+                        let (at, basis) = crate::acme::manager::next_renewal(&storage, &names, &c);
+                        println!(
+                            "{}: ACME {}: {}, renews {} ({basis})",
+                            site.name,
+                            config.acme.directory,
+                            describe(&c),
+                            fmt_time(at)
+                        )
+                    }
                     None => println!(
                         "{}: ACME {}: no certificate yet for {}",
                         site.name,

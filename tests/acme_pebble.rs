@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{pki, Alg, TestEnv};
+use common::acme_proxy::{AcmeProxy, AriReply, AriResponder};
+use common::{parse_listen_line, pki, Alg, ServeProcess, TestEnv};
 use portcullis::acme::client::{AcmeClient, AcmeError, ChallengeKind};
 use portcullis::acme::Challenges;
 use portcullis::config::model::AcmeKeyType;
@@ -952,4 +953,395 @@ fn a_ca_that_forgot_the_account_gets_a_new_registration() {
         std::thread::sleep(Duration::from_millis(300));
     }
     server.shutdown();
+}
+
+// =============================================================================================
+// ARI (RFC 9773) and profiles, through the ACME test proxy (Debian's pebble 2.4 has neither)
+// =============================================================================================
+
+/// A config with one ACME site `pebbled` (localhost) at `directory`, validated on `http_port`;
+/// `acme_extra` goes into `[acme]`.
+fn acme_config(http_port: u16, directory: &str, ca_root: &Path, acme_extra: &str) -> String {
+    format!(
+        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{directory}\"\nca_root = \"{}\"\n{acme_extra}\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        ca_root.display()
+    )
+}
+
+/// `portcullis certs --config path`, stdout.
+fn certs_output(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["certs", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, failing with `what` after `secs`.
+fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} (after {secs} s)");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The first certificate of a PEM file, DER.
+fn first_cert_der(pem_path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(pem_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", pem_path.display()))
+        .to_vec()
+}
+
+/// The ARI id of a certificate, computed here independently of portcullis: base64url(AKI
+/// keyIdentifier) "." base64url(DER serial content).
+fn ari_id(der: &[u8]) -> String {
+    use base64::Engine;
+    use x509_parser::prelude::{FromDer, ParsedExtension, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).unwrap();
+    let aki = cert
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.clone(),
+            _ => None,
+        })
+        .expect("pebble's leaves carry an AKI");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    format!(
+        "{}.{}",
+        b64.encode(aki.0),
+        b64.encode(cert.tbs_certificate.raw_serial())
+    )
+}
+
+const DAY: i64 = 86400;
+
+/// The CA's ARI window for the first certificate is already over: it is renewed at once (not at
+/// two thirds of its 5-year lifetime), the order names it in `replaces`, and the new certificate
+/// (whose window is a month away) is scheduled by ARI, as `portcullis certs` shows.
+#[test]
+fn an_ari_window_in_the_past_renews_at_once_and_the_order_names_the_replaced_certificate() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let first_id = std::sync::Mutex::new(None::<String>);
+    let proxy = AcmeProxy::start(
+        &pebble.directory,
+        Some(Box::new(move |id: &str| {
+            let mut first = first_id.lock().unwrap();
+            if first.get_or_insert_with(|| id.to_string()) == id {
+                AriReply::Window {
+                    start: -2 * 3600,
+                    end: -3600,
+                }
+            } else {
+                AriReply::Window {
+                    start: 30 * DAY,
+                    end: 31 * DAY,
+                }
+            }
+        })),
+        &[],
+    );
+    let path = env.write_config_raw(&acme_config(http_port, &proxy.directory, &test_ca, ""));
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+
+    let orders = wait_until(30, "no renewal order after the past ARI window", || {
+        let o = proxy.new_orders();
+        (o.len() >= 2).then_some(o)
+    });
+    let cert_dir = env.path("data").join(portcullis::acme::manager::cert_dir(&[
+        "localhost".to_string()
+    ]));
+    wait_until(20, "the renewed certificate is not stored", || {
+        cert_dir.join("previous/chain.pem").exists().then_some(())
+    });
+    let replaced = ari_id(&first_cert_der(&cert_dir.join("previous/chain.pem")));
+    assert!(orders[0].get("replaces").is_none(), "{:?}", orders[0]);
+    assert_eq!(
+        orders[1]["replaces"].as_str(),
+        Some(replaced.as_str()),
+        "the renewal order must name the replaced certificate: {:?}",
+        orders[1]
+    );
+    assert_eq!(proxy.ari_requests()[0], replaced);
+    assert!(curl_localhost(&root, port).status.success());
+
+    // The new certificate is asked about too and scheduled inside its (future) window.
+    let current = ari_id(&first_cert_der(&cert_dir.join("chain.pem")));
+    let text = wait_until(20, "certs never showed the ARI schedule", || {
+        let t = certs_output(&path);
+        (proxy.ari_requests().contains(&current) && t.contains("(ARI window")).then_some(t)
+    });
+    let expected_day =
+        portcullis::tls::certs::fmt_time(portcullis::tls::certs::unix_now() + 30 * DAY);
+    let renews = text.lines().find(|l| l.contains("renews")).unwrap();
+    let day = |s: &str| s[..10].to_string();
+    let at = renews.split("renews ").nth(1).unwrap();
+    assert!(
+        day(at) == day(&expected_day)
+            || day(at)
+                == day(&portcullis::tls::certs::fmt_time(
+                    portcullis::tls::certs::unix_now() + 31 * DAY
+                )),
+        "renewal not inside the ARI window: {renews}"
+    );
+    assert_eq!(proxy.new_orders().len(), 2, "no further renewal");
+    server.shutdown();
+}
+
+/// Every way ARI can fail leaves the lifetime rule in charge, with one log line naming the
+/// reason (the CA's detail for an HTTP error), and `portcullis certs` showing it; nothing is
+/// renewed early.
+#[test]
+fn ari_failures_fall_back_to_the_lifetime_rule_and_say_why() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let cases: Vec<(&str, Option<AriReply>, &str)> = vec![
+        (
+            "http-error",
+            Some(AriReply::Error {
+                status: 500,
+                detail: "renewal info is on fire".into(),
+            }),
+            "HTTP 500: renewal info is on fire",
+        ),
+        (
+            "malformed",
+            Some(AriReply::Malformed),
+            "malformed renewalInfo",
+        ),
+        (
+            // pebble's certificates live 5 years; this window ends after that.
+            "past-expiry",
+            Some(AriReply::Window {
+                start: DAY,
+                end: 6 * 366 * DAY,
+            }),
+            "after the certificate expires",
+        ),
+        ("unsupported", None, "the CA offers no ARI"),
+    ];
+    for (name, reply, reason) in cases {
+        let proxy = AcmeProxy::start(
+            &pebble.directory,
+            reply.map(|r| Box::new(move |_: &str| r.clone()) as AriResponder),
+            &[],
+        );
+        let sub = env.path(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = sub.join("portcullis.toml");
+        std::fs::write(
+            &path,
+            acme_config(http_port, &proxy.directory, &test_ca, ""),
+        )
+        .unwrap();
+        let mut p = ServeProcess::spawn(&["serve", "--config", path.to_str().unwrap()], &[]);
+        let line = p.wait_for_line(reason, Duration::from_secs(30));
+        assert!(
+            line.contains("lifetime rule") && line.contains("pebbled"),
+            "{name}: {line}"
+        );
+        let text = certs_output(&path);
+        let renews = text
+            .lines()
+            .find(|l| l.contains("renews"))
+            .unwrap_or_else(|| panic!("{name}: {text}"));
+        assert!(
+            renews.contains("(lifetime rule") && renews.contains(reason),
+            "{name}: {renews}"
+        );
+        assert_eq!(proxy.new_orders().len(), 1, "{name}: renewed early");
+        if name != "unsupported" {
+            assert_eq!(proxy.ari_requests().len(), 1, "{name}");
+        }
+        drop(p);
+    }
+}
+
+/// `acme.profile` is sent in the order when the CA offers it, and a site's own `profile`
+/// overrides it.
+#[test]
+fn the_configured_profile_is_sent_in_the_order() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let proxy = AcmeProxy::start(
+        &pebble.directory,
+        None,
+        &[("classic", "90 days"), ("shortlived", "6 days")],
+    );
+    let base = acme_config(
+        http_port,
+        &proxy.directory,
+        &test_ca,
+        "profile = \"shortlived\"\n",
+    );
+    let overridden = base
+        .replace("data_dir = \"data\"", "data_dir = \"data2\"")
+        .replace(
+            "issuer = \"acme\"\n",
+            "issuer = \"acme\"\nprofile = \"classic\"\n",
+        );
+    for (n, (config, want)) in [(base, "shortlived"), (overridden, "classic")]
+        .into_iter()
+        .enumerate()
+    {
+        let path = env.write_config_raw(&config);
+        let (cfg, _) = env.load(&path).unwrap();
+        assert_eq!(cfg.acme.profile.as_deref(), Some("shortlived"));
+        let server = portcullis::server::Server::start(cfg).expect("start");
+        let port = server.https_addrs()[0].port();
+        wait_until(30, "no certificate", || {
+            curl_localhost(&root, port).status.success().then_some(())
+        });
+        let orders = proxy.new_orders();
+        assert_eq!(orders.len(), n + 1, "{orders:?}");
+        assert_eq!(orders[n]["profile"].as_str(), Some(want), "{:?}", orders[n]);
+        server.shutdown();
+    }
+}
+
+/// A profile the CA does not offer fails the order with an error naming it and the offered
+/// ones, in `portcullis certs`; nothing is ordered.
+#[test]
+fn an_unknown_profile_is_refused_naming_it_and_the_offered_ones() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let proxy = AcmeProxy::start(
+        &pebble.directory,
+        None,
+        &[("classic", "90 days"), ("shortlived", "6 days")],
+    );
+    let path = env.write_config_raw(&acme_config(
+        http_port,
+        &proxy.directory,
+        &test_ca,
+        "profile = \"tiny\"\n",
+    ));
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let line = wait_until(30, "certs never showed the profile error", || {
+        let text = certs_output(&path);
+        text.lines()
+            .find(|l| l.contains("failed"))
+            .map(str::to_string)
+    });
+    assert!(
+        line.contains("profile \"tiny\" is not offered")
+            && line.contains("\"classic\", \"shortlived\"")
+            && line.contains("acme.profile"),
+        "{line}"
+    );
+    assert!(proxy.new_orders().is_empty(), "{:?}", proxy.new_orders());
+    server.shutdown();
+}
+
+/// The CA goes away when renewal is due: the old certificate keeps being served, the failed
+/// attempts show in the log and in `portcullis certs`, are retried with backoff (shortened for
+/// the test by PORTCULLIS_ACME_RETRY_MIN), and the renewal succeeds once the CA is back.
+#[test]
+fn a_ca_down_at_renewal_keeps_the_old_certificate_retries_visibly_and_recovers() {
+    let env = TestEnv::new();
+    let (dir_a, dir_b) = (env.path("acme-a"), env.path("acme-b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let (port, mgmt, http_port, tls_port) = (free_port(), free_port(), free_port(), free_port());
+    // 30-second certificates: renewal due about 20 s after issuance.
+    let short = ", \"externalAccountBindingRequired\": false, \"certificateValidityPeriod\": 30";
+    let pebble = start_pebble_ports(&dir_a, port, mgmt, http_port, tls_port, short);
+    let path = env.write_config_raw(&acme_config(http_port, &pebble.directory, &test_ca, ""));
+    let root_a = pebble_root(&dir_a, &pebble, &test_ca);
+    let mut p = ServeProcess::spawn(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("PORTCULLIS_ACME_RETRY_MIN", Path::new("1s"))],
+    );
+    let https =
+        parse_listen_line(&p.wait_for_line("listening on https://", Duration::from_secs(10)))
+            .port();
+    p.wait_for_line("certificate installed", Duration::from_secs(20));
+    let chain = env
+        .path("data")
+        .join(portcullis::acme::manager::cert_dir(&[
+            "localhost".to_string()
+        ]))
+        .join("chain.pem");
+    let first = first_cert_der(&chain);
+    assert!(curl_localhost(&root_a, https).status.success());
+
+    // The CA goes down before renewal is due.
+    drop(pebble);
+    let failed = p.wait_for_line("ACME: order failed", Duration::from_secs(30));
+    assert!(failed.contains("pebbled"), "{failed}");
+    // Retried: a second failure a backoff later.
+    p.wait_for_line("ACME: order failed", Duration::from_secs(10));
+    let text = certs_output(&path);
+    let last = text
+        .lines()
+        .find(|l| l.contains("last attempt"))
+        .unwrap_or_else(|| panic!("no failure in certs:\n{text}"));
+    assert!(
+        last.contains("failed")
+            && last.contains(&format!("localhost:{port}"))
+            && last.contains("Connection refused")
+            && last.contains("next try"),
+        "{last}"
+    );
+    // Meanwhile the old certificate is still served, and still valid.
+    let out = curl_localhost(&root_a, https);
+    assert!(
+        out.status.success(),
+        "old certificate not served during the outage: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(first_cert_der(&chain), first, "nothing replaced it");
+
+    // The CA comes back (with no memory of our account, and a new root): renewal succeeds.
+    let pebble = start_pebble_ports(&dir_b, port, mgmt, http_port, tls_port, short);
+    let root_b = pebble_root(&dir_b, &pebble, &test_ca);
+    wait_until(30, "no renewal after the CA came back", || {
+        curl_localhost(&root_b, https)
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_ne!(first_cert_der(&chain), first);
+    let text = certs_output(&path);
+    assert!(
+        !text.contains("last attempt"),
+        "failure still shown:\n{text}"
+    );
+    assert!(text.contains("renews"), "{text}");
+    drop(p);
 }

@@ -578,6 +578,18 @@ fn acme_settings_are_checked() {
     find(&p, &["acme.key_type", "dsa"]);
     let (_, p) = refused(
         &env,
+        &format!("[acme]\nprofile = \"short lived\"\n{site}"),
+        Mode::Check,
+    );
+    find(&p, &["acme.profile", "short lived", "meta.profiles"]);
+    let (_, p) = refused(
+        &env,
+        "[[site]]\nname = \"files\"\nhosts = [\"alpha.test\"]\ncert = \"certs/alpha.pem\"\nkey = \"certs/alpha.key\"\nprofile = \"shortlived\"\n[[site.route]]\npath = \"/\"\nrespond = { body = \"x\" }\n",
+        Mode::Check,
+    );
+    find(&p, &["site \"files\"", "profile only applies", "ACME"]);
+    let (_, p) = refused(
+        &env,
         &format!("[acme]\nemail = \"not an address\"\n{site}"),
         Mode::Check,
     );

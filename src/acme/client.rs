@@ -19,7 +19,7 @@ use crate::storage::Storage;
 /// Why an ACME operation failed, in words that name the CA, the name and the challenge.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("ACME CA {directory}: {what}: {source}")]
+    #[error("ACME CA {directory}: {what}: {}", with_causes(source))]
     Ca {
         directory: String,
         what: &'static str,
@@ -52,6 +52,40 @@ pub enum AcmeError {
     CorruptAccount(serde_json::Error),
     #[error("cannot make the certificate request: {0}")]
     Csr(#[from] rcgen::Error),
+    #[error("ACME CA {directory}: profile {profile:?} is not offered (the CA offers {}); change acme.profile", offered.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", "))]
+    UnknownProfile {
+        directory: String,
+        profile: String,
+        offered: Vec<String>,
+    },
+}
+
+/// What an order asks for besides the names.
+#[derive(Debug, Clone, Default)]
+pub struct OrderOptions {
+    /// The certificate profile (`acme.profile`, e.g. `"shortlived"`). Checked against the
+    /// profiles the CA's directory advertises; ignored (with a warning) when it advertises none.
+    pub profile: Option<String>,
+    /// The ARI id (`aki.serial`, RFC 9773 §4.1) of the certificate this order replaces; sent
+    /// only when the CA offers ARI. Should the CA refuse it (e.g. already replaced), the order
+    /// is placed again without it.
+    pub replaces: Option<String>,
+}
+
+/// `e` and its causes on one line ("client error (Connect): tcp connect error: Connection
+/// refused"): the outer message alone often hides what went wrong.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// How control of a name is proven.
@@ -210,6 +244,100 @@ impl AcmeClient {
         kind: ChallengeKind,
         key_type: AcmeKeyType,
     ) -> Result<Issued, AcmeError> {
+        self.issue_with(names, challenges, kind, key_type, &OrderOptions::default())
+            .await
+    }
+
+    /// The profiles the CA's directory advertises (`meta.profiles`), sorted.
+    pub fn profiles(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .account
+            .profiles()
+            .map(|m| m.name.to_string())
+            .collect();
+        p.sort();
+        p
+    }
+
+    /// Places the order: with `options.replaces` when given, and again without it when the CA
+    /// refuses that (RFC 9773 lets it, e.g. for a certificate already replaced).
+    async fn new_order(
+        &self,
+        identifiers: &[Identifier],
+        options: &OrderOptions,
+    ) -> Result<instant_acme::Order, AcmeError> {
+        let mut profile = None;
+        if let Some(p) = &options.profile {
+            let offered = self.profiles();
+            if offered.is_empty() {
+                tracing::warn!(
+                    ca = self.directory,
+                    profile = p,
+                    "ACME: the CA advertises no profiles; ordering without acme.profile"
+                );
+            } else if offered.contains(p) {
+                profile = Some(p.as_str());
+            } else {
+                return Err(AcmeError::UnknownProfile {
+                    directory: self.directory.clone(),
+                    profile: p.clone(),
+                    offered,
+                });
+            }
+        }
+        let ca = |source| AcmeError::Ca {
+            directory: self.directory.clone(),
+            what: "creating an order",
+            source,
+        };
+        let plain = || {
+            let order = NewOrder::new(identifiers);
+            match profile {
+                Some(p) => order.profile(p),
+                None => order,
+            }
+        };
+        let replaces = options
+            .replaces
+            .as_deref()
+            .and_then(|id| id.split_once('.'));
+        if let Some((aki, serial)) = replaces {
+            let id = instant_acme::CertificateIdentifier {
+                authority_key_identifier: aki.into(),
+                serial: serial.into(),
+            };
+            match self.account.new_order(&plain().replaces(id)).await {
+                Ok(order) => return Ok(order),
+                // Refused because of `replaces` (a problem document, or the CA did not reflect
+                // the field): try again without it. Anything else (unreachable CA, unknown
+                // account) is not about `replaces`.
+                Err(e)
+                    if !(matches!(&e, instant_acme::Error::Api(p)
+                        if !p.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist")))
+                        || matches!(&e, instant_acme::Error::Unsupported(_))
+                        || e.to_string().contains("replaces")) =>
+                {
+                    return Err(ca(e))
+                }
+                Err(e) => tracing::warn!(
+                    ca = self.directory,
+                    error = %e,
+                    "ACME: the CA refused the order that names the certificate it replaces (ARI); ordering without `replaces`"
+                ),
+            }
+        }
+        self.account.new_order(&plain()).await.map_err(ca)
+    }
+
+    /// [`AcmeClient::issue`] with a profile and/or the certificate being replaced.
+    pub async fn issue_with(
+        &self,
+        names: &[String],
+        challenges: &Challenges,
+        kind: ChallengeKind,
+        key_type: AcmeKeyType,
+        options: &OrderOptions,
+    ) -> Result<Issued, AcmeError> {
         let dir = self.directory.clone();
         let ca = |what, source| AcmeError::Ca {
             directory: dir.clone(),
@@ -224,11 +352,7 @@ impl AcmeClient {
         };
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
-        let mut order = self
-            .account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .map_err(|e| ca("creating an order", e))?;
+        let mut order = self.new_order(&identifiers, options).await?;
         // What was put up, to take down afterwards: HTTP-01 tokens or TLS-ALPN-01 names.
         let mut placed: Vec<String> = Vec::new();
         let result = async {

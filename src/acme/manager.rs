@@ -1,15 +1,20 @@
 //! Keeping ACME certificates: stored ones are served at start, missing ones are ordered in the
-//! background while the server runs, and every certificate is renewed when a third of its
-//! lifetime is left. Failures are retried with exponential backoff (1 min doubling to 6 h) and
-//! logged with the CA's detail; the current certificate keeps being served meanwhile, and a
-//! renewed one is swapped in without a restart.
+//! background while the server runs, and every certificate is renewed inside the renewal window
+//! its CA suggests (ARI, RFC 9773, see [`super::ari`]) or, without a usable ARI answer, when
+//! about a third of its lifetime is left (randomly jittered). Failures are retried with
+//! exponential backoff (1 min doubling to 6 h) and logged with the CA's detail; the current
+//! certificate keeps being served meanwhile, and a renewed one is swapped in without a restart.
+//!
+//! Tests shorten the first retry with the environment variable `PORTCULLIS_ACME_RETRY_MIN`
+//! (a duration such as `1s`); it is meant for tests only, production keeps the 1-minute start.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::client::{forget_account, AcmeClient, AcmeError, ChallengeKind};
+use super::ari::{self, AriHttp};
+use super::client::{forget_account, AcmeClient, AcmeError, ChallengeKind, OrderOptions};
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
 use crate::storage::Storage;
@@ -24,6 +29,8 @@ pub struct AcmeSite {
     pub names: Vec<String>,
     /// Where the certificate is served from (replaced on issuance/renewal).
     pub certs: Arc<SiteCerts>,
+    /// The site's own ACME profile (`profile` in `[[site]]`); `None`: `acme.profile`.
+    pub profile: Option<String>,
 }
 
 /// The longest one order may take before it counts as failed.
@@ -82,18 +89,70 @@ pub fn stored(storage: &dyn Storage, names: &[String]) -> Option<LoadedCert> {
     }
 }
 
-/// Seconds from now until `cert` should be renewed (0: now).
+/// Seconds from now until `cert` is due by the lifetime rule without jitter (0: now).
 fn renew_in(cert: &LoadedCert, now: i64) -> i64 {
-    let life = cert.info.not_after - cert.info.not_before;
-    (cert.info.not_after - life / 3 - now).max(0)
+    (renewal_time(cert) - now).max(0)
+}
+
+/// When and why the current certificate of a site is renewed.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// The leaf this plan is for (a new certificate gets a new plan).
+    leaf: Vec<u8>,
+    /// Unix time the renewal is due.
+    at: i64,
+    /// The lifetime rule's time (jitter drawn once per certificate), used when ARI fails.
+    lifetime_at: i64,
+    /// When to ask the CA's ARI (again).
+    ari_check_at: i64,
+    /// The ARI window `at` was drawn from (kept while the CA's window does not change).
+    window: Option<(i64, i64)>,
+    /// Where `at` comes from, for the log and `portcullis certs`.
+    basis: String,
+    /// The CA that told us about this certificate through ARI, and its ARI id: an order at
+    /// that CA names it in `replaces`.
+    replaces: Option<(String, String)>,
+}
+
+impl Plan {
+    fn lifetime(cert: &LoadedCert, now: i64) -> Plan {
+        let at = ari::lifetime_time(cert.info.not_before, cert.info.not_after);
+        Plan {
+            leaf: leaf_der(cert),
+            at,
+            lifetime_at: at,
+            ari_check_at: now,
+            window: None,
+            basis: LIFETIME_BASIS.to_string(),
+            replaces: None,
+        }
+    }
+}
+
+const LIFETIME_BASIS: &str = "lifetime rule (2/3 of the lifetime, jittered)";
+
+fn leaf_der(cert: &LoadedCert) -> Vec<u8> {
+    cert.certified
+        .cert
+        .first()
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default()
 }
 
 struct SiteState {
     site: AcmeSite,
     current: Option<LoadedCert>,
+    /// The renewal plan of `current`.
+    plan: Option<Plan>,
+    /// The CA whose certificate `current` is (for ARI); `None`: the primary CA.
+    issuer_ca: Option<String>,
+    /// Unix time of the last order attempt (shown by `portcullis certs`).
+    last_attempt: i64,
     /// Unix time of the next attempt after a failure, and the backoff used.
     retry_at: i64,
     backoff: i64,
+    /// The backoff after a success (1 min; shorter in tests).
+    first_backoff: i64,
     /// The last failure, until a success (shown by `portcullis certs`).
     last_error: Option<String>,
     /// The leaf of a certificate found revoked (OCSP): never installed again, replaced now.
@@ -108,8 +167,32 @@ fn is_revoked(st: &SiteState, cert: &LoadedCert) -> bool {
     st.revoked.is_some() && st.revoked.as_deref() == leaf_of(cert)
 }
 
-const MIN_BACKOFF: i64 = 60;
+const DEFAULT_MIN_BACKOFF: i64 = 60;
 const MAX_BACKOFF: i64 = 6 * 3600;
+
+/// The first retry delay: 1 minute, or `PORTCULLIS_ACME_RETRY_MIN` (for tests only, e.g. `1s`).
+fn min_backoff() -> i64 {
+    let v = std::env::var("PORTCULLIS_ACME_RETRY_MIN").ok();
+    parse_min_backoff(v.as_deref()).unwrap_or_else(|| {
+        tracing::warn!(
+            value = v,
+            "PORTCULLIS_ACME_RETRY_MIN is not a duration of at least 1s (e.g. \"5s\"); using 1 min"
+        );
+        DEFAULT_MIN_BACKOFF
+    })
+}
+
+/// The first retry delay for the value of `PORTCULLIS_ACME_RETRY_MIN` (`None`: unset → 1 min);
+/// `None` when the value is unusable. At most the 6-hour cap.
+fn parse_min_backoff(v: Option<&str>) -> Option<i64> {
+    match v {
+        None => Some(DEFAULT_MIN_BACKOFF),
+        Some(v) => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d.as_secs() >= 1 => Some((d.as_secs() as i64).min(MAX_BACKOFF)),
+            _ => None,
+        },
+    }
+}
 
 /// Runs the certificate manager on its own thread until `shutdown`.
 pub fn spawn(
@@ -146,17 +229,36 @@ async fn run(
     renew: Arc<RenewRequests>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let first_backoff = min_backoff();
     let mut states: Vec<SiteState> = sites
         .into_iter()
-        .map(|(site, current)| SiteState {
-            site,
-            current,
-            retry_at: 0,
-            backoff: MIN_BACKOFF,
-            last_error: None,
-            revoked: None,
+        .map(|(site, current)| {
+            let recorded = status(storage.as_ref(), &site.names);
+            SiteState {
+                site,
+                current,
+                plan: None,
+                issuer_ca: recorded.as_ref().and_then(|r| r.ca.clone()),
+                last_attempt: recorded.as_ref().map_or(0, |r| r.last_attempt),
+                retry_at: 0,
+                backoff: first_backoff,
+                first_backoff,
+                last_error: None,
+                revoked: None,
+            }
         })
         .collect();
+    // ARI requests; without this client, renewal follows the lifetime rule only.
+    let mut ari_http = match AriHttp::new(settings.ca_root.as_deref()) {
+        Ok(http) => Some(Ari {
+            http,
+            directories: std::collections::HashMap::new(),
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "ACME: cannot make the HTTPS client for ARI; renewing by the lifetime rule");
+            None
+        }
+    };
     // The primary CA first, then each fallback in turn (each with its own account).
     let directories: Vec<String> = std::iter::once(settings.directory.clone())
         .chain(settings.fallback.iter().cloned())
@@ -170,22 +272,28 @@ async fn run(
             if renew.take(&st.site.name) {
                 st.revoked = st.current.as_ref().and_then(leaf_of).map(<[u8]>::to_vec);
                 st.retry_at = 0;
-                st.backoff = MIN_BACKOFF;
+                st.backoff = st.first_backoff;
             }
             // A changed key type takes effect now, not at the next regular renewal.
-            let due = st
+            let keep = st
                 .current
                 .as_ref()
-                .filter(|c| c.info.key == settings.key_type.kind() && !is_revoked(st, c))
-                .map_or(0, |c| renew_in(c, now));
-            if due > 0 {
-                next_wake = next_wake.min(now + due);
-                continue;
+                .is_some_and(|c| c.info.key == settings.key_type.kind() && !is_revoked(st, c));
+            if keep {
+                refresh_plan(st, ari_http.as_mut(), &directories[0], storage.as_ref()).await;
+                if let Some(plan) = &st.plan {
+                    next_wake = next_wake.min(plan.ari_check_at);
+                    if plan.at > now {
+                        next_wake = next_wake.min(plan.at);
+                        continue;
+                    }
+                }
             }
             if st.retry_at > now {
                 next_wake = next_wake.min(st.retry_at);
                 continue;
             }
+            st.last_attempt = now;
             let mut errors = Vec::new();
             'cas: for (i, directory) in directories.iter().enumerate() {
                 let mut registered_again = false;
@@ -211,7 +319,26 @@ async fn run(
                         }
                     }
                     let Some(c) = &clients[i] else { break };
-                    match obtain(c, storage.as_ref(), st, &challenges, settings.key_type).await {
+                    // `replaces` only for the CA that told us about the certificate.
+                    let options = OrderOptions {
+                        profile: st.site.profile.clone().or_else(|| settings.profile.clone()),
+                        replaces: st
+                            .plan
+                            .as_ref()
+                            .and_then(|p| p.replaces.as_ref())
+                            .filter(|(ca, _)| ca == directory)
+                            .map(|(_, id)| id.clone()),
+                    };
+                    match obtain(
+                        c,
+                        storage.as_ref(),
+                        st,
+                        &challenges,
+                        settings.key_type,
+                        &options,
+                    )
+                    .await
+                    {
                         Outcome::UnknownAccount if !registered_again => {
                             tracing::warn!(
                                 site = st.site.name,
@@ -248,10 +375,14 @@ async fn run(
                 st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
                 write_status(storage.as_ref(), st);
             }
-            // Next: the new certificate's renewal time, or the retry after a failure.
+            // Next: the new certificate's renewal time (after asking its CA's ARI), or the
+            // retry after a failure.
+            refresh_plan(st, ari_http.as_mut(), &directories[0], storage.as_ref()).await;
             let now = certs::unix_now();
-            match st.current.as_ref().map(|cur| renew_in(cur, now)) {
-                Some(due) if due > 0 => next_wake = next_wake.min(now + due),
+            match &st.plan {
+                Some(plan) if plan.at > now => {
+                    next_wake = next_wake.min(plan.at).min(plan.ari_check_at)
+                }
                 _ => next_wake = next_wake.min(st.retry_at),
             }
         }
@@ -260,6 +391,165 @@ async fn run(
             _ = tokio::time::sleep(wait) => {}
             _ = renew.notify.notified() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// The ARI client and the directories it read (kept an hour: one read serves every site).
+struct Ari {
+    http: AriHttp,
+    directories: std::collections::HashMap<String, (i64, ari::CaInfo)>,
+}
+
+impl Ari {
+    async fn directory(&mut self, ca: &str, now: i64) -> Result<ari::CaInfo, String> {
+        if let Some((at, info)) = self.directories.get(ca) {
+            if now - at < 3600 {
+                return Ok(info.clone());
+            }
+        }
+        let info = self.http.directory(ca).await?;
+        self.directories.insert(ca.to_string(), (now, info.clone()));
+        Ok(info)
+    }
+}
+
+/// Makes sure the current certificate of `st` has a renewal plan, and asks its CA's ARI when
+/// that is due (the CA that issued it, else `primary`). Records a changed plan in the status.
+async fn refresh_plan(
+    st: &mut SiteState,
+    client: Option<&mut Ari>,
+    primary: &str,
+    storage: &dyn Storage,
+) {
+    let Some(cur) = st.current.as_ref() else {
+        return;
+    };
+    let now = certs::unix_now();
+    let leaf = leaf_der(cur);
+    let mut changed = false;
+    if st.plan.as_ref().is_none_or(|p| p.leaf != leaf) {
+        st.plan = Some(Plan::lifetime(cur, now));
+        changed = true;
+    }
+    let (not_before, not_after) = (cur.info.not_before, cur.info.not_after);
+    let Some(plan) = st.plan.as_mut() else {
+        return;
+    };
+    if plan.ari_check_at <= now {
+        let before = (plan.at, plan.basis.clone());
+        match client {
+            Some(client) => {
+                let ca = st.issuer_ca.as_deref().unwrap_or(primary);
+                check_ari(
+                    client,
+                    ca,
+                    &st.site.name,
+                    (not_before, not_after),
+                    plan,
+                    now,
+                )
+                .await;
+            }
+            None => plan.ari_check_at = now + ari::ARI_RECHECK_MAX,
+        }
+        changed |= before != (plan.at, plan.basis.clone());
+    }
+    if changed {
+        write_status(storage, st);
+    }
+}
+
+/// Puts `plan` back on the lifetime rule until `recheck_at`. An earlier time that a previous ARI
+/// answer asked for stays (the CA wanted that certificate replaced early).
+fn to_lifetime_rule(plan: &mut Plan, recheck_at: i64) {
+    plan.at = if plan.window.is_some() {
+        plan.at.min(plan.lifetime_at)
+    } else {
+        plan.lifetime_at
+    };
+    plan.window = None;
+    plan.replaces = None;
+    plan.ari_check_at = recheck_at;
+}
+
+/// Asks `ca` for the renewal window of the certificate `plan` is for and reschedules by it; on
+/// any problem, falls back to the lifetime rule with one log line naming it.
+async fn check_ari(
+    client: &mut Ari,
+    ca: &str,
+    site: &str,
+    (not_before, not_after): (i64, i64),
+    plan: &mut Plan,
+    now: i64,
+) {
+    let fallback = |plan: &mut Plan, why: String, recheck: i64| {
+        to_lifetime_rule(plan, now + recheck);
+        plan.basis = format!("lifetime rule; ARI: {why}");
+        tracing::warn!(
+            site,
+            ca,
+            error = why,
+            renew_at = %certs::fmt_time(plan.at),
+            "ACME: no usable ARI renewal window from the CA; renewing by the lifetime rule"
+        );
+    };
+    let id = match ari::cert_id(&plan.leaf) {
+        Ok(id) => id,
+        Err(e) => return fallback(plan, e, ari::ARI_RECHECK_MAX),
+    };
+    let url = match client.directory(ca, now).await {
+        Ok(info) => match info.renewal_info {
+            Some(url) => url,
+            None => {
+                to_lifetime_rule(plan, now + ari::ARI_RECHECK_MAX);
+                if !plan.basis.contains("offers no ARI") {
+                    plan.basis = format!("{LIFETIME_BASIS}; the CA offers no ARI");
+                    tracing::info!(
+                        site,
+                        ca,
+                        renew_at = %certs::fmt_time(plan.at),
+                        "ACME: the CA offers no ARI (no renewalInfo in its directory); renewing by the lifetime rule"
+                    );
+                }
+                return;
+            }
+        },
+        Err(e) => return fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
+    };
+    match client.http.renewal_info(&url, &id).await {
+        Err(e) => fallback(plan, e, ari::ARI_RECHECK_DEFAULT),
+        Ok((window, retry_after)) => {
+            let recheck = ari::recheck_in(retry_after);
+            match ari::ari_time(&window, not_before, not_after, now) {
+                Err(e) => fallback(plan, e, recheck),
+                Ok(at) => {
+                    // The same window as before keeps the time drawn from it.
+                    let span = (window.start, window.end);
+                    if plan.window != Some(span) {
+                        plan.window = Some(span);
+                        plan.at = at;
+                    }
+                    plan.replaces = Some((ca.to_string(), id));
+                    plan.ari_check_at = now + recheck;
+                    let basis = format!(
+                        "ARI window {} - {}",
+                        certs::fmt_time(window.start),
+                        certs::fmt_time(window.end)
+                    );
+                    if plan.basis != basis {
+                        tracing::info!(
+                            site,
+                            ca,
+                            window = basis,
+                            explanation = window.explanation.as_deref().unwrap_or("(none)"),
+                            renew_at = %certs::fmt_time(plan.at),
+                            "ACME: renewal scheduled by the CA's ARI window"
+                        );
+                        plan.basis = basis;
+                    }
+                }
+            }
         }
     }
 }
@@ -283,6 +573,7 @@ async fn obtain(
     st: &mut SiteState,
     challenges: &Challenges,
     key_type: AcmeKeyType,
+    options: &OrderOptions,
 ) -> Outcome {
     let names = st.site.names.clone();
     let lock = match storage.try_lock(&order_lock(&names)) {
@@ -305,9 +596,15 @@ async fn obtain(
             return Outcome::Failed;
         }
     };
-    // The other process may have finished just before we got the lock.
+    // The other process may have finished just before we got the lock (a certificate other
+    // than the one being renewed, not due yet).
     if let Some(c) = stored(storage, &names) {
-        if renew_in(&c, certs::unix_now()) > 0
+        let other = st
+            .current
+            .as_ref()
+            .is_none_or(|cur| leaf_der(cur) != leaf_der(&c));
+        if other
+            && renew_in(&c, certs::unix_now()) > 0
             && c.info.key == key_type.kind()
             && !is_revoked(st, &c)
         {
@@ -315,10 +612,13 @@ async fn obtain(
             return Outcome::Done;
         }
     }
+    st.last_attempt = certs::unix_now();
     tracing::info!(
         site = st.site.name,
         names = names.join(", "),
         ca = client.directory(),
+        profile = options.profile.as_deref().unwrap_or("(default)"),
+        replaces = options.replaces.as_deref().unwrap_or("(none)"),
         "ACME: ordering a certificate"
     );
     // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
@@ -328,7 +628,7 @@ async fn obtain(
     let attempt = |kind| async move {
         match tokio::time::timeout(
             ORDER_TIMEOUT,
-            client.issue(names_ref, challenges, kind, key_type),
+            client.issue_with(names_ref, challenges, kind, key_type, options),
         )
         .await
         {
@@ -380,7 +680,8 @@ async fn obtain(
                     }
                     tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
                     install(st, c);
-                    st.backoff = MIN_BACKOFF;
+                    st.issuer_ca = Some(client.directory().to_string());
+                    st.backoff = st.first_backoff;
                     st.last_error = None;
                     Outcome::Done
                 }
@@ -418,13 +719,34 @@ pub struct Status {
     pub last_error: Option<String>,
     /// Unix time of the next attempt when the last one failed.
     pub retry_at: Option<i64>,
+    /// Unix time at which the current certificate is renewed.
+    #[serde(default)]
+    pub next_renewal: Option<i64>,
+    /// Where `next_renewal` comes from: the CA's ARI window or the lifetime rule (and why).
+    #[serde(default)]
+    pub renewal_basis: Option<String>,
+    /// Expiry of the certificate `next_renewal` is for (a different stored certificate, e.g.
+    /// from another process, has no plan yet).
+    #[serde(default)]
+    pub cert_not_after: Option<i64>,
+    /// Directory URL of the CA that issued the current certificate.
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 fn write_status(storage: &dyn Storage, st: &SiteState) {
+    let plan = st
+        .plan
+        .as_ref()
+        .filter(|p| st.current.as_ref().is_some_and(|c| leaf_der(c) == p.leaf));
     let status = Status {
-        last_attempt: certs::unix_now(),
+        last_attempt: st.last_attempt,
         last_error: st.last_error.clone(),
         retry_at: st.last_error.as_ref().map(|_| st.retry_at),
+        next_renewal: plan.map(|p| p.at),
+        renewal_basis: plan.map(|p| p.basis.clone()),
+        cert_not_after: plan.and(st.current.as_ref()).map(|c| c.info.not_after),
+        ca: st.issuer_ca.clone(),
     };
     let key = format!("{}/status.json", cert_dir(&st.site.names));
     if let Ok(json) = serde_json::to_vec_pretty(&status) {
@@ -442,7 +764,25 @@ pub fn status(storage: &dyn Storage, names: &[String]) -> Option<Status> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Unix time at which `cert` is due for renewal (two thirds into its lifetime).
+/// When the certificate for `names` is renewed and why: the plan recorded in its status when
+/// it is for `cert`, else the lifetime rule's time without its jitter.
+pub fn next_renewal(storage: &dyn Storage, names: &[String], cert: &LoadedCert) -> (i64, String) {
+    match status(storage, names) {
+        Some(Status {
+            next_renewal: Some(at),
+            renewal_basis: Some(basis),
+            cert_not_after: Some(na),
+            ..
+        }) if na == cert.info.not_after => (at, basis),
+        _ => (
+            renewal_time(cert),
+            "lifetime rule (2/3 of the lifetime)".to_string(),
+        ),
+    }
+}
+
+/// Unix time at which `cert` is due for renewal by the lifetime rule (two thirds into its
+/// lifetime, before jitter).
 pub fn renewal_time(cert: &LoadedCert) -> i64 {
     cert.info.not_after - (cert.info.not_after - cert.info.not_before) / 3
 }
@@ -450,4 +790,49 @@ pub fn renewal_time(cert: &LoadedCert) -> i64 {
 fn install(st: &mut SiteState, cert: LoadedCert) {
     st.site.certs.replace(vec![cert.certified.clone()]);
     st.current = Some(cert);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(at: i64, lifetime_at: i64, window: Option<(i64, i64)>) -> Plan {
+        Plan {
+            leaf: vec![1],
+            at,
+            lifetime_at,
+            ari_check_at: 0,
+            window,
+            basis: "ARI window".into(),
+            replaces: Some(("https://ca.test/dir".into(), "a.b".into())),
+        }
+    }
+
+    #[test]
+    fn falling_back_to_the_lifetime_rule_keeps_an_earlier_ari_time_and_drops_replaces() {
+        // ARI had asked for an early renewal: that stays.
+        let mut p = plan(100, 500, Some((90, 110)));
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!((p.at, p.ari_check_at), (100, 7000));
+        assert!(p.window.is_none() && p.replaces.is_none());
+        // ARI had pushed it later than the lifetime rule: back to the lifetime rule.
+        let mut p = plan(900, 500, Some((800, 1000)));
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!(p.at, 500);
+        // No ARI answer before: the lifetime rule's time.
+        let mut p = plan(500, 500, None);
+        to_lifetime_rule(&mut p, 7000);
+        assert_eq!(p.at, 500);
+    }
+
+    #[test]
+    fn the_retry_backoff_starts_at_one_minute_unless_a_test_shortens_it() {
+        assert_eq!(parse_min_backoff(None), Some(60));
+        assert_eq!(parse_min_backoff(Some("1s")), Some(1));
+        assert_eq!(parse_min_backoff(Some(" 5s ")), Some(5));
+        assert_eq!(parse_min_backoff(Some("2days")), Some(MAX_BACKOFF));
+        assert_eq!(parse_min_backoff(Some("0s")), None);
+        assert_eq!(parse_min_backoff(Some("500ms")), None);
+        assert_eq!(parse_min_backoff(Some("soon")), None);
+    }
 }

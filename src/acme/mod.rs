@@ -1,6 +1,7 @@
 //! ACME (automatic certificates): the HTTP-01 token store the port-80 listener answers from, and
 //! the [`client`] that orders certificates.
 
+pub mod ari;
 pub mod client;
 pub mod manager;
 pub mod on_demand;

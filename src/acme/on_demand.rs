@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::client::{AcmeClient, AcmeError, ChallengeKind};
+use super::client::{AcmeClient, AcmeError, ChallengeKind, OrderOptions};
 use super::manager::{cert_dir, stored};
 use super::Challenges;
 use crate::config::model::{AcmeSettings, OnDemandSettings};
@@ -339,7 +339,16 @@ impl Issuer {
             async move {
                 match tokio::time::timeout(
                     ORDER_TIMEOUT,
-                    client.issue(names, &self.challenges, kind, self.acme.key_type),
+                    client.issue_with(
+                        names,
+                        &self.challenges,
+                        kind,
+                        self.acme.key_type,
+                        &OrderOptions {
+                            profile: self.acme.profile.clone(),
+                            replaces: None,
+                        },
+                    ),
                 )
                 .await
                 {

@@ -62,6 +62,10 @@ pub struct AcmeSettings {
     /// Key type of ordered certificates; a change takes effect at the next order (a stored
     /// certificate with another key type is replaced at once).
     pub key_type: AcmeKeyType,
+    /// Certificate profile to order (`meta.profiles` of the CA's directory, e.g. `"shortlived"`);
+    /// checked against what the CA advertises when ordering. Renewal timing follows the
+    /// lifetime the CA actually issues.
+    pub profile: Option<String>,
 }
 
 /// Key types for ACME certificates.
@@ -200,6 +204,9 @@ pub struct Site {
     pub certs: SiteCertSource,
     /// A staple file replacing OCSP fetching (file certificates only).
     pub ocsp_staple: Option<std::path::PathBuf>,
+    /// ACME profile for this site's certificate (`profile` in `[[site]]`), overriding
+    /// `acme.profile`; only for [`SiteCertSource::Acme`].
+    pub acme_profile: Option<String>,
     /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Routes, longest prefix first.

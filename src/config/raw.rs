@@ -137,6 +137,8 @@ pub struct RawAcme {
     pub fallback: Option<Vec<Spanned<String>>>,
     /// Key of ordered certificates: `"ecdsa-p256"` (default), `"ecdsa-p384"`, `"rsa2048"`, `"rsa4096"`.
     pub key_type: Option<Spanned<String>>,
+    /// Certificate profile to order (ACME profiles, e.g. `"shortlived"`), when the CA offers it.
+    pub profile: Option<Spanned<String>>,
 }
 
 /// One `[[site]]`.
@@ -161,6 +163,8 @@ pub struct RawSite {
     pub ocsp_staple: Option<Spanned<String>>,
     /// Shorthand for a static-file route at `/`.
     pub root: Option<Spanned<String>>,
+    /// ACME profile for this site's certificate (overrides `acme.profile`).
+    pub profile: Option<Spanned<String>>,
     #[serde(default)]
     pub hsts: RawHsts,
     /// Response headers to add or override on every HTTPS response of this site.
@@ -253,6 +257,7 @@ impl Default for RawSite {
             certs: Vec::new(),
             ocsp_staple: None,
             root: None,
+            profile: None,
             hsts: RawHsts::default(),
             headers: BTreeMap::new(),
             remove_headers: Vec::new(),

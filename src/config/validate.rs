@@ -475,6 +475,10 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
             None
         }
     };
+    let profile = raw
+        .profile
+        .as_ref()
+        .and_then(|p| profile_name(cx, p, "acme.profile"));
     AcmeSettings {
         directory,
         fallback,
@@ -482,7 +486,27 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         contact,
         ca_root,
         key_type,
+        profile,
     }
+}
+
+/// An ACME profile name (`key` names the setting in the error): a short token.
+fn profile_name(cx: &mut Ctx<'_>, p: &Spanned<String>, key: &str) -> Option<String> {
+    let name = p.get_ref();
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        let loc = cx.loc(p, "");
+        cx.err(
+            loc,
+            format!("{key} = {name:?} is not a profile name"),
+            "use a name the CA lists in its directory's meta.profiles, e.g. \"classic\" or \"shortlived\"",
+        );
+    }
+    ok.then(|| name.clone())
 }
 
 fn tls_settings(cx: &mut Ctx<'_>, raw: &RawTls) -> TlsSettings {
@@ -765,6 +789,18 @@ fn site(
 
     let certs = site_certs(cx, &rs, name, &hosts);
     let ocsp_staple = ocsp_staple(cx, &rs, name, certs.as_ref());
+    let acme_profile = rs.profile.as_ref().and_then(|p| {
+        if !matches!(certs, Some(SiteCertSource::Acme)) {
+            let loc = cx.loc(p, "");
+            cx.err(
+                loc,
+                format!("site {name:?}: profile only applies to certificates from the ACME CA"),
+                "remove profile, or let the site get its certificate from ACME (no cert/key, issuer = \"acme\" or public names)",
+            );
+            return None;
+        }
+        profile_name(cx, p, &format!("site {name:?}: profile"))
+    });
     let headers = headers(cx, &rs, name);
     let routes = routes(cx, rs.routes, rs.root, name);
 
@@ -777,6 +813,7 @@ fn site(
         hosts,
         certs: certs?,
         ocsp_staple,
+        acme_profile,
         headers,
         routes,
     })

@@ -294,6 +294,7 @@ impl Server {
                         name: config.sites[i].name.clone(),
                         names,
                         certs: state.tls.certs[i].clone(),
+                        profile: config.sites[i].acme_profile.clone(),
                     };
                     (site, stored)
                 })

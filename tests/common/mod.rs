@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod acme_proxy;
 pub mod pebble;
 
 use std::io;
