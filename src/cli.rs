@@ -630,7 +630,7 @@ fn revoke(a: RevokeArgs) -> i32 {
                     eprintln!("portcullis: revoked, but cannot remove the stored {f}: {e}");
                 }
             }
-            println!("site {}: certificate {} revoked; a running server keeps it until restarted, the next start orders a new one", site.name, cert.info.subject);
+            println!("site {}: certificate {} revoked and removed from storage; a running server using this data directory orders a new one within {}s", site.name, cert.info.subject, 10);
             0
         }
         Err(e) => {

@@ -727,7 +727,29 @@ fn revoke_command_revokes_at_the_ca() {
         assert!(Instant::now() < deadline, "no certificate stored");
         std::thread::sleep(Duration::from_millis(100));
     }
-    server.shutdown();
+    let port = server.https_addrs()[0].port();
+    let served_serial = || {
+        let s = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "localhost"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let pem = String::from_utf8_lossy(&s.stdout).to_string();
+        let mut x = Command::new("openssl")
+            .args(["x509", "-noout", "-serial"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        x.stdin.take().unwrap().write_all(pem.as_bytes()).unwrap();
+        let out = x.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_lowercase()
+    };
     let serial = Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in"])
         .arg(&chain)
@@ -769,6 +791,26 @@ fn revoke_command_revokes_at_the_ca() {
         status.contains("Revoked"),
         "pebble status for {serial}: {status}"
     );
+    // The running server drops the revoked certificate: a new one is served soon.
+    assert_eq!(
+        served_serial(),
+        serial,
+        "the revoked certificate was served before"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now_served = served_serial();
+        if !now_served.is_empty() && now_served != serial {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving the revoked certificate {serial} after 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(chain.exists(), "the new certificate is stored");
+    server.shutdown();
 
     // Unknown reason and a site without ACME are refused with a clear line.
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))

@@ -33,6 +33,10 @@ pub struct AcmeSite {
     pub profile: Option<String>,
 }
 
+/// How often the stored certificates are compared with the served ones (a certificate removed
+/// by `portcullis revoke` is replaced within this time).
+const STORAGE_CHECK_SECS: i64 = 10;
+
 /// The longest one order may take before it counts as failed.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -268,8 +272,20 @@ async fn run(
         let now = certs::unix_now();
         let mut next_wake = now + 3600;
         for st in &mut states {
-            // A revoked certificate (OCSP said so) is replaced now, failures or not.
-            if renew.take(&st.site.name) {
+            // A revoked certificate (OCSP said so, or `portcullis revoke` removed it from
+            // storage) is replaced now, failures or not.
+            let removed = st.current.is_some() && st.revoked.is_none() && {
+                let dir = cert_dir(&st.site.names);
+                matches!(storage.load(&format!("{dir}/chain.pem")), Ok(None))
+            };
+            if removed {
+                tracing::warn!(
+                    site = st.site.name,
+                    "ACME: the stored certificate was removed (revoked with `portcullis revoke`?): ordering a new one now"
+                );
+            }
+            next_wake = next_wake.min(now + STORAGE_CHECK_SECS);
+            if renew.take(&st.site.name) || removed {
                 st.revoked = st.current.as_ref().and_then(leaf_of).map(<[u8]>::to_vec);
                 st.retry_at = 0;
                 st.backoff = st.first_backoff;
