@@ -546,3 +546,21 @@ fn a_site_whose_certificate_is_pending_gets_a_clear_alert_and_log_line() {
         .count();
     assert_eq!(n, 1, "{}", p.stderr.join("\n"));
 }
+
+/// An expired chain is never chosen while a valid one the client can use exists (caddy#7589):
+/// the expired ECDSA chain would normally win over RSA.
+#[tokio::test]
+async fn an_expired_chain_is_passed_over_for_a_valid_one() {
+    let env = TestEnv::new();
+    let p = pki();
+    env.write_chain("dual-ec", &p.expired_leaf(&[ALPHA]));
+    env.write_chain("dual-rsa", &p.leaf(&[ALPHA], Alg::Rsa));
+    let srv = env.start(DUAL_SITE);
+    for opts in [ClientOpts::default().tls13(), ClientOpts::default().tls12()] {
+        let r = request(srv.https, opts.build(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .expect("a verifying client gets the valid chain");
+        assert_eq!(r.tls.leaf_key_kind(), "RSA");
+        assert_eq!(r.text(), "dual");
+    }
+}

@@ -1,5 +1,6 @@
-//! Certificate choice inside one site: the first chain whose key can sign with a scheme the
-//! client offers (ECDSA before Ed25519 before RSA), swappable at run time without a restart.
+//! Certificate choice inside one site: the first unexpired chain whose key can sign with a
+//! scheme the client offers (ECDSA before Ed25519 before RSA), swappable at run time without a
+//! restart.
 
 use std::sync::Arc;
 
@@ -8,10 +9,33 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::SignatureAlgorithm;
 
+/// A site's chains, in preference order, with each leaf's expiry.
+#[derive(Debug, Default)]
+pub struct Chains {
+    certs: Vec<Arc<CertifiedKey>>,
+    /// `notAfter` of each chain's leaf (Unix time; `i64::MAX` when unreadable).
+    not_after: Vec<i64>,
+}
+
+impl std::ops::Deref for Chains {
+    type Target = Vec<Arc<CertifiedKey>>;
+    fn deref(&self) -> &Self::Target {
+        &self.certs
+    }
+}
+
+fn not_after(ck: &CertifiedKey) -> i64 {
+    use x509_parser::prelude::FromDer;
+    ck.cert
+        .first()
+        .and_then(|c| x509_parser::certificate::X509Certificate::from_der(c).ok())
+        .map_or(i64::MAX, |(_, c)| c.validity().not_after.timestamp())
+}
+
 /// A site's chains, in preference order.
 #[derive(Debug)]
 pub struct SiteCerts {
-    certs: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    certs: ArcSwap<Chains>,
     /// Told when the chains are replaced (the OCSP stapler staples new ones at once).
     on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
@@ -25,9 +49,10 @@ fn rank(ck: &CertifiedKey) -> u8 {
     }
 }
 
-fn sorted(mut certs: Vec<Arc<CertifiedKey>>) -> Vec<Arc<CertifiedKey>> {
+fn sorted(mut certs: Vec<Arc<CertifiedKey>>) -> Chains {
     certs.sort_by_key(|c| rank(c));
-    certs
+    let not_after = certs.iter().map(|c| not_after(c)).collect();
+    Chains { certs, not_after }
 }
 
 impl SiteCerts {
@@ -52,7 +77,7 @@ impl SiteCerts {
     }
 
     /// The chains served now.
-    pub fn current(&self) -> Arc<Vec<Arc<CertifiedKey>>> {
+    pub fn current(&self) -> Arc<Chains> {
         self.certs.load_full()
     }
 
@@ -60,10 +85,10 @@ impl SiteCerts {
     /// Returns false when no served chain has that leaf any more (it was replaced meanwhile).
     pub fn set_ocsp(&self, leaf: &[u8], ocsp: Option<&[u8]>) -> bool {
         let mut found = false;
-        self.certs.rcu(|certs| {
+        self.certs.rcu(|chains| {
             found = false;
-            let mut out = Vec::with_capacity(certs.len());
-            for ck in certs.iter() {
+            let mut out = Vec::with_capacity(chains.len());
+            for ck in chains.iter() {
                 if ck.cert.first().map(|c| c.as_ref()) == Some(leaf) {
                     found = true;
                     if ck.ocsp.as_deref() != ocsp {
@@ -75,7 +100,10 @@ impl SiteCerts {
                 }
                 out.push(ck.clone());
             }
-            out
+            Chains {
+                certs: out,
+                not_after: chains.not_after.clone(),
+            }
         });
         found
     }
@@ -88,12 +116,18 @@ impl SiteCerts {
 
 impl ResolvesServerCert for SiteCerts {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let certs = self.certs.load();
+        let chains = self.certs.load();
         let schemes = hello.signature_schemes();
-        certs
+        let usable = |c: &&Arc<CertifiedKey>| c.key.choose_scheme(schemes).is_some();
+        // Never an expired chain while a valid one the client can use exists (caddy#7589).
+        let now = crate::tls::certs::unix_now();
+        chains
             .iter()
-            .find(|c| c.key.choose_scheme(schemes).is_some())
-            .or_else(|| certs.first())
+            .zip(&chains.not_after)
+            .find(|(c, &until)| until > now && usable(c))
+            .map(|(c, _)| c)
+            .or_else(|| chains.iter().find(usable))
+            .or_else(|| chains.first())
             .cloned()
     }
 }
