@@ -266,13 +266,8 @@ fn on_demand_without_ask_or_allow_is_a_config_error() {
          [[site]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\ncert = \"certs/alpha.pem\"\nkey = \"certs/alpha.key\"\n\
          [[site.route]]\npath = \"/\"\nrespond = { body = \"ok\" }\n",
     );
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let all = text(&out.stdout) + &text(&out.stderr);
-    assert!(!out.status.success(), "{all}");
+    let (ok, all) = check_config(&cfg);
+    assert!(!ok, "{all}");
     assert!(
         all.contains("portcullis.toml:") && all.contains("on_demand needs ask or allow"),
         "{all}"
@@ -282,14 +277,9 @@ fn on_demand_without_ask_or_allow_is_a_config_error() {
          [[site]]\nname = \"alpha\"\nhosts = [\"alpha.test\"]\ncert = \"certs/alpha.pem\"\nkey = \"certs/alpha.key\"\n\
          [[site.route]]\npath = \"/\"\nrespond = { body = \"ok\" }\n",
     );
-    let out = Command::new(bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let all = text(&out.stdout) + &text(&out.stderr);
+    let (ok, all) = check_config(&cfg);
     assert!(
-        all.contains("on_demand.site = \"nope\" is not the name of any site"),
+        !ok && all.contains("on_demand.site = \"nope\" is not the name of any site"),
         "{all}"
     );
 }

@@ -1191,6 +1191,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }
 
+/// `portcullis check --config PATH`: success, and stdout + stderr together.
+pub fn check_config(path: &Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .expect("run portcullis check");
+    (out.status.success(), text(&out.stdout) + &text(&out.stderr))
+}
+
 /// A `portcullis serve` child process whose stderr is collected line by line.
 pub struct ServeProcess {
     pub child: Child,
