@@ -38,6 +38,9 @@ enum Command {
     Certs(ServeArgs),
     /// Revoke a site's ACME certificate at its CA; the next start orders a new one.
     Revoke(RevokeArgs),
+    /// Print each site's SPKI pins (RFC 7469): the current key's, and for ACME sites the
+    /// pre-generated key the next renewal will use.
+    Pins(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -123,6 +126,7 @@ pub fn main() -> i32 {
         Command::Trust(a) => trust(a),
         Command::Certs(a) => certs(a),
         Command::Revoke(a) => revoke(a),
+        Command::Pins(a) => pins(a),
     }
 }
 
@@ -475,6 +479,83 @@ fn load_quietly(a: &ServeArgs) -> Option<crate::config::Config> {
             None
         }
     }
+}
+
+fn pins(a: ServeArgs) -> i32 {
+    use crate::acme::pins::{cert_pin, key_pin, next_key};
+    use crate::config::model::SiteCertSource;
+    use crate::tls::certs::fmt_time;
+    let Some(config) = load_quietly(&a) else {
+        return 1;
+    };
+    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
+    let mut status = 0;
+    for site in &config.sites {
+        println!("site {}:", site.name);
+        let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
+        match &site.certs {
+            SiteCertSource::Files(list) => {
+                for c in list {
+                    let pin = c.certified.cert.first().and_then(|d| cert_pin(d));
+                    println!(
+                        "  current {}  ({}, {}, expires {})",
+                        pin.unwrap_or_else(|| "(unreadable certificate)".into()),
+                        c.info.key,
+                        c.info.cert_path.display(),
+                        fmt_time(c.info.not_after)
+                    );
+                }
+                println!("  next    (certificate files: the next key is whatever you renew with)");
+            }
+            SiteCertSource::LocalCa => {
+                let root = local_ca::root_cert_path(&config.data_dir);
+                let pin = std::fs::read(&root).ok().and_then(|pem| {
+                    use rustls_pki_types::pem::PemObject;
+                    rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+                        .next()
+                        .and_then(Result::ok)
+                        .and_then(|d| cert_pin(d.as_ref()))
+                });
+                match pin {
+                    Some(pin) => println!(
+                        "  local CA leaves get a new key at every start: pin the local CA root {pin} ({})",
+                        root.display()
+                    ),
+                    None => println!(
+                        "  local CA leaves get a new key at every start; the local CA does not exist yet (run serve once)"
+                    ),
+                }
+            }
+            SiteCertSource::Acme => {
+                match crate::acme::manager::stored(&storage, &names) {
+                    Some(c) => println!(
+                        "  current {}  ({}, expires {})",
+                        c.certified
+                            .cert
+                            .first()
+                            .and_then(|d| cert_pin(d))
+                            .unwrap_or_else(|| "(unreadable certificate)".into()),
+                        c.info.key,
+                        fmt_time(c.info.not_after)
+                    ),
+                    None => println!("  current (no certificate yet)"),
+                }
+                match next_key(&storage, &names, config.acme.key_type)
+                    .and_then(|pem| key_pin(&pem).map_err(|e| e.to_string()))
+                {
+                    Ok(pin) => println!(
+                        "  next    {pin}  ({}, pre-generated; the next renewal uses it)",
+                        config.acme.key_type.as_str()
+                    ),
+                    Err(e) => {
+                        eprintln!("portcullis: site {}: next key: {e}", site.name);
+                        status = 1;
+                    }
+                }
+            }
+        }
+    }
+    status
 }
 
 fn certs(a: ServeArgs) -> i32 {

@@ -1387,3 +1387,92 @@ fn a_ca_down_at_renewal_keeps_the_old_certificate_retries_visibly_and_recovers()
     assert!(text.contains("renews"), "{text}");
     drop(p);
 }
+
+/// The served leaf's SPKI pin, computed by openssl alone.
+fn served_pin(port: u16) -> Option<String> {
+    let out = Command::new("bash")
+        .args(["-o", "pipefail", "-c"])
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64"
+        ))
+        .output()
+        .unwrap();
+    let b64 = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && b64.len() == 44).then(|| format!("pin-sha256=\"{b64}\""))
+}
+
+/// `portcullis pins`: the (current, next) pins printed for the only site.
+fn printed_pins(config: &Path) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["pins", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pin = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label:?} pin in:\n{text}"))
+            .to_string()
+    };
+    (pin("current "), pin("next "))
+}
+
+/// `portcullis pins` prints the served key's pin and the pin of the pre-generated next key;
+/// the renewal then puts exactly that next key into service.
+#[test]
+fn pins_announce_the_key_the_next_renewal_uses() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    // 24 s certificates: renewed about 8 s before expiry.
+    let pebble = start_pebble_with(&dir, http_port, free_port(), 24);
+    let config = format!(
+        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        pebble.directory,
+        test_ca.display()
+    );
+    let path = env.write_config_raw(&config);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        if let Some(p) = served_pin(port) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no certificate after 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (current, next) = printed_pins(&path);
+    assert_eq!(current, first, "the current pin is the served key's");
+    assert_ne!(next, current);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let renewed = loop {
+        if let Some(p) = served_pin(port).filter(|p| *p != first) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "not renewed within 40 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(renewed, next, "the renewal used the announced next key");
+    let (current2, next2) = printed_pins(&path);
+    assert_eq!(current2, next);
+    assert!(
+        next2 != next && next2 != current,
+        "a fresh next key after the renewal"
+    );
+    server.shutdown();
+}

@@ -70,6 +70,9 @@ pub struct OrderOptions {
     /// only when the CA offers ARI. Should the CA refuse it (e.g. already replaced), the order
     /// is placed again without it.
     pub replaces: Option<String>,
+    /// The certificate's key (PEM), e.g. the pre-generated next key ([`super::pins`]); a new
+    /// `key_type` key when absent.
+    pub key_pem: Option<String>,
 }
 
 /// `e` and its causes on one line ("client error (Connect): tcp connect error: Connection
@@ -436,7 +439,10 @@ impl AcmeClient {
                     detail.unwrap_or_else(|| "no detail from the CA".to_string()),
                 ));
             }
-            let key = key_type.generate()?;
+            let key = match &options.key_pem {
+                Some(pem) => rcgen::KeyPair::from_pem(pem)?,
+                None => key_type.generate()?,
+            };
             let csr = rcgen::CertificateParams::new(names.to_vec())?.serialize_request(&key)?;
             order
                 .finalize_csr(csr.der())

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::ari::{self, AriHttp};
 use super::client::{forget_account, AcmeClient, AcmeError, ChallengeKind, OrderOptions};
+use super::pins;
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
 use crate::storage::Storage;
@@ -336,6 +337,18 @@ async fn run(
                     }
                     let Some(c) = &clients[i] else { break };
                     // `replaces` only for the CA that told us about the certificate.
+                    // The key whose pin `portcullis pins` has been announcing as "next".
+                    let key_pem = match pins::next_key(
+                        storage.as_ref(),
+                        &st.site.names,
+                        settings.key_type,
+                    ) {
+                        Ok(k) => Some(k),
+                        Err(e) => {
+                            tracing::warn!(site = st.site.name, error = %e, "ACME: no pre-generated next key; the order uses a fresh key");
+                            None
+                        }
+                    };
                     let options = OrderOptions {
                         profile: st.site.profile.clone().or_else(|| settings.profile.clone()),
                         replaces: st
@@ -344,6 +357,7 @@ async fn run(
                             .and_then(|p| p.replaces.as_ref())
                             .filter(|(ca, _)| ca == directory)
                             .map(|(_, id)| id.clone()),
+                        key_pem,
                     };
                     match obtain(
                         c,
@@ -693,6 +707,12 @@ async fn obtain(
                         });
                     if let Err(e) = saved {
                         tracing::error!(site = st.site.name, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
+                    }
+                    // The next key is in service now: pre-generate the one after it.
+                    if options.key_pem.as_deref() == Some(issued.key_pem.as_str()) {
+                        if let Err(e) = pins::new_next_key(storage, &names, key_type) {
+                            tracing::warn!(site = st.site.name, error = %e, "ACME: cannot pre-generate the next key");
+                        }
                     }
                     tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
                     install(st, c);

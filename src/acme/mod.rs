@@ -5,6 +5,7 @@ pub mod ari;
 pub mod client;
 pub mod manager;
 pub mod on_demand;
+pub mod pins;
 
 use std::collections::HashMap;
 use std::sync::RwLock;

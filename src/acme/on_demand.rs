@@ -346,7 +346,7 @@ impl Issuer {
                         self.acme.key_type,
                         &OrderOptions {
                             profile: self.acme.profile.clone(),
-                            replaces: None,
+                            ..Default::default()
                         },
                     ),
                 )

@@ -78,6 +78,24 @@ pub enum AcmeKeyType {
 }
 
 impl AcmeKeyType {
+    /// Every key type.
+    pub const ALL: [AcmeKeyType; 4] = [
+        AcmeKeyType::EcdsaP256,
+        AcmeKeyType::EcdsaP384,
+        AcmeKeyType::Rsa2048,
+        AcmeKeyType::Rsa4096,
+    ];
+
+    /// The config spelling (`acme.key_type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeKeyType::EcdsaP256 => "ecdsa-p256",
+            AcmeKeyType::EcdsaP384 => "ecdsa-p384",
+            AcmeKeyType::Rsa2048 => "rsa2048",
+            AcmeKeyType::Rsa4096 => "rsa4096",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "ecdsa-p256" => Some(AcmeKeyType::EcdsaP256),
