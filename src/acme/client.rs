@@ -98,6 +98,8 @@ pub enum ChallengeKind {
     Http01,
     /// A special certificate presented on port 443 over ALPN `acme-tls/1` (RFC 8737).
     TlsAlpn01,
+    /// A TXT record `_acme-challenge.NAME` set through `acme.dns_hook` (wildcards need it).
+    Dns01,
 }
 
 impl ChallengeKind {
@@ -106,6 +108,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => "http-01",
             ChallengeKind::TlsAlpn01 => "tls-alpn-01",
+            ChallengeKind::Dns01 => "dns-01",
         }
     }
 
@@ -113,6 +116,7 @@ impl ChallengeKind {
         match self {
             ChallengeKind::Http01 => ChallengeType::Http01,
             ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            ChallengeKind::Dns01 => ChallengeType::Dns01,
         }
     }
 }
@@ -356,8 +360,20 @@ impl AcmeClient {
         let identifiers: Vec<Identifier> =
             names.iter().map(|n| Identifier::Dns(n.clone())).collect();
         let mut order = self.new_order(&identifiers, options).await?;
-        // What was put up, to take down afterwards: HTTP-01 tokens or TLS-ALPN-01 names.
+        // What was put up, to take down afterwards: HTTP-01 tokens or TLS-ALPN-01 names, and
+        // DNS-01 (name, value) pairs.
         let mut placed: Vec<String> = Vec::new();
+        let mut dns_placed: Vec<(String, String)> = Vec::new();
+        let dns_hook = match (kind, &challenges.dns) {
+            (ChallengeKind::Dns01, None) => {
+                return Err(AcmeError::NoChallenge {
+                    directory: dir.clone(),
+                    name: names.join(", "),
+                    challenge: "dns-01 (acme.dns_hook is not set)",
+                })
+            }
+            (_, hook) => hook.clone(),
+        };
         let result = async {
             let mut authzs = order.authorizations();
             while let Some(authz) = authzs.next().await {
@@ -390,11 +406,45 @@ impl AcmeClient {
                             .map_err(|detail| failed(name.clone(), detail))?;
                         placed.push(name.clone());
                     }
+                    ChallengeKind::Dns01 => {
+                        // Every record is put up first; the CA is told after propagation.
+                        let value = challenge.key_authorization().dns_value();
+                        let hook = dns_hook
+                            .as_ref()
+                            .ok_or_else(|| failed(name.clone(), "no dns_hook".into()))?;
+                        dns_placed.push((name.clone(), value.clone()));
+                        hook.run("present", &name, &value)
+                            .await
+                            .map_err(|detail| failed(name.clone(), detail))?;
+                        continue;
+                    }
                 }
                 challenge
                     .set_ready()
                     .await
                     .map_err(|e| ca("answering a challenge", e))?;
+            }
+            if let (false, Some(hook)) = (dns_placed.is_empty(), &dns_hook) {
+                tokio::time::sleep(hook.propagation).await;
+                let mut authzs = order.authorizations();
+                while let Some(authz) = authzs.next().await {
+                    let mut authz = authz.map_err(|e| ca("reading an authorization", e))?;
+                    if authz.status != AuthorizationStatus::Pending {
+                        continue;
+                    }
+                    let name = dns_name(authz.identifier().identifier);
+                    let mut challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
+                        AcmeError::NoChallenge {
+                            directory: dir.clone(),
+                            name,
+                            challenge: "dns-01",
+                        }
+                    })?;
+                    challenge
+                        .set_ready()
+                        .await
+                        .map_err(|e| ca("answering a challenge", e))?;
+                }
             }
             let retry = RetryPolicy::new().timeout(Duration::from_secs(60));
             let (status, problem) = match order.poll_ready(&retry).await {
@@ -462,6 +512,14 @@ impl AcmeClient {
             match kind {
                 ChallengeKind::Http01 => challenges.http01.remove(p),
                 ChallengeKind::TlsAlpn01 => challenges.tls_alpn.remove(p),
+                ChallengeKind::Dns01 => {}
+            }
+        }
+        if let Some(hook) = &dns_hook {
+            for (name, value) in &dns_placed {
+                if let Err(e) = hook.run("cleanup", name, value).await {
+                    tracing::warn!(name, error = %e, "ACME: dns-01 cleanup failed; remove the TXT record by hand");
+                }
             }
         }
         result

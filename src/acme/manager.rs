@@ -596,6 +596,20 @@ enum Outcome {
     UnknownAccount,
 }
 
+/// The challenges to try for `names`, in order: wildcards can only be proven over DNS-01;
+/// other names by HTTP-01 (port 80), then TLS-ALPN-01 (port 443), then DNS-01 when a hook is
+/// configured.
+pub fn challenge_kinds(names: &[String], dns_hook: bool) -> Vec<ChallengeKind> {
+    if names.iter().any(|n| n.starts_with("*.")) {
+        return vec![ChallengeKind::Dns01];
+    }
+    let mut kinds = vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01];
+    if dns_hook {
+        kinds.push(ChallengeKind::Dns01);
+    }
+    kinds
+}
+
 /// Orders (or picks up from storage, when another process ordered it) the certificate of one site.
 async fn obtain(
     client: &AcmeClient,
@@ -669,13 +683,23 @@ async fn obtain(
             }),
         }
     };
-    let result = match attempt(ChallengeKind::Http01).await {
-        Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })) => {
-            tracing::warn!(site = st.site.name, error = %e, "ACME: http-01 failed; trying tls-alpn-01");
-            attempt(ChallengeKind::TlsAlpn01).await
+    let kinds = challenge_kinds(&names, challenges.dns.is_some());
+    let mut result = Err(AcmeError::NoChallenge {
+        directory: client.directory().to_string(),
+        name: names.join(", "),
+        challenge: "usable",
+    });
+    for (i, kind) in kinds.iter().enumerate() {
+        result = attempt(*kind).await;
+        match &result {
+            Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. }))
+                if i + 1 < kinds.len() =>
+            {
+                tracing::warn!(site = st.site.name, error = %e, "ACME: {} failed; trying {}", kind.label(), kinds[i + 1].label());
+            }
+            _ => break,
         }
-        other => other,
-    };
+    }
     let outcome = match result {
         Ok(issued) => {
             let dir = cert_dir(&names);

@@ -3,6 +3,7 @@
 
 pub mod ari;
 pub mod client;
+pub mod dns;
 pub mod manager;
 pub mod on_demand;
 pub mod pins;
@@ -102,9 +103,12 @@ impl TlsAlpnChallenges {
     }
 }
 
-/// Where challenges are answered: the port-80 token store and the TLS-ALPN-01 configs.
+/// Where challenges are answered: the port-80 token store, the TLS-ALPN-01 configs and the
+/// DNS hook.
 #[derive(Debug, Default, Clone)]
 pub struct Challenges {
     pub http01: std::sync::Arc<Http01Tokens>,
     pub tls_alpn: std::sync::Arc<TlsAlpnChallenges>,
+    /// DNS-01 through `acme.dns_hook`, when configured.
+    pub dns: Option<std::sync::Arc<dns::DnsHook>>,
 }

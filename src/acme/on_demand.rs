@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::client::{AcmeClient, AcmeError, ChallengeKind, OrderOptions};
+use super::client::{AcmeClient, AcmeError, OrderOptions};
 use super::manager::{cert_dir, stored};
 use super::Challenges;
 use crate::config::model::{AcmeSettings, OnDemandSettings};
@@ -360,13 +360,23 @@ impl Issuer {
                 }
             }
         };
-        let issued = match attempt(ChallengeKind::Http01).await {
-            Err(AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. }) => {
-                attempt(ChallengeKind::TlsAlpn01).await
+        let kinds = super::manager::challenge_kinds(names, self.challenges.dns.is_some());
+        let mut result = Err(AcmeError::NoChallenge {
+            directory: client.directory().to_string(),
+            name: names.join(", "),
+            challenge: "usable",
+        });
+        for (i, kind) in kinds.iter().enumerate() {
+            result = attempt(*kind).await;
+            if !matches!(
+                &result,
+                Err(AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })
+            ) || i + 1 == kinds.len()
+            {
+                break;
             }
-            other => other,
         }
-        .map_err(|e| e.to_string())?;
+        let issued = result.map_err(|e| e.to_string())?;
         let dir = cert_dir(names);
         let label = std::path::Path::new(&dir);
         let (loaded, _) = certs::load_pem(

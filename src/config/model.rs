@@ -66,6 +66,16 @@ pub struct AcmeSettings {
     /// checked against what the CA advertises when ordering. Renewal timing follows the
     /// lifetime the CA actually issues.
     pub profile: Option<String>,
+    /// DNS-01 through a hook command (wildcards need it).
+    pub dns_hook: Option<DnsHookSettings>,
+}
+
+/// `acme.dns_hook`: the command that sets and removes `_acme-challenge` TXT records.
+#[derive(Debug, Clone)]
+pub struct DnsHookSettings {
+    pub command: PathBuf,
+    /// Wait after `present` before the CA validates.
+    pub propagation: Duration,
 }
 
 /// Key types for ACME certificates.

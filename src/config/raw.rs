@@ -139,6 +139,11 @@ pub struct RawAcme {
     pub key_type: Option<Spanned<String>>,
     /// Certificate profile to order (ACME profiles, e.g. `"shortlived"`), when the CA offers it.
     pub profile: Option<Spanned<String>>,
+    /// DNS-01 through a command: `HOOK present|cleanup NAME VALUE` sets/removes the TXT record
+    /// `_acme-challenge.NAME`. Required for wildcard names.
+    pub dns_hook: Option<Spanned<String>>,
+    /// How long to wait after `present` before asking the CA to validate (DNS propagation).
+    pub dns_propagation: Option<Spanned<String>>,
 }
 
 /// One `[[site]]`.

@@ -50,6 +50,8 @@ struct Ctx<'a> {
     problems: Vec<Problem>,
     mode: Mode,
     extra_roots: Vec<Vec<u8>>,
+    /// `acme.dns_hook` is set: wildcard names can get ACME certificates (DNS-01).
+    dns01: bool,
 }
 
 impl Ctx<'_> {
@@ -112,6 +114,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         problems: Vec::new(),
         mode,
         extra_roots: Vec::new(),
+        dns01: false,
     };
 
     let workers = match (overrides.workers, &raw.workers) {
@@ -168,6 +171,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let http = http_settings(&mut cx, &raw.http);
     let limits = limits(&mut cx, &raw.limits);
     let acme = acme_settings(&mut cx, &raw.acme);
+    cx.dns01 = acme.dns_hook.is_some();
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
     let on_demand = raw
         .on_demand
@@ -479,6 +483,31 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         .profile
         .as_ref()
         .and_then(|p| profile_name(cx, p, "acme.profile"));
+    let dns_hook = raw.dns_hook.as_ref().and_then(|h| {
+        let command = cx.path(h.get_ref());
+        use std::os::unix::fs::PermissionsExt;
+        let problem = match std::fs::metadata(&command) {
+            Err(e) => Some(format!("cannot use acme.dns_hook {}: {e}", command.display())),
+            Ok(m) if !m.is_file() => Some(format!("acme.dns_hook {} is not a file", command.display())),
+            Ok(m) if m.permissions().mode() & 0o111 == 0 => {
+                Some(format!("acme.dns_hook {} is not executable", command.display()))
+            }
+            Ok(_) => None,
+        };
+        if let Some(msg) = problem {
+            let loc = cx.loc(h, "");
+            cx.err(loc, msg, "point it at an executable that takes `present|cleanup NAME VALUE` and sets/removes the TXT record _acme-challenge.NAME (chmod +x)");
+            return None;
+        }
+        Some(command)
+    });
+    let propagation = cx.duration(
+        &raw.dns_propagation,
+        "acme.dns_propagation",
+        Duration::from_secs(10),
+        Duration::ZERO,
+        Duration::from_secs(3600),
+    );
     AcmeSettings {
         directory,
         fallback,
@@ -487,6 +516,10 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         ca_root,
         key_type,
         profile,
+        dns_hook: dns_hook.map(|command| DnsHookSettings {
+            command,
+            propagation,
+        }),
     }
 }
 
@@ -877,17 +910,31 @@ fn site_certs(
         if !acme {
             return Some(SiteCertSource::LocalCa);
         }
-        let bad: Vec<String> = hosts
+        let ips: Vec<String> = hosts
             .iter()
-            .filter(|h| !matches!(h, HostPattern::Exact(_)))
+            .filter(|h| matches!(h, HostPattern::Ip(_)))
             .map(|h| h.to_string())
             .collect();
-        if !bad.is_empty() {
+        if !ips.is_empty() {
             let loc = cx.loc(&rs.hosts, "--domain");
             cx.err(
                 loc,
-                format!("site {name:?}: {} cannot get an ACME certificate here (wildcards need DNS-01, IP addresses are not supported by most CAs)", bad.join(", ")),
+                format!("site {name:?}: {} cannot get an ACME certificate here (IP addresses are not supported by most CAs)", ips.join(", ")),
                 "give the site cert/key files, or issuer = \"local\" for internal use",
+            );
+            return None;
+        }
+        let wildcards: Vec<String> = hosts
+            .iter()
+            .filter(|h| matches!(h, HostPattern::Wildcard(_)))
+            .map(|h| h.to_string())
+            .collect();
+        if !wildcards.is_empty() && !cx.dns01 {
+            let loc = cx.loc(&rs.hosts, "--domain");
+            cx.err(
+                loc,
+                format!("site {name:?}: {} needs a DNS-01 challenge, and acme.dns_hook is not set", wildcards.join(", ")),
+                "set acme.dns_hook to a command that manages _acme-challenge TXT records, or give the site cert/key files",
             );
             return None;
         }

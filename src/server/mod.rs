@@ -225,7 +225,15 @@ impl Server {
                 sni.insert(h, i);
             }
         }
-        let challenges = acme::Challenges::default();
+        let challenges = acme::Challenges {
+            dns: config.acme.dns_hook.as_ref().map(|h| {
+                Arc::new(acme::dns::DnsHook {
+                    command: h.command.clone(),
+                    propagation: h.propagation,
+                })
+            }),
+            ..Default::default()
+        };
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let on_demand = match (&config.on_demand, &named) {
             (Some(settings), Some((_, named))) => Some(
