@@ -3,136 +3,17 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::acme_proxy::{AcmeProxy, AriReply, AriResponder};
-use common::{parse_listen_line, pki, Alg, ServeProcess, TestEnv};
+use common::pebble::*;
+use common::{parse_listen_line, pki, ServeProcess, TestEnv};
 use portcullis::acme::client::{AcmeClient, AcmeError, ChallengeKind};
 use portcullis::acme::Challenges;
 use portcullis::config::model::AcmeKeyType;
 use portcullis::storage::{FileStorage, Storage};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// pebble, killed on drop.
-struct Pebble {
-    child: Child,
-    directory: String,
-    mgmt: u16,
-}
-
-impl Drop for Pebble {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts pebble with its HTTPS listener certified by the test PKI, validating HTTP-01 on
-/// `http_port`.
-fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
-    start_pebble_with(dir, http_port, tls_port, 0)
-}
-
-/// [`start_pebble`] issuing certificates valid for `validity_secs` (0: pebble's default, 5 years).
-fn start_pebble_with(dir: &Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
-    let mut extra = ", \"externalAccountBindingRequired\": false".to_string();
-    if validity_secs > 0 {
-        extra.push_str(&format!(", \"certificateValidityPeriod\": {validity_secs}"));
-    }
-    start_pebble_extra(dir, http_port, tls_port, &extra)
-}
-
-/// [`start_pebble`] with `extra` JSON members (starting with a comma) in pebble's config.
-fn start_pebble_extra(dir: &Path, http_port: u16, tls_port: u16, extra: &str) -> Pebble {
-    start_pebble_ports(dir, free_port(), free_port(), http_port, tls_port, extra)
-}
-
-/// [`start_pebble_extra`] on given directory and management ports.
-fn start_pebble_ports(
-    dir: &Path,
-    port: u16,
-    mgmt: u16,
-    http_port: u16,
-    tls_port: u16,
-    extra: &str,
-) -> Pebble {
-    let leaf = pki().leaf(&["localhost"], Alg::Ecdsa);
-    std::fs::write(dir.join("pebble-chain.pem"), pki().chain_pem(&leaf)).unwrap();
-    std::fs::write(dir.join("pebble-key.pem"), &leaf.key_pem).unwrap();
-    let tls = tls_port;
-    let config = format!(
-        r#"{{"pebble": {{"listenAddress": "127.0.0.1:{port}", "managementListenAddress": "127.0.0.1:{mgmt}",
-        "certificate": "{}", "privateKey": "{}", "httpPort": {http_port}, "tlsPort": {tls},
-        "ocspResponderURL": ""{extra}}}}}"#,
-        dir.join("pebble-chain.pem").display(),
-        dir.join("pebble-key.pem").display()
-    );
-    std::fs::write(dir.join("pebble.json"), config).unwrap();
-    let log = std::fs::File::create(dir.join("pebble.log")).unwrap();
-    let child = Command::new("pebble")
-        .arg("-config")
-        .arg(dir.join("pebble.json"))
-        .env("PEBBLE_VA_NOSLEEP", "1")
-        .env("PEBBLE_WFE_NONCEREJECT", "0")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("pebble must be installed (Debian package `pebble`; .ci/run installs it)");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "pebble did not start: {}",
-            std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Pebble {
-        child,
-        directory: format!("https://localhost:{port}/dir"),
-        mgmt,
-    }
-}
-
-/// `curl https://localhost:PORT/` to 127.0.0.1, trusting only `root`.
-fn curl_localhost(root: &Path, port: u16) -> std::process::Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "3", "--cacert"])
-        .arg(root)
-        .args([
-            "--resolve",
-            &format!("localhost:{port}:127.0.0.1"),
-            &format!("https://localhost:{port}/"),
-        ])
-        .output()
-        .unwrap()
-}
-
-/// pebble's (per-start) root, fetched from its management interface.
-fn pebble_root(dir: &Path, pebble: &Pebble, ca: &Path) -> std::path::PathBuf {
-    let out = dir.join("pebble-root.pem");
-    let st = Command::new("curl")
-        .args(["-sS", "--fail", "--cacert"])
-        .arg(ca)
-        .arg(format!("https://localhost:{}/roots/0", pebble.mgmt))
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "could not fetch pebble's root");
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issuance_from_pebble_gives_a_chain_that_verifies() {
