@@ -60,6 +60,20 @@ pub enum AcmeError {
     },
 }
 
+/// The challenges to try for `names`, in order: wildcards can only be proven over DNS-01;
+/// other names by HTTP-01 (port 80), then TLS-ALPN-01 (port 443), then DNS-01 when a hook is
+/// configured.
+pub fn challenge_kinds(names: &[String], dns_hook: bool) -> Vec<ChallengeKind> {
+    if names.iter().any(|n| n.starts_with("*.")) {
+        return vec![ChallengeKind::Dns01];
+    }
+    let mut kinds = vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01];
+    if dns_hook {
+        kinds.push(ChallengeKind::Dns01);
+    }
+    kinds
+}
+
 /// What an order asks for besides the names.
 #[derive(Debug, Clone, Default)]
 pub struct OrderOptions {
@@ -334,6 +348,48 @@ impl AcmeClient {
             }
         }
         self.account.new_order(&plain()).await.map_err(ca)
+    }
+
+    /// Orders with every challenge [`challenge_kinds`] allows, in turn, until one proves
+    /// control: each attempt within `timeout`, so that a CA that stops answering cannot stall
+    /// the caller. Validation failures move on to the next challenge; other errors end it.
+    pub async fn issue_trying(
+        &self,
+        names: &[String],
+        challenges: &Challenges,
+        key_type: AcmeKeyType,
+        options: &OrderOptions,
+        timeout: Duration,
+    ) -> Result<Issued, AcmeError> {
+        let kinds = challenge_kinds(names, challenges.dns.is_some());
+        let mut result = Err(AcmeError::NoChallenge {
+            directory: self.directory.clone(),
+            name: names.join(", "),
+            challenge: "usable",
+        });
+        for (i, kind) in kinds.iter().enumerate() {
+            result = match tokio::time::timeout(
+                timeout,
+                self.issue_with(names, challenges, *kind, key_type, options),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(AcmeError::Timeout {
+                    directory: self.directory.clone(),
+                    secs: timeout.as_secs(),
+                }),
+            };
+            match &result {
+                Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. }))
+                    if i + 1 < kinds.len() =>
+                {
+                    tracing::warn!(names = names.join(", "), error = %e, "ACME: {} failed; trying {}", kind.label(), kinds[i + 1].label());
+                }
+                _ => break,
+            }
+        }
+        result
     }
 
     /// [`AcmeClient::issue`] with a profile and/or the certificate being replaced.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::ari::{self, AriHttp};
-use super::client::{forget_account, AcmeClient, AcmeError, ChallengeKind, OrderOptions};
+use super::client::{forget_account, AcmeClient, OrderOptions};
 use super::pins;
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
@@ -596,20 +596,6 @@ enum Outcome {
     UnknownAccount,
 }
 
-/// The challenges to try for `names`, in order: wildcards can only be proven over DNS-01;
-/// other names by HTTP-01 (port 80), then TLS-ALPN-01 (port 443), then DNS-01 when a hook is
-/// configured.
-pub fn challenge_kinds(names: &[String], dns_hook: bool) -> Vec<ChallengeKind> {
-    if names.iter().any(|n| n.starts_with("*.")) {
-        return vec![ChallengeKind::Dns01];
-    }
-    let mut kinds = vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01];
-    if dns_hook {
-        kinds.push(ChallengeKind::Dns01);
-    }
-    kinds
-}
-
 /// Orders (or picks up from storage, when another process ordered it) the certificate of one site.
 async fn obtain(
     client: &AcmeClient,
@@ -665,94 +651,31 @@ async fn obtain(
         replaces = options.replaces.as_deref().unwrap_or("(none)"),
         "ACME: ordering a certificate"
     );
-    // HTTP-01 first (port 80); when the CA cannot validate it, TLS-ALPN-01 (port 443).
-    // A CA that stops answering must not stall renewals of every other site: each attempt has
-    // a deadline.
-    let names_ref = &names;
-    let attempt = |kind| async move {
-        match tokio::time::timeout(
-            ORDER_TIMEOUT,
-            client.issue_with(names_ref, challenges, kind, key_type, options),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(AcmeError::Timeout {
-                directory: client.directory().to_string(),
-                secs: ORDER_TIMEOUT.as_secs(),
-            }),
-        }
-    };
-    let kinds = challenge_kinds(&names, challenges.dns.is_some());
-    let mut result = Err(AcmeError::NoChallenge {
-        directory: client.directory().to_string(),
-        name: names.join(", "),
-        challenge: "usable",
-    });
-    for (i, kind) in kinds.iter().enumerate() {
-        result = attempt(*kind).await;
-        match &result {
-            Err(e @ (AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. }))
-                if i + 1 < kinds.len() =>
-            {
-                tracing::warn!(site = st.site.name, error = %e, "ACME: {} failed; trying {}", kind.label(), kinds[i + 1].label());
-            }
-            _ => break,
-        }
-    }
+    let result = client
+        .issue_trying(&names, challenges, key_type, options, ORDER_TIMEOUT)
+        .await;
     let outcome = match result {
-        Ok(issued) => {
-            let dir = cert_dir(&names);
-            let label = std::path::Path::new(&dir);
-            match certs::load_pem(
-                issued.chain_pem.as_bytes(),
-                issued.key_pem.as_bytes(),
-                &label.join("chain.pem"),
-                &label.join("key.pem"),
-                certs::unix_now(),
-                &[],
-            ) {
-                Ok((c, _)) => {
-                    // Keep the certificate being replaced as a backup, then store the new one.
-                    for f in ["chain.pem", "key.pem"] {
-                        if let Ok(Some(old)) = storage.load(&format!("{dir}/{f}")) {
-                            let _ =
-                                storage.store(&format!("{dir}/previous/{f}"), &old, f == "key.pem");
-                        }
+        Ok(issued) => match store_issued(storage, &names, &issued, true) {
+            Ok(c) => {
+                // The next key is in service now: pre-generate the one after it.
+                if options.key_pem.as_deref() == Some(issued.key_pem.as_str()) {
+                    if let Err(e) = pins::new_next_key(storage, &names, key_type) {
+                        tracing::warn!(site = st.site.name, error = %e, "ACME: cannot pre-generate the next key");
                     }
-                    let saved = storage
-                        .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
-                        .and_then(|_| {
-                            storage.store(
-                                &format!("{dir}/chain.pem"),
-                                issued.chain_pem.as_bytes(),
-                                false,
-                            )
-                        });
-                    if let Err(e) = saved {
-                        tracing::error!(site = st.site.name, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
-                    }
-                    // The next key is in service now: pre-generate the one after it.
-                    if options.key_pem.as_deref() == Some(issued.key_pem.as_str()) {
-                        if let Err(e) = pins::new_next_key(storage, &names, key_type) {
-                            tracing::warn!(site = st.site.name, error = %e, "ACME: cannot pre-generate the next key");
-                        }
-                    }
-                    tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
-                    install(st, c);
-                    st.issuer_ca = Some(client.directory().to_string());
-                    st.backoff = st.first_backoff;
-                    st.last_error = None;
-                    Outcome::Done
                 }
-                Err(f) => {
-                    tracing::error!(site = st.site.name, problem = %f.message, "ACME: the CA's certificate is unusable");
-                    st.last_error =
-                        Some(format!("the CA's certificate is unusable: {}", f.message));
-                    Outcome::Failed
-                }
+                tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
+                install(st, c);
+                st.issuer_ca = Some(client.directory().to_string());
+                st.backoff = st.first_backoff;
+                st.last_error = None;
+                Outcome::Done
             }
-        }
+            Err(e) => {
+                tracing::error!(site = st.site.name, problem = %e, "ACME: the CA's certificate is unusable");
+                st.last_error = Some(e);
+                Outcome::Failed
+            }
+        },
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, "ACME: order failed");
             st.last_error = Some(e.to_string());
@@ -839,6 +762,48 @@ pub fn next_renewal(storage: &dyn Storage, names: &[String], cert: &LoadedCert) 
             "lifetime rule (2/3 of the lifetime)".to_string(),
         ),
     }
+}
+
+/// Checks the certificate the CA issued for `names` and stores it (with `keep_previous`, the one
+/// it replaces is kept under `previous/`). A storage failure is logged and the certificate
+/// returned anyway: serving it beats not serving it.
+pub fn store_issued(
+    storage: &dyn Storage,
+    names: &[String],
+    issued: &super::client::Issued,
+    keep_previous: bool,
+) -> Result<LoadedCert, String> {
+    let dir = cert_dir(names);
+    let label = std::path::Path::new(&dir);
+    let (cert, _) = certs::load_pem(
+        issued.chain_pem.as_bytes(),
+        issued.key_pem.as_bytes(),
+        &label.join("chain.pem"),
+        &label.join("key.pem"),
+        certs::unix_now(),
+        &[],
+    )
+    .map_err(|f| format!("the CA's certificate is unusable: {}", f.message))?;
+    if keep_previous {
+        for f in ["chain.pem", "key.pem"] {
+            if let Ok(Some(old)) = storage.load(&format!("{dir}/{f}")) {
+                let _ = storage.store(&format!("{dir}/previous/{f}"), &old, f == "key.pem");
+            }
+        }
+    }
+    let saved = storage
+        .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
+        .and_then(|_| {
+            storage.store(
+                &format!("{dir}/chain.pem"),
+                issued.chain_pem.as_bytes(),
+                false,
+            )
+        });
+    if let Err(e) = saved {
+        tracing::error!(dir, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
+    }
+    Ok(cert)
 }
 
 /// Unix time at which `cert` is due for renewal by the lifetime rule (two thirds into its

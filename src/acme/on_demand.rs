@@ -15,11 +15,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 use super::client::{AcmeClient, AcmeError, OrderOptions};
-use super::manager::{cert_dir, stored};
+use super::manager::{store_issued, stored};
 use super::Challenges;
 use crate::config::model::{AcmeSettings, OnDemandSettings};
 use crate::storage::Storage;
-use crate::tls::certs::{self, fmt_time, unix_now, LoadedCert};
+use crate::tls::certs::{fmt_time, unix_now, LoadedCert};
 use crate::tls::names::HostPattern;
 use crate::tls::resolver::NamedCerts;
 
@@ -334,74 +334,21 @@ impl Issuer {
     /// Orders, checks and stores the certificate for `names` (HTTP-01, then TLS-ALPN-01).
     async fn order(&self, names: &[String]) -> Result<LoadedCert, String> {
         let client = self.account().await.map_err(|e| e.to_string())?;
-        let attempt = |kind| {
-            let client = client.clone();
-            async move {
-                match tokio::time::timeout(
-                    ORDER_TIMEOUT,
-                    client.issue_with(
-                        names,
-                        &self.challenges,
-                        kind,
-                        self.acme.key_type,
-                        &OrderOptions {
-                            profile: self.acme.profile.clone(),
-                            ..Default::default()
-                        },
-                    ),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(AcmeError::Timeout {
-                        directory: client.directory().to_string(),
-                        secs: ORDER_TIMEOUT.as_secs(),
-                    }),
-                }
-            }
+        let options = OrderOptions {
+            profile: self.acme.profile.clone(),
+            ..Default::default()
         };
-        let kinds = super::manager::challenge_kinds(names, self.challenges.dns.is_some());
-        let mut result = Err(AcmeError::NoChallenge {
-            directory: client.directory().to_string(),
-            name: names.join(", "),
-            challenge: "usable",
-        });
-        for (i, kind) in kinds.iter().enumerate() {
-            result = attempt(*kind).await;
-            if !matches!(
-                &result,
-                Err(AcmeError::Challenge { .. } | AcmeError::NoChallenge { .. })
-            ) || i + 1 == kinds.len()
-            {
-                break;
-            }
-        }
-        let issued = result.map_err(|e| e.to_string())?;
-        let dir = cert_dir(names);
-        let label = std::path::Path::new(&dir);
-        let (loaded, _) = certs::load_pem(
-            issued.chain_pem.as_bytes(),
-            issued.key_pem.as_bytes(),
-            &label.join("chain.pem"),
-            &label.join("key.pem"),
-            unix_now(),
-            &[],
-        )
-        .map_err(|f| format!("the CA's certificate is unusable: {}", f.message))?;
-        let saved = self
-            .storage
-            .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
-            .and_then(|_| {
-                self.storage.store(
-                    &format!("{dir}/chain.pem"),
-                    issued.chain_pem.as_bytes(),
-                    false,
-                )
-            });
-        if let Err(e) = saved {
-            tracing::error!(dir, error = %e, "on-demand: cannot store the certificate (serving it anyway)");
-        }
-        Ok(loaded)
+        let issued = client
+            .issue_trying(
+                names,
+                &self.challenges,
+                self.acme.key_type,
+                &options,
+                ORDER_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        store_issued(self.storage.as_ref(), names, &issued, false)
     }
 
     /// Renews on-demand certificates past two thirds of their lifetime (the old one is served
