@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pebble::*;
@@ -38,20 +37,6 @@ fn config(env: &TestEnv, pebble: &Pebble, http_port: u16, hook: &Path) -> PathBu
     ))
 }
 
-fn curl(root: &Path, name: &str, port: u16) -> std::process::Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(root)
-        .args([
-            "--resolve",
-            &format!("{name}:{port}:127.0.0.1"),
-            &format!("https://{name}:{port}/"),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_wildcard_certificate_is_issued_through_the_dns_hook() {
     let env = TestEnv::new();
@@ -76,7 +61,7 @@ fn a_wildcard_certificate_is_issued_through_the_dns_hook() {
     let port = parse_listen_line(&line).port();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = curl(&root, "a.example.test", port);
+        let out = curl_name(&root, "a.example.test", port, 5);
         if out.status.success() {
             assert_eq!(text(&out.stdout), "wild");
             break;
@@ -91,7 +76,7 @@ fn a_wildcard_certificate_is_issued_through_the_dns_hook() {
     }
     // The apex is in the same certificate, and another label verifies too.
     for name in ["example.test", "other.example.test"] {
-        let out = curl(&root, name, port);
+        let out = curl_name(&root, name, port, 5);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
     }
     // Both authorizations (the wildcard's and the apex's) were presented and cleaned up.

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,22 +125,8 @@ impl Setup {
 
     /// `curl https://NAME:PORT/` to 127.0.0.1, trusting pebble's root only.
     fn curl(&self, name: &str, port: u16) -> Output {
-        curl_name(&self.root, name, port)
+        curl_name(&self.root, name, port, 40)
     }
-}
-
-fn curl_name(root: &Path, name: &str, port: u16) -> Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "40", "--cacert"])
-        .arg(root)
-        .args([
-            "--resolve",
-            &format!("{name}:{port}:127.0.0.1"),
-            &format!("https://{name}:{port}/"),
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -232,7 +218,7 @@ fn a_flood_of_allowed_names_is_held_to_the_order_rate() {
         .iter()
         .map(|n| {
             let (n, root) = (n.clone(), root.clone());
-            std::thread::spawn(move || curl_name(&root, &n, port).status.success())
+            std::thread::spawn(move || curl_name(&root, &n, port, 40).status.success())
         })
         .collect();
     let ok = handles

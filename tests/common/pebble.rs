@@ -176,14 +176,20 @@ pub fn start_pebble_args(
 
 /// `curl https://localhost:PORT/` to 127.0.0.1, trusting only `root`.
 pub fn curl_localhost(root: &Path, port: u16) -> std::process::Output {
+    curl_name(root, "localhost", port, 3)
+}
+
+/// `curl https://NAME:PORT/` to 127.0.0.1, trusting only `root`, within `secs`.
+pub fn curl_name(root: &Path, name: &str, port: u16, secs: u32) -> std::process::Output {
     Command::new("curl")
-        .args(["-sS", "--max-time", "3", "--cacert"])
+        .args(["-sS", "--max-time", &secs.to_string(), "--cacert"])
         .arg(root)
         .args([
             "--resolve",
-            &format!("localhost:{port}:127.0.0.1"),
-            &format!("https://localhost:{port}/"),
+            &format!("{name}:{port}:127.0.0.1"),
+            &format!("https://{name}:{port}/"),
         ])
+        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
