@@ -564,3 +564,73 @@ async fn an_expired_chain_is_passed_over_for_a_valid_one() {
         assert_eq!(r.text(), "dual");
     }
 }
+
+/// Counts the TLS 1.3 tickets a client is given.
+#[derive(Debug)]
+struct CountingStore {
+    inner: rustls::client::ClientSessionMemoryCache,
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl rustls::client::ClientSessionStore for CountingStore {
+    fn set_kx_hint(&self, n: rustls::pki_types::ServerName<'static>, g: NamedGroup) {
+        self.inner.set_kx_hint(n, g)
+    }
+    fn kx_hint(&self, n: &rustls::pki_types::ServerName<'_>) -> Option<NamedGroup> {
+        self.inner.kx_hint(n)
+    }
+    fn set_tls12_session(
+        &self,
+        n: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(n, v)
+    }
+    fn tls12_session(
+        &self,
+        n: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(n)
+    }
+    fn remove_tls12_session(&self, n: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(n)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        n: rustls::pki_types::ServerName<'static>,
+        v: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.insert_tls13_ticket(n, v)
+    }
+    fn take_tls13_ticket(
+        &self,
+        n: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(n)
+    }
+}
+
+/// One TLS 1.3 ticket per handshake (full or resumed), and the resumption still works.
+#[tokio::test]
+async fn one_tls13_ticket_is_sent_per_handshake() {
+    let srv = start(ONE_SITE);
+    let store = std::sync::Arc::new(CountingStore {
+        inner: rustls::client::ClientSessionMemoryCache::new(32),
+        tickets: Default::default(),
+    });
+    let mut cfg = (*ClientOpts::default().tls13().build()).clone();
+    cfg.resumption = rustls::client::Resumption::store(store.clone());
+    let cfg = std::sync::Arc::new(cfg);
+    let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+        .await
+        .unwrap();
+    assert_eq!(r.tls.kind, Some(HandshakeKind::Full));
+    assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let r = request(srv.https, cfg, Some(ALPHA), Req::get(ALPHA, "/"))
+        .await
+        .unwrap();
+    assert_eq!(r.tls.kind, Some(HandshakeKind::Resumed));
+    assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -111,7 +111,6 @@ pub async fn serve_tls(
     overloaded: bool,
     _guard: ConnGuard,
 ) {
-    let _ = tcp.set_nodelay(true);
     let limits = &state.limits;
     let handshake = async {
         let Some(accepted) = read_client_hello(&tcp, peer).await? else {
@@ -290,7 +289,6 @@ pub async fn serve_http(
     mut shutdown: watch::Receiver<bool>,
     _guard: ConnGuard,
 ) {
-    let _ = tcp.set_nodelay(true);
     let limits = &state.limits;
     let conn_state = Arc::new(ConnState::default());
     let timeouts = Timeouts {

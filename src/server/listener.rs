@@ -5,7 +5,8 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Binds a TCP listener (`SO_REUSEADDR`, IPv6 sockets v6-only so IPv4 can bind separately).
+/// Binds a TCP listener (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
+/// sockets v6-only so IPv4 can bind separately).
 pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
     let wrap = |e: io::Error| BindError {
         addr,
@@ -19,6 +20,9 @@ pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
         socket.set_only_v6(true).map_err(wrap)?;
     }
     socket.set_nonblocking(true).map_err(wrap)?;
+    // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
+    // listener instead of one per connection (a test checks the inheritance).
+    socket.set_tcp_nodelay(true).map_err(wrap)?;
     socket.bind(&addr.into()).map_err(wrap)?;
     socket.listen(4096).map_err(wrap)?;
     Ok(socket.into())
@@ -60,5 +64,19 @@ impl std::fmt::Display for BindError {
             io::ErrorKind::AddrNotAvailable => write!(f, "cannot listen on {addr} ({what}): this machine has no such address; use one of its addresses or 0.0.0.0 / [::]"),
             _ => write!(f, "cannot listen on {addr} ({what}): {}", self.err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection `set_nodelay` was dropped on the strength of this inheritance.
+    #[test]
+    fn accepted_sockets_inherit_tcp_nodelay() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        assert!(a.nodelay().unwrap());
     }
 }

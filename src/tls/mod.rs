@@ -132,6 +132,12 @@ impl TlsShared {
             cfg.ticketer = t.clone();
         }
         cfg.max_early_data_size = 0;
+        // One TLS 1.3 ticket per handshake, as Go's crypto/tls (Caddy) sends: each resumed
+        // connection brings the next one. Clients that want more for parallel connections ask
+        // with RFC 9149 `ticket_request` and get up to 4. (rustls's default of 2 costs a
+        // second ticket encryption and record on every full handshake.)
+        cfg.send_tls13_tickets = 1;
+        cfg.max_tls13_tickets = 4;
         Ok(Arc::new(cfg))
     }
 }
