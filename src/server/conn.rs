@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::StartHandshake;
 
+use super::cork::CorkIo;
 use super::io::{TimedIo, Timeouts};
 use super::{ConnGuard, ServerState, WorkerCtx};
 use crate::acme::ACME_TLS_ALPN;
@@ -205,7 +206,7 @@ pub async fn serve_tls(
     let config = state.tls.configs[site].clone();
     let tls = match tokio::time::timeout(
         limits.handshake_timeout,
-        StartHandshake::from_parts(accepted, tcp).into_stream(config),
+        StartHandshake::from_parts(accepted, CorkIo::new(tcp)).into_stream(config),
     )
     .await
     {
@@ -220,6 +221,8 @@ pub async fn serve_tls(
         }
     };
     let mut tls = tls;
+    // The session ticket(s) go out with the first response (or SETTINGS frame).
+    tls.get_mut().0.release();
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if !h2 {
         // HTTP/1.1: wait for the request's first bytes before handing the connection to hyper,
@@ -230,9 +233,14 @@ pub async fn serve_tls(
             Err(_) => true, // let hyper read and report the error
         };
         if !buffered {
+            // Nothing is held while waiting for the peer (a TLS 1.2 client waits for our
+            // Finished).
+            if tls.get_mut().0.send_held().await.is_err() {
+                return;
+            }
             let wait = limits.header_timeout.min(limits.idle_timeout);
             tokio::select! {
-                r = tokio::time::timeout(wait, tls.get_ref().0.readable()) => match r {
+                r = tokio::time::timeout(wait, tls.get_ref().0.get_ref().readable()) => match r {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {

@@ -6,6 +6,7 @@
 //! contended. A connection limit is shared by all workers.
 
 pub mod conn;
+mod cork;
 pub mod io;
 pub mod listener;
 

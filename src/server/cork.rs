@@ -1,0 +1,221 @@
+//! Coalescing the end of a TLS handshake with the first response.
+//!
+//! After a full TLS 1.3 handshake the server has two things to send: the session ticket(s),
+//! written as soon as the client's Finished is processed, and the first response (HTTP/1.1) or
+//! SETTINGS frame (HTTP/2) a moment later. Sent apart they cost two `writev`s and two TCP
+//! segments; on loopback and on busy servers the segment's receive processing is charged to
+//! the sender too. [`CorkIo`] holds what the server writes after its first flight has been
+//! answered and sends it with the next write once [`CorkIo::release`] is called, like
+//! `TCP_CORK` but without its syscalls and its 200 ms timer.
+//!
+//! Nothing can be held while the connection waits for the peer: a read that would block first
+//! sends what is held (so an unusual handshake, e.g. one with a HelloRetryRequest, still
+//! completes), as do flush after release, shutdown, and [`CorkIo::send_held`].
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Most bytes held; a larger write is sent at once (with what is held).
+const MAX_HELD: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Writes go straight out; `wrote` once the server flight was written.
+    Direct { wrote: bool },
+    /// The peer answered the server's flight: writes are held.
+    Holding,
+    /// Released: what is held goes out with the next write (or flush, read wait, shutdown).
+    Released,
+    /// Everything held was sent; plain pass-through from now on.
+    Done,
+}
+
+/// A TCP stream that holds the server's post-handshake writes until the first response.
+#[derive(Debug)]
+pub struct CorkIo {
+    inner: TcpStream,
+    held: Vec<u8>,
+    /// Bytes of `held` already sent.
+    sent: usize,
+    state: State,
+}
+
+impl CorkIo {
+    pub fn new(inner: TcpStream) -> Self {
+        CorkIo {
+            inner,
+            held: Vec::new(),
+            sent: 0,
+            state: State::Direct { wrote: false },
+        }
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
+
+    /// The handshake is over: what is held goes out with the next write.
+    pub fn release(&mut self) {
+        if self.held.is_empty() {
+            self.state = State::Done;
+        } else {
+            self.state = State::Released;
+        }
+    }
+
+    /// Sends what is held now (before the connection waits for the peer).
+    pub async fn send_held(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_send_held(cx)).await
+    }
+
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.held.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.held = Vec::new();
+        self.sent = 0;
+        if self.state != (State::Direct { wrote: true }) {
+            self.state = State::Done;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes `bufs` after what is held, in one `writev`; returns how many bytes of `bufs` went.
+    fn poll_write_after_held(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let rest = self.held.len() - self.sent;
+            if rest == 0 {
+                ready!(self.poll_send_held(cx))?;
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
+            let mut slices = Vec::with_capacity(bufs.len() + 1);
+            slices.push(IoSlice::new(&self.held[self.sent..]));
+            slices.extend(bufs.iter().map(|b| IoSlice::new(b)));
+            let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < rest {
+                self.sent += n;
+                continue;
+            }
+            self.held = Vec::new();
+            self.sent = 0;
+            self.state = State::Done;
+            let user = n - rest;
+            if user > 0 || bufs.iter().all(|b| b.is_empty()) {
+                return Poll::Ready(Ok(user));
+            }
+        }
+    }
+
+    fn hold(&mut self, bufs: &[IoSlice<'_>]) -> usize {
+        let mut n = 0;
+        for b in bufs {
+            self.held.extend_from_slice(b);
+            n += b.len();
+        }
+        n
+    }
+}
+
+impl AsyncRead for CorkIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.state == (State::Direct { wrote: true }) && buf.filled().len() > before {
+                    this.state = State::Holding;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if this.sent < this.held.len() => {
+                // Never wait for the peer with something held for it.
+                match this.poll_send_held(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Pending,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for CorkIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match this.state {
+            State::Direct { .. } => {
+                let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+                this.state = State::Direct { wrote: true };
+                Poll::Ready(Ok(n))
+            }
+            State::Holding
+                if this.held.len() + bufs.iter().map(|b| b.len()).sum::<usize>() <= MAX_HELD =>
+            {
+                Poll::Ready(Ok(this.hold(bufs)))
+            }
+            State::Holding | State::Released => this.poll_write_after_held(cx, bufs),
+            State::Done => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.state == State::Released {
+            ready!(this.poll_send_held(cx))?;
+        }
+        // While holding, the flush is deliberately deferred (see the module docs).
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl Drop for CorkIo {
+    fn drop(&mut self) {
+        // A handshake that failed after the peer's answer may have its alert held: one
+        // non-blocking attempt to send it.
+        if self.sent < self.held.len() {
+            let _ = self.inner.try_write(&self.held[self.sent..]);
+        }
+    }
+}
