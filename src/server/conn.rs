@@ -3,6 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
@@ -16,7 +17,7 @@ use super::cork::CorkIo;
 use super::io::{TimedIo, Timeouts};
 use super::{ConnGuard, ServerState, WorkerCtx};
 use crate::acme::ACME_TLS_ALPN;
-use crate::config::model::UnknownSni;
+use crate::config::model::{Limits, UnknownSni};
 use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
 
@@ -103,6 +104,128 @@ async fn answer_tls_alpn_01(
 }
 
 /// Serves one TLS connection to completion.
+/// The TLS stream of an established connection, in the TimedIo it is served through.
+type Established = Pin<Box<TimedIo<tokio_rustls::server::TlsStream<CorkIo>>>>;
+
+/// Completes the handshake and puts the stream into its TimedIo (a separate, boxed future: the
+/// handshake's state is freed as soon as it is done). Returns the stream, the connection's
+/// request state and whether HTTP/2 was negotiated.
+async fn establish(
+    accepted: Accepted,
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    limits: &Limits,
+    peer: SocketAddr,
+    sni: Option<&str>,
+) -> Option<(Established, Arc<ConnState>, bool)> {
+    let handshake = tokio::time::timeout(
+        limits.handshake_timeout,
+        StartHandshake::from_parts(accepted, CorkIo::new(tcp)).into_stream(config),
+    );
+    let tls = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout");
+            return None;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let conn_state = Arc::new(ConnState::default());
+    let timeouts = Timeouts {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+        h1: !h2,
+    };
+    // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
+    let io = Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts));
+    Some((io, conn_state, h2))
+}
+
+/// What the ClientHello decides.
+struct Hello {
+    /// Boxed: large, and alive across the on-demand wait.
+    accepted: Box<Accepted>,
+    sni: Option<String>,
+    /// The site whose configuration answers, if any.
+    site: Option<usize>,
+    /// A pending TLS-ALPN-01 challenge for this name, when the client asked for `acme-tls/1`.
+    acme: Option<Option<Arc<rustls::ServerConfig>>>,
+    /// The SNI name is one a site lists (or there is none).
+    listed: bool,
+}
+
+/// Reads the ClientHello and picks the site (or the ACME challenge) it is for.
+async fn read_hello(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    state: &ServerState,
+) -> io::Result<Option<Hello>> {
+    let Some(accepted) = read_client_hello(tcp, peer).await? else {
+        return Ok(None);
+    };
+    let hello = accepted.client_hello();
+    let sni = hello.server_name().map(str::to_owned);
+    let site = match &sni {
+        None => Some(state.tls.default_site),
+        Some(name) => state
+            .tls
+            .sni
+            .get(name)
+            .copied()
+            .or(match state.tls.unknown_sni {
+                UnknownSni::DefaultSite => Some(state.tls.default_site),
+                UnknownSni::Reject => None,
+            }),
+    };
+    // ACME TLS-ALPN-01 validation (RFC 8737): answered from the challenge store, never a site.
+    let acme = hello
+        .alpn()
+        .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+    let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
+    let listed = sni.as_ref().is_none_or(|n| state.tls.sni.get(n).is_some());
+    Ok(Some(Hello {
+        accepted: Box::new(accepted),
+        sni,
+        site,
+        acme,
+        listed,
+    }))
+}
+
+/// An automatic certificate not obtained yet: a definite alert and a log line that says why,
+/// instead of rustls's generic handshake_failure.
+async fn refuse_pending(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    state: &ServerState,
+    site: usize,
+    sni: Option<&str>,
+) {
+    let now = crate::tls::certs::unix_now();
+    let last = PENDING_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+    let name = state.front.sites.get(site).map_or("", |s| s.name.as_str());
+    if now - last >= 60
+        && PENDING_WARNED
+            .compare_exchange(
+                last,
+                now,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            )
+            .is_ok()
+    {
+        tracing::warn!(%peer, site = name, sni = sni.unwrap_or(""), "handshake refused (internal_error alert): the site's certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
+    } else {
+        tracing::debug!(%peer, site = name, "handshake refused: certificate pending");
+    }
+    let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+}
+
 pub async fn serve_tls(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -112,51 +235,38 @@ pub async fn serve_tls(
     overloaded: bool,
     _guard: ConnGuard,
 ) {
+    // Memory: this future lives as long as the connection, so it is sized by its largest
+    // state. Everything large and short-lived (the ClientHello read, the handshake, rustls's
+    // `Accepted`) is boxed and freed when done, and the TLS stream goes into its (boxed)
+    // TimedIo right after the handshake: an idle connection's task holds pointers only.
     let limits = &state.limits;
-    let handshake = async {
-        let Some(accepted) = read_client_hello(&tcp, peer).await? else {
-            return Ok(None);
-        };
-        let hello = accepted.client_hello();
-        let sni = hello.server_name().map(str::to_owned);
-        let site = match &sni {
-            None => Some(state.tls.default_site),
-            Some(name) => state
-                .tls
-                .sni
-                .get(name)
-                .copied()
-                .or(match state.tls.unknown_sni {
-                    UnknownSni::DefaultSite => Some(state.tls.default_site),
-                    UnknownSni::Reject => None,
-                }),
-        };
-        // ACME TLS-ALPN-01 validation (RFC 8737): answered from the challenge store, never a site.
-        let acme = hello
-            .alpn()
-            .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
-        let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
-        let listed = sni.as_ref().is_none_or(|n| state.tls.sni.get(n).is_some());
-        Ok::<_, io::Error>(Some((accepted, sni, site, acme, listed)))
+    let hello = Box::pin(tokio::time::timeout(
+        limits.handshake_timeout,
+        read_hello(&tcp, peer, &state),
+    ));
+    let Hello {
+        accepted,
+        sni,
+        site,
+        acme,
+        listed,
+    } = match hello.await {
+        Ok(Ok(Some(x))) => x,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
+            return;
+        }
     };
-    let (accepted, sni, mut site, acme, listed) =
-        match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-            Ok(Ok(Some(x))) => x,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
-                return;
-            }
-        };
+    let mut site = site;
     if let Some(challenge) = acme {
-        // Boxed: its state would otherwise enlarge every connection's task (rare path).
         Box::pin(answer_tls_alpn_01(
             tcp,
-            accepted,
+            *accepted,
             challenge,
             peer,
             sni,
@@ -167,63 +277,39 @@ pub async fn serve_tls(
     }
     let mut on_demand = false;
     if let (Some(od), Some(name), false) = (&state.tls.on_demand, &sni, listed) {
-        // On-demand TLS: an approved name gets its certificate now (boxed: rare and large).
+        // On-demand TLS: an approved name gets its certificate now.
         if Box::pin(od.admit(name, crate::acme::on_demand::HANDSHAKE_WAIT)).await {
             site = Some(od.settings.site);
             on_demand = true;
         }
     }
     let Some(site) = site else {
+        drop(accepted);
         tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
         let mut tcp = tcp;
         let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
         return;
     };
     if !on_demand && state.tls.certs[site].is_empty() {
-        // An automatic certificate not obtained yet: a definite alert and a log line that says
-        // why, instead of rustls's generic handshake_failure.
-        let now = crate::tls::certs::unix_now();
-        let last = PENDING_WARNED.load(std::sync::atomic::Ordering::Relaxed);
-        let name = state.front.sites.get(site).map_or("", |s| s.name.as_str());
-        if now - last >= 60
-            && PENDING_WARNED
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            tracing::warn!(%peer, site = name, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the site's certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
-        } else {
-            tracing::debug!(%peer, site = name, "handshake refused: certificate pending");
-        }
-        let mut tcp = tcp;
-        let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+        drop(accepted);
+        Box::pin(refuse_pending(tcp, peer, &state, site, sni.as_deref())).await;
         return;
     }
     let config = state.tls.configs[site].clone();
-    let tls = match tokio::time::timeout(
-        limits.handshake_timeout,
-        StartHandshake::from_parts(accepted, CorkIo::new(tcp)).into_stream(config),
-    )
-    .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout");
-            return;
-        }
+    let established = Box::pin(establish(
+        *accepted,
+        tcp,
+        config,
+        limits,
+        peer,
+        sni.as_deref(),
+    ));
+    let Some((mut io, conn_state, h2)) = established.await else {
+        return;
     };
-    let mut tls = tls;
+    let tls = io.as_mut().inner_mut().get_mut();
     // The session ticket(s) go out with the first response (or SETTINGS frame).
     tls.get_mut().0.release();
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     if !h2 {
         // HTTP/1.1: wait for the request's first bytes before handing the connection to hyper,
         // so a connection that sits idle after its handshake holds no HTTP buffers (nginx
@@ -239,8 +325,9 @@ pub async fn serve_tls(
                 return;
             }
             let wait = limits.header_timeout.min(limits.idle_timeout);
+            let readable = io.get_ref().get_ref().0.get_ref().readable();
             tokio::select! {
-                r = tokio::time::timeout(wait, tls.get_ref().0.get_ref().readable()) => match r {
+                r = tokio::time::timeout(wait, readable) => match r {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
@@ -252,21 +339,14 @@ pub async fn serve_tls(
             }
         }
     }
-    let conn_state = Arc::new(ConnState::default());
-    let timeouts = Timeouts {
-        header: limits.header_timeout,
-        idle: limits.idle_timeout,
-        send: limits.send_timeout,
-        h1: !h2,
-    };
-    // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
-    let io = TokioIo::new(Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts)));
+    let io = TokioIo::new(io);
     let svc = HttpsService {
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
         conn: conn_state,
         overloaded,
     };
+    drop(sni);
     // The protocol state lives in its own allocation of exactly its size: the task's future
     // would otherwise be as large as the larger of the two (HTTP/2's) for every connection.
     let result = if h2 {

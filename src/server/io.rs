@@ -117,6 +117,11 @@ impl<T> TimedIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+
+    /// The wrapped stream, mutably.
+    pub fn inner_mut(self: Pin<&mut Self>) -> Pin<&mut T> {
+        self.project().inner
+    }
 }
 
 impl<T: AsyncWrite> TimedIo<T> {
