@@ -15,7 +15,7 @@ fn hook(env: &TestEnv, body: &str) -> PathBuf {
     let path = env.write(
         "hook.sh",
         format!(
-            "#!/bin/sh\necho \"$1 $2 $3 $PORTCULLIS_DNS_RECORD\" >> '{}'\n{body}\n",
+            "#!/bin/sh\necho \"$1 $2 $3 zone=$PORTCULLIS_DNS_ZONE_RECORD $PORTCULLIS_DNS_RECORD\" >> '{}'\n{body}\n",
             env.path("hook.log").display()
         ),
     );
@@ -84,8 +84,8 @@ fn a_wildcard_certificate_is_issued_through_the_dns_hook() {
     let count = |action: &str| log.lines().filter(|l| l.starts_with(action)).count();
     assert_eq!((count("present"), count("cleanup")), (2, 2), "{log}");
     assert!(
-        log.lines()
-            .all(|l| l.contains(" example.test ") && l.ends_with("_acme-challenge.example.test")),
+        log.lines().all(|l| l.contains(" example.test ")
+            && l.ends_with(" zone=_acme-challenge.example.test _acme-challenge.example.test")),
         "{log}"
     );
 }
@@ -117,6 +117,52 @@ fn a_failing_hook_is_reported_with_the_name_the_challenge_and_its_stderr() {
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(env.path("hook.log")).unwrap();
     assert!(log.lines().any(|l| l.starts_with("cleanup")), "{log}");
+}
+
+/// A hook that hangs is killed after `acme.dns_hook_timeout`; the order fails with an error
+/// saying so (naming the hook, the name and the challenge), and cleanup still runs.
+#[test]
+fn a_hanging_hook_is_killed_after_the_configured_timeout() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let http_port = free_port();
+    let (pebble, _dns) = start_pebble_resolving(&dir, http_port, free_port());
+    let hook = hook(&env, "[ \"$1\" = present ] && exec sleep 60\nexit 0");
+    let cfg = config(&env, &pebble, http_port, &hook);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let cfg = env.write_config_raw(&text.replace(
+        "dns_propagation = \"0s\"\n",
+        "dns_propagation = \"0s\"\ndns_hook_timeout = \"1s\"\n",
+    ));
+    let started = Instant::now();
+    let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    // Well before the 2-minute default.
+    let line = p.wait_for_line("order failed", Duration::from_secs(30));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for part in [
+        "example.test",
+        "dns-01",
+        "present",
+        &hook.display().to_string(),
+        "did not finish within 1s and was killed",
+        "acme.dns_hook_timeout",
+    ] {
+        assert!(line.contains(part), "{part:?} missing in: {line}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(env.path("hook.log")).unwrap();
+    assert!(log.lines().any(|l| l.starts_with("cleanup")), "{log}");
+    // The timeout is validated like every duration.
+    let bad = env.write_config_raw(&text.replace(
+        "dns_propagation = \"0s\"\n",
+        "dns_propagation = \"0s\"\ndns_hook_timeout = \"soon\"\n",
+    ));
+    let (ok, out) = check_config(&bad);
+    assert!(
+        !ok && out.contains("acme.dns_hook_timeout = \"soon\" is not a duration"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -1360,3 +1360,63 @@ fn pins_announce_the_key_the_next_renewal_uses() {
     );
     server.shutdown();
 }
+
+/// The next key exists before the first order (`pins` makes it when first asked) and that first
+/// order uses it; a key-type change discards it, `pins` announces a key of the new type, and the
+/// certificate that replaces the old one (at once, caddy#6732) uses exactly that key.
+#[test]
+fn the_announced_next_key_is_used_by_the_first_order_and_follows_a_key_type_change() {
+    let env = TestEnv::new();
+    let dir = env.path("acme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let test_ca = env.write("test-root.pem", &pki().root_pem);
+    let http_port = free_port();
+    let pebble = start_pebble(&dir, http_port, free_port());
+    let config = |key_type: &str| {
+        format!(
+            "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+             [acme]\nca = \"{}\"\nca_root = \"{}\"\nkey_type = \"{key_type}\"\n\
+             [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+            pebble.directory,
+            test_ca.display()
+        )
+    };
+    let serve_until_pin = |path: &Path, want: &str| {
+        let (cfg, _) = env.load(path).unwrap();
+        let server = portcullis::server::Server::start(cfg).expect("start");
+        let port = server.https_addrs()[0].port();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = served_pin(port);
+            if got.as_deref() == Some(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "served {got:?}, expected the announced {want}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server.shutdown();
+    };
+    let path = env.write_config_raw(&config("ecdsa-p256"));
+    let (current, ecdsa_next) = printed_pins(&path);
+    assert!(
+        !current.starts_with("pin-sha256="),
+        "no certificate yet: {current}"
+    );
+    serve_until_pin(&path, &ecdsa_next);
+
+    let path = env.write_config_raw(&config("rsa2048"));
+    let (current, rsa_next) = printed_pins(&path);
+    assert_eq!(current, ecdsa_next);
+    assert_ne!(rsa_next, ecdsa_next);
+    let data = env.path("data").join(portcullis::acme::manager::cert_dir(&[
+        "localhost".to_string()
+    ]));
+    assert!(
+        !data.join("next-key-ecdsa-p256.pem").exists(),
+        "the ECDSA next key is discarded after the key-type change"
+    );
+    serve_until_pin(&path, &rsa_next);
+}

@@ -4,9 +4,10 @@
 //! The hook is run as `HOOK present NAME VALUE` before the CA is asked to validate and as
 //! `HOOK cleanup NAME VALUE` afterwards (always, also after a failure). NAME is the domain
 //! without any `*.` (the record is `_acme-challenge.NAME`); the same values are in the
-//! environment as `PORTCULLIS_DNS_ACTION`, `PORTCULLIS_DNS_NAME`, `PORTCULLIS_DNS_RECORD` and
-//! `PORTCULLIS_DNS_VALUE`. A run that exits non-zero or outlives [`HOOK_TIMEOUT`] fails the
-//! order with the hook's exit status and the end of its stderr.
+//! environment as `PORTCULLIS_DNS_ACTION`, `PORTCULLIS_DNS_NAME`, `PORTCULLIS_DNS_RECORD`
+//! (also as `PORTCULLIS_DNS_ZONE_RECORD`) and `PORTCULLIS_DNS_VALUE`. A run that exits non-zero
+//! fails the order with the hook's exit status and the end of its stderr; one that outlives
+//! `acme.dns_hook_timeout` (default [`HOOK_TIMEOUT`]) is killed and fails the order too.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-/// The longest one hook run may take.
+/// The longest one hook run may take unless `acme.dns_hook_timeout` says otherwise.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 /// How much of the hook's stderr is quoted in errors.
 const STDERR_TAIL: usize = 400;
@@ -25,6 +26,8 @@ pub struct DnsHook {
     pub command: PathBuf,
     /// Wait after `present` before the CA validates (DNS propagation).
     pub propagation: Duration,
+    /// The longest one run may take; the hook is killed after it.
+    pub timeout: Duration,
 }
 
 /// The TXT record name for `name` (`*.example.com` and `example.com` share one).
@@ -43,6 +46,7 @@ impl DnsHook {
             .env("PORTCULLIS_DNS_ACTION", action)
             .env("PORTCULLIS_DNS_NAME", name)
             .env("PORTCULLIS_DNS_RECORD", record_name(name))
+            .env("PORTCULLIS_DNS_ZONE_RECORD", record_name(name))
             .env("PORTCULLIS_DNS_VALUE", value)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -58,11 +62,13 @@ impl DnsHook {
             }
             (child.wait().await, err)
         };
-        let (status, err) = match tokio::time::timeout(HOOK_TIMEOUT, run).await {
+        // On timeout `run` is dropped with the child, which kills it (`kill_on_drop`).
+        let (status, err) = match tokio::time::timeout(self.timeout, run).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(format!(
-                    "dns_hook {hook} {action} {name} did not finish within {HOOK_TIMEOUT:?}"
+                    "dns_hook {hook} {action} {name} did not finish within {:?} and was killed; raise acme.dns_hook_timeout if your DNS provider is that slow",
+                    self.timeout
                 ))
             }
         };

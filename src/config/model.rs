@@ -76,6 +76,8 @@ pub struct DnsHookSettings {
     pub command: PathBuf,
     /// Wait after `present` before the CA validates.
     pub propagation: Duration,
+    /// The longest one hook run may take before it is killed and the order fails.
+    pub timeout: Duration,
 }
 
 /// Key types for ACME certificates.

@@ -144,6 +144,8 @@ pub struct RawAcme {
     pub dns_hook: Option<Spanned<String>>,
     /// How long to wait after `present` before asking the CA to validate (DNS propagation).
     pub dns_propagation: Option<Spanned<String>>,
+    /// The longest one hook run may take before it is killed (default "2m").
+    pub dns_hook_timeout: Option<Spanned<String>>,
 }
 
 /// One `[[site]]`.

@@ -501,6 +501,13 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         }
         Some(command)
     });
+    let timeout = cx.duration(
+        &raw.dns_hook_timeout,
+        "acme.dns_hook_timeout",
+        crate::acme::dns::HOOK_TIMEOUT,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
     let propagation = cx.duration(
         &raw.dns_propagation,
         "acme.dns_propagation",
@@ -519,6 +526,7 @@ fn acme_settings(cx: &mut Ctx<'_>, raw: &RawAcme) -> AcmeSettings {
         dns_hook: dns_hook.map(|command| DnsHookSettings {
             command,
             propagation,
+            timeout,
         }),
     }
 }

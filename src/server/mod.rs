@@ -231,6 +231,7 @@ impl Server {
                 Arc::new(acme::dns::DnsHook {
                     command: h.command.clone(),
                     propagation: h.propagation,
+                    timeout: h.timeout,
                 })
             }),
             ..Default::default()
