@@ -219,3 +219,91 @@ impl Drop for CorkIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (CorkIo, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (CorkIo::new(server), client)
+    }
+
+    /// Reads what arrives within 200 ms.
+    async fn arrived(c: &mut TcpStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    /// Server flight, the peer's answer, then the handshake's last writes: held until the
+    /// release and sent with the next write, in order.
+    #[tokio::test]
+    async fn writes_after_the_answer_go_out_with_the_first_response() {
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"flight").await.unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"flight");
+        c.write_all(b"finished").await.unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"ticket").await.unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"", "held while the handshake ends");
+        s.release();
+        s.write_all(b"response").await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"ticketresponse");
+        s.write_all(b"more").await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"more");
+    }
+
+    /// Nothing stays held while the connection waits for the peer: a read that would block
+    /// sends it (a handshake with a second client flight), and so does send_held.
+    #[tokio::test]
+    async fn nothing_is_held_while_waiting_for_the_peer() {
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"hrr").await.unwrap();
+        c.write_all(b"hello2").await.unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"flight").await.unwrap();
+        let mut one = [0u8; 1];
+        let waiting = tokio::time::timeout(Duration::from_millis(100), s.read(&mut one)).await;
+        assert!(waiting.is_err(), "nothing to read yet");
+        assert_eq!(arrived(&mut c).await, b"hrrflight");
+
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"flight").await.unwrap();
+        c.write_all(b"answer").await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"finished").await.unwrap();
+        s.release();
+        s.send_held().await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"flightfinished");
+    }
+
+    /// A connection dropped with something held (an alert) still tries to send it.
+    #[tokio::test]
+    async fn held_bytes_are_attempted_on_drop() {
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"flight").await.unwrap();
+        c.write_all(b"answer").await.unwrap();
+        let mut buf = [0u8; 6];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"alert").await.unwrap();
+        drop(s);
+        assert_eq!(arrived(&mut c).await, b"flightalert");
+    }
+}
