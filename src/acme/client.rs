@@ -437,7 +437,7 @@ impl AcmeClient {
                 if authz.status != AuthorizationStatus::Pending {
                     continue;
                 }
-                let name = dns_name(authz.identifier().identifier);
+                let name = authz.identifier().to_string();
                 let mut challenge =
                     authz
                         .challenge(kind.acme_type())
@@ -488,7 +488,7 @@ impl AcmeClient {
                     if authz.status != AuthorizationStatus::Pending {
                         continue;
                     }
-                    let name = dns_name(authz.identifier().identifier);
+                    let name = authz.identifier().to_string();
                     let mut challenge = authz.challenge(ChallengeType::Dns01).ok_or_else(|| {
                         AcmeError::NoChallenge {
                             directory: dir.clone(),
@@ -518,7 +518,7 @@ impl AcmeClient {
                 let mut authzs = order.authorizations();
                 while let Some(Ok(authz)) = authzs.next().await {
                     if authz.status == AuthorizationStatus::Invalid {
-                        bad.push(dns_name(authz.identifier().identifier));
+                        bad.push(authz.identifier().to_string());
                         if detail.is_none() {
                             detail = authz
                                 .challenges
@@ -604,12 +604,5 @@ impl AcmeClient {
                 what: "revoking the certificate",
                 source,
             })
-    }
-}
-
-fn dns_name(id: &Identifier) -> String {
-    match id {
-        Identifier::Dns(n) => n.clone(),
-        other => format!("{other:?}"),
     }
 }

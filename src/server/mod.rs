@@ -340,11 +340,26 @@ impl Server {
                 renew: None,
             });
         }
-        stapler::spawn(
-            Stapler::new(staple_sites, storage.clone(), config.tls.ocsp_stapling),
-            shutdown_rx.clone(),
-        )
-        .map_err(|e| format!("cannot start the OCSP stapler: {e}"))?;
+        // No thread when nothing can ever be stapled: only file certificates, none naming a
+        // responder or requiring a staple, and no staple files (saves ~1.5 MiB of RSS).
+        let may_staple = !acme_names.is_empty()
+            || state.front.on_demand.is_some()
+            || config.sites.iter().enumerate().any(|(i, site)| {
+                site.ocsp_staple.is_some()
+                    || state.tls.certs[i].current().iter().any(|ck| {
+                        ck.cert.first().is_some_and(|leaf| {
+                            let info = crate::tls::ocsp::leaf_ocsp(leaf);
+                            info.must_staple || (info.url.is_some() && config.tls.ocsp_stapling)
+                        })
+                    })
+            });
+        if may_staple {
+            stapler::spawn(
+                Stapler::new(staple_sites, storage.clone(), config.tls.ocsp_stapling),
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| format!("cannot start the OCSP stapler: {e}"))?;
+        }
 
         // 7. Warn before any served certificate expires.
         crate::ops::expiry::spawn(state.clone(), shutdown_rx.clone())
