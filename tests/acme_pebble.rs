@@ -140,12 +140,13 @@ async fn a_challenge_that_cannot_succeed_names_the_name_and_the_challenge() {
 /// background, serves it as soon as it arrives, and serves the stored one at the next start.
 #[test]
 fn serve_obtains_a_certificate_and_reuses_it_after_a_restart() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let config = format!(
         "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
          [acme]\nca = \"{}\"\nca_root = \"{}\"\nemail = \"admin@example.test\"\n\
@@ -254,19 +255,14 @@ async fn tls_alpn01_issuance_is_answered_by_the_https_listener() {
 /// holder stored, without ordering its own.
 #[test]
 fn a_server_waits_for_the_order_lock_and_serves_what_the_holder_stored() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
-    let config = format!(
-        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
+    let config = pebbled_config(1, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let names = vec!["localhost".to_string()];
     // "The other process": holds the order lock on the same data directory.
@@ -367,13 +363,7 @@ fn a_short_lived_certificate_is_renewed_and_hot_swapped_without_failed_requests(
     let http_port = free_port();
     // 24 s certificates: renewal is due 8 s before expiry (a third of the lifetime).
     let pebble = start_pebble_with(&dir, http_port, free_port(), 24);
-    let config = format!(
-        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let config = pebbled_config(2, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let root = pebble_root(&dir, &pebble, &test_ca);
     let (cfg, _) = env.load(&path).unwrap();
@@ -463,19 +453,20 @@ fn a_short_lived_certificate_is_renewed_and_hot_swapped_without_failed_requests(
 /// RSA one after the restart (caddy#6732 is this bug in Caddy).
 #[test]
 fn a_changed_key_type_replaces_the_stored_certificate() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let config = |key_type: &str| {
-        format!(
-            "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-             [acme]\nca = \"{}\"\nca_root = \"{}\"\nkey_type = \"{key_type}\"\n\
-             [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-            pebble.directory,
-            test_ca.display()
+        pebbled_config(
+            1,
+            http_port,
+            &pebble.directory,
+            &test_ca,
+            &format!("key_type = \"{key_type}\"\n"),
         )
     };
     let served_key = |port: u16| -> String {
@@ -585,19 +576,14 @@ fn certs_command_shows_the_certificate_and_the_last_failure() {
 /// start orders a new one.
 #[test]
 fn revoke_command_revokes_at_the_ca() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
-    let config = format!(
-        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
+    let config = pebbled_config(1, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let names = vec!["localhost".to_string()];
     let chain = env
@@ -710,12 +696,13 @@ fn revoke_command_revokes_at_the_ca() {
 /// When the primary CA does not answer, the certificate comes from the fallback CA.
 #[test]
 fn an_unreachable_primary_ca_falls_back_to_the_next_one() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let dead = format!("https://localhost:{}/dir", free_port());
     let config = format!(
         "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
@@ -779,19 +766,14 @@ async fn external_account_binding_is_sent_when_configured() {
 /// served), and the rest of the storage (the account) is kept (certmagic#366 is this bug).
 #[test]
 fn a_corrupt_stored_certificate_is_re_obtained() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
-    let config = format!(
-        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
+    let config = pebbled_config(1, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let root = pebble_root(&dir, &pebble, &test_ca);
     let chain = env
@@ -848,13 +830,7 @@ fn a_ca_that_forgot_the_account_gets_a_new_registration() {
     let (port, mgmt, http_port, tls_port) = (free_port(), free_port(), free_port(), free_port());
     let short = ", \"externalAccountBindingRequired\": false, \"certificateValidityPeriod\": 24";
     let pebble = start_pebble_ports(&dir_a, port, mgmt, http_port, tls_port, short);
-    let config = format!(
-        "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let config = pebbled_config(1, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let (cfg, _) = env.load(&path).unwrap();
     let server = portcullis::server::Server::start(cfg).expect("start");
@@ -959,12 +935,13 @@ const DAY: i64 = 86400;
 /// (whose window is a month away) is scheduled by ARI, as `portcullis certs` shows.
 #[test]
 fn an_ari_window_in_the_past_renews_at_once_and_the_order_names_the_replaced_certificate() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let first_id = std::sync::Mutex::new(None::<String>);
     let proxy = AcmeProxy::start(
         &pebble.directory,
@@ -1039,12 +1016,13 @@ fn an_ari_window_in_the_past_renews_at_once_and_the_order_names_the_replaced_cer
 /// renewed early.
 #[test]
 fn ari_failures_fall_back_to_the_lifetime_rule_and_say_why() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let cases: Vec<(&str, Option<AriReply>, &str)> = vec![
         (
             "http-error",
@@ -1111,12 +1089,13 @@ fn ari_failures_fall_back_to_the_lifetime_rule_and_say_why() {
 /// overrides it.
 #[test]
 fn the_configured_profile_is_sent_in_the_order() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let root = pebble_root(&dir, &pebble, &test_ca);
     let proxy = AcmeProxy::start(
         &pebble.directory,
@@ -1158,12 +1137,13 @@ fn the_configured_profile_is_sent_in_the_order() {
 /// ones, in `portcullis certs`; nothing is ordered.
 #[test]
 fn an_unknown_profile_is_refused_naming_it_and_the_offered_ones() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let proxy = AcmeProxy::start(
         &pebble.directory,
         None,
@@ -1321,13 +1301,7 @@ fn pins_announce_the_key_the_next_renewal_uses() {
     let http_port = free_port();
     // 24 s certificates: renewed about 8 s before expiry.
     let pebble = start_pebble_with(&dir, http_port, free_port(), 24);
-    let config = format!(
-        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
-    );
+    let config = pebbled_config(2, http_port, &pebble.directory, &test_ca, "");
     let path = env.write_config_raw(&config);
     let (cfg, _) = env.load(&path).unwrap();
     let server = portcullis::server::Server::start(cfg).expect("start");
@@ -1366,19 +1340,20 @@ fn pins_announce_the_key_the_next_renewal_uses() {
 /// certificate that replaces the old one (at once, caddy#6732) uses exactly that key.
 #[test]
 fn the_announced_next_key_is_used_by_the_first_order_and_follows_a_key_type_change() {
-    let env = TestEnv::new();
-    let dir = env.path("acme");
-    std::fs::create_dir_all(&dir).unwrap();
-    let test_ca = env.write("test-root.pem", &pki().root_pem);
-    let http_port = free_port();
-    let pebble = start_pebble(&dir, http_port, free_port());
+    let PebbleEnv {
+        env,
+        dir: _,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
     let config = |key_type: &str| {
-        format!(
-            "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-             [acme]\nca = \"{}\"\nca_root = \"{}\"\nkey_type = \"{key_type}\"\n\
-             [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-            pebble.directory,
-            test_ca.display()
+        pebbled_config(
+            1,
+            http_port,
+            &pebble.directory,
+            &test_ca,
+            &format!("key_type = \"{key_type}\"\n"),
         )
     };
     let serve_until_pin = |path: &Path, want: &str| {

@@ -603,12 +603,12 @@ fn a_revoked_acme_certificate_is_replaced_at_once_and_the_new_one_stapled() {
             .unwrap();
         assert!(st.success(), "cannot fetch pebble's {what}");
     }
-    let cfg = env.write_config_raw(&format!(
-        "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
-         [acme]\nca = \"{}\"\nca_root = \"{}\"\n\
-         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        pebble.directory,
-        test_ca.display()
+    let cfg = env.write_config_raw(&pebbled_config(
+        2,
+        http_port,
+        &pebble.directory,
+        &test_ca,
+        "",
     ));
     let mut p = ServeProcess::spawn(&["serve", "--config", cfg.to_str().unwrap()], &[]);
     let line = p.wait_for_line("listening on https://", Duration::from_secs(10));

@@ -208,3 +208,55 @@ pub fn pebble_root(dir: &Path, pebble: &Pebble, ca: &Path) -> std::path::PathBuf
     assert!(st.success(), "could not fetch pebble's root");
     out
 }
+
+/// A config with one ACME site, "pebbled" for `localhost` answering "ok", ordering from
+/// `directory` (pebble, or a proxy in front of it) whose HTTPS `ca_root` vouches for, with port
+/// 80 on `http_port` for HTTP-01 and `acme_extra` lines (each ending in `\n`) in `[acme]`.
+pub fn pebbled_config(
+    workers: usize,
+    http_port: u16,
+    directory: &str,
+    ca_root: &Path,
+    acme_extra: &str,
+) -> String {
+    format!(
+        "workers = {workers}\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:0\"]\nhttp = [\"127.0.0.1:{http_port}\"]\n\
+         [acme]\nca = \"{directory}\"\nca_root = \"{}\"\n{acme_extra}\
+         [[site]]\nname = \"pebbled\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        ca_root.display()
+    )
+}
+
+/// A test directory with pebble running: HTTP-01 validated on `http_port`, pebble's HTTPS
+/// certified by the test PKI whose root is `test_ca`, pebble's files under `dir`.
+pub struct PebbleEnv {
+    pub env: super::TestEnv,
+    pub dir: std::path::PathBuf,
+    pub test_ca: std::path::PathBuf,
+    pub http_port: u16,
+    pub pebble: Pebble,
+}
+
+impl PebbleEnv {
+    /// pebble with its default certificate validity.
+    pub fn start() -> PebbleEnv {
+        PebbleEnv::start_with(0)
+    }
+
+    /// pebble issuing certificates valid for `validity_secs` (0: pebble's default).
+    pub fn start_with(validity_secs: u64) -> PebbleEnv {
+        let env = super::TestEnv::new();
+        let dir = env.path("acme");
+        std::fs::create_dir_all(&dir).unwrap();
+        let test_ca = env.write("test-root.pem", &pki().root_pem);
+        let http_port = free_port();
+        let pebble = start_pebble_with(&dir, http_port, free_port(), validity_secs);
+        PebbleEnv {
+            env,
+            dir,
+            test_ca,
+            http_port,
+            pebble,
+        }
+    }
+}
