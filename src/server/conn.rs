@@ -111,7 +111,7 @@ type Established = Pin<Box<TimedIo<tokio_rustls::server::TlsStream<CorkIo>>>>;
 /// handshake's state is freed as soon as it is done). Returns the stream, the connection's
 /// request state and whether HTTP/2 was negotiated.
 async fn establish(
-    accepted: Accepted,
+    accepted: Box<Accepted>,
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     limits: &Limits,
@@ -120,7 +120,7 @@ async fn establish(
 ) -> Option<(Established, Arc<ConnState>, bool)> {
     let handshake = tokio::time::timeout(
         limits.handshake_timeout,
-        StartHandshake::from_parts(accepted, CorkIo::new(tcp)).into_stream(config),
+        StartHandshake::from_parts(*accepted, CorkIo::new(tcp)).into_stream(config),
     );
     let tls = match handshake.await {
         Ok(Ok(s)) => s,
@@ -297,7 +297,7 @@ pub async fn serve_tls(
     }
     let config = state.tls.configs[site].clone();
     let established = Box::pin(establish(
-        *accepted,
+        accepted,
         tcp,
         config,
         limits,
