@@ -170,24 +170,21 @@ async fn read_hello(
     };
     let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_owned);
+    // One table lookup: whether a site lists the name, and which site answers.
+    let listed_site = sni.as_ref().and_then(|n| state.tls.sni.get(n).copied());
+    let listed = sni.is_none() || listed_site.is_some();
     let site = match &sni {
         None => Some(state.tls.default_site),
-        Some(name) => state
-            .tls
-            .sni
-            .get(name)
-            .copied()
-            .or(match state.tls.unknown_sni {
-                UnknownSni::DefaultSite => Some(state.tls.default_site),
-                UnknownSni::Reject => None,
-            }),
+        Some(_) => listed_site.or(match state.tls.unknown_sni {
+            UnknownSni::DefaultSite => Some(state.tls.default_site),
+            UnknownSni::Reject => None,
+        }),
     };
     // ACME TLS-ALPN-01 validation (RFC 8737): answered from the challenge store, never a site.
     let acme = hello
         .alpn()
         .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
     let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
-    let listed = sni.as_ref().is_none_or(|n| state.tls.sni.get(n).is_some());
     Ok(Some(Hello {
         accepted: Box::new(accepted),
         sni,
