@@ -708,10 +708,11 @@ pub struct Status {
     /// Where `next_renewal` comes from: the CA's ARI window or the lifetime rule (and why).
     #[serde(default)]
     pub renewal_basis: Option<String>,
-    /// Expiry of the certificate `next_renewal` is for (a different stored certificate, e.g.
-    /// from another process, has no plan yet).
+    /// SHA-256 (hex) of the leaf `next_renewal` is for: a different stored certificate (a
+    /// renewal whose plan is not written yet, or one from another process) has no plan yet.
+    /// Its expiry alone cannot tell them apart: a renewal minutes after an order has the same.
     #[serde(default)]
-    pub cert_not_after: Option<i64>,
+    pub cert_sha256: Option<String>,
     /// Directory URL of the CA that issued the current certificate.
     #[serde(default)]
     pub ca: Option<String>,
@@ -728,7 +729,7 @@ fn write_status(storage: &dyn Storage, st: &SiteState) {
         retry_at: st.last_error.as_ref().map(|_| st.retry_at),
         next_renewal: plan.map(|p| p.at),
         renewal_basis: plan.map(|p| p.basis.clone()),
-        cert_not_after: plan.and(st.current.as_ref()).map(|c| c.info.not_after),
+        cert_sha256: plan.map(|p| leaf_fingerprint(&p.leaf)),
         ca: st.issuer_ca.clone(),
     };
     let key = format!("{}/status.json", cert_dir(&st.site.names));
@@ -737,6 +738,15 @@ fn write_status(storage: &dyn Storage, st: &SiteState) {
             tracing::warn!(error = %e, "ACME: cannot record the order status");
         }
     }
+}
+
+/// Hex SHA-256 of a leaf certificate's DER.
+fn leaf_fingerprint(der: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The recorded status of the certificate for `names`, if any.
@@ -754,9 +764,9 @@ pub fn next_renewal(storage: &dyn Storage, names: &[String], cert: &LoadedCert) 
         Some(Status {
             next_renewal: Some(at),
             renewal_basis: Some(basis),
-            cert_not_after: Some(na),
+            cert_sha256: Some(fp),
             ..
-        }) if na == cert.info.not_after => (at, basis),
+        }) if fp == leaf_fingerprint(&leaf_der(cert)) => (at, basis),
         _ => (
             renewal_time(cert),
             "lifetime rule (2/3 of the lifetime)".to_string(),

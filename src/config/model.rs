@@ -239,6 +239,8 @@ pub struct Site {
     pub acme_profile: Option<String>,
     /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// TLS 1.3 early data (0-RTT) is accepted, with single-use session tickets.
+    pub early_data: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
 }

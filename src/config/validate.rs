@@ -177,6 +177,24 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         .on_demand
         .as_ref()
         .and_then(|od| on_demand(&mut cx, od, &sites));
+    if let Some(site) = sites.iter().find(|s| s.early_data) {
+        if tls.session_cache_size == 0 {
+            let loc = raw
+                .tls
+                .session_cache_size
+                .as_ref()
+                .map(|s| cx.loc(s, ""))
+                .unwrap_or(Location::Flag("tls.session_cache_size".into()));
+            cx.err(
+                loc,
+                format!(
+                    "site {:?}: early_data needs the server-side session cache, and tls.session_cache_size = 0 turns it off",
+                    site.name
+                ),
+                "0-RTT is only accepted with single-use sessions kept by the server: set tls.session_cache_size > 0 (default 10000) or remove early_data",
+            );
+        }
+    }
 
     let errors = cx.problems.iter().any(Problem::is_error);
     if errors {
@@ -843,6 +861,7 @@ fn site(
         profile_name(cx, p, &format!("site {name:?}: profile"))
     });
     let headers = headers(cx, &rs, name);
+    let early_data = rs.early_data.unwrap_or(false);
     let routes = routes(cx, rs.routes, rs.root, name);
 
     let after = cx.problems.iter().filter(|p| p.is_error()).count();
@@ -856,6 +875,7 @@ fn site(
         ocsp_staple,
         acme_profile,
         headers,
+        early_data,
         routes,
     })
 }

@@ -151,6 +151,9 @@ pub struct ConnState {
     pub active: AtomicUsize,
     /// Requests started on this connection (changes → a request head has been read).
     pub started: AtomicU64,
+    /// The TLS handshake is not complete: requests read now came as 0-RTT early data, which
+    /// an attacker may replay (set by [`crate::server::early::EarlyTls`]).
+    pub early: std::sync::atomic::AtomicBool,
 }
 
 /// Decrements [`ConnState::active`] when the response body is done (dropped).
@@ -224,7 +227,7 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
             }
         }
         if self.front.access_log {
-            tracing::info!(target: "access", method = %parts.method, uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
+            tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
         }
         let resp = finish(&parts.method, resp);
         ready(Ok(resp.map(|inner| TrackedBody {
@@ -232,6 +235,11 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
             _guard: guard,
         })))
     }
+}
+
+/// Methods whose repetition is harmless (RFC 9110 §9.2.1): the only ones served from early data.
+fn is_safe(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS
 }
 
 /// The size of a request head as sent in HTTP/1.1 (request line and `Name: value` lines).
@@ -272,6 +280,15 @@ impl HttpsService {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (self.sni_site, r);
+        }
+        if !is_safe(&parts.method)
+            && (self.conn.early.load(Ordering::Relaxed)
+                || parts.headers.get("early-data").is_some_and(|v| v == "1"))
+        {
+            // RFC 8470: a request that may have been replayed (it came in 0-RTT early data,
+            // here or, per `Early-Data: 1`, at a proxy in front) is only served when repeating
+            // it is harmless. The client retries after its handshake.
+            return (self.sni_site, pages::error(StatusCode::TOO_EARLY));
         }
         if head_size(parts) > self.front.max_header_bytes {
             // hyper's HTTP/1.1 buffer cannot be set below 8 KiB; smaller limits are enforced here.

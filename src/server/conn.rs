@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::StartHandshake;
 
 use super::cork::CorkIo;
+use super::early::EarlyTls;
 use super::io::{TimedIo, Timeouts};
 use super::{ConnGuard, ServerState, WorkerCtx};
 use crate::acme::ACME_TLS_ALPN;
@@ -142,6 +143,48 @@ async fn establish(
         h1: !h2,
     };
     // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
+    let io = Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts));
+    Some((io, conn_state, h2))
+}
+
+/// [`establish`] for a site that accepts 0-RTT: the stream is ready once the handshake is
+/// complete or the client's early data is in.
+async fn establish_early(
+    accepted: Box<Accepted>,
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    limits: &Limits,
+    peer: SocketAddr,
+    sni: Option<&str>,
+) -> Option<(Pin<Box<TimedIo<EarlyTls>>>, Arc<ConnState>, bool)> {
+    let conn = match accepted.into_connection(config) {
+        Ok(c) => c,
+        Err((e, mut alert)) => {
+            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            let _ = alert.write(&mut SyncIo(&tcp));
+            return None;
+        }
+    };
+    let conn_state = Arc::new(ConnState::default());
+    let mut tls = EarlyTls::new(tcp, conn, conn_state.clone());
+    match tokio::time::timeout(limits.handshake_timeout, tls.start()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout");
+            return None;
+        }
+    }
+    let h2 = tls.connection().alpn_protocol() == Some(b"h2");
+    let timeouts = Timeouts {
+        header: limits.header_timeout,
+        idle: limits.idle_timeout,
+        send: limits.send_timeout,
+        h1: !h2,
+    };
     let io = Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts));
     Some((io, conn_state, h2))
 }
@@ -293,6 +336,29 @@ pub async fn serve_tls(
         return;
     }
     let config = state.tls.configs[site].clone();
+    let svc = |conn| HttpsService {
+        front: state.front.clone(),
+        sni_site: sni.as_ref().map(|_| site),
+        conn,
+        overloaded,
+    };
+    if config.max_early_data_size > 0 {
+        let established = Box::pin(establish_early(
+            accepted,
+            tcp,
+            config,
+            limits,
+            peer,
+            sni.as_deref(),
+        ));
+        let Some((io, conn_state, h2)) = established.await else {
+            return;
+        };
+        let svc = svc(conn_state);
+        drop(sni);
+        serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+        return;
+    }
     let established = Box::pin(establish(
         accepted,
         tcp,
@@ -336,14 +402,23 @@ pub async fn serve_tls(
             }
         }
     }
-    let io = TokioIo::new(io);
-    let svc = HttpsService {
-        front: state.front.clone(),
-        sni_site: sni.as_ref().map(|_| site),
-        conn: conn_state,
-        overloaded,
-    };
+    let svc = svc(conn_state);
     drop(sni);
+    serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 over an established TLS stream until the connection ends.
+async fn serve_https<T>(
+    io: Pin<Box<TimedIo<T>>>,
+    h2: bool,
+    svc: HttpsService,
+    ctx: &WorkerCtx,
+    mut shutdown: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let io = TokioIo::new(io);
     // The protocol state lives in its own allocation of exactly its size: the task's future
     // would otherwise be as large as the larger of the two (HTTP/2's) for every connection.
     let result = if h2 {

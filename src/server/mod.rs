@@ -7,6 +7,7 @@
 
 pub mod conn;
 mod cork;
+pub mod early;
 pub mod io;
 pub mod listener;
 
@@ -196,6 +197,7 @@ impl Server {
             session_cache_size: config.tls.session_cache_size,
             http2: config.http.http2,
             prefer_server_order: config.tls.prefer_server_order,
+            early_data: config.sites.iter().any(|s| s.early_data),
         })
         .map_err(|e| format!("TLS set-up failed: {e}"))?;
         let mut configs = Vec::new();
@@ -218,7 +220,7 @@ impl Server {
             };
             configs.push(
                 shared
-                    .site_config(serving)
+                    .site_config(serving, site.early_data)
                     .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
             );
             certs.push(resolver);

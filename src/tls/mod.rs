@@ -74,6 +74,9 @@ pub struct TlsShared {
     profile: Profile,
     ticketer: Option<Arc<dyn ProducesTickets>>,
     session_cache: Arc<dyn StoresServerSessions>,
+    /// Sessions of the sites that accept 0-RTT: stateful, and taken out when used (single-use
+    /// tickets are what keeps early data from being replayed).
+    early_cache: Option<Arc<dyn StoresServerSessions>>,
     alpn: Vec<Vec<u8>>,
     server_order: bool,
 }
@@ -87,7 +90,13 @@ pub struct TlsOptions {
     pub session_cache_size: usize,
     pub http2: bool,
     pub prefer_server_order: bool,
+    /// Some site accepts early data (its sessions need their own cache).
+    pub early_data: bool,
 }
+
+/// Most early data accepted per connection: room for a few requests, as nginx and Cloudflare
+/// allow (16 KiB, one TLS record).
+pub const MAX_EARLY_DATA: u32 = 16 * 1024;
 
 impl TlsShared {
     pub fn new(opts: &TlsOptions) -> Result<Self, rustls::Error> {
@@ -111,15 +120,23 @@ impl TlsShared {
             profile: opts.profile,
             ticketer,
             session_cache,
+            early_cache: (opts.early_data && opts.session_cache_size > 0).then(|| {
+                ServerSessionMemoryCache::new(opts.session_cache_size)
+                    as Arc<dyn StoresServerSessions>
+            }),
             alpn,
             server_order: opts.prefer_server_order,
         })
     }
 
     /// A server config answering with `certs` (one per site; all share tickets and cache).
+    ///
+    /// With `early_data`, the site accepts 0-RTT: rustls does so only with stateful resumption,
+    /// so its sessions live in the early-data cache (never in tickets) and are single-use.
     pub fn site_config(
         &self,
         certs: Arc<dyn rustls::server::ResolvesServerCert>,
+        early_data: bool,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.profile.versions())?
@@ -128,8 +145,10 @@ impl TlsShared {
         cfg.alpn_protocols = self.alpn.clone();
         cfg.ignore_client_order = self.server_order;
         cfg.session_storage = self.session_cache.clone();
-        if let Some(t) = &self.ticketer {
-            cfg.ticketer = t.clone();
+        match &self.ticketer {
+            // Early-data sites keep rustls's default: no tickets (stateful sessions only).
+            Some(t) if !early_data => cfg.ticketer = t.clone(),
+            _ => {}
         }
         cfg.max_early_data_size = 0;
         // One TLS 1.3 ticket per handshake, as Go's crypto/tls (Caddy) sends: each resumed
@@ -138,6 +157,17 @@ impl TlsShared {
         // second ticket encryption and record on every full handshake.)
         cfg.send_tls13_tickets = 1;
         cfg.max_tls13_tickets = 4;
+        if early_data {
+            let Some(cache) = &self.early_cache else {
+                return Err(rustls::Error::General(
+                    "early data needs the session cache (tls.session_cache_size > 0)".into(),
+                ));
+            };
+            cfg.session_storage = cache.clone();
+            cfg.max_early_data_size = MAX_EARLY_DATA;
+            // Answers to early requests go out right after the server's Finished.
+            cfg.send_half_rtt_data = true;
+        }
         Ok(Arc::new(cfg))
     }
 }
