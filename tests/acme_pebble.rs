@@ -1068,15 +1068,17 @@ fn ari_failures_fall_back_to_the_lifetime_rule_and_say_why() {
             line.contains("lifetime rule") && line.contains("pebbled"),
             "{name}: {line}"
         );
-        let text = certs_output(&path);
-        let renews = text
-            .lines()
-            .find(|l| l.contains("renews"))
-            .unwrap_or_else(|| panic!("{name}: {text}"));
-        assert!(
-            renews.contains("(lifetime rule") && renews.contains(reason),
-            "{name}: {renews}"
+        // The plan is recorded just after the log line.
+        let renews = wait_until(
+            10,
+            &format!("{name}: certs never showed {reason:?}"),
+            || {
+                let text = certs_output(&path);
+                let renews = text.lines().find(|l| l.contains("renews"))?.to_string();
+                renews.contains(reason).then_some(renews)
+            },
         );
+        assert!(renews.contains("(lifetime rule"), "{name}: {renews}");
         assert_eq!(proxy.new_orders().len(), 1, "{name}: renewed early");
         if name != "unsupported" {
             assert_eq!(proxy.ari_requests().len(), 1, "{name}");
@@ -1212,11 +1214,12 @@ fn a_ca_down_at_renewal_keeps_the_old_certificate_retries_visibly_and_recovers()
     assert!(failed.contains("pebbled"), "{failed}");
     // Retried: a second failure a backoff later.
     p.wait_for_line("ACME: order failed", Duration::from_secs(10));
-    let text = certs_output(&path);
-    let last = text
-        .lines()
-        .find(|l| l.contains("last attempt"))
-        .unwrap_or_else(|| panic!("no failure in certs:\n{text}"));
+    // The status is recorded just after the log line.
+    let last = wait_until(10, "no failure in certs", || {
+        let text = certs_output(&path);
+        let line = text.lines().find(|l| l.contains("last attempt"))?;
+        line.contains("next try").then(|| line.to_string())
+    });
     assert!(
         last.contains("failed")
             && last.contains(&format!("localhost:{port}"))
@@ -1243,11 +1246,11 @@ fn a_ca_down_at_renewal_keeps_the_old_certificate_retries_visibly_and_recovers()
             .then_some(())
     });
     assert_ne!(first_cert_der(&chain), first);
-    let text = certs_output(&path);
-    assert!(
-        !text.contains("last attempt"),
-        "failure still shown:\n{text}"
-    );
+    // Served first, recorded a moment later.
+    let text = wait_until(10, "the failure is still shown in certs", || {
+        let text = certs_output(&path);
+        (!text.contains("last attempt")).then_some(text)
+    });
     assert!(text.contains("renews"), "{text}");
     drop(p);
 }
