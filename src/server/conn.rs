@@ -381,6 +381,26 @@ pub async fn serve_tls(
             Ok(io) => io.plaintext_bytes_to_read() > 0 || io.peer_has_closed(),
             Err(_) => true, // let hyper read and report the error
         };
+        // A read that finds nothing also lets rustls release its receive buffer (patched
+        // rustls, vendor/rustls/PORTCULLIS.md): the connection waits without it.
+        let buffered = buffered || {
+            let (cork, conn) = tls.get_mut();
+            match conn.read_tls(&mut SyncIo(cork.get_ref())) {
+                Ok(0) => return,
+                Ok(_) => {
+                    // Processed here: the stream's first read would not process what is
+                    // already in rustls's buffer.
+                    if let Err(e) = conn.process_new_packets() {
+                        tracing::debug!(%peer, error = %e, "TLS error after the handshake");
+                        let _ = conn.write_tls(&mut SyncIo(cork.get_ref())); // the alert
+                        return;
+                    }
+                    true
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                Err(_) => return,
+            }
+        };
         if !buffered {
             // Nothing is held while waiting for the peer (a TLS 1.2 client waits for our
             // Finished).
