@@ -445,7 +445,7 @@ where
     }
 }
 
-/// What tokio-util's `FramedRead` starts with (its `INITIAL_CAPACITY`).
+/// portcullis: what tokio-util's `FramedRead` starts with (its `INITIAL_CAPACITY`).
 const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 fn map_err(err: io::Error) -> Error {

@@ -336,6 +336,7 @@ impl Decoder {
         let offset = (buf.position() - old_pos) as usize;
         if huff {
             if self.buffer.capacity() == 0 {
+                // portcullis: the first Huffman-coded string allocates the buffer.
                 self.buffer.reserve(4096);
             }
             let ret = {
