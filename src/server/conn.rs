@@ -35,8 +35,9 @@ static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 /// A fatal `no_application_protocol` alert (for `acme-tls/1` with no pending challenge).
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
-/// `std::io` adapters over a non-blocking tokio socket, for rustls's `Acceptor`.
-struct SyncIo<'a>(&'a TcpStream);
+/// `std::io` adapters over a non-blocking tokio socket, for rustls (readiness is handled by
+/// tokio: `try_read`/`try_write` clear it on `WouldBlock`).
+pub(super) struct SyncIo<'a>(pub(super) &'a TcpStream);
 
 impl Read for SyncIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -47,6 +48,9 @@ impl Read for SyncIo<'_> {
 impl Write for SyncIo<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -136,14 +140,12 @@ async fn establish(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let conn_state = Arc::new(ConnState::default());
-    let timeouts = Timeouts {
-        header: limits.header_timeout,
-        idle: limits.idle_timeout,
-        send: limits.send_timeout,
-        h1: !h2,
-    };
     // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
-    let io = Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts));
+    let io = Box::pin(TimedIo::new(
+        tls,
+        conn_state.clone(),
+        Timeouts::new(limits, !h2),
+    ));
     Some((io, conn_state, h2))
 }
 
@@ -179,13 +181,11 @@ async fn establish_early(
         }
     }
     let h2 = tls.connection().alpn_protocol() == Some(b"h2");
-    let timeouts = Timeouts {
-        header: limits.header_timeout,
-        idle: limits.idle_timeout,
-        send: limits.send_timeout,
-        h1: !h2,
-    };
-    let io = Box::pin(TimedIo::new(tls, conn_state.clone(), timeouts));
+    let io = Box::pin(TimedIo::new(
+        tls,
+        conn_state.clone(),
+        Timeouts::new(limits, !h2),
+    ));
     Some((io, conn_state, h2))
 }
 
@@ -471,12 +471,7 @@ pub async fn serve_http(
 ) {
     let limits = &state.limits;
     let conn_state = Arc::new(ConnState::default());
-    let timeouts = Timeouts {
-        header: limits.header_timeout,
-        idle: limits.idle_timeout,
-        send: limits.send_timeout,
-        h1: true,
-    };
+    let timeouts = Timeouts::new(limits, true);
     let io = TokioIo::new(Box::pin(TimedIo::new(tcp, conn_state.clone(), timeouts)));
     let svc = RedirectService {
         front: state.front.clone(),

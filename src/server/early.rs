@@ -25,6 +25,7 @@ use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::conn::SyncIo;
 use crate::http::ConnState;
 
 /// A server-side TLS stream whose reads start with the client's early data.
@@ -37,28 +38,6 @@ pub struct EarlyTls {
     early_pos: usize,
     /// The peer closed its side (TCP EOF or close_notify).
     eof: bool,
-}
-
-/// `std::io` adapters over the non-blocking socket for rustls (readiness is handled by tokio:
-/// `try_read`/`try_write` clear it on `WouldBlock`).
-struct SyncIo<'a>(&'a TcpStream);
-
-impl Read for SyncIo<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
-}
-
-impl Write for SyncIo<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.try_write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 impl EarlyTls {

@@ -39,6 +39,18 @@ pub struct Timeouts {
     pub h1: bool,
 }
 
+impl Timeouts {
+    /// The configured limits, for an HTTP/1.x (`h1`) or HTTP/2 connection.
+    pub fn new(limits: &crate::config::model::Limits, h1: bool) -> Self {
+        Timeouts {
+            header: limits.header_timeout,
+            idle: limits.idle_timeout,
+            send: limits.send_timeout,
+            h1,
+        }
+    }
+}
+
 const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 20\r\nConnection: close\r\n\r\n408 Request Timeout\n";
 
 /// Milliseconds on the coarse monotonic clock (resolution a few ms; plenty for timeouts).
