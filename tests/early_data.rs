@@ -356,3 +356,110 @@ fn early_data_without_the_session_cache_is_a_config_error() {
         "{out}"
     );
 }
+
+/// HTTP/2 frames for a GET of `/` on stream 1 (END_STREAM | END_HEADERS), after the client
+/// preface and an empty SETTINGS frame. HPACK by hand: `:method GET`, `:scheme https`,
+/// `:path /` from the static table, `:authority` as a literal.
+fn h2_get(host: &str) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    let mut block = vec![0x82, 0x87, 0x84, 0x41, host.len() as u8];
+    block.extend_from_slice(host.as_bytes());
+    let len = block.len();
+    out.extend_from_slice(&[
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        1,
+        0x05,
+        0,
+        0,
+        0,
+        1,
+    ]);
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Reads HTTP/2 frames until stream 1's HEADERS and DATA are in (our Finished held back unless
+/// `send_ours`). Returns the HEADERS block and the DATA payload.
+fn h2_response(
+    conn: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    send_ours: bool,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut plain = Vec::new();
+    let (mut headers, mut data) = (None, Vec::new());
+    loop {
+        if send_ours {
+            while conn.wants_write() {
+                conn.write_tls(tcp).map_err(|e| e.to_string())?;
+            }
+        }
+        let mut chunk = [0u8; 16384];
+        match conn.reader().read(&mut chunk) {
+            Ok(0) => return Err("connection closed".into()),
+            Ok(n) => plain.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if conn.read_tls(tcp).map_err(|e| format!("read: {e}"))? == 0 {
+                    return Err("TCP closed".into());
+                }
+                conn.process_new_packets().map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(format!("TLS read: {e}")),
+        }
+        while plain.len() >= 9 {
+            let len = (plain[0] as usize) << 16 | (plain[1] as usize) << 8 | plain[2] as usize;
+            if plain.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (plain[3], plain[4]);
+            let stream = u32::from_be_bytes([plain[5], plain[6], plain[7], plain[8]]) & 0x7fff_ffff;
+            let payload = plain[9..9 + len].to_vec();
+            plain.drain(..9 + len);
+            if stream == 1 && kind == 1 {
+                headers = Some(payload);
+            } else if stream == 1 && kind == 0 {
+                data.extend_from_slice(&payload);
+                if flags & 1 != 0 {
+                    return Ok((headers.unwrap_or_default(), data));
+                }
+            }
+        }
+    }
+}
+
+/// HTTP/2 in early data: the preface, SETTINGS and a GET ride in the first flight and stream 1
+/// is answered before the client's Finished.
+#[test]
+fn http2_requests_in_early_data_are_answered_before_the_clients_finished() {
+    let env = TestEnv::new();
+    let (mut p, addr) = start(&env);
+    let mut cfg = (*ClientOpts::default().tls13().alpn(&["h2"]).build()).clone();
+    cfg.enable_early_data = true;
+    let cfg = Arc::new(cfg);
+    // A first HTTP/2 connection leaves a ticket for h2.
+    {
+        let mut conn =
+            ClientConnection::new(cfg.clone(), ServerName::try_from(ALPHA).unwrap()).unwrap();
+        let mut tcp = TcpStream::connect(addr).unwrap();
+        conn.writer().write_all(&h2_get(ALPHA)).unwrap();
+        let (_, body) = h2_response(&mut conn, &mut tcp, true).unwrap();
+        assert_eq!(body, b"alpha");
+    }
+    let (mut conn, mut tcp, _) = connect_early(&cfg, addr, ALPHA, &h2_get(ALPHA));
+    let (headers, body) = h2_response(&mut conn, &mut tcp, false).expect("stream 1 answered");
+    assert!(conn.is_early_data_accepted());
+    assert_eq!(conn.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(headers.first(), Some(&0x88), ":status 200 (HPACK index 8)");
+    assert_eq!(body, b"alpha");
+    assert!(conn.wants_write(), "the client's Finished was not sent yet");
+    let lines = access_lines(&mut p);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("early_data=true") && l.contains("HTTP/2")),
+        "{lines:?}"
+    );
+}
