@@ -27,13 +27,20 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hex of the first `len` bytes (at most 32) of the SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8], len: usize) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    hex(&digest.as_ref()[..len])
+}
+
 /// A short stable file-name id for `input`: hex of the first 8 bytes of its SHA-256.
 pub fn short_id(input: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input.as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256_hex(input.as_bytes(), 8)
 }
 
 /// The same id for a set of names, whatever their order.

@@ -729,7 +729,7 @@ fn write_status(storage: &dyn Storage, st: &SiteState) {
         retry_at: st.last_error.as_ref().map(|_| st.retry_at),
         next_renewal: plan.map(|p| p.at),
         renewal_basis: plan.map(|p| p.basis.clone()),
-        cert_sha256: plan.map(|p| leaf_fingerprint(&p.leaf)),
+        cert_sha256: plan.map(|p| crate::storage::sha256_hex(&p.leaf, 32)),
         ca: st.issuer_ca.clone(),
     };
     let key = format!("{}/status.json", cert_dir(&st.site.names));
@@ -738,15 +738,6 @@ fn write_status(storage: &dyn Storage, st: &SiteState) {
             tracing::warn!(error = %e, "ACME: cannot record the order status");
         }
     }
-}
-
-/// Hex SHA-256 of a leaf certificate's DER.
-fn leaf_fingerprint(der: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The recorded status of the certificate for `names`, if any.
@@ -766,7 +757,7 @@ pub fn next_renewal(storage: &dyn Storage, names: &[String], cert: &LoadedCert) 
             renewal_basis: Some(basis),
             cert_sha256: Some(fp),
             ..
-        }) if fp == leaf_fingerprint(&leaf_der(cert)) => (at, basis),
+        }) if fp == crate::storage::sha256_hex(&leaf_der(cert), 32) => (at, basis),
         _ => (
             renewal_time(cert),
             "lifetime rule (2/3 of the lifetime)".to_string(),

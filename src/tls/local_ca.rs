@@ -228,7 +228,10 @@ fn new_root() -> Result<(String, String), rcgen::Error> {
     dn.push(DnType::OrganizationName, "portcullis local CA");
     dn.push(
         DnType::CommonName,
-        format!("portcullis local CA {host} {}", hex(&random_bytes::<4>())),
+        format!(
+            "portcullis local CA {host} {}",
+            crate::storage::hex(&random_bytes::<4>())
+        ),
     );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -256,10 +259,6 @@ fn random_serial() -> rcgen::SerialNumber {
     let mut b = random_bytes::<16>();
     b[0] &= 0x7f; // positive INTEGER
     rcgen::SerialNumber::from_slice(&b)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A stable file name for a set of names.

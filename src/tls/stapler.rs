@@ -148,12 +148,7 @@ pub struct Stapler {
 }
 
 fn cache_key(leaf: &[u8]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf);
-    let hex: String = d.as_ref()[..12]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("ocsp/{hex}.der")
+    format!("ocsp/{}.der", crate::storage::sha256_hex(leaf, 12))
 }
 
 impl Stapler {
