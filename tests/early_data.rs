@@ -65,35 +65,50 @@ fn request(method: &str, host: &str, path: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n").into_bytes()
 }
 
-/// Reads one response from a connection (driving TLS by hand: nothing the client queued is
-/// sent unless `send_ours`, so a client Finished can be held back).
+/// One step of driving TLS by hand: appends whatever plaintext is available to `plain`, else
+/// reads and processes records. Nothing the client queued is sent unless `send_ours`, so a
+/// client Finished can be held back.
+fn read_more(
+    conn: &mut ClientConnection,
+    tcp: &mut TcpStream,
+    send_ours: bool,
+    plain: &mut Vec<u8>,
+) -> Result<(), String> {
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if send_ours {
+        while conn.wants_write() {
+            conn.write_tls(tcp).map_err(|e| e.to_string())?;
+        }
+    }
+    let mut chunk = [0u8; 16384];
+    match conn.reader().read(&mut chunk) {
+        Ok(0) => Err("connection closed before a response".into()),
+        Ok(n) => {
+            plain.extend_from_slice(&chunk[..n]);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            match conn.read_tls(tcp) {
+                Ok(0) => return Err("TCP closed before a response".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            }
+            conn.process_new_packets().map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e) => Err(format!("TLS read: {e}")),
+    }
+}
+
+/// Reads one HTTP/1.1 response from a connection (see [`read_more`]).
 fn read_response(
     conn: &mut ClientConnection,
     tcp: &mut TcpStream,
     send_ours: bool,
 ) -> Result<RawResp, String> {
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut plain = Vec::new();
     loop {
-        if send_ours {
-            while conn.wants_write() {
-                conn.write_tls(tcp).map_err(|e| e.to_string())?;
-            }
-        }
-        let mut chunk = [0u8; 16384];
-        match conn.reader().read(&mut chunk) {
-            Ok(0) => return Err("connection closed before a response".into()),
-            Ok(n) => plain.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                match conn.read_tls(tcp) {
-                    Ok(0) => return Err("TCP closed before a response".into()),
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("read: {e}")),
-                }
-                conn.process_new_packets().map_err(|e| e.to_string())?;
-            }
-            Err(e) => return Err(format!("TLS read: {e}")),
-        }
+        read_more(conn, tcp, send_ours, &mut plain)?;
         if let Some((resp, _)) = parse_response(&plain, false, false)? {
             return Ok(resp);
         }
@@ -381,34 +396,16 @@ fn h2_get(host: &str) -> Vec<u8> {
     out
 }
 
-/// Reads HTTP/2 frames until stream 1's HEADERS and DATA are in (our Finished held back unless
-/// `send_ours`). Returns the HEADERS block and the DATA payload.
+/// Reads HTTP/2 frames until stream 1's HEADERS and DATA are in (see [`read_more`]). Returns the HEADERS block and the DATA payload.
 fn h2_response(
     conn: &mut ClientConnection,
     tcp: &mut TcpStream,
     send_ours: bool,
 ) -> Result<(Vec<u8>, Vec<u8>), String> {
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut plain = Vec::new();
     let (mut headers, mut data) = (None, Vec::new());
     loop {
-        if send_ours {
-            while conn.wants_write() {
-                conn.write_tls(tcp).map_err(|e| e.to_string())?;
-            }
-        }
-        let mut chunk = [0u8; 16384];
-        match conn.reader().read(&mut chunk) {
-            Ok(0) => return Err("connection closed".into()),
-            Ok(n) => plain.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if conn.read_tls(tcp).map_err(|e| format!("read: {e}"))? == 0 {
-                    return Err("TCP closed".into());
-                }
-                conn.process_new_packets().map_err(|e| e.to_string())?;
-            }
-            Err(e) => return Err(format!("TLS read: {e}")),
-        }
+        read_more(conn, tcp, send_ours, &mut plain)?;
         while plain.len() >= 9 {
             let len = (plain[0] as usize) << 16 | (plain[1] as usize) << 8 | plain[2] as usize;
             if plain.len() < 9 + len {

@@ -127,17 +127,7 @@ async fn establish(
         limits.handshake_timeout,
         StartHandshake::from_parts(*accepted, CorkIo::new(tcp)).into_stream(config),
     );
-    let tls = match handshake.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout");
-            return None;
-        }
-    };
+    let tls = handshake_done(handshake.await, peer, sni)?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let conn_state = Arc::new(ConnState::default());
     // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
@@ -147,6 +137,25 @@ async fn establish(
         Timeouts::new(limits, !h2),
     ));
     Some((io, conn_state, h2))
+}
+
+/// The outcome of a handshake run under the handshake timeout; failures are logged.
+fn handshake_done<T>(
+    outcome: Result<io::Result<T>, tokio::time::error::Elapsed>,
+    peer: SocketAddr,
+    sni: Option<&str>,
+) -> Option<T> {
+    match outcome {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timeout");
+            None
+        }
+    }
 }
 
 /// [`establish`] for a site that accepts 0-RTT: the stream is ready once the handshake is
@@ -169,17 +178,8 @@ async fn establish_early(
     };
     let conn_state = Arc::new(ConnState::default());
     let mut tls = EarlyTls::new(tcp, conn, conn_state.clone());
-    match tokio::time::timeout(limits.handshake_timeout, tls.start()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
-            return None;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout");
-            return None;
-        }
-    }
+    let started = tokio::time::timeout(limits.handshake_timeout, tls.start()).await;
+    handshake_done(started, peer, sni)?;
     let h2 = tls.connection().alpn_protocol() == Some(b"h2");
     let io = Box::pin(TimedIo::new(
         tls,

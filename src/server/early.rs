@@ -15,7 +15,7 @@
 //! - Only safe methods are served while [`ConnState::early`] is set; others get 425 Too Early
 //!   (RFC 8470), see `HttpsService`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,7 +35,6 @@ pub struct EarlyTls {
     state: Arc<ConnState>,
     /// Early data taken out of rustls and not read yet (at most `max_early_data_size`).
     early: Vec<u8>,
-    early_pos: usize,
     /// The peer closed its side (TCP EOF or close_notify).
     eof: bool,
 }
@@ -48,7 +47,6 @@ impl EarlyTls {
             conn,
             state,
             early: Vec::new(),
-            early_pos: 0,
             eof: false,
         }
     }
@@ -66,7 +64,7 @@ impl EarlyTls {
         std::future::poll_fn(|cx| loop {
             ready!(self.poll_send(cx))?;
             self.take_early_data();
-            if !self.conn.is_handshaking() || self.early_pos < self.early.len() {
+            if !self.conn.is_handshaking() || !self.early.is_empty() {
                 self.note_progress();
                 return Poll::Ready(Ok(()));
             }
@@ -82,10 +80,6 @@ impl EarlyTls {
     /// 1-RTT data: it comes first in the stream).
     fn take_early_data(&mut self) {
         if let Some(mut early) = self.conn.early_data() {
-            if self.early_pos == self.early.len() {
-                self.early.clear();
-                self.early_pos = 0;
-            }
             // Reading from an in-memory buffer cannot fail.
             let _ = early.read_to_end(&mut self.early);
         }
@@ -162,20 +156,23 @@ impl AsyncRead for EarlyTls {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if this.early_pos < this.early.len() {
-                let n = buf.remaining().min(this.early.len() - this.early_pos);
-                buf.put_slice(&this.early[this.early_pos..this.early_pos + n]);
-                this.early_pos += n;
-                if this.early_pos == this.early.len() {
+            if !this.early.is_empty() {
+                // At most MAX_EARLY_DATA bytes, usually read at once: moving the rest is cheap.
+                let n = buf.remaining().min(this.early.len());
+                buf.put_slice(&this.early[..n]);
+                this.early.drain(..n);
+                if this.early.is_empty() {
                     this.early = Vec::new();
-                    this.early_pos = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
             if !this.conn.is_handshaking() {
-                match this.conn.reader().read(buf.initialize_unfilled()) {
-                    Ok(n) => {
-                        buf.advance(n);
+                let mut reader = this.conn.reader();
+                match reader.fill_buf() {
+                    Ok(data) => {
+                        let n = buf.remaining().min(data.len());
+                        buf.put_slice(&data[..n]);
+                        reader.consume(n);
                         return Poll::Ready(Ok(()));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
