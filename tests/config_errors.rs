@@ -506,6 +506,35 @@ fn serve_with_malformed_toml_exits_nonzero_with_a_one_line_error() {
     assert!(stderr.starts_with(&loc(&path, 2)), "{stderr}");
 }
 
+/// Workers listen through an `SO_REUSEPORT` group, which another process of the same user could
+/// join unnoticed; a second server on the port must still fail as "in use".
+#[test]
+fn a_second_server_cannot_join_the_first_ones_port() {
+    let env = TestEnv::new();
+    let config_on = |port: u16| {
+        let text = format!(
+            "workers = 2\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:{port}\"]\nhttp = []\n{ONE_SITE}"
+        );
+        let path = env.write_config_raw(&text);
+        env.load(&path).expect("config itself is fine").0
+    };
+    let first = portcullis::server::Server::start(config_on(0)).expect("first server starts");
+    let port = first.https_addrs()[0].port();
+    let second = portcullis::server::Server::start(config_on(port));
+    // the first still serves on its port
+    let still = std::net::TcpStream::connect(("127.0.0.1", port));
+    first.shutdown();
+    let err = match second {
+        Ok(s) => {
+            s.shutdown();
+            panic!("a second server joined port {port}");
+        }
+        Err(e) => e,
+    };
+    assert!(err.contains("already in use"), "{err}");
+    assert!(still.is_ok(), "first server stopped listening");
+}
+
 #[test]
 fn serve_on_a_port_in_use_exits_nonzero_with_a_one_line_error() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

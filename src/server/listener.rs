@@ -5,9 +5,37 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Binds a TCP listener (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
+/// Binds `count` TCP listeners on one address, one per worker (`SO_REUSEPORT` when more than
+/// one, so the kernel spreads new connections over the workers' own accept queues instead of
+/// waking every worker for each connection on one shared socket).
+///
+/// `SO_REUSEPORT` would also let a second server of the same user join the group silently, so
+/// the address is first claimed by a plain bind, which fails with "in use" if anyone listens
+/// there, and released just before the group binds.
+pub fn bind_group(
+    addr: SocketAddr,
+    what: &str,
+    count: usize,
+) -> Result<Vec<TcpListener>, BindError> {
+    let first = bind_one(addr, what, false)?;
+    if count <= 1 {
+        return Ok(vec![first.into()]);
+    }
+    // the real port when 0 was asked for
+    let addr = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    drop(first);
+    (0..count)
+        .map(|_| bind_one(addr, what, true).map(TcpListener::from))
+        .collect()
+}
+
+/// One listening socket (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
 /// sockets v6-only so IPv4 can bind separately).
-pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
+fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, BindError> {
     let wrap = |e: io::Error| BindError {
         addr,
         what: what.to_string(),
@@ -16,6 +44,9 @@ pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
     socket.set_reuse_address(true).map_err(wrap)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(wrap)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(wrap)?;
     }
@@ -25,7 +56,7 @@ pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, BindError> {
     socket.set_tcp_nodelay(true).map_err(wrap)?;
     socket.bind(&addr.into()).map_err(wrap)?;
     socket.listen(4096).map_err(wrap)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// A listener that could not be bound.
@@ -74,7 +105,9 @@ mod tests {
     /// The per-connection `set_nodelay` was dropped on the strength of this inheritance.
     #[test]
     fn accepted_sockets_inherit_tcp_nodelay() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), "test").unwrap();
+        let l = bind_group("127.0.0.1:0".parse().unwrap(), "test", 1)
+            .unwrap()
+            .remove(0);
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (a, _) = l.accept().unwrap();
         assert!(a.nodelay().unwrap());

@@ -1,9 +1,10 @@
 //! The running server: listeners, worker threads, connection accounting, graceful shutdown.
 //!
-//! Thread-per-core: each worker runs a single-threaded tokio runtime and accepts from the same
-//! listening sockets (one socket per address, shared; whichever worker is free takes the next
-//! connection). Connections never move between threads, so nothing on the request path is
-//! contended. A connection limit is shared by all workers.
+//! Thread-per-core: each worker runs a single-threaded tokio runtime and accepts from its own
+//! listening socket per address (an `SO_REUSEPORT` group: the kernel spreads new connections
+//! over the workers' queues, instead of waking every worker for each connection on one shared
+//! socket; A/B in BENCHMARKS.md). Connections never move between threads, so nothing on the
+//! request path is contended. A connection limit is shared by all workers.
 
 pub mod conn;
 mod cork;
@@ -136,8 +137,8 @@ impl Server {
             (&config.listen.http, &mut http, "http"),
         ] {
             for &addr in addrs {
-                match listener::bind(addr, what) {
-                    Ok(l) => out.push(l),
+                match listener::bind_group(addr, what, config.workers) {
+                    Ok(group) => out.push(group),
                     Err(e) if config.listen.ipv6_optional && e.is_no_ipv6() => {
                         notes.push(Problem::warning(
                             crate::config::Location::None,
@@ -148,9 +149,14 @@ impl Server {
                 }
             }
         }
-        let https_addrs: Vec<SocketAddr> =
-            https.iter().filter_map(|l| l.local_addr().ok()).collect();
-        let http_addrs: Vec<SocketAddr> = http.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let first_addrs = |groups: &[Vec<TcpListener>]| -> Vec<SocketAddr> {
+            groups
+                .iter()
+                .filter_map(|g| g.first()?.local_addr().ok())
+                .collect()
+        };
+        let https_addrs = first_addrs(&https);
+        let http_addrs = first_addrs(&http);
         let https_port = config
             .listen
             .public_https_port
@@ -276,14 +282,13 @@ impl Server {
 
         // 4. Workers.
         let mut workers = Vec::new();
+        // Each worker takes its own socket of every address's group.
+        let take_own = |groups: &mut Vec<Vec<TcpListener>>| -> Vec<TcpListener> {
+            groups.iter_mut().filter_map(|g| g.pop()).collect()
+        };
         for n in 0..config.workers {
-            let clone_all = |ls: &[TcpListener]| {
-                ls.iter()
-                    .map(|l| l.try_clone())
-                    .collect::<Result<Vec<_>, _>>()
-            };
-            let https = clone_all(&https).map_err(|e| format!("cannot share listener: {e}"))?;
-            let http = clone_all(&http).map_err(|e| format!("cannot share listener: {e}"))?;
+            let https = take_own(&mut https);
+            let http = take_own(&mut http);
             let state = state.clone();
             let rx = shutdown_rx.clone();
             let ctx = Arc::new(WorkerCtx::new(&config));
