@@ -20,7 +20,10 @@ fn main() {
     let order = Path::new(&dir).join("link/symbol-order.txt");
     let wanted = var("PROFILE") == "release"
         && var("TARGET") == "x86_64-unknown-linux-gnu"
-        && !matches!(var("PORTCULLIS_NO_SYMBOL_ORDER").as_str(), "1" | "true" | "yes")
+        && !matches!(
+            var("PORTCULLIS_NO_SYMBOL_ORDER").as_str(),
+            "1" | "true" | "yes"
+        )
         && var("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
         && !var("CARGO_ENCODED_RUSTFLAGS").contains("link")
         && order.is_file();

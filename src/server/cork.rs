@@ -8,9 +8,14 @@
 //! answered and sends it with the next write once [`CorkIo::release`] is called, like
 //! `TCP_CORK` but without its syscalls and its 200 ms timer.
 //!
-//! Nothing can be held while the connection waits for the peer: a read that would block first
-//! sends what is held (so an unusual handshake, e.g. one with a HelloRetryRequest, still
-//! completes), as do flush after release, shutdown, and [`CorkIo::send_held`].
+//! Nothing is held while the handshake waits for the peer: until the release, a read that would
+//! block first sends what is held (so an unusual handshake, e.g. one with a HelloRetryRequest,
+//! still completes). After the release, what is held goes with the next write, shutdown,
+//! [`CorkIo::send_held`] or drop, and not with a flush or a read that would block: hyper flushes
+//! and reads ahead (for the next request) before it writes the response, which sent the ticket
+//! alone. The caller sends what is held before it waits for a first request (the connection
+//! code does, for HTTP/1.1: a TLS 1.2 client without False Start waits for our Finished);
+//! with a request in hand, the response follows.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -28,7 +33,7 @@ enum State {
     Direct { wrote: bool },
     /// The peer answered the server's flight: writes are held.
     Holding,
-    /// Released: what is held goes out with the next write (or flush, read wait, shutdown).
+    /// Released: what is held goes out with the next write (or shutdown, `send_held`, drop).
     Released,
     /// Everything held was sent; plain pass-through from now on.
     Done,
@@ -147,8 +152,8 @@ impl AsyncRead for CorkIo {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.sent < this.held.len() => {
-                // Never wait for the peer with something held for it.
+            Poll::Pending if this.state == State::Holding && this.sent < this.held.len() => {
+                // Never wait for the peer with something held for it during the handshake.
                 match this.poll_send_held(cx) {
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     _ => Poll::Pending,
@@ -195,12 +200,8 @@ impl AsyncWrite for CorkIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.state == State::Released {
-            ready!(this.poll_send_held(cx))?;
-        }
-        // While holding, the flush is deliberately deferred (see the module docs).
-        Pin::new(&mut this.inner).poll_flush(cx)
+        // What is held waits for the next write (see the module docs).
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -263,6 +264,12 @@ mod tests {
         s.flush().await.unwrap();
         assert_eq!(arrived(&mut c).await, b"", "held while the handshake ends");
         s.release();
+        // hyper flushes and reads ahead before it writes the response
+        s.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        let ahead = tokio::time::timeout(Duration::from_millis(100), s.read(&mut one)).await;
+        assert!(ahead.is_err(), "nothing to read yet");
+        assert_eq!(arrived(&mut c).await, b"", "held until the response");
         s.write_all(b"response").await.unwrap();
         assert_eq!(arrived(&mut c).await, b"ticketresponse");
         s.write_all(b"more").await.unwrap();
