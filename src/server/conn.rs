@@ -108,7 +108,6 @@ async fn answer_tls_alpn_01(
     }
 }
 
-/// Serves one TLS connection to completion.
 /// The TLS stream of an established connection, in the TimedIo it is served through.
 type Established = Pin<Box<TimedIo<tokio_rustls::server::TlsStream<CorkIo>>>>;
 
@@ -129,14 +128,23 @@ async fn establish(
     );
     let tls = handshake_done(handshake.await, peer, sni)?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let conn_state = Arc::new(ConnState::default());
-    // One allocation per connection: hyper needs an `Unpin` stream and TimedIo holds timers.
+    Some(timed(tls, h2, Arc::new(ConnState::default()), limits))
+}
+
+/// The established stream in its TimedIo, with the timeouts of its protocol. One allocation per
+/// connection: hyper needs an `Unpin` stream and TimedIo holds timers.
+fn timed<T>(
+    tls: T,
+    h2: bool,
+    conn_state: Arc<ConnState>,
+    limits: &Limits,
+) -> (Pin<Box<TimedIo<T>>>, Arc<ConnState>, bool) {
     let io = Box::pin(TimedIo::new(
         tls,
         conn_state.clone(),
         Timeouts::new(limits, !h2),
     ));
-    Some((io, conn_state, h2))
+    (io, conn_state, h2)
 }
 
 /// The outcome of a handshake run under the handshake timeout; failures are logged.
@@ -181,12 +189,7 @@ async fn establish_early(
     let started = tokio::time::timeout(limits.handshake_timeout, tls.start()).await;
     handshake_done(started, peer, sni)?;
     let h2 = tls.connection().alpn_protocol() == Some(b"h2");
-    let io = Box::pin(TimedIo::new(
-        tls,
-        conn_state.clone(),
-        Timeouts::new(limits, !h2),
-    ));
-    Some((io, conn_state, h2))
+    Some(timed(tls, h2, conn_state, limits))
 }
 
 /// What the ClientHello decides.
