@@ -58,6 +58,12 @@ impl Ctx<'_> {
     fn loc<T>(&self, s: &Spanned<T>, flag: &str) -> Location {
         self.source.locate(s.span(), flag)
     }
+    /// Where an optional setting is: its place in the file (or `flag`) when it was given,
+    /// otherwise `absent` (the flag or key that would set it).
+    fn loc_or<T>(&self, s: Option<&Spanned<T>>, flag: &str, absent: &str) -> Location {
+        s.map(|s| self.loc(s, flag))
+            .unwrap_or_else(|| Location::Flag(absent.into()))
+    }
     fn err(&mut self, loc: Location, msg: impl Into<String>, fix: impl Into<String>) {
         self.problems.push(Problem::error(loc, msg).fix(fix));
     }
@@ -125,11 +131,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
             .unwrap_or(1),
     };
     if workers == 0 || workers > 1024 {
-        let loc = raw
-            .workers
-            .as_ref()
-            .map(|w| cx.loc(w, "--workers"))
-            .unwrap_or(Location::Flag("--workers".into()));
+        let loc = cx.loc_or(raw.workers.as_ref(), "--workers", "--workers");
         cx.err(
             loc,
             format!("workers = {workers} is out of range"),
@@ -154,11 +156,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         .or_else(|| raw.log_level.as_ref().map(|l| l.get_ref().clone()))
         .unwrap_or_else(|| "info".into());
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        let loc = raw
-            .log_level
-            .as_ref()
-            .map(|l| cx.loc(l, "--log-level"))
-            .unwrap_or(Location::Flag("--log-level".into()));
+        let loc = cx.loc_or(raw.log_level.as_ref(), "--log-level", "--log-level");
         cx.err(
             loc,
             format!("log_level = {log_level:?} is not a valid level or filter"),
@@ -179,12 +177,11 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         .and_then(|od| on_demand(&mut cx, od, &sites));
     if let Some(site) = sites.iter().find(|s| s.early_data) {
         if tls.session_cache_size == 0 {
-            let loc = raw
-                .tls
-                .session_cache_size
-                .as_ref()
-                .map(|s| cx.loc(s, ""))
-                .unwrap_or(Location::Flag("tls.session_cache_size".into()));
+            let loc = cx.loc_or(
+                raw.tls.session_cache_size.as_ref(),
+                "",
+                "tls.session_cache_size",
+            );
             cx.err(
                 loc,
                 format!(
@@ -383,12 +380,11 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
                 continue;
             }
             if a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified() {
-                let loc = raw
-                    .https
-                    .as_ref()
-                    .or(raw.http.as_ref())
-                    .map(|l| cx.loc(l, "--listen"))
-                    .unwrap_or(Location::Flag("--https-port/--http-port".into()));
+                let loc = cx.loc_or(
+                    raw.https.as_ref().or(raw.http.as_ref()),
+                    "--listen",
+                    "--https-port/--http-port",
+                );
                 cx.err(
                     loc,
                     format!(
