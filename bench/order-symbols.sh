@@ -63,17 +63,28 @@ exercise() {
     </dev/null >/dev/null 2>&1 || true
 }
 
-# run NAME ARGS...: the server under callgrind until it answers, exercised, then stopped
+# wait_up: until the server on $PORT answers (at most 60 s: valgrind starts slowly)
+wait_up() {
+  for ((i = 0; i < 600; i++)); do
+    curl -s -o /dev/null -k "https://127.0.0.1:$PORT/hello" && return
+    sleep 0.1
+  done
+}
+
+# quick mode as the benchmark runs it: certificate files, the docroot, no plain HTTP
+quick_args() {
+  echo serve --listen "127.0.0.1:$PORT" --no-http --cert "$W/chain.pem" --key "$W/leaf.key" \
+    --root "$W/docroot" --workers 2 --data-dir "$W/$1" --log-level warn
+}
+
+# run NAME ARGS...: the server under cachegrind until it answers, exercised, then stopped
 run() {
   local name=$1
   shift
   valgrind --tool=cachegrind --cache-sim=no --demangle=no \
     --cachegrind-out-file="$W/$name.out" "$BIN" "$@" >"$W/$name.log" 2>&1 &
   local pid=$!
-  for ((i = 0; i < 600; i++)); do
-    curl -s -o /dev/null -k "https://127.0.0.1:$PORT/hello" && break
-    sleep 0.1
-  done
+  wait_up
   exercise "https://localhost:$PORT" "${CA:-$W/ca.crt}"
   [[ -n ${HTTP_URL:-} ]] && curl -sS -o /dev/null "$HTTP_URL/hello"
   kill -TERM $pid
@@ -81,8 +92,7 @@ run() {
   [[ -s $W/$name.out ]] || { echo "order-symbols.sh: cachegrind wrote nothing for $name; log:" >&2; cat "$W/$name.log" >&2; exit 1; }
 }
 
-run quick serve --listen "127.0.0.1:$PORT" --no-http --cert "$W/chain.pem" --key "$W/leaf.key" \
-  --root "$W/docroot" --workers 2 --data-dir "$W/data1" --log-level warn
+run quick $(quick_args data1)
 
 cat >"$W/config.toml" <<EOF
 data_dir = "$W/data2"
@@ -100,10 +110,9 @@ CA="$W/data2/local-ca/root.pem" HTTP_URL="http://127.0.0.1:$HPORT" run config se
 # AVX-512 code aws-lc picks at run time (valgrind's CPU has no AVX-512), under some load.
 : >"$W/native.txt"
 if command -v perf >/dev/null && command -v wrk >/dev/null; then
-  "$BIN" serve --listen "127.0.0.1:$PORT" --no-http --cert "$W/chain.pem" --key "$W/leaf.key" \
-    --root "$W/docroot" --workers 2 --data-dir "$W/data3" --log-level warn >"$W/native.log" 2>&1 &
+  "$BIN" $(quick_args data3) >"$W/native.log" 2>&1 &
   spid=$!
-  for ((i = 0; i < 100; i++)); do curl -s -o /dev/null -k "https://127.0.0.1:$PORT/hello" && break; sleep 0.05; done
+  wait_up
   perf record -q -F 20000 -e cpu-clock -p $spid -o "$W/perf.data" >/dev/null 2>&1 &
   ppid=$!
   sleep 0.5
