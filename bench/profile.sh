@@ -3,7 +3,8 @@
 #
 # usage: bench/profile.sh [-s SECS] [-g dwarf|fp] WORKLOAD [OUTDIR]
 #   WORKLOAD  h1 (wrk -t2 -c64 /hello), h2 (h2load -t2 -c64 -m10 /hello), bulk (wrk -c16 /1m),
-#             hs13 (tlsload: full TLS 1.3 handshakes + GET, 32 loops)
+#             hs13, hs12, res13 (tlsload: full TLS 1.3 / full TLS 1.2 / resumed TLS 1.3
+#             handshakes + GET, 32 loops)
 #   OUTDIR    default /tmp/portcullis-bench/profile-WORKLOAD
 # Server: $PORTCULLIS_BIN (default /tmp/portcullis-bench/bin/portcullis, the binary of the last
 # bench/compare.sh run) on CPU 0, with the PKI, docroot and tlsload of a previous compare.sh run
@@ -18,7 +19,7 @@ while getopts "s:g:h" opt; do
   case $opt in s) SECS=$OPTARG ;; g) CG=$OPTARG ;; *) sed -n '2,16p' "$0"; exit 2 ;; esac
 done
 shift $((OPTIND - 1))
-WL=${1:?workload: h1 h2 bulk hs13}
+WL=${1:?workload: h1 h2 bulk hs13 hs12 res13}
 BENCH_WORK=${BENCH_WORK:-/tmp/portcullis-bench}
 OUT=${2:-$BENCH_WORK/profile-$WL}
 BIN=${PORTCULLIS_BIN:-$BENCH_WORK/bin/portcullis}
@@ -55,7 +56,9 @@ case $WL in
 h1) load=(wrk -t2 -c64 -d"${LOADSECS}s" "https://127.0.0.1:$PORT/hello") ;;
 bulk) load=(wrk -t2 -c16 -d"${LOADSECS}s" "https://127.0.0.1:$PORT/1m") ;;
 h2) load=(h2load -t2 -c64 -m10 -D "$LOADSECS" "https://127.0.0.1:$PORT/hello") ;;
-hs13) load=("$TLSLOAD" --host 127.0.0.1 --port "$PORT" --sni localhost --conc 32 --duration "$LOADSECS" --warmup 1 --tls 1.3 --path /hello) ;;
+hs13 | hs12 | res13)
+  case $WL in hs13) tls=(--tls 1.3) ;; hs12) tls=(--tls 1.2) ;; res13) tls=(--tls 1.3 --resume) ;; esac
+  load=("$TLSLOAD" --host 127.0.0.1 --port "$PORT" --sni localhost --conc 32 --duration "$LOADSECS" --warmup 1 "${tls[@]}" --path /hello) ;;
 *) echo "profile.sh: unknown workload $WL" >&2; exit 2 ;;
 esac
 taskset -c 1 "${load[@]}" >"$OUT/load.txt" 2>&1 &
