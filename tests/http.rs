@@ -126,6 +126,76 @@ async fn keep_alive_serves_several_requests_on_one_h1_connection() {
     }
 }
 
+/// The connection's last response (HTTP/1.1 `Connection: close`, HTTP/1.0 without keep-alive;
+/// the server holds it for the close_notify that follows) arrives whole and is followed by a
+/// clean TLS close, small or larger than what is held, 200 or 404; an HTTP/1.0 request that
+/// asks for keep-alive gets its response without the connection closing.
+#[tokio::test]
+async fn last_responses_arrive_whole_before_a_clean_tls_close() {
+    let big = "b".repeat(40_000);
+    let sites = SITES.replacen(
+        "[[site.route]]\npath = \"/old\"",
+        &format!("[[site.route]]\npath = \"/big\"\nrespond = {{ status = 200, body = \"{big}\" }}\n[[site.route]]\npath = \"/old\""),
+        1,
+    );
+    let srv = start(&sites);
+    let cfg = ClientOpts::default().build();
+    let cases: [(&str, u16, &str); 5] = [
+        (
+            "GET /hello HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+            200,
+            HELLO,
+        ),
+        (
+            "GET /hello HTTP/1.1\r\nHost: alpha.test\r\nConnection: keep-alive, Close\r\n\r\n",
+            200,
+            HELLO,
+        ),
+        (
+            "GET /hello HTTP/1.0\r\nHost: alpha.test\r\n\r\n",
+            200,
+            HELLO,
+        ),
+        (
+            "GET /big HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+            200,
+            &big,
+        ),
+        (
+            "GET /nothing HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n",
+            404,
+            "",
+        ),
+    ];
+    for (req, status, body) in cases {
+        let mut tls = tls_connect(srv.https, Some(ALPHA), cfg.clone())
+            .await
+            .unwrap();
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let (data, closed) = read_until_close(&mut tls, Duration::from_secs(5)).await;
+        assert_eq!(closed, Closed::Eof, "{req:?}: no clean TLS close");
+        let (r, used) = parse_response(&data, false, true).unwrap().unwrap();
+        assert_eq!(used, data.len(), "{req:?}: bytes after the response");
+        assert_eq!(r.status, status, "{req:?}");
+        if status == 200 {
+            assert_eq!(r.text(), body, "{req:?}");
+        }
+    }
+    // HTTP/1.0 with keep-alive: answered, and the connection stays for the next request.
+    let mut tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
+    let mut buf = Vec::new();
+    tls.write_all(b"GET /hello HTTP/1.0\r\nHost: alpha.test\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut tls, &mut buf, false).await.unwrap();
+    assert_eq!((r.status, r.text()), (200, HELLO.to_string()));
+    tls.write_all(b"GET /hello HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut tls, &mut buf, false).await.unwrap();
+    assert_eq!((r.status, r.text()), (200, HELLO.to_string()));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Security headers and per-site headers
 // ---------------------------------------------------------------------------------------------

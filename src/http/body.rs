@@ -28,6 +28,11 @@ impl Body {
         Body::Empty
     }
 
+    /// The whole body is in memory (nothing left to read or wait for).
+    pub fn is_complete(&self) -> bool {
+        matches!(self, Body::Empty | Body::Full(_))
+    }
+
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();

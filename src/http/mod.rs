@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderName, Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 
 use crate::acme::Http01Tokens;
@@ -154,6 +154,11 @@ pub struct ConnState {
     /// The TLS handshake is not complete: requests read now came as 0-RTT early data, which
     /// an attacker may replay (set by [`crate::server::early::EarlyTls`]).
     pub early: std::sync::atomic::AtomicBool,
+    /// The response being written is the connection's last (HTTP/1.x, the connection closes
+    /// after it) and its body is complete in memory: its TLS records can wait for the
+    /// `close_notify` that follows and leave with it in one `writev` (see
+    /// `server::cork::CorkIo`). Set or cleared by the service for every response.
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 /// Decrements [`ConnState::active`] when the response body is done (dropped).
@@ -230,11 +235,31 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
             tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
         }
         let resp = finish(&parts.method, resp);
+        let closing = parts.version <= Version::HTTP_11
+            && resp.body().is_complete()
+            && closes_after(&parts, resp.headers());
+        self.conn.closing.store(closing, Ordering::Relaxed);
         ready(Ok(resp.map(|inner| TrackedBody {
             inner,
             _guard: guard,
         })))
     }
+}
+
+/// Whether HTTP/1.x closes the connection after this exchange: the request or the response
+/// says `Connection: close`, or an HTTP/1.0 request did not ask for keep-alive (RFC 9112
+/// §9.3). Mirrors hyper's decision; a wrong answer only costs the coalescing (the cork sends
+/// what it holds before the connection waits for another request).
+fn closes_after(parts: &http::request::Parts, resp: &http::HeaderMap) -> bool {
+    let has = |h: &http::HeaderMap, token: &str| {
+        h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(&parts.headers, "close")
+        || has(resp, "close")
+        || (parts.version < Version::HTTP_11 && !has(&parts.headers, "keep-alive"))
 }
 
 /// Methods whose repetition is harmless (RFC 9110 §9.2.1): the only ones served from early data.

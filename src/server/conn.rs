@@ -375,7 +375,7 @@ pub async fn serve_tls(
     };
     let tls = io.as_mut().inner_mut().get_mut();
     // The session ticket(s) go out with the first response (or SETTINGS frame).
-    tls.get_mut().0.release();
+    tls.get_mut().0.release(conn_state.clone());
     if !h2 {
         // HTTP/1.1: wait for the request's first bytes before handing the connection to hyper,
         // so a connection that sits idle after its handshake holds no HTTP buffers (nginx

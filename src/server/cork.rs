@@ -16,13 +16,25 @@
 //! alone. The caller sends what is held before it waits for a first request (the connection
 //! code does, for HTTP/1.1: a TLS 1.2 client without False Start waits for our Finished);
 //! with a request in hand, the response follows.
+//!
+//! The same holding ends a connection in one `writev`: when the service marks a response as
+//! the connection's last and complete in memory ([`ConnState::closing`]: HTTP/1.x with
+//! `Connection: close`, as one-shot clients send), its records are held too and leave with the
+//! `close_notify` at the shutdown that follows, instead of response and `close_notify` in two
+//! `writev`s and two segments. A flush does not send them (hyper flushes before it shuts down);
+//! should the connection wait for the peer instead, a read that would block sends them first.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::http::ConnState;
 
 /// Most bytes held; a larger write is sent at once (with what is held).
 const MAX_HELD: usize = 16 * 1024;
@@ -33,6 +45,8 @@ enum State {
     Direct { wrote: bool },
     /// The peer answered the server's flight: writes are held.
     Holding,
+    /// After the release, the connection's last response is held for its `close_notify`.
+    Closing,
     /// Released: what is held goes out with the next write (or shutdown, `send_held`, drop).
     Released,
     /// Everything held was sent; plain pass-through from now on.
@@ -47,6 +61,8 @@ pub struct CorkIo {
     /// Bytes of `held` already sent.
     sent: usize,
     state: State,
+    /// The connection's request state (from the release on): says when a response is the last.
+    conn: Option<Arc<ConnState>>,
 }
 
 impl CorkIo {
@@ -56,6 +72,7 @@ impl CorkIo {
             held: Vec::new(),
             sent: 0,
             state: State::Direct { wrote: false },
+            conn: None,
         }
     }
 
@@ -64,8 +81,10 @@ impl CorkIo {
         &self.inner
     }
 
-    /// The handshake is over: what is held goes out with the next write.
-    pub fn release(&mut self) {
+    /// The handshake is over: what is held goes out with the next write. `conn` tells which
+    /// response is the connection's last ([`ConnState::closing`]).
+    pub fn release(&mut self, conn: Arc<ConnState>) {
+        self.conn = Some(conn);
         if self.held.is_empty() {
             self.state = State::Done;
         } else {
@@ -92,6 +111,16 @@ impl CorkIo {
             self.state = State::Done;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// After the release: whether `more` bytes of the connection's last response are held for
+    /// its `close_notify` (see the module docs).
+    fn holds_for_close(&self, more: usize) -> bool {
+        self.held.len() + more <= MAX_HELD
+            && self
+                .conn
+                .as_ref()
+                .is_some_and(|c| c.closing.load(Ordering::Relaxed))
     }
 
     /// Writes `bufs` after what is held, in one `writev`; returns how many bytes of `bufs` went.
@@ -152,8 +181,12 @@ impl AsyncRead for CorkIo {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if this.state == State::Holding && this.sent < this.held.len() => {
-                // Never wait for the peer with something held for it during the handshake.
+            Poll::Pending
+                if matches!(this.state, State::Holding | State::Closing)
+                    && this.sent < this.held.len() =>
+            {
+                // Never wait for the peer with something held for it: during the handshake,
+                // or when a response marked as the last was not followed by a shutdown.
                 match this.poll_send_held(cx) {
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     _ => Poll::Pending,
@@ -190,7 +223,15 @@ impl AsyncWrite for CorkIo {
             {
                 Poll::Ready(Ok(this.hold(bufs)))
             }
-            State::Holding | State::Released => this.poll_write_after_held(cx, bufs),
+            State::Released | State::Done | State::Closing
+                if this.holds_for_close(bufs.iter().map(|b| b.len()).sum()) =>
+            {
+                this.state = State::Closing;
+                Poll::Ready(Ok(this.hold(bufs)))
+            }
+            State::Holding | State::Released | State::Closing => {
+                this.poll_write_after_held(cx, bufs)
+            }
             State::Done => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
         }
     }
@@ -263,7 +304,7 @@ mod tests {
         s.write_all(b"ticket").await.unwrap();
         s.flush().await.unwrap();
         assert_eq!(arrived(&mut c).await, b"", "held while the handshake ends");
-        s.release();
+        s.release(Arc::default());
         // hyper flushes and reads ahead before it writes the response
         s.flush().await.unwrap();
         let mut one = [0u8; 1];
@@ -296,9 +337,56 @@ mod tests {
         c.write_all(b"answer").await.unwrap();
         s.read_exact(&mut buf).await.unwrap();
         s.write_all(b"finished").await.unwrap();
-        s.release();
+        s.release(Arc::default());
         s.send_held().await.unwrap();
         assert_eq!(arrived(&mut c).await, b"flightfinished");
+    }
+
+    /// The connection's last response (marked by the service) waits for the close_notify and
+    /// leaves with it at the shutdown; a flush does not send it.
+    #[tokio::test]
+    async fn the_last_response_leaves_with_the_close_notify() {
+        let (mut s, mut c) = pair().await;
+        s.write_all(b"flight").await.unwrap();
+        c.write_all(b"finished").await.unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(b"ticket").await.unwrap();
+        let conn = Arc::new(ConnState::default());
+        s.release(conn.clone());
+        conn.closing.store(true, Ordering::Relaxed);
+        s.write_all(b"response").await.unwrap();
+        s.flush().await.unwrap();
+        s.write_all(b"close_notify").await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"flight", "held until the shutdown");
+        s.shutdown().await.unwrap();
+        // everything, then the end of the stream (arrived stops at EOF)
+        assert_eq!(arrived(&mut c).await, b"ticketresponseclose_notify");
+    }
+
+    /// A response marked as the last but followed by a wait for the peer (the connection
+    /// stayed open after all) is sent before the wait; an unmarked one goes out at once.
+    #[tokio::test]
+    async fn a_last_response_without_shutdown_is_not_stuck() {
+        let (mut s, mut c) = pair().await;
+        let conn = Arc::new(ConnState::default());
+        s.release(conn.clone());
+        conn.closing.store(true, Ordering::Relaxed);
+        s.write_all(b"response").await.unwrap();
+        s.flush().await.unwrap();
+        let mut one = [0u8; 1];
+        let waiting = tokio::time::timeout(Duration::from_millis(100), s.read(&mut one)).await;
+        assert!(waiting.is_err(), "nothing to read yet");
+        assert_eq!(arrived(&mut c).await, b"response");
+        conn.closing.store(false, Ordering::Relaxed);
+        s.write_all(b"next").await.unwrap();
+        assert_eq!(arrived(&mut c).await, b"next");
+        // too large to hold: sent at once
+        conn.closing.store(true, Ordering::Relaxed);
+        let big = vec![b'x'; MAX_HELD + 1];
+        s.write_all(&big).await.unwrap();
+        let got = arrived(&mut c).await;
+        assert_eq!(got.len(), big.len());
     }
 
     /// A connection dropped with something held (an alert) still tries to send it.
