@@ -196,6 +196,55 @@ async fn last_responses_arrive_whole_before_a_clean_tls_close() {
     assert_eq!((r.status, r.text()), (200, HELLO.to_string()));
 }
 
+/// Many HTTP/2 streams on one connection: bodies larger than the client's flow-control window
+/// (their sending waits for WINDOW_UPDATEs, so it continues as a task) beside small responses
+/// that are ready at once. Every response arrives whole.
+#[tokio::test]
+async fn h2_streams_waiting_for_window_and_ready_ones_all_complete() {
+    use http_body_util::{BodyExt, Empty};
+    let big = "w".repeat(200_000);
+    let sites = SITES.replacen(
+        "[[site.route]]\npath = \"/old\"",
+        &format!("[[site.route]]\npath = \"/big\"\nrespond = {{ status = 200, body = \"{big}\" }}\n[[site.route]]\npath = \"/old\""),
+        1,
+    );
+    let srv = start(&sites);
+    let cfg = ClientOpts::default().alpn(&["h2"]).build();
+    let tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(16 * 1024)
+            .initial_connection_window_size(64 * 1024)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for i in 0..24 {
+        let mut sender = sender.clone();
+        let path = if i % 4 == 0 { "/big" } else { "/hello" };
+        streams.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("https://alpha.test{path}"))
+                .body(Empty::<bytes::Bytes>::new())
+                .unwrap();
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (path, status, body)
+        }));
+    }
+    for s in streams {
+        let (path, status, body) = tokio::time::timeout(Duration::from_secs(10), s)
+            .await
+            .expect("a stream did not complete")
+            .unwrap();
+        assert_eq!(status, 200, "{path}");
+        let want = if path == "/big" { big.as_str() } else { HELLO };
+        assert!(body == want.as_bytes(), "{path}: {} bytes", body.len());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Security headers and per-site headers
 // ---------------------------------------------------------------------------------------------

@@ -445,10 +445,13 @@ async fn serve_https<T>(
     // The protocol state lives in its own allocation of exactly its size: the task's future
     // would otherwise be as large as the larger of the two (HTTP/2's) for every connection.
     let result = if h2 {
-        let mut conn = Box::pin(ctx.h2.serve_connection(io, svc));
+        // Its streams' futures run after each of its polls (server::exec).
+        let mut conn = super::exec::RunsStreams {
+            inner: Box::pin(ctx.h2.serve_connection(io, svc)),
+        };
         tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+            r = &mut conn => r,
+            _ = shutdown.changed() => { conn.inner.as_mut().graceful_shutdown(); conn.await }
         }
     } else {
         // Overloaded connections get a 503 with `Connection: close` (see HttpsService).

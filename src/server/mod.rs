@@ -9,6 +9,7 @@
 pub mod conn;
 mod cork;
 pub mod early;
+pub mod exec;
 pub mod io;
 pub mod listener;
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
 
@@ -84,7 +85,7 @@ impl Drop for ConnGuard {
 /// Per-worker protocol builders (built once, used for every connection of the worker).
 pub struct WorkerCtx {
     pub h1: hyper::server::conn::http1::Builder,
-    pub h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    pub h2: hyper::server::conn::http2::Builder<exec::DeferredStreams>,
 }
 
 impl WorkerCtx {
@@ -96,7 +97,7 @@ impl WorkerCtx {
             .half_close(false)
             .max_buf_size(config.limits.max_header_bytes.max(8192))
             .max_headers(128);
-        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut h2 = hyper::server::conn::http2::Builder::new(exec::DeferredStreams);
         h2.timer(TokioTimer::new())
             .max_concurrent_streams(config.http.h2_max_concurrent_streams)
             .initial_stream_window_size(config.http.h2_stream_window)
