@@ -40,6 +40,15 @@ fn with(prefix: &str) -> String {
     format!("{prefix}\n{SITES}")
 }
 
+/// [`SITES`] with a fixed response of `body` at alpha's `/big`.
+fn with_big_route(body: &str) -> String {
+    SITES.replacen(
+        "[[site.route]]\npath = \"/old\"",
+        &format!("[[site.route]]\npath = \"/big\"\nrespond = {{ status = 200, body = \"{body}\" }}\n[[site.route]]\npath = \"/old\""),
+        1,
+    )
+}
+
 /// The four default security headers, with their default values.
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("strict-transport-security", "max-age=31536000"),
@@ -133,12 +142,7 @@ async fn keep_alive_serves_several_requests_on_one_h1_connection() {
 #[tokio::test]
 async fn last_responses_arrive_whole_before_a_clean_tls_close() {
     let big = "b".repeat(40_000);
-    let sites = SITES.replacen(
-        "[[site.route]]\npath = \"/old\"",
-        &format!("[[site.route]]\npath = \"/big\"\nrespond = {{ status = 200, body = \"{big}\" }}\n[[site.route]]\npath = \"/old\""),
-        1,
-    );
-    let srv = start(&sites);
+    let srv = start(&with_big_route(&big));
     let cfg = ClientOpts::default().build();
     let cases: [(&str, u16, &str); 5] = [
         (
@@ -203,12 +207,7 @@ async fn last_responses_arrive_whole_before_a_clean_tls_close() {
 async fn h2_streams_waiting_for_window_and_ready_ones_all_complete() {
     use http_body_util::{BodyExt, Empty};
     let big = "w".repeat(200_000);
-    let sites = SITES.replacen(
-        "[[site.route]]\npath = \"/old\"",
-        &format!("[[site.route]]\npath = \"/big\"\nrespond = {{ status = 200, body = \"{big}\" }}\n[[site.route]]\npath = \"/old\""),
-        1,
-    );
-    let srv = start(&sites);
+    let srv = start(&with_big_route(&big));
     let cfg = ClientOpts::default().alpn(&["h2"]).build();
     let tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
     let (sender, conn) =

@@ -275,6 +275,16 @@ mod tests {
         (CorkIo::new(server), client)
     }
 
+    /// The server's flight, answered by the peer (`finished`, read by the server): what the
+    /// server writes next is held.
+    async fn answered(s: &mut CorkIo, c: &mut TcpStream) {
+        s.write_all(b"flight").await.unwrap();
+        s.flush().await.unwrap();
+        c.write_all(b"finished").await.unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).await.unwrap();
+    }
+
     /// Reads what arrives within 200 ms.
     async fn arrived(c: &mut TcpStream) -> Vec<u8> {
         let mut out = Vec::new();
@@ -295,12 +305,8 @@ mod tests {
     #[tokio::test]
     async fn writes_after_the_answer_go_out_with_the_first_response() {
         let (mut s, mut c) = pair().await;
-        s.write_all(b"flight").await.unwrap();
-        s.flush().await.unwrap();
+        answered(&mut s, &mut c).await;
         assert_eq!(arrived(&mut c).await, b"flight");
-        c.write_all(b"finished").await.unwrap();
-        let mut buf = [0u8; 8];
-        s.read_exact(&mut buf).await.unwrap();
         s.write_all(b"ticket").await.unwrap();
         s.flush().await.unwrap();
         assert_eq!(arrived(&mut c).await, b"", "held while the handshake ends");
@@ -333,9 +339,7 @@ mod tests {
         assert_eq!(arrived(&mut c).await, b"hrrflight");
 
         let (mut s, mut c) = pair().await;
-        s.write_all(b"flight").await.unwrap();
-        c.write_all(b"answer").await.unwrap();
-        s.read_exact(&mut buf).await.unwrap();
+        answered(&mut s, &mut c).await;
         s.write_all(b"finished").await.unwrap();
         s.release(Arc::default());
         s.send_held().await.unwrap();
@@ -347,10 +351,7 @@ mod tests {
     #[tokio::test]
     async fn the_last_response_leaves_with_the_close_notify() {
         let (mut s, mut c) = pair().await;
-        s.write_all(b"flight").await.unwrap();
-        c.write_all(b"finished").await.unwrap();
-        let mut buf = [0u8; 8];
-        s.read_exact(&mut buf).await.unwrap();
+        answered(&mut s, &mut c).await;
         s.write_all(b"ticket").await.unwrap();
         let conn = Arc::new(ConnState::default());
         s.release(conn.clone());
@@ -393,10 +394,7 @@ mod tests {
     #[tokio::test]
     async fn held_bytes_are_attempted_on_drop() {
         let (mut s, mut c) = pair().await;
-        s.write_all(b"flight").await.unwrap();
-        c.write_all(b"answer").await.unwrap();
-        let mut buf = [0u8; 6];
-        s.read_exact(&mut buf).await.unwrap();
+        answered(&mut s, &mut c).await;
         s.write_all(b"alert").await.unwrap();
         drop(s);
         assert_eq!(arrived(&mut c).await, b"flightalert");
