@@ -156,7 +156,7 @@ pub struct ConnState {
     pub early: std::sync::atomic::AtomicBool,
     /// The response being written is the connection's last (HTTP/1.x, the connection closes
     /// after it) and its body is complete in memory: its TLS records can wait for the
-    /// `close_notify` that follows and leave with it in one `writev` (see
+    /// `close_notify` that follows and leave with it in one send (see
     /// `server::cork::CorkIo`). Set or cleared by the service for every response.
     pub closing: std::sync::atomic::AtomicBool,
 }

@@ -17,7 +17,7 @@
 //! code does, for HTTP/1.1: a TLS 1.2 client without False Start waits for our Finished);
 //! with a request in hand, the response follows.
 //!
-//! The same holding ends a connection in one `writev`: when the service marks a response as
+//! The same holding ends a connection in one send: when the service marks a response as
 //! the connection's last and complete in memory ([`ConnState::closing`]: HTTP/1.x with
 //! `Connection: close`, as one-shot clients send), its records are held too and leave with the
 //! `close_notify` at the shutdown that follows, instead of response and `close_notify` in two
@@ -26,10 +26,9 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -113,14 +112,17 @@ impl CorkIo {
         Poll::Ready(Ok(()))
     }
 
-    /// After the release: whether `more` bytes of the connection's last response are held for
-    /// its `close_notify` (see the module docs).
-    fn holds_for_close(&self, more: usize) -> bool {
-        self.held.len() + more <= MAX_HELD
-            && self
-                .conn
-                .as_ref()
-                .is_some_and(|c| c.closing.load(Ordering::Relaxed))
+    /// Whether `bufs` can be held beside what already is.
+    fn fits(&self, bufs: &[IoSlice<'_>]) -> bool {
+        self.held.len() + bufs.iter().map(|b| b.len()).sum::<usize>() <= MAX_HELD
+    }
+
+    /// After the release: the service marked the response being written as the connection's
+    /// last, to be held for its `close_notify` (see the module docs).
+    fn last_response(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| c.closing.load(Ordering::Relaxed))
     }
 
     /// Writes `bufs` after what is held, in one `writev`; returns how many bytes of `bufs` went.
@@ -218,13 +220,9 @@ impl AsyncWrite for CorkIo {
                 this.state = State::Direct { wrote: true };
                 Poll::Ready(Ok(n))
             }
-            State::Holding
-                if this.held.len() + bufs.iter().map(|b| b.len()).sum::<usize>() <= MAX_HELD =>
-            {
-                Poll::Ready(Ok(this.hold(bufs)))
-            }
+            State::Holding if this.fits(bufs) => Poll::Ready(Ok(this.hold(bufs))),
             State::Released | State::Done | State::Closing
-                if this.holds_for_close(bufs.iter().map(|b| b.len()).sum()) =>
+                if this.last_response() && this.fits(bufs) =>
             {
                 this.state = State::Closing;
                 Poll::Ready(Ok(this.hold(bufs)))
