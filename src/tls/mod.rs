@@ -5,6 +5,7 @@
 //! (`modern`), ECDHE + AEAD suites only, X25519MLKEM768 preferred, then X25519, P-256, P-384.
 
 pub mod certs;
+mod hkdf;
 pub mod local_ca;
 pub mod names;
 pub mod ocsp;
@@ -52,7 +53,7 @@ pub fn provider() -> CryptoProvider {
     use aws_lc_rs::cipher_suite as cs;
     use aws_lc_rs::kx_group as kx;
     CryptoProvider {
-        cipher_suites: vec![
+        cipher_suites: hkdf::with_prepared_hmac(&[
             cs::TLS13_AES_128_GCM_SHA256,
             cs::TLS13_AES_256_GCM_SHA384,
             cs::TLS13_CHACHA20_POLY1305_SHA256,
@@ -62,7 +63,7 @@ pub fn provider() -> CryptoProvider {
             cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
             cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
             cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-        ],
+        ]),
         kx_groups: vec![kx::X25519MLKEM768, kx::X25519, kx::SECP256R1, kx::SECP384R1],
         ..aws_lc_rs::default_provider()
     }
