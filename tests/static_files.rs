@@ -560,3 +560,105 @@ root = "www-b"
         assert_eq!(b.text(), "site beta\n");
     }
 }
+
+/// Static answers carry their own site's headers on every path: a cached file's ready header
+/// map (200 and HEAD), conditionals and ranges answered from the cache, a large file read
+/// from disk, and errors. Two sites share one root and one worker thread, so a header map made
+/// for one site must not answer for the other. A site header the file sets itself
+/// (`Content-Type`) leaves the file's value, and an overridden default is not duplicated.
+#[tokio::test]
+async fn site_headers_are_on_every_static_answer_cached_or_not() {
+    let env = TestEnv::new();
+    env.write("www/hello.txt", HELLO_TXT);
+    env.write("www/big.bin", vec![b'x'; 100 * 1024]);
+    let site = |name: &str, value: &str| {
+        format!(
+            r#"
+[[site]]
+name = "{name}"
+hosts = ["{name}.test"]
+cert = "certs/{name}.pem"
+key = "certs/{name}.key"
+root = "www"
+[site.headers]
+"X-Site" = "{value}"
+"X-Frame-Options" = "DENY"
+"Content-Type" = "text/x-site"
+"#
+        )
+    };
+    let srv = env.start_with_workers(
+        1,
+        &format!(
+            "{}{}",
+            site("alpha", "from-alpha"),
+            site("beta", "from-beta")
+        ),
+    );
+    for (host, value) in [
+        (ALPHA, "from-alpha"),
+        (BETA, "from-beta"),
+        (ALPHA, "from-alpha"),
+    ] {
+        let mut tls = tls_connect(srv.https, Some(host), ClientOpts::default().build())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut ask = async |method: &str, path: &str, headers: &str| {
+            use tokio::io::AsyncWriteExt;
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
+            tls.write_all(req.as_bytes()).await.unwrap();
+            read_response(&mut tls, &mut buf, method == "HEAD")
+                .await
+                .unwrap()
+        };
+        let first = ask("GET", "/hello.txt", "").await;
+        let etag = first.header("etag").unwrap().to_string();
+        let answers = [
+            ("GET", "/hello.txt", String::new(), 200),
+            ("GET", "/hello.txt", String::new(), 200),
+            ("HEAD", "/hello.txt", String::new(), 200),
+            (
+                "GET",
+                "/hello.txt",
+                format!("If-None-Match: {etag}\r\n"),
+                304,
+            ),
+            ("GET", "/hello.txt", "Range: bytes=0-4\r\n".to_string(), 206),
+            ("GET", "/big.bin", String::new(), 200),
+            ("GET", "/missing.txt", String::new(), 404),
+        ];
+        let mut seen = vec![(first.status, first)];
+        for (method, path, headers, _) in &answers {
+            let r = ask(method, path, headers).await;
+            seen.push((r.status, r));
+        }
+        let expected = std::iter::once(200).chain(answers.iter().map(|a| a.3));
+        for ((status, r), want) in seen.iter().zip(expected) {
+            let what = format!("{host}: {status} {:?}", r.headers);
+            assert_eq!(*status, want, "{what}");
+            assert_eq!(r.header("x-site"), Some(value), "{what}");
+            assert_eq!(
+                r.header("x-content-type-options"),
+                Some("nosniff"),
+                "{what}"
+            );
+            assert_eq!(r.header("x-frame-options"), Some("DENY"), "{what}");
+            let count = |name: &str| {
+                r.headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .count()
+            };
+            assert_eq!(count("x-frame-options"), 1, "{what}");
+            if want == 200 || want == 206 {
+                assert_ne!(r.header("content-type"), Some("text/x-site"), "{what}");
+                assert_eq!(count("content-type"), 1, "{what}");
+            }
+        }
+        assert_eq!(seen[1].1.text(), HELLO_TXT);
+        assert_eq!(seen[3].1.header("content-length"), Some("12"), "HEAD");
+        assert_eq!(seen[5].1.text(), "hello");
+        assert_eq!(seen[6].1.body.len(), 100 * 1024);
+    }
+}

@@ -29,7 +29,7 @@ use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
 use crate::tls::names::{host_from_authority, NameTable};
 use body::Body;
-use static_files::StaticFiles;
+use static_files::{add_missing, StaticFiles};
 
 /// A route ready to serve.
 pub struct RouteHandler {
@@ -87,13 +87,15 @@ impl Frontend {
             for r in &site.routes {
                 let kind = match &r.handler {
                     Handler::Files(f) => {
-                        let files = StaticFiles::new(f.files.clone()).map_err(|e| {
-                            format!(
-                                "site {:?}: cannot open root {}: {e}",
-                                site.name,
-                                f.files.root.display()
-                            )
-                        })?;
+                        let files = StaticFiles::new(f.files.clone())
+                            .map_err(|e| {
+                                format!(
+                                    "site {:?}: cannot open root {}: {e}",
+                                    site.name,
+                                    f.files.root.display()
+                                )
+                            })?
+                            .with_site_headers(site.headers.clone());
                         RouteKind::Files {
                             files,
                             strip_prefix: f.strip_prefix,
@@ -221,15 +223,13 @@ impl<B> hyper::service::Service<Request<B>> for HttpsService {
     fn call(&self, req: Request<B>) -> Self::Future {
         let guard = ActiveGuard::new(&self.conn);
         let (parts, _body) = req.into_parts();
-        let (site, mut resp) = self.route(&parts);
+        let (site, mut resp, headed) = self.route(&parts);
         // Errors before a site is known (unknown Host, no SNI) get the headers of the site whose
         // certificate the connection uses: every HTTPS response carries the protections.
-        let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
-        let h = resp.headers_mut();
-        for (name, value) in &self.front.sites[policy].headers {
-            if let http::header::Entry::Vacant(slot) = h.entry(name.clone()) {
-                slot.insert(value.clone());
-            }
+        // Static files add them themselves (kept ready in their cached header maps).
+        if !headed {
+            let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
+            add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
         }
         if self.front.access_log {
             tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
@@ -296,15 +296,16 @@ fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
 }
 
 impl HttpsService {
-    /// Picks the site and produces the response (before site headers).
-    fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>) {
+    /// Picks the site and produces the response, and whether it already has the site's
+    /// headers (static files add them).
+    fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>, bool) {
         if self.overloaded {
             let mut r = pages::error(StatusCode::SERVICE_UNAVAILABLE);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (self.sni_site, r);
+            return (self.sni_site, r, false);
         }
         if !is_safe(&parts.method)
             && (self.conn.early.load(Ordering::Relaxed)
@@ -313,14 +314,14 @@ impl HttpsService {
             // RFC 8470: a request that may have been replayed (it came in 0-RTT early data,
             // here or, per `Early-Data: 1`, at a proxy in front) is only served when repeating
             // it is harmless. The client retries after its handshake.
-            return (self.sni_site, pages::error(StatusCode::TOO_EARLY));
+            return (self.sni_site, pages::error(StatusCode::TOO_EARLY), false);
         }
         if head_size(parts) > self.front.max_header_bytes {
             // hyper's HTTP/1.1 buffer cannot be set below 8 KiB; smaller limits are enforced here.
             let mut r = pages::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (self.sni_site, r);
+            return (self.sni_site, r, false);
         }
         let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
             parts
@@ -329,17 +330,27 @@ impl HttpsService {
                 .and_then(|h| h.to_str().ok())
         });
         let Some(host) = authority.and_then(host_from_authority) else {
-            return (self.sni_site, pages::error(StatusCode::BAD_REQUEST));
+            return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false);
         };
         let site = match self.front.site_of(host) {
             Some(s) => s,
-            None => return (self.sni_site, pages::error(StatusCode::MISDIRECTED_REQUEST)),
+            None => {
+                return (
+                    self.sni_site,
+                    pages::error(StatusCode::MISDIRECTED_REQUEST),
+                    false,
+                )
+            }
         };
         if let Some(sni) = self.sni_site {
             // Host must belong to the site whose certificate this connection was made with
             // (no domain fronting across sites).
             if sni != site {
-                return (Some(sni), pages::error(StatusCode::MISDIRECTED_REQUEST));
+                return (
+                    Some(sni),
+                    pages::error(StatusCode::MISDIRECTED_REQUEST),
+                    false,
+                );
             }
         }
         if let Some(len) = parts
@@ -352,19 +363,25 @@ impl HttpsService {
                 let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return (Some(site), r);
+                return (Some(site), r, false);
             }
         }
-        (Some(site), serve_site(&self.front.sites[site], parts, host))
+        let (resp, headed) = serve_site(&self.front.sites[site], parts, host);
+        (Some(site), resp, headed)
     }
 }
 
-fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> Response<Body> {
+/// A site's answer, and whether it has the site's headers already.
+fn serve_site(
+    site: &SiteHandler,
+    parts: &http::request::Parts,
+    host: &str,
+) -> (Response<Body>, bool) {
     let path = parts.uri.path();
     let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
-        return pages::error(StatusCode::NOT_FOUND);
+        return (pages::error(StatusCode::NOT_FOUND), false);
     };
-    match &route.kind {
+    let resp = match &route.kind {
         RouteKind::Respond(spec) => {
             let mut r = Response::new(Body::full(spec.body.clone()));
             *r.status_mut() = spec.status;
@@ -401,9 +418,10 @@ fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> R
             } else {
                 path
             };
-            files.serve(parts, lookup)
+            return (files.serve(parts, lookup), true);
         }
-    }
+    };
+    (resp, false)
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.

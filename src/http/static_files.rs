@@ -145,6 +145,9 @@ pub struct StaticFiles {
     openat2_unsupported: AtomicBool,
     /// Identifies this handler in the per-thread small-file cache.
     id: u64,
+    /// The site's headers, added to every response this handler makes unless the response
+    /// already has the header (see [`StaticFiles::with_site_headers`]).
+    site_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl StaticFiles {
@@ -172,7 +175,16 @@ impl StaticFiles {
             cfg,
             openat2_unsupported: AtomicBool::new(false),
             id: NEXT_HANDLER_ID.fetch_add(1, Ordering::Relaxed),
+            site_headers: Vec::new(),
         })
+    }
+
+    /// Adds the site's `headers` to every response (a header the response already has wins).
+    /// Cached files keep them in a ready header map per representation, so the common answer,
+    /// a whole small file with no conditions, costs one map clone instead of a dozen inserts.
+    pub fn with_site_headers(mut self, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        self.site_headers = headers;
+        self
     }
 
     /// Serves a request.
@@ -180,14 +192,24 @@ impl StaticFiles {
     /// `path` is the raw (still percent-encoded) URL path to look up, starting with `/`,
     /// already stripped of any route prefix by the caller; `req` supplies the method, the
     /// headers and (for directory redirects) the full URI. Never panics; every failure is
-    /// mapped to an HTTP error response.
+    /// mapped to an HTTP error response. Every response carries the site headers.
     pub fn serve(&self, req: &http::request::Parts, path: &str) -> Response<Body> {
+        let (mut resp, headed) = self.serve_inner(req, path);
+        if !headed {
+            add_missing(resp.headers_mut(), &self.site_headers);
+        }
+        resp
+    }
+
+    /// [`StaticFiles::serve`] without the site headers, unless the response came whole from a
+    /// cached header map (`true`), which has them.
+    fn serve_inner(&self, req: &http::request::Parts, path: &str) -> (Response<Body>, bool) {
         let head = req.method == Method::HEAD;
         if req.method != Method::GET && !head {
             let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED, false);
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return resp;
+            return (resp, false);
         }
         let cache_now = if self.cfg.cache_validity.is_zero() {
             None
@@ -202,19 +224,19 @@ impl StaticFiles {
             Ok(target) => target,
             Err(status) => {
                 tracing::debug!(path, %status, "static: rejected request path");
-                return error_response(status, head);
+                return (error_response(status, head), false);
             }
         };
         let (fd, st) = match self.open_rel(&target.rel) {
             Ok(opened) => opened,
-            Err(err) => return open_failed(err, path, head),
+            Err(err) => return (open_failed(err, path, head), false),
         };
         match FileType::from_raw_mode(st.st_mode) {
             FileType::Directory => self.serve_dir(req, path, &target, fd, head, cache_now),
             FileType::RegularFile if !target.trailing_slash => {
                 self.serve_file(req, &target.rel, fd, &st, head, (path, cache_now))
             }
-            _ => error_response(StatusCode::NOT_FOUND, head),
+            _ => (error_response(StatusCode::NOT_FOUND, head), false),
         }
     }
 
@@ -285,9 +307,9 @@ impl StaticFiles {
         dir: OwnedFd,
         head: bool,
         cache_now: Option<Instant>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, bool) {
         if !target.trailing_slash {
-            return redirect_with_slash(req, path, head);
+            return (redirect_with_slash(req, path, head), false);
         }
         for name in &self.cfg.index {
             let rel = join_rel(&target.rel, name);
@@ -297,11 +319,12 @@ impl StaticFiles {
                 }
             }
         }
-        if self.cfg.browse {
+        let resp = if self.cfg.browse {
             self.listing(target, dir, head)
         } else {
             error_response(StatusCode::NOT_FOUND, head)
-        }
+        };
+        (resp, false)
     }
 
     /// Opens `<rel><suffix>` if it is a regular file.
@@ -360,7 +383,7 @@ impl StaticFiles {
         st: &Stat,
         head: bool,
         cache: (&str, Option<Instant>),
-    ) -> Response<Body> {
+    ) -> (Response<Body>, bool) {
         if let (key, Some(now)) = cache {
             if u64::try_from(st.st_size).is_ok_and(|n| n <= SMALL_FILE_MAX) {
                 // None: a sibling is large, or a read failed: serve from the file below.
@@ -373,7 +396,7 @@ impl StaticFiles {
         let (variant, vary) = self.select_variant(&req.headers, rel, fd, st);
         let Variant { fd, meta, encoding } = variant;
         let validators = Validators::new(&meta, encoding);
-        self.respond(
+        let resp = self.respond(
             req,
             content_type_for(rel),
             Src::Fd(fd),
@@ -382,7 +405,8 @@ impl StaticFiles {
             &validators,
             vary,
             head,
-        )
+        );
+        (resp, false)
     }
 
     /// Reads `rel` and its precompressed siblings into memory, for the cache. `None` when one of
@@ -394,7 +418,8 @@ impl StaticFiles {
         st: &Stat,
         now: Instant,
     ) -> Option<cache::Entry> {
-        let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<cache::Cached> {
+        type Loaded = (Vec<u8>, FileMeta, Option<Encoding>);
+        let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<Loaded> {
             let meta = FileMeta::from_stat(st);
             if meta.size > SMALL_FILE_MAX {
                 return None;
@@ -403,11 +428,7 @@ impl StaticFiles {
             if data.len() as u64 != meta.size {
                 return None;
             }
-            Some(cache::Cached {
-                data: Bytes::from(data),
-                meta,
-                validators: Validators::new(&meta, encoding),
-            })
+            Some((data, meta, encoding))
         };
         let identity = load(fd, st, None)?;
         let (mut br, mut gz) = (None, None);
@@ -419,11 +440,32 @@ impl StaticFiles {
                 gz = Some(load(&fd, &st, Some(Encoding::Gzip))?);
             }
         }
+        let content_type = content_type_for(rel);
+        let vary = br.is_some() || gz.is_some();
+        let cached = |(data, meta, encoding): Loaded| {
+            let validators = Validators::new(&meta, encoding);
+            let mut whole = HeaderMap::with_capacity(8 + self.site_headers.len());
+            whole_file_headers(
+                &mut whole,
+                content_type.clone(),
+                meta.size,
+                encoding,
+                &validators,
+                vary,
+            );
+            add_missing(&mut whole, &self.site_headers);
+            cache::Cached {
+                data: Bytes::from(data),
+                meta,
+                validators,
+                whole,
+            }
+        };
         Some(cache::Entry {
-            content_type: content_type_for(rel),
-            identity,
-            br,
-            gz,
+            identity: cached(identity),
+            br: br.map(cached),
+            gz: gz.map(cached),
+            content_type,
             loaded: now,
         })
     }
@@ -434,7 +476,7 @@ impl StaticFiles {
         req: &http::request::Parts,
         entry: &cache::Entry,
         head: bool,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, bool) {
         let vary = entry.br.is_some() || entry.gz.is_some();
         let (chosen, encoding) = if vary {
             match AcceptEncoding::parse(&req.headers).choose(entry.br.is_some(), entry.gz.is_some())
@@ -452,8 +494,19 @@ impl StaticFiles {
         } else {
             (&entry.identity, None)
         };
+        if !conditional_or_range(&req.headers) {
+            // The whole representation, 200: its header map is ready (site headers included).
+            let body = if head || chosen.data.is_empty() {
+                Body::Empty
+            } else {
+                Body::full(chosen.data.clone())
+            };
+            let mut resp = Response::new(body);
+            *resp.headers_mut() = chosen.whole.clone();
+            return (resp, true);
+        }
         let src = Src::Mem(chosen.data.clone());
-        self.respond(
+        let resp = self.respond(
             req,
             entry.content_type.clone(),
             src,
@@ -462,7 +515,8 @@ impl StaticFiles {
             &chosen.validators,
             vary,
             head,
-        )
+        );
+        (resp, false)
     }
 
     /// Preconditions, ranges and headers for the chosen representation.
@@ -524,27 +578,16 @@ impl StaticFiles {
                 let mut resp = Response::new(body);
                 *resp.status_mut() = status;
                 let h = resp.headers_mut();
-                h.insert(header::CONTENT_TYPE, content_type);
-                h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-                if let Some(enc) = encoding {
-                    let token = HeaderValue::from_static(enc.token());
-                    h.insert(header::CONTENT_ENCODING, token);
-                }
+                whole_file_headers(h, content_type, len, encoding, validators, vary);
                 if status == StatusCode::PARTIAL_CONTENT {
                     let range = format!("bytes {start}-{}/{}", start + len - 1, meta.size);
                     set_header(h, header::CONTENT_RANGE, &range);
                 }
-                resp
+                return resp;
             }
         };
         // Validators (and Vary) go on 200, 206 and 304 alike.
-        let h = resp.headers_mut();
-        h.insert(header::ETAG, validators.etag.clone());
-        h.insert(header::LAST_MODIFIED, validators.last_modified.clone());
-        if vary {
-            h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-        }
+        validator_headers(resp.headers_mut(), validators, vary);
         resp
     }
 
@@ -802,6 +845,58 @@ fn join_rel(dir: &str, name: &str) -> String {
 // Metadata, validators, preconditions
 // ---------------------------------------------------------------------------------------------
 
+/// The headers of a 200 (or, with `len` the range's, 206) answer from a file: type, length,
+/// ranges, coding, then the validators.
+fn whole_file_headers(
+    h: &mut HeaderMap,
+    content_type: HeaderValue,
+    len: u64,
+    encoding: Option<Encoding>,
+    validators: &Validators,
+    vary: bool,
+) {
+    h.insert(header::CONTENT_TYPE, content_type);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(enc) = encoding {
+        h.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(enc.token()),
+        );
+    }
+    validator_headers(h, validators, vary);
+}
+
+/// `ETag`, `Last-Modified` and, when the file has precompressed siblings, `Vary`.
+fn validator_headers(h: &mut HeaderMap, validators: &Validators, vary: bool) {
+    h.insert(header::ETAG, validators.etag.clone());
+    h.insert(header::LAST_MODIFIED, validators.last_modified.clone());
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// Adds each of `extra` that `h` does not have yet (the response's own headers win).
+pub(crate) fn add_missing(h: &mut HeaderMap, extra: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in extra {
+        if let header::Entry::Vacant(slot) = h.entry(name.clone()) {
+            slot.insert(value.clone());
+        }
+    }
+}
+
+/// Whether the request has a precondition or a range, i.e. may get something other than the
+/// whole representation with 200. One pass over the request's names, no hashing.
+fn conditional_or_range(headers: &HeaderMap) -> bool {
+    headers.keys().any(|n| {
+        *n == header::IF_MATCH
+            || *n == header::IF_NONE_MATCH
+            || *n == header::IF_MODIFIED_SINCE
+            || *n == header::IF_UNMODIFIED_SINCE
+            || *n == header::RANGE
+    })
+}
+
 /// Where a response's bytes come from.
 enum Src {
     Fd(OwnedFd),
@@ -837,7 +932,7 @@ mod cache {
     use std::time::{Duration, Instant};
 
     use bytes::Bytes;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue};
 
     use super::{FileMeta, Validators};
 
@@ -851,6 +946,8 @@ mod cache {
         pub data: Bytes,
         pub meta: FileMeta,
         pub validators: Validators,
+        /// The headers of the whole representation with 200, site headers included.
+        pub whole: HeaderMap,
     }
 
     /// A file and its precompressed siblings.
