@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use hmac::{KeyInit, Mac};
 use rustls::crypto::hash::HashAlgorithm;
 use rustls::crypto::hmac::{Hmac, Key, Tag};
-use rustls::crypto::tls12::{Prf, PrfUsingHmac};
-use rustls::crypto::tls13::{Hkdf, HkdfUsingHmac};
+use rustls::crypto::tls12::PrfUsingHmac;
+use rustls::crypto::tls13::HkdfUsingHmac;
 use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite};
 
 /// HMAC with hash `D`, keys kept in their prepared (inner/outer state) form.
@@ -71,10 +71,10 @@ where
 
 static HMAC_SHA256: PreparedHmac<sha2::Sha256> = PreparedHmac(std::marker::PhantomData);
 static HMAC_SHA384: PreparedHmac<sha2::Sha384> = PreparedHmac(std::marker::PhantomData);
-static HKDF_SHA256: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA256);
-static HKDF_SHA384: HkdfUsingHmac<'static> = HkdfUsingHmac(&HMAC_SHA384);
-static PRF_SHA256: PrfUsingHmac<'static> = PrfUsingHmac(&HMAC_SHA256);
-static PRF_SHA384: PrfUsingHmac<'static> = PrfUsingHmac(&HMAC_SHA384);
+/// By hash: SHA-256, SHA-384.
+static HKDF: [HkdfUsingHmac<'static>; 2] =
+    [HkdfUsingHmac(&HMAC_SHA256), HkdfUsingHmac(&HMAC_SHA384)];
+static PRF: [PrfUsingHmac<'static>; 2] = [PrfUsingHmac(&HMAC_SHA256), PrfUsingHmac(&HMAC_SHA384)];
 
 /// `suites` with every TLS 1.3 suite's HKDF and every TLS 1.2 suite's PRF replaced by the
 /// prepared-key ones. The new suites are made once per process and shared by every config.
@@ -93,29 +93,28 @@ pub fn with_prepared_hmac(suites: &[SupportedCipherSuite]) -> Vec<SupportedCiphe
                 hash_provider: c.hash_provider,
                 confidentiality_limit: c.confidentiality_limit,
             };
+            let common_of = match suite {
+                SupportedCipherSuite::Tls13(s) => &s.common,
+                SupportedCipherSuite::Tls12(s) => &s.common,
+            };
+            let h = match common_of.hash_provider.algorithm() {
+                HashAlgorithm::SHA256 => 0,
+                HashAlgorithm::SHA384 => 1,
+                _ => return suite,
+            };
             let new = match suite {
                 SupportedCipherSuite::Tls13(s) => {
-                    let hkdf: &'static dyn Hkdf = match s.common.hash_provider.algorithm() {
-                        HashAlgorithm::SHA256 => &HKDF_SHA256,
-                        HashAlgorithm::SHA384 => &HKDF_SHA384,
-                        _ => return suite,
-                    };
                     SupportedCipherSuite::Tls13(Box::leak(Box::new(Tls13CipherSuite {
                         common: common(&s.common),
-                        hkdf_provider: hkdf,
+                        hkdf_provider: &HKDF[h],
                         aead_alg: s.aead_alg,
                         quic: s.quic,
                     })))
                 }
                 SupportedCipherSuite::Tls12(s) => {
-                    let prf: &'static dyn Prf = match s.common.hash_provider.algorithm() {
-                        HashAlgorithm::SHA256 => &PRF_SHA256,
-                        HashAlgorithm::SHA384 => &PRF_SHA384,
-                        _ => return suite,
-                    };
                     SupportedCipherSuite::Tls12(Box::leak(Box::new(Tls12CipherSuite {
                         common: common(&s.common),
-                        prf_provider: prf,
+                        prf_provider: &PRF[h],
                         kx: s.kx,
                         sign: s.sign,
                         aead_alg: s.aead_alg,
@@ -134,10 +133,17 @@ mod tests {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
 
     fn tls13(s: SupportedCipherSuite) -> &'static Tls13CipherSuite {
-        match s {
-            SupportedCipherSuite::Tls13(s) => s,
-            SupportedCipherSuite::Tls12(_) => panic!("not a TLS 1.3 suite"),
-        }
+        let SupportedCipherSuite::Tls13(s) = s else {
+            panic!("not a TLS 1.3 suite")
+        };
+        s
+    }
+
+    fn tls12(s: SupportedCipherSuite) -> &'static Tls12CipherSuite {
+        let SupportedCipherSuite::Tls12(s) = s else {
+            panic!("not a TLS 1.2 suite")
+        };
+        s
     }
 
     /// The prepared-key HKDF gives exactly aws-lc's HKDF output, for every shape the key
@@ -181,13 +187,6 @@ mod tests {
                     ours.expander_for_okm(&okm).expand_block(&info).as_ref()
                 );
             }
-        }
-    }
-
-    fn tls12(s: SupportedCipherSuite) -> &'static Tls12CipherSuite {
-        match s {
-            SupportedCipherSuite::Tls12(s) => s,
-            SupportedCipherSuite::Tls13(_) => panic!("not a TLS 1.2 suite"),
         }
     }
 
