@@ -370,15 +370,17 @@ async fn one_connection(
         .unwrap()
 }
 
+/// One HTTP/1.1 request for `host` on an open connection, and its response.
 async fn exchange(
     tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     buf: &mut Vec<u8>,
+    host: &str,
     method: &str,
     path: &str,
     headers: &str,
 ) -> RawResp {
     use tokio::io::AsyncWriteExt;
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: alpha.test\r\n{headers}\r\n");
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
     tls.write_all(req.as_bytes()).await.unwrap();
     read_response(tls, buf, method == "HEAD").await.unwrap()
 }
@@ -396,7 +398,7 @@ async fn each_request_on_a_connection_gets_its_own_content_encoding() {
         ("Accept-Encoding: br, gzip\r\n", Some("br"), CSS_BR),
     ];
     for (headers, encoding, body) in cases {
-        let r = exchange(&mut tls, &mut buf, "GET", "/style.css", headers).await;
+        let r = exchange(&mut tls, &mut buf, ALPHA, "GET", "/style.css", headers).await;
         assert_eq!(r.status, 200, "{headers:?}");
         assert_eq!(r.header("content-encoding"), encoding, "{headers:?}");
         assert_eq!(r.body, body, "{headers:?}");
@@ -409,7 +411,7 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     let srv = start_static();
     let mut tls = one_connection(&srv).await;
     let mut buf = Vec::new();
-    let first = exchange(&mut tls, &mut buf, "GET", "/hello.txt", "").await;
+    let first = exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "").await;
     assert_eq!(first.status, 200);
     let etag = first.header("etag").unwrap().to_string();
     let lm = first.header("last-modified").unwrap().to_string();
@@ -417,6 +419,7 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     let r = exchange(
         &mut tls,
         &mut buf,
+        ALPHA,
         "GET",
         "/hello.txt",
         &format!("If-None-Match: {etag}\r\n"),
@@ -428,6 +431,7 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     let r = exchange(
         &mut tls,
         &mut buf,
+        ALPHA,
         "GET",
         "/hello.txt",
         &format!("If-Modified-Since: {lm}\r\n"),
@@ -438,6 +442,7 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     let r = exchange(
         &mut tls,
         &mut buf,
+        ALPHA,
         "GET",
         "/hello.txt",
         "Range: bytes=6-10\r\n",
@@ -450,6 +455,7 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     let r = exchange(
         &mut tls,
         &mut buf,
+        ALPHA,
         "GET",
         "/hello.txt",
         "If-Match: \"something-else\"\r\n",
@@ -457,15 +463,15 @@ async fn conditionals_ranges_and_head_after_a_plain_get_on_one_connection() {
     .await;
     assert_eq!(r.status, 412);
 
-    let r = exchange(&mut tls, &mut buf, "HEAD", "/hello.txt", "").await;
+    let r = exchange(&mut tls, &mut buf, ALPHA, "HEAD", "/hello.txt", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-length"), Some("12"));
     // No body was sent for HEAD: the next response parses cleanly.
-    let r = exchange(&mut tls, &mut buf, "GET", "/hello.txt", "").await;
+    let r = exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), HELLO_TXT);
 
-    let r = exchange(&mut tls, &mut buf, "DELETE", "/hello.txt", "").await;
+    let r = exchange(&mut tls, &mut buf, ALPHA, "DELETE", "/hello.txt", "").await;
     assert_eq!(r.status, 405);
 }
 
@@ -476,7 +482,9 @@ async fn hidden_and_traversal_paths_stay_refused_after_real_files_were_served() 
     let mut buf = Vec::new();
     for path in ["/hello.txt", "/", "/style.css"] {
         assert_eq!(
-            exchange(&mut tls, &mut buf, "GET", path, "").await.status,
+            exchange(&mut tls, &mut buf, ALPHA, "GET", path, "")
+                .await
+                .status,
             200
         );
     }
@@ -486,7 +494,7 @@ async fn hidden_and_traversal_paths_stay_refused_after_real_files_were_served() 
         "/%2e%2e/outside.txt",
         "/hello.txt/",
     ] {
-        let r = exchange(&mut tls, &mut buf, "GET", path, "").await;
+        let r = exchange(&mut tls, &mut buf, ALPHA, "GET", path, "").await;
         assert!(r.status >= 400, "{path}: {}", r.status);
         assert!(leaked(&r.body).is_none(), "{path}");
     }
@@ -497,12 +505,12 @@ async fn modified_file_is_served_fresh_within_about_a_second() {
     let srv = start_static();
     let mut tls = one_connection(&srv).await;
     let mut buf = Vec::new();
-    let r = exchange(&mut tls, &mut buf, "GET", "/hello.txt", "").await;
+    let r = exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "").await;
     assert_eq!(r.text(), HELLO_TXT);
     srv.env
         .write("www/hello.txt", "changed content, longer than before\n");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let r = exchange(&mut tls, &mut buf, "GET", "/hello.txt", "").await;
+    let r = exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "changed content, longer than before\n");
     assert_ne!(r.header("etag"), None);
@@ -514,7 +522,7 @@ async fn deleted_file_is_404_within_about_a_second() {
     let mut tls = one_connection(&srv).await;
     let mut buf = Vec::new();
     assert_eq!(
-        exchange(&mut tls, &mut buf, "GET", "/hello.txt", "")
+        exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "")
             .await
             .status,
         200
@@ -522,7 +530,7 @@ async fn deleted_file_is_404_within_about_a_second() {
     std::fs::remove_file(srv.env.path("www/hello.txt")).unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(
-        exchange(&mut tls, &mut buf, "GET", "/hello.txt", "")
+        exchange(&mut tls, &mut buf, ALPHA, "GET", "/hello.txt", "")
             .await
             .status,
         404
@@ -604,15 +612,7 @@ root = "www"
             .await
             .unwrap();
         let mut buf = Vec::new();
-        let mut ask = async |method: &str, path: &str, headers: &str| {
-            use tokio::io::AsyncWriteExt;
-            let req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n");
-            tls.write_all(req.as_bytes()).await.unwrap();
-            read_response(&mut tls, &mut buf, method == "HEAD")
-                .await
-                .unwrap()
-        };
-        let first = ask("GET", "/hello.txt", "").await;
+        let first = exchange(&mut tls, &mut buf, host, "GET", "/hello.txt", "").await;
         let etag = first.header("etag").unwrap().to_string();
         let answers = [
             ("GET", "/hello.txt", String::new(), 200),
@@ -630,7 +630,7 @@ root = "www"
         ];
         let mut seen = vec![(first.status, first)];
         for (method, path, headers, _) in &answers {
-            let r = ask(method, path, headers).await;
+            let r = exchange(&mut tls, &mut buf, host, method, path, headers).await;
             seen.push((r.status, r));
         }
         let expected = std::iter::once(200).chain(answers.iter().map(|a| a.3));

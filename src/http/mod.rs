@@ -29,7 +29,7 @@ use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
 use crate::tls::names::{host_from_authority, NameTable};
 use body::Body;
-use static_files::{add_missing, StaticFiles};
+use static_files::StaticFiles;
 
 /// A route ready to serve.
 pub struct RouteHandler {
@@ -422,6 +422,15 @@ fn serve_site(
         }
     };
     (resp, false)
+}
+
+/// Adds each of a site's `headers` that `h` does not have yet (the response's own headers win).
+pub(crate) fn add_missing(h: &mut http::HeaderMap, headers: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in headers {
+        if let header::Entry::Vacant(slot) = h.entry(name.clone()) {
+            slot.insert(value.clone());
+        }
+    }
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.

@@ -60,6 +60,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
+
+use super::add_missing;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustix::fd::OwnedFd;
 use rustix::fs::{Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
@@ -873,15 +875,6 @@ fn validator_headers(h: &mut HeaderMap, validators: &Validators, vary: bool) {
     h.insert(header::LAST_MODIFIED, validators.last_modified.clone());
     if vary {
         h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-}
-
-/// Adds each of `extra` that `h` does not have yet (the response's own headers win).
-pub(crate) fn add_missing(h: &mut HeaderMap, extra: &[(HeaderName, HeaderValue)]) {
-    for (name, value) in extra {
-        if let header::Entry::Vacant(slot) = h.entry(name.clone()) {
-            slot.insert(value.clone());
-        }
     }
 }
 

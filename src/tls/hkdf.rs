@@ -88,32 +88,38 @@ pub fn with_prepared_hmac(suites: &[SupportedCipherSuite]) -> Vec<SupportedCiphe
             if let Some(done) = made.iter().find(|m| m.suite() == suite.suite()) {
                 return *done;
             }
-            let common = |c: &CipherSuiteCommon| CipherSuiteCommon {
-                suite: c.suite,
-                hash_provider: c.hash_provider,
-                confidentiality_limit: c.confidentiality_limit,
-            };
-            let common_of = match suite {
-                SupportedCipherSuite::Tls13(s) => &s.common,
-                SupportedCipherSuite::Tls12(s) => &s.common,
-            };
-            let h = match common_of.hash_provider.algorithm() {
-                HashAlgorithm::SHA256 => 0,
-                HashAlgorithm::SHA384 => 1,
-                _ => return suite,
+            // A copy of the suite's common part, and which of our tables its hash selects.
+            let common = |c: &CipherSuiteCommon| {
+                let h = match c.hash_provider.algorithm() {
+                    HashAlgorithm::SHA256 => 0,
+                    HashAlgorithm::SHA384 => 1,
+                    _ => return None,
+                };
+                let copy = CipherSuiteCommon {
+                    suite: c.suite,
+                    hash_provider: c.hash_provider,
+                    confidentiality_limit: c.confidentiality_limit,
+                };
+                Some((copy, h))
             };
             let new = match suite {
                 SupportedCipherSuite::Tls13(s) => {
+                    let Some((common, h)) = common(&s.common) else {
+                        return suite;
+                    };
                     SupportedCipherSuite::Tls13(Box::leak(Box::new(Tls13CipherSuite {
-                        common: common(&s.common),
+                        common,
                         hkdf_provider: &HKDF[h],
                         aead_alg: s.aead_alg,
                         quic: s.quic,
                     })))
                 }
                 SupportedCipherSuite::Tls12(s) => {
+                    let Some((common, h)) = common(&s.common) else {
+                        return suite;
+                    };
                     SupportedCipherSuite::Tls12(Box::leak(Box::new(Tls12CipherSuite {
-                        common: common(&s.common),
+                        common,
                         prf_provider: &PRF[h],
                         kx: s.kx,
                         sign: s.sign,
