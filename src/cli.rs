@@ -75,7 +75,8 @@ struct ServeArgs {
     /// Do not listen for plain HTTP at all.
     #[arg(long)]
     no_http: bool,
-    /// Worker threads (default: number of CPUs).
+    /// Worker threads (default: number of CPUs; no more of them take new connections than
+    /// the CPUs their affinity allows).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Data directory (local CA, state).

@@ -634,3 +634,124 @@ async fn one_tls13_ticket_is_sent_per_handshake() {
     assert_eq!(r.tls.kind, Some(HandshakeKind::Resumed));
     assert_eq!(store.tickets.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// The worker threads of this process (`portcullis-w<n>`), by worker number: thread ids.
+fn worker_threads() -> Vec<rustix::thread::Pid> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if let Some(n) = comm.trim().strip_prefix("portcullis-w") {
+            let tid: i32 = task.file_name().to_string_lossy().parse().unwrap();
+            found.push((
+                n.parse::<usize>().unwrap(),
+                rustix::thread::Pid::from_raw(tid).unwrap(),
+            ));
+        }
+    }
+    found.sort_by_key(|(n, _)| *n);
+    found.into_iter().map(|(_, tid)| tid).collect()
+}
+
+/// CPU time (user + system, clock ticks) each thread has used so far.
+fn cpu_ticks(tids: &[rustix::thread::Pid]) -> Vec<u64> {
+    tids.iter()
+        .map(|tid| {
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero()))
+                    .unwrap();
+            // after "(comm)": state is field 3; utime and stime are fields 14 and 15
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        })
+        .collect()
+}
+
+/// Full handshakes + GET, one at a time, until the workers together used `ticks` more CPU
+/// ticks (at most 20 s); returns each worker's share of them. Every request must succeed.
+async fn load_until(srv: &TestServer, tids: &[rustix::thread::Pid], ticks: u64) -> Vec<u64> {
+    let cfg = ClientOpts::default().tls13().build();
+    let before = cpu_ticks(tids);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for _ in 0..50 {
+            let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+        }
+        let used: Vec<u64> = cpu_ticks(tids)
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect();
+        if used.iter().sum::<u64>() >= ticks || Instant::now() > deadline {
+            return used;
+        }
+    }
+}
+
+/// With their CPU affinity narrowed to one CPU (as `taskset -a -p` does to a running server),
+/// only one worker takes new connections: the other's listening socket moves to it. When the
+/// affinity widens again, the socket moves back and both workers share the connections. No
+/// connection is lost on the way.
+#[tokio::test]
+async fn workers_taking_connections_follow_their_cpu_affinity() {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let srv = start(ONE_SITE);
+    let state = srv.server.as_ref().unwrap().state().clone();
+    let tids = worker_threads();
+    assert_eq!(tids.len(), 2, "two worker threads");
+    let own = sched_getaffinity(None).unwrap();
+    let first = (0..CpuSet::MAX_CPU).find(|&c| own.is_set(c)).unwrap();
+    let mut one = CpuSet::new();
+    one.set(first);
+    for tid in &tids {
+        sched_setaffinity(Some(*tid), &one).unwrap();
+    }
+    // The affinity is re-read on accepts, at most every 100 ms.
+    let cfg = ClientOpts::default().tls13().build();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.placement.accepting() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "one worker on one CPU after 10 s"
+        );
+        let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let used = load_until(&srv, &tids, 30).await;
+    assert!(
+        used[0] >= 20 && used[1] * 10 <= used[0],
+        "worker 0 alone takes the connections on one CPU: ticks used {used:?}"
+    );
+
+    if own.count() < 2 {
+        eprintln!("only one CPU here: the widening half of this test is skipped");
+        return;
+    }
+    for tid in &tids {
+        sched_setaffinity(Some(*tid), &own).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.placement.accepting() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "two workers on two CPUs after 10 s"
+        );
+        let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let used = load_until(&srv, &tids, 40).await;
+    let total = used[0] + used[1];
+    assert!(
+        total >= 20 && used[1] * 5 >= total && used[0] * 5 >= total,
+        "both workers take connections again: ticks used {used:?}"
+    );
+}

@@ -4,7 +4,8 @@
 //! listening socket per address (an `SO_REUSEPORT` group: the kernel spreads new connections
 //! over the workers' queues, instead of waking every worker for each connection on one shared
 //! socket; A/B in BENCHMARKS.md). Connections never move between threads, so nothing on the
-//! request path is contended. A connection limit is shared by all workers.
+//! request path is contended. No more workers accept than the CPUs they may run on
+//! ([`placement`]). A connection limit is shared by all workers.
 
 pub mod conn;
 mod cork;
@@ -12,6 +13,7 @@ pub mod early;
 pub mod exec;
 pub mod io;
 pub mod listener;
+pub mod placement;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,6 +55,8 @@ pub struct ServerState {
     /// TLS-ALPN-01 challenge answers, consulted for `acme-tls/1` handshakes.
     pub tls_alpn: Arc<TlsAlpnChallenges>,
     pub limits: Limits,
+    /// Which workers take new connections (no more than the CPUs they may run on).
+    pub placement: placement::Placement,
     open: AtomicUsize,
     drained: Notify,
 }
@@ -272,11 +276,13 @@ impl Server {
         let mut front = Frontend::new(&config, https_port, challenges.http01.clone())?;
         front.on_demand = named;
         let front = Arc::new(front);
+        let (placement, inboxes) = placement::Placement::new(config.workers);
         let state = Arc::new(ServerState {
             front,
             tls,
             tls_alpn: challenges.tls_alpn.clone(),
             limits: config.limits.clone(),
+            placement,
             open: AtomicUsize::new(0),
             drained: Notify::new(),
         });
@@ -287,7 +293,7 @@ impl Server {
         let take_own = |groups: &mut Vec<Vec<TcpListener>>| -> Vec<TcpListener> {
             groups.iter_mut().filter_map(|g| g.pop()).collect()
         };
-        for n in 0..config.workers {
+        for (n, inbox) in inboxes.into_iter().enumerate() {
             let https = take_own(&mut https);
             let http = take_own(&mut http);
             let state = state.clone();
@@ -296,7 +302,7 @@ impl Server {
             let shutdown_timeout = config.limits.shutdown_timeout;
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-w{n}"))
-                .spawn(move || worker(https, http, state, ctx, rx, shutdown_timeout))
+                .spawn(move || worker(n, https, http, inbox, state, ctx, rx, shutdown_timeout))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(handle);
         }
@@ -431,9 +437,12 @@ impl Server {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn worker(
+    me: usize,
     https: Vec<TcpListener>,
     http: Vec<TcpListener>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<placement::Handoff>,
     state: Arc<ServerState>,
     ctx: Arc<WorkerCtx>,
     mut shutdown: watch::Receiver<bool>,
@@ -449,16 +458,41 @@ fn worker(
             return;
         }
     };
+    state.placement.register(me);
     rt.block_on(async move {
-        for (listeners, tls) in [(https, true), (http, false)] {
-            for l in listeners {
-                match tokio::net::TcpListener::from_std(l) {
+        let accept = {
+            let (state, shutdown) = (state.clone(), shutdown.clone());
+            move |listener: TcpListener, tls: bool, home: usize| {
+                match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        tokio::spawn(accept_loop(l, tls, state.clone(), ctx.clone(), shutdown.clone()));
+                        let at = Accepting { tls, home, me };
+                        tokio::spawn(accept_loop(l, at, state.clone(), ctx.clone(), shutdown.clone()));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot register listener"),
                 }
             }
+        };
+        for (listeners, tls) in [(https, true), (http, false)] {
+            for l in listeners {
+                accept(l, tls, me);
+            }
+        }
+        // Sockets of workers that do not accept now (see `placement`).
+        {
+            let mut shutdown = shutdown.clone();
+            let accept = accept.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        h = inbox.recv() => match h {
+                            Some(h) => accept(h.listener, h.tls, h.home),
+                            None => return,
+                        },
+                    }
+                }
+            });
         }
         let _ = shutdown.wait_for(|stop| *stop).await;
         // Drain: in-flight requests finish; hyper closes idle keep-alive connections.
@@ -480,13 +514,25 @@ fn worker(
     });
 }
 
+/// One listening socket in the worker that accepts from it.
+#[derive(Clone, Copy)]
+struct Accepting {
+    /// HTTPS (TLS) or plain HTTP.
+    tls: bool,
+    /// The worker the socket was bound for.
+    home: usize,
+    /// The worker accepting from it now.
+    me: usize,
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    tls: bool,
+    at: Accepting,
     state: Arc<ServerState>,
     ctx: Arc<WorkerCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Accepting { tls, home, me } = at;
     let max = state.limits.max_connections;
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -522,6 +568,22 @@ async fn accept_loop(
                         shutdown.clone(),
                         guard,
                     ));
+                }
+                // Fewer workers accept now, or this socket's own worker accepts again: move.
+                let placement = &state.placement;
+                placement.after_accept();
+                if placement.host_of(home) != me {
+                    match listener.into_std() {
+                        Ok(listener) => placement.hand_over(placement::Handoff {
+                            listener,
+                            tls,
+                            home,
+                        }),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot move a listening socket to another worker")
+                        }
+                    }
+                    return;
                 }
             }
             Err(e) => {
