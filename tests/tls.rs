@@ -691,31 +691,24 @@ async fn load_until(srv: &TestServer, tids: &[rustix::thread::Pid], ticks: u64) 
     }
 }
 
-/// With their CPU affinity narrowed to one CPU (as `taskset -a -p` does to a running server),
-/// only one worker takes new connections: the other's listening socket moves to it. When the
-/// affinity widens again, the socket moves back and both workers share the connections. No
-/// connection is lost on the way.
-#[tokio::test]
-async fn workers_taking_connections_follow_their_cpu_affinity() {
-    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
-    let srv = start(ONE_SITE);
-    let state = srv.server.as_ref().unwrap().state().clone();
-    let tids = worker_threads();
-    assert_eq!(tids.len(), 2, "two worker threads");
-    let own = sched_getaffinity(None).unwrap();
-    let first = (0..CpuSet::MAX_CPU).find(|&c| own.is_set(c)).unwrap();
-    let mut one = CpuSet::new();
-    one.set(first);
-    for tid in &tids {
-        sched_setaffinity(Some(*tid), &one).unwrap();
+/// Sets every worker's affinity to `cpus`, then makes connections (all must succeed) until
+/// `accepting` workers take new ones: the affinity is re-read on accepts, at most every 100 ms.
+async fn set_worker_affinity(
+    srv: &TestServer,
+    tids: &[rustix::thread::Pid],
+    cpus: &rustix::thread::CpuSet,
+    accepting: usize,
+) {
+    for tid in tids {
+        rustix::thread::sched_setaffinity(Some(*tid), cpus).unwrap();
     }
-    // The affinity is re-read on accepts, at most every 100 ms.
+    let placement = &srv.server.as_ref().unwrap().state().placement;
     let cfg = ClientOpts::default().tls13().build();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state.placement.accepting() != 1 {
+    while placement.accepting() != accepting {
         assert!(
             Instant::now() < deadline,
-            "one worker on one CPU after 10 s"
+            "{accepting} worker(s) accepting 10 s after the affinity became {cpus:?}"
         );
         let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
             .await
@@ -723,6 +716,29 @@ async fn workers_taking_connections_follow_their_cpu_affinity() {
         assert_eq!(r.status, 200);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// With their CPU affinity narrowed to one CPU (as `taskset -a -p` does to a running server),
+/// only one worker takes new connections: the other's listening socket moves to it. When the
+/// affinity widens again, the socket moves back and both workers share the connections. No
+/// connection is lost on the way.
+#[tokio::test]
+async fn workers_taking_connections_follow_their_cpu_affinity() {
+    use rustix::thread::{sched_getaffinity, CpuSet};
+    let srv = start(ONE_SITE);
+    // A thread names itself once it runs: wait for both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tids = worker_threads();
+    while tids.len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tids = worker_threads();
+    }
+    assert_eq!(tids.len(), 2, "two worker threads");
+    let own = sched_getaffinity(None).unwrap();
+    let first = (0..CpuSet::MAX_CPU).find(|&c| own.is_set(c)).unwrap();
+    let mut one = CpuSet::new();
+    one.set(first);
+    set_worker_affinity(&srv, &tids, &one, 1).await;
     let used = load_until(&srv, &tids, 30).await;
     assert!(
         used[0] >= 20 && used[1] * 10 <= used[0],
@@ -733,21 +749,7 @@ async fn workers_taking_connections_follow_their_cpu_affinity() {
         eprintln!("only one CPU here: the widening half of this test is skipped");
         return;
     }
-    for tid in &tids {
-        sched_setaffinity(Some(*tid), &own).unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while state.placement.accepting() != 2 {
-        assert!(
-            Instant::now() < deadline,
-            "two workers on two CPUs after 10 s"
-        );
-        let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    set_worker_affinity(&srv, &tids, &own, 2).await;
     let used = load_until(&srv, &tids, 40).await;
     let total = used[0] + used[1];
     assert!(

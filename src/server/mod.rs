@@ -480,7 +480,6 @@ fn worker(
         // Sockets of workers that do not accept now (see `placement`).
         {
             let mut shutdown = shutdown.clone();
-            let accept = accept.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
