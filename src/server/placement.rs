@@ -76,14 +76,10 @@ impl Placement {
         self.accepting.load(Ordering::Relaxed)
     }
 
-    /// The worker that should accept from the sockets bound for worker `home`.
+    /// The worker that should accept from the sockets bound for worker `home`: itself while
+    /// it accepts, else round robin over the accepting ones.
     pub fn host_of(&self, home: usize) -> usize {
-        let accepting = self.accepting().max(1);
-        if home < accepting {
-            home
-        } else {
-            home % accepting
-        }
+        home % self.accepting().max(1)
     }
 
     /// After an accept: re-reads the workers' affinity when the last check is older than
