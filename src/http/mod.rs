@@ -8,6 +8,7 @@
 
 pub mod body;
 pub mod client;
+pub mod date;
 pub mod pages;
 pub mod redirect;
 pub mod static_files;

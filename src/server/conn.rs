@@ -441,25 +441,19 @@ async fn serve_https<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
+    if h2 {
+        // Our own HTTP/2 connection (server::h2); it handles the shutdown signal itself.
+        if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, shutdown).await {
+            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+        }
+        return;
+    }
     let io = TokioIo::new(io);
-    // The protocol state lives in its own allocation of exactly its size: the task's future
-    // would otherwise be as large as the larger of the two (HTTP/2's) for every connection.
-    let result = if h2 {
-        // Its streams' futures run after each of its polls (server::exec).
-        let mut conn = super::exec::RunsStreams {
-            inner: Box::pin(ctx.h2.serve_connection(io, svc)),
-        };
-        tokio::select! {
-            r = &mut conn => r,
-            _ = shutdown.changed() => { conn.inner.as_mut().graceful_shutdown(); conn.await }
-        }
-    } else {
-        // Overloaded connections get a 503 with `Connection: close` (see HttpsService).
-        let mut conn = Box::pin(ctx.h1.serve_connection(io, svc));
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
-        }
+    // Overloaded connections get a 503 with `Connection: close` (see HttpsService).
+    let mut conn = Box::pin(ctx.h1.serve_connection(io, svc));
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");

@@ -11,6 +11,7 @@ pub mod conn;
 mod cork;
 pub mod early;
 pub mod exec;
+pub mod h2;
 pub mod io;
 pub mod listener;
 pub mod placement;
@@ -90,6 +91,7 @@ impl Drop for ConnGuard {
 pub struct WorkerCtx {
     pub h1: hyper::server::conn::http1::Builder,
     pub h2: hyper::server::conn::http2::Builder<exec::DeferredStreams>,
+    pub h2_limits: h2::H2Limits,
 }
 
 impl WorkerCtx {
@@ -111,7 +113,13 @@ impl WorkerCtx {
             .max_send_buf_size(256 * 1024)
             .max_pending_accept_reset_streams(Some(50))
             .max_local_error_reset_streams(Some(256));
-        WorkerCtx { h1, h2 }
+        let h2_limits = h2::H2Limits {
+            max_concurrent_streams: config.http.h2_max_concurrent_streams,
+            stream_window: config.http.h2_stream_window,
+            connection_window: config.http.h2_connection_window,
+            max_header_list: config.limits.max_header_bytes as u32,
+        };
+        WorkerCtx { h1, h2, h2_limits }
     }
 }
 

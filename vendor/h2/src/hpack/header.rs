@@ -283,7 +283,9 @@ impl BytesStr {
         unsafe { std::str::from_utf8_unchecked(self.0.as_ref()) }
     }
 
-    pub(crate) fn into_inner(self) -> Bytes {
+    // portcullis: public, so that portcullis's HTTP/2 connection builds a request's URI from
+    // the decoded bytes without a copy.
+    pub fn into_inner(self) -> Bytes {
         self.0
     }
 }

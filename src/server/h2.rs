@@ -1,0 +1,865 @@
+//! Our HTTP/2 connection (RFC 9113), driven over h2's frame codec.
+//!
+//! hyper's HTTP/2 server runs every stream as its own future with its own waker, behind h2's
+//! shared stream store (an `Arc<Mutex>` locked per operation, per-stream send queues and a
+//! priority scheduler), because a response may take any time to produce. Ours never does: a
+//! request is answered synchronously from memory or the page cache ([`crate::http`]). So this
+//! connection is one state machine on one task: each HEADERS frame read is answered at once,
+//! its HEADERS and DATA frames go into the write buffer, and everything answered during one
+//! read leaves in one flush. Only a body larger than the flow-control windows (a large file)
+//! keeps a stream open; it is sent as the client's WINDOW_UPDATEs allow, round robin.
+//!
+//! What is h2's and what is ours: h2's [`Codec`] reads and writes frames (frame sizes, padding,
+//! HPACK in both directions, CONTINUATION assembly and its flood limit, header-list size, and
+//! the field checks of RFC 9113 §8.2). This module owns the protocol state: the SETTINGS
+//! exchange, stream states and identifiers (§5.1), flow control in both directions (§5.2, §6.9),
+//! request validation (§8.3), responses, RST_STREAM and GOAWAY, graceful shutdown, and limits
+//! against abusive peers (refused streams, error resets, empty frames).
+//!
+//! Request bodies are not used by any handler: their DATA is counted, checked against the
+//! windows and `content-length`, and discarded, its window given back at once. A response that
+//! is complete before the request's body ends is followed by `RST_STREAM(NO_ERROR)` (§8.1).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use futures_util::stream::Stream as _;
+use h2::frame::{
+    self, Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId,
+    WindowUpdate,
+};
+use h2::Codec;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body as _;
+use hyper::service::Service as _;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::http::{HttpsService, TrackedBody};
+
+/// The client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The largest flow-control window (RFC 9113 §6.9.1).
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+
+/// The initial window of every stream and of the connection until SETTINGS say otherwise.
+const DEFAULT_WINDOW: i64 = 65_535;
+
+/// Frames waiting for room in the codec's write buffer beyond which nothing more is read or
+/// produced (the client is not reading: back-pressure instead of unbounded buffering, also
+/// against PING and SETTINGS floods, whose answers wait here).
+const QUEUE_HIGH: usize = 32;
+
+/// Streams we reset whose late frames are ignored rather than answered (§5.4.2, §6.4): the
+/// client may have sent them before it saw the reset.
+const RECENT_RESETS: usize = 64;
+
+/// RST_STREAMs we may send for the client's stream errors before the connection is closed
+/// with ENHANCE_YOUR_CALM (as hyper's `max_local_error_reset_streams`).
+const MAX_ERROR_RESETS: u32 = 256;
+
+/// Empty DATA frames (without END_STREAM) a client may send before ENHANCE_YOUR_CALM: they
+/// cost work and carry nothing (CVE-2019-9518).
+const MAX_EMPTY_FRAMES: u32 = 1024;
+
+/// The connection's limits, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct H2Limits {
+    pub max_concurrent_streams: u32,
+    /// Receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE).
+    pub stream_window: u32,
+    /// Receive window of the connection.
+    pub connection_window: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE (larger header lists get 431).
+    pub max_header_list: u32,
+}
+
+/// A stream we still have business with: its response body is not fully sent, or the client
+/// has not finished its request (and we have not answered yet... or ever: see module docs).
+struct Stream {
+    id: u32,
+    /// The client may still send DATA (no END_STREAM yet).
+    recv_open: bool,
+    /// The response body still to send (`None`: fully sent).
+    body: Option<TrackedBody>,
+    /// A chunk of the body taken from it but not sent yet (flow control).
+    pending: Bytes,
+    send_window: i64,
+    recv_window: i64,
+    /// Received DATA not yet given back with a WINDOW_UPDATE.
+    recv_unacked: i64,
+    /// The request's `content-length`, and the DATA bytes received so far.
+    content_length: Option<u64>,
+    received: u64,
+}
+
+/// How sending a body went.
+enum Sent {
+    /// Everything is sent (END_STREAM queued).
+    Done,
+    /// Waiting: flow control, the write buffer, or the body itself.
+    Blocked,
+    /// The body failed: the stream was reset.
+    Failed,
+}
+
+/// One HTTP/2 connection's state; see the module docs.
+struct Conn<T> {
+    codec: Codec<T, Bytes>,
+    svc: HttpsService,
+    limits: H2Limits,
+    /// Streams still open on either side, in id order.
+    streams: Vec<Stream>,
+    /// Frames that found the codec's buffer full (usually empty and unallocated).
+    queue: VecDeque<Frame<Bytes>>,
+    /// The highest stream id the client has opened.
+    last_client: u32,
+    /// Send windows: the connection's, and the initial one of each stream (the peer's
+    /// SETTINGS_INITIAL_WINDOW_SIZE).
+    send_window: i64,
+    peer_initial_window: i64,
+    max_send_frame: usize,
+    /// Connection receive window left, and what was received since the last WINDOW_UPDATE.
+    recv_window: i64,
+    recv_unacked: i64,
+    /// The client's first SETTINGS frame has arrived (it must come first, §3.4).
+    got_settings: bool,
+    /// Streams reset by us lately (their late frames are ignored).
+    recent_resets: VecDeque<u32>,
+    error_resets: u32,
+    empty_frames: u32,
+    /// We sent GOAWAY: streams above this id are ignored; the connection ends when the streams
+    /// are done (`error`: it ends as soon as the GOAWAY is written).
+    goaway: Option<(u32, bool)>,
+    /// The client sent GOAWAY (no new streams will come).
+    peer_goaway: bool,
+    /// No more reading: the client closed its side or the connection failed.
+    read_closed: bool,
+    io_error: Option<io::Error>,
+    /// Everything is written and the TLS stream shut down.
+    finished: bool,
+}
+
+/// Serves one HTTP/2 connection until it ends. `shutdown` begins a graceful shutdown (GOAWAY,
+/// then the streams in flight are finished).
+pub async fn serve<T>(
+    mut io: T,
+    svc: HttpsService,
+    limits: H2Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut preface = [0u8; PREFACE.len()];
+    tokio::select! {
+        r = io.read_exact(&mut preface) => { r?; }
+        _ = shutdown.changed() => return Ok(()),
+    }
+    if &preface != PREFACE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an HTTP/2 connection preface",
+        ));
+    }
+    let mut conn = Box::new(Conn::new(io, svc, limits));
+    let mut poll = poll_fn(|cx| conn.poll(cx));
+    tokio::select! {
+        r = &mut poll => return r,
+        _ = shutdown.changed() => {}
+    }
+    drop(poll);
+    conn.go_away(Reason::NO_ERROR, false);
+    poll_fn(|cx| conn.poll(cx)).await
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    fn new(io: T, svc: HttpsService, limits: H2Limits) -> Self {
+        let mut codec = Codec::new(io);
+        codec.set_max_recv_header_list_size(limits.max_header_list as usize);
+        let mut conn = Conn {
+            codec,
+            svc,
+            limits,
+            streams: Vec::new(),
+            queue: VecDeque::new(),
+            last_client: 0,
+            send_window: DEFAULT_WINDOW,
+            peer_initial_window: DEFAULT_WINDOW,
+            max_send_frame: frame::DEFAULT_MAX_FRAME_SIZE as usize,
+            recv_window: DEFAULT_WINDOW,
+            recv_unacked: 0,
+            got_settings: false,
+            recent_resets: VecDeque::new(),
+            error_resets: 0,
+            empty_frames: 0,
+            goaway: None,
+            peer_goaway: false,
+            read_closed: false,
+            io_error: None,
+            finished: false,
+        };
+        let mut settings = Settings::default();
+        settings.set_max_concurrent_streams(Some(limits.max_concurrent_streams));
+        settings.set_initial_window_size(Some(limits.stream_window));
+        settings.set_max_header_list_size(Some(limits.max_header_list));
+        conn.queue.push_back(settings.into());
+        let extra = i64::from(limits.connection_window) - DEFAULT_WINDOW;
+        if extra > 0 {
+            conn.queue
+                .push_back(WindowUpdate::new(StreamId::zero(), extra as u32).into());
+            conn.recv_window += extra;
+        }
+        conn
+    }
+
+    /// Runs the connection: reads and answers frames, sends bodies, flushes.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.finished {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(e) = self.io_error.take() {
+                return Poll::Ready(Err(e));
+            }
+            let mut progress = self.drain(cx);
+            // Read and answer everything that has arrived, while the client reads our answers.
+            while !self.read_closed && !self.goaway_error() && self.queue.len() < QUEUE_HIGH {
+                match Pin::new(&mut self.codec).poll_next(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        progress = true;
+                        self.on_frame(frame);
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        progress = true;
+                        self.on_codec_error(e);
+                    }
+                    Poll::Ready(None) => {
+                        // The client closed its side: nothing more will be asked or acknowledged.
+                        progress = true;
+                        self.read_closed = true;
+                        self.streams.clear();
+                    }
+                    Poll::Pending => break,
+                }
+                if self.io_error.is_some() {
+                    break;
+                }
+            }
+            if self.io_error.is_some() {
+                continue;
+            }
+            progress |= self.send_bodies(cx);
+            progress |= self.drain(cx);
+            if self.io_error.is_some() {
+                continue;
+            }
+            if self.queue.is_empty() {
+                match self.codec.flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+                if self.done() {
+                    if self.read_closed {
+                        // The peer is gone or going: a best-effort close.
+                        let _ = self.codec.shutdown(cx);
+                        self.finished = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    match self.codec.shutdown(cx) {
+                        Poll::Ready(r) => {
+                            self.finished = true;
+                            return Poll::Ready(r);
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Nothing left to do on this connection.
+    fn done(&self) -> bool {
+        if self.goaway_error() || self.read_closed {
+            return true;
+        }
+        (self.goaway.is_some() || self.peer_goaway) && self.streams.is_empty()
+    }
+
+    fn goaway_error(&self) -> bool {
+        matches!(self.goaway, Some((_, true)))
+    }
+
+    /// Queues a frame: into the codec's buffer when it has room, else into our queue.
+    fn send(&mut self, frame: Frame<Bytes>) {
+        if self.queue.is_empty() && self.codec_ready() {
+            if let Err(e) = self.codec.buffer(frame) {
+                self.io_error = Some(io::Error::other(format!("HTTP/2 frame not sent: {e}")));
+            }
+        } else {
+            self.queue.push_back(frame);
+        }
+    }
+
+    /// Whether the codec can take a frame now without waiting (it may flush to make room).
+    fn codec_ready(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.codec.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                self.io_error = Some(e);
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Moves queued frames into the codec while it has room. Returns whether any moved.
+    fn drain(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut moved = false;
+        while !self.queue.is_empty() {
+            match self.codec.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    self.io_error = Some(e);
+                    return true;
+                }
+                Poll::Pending => return moved,
+            }
+            let frame = self.queue.pop_front().expect("queue is not empty");
+            if let Err(e) = self.codec.buffer(frame) {
+                self.io_error = Some(io::Error::other(format!("HTTP/2 frame not sent: {e}")));
+                return true;
+            }
+            moved = true;
+        }
+        if self.queue.capacity() > 0 {
+            // An idle connection keeps no queue.
+            self.queue = VecDeque::new();
+        }
+        moved
+    }
+
+    /// Sends GOAWAY (once). `error`: a connection error; the connection closes once it is
+    /// written. Otherwise streams above the last one opened are ignored and the connection
+    /// closes when the open ones are done.
+    fn go_away(&mut self, reason: Reason, error: bool) {
+        self.go_away_with(reason, error, Bytes::new());
+    }
+
+    fn go_away_with(&mut self, reason: Reason, error: bool, debug: Bytes) {
+        match self.goaway {
+            Some((_, true)) => return,
+            Some((_, false)) if !error => return,
+            _ => {}
+        }
+        if error {
+            tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+            self.streams.clear();
+            self.queue.clear();
+        }
+        self.goaway = Some((self.last_client, error));
+        self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
+    }
+
+    /// Resets a stream for one of the client's stream errors (§5.4.2).
+    fn stream_error(&mut self, id: u32, reason: Reason) {
+        tracing::debug!(stream = id, reason = ?reason, "HTTP/2 stream error: sending RST_STREAM");
+        self.error_resets += 1;
+        if self.error_resets > MAX_ERROR_RESETS {
+            self.go_away_with(
+                Reason::ENHANCE_YOUR_CALM,
+                true,
+                Bytes::from_static(b"too many stream errors"),
+            );
+            return;
+        }
+        self.reset(id, reason);
+    }
+
+    /// Sends RST_STREAM and forgets the stream.
+    fn reset(&mut self, id: u32, reason: Reason) {
+        if let Some(i) = self.find(id) {
+            self.streams.remove(i);
+        }
+        self.remember_reset(id);
+        self.send(Reset::new(StreamId::from(id), reason).into());
+    }
+
+    fn remember_reset(&mut self, id: u32) {
+        if self.recent_resets.len() == RECENT_RESETS {
+            self.recent_resets.pop_front();
+        }
+        self.recent_resets.push_back(id);
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+
+    fn on_codec_error(&mut self, e: h2::proto::Error) {
+        match e {
+            h2::proto::Error::Reset(id, reason, _) => {
+                let id = u32::from(id);
+                if id % 2 == 1 && id > self.last_client {
+                    self.last_client = id;
+                }
+                self.stream_error(id, reason);
+            }
+            h2::proto::Error::GoAway(debug, reason, _) => self.go_away_with(reason, true, debug),
+            h2::proto::Error::Io(kind, msg) => {
+                self.io_error = Some(match msg {
+                    Some(m) => io::Error::new(kind, m),
+                    None => kind.into(),
+                });
+            }
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) {
+        if !self.got_settings {
+            match &frame {
+                Frame::Settings(s) if !s.is_ack() => self.got_settings = true,
+                _ => {
+                    // §3.4: the preface's SETTINGS frame comes first.
+                    self.go_away(Reason::PROTOCOL_ERROR, true);
+                    return;
+                }
+            }
+        }
+        match frame {
+            Frame::Headers(h) => self.on_headers(h),
+            Frame::Data(d) => self.on_data(d),
+            Frame::Settings(s) => self.on_settings(s),
+            Frame::Ping(p) => {
+                if !p.is_ack() {
+                    self.send(Ping::pong(p.into_payload()).into());
+                }
+            }
+            Frame::WindowUpdate(w) => self.on_window_update(w),
+            Frame::Reset(r) => {
+                let id = u32::from(r.stream_id());
+                if id == 0 || id > self.last_client {
+                    // §6.4: never on stream 0 or an idle stream.
+                    self.go_away(Reason::PROTOCOL_ERROR, true);
+                } else if let Some(i) = self.find(id) {
+                    self.streams.remove(i);
+                }
+            }
+            Frame::GoAway(g) => {
+                if g.reason() != Reason::NO_ERROR {
+                    tracing::debug!(reason = ?g.reason(), "HTTP/2 client sent GOAWAY with an error");
+                }
+                self.peer_goaway = true;
+            }
+            // Deprecated (§5.3.2); h2 has checked its form.
+            Frame::Priority(_) => {}
+            // Clients do not push (§8.4).
+            Frame::PushPromise(_) => self.go_away(Reason::PROTOCOL_ERROR, true),
+        }
+    }
+
+    fn on_settings(&mut self, s: Settings) {
+        if s.is_ack() {
+            return;
+        }
+        if let Some(size) = s.header_table_size() {
+            self.codec.set_send_header_table_size(size as usize);
+        }
+        if let Some(size) = s.max_frame_size() {
+            // h2 has checked the range (§6.5.2).
+            self.codec.set_max_send_frame_size(size as usize);
+            self.max_send_frame = size as usize;
+        }
+        if let Some(window) = s.initial_window_size() {
+            // §6.9.2: open streams' windows move by the difference, possibly below zero.
+            let delta = i64::from(window) - self.peer_initial_window;
+            self.peer_initial_window = i64::from(window);
+            for s in &mut self.streams {
+                s.send_window += delta;
+                if s.send_window > MAX_WINDOW {
+                    self.go_away(Reason::FLOW_CONTROL_ERROR, true);
+                    return;
+                }
+            }
+        }
+        self.send(Settings::ack().into());
+    }
+
+    fn on_window_update(&mut self, w: WindowUpdate) {
+        let id = u32::from(w.stream_id());
+        let inc = i64::from(w.size_increment());
+        if id == 0 {
+            self.send_window += inc;
+            if self.send_window > MAX_WINDOW {
+                self.go_away(Reason::FLOW_CONTROL_ERROR, true);
+            }
+            return;
+        }
+        if let Some(i) = self.find(id) {
+            let s = &mut self.streams[i];
+            s.send_window += inc;
+            if s.send_window > MAX_WINDOW {
+                self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
+            }
+        } else if id > self.last_client {
+            self.go_away(Reason::PROTOCOL_ERROR, true);
+        }
+        // A closed stream: frames in flight are expected (§6.9).
+    }
+
+    fn on_data(&mut self, d: Data) {
+        let id = u32::from(d.stream_id());
+        let len = d.flow_controlled_len() as i64;
+        let eos = d.is_end_stream();
+        // The connection window counts every DATA frame, whatever its stream's state (§6.9).
+        self.recv_window -= len;
+        if self.recv_window < 0 {
+            self.go_away(Reason::FLOW_CONTROL_ERROR, true);
+            return;
+        }
+        self.recv_unacked += len;
+        if self.recv_unacked >= i64::from(self.limits.connection_window) / 2 {
+            let inc = self.recv_unacked;
+            self.recv_unacked = 0;
+            self.recv_window += inc;
+            self.send(WindowUpdate::new(StreamId::zero(), inc as u32).into());
+        }
+        if len == 0 && !eos {
+            self.empty_frames += 1;
+            if self.empty_frames > MAX_EMPTY_FRAMES {
+                self.go_away_with(
+                    Reason::ENHANCE_YOUR_CALM,
+                    true,
+                    Bytes::from_static(b"too many empty frames"),
+                );
+                return;
+            }
+        }
+        let Some(i) = self.find(id) else {
+            if id > self.last_client {
+                // §5.1: DATA on an idle stream.
+                self.go_away(Reason::PROTOCOL_ERROR, true);
+            } else if !self.recent_resets.contains(&id) {
+                self.stream_error(id, Reason::STREAM_CLOSED);
+            }
+            return;
+        };
+        let stream_window = i64::from(self.limits.stream_window);
+        let s = &mut self.streams[i];
+        if !s.recv_open {
+            // §5.1: half-closed (remote).
+            self.stream_error(id, Reason::STREAM_CLOSED);
+            return;
+        }
+        s.recv_window -= len;
+        if s.recv_window < 0 {
+            self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
+            return;
+        }
+        s.received += d.payload().len() as u64;
+        let length_ok = match s.content_length {
+            Some(cl) if eos => s.received == cl,
+            Some(cl) => s.received <= cl,
+            None => true,
+        };
+        if !length_ok {
+            // §8.1.1: content-length does not match the DATA.
+            self.stream_error(id, Reason::PROTOCOL_ERROR);
+            return;
+        }
+        if eos {
+            s.recv_open = false;
+            if s.body.is_none() {
+                self.streams.remove(i);
+            }
+            return;
+        }
+        // The body is discarded as it comes: give its window back.
+        s.recv_unacked += len;
+        if s.recv_unacked >= stream_window / 2 {
+            let inc = s.recv_unacked;
+            s.recv_unacked = 0;
+            s.recv_window += inc;
+            self.send(WindowUpdate::new(StreamId::from(id), inc as u32).into());
+        }
+    }
+
+    fn on_headers(&mut self, h: Headers) {
+        let id = u32::from(h.stream_id());
+        if id % 2 == 0 {
+            // Clients use odd ids (§5.1.1).
+            self.go_away(Reason::PROTOCOL_ERROR, true);
+            return;
+        }
+        if id <= self.last_client {
+            if let Some(i) = self.find(id) {
+                // Trailers: they end the request (§8.1).
+                let s = &mut self.streams[i];
+                if !s.recv_open {
+                    self.stream_error(id, Reason::STREAM_CLOSED);
+                } else if !h.is_end_stream() {
+                    self.stream_error(id, Reason::PROTOCOL_ERROR);
+                } else if s.content_length.is_some_and(|cl| cl != s.received) {
+                    self.stream_error(id, Reason::PROTOCOL_ERROR);
+                } else {
+                    s.recv_open = false;
+                    if s.body.is_none() {
+                        self.streams.remove(i);
+                    }
+                }
+            } else if !self.recent_resets.contains(&id) {
+                // A closed stream, or a reused id (§5.1.1).
+                self.go_away(Reason::STREAM_CLOSED, true);
+            }
+            return;
+        }
+        self.last_client = id;
+        if self.goaway.is_some() {
+            // Opened after our GOAWAY: ignored, the client retries elsewhere (§6.8).
+            return;
+        }
+        if self.streams.len() >= self.limits.max_concurrent_streams as usize {
+            self.stream_error(id, Reason::REFUSED_STREAM);
+            return;
+        }
+        let eos = h.is_end_stream();
+        if h.is_over_size() {
+            // The decoded header list is over our SETTINGS_MAX_HEADER_LIST_SIZE.
+            let mut resp = Headers::new(
+                h.stream_id(),
+                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+                HeaderMap::new(),
+            );
+            resp.set_end_stream();
+            self.send(resp.into());
+            if !eos {
+                self.reset(id, Reason::NO_ERROR);
+            }
+            return;
+        }
+        let (pseudo, fields) = h.into_parts();
+        let Some(req) = request(pseudo, fields) else {
+            self.stream_error(id, Reason::PROTOCOL_ERROR);
+            return;
+        };
+        let content_length = match req.headers().get(header::CONTENT_LENGTH) {
+            None => None,
+            Some(v) => match v.to_str().ok().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if !(eos && n != 0) => Some(n),
+                _ => {
+                    // Unparsable, or a body announced where there is none (§8.1.1).
+                    self.stream_error(id, Reason::PROTOCOL_ERROR);
+                    return;
+                }
+            },
+        };
+        let head = req.method() == Method::HEAD;
+        let resp = self.svc.call(req).into_inner().unwrap_or_else(|e| match e {});
+        let (mut parts, body) = resp.into_parts();
+        clean_response_headers(&mut parts.headers, parts.status, head, &body);
+        let mut frame = Headers::new(
+            StreamId::from(id),
+            Pseudo::response(parts.status),
+            std::mem::take(&mut parts.headers),
+        );
+        let mut stream = Stream {
+            id,
+            recv_open: !eos,
+            body: None,
+            pending: Bytes::new(),
+            send_window: self.peer_initial_window,
+            recv_window: i64::from(self.limits.stream_window),
+            recv_unacked: 0,
+            content_length,
+            received: 0,
+        };
+        if body.is_end_stream() {
+            frame.set_end_stream();
+            self.send(frame.into());
+            drop(body);
+        } else {
+            self.send(frame.into());
+            stream.body = Some(body);
+            // Small bodies leave right away, without the stream being stored.
+            let mut cx = Context::from_waker(Waker::noop());
+            match self.send_body(&mut stream, &mut cx) {
+                Sent::Done => stream.body = None,
+                Sent::Failed => return,
+                Sent::Blocked => {}
+            }
+        }
+        if stream.body.is_some() || stream.recv_open {
+            if stream.body.is_none() {
+                // Answered before the request's body ended: ask the client to stop (§8.1).
+                self.reset(id, Reason::NO_ERROR);
+                return;
+            }
+            self.streams.push(stream);
+        }
+    }
+
+    /// Sends DATA for the streams with a body, round robin, as the windows allow. Returns
+    /// whether any stream finished or sent something.
+    fn send_bodies(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.streams.is_empty() {
+            return false;
+        }
+        let mut progress = false;
+        let mut streams = std::mem::take(&mut self.streams);
+        // Round robin: whoever went first last time goes last now (order is not otherwise
+        // significant: streams are looked up by id).
+        streams.rotate_left(1);
+        streams.retain_mut(|s| {
+            if s.body.is_none() || self.goaway_error() {
+                return true;
+            }
+            match self.send_body(s, cx) {
+                Sent::Done => {
+                    progress = true;
+                    s.body = None;
+                    if s.recv_open {
+                        // Answered before the request's body ended: ask the client to stop.
+                        self.remember_reset(s.id);
+                        self.send(Reset::new(StreamId::from(s.id), Reason::NO_ERROR).into());
+                        return false;
+                    }
+                    false
+                }
+                Sent::Failed => {
+                    progress = true;
+                    false
+                }
+                Sent::Blocked => true,
+            }
+        });
+        if !self.goaway_error() && !streams.is_empty() {
+            self.streams = streams;
+        }
+        progress
+    }
+
+    /// Sends what the windows allow of one stream's body.
+    fn send_body(&mut self, s: &mut Stream, cx: &mut Context<'_>) -> Sent {
+        let Some(body) = s.body.as_mut() else {
+            return Sent::Done;
+        };
+        loop {
+            if s.pending.is_empty() {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            s.pending = data;
+                        }
+                        // Trailers: none of our handlers makes them.
+                        if s.pending.is_empty() && !body.is_end_stream() {
+                            continue;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        let mut end = Data::new(StreamId::from(s.id), Bytes::new());
+                        end.set_end_stream(true);
+                        self.send(end.into());
+                        return Sent::Done;
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        tracing::warn!(stream = s.id, error = %e, "response body failed: resetting the HTTP/2 stream");
+                        let id = s.id;
+                        s.body = None;
+                        self.reset(id, Reason::INTERNAL_ERROR);
+                        return Sent::Failed;
+                    }
+                    Poll::Pending => return Sent::Blocked,
+                }
+            }
+            let window = self
+                .send_window
+                .min(s.send_window)
+                .min(self.max_send_frame as i64);
+            if (window <= 0 && !s.pending.is_empty()) || self.queue.len() >= QUEUE_HIGH {
+                return Sent::Blocked;
+            }
+            let n = s.pending.len().min(window.max(0) as usize);
+            let chunk = s.pending.split_to(n);
+            self.send_window -= n as i64;
+            s.send_window -= n as i64;
+            let eos = s.pending.is_empty() && body.is_end_stream();
+            let mut data = Data::new(StreamId::from(s.id), chunk);
+            data.set_end_stream(eos);
+            self.send(data.into());
+            if eos {
+                return Sent::Done;
+            }
+        }
+    }
+}
+
+/// The request of a HEADERS frame (RFC 9113 §8.3.1), or `None` when it is malformed. h2 has
+/// checked the fields themselves (§8.2: lowercase names, no connection-specific fields, `te`
+/// only `trailers`, pseudo-fields first and known).
+fn request(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
+    let method = pseudo.method?;
+    if pseudo.status.is_some() || pseudo.protocol.is_some() || method == Method::CONNECT {
+        // No response fields in a request; CONNECT (plain or extended) is not served.
+        return None;
+    }
+    let scheme = pseudo.scheme?;
+    let path = pseudo.path?;
+    if path.is_empty() {
+        return None;
+    }
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path.into_inner()).ok()?);
+    if let Some(authority) = pseudo.authority {
+        uri.authority = Some(http::uri::Authority::from_maybe_shared(authority.into_inner()).ok()?);
+        uri.scheme = Some(scheme.parse().ok()?);
+    } else {
+        // Validated even when it cannot be part of the URI (it needs an authority).
+        let _: http::uri::Scheme = scheme.parse().ok()?;
+    }
+    let uri = http::Uri::from_parts(uri).ok()?;
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    *req.headers_mut() = fields;
+    Some(req)
+}
+
+/// Makes a response head valid for HTTP/2 (as hyper does): no connection-specific fields
+/// (§8.2.2), a `date`, and `content-length` when the body's length is known.
+fn clean_response_headers(h: &mut HeaderMap, status: StatusCode, head: bool, body: &TrackedBody) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+    ] {
+        h.remove(name);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    if !h.contains_key(header::DATE) {
+        h.insert(header::DATE, crate::http::date::now());
+    }
+    if !head
+        && !h.contains_key(header::CONTENT_LENGTH)
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+    {
+        if let Some(len) = body.size_hint().exact() {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+}
