@@ -446,7 +446,9 @@ impl StaticFiles {
         let vary = br.is_some() || gz.is_some();
         let cached = |(data, meta, encoding): Loaded| {
             let validators = Validators::new(&meta, encoding);
-            let mut whole = HeaderMap::with_capacity(8 + self.site_headers.len());
+            let mut whole = HeaderMap::with_capacity(9 + self.site_headers.len());
+            // First, so that each response updates it without a lookup (`serve_cached`).
+            whole.insert(http::header::DATE, crate::http::date::now());
             whole_file_headers(
                 &mut whole,
                 content_type.clone(),
@@ -505,6 +507,11 @@ impl StaticFiles {
             };
             let mut resp = Response::new(body);
             *resp.headers_mut() = chosen.whole.clone();
+            if let Some((name, date)) = resp.headers_mut().iter_mut().next() {
+                if name == http::header::DATE {
+                    *date = crate::http::date::now();
+                }
+            }
             return (resp, true);
         }
         let src = Src::Mem(chosen.data.clone());

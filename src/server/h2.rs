@@ -33,7 +33,7 @@ use h2::frame::{
     WindowUpdate,
 };
 use h2::Codec;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::service::Service as _;
@@ -839,27 +839,38 @@ fn request(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
 /// Makes a response head valid for HTTP/2 (as hyper does): no connection-specific fields
 /// (§8.2.2), a `date`, and `content-length` when the body's length is known.
 fn clean_response_headers(h: &mut HeaderMap, status: StatusCode, head: bool, body: &TrackedBody) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TE,
-    ] {
-        h.remove(name);
+    // One pass of name comparisons (no hashing): our handlers rarely add any of these.
+    if h.keys().any(is_connection_specific) {
+        for name in CONNECTION_SPECIFIC {
+            h.remove(name);
+        }
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
-    if !h.contains_key(header::DATE) {
-        h.insert(header::DATE, crate::http::date::now());
+    if let header::Entry::Vacant(slot) = h.entry(header::DATE) {
+        slot.insert(crate::http::date::now());
     }
     if !head
-        && !h.contains_key(header::CONTENT_LENGTH)
         && !status.is_informational()
         && status != StatusCode::NO_CONTENT
         && status != StatusCode::NOT_MODIFIED
     {
-        if let Some(len) = body.size_hint().exact() {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let (header::Entry::Vacant(slot), Some(len)) =
+            (h.entry(header::CONTENT_LENGTH), body.size_hint().exact())
+        {
+            slot.insert(HeaderValue::from(len));
         }
     }
+}
+
+/// Fields that HTTP/2 forbids in a message (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+fn is_connection_specific(name: &HeaderName) -> bool {
+    CONNECTION_SPECIFIC.iter().any(|c| c == name)
 }

@@ -10,7 +10,6 @@
 pub mod conn;
 mod cork;
 pub mod early;
-pub mod exec;
 pub mod h2;
 pub mod io;
 pub mod listener;
@@ -90,7 +89,7 @@ impl Drop for ConnGuard {
 /// Per-worker protocol builders (built once, used for every connection of the worker).
 pub struct WorkerCtx {
     pub h1: hyper::server::conn::http1::Builder,
-    pub h2: hyper::server::conn::http2::Builder<exec::DeferredStreams>,
+    /// HTTP/2 is ours (server::h2); these are its limits.
     pub h2_limits: h2::H2Limits,
 }
 
@@ -103,23 +102,13 @@ impl WorkerCtx {
             .half_close(false)
             .max_buf_size(config.limits.max_header_bytes.max(8192))
             .max_headers(128);
-        let mut h2 = hyper::server::conn::http2::Builder::new(exec::DeferredStreams);
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(config.http.h2_max_concurrent_streams)
-            .initial_stream_window_size(config.http.h2_stream_window)
-            .initial_connection_window_size(config.http.h2_connection_window)
-            .max_header_list_size(config.limits.max_header_bytes as u32)
-            .max_frame_size(16 * 1024)
-            .max_send_buf_size(256 * 1024)
-            .max_pending_accept_reset_streams(Some(50))
-            .max_local_error_reset_streams(Some(256));
         let h2_limits = h2::H2Limits {
             max_concurrent_streams: config.http.h2_max_concurrent_streams,
             stream_window: config.http.h2_stream_window,
             connection_window: config.http.h2_connection_window,
             max_header_list: config.limits.max_header_bytes as u32,
         };
-        WorkerCtx { h1, h2, h2_limits }
+        WorkerCtx { h1, h2_limits }
     }
 }
 
