@@ -48,6 +48,9 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
+/// The largest stream identifier (RFC 9113 §5.1.1).
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+
 /// The initial window of every stream and of the connection until SETTINGS say otherwise.
 const DEFAULT_WINDOW: i64 = 65_535;
 
@@ -67,6 +70,12 @@ const MAX_ERROR_RESETS: u32 = 256;
 /// Empty DATA frames (without END_STREAM) a client may send before ENHANCE_YOUR_CALM: they
 /// cost work and carry nothing (CVE-2019-9518).
 const MAX_EMPTY_FRAMES: u32 = 1024;
+
+/// The payload of the PING sent with the first GOAWAY of a graceful shutdown.
+const GRACEFUL_PING: [u8; 8] = *b"shutdown";
+
+/// How long a graceful shutdown waits for that PING's answer before the final GOAWAY.
+const GRACEFUL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The connection's limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -173,6 +182,16 @@ where
     tokio::select! {
         r = &mut poll => return r,
         _ = shutdown.changed() => {}
+    }
+    drop(poll);
+    // Graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that still admits every stream,
+    // with a PING; once the PING is answered (or after a second), the streams the client
+    // opened meanwhile have arrived, and the final GOAWAY names the last one.
+    conn.announce_shutdown();
+    let mut poll = poll_fn(|cx| conn.poll(cx));
+    tokio::select! {
+        r = &mut poll => return r,
+        _ = tokio::time::sleep(GRACEFUL_WAIT) => {}
     }
     drop(poll);
     conn.go_away(Reason::NO_ERROR, false);
@@ -350,6 +369,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         moved
     }
 
+    /// The first step of a graceful shutdown: GOAWAY with the largest stream id (streams on
+    /// their way are still served) and a PING whose answer triggers the final GOAWAY.
+    fn announce_shutdown(&mut self) {
+        if self.goaway.is_some() {
+            return;
+        }
+        self.send(GoAway::new(StreamId::from(MAX_STREAM_ID), Reason::NO_ERROR).into());
+        self.send(Ping::new(GRACEFUL_PING).into());
+    }
+
     /// Sends GOAWAY (once). `error`: a connection error; the connection closes once it is
     /// written. Otherwise streams above the last one opened are ignored and the connection
     /// closes when the open ones are done.
@@ -444,6 +473,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Frame::Ping(p) => {
                 if !p.is_ack() {
                     self.send(Ping::pong(p.into_payload()).into());
+                } else if *p.payload() == GRACEFUL_PING {
+                    // The client has seen the first GOAWAY of a graceful shutdown.
+                    self.go_away(Reason::NO_ERROR, false);
                 }
             }
             Frame::WindowUpdate(w) => self.on_window_update(w),
