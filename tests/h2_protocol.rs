@@ -794,6 +794,142 @@ async fn request_without_path_is_rst_protocol_error_and_connection_lives_on() {
     );
 }
 
+/// §5.1: RST_STREAM and WINDOW_UPDATE on an idle stream are connection errors of type
+/// PROTOCOL_ERROR (§6.4; only HEADERS and PRIORITY may arrive on an idle stream).
+#[tokio::test]
+async fn rst_stream_or_window_update_on_idle_stream_is_goaway_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.write(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 0).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get(1, "/small.txt").await;
+    assert_eq!(c.expect_response(1).await.1, SMALL);
+    c.window_update(3, 1000).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
+}
+
+/// §5.1, §5.3.2: PRIORITY may be sent on an idle stream; it neither opens the stream nor
+/// raises the lowest id a new stream may use, and it is not answered.
+#[tokio::test]
+async fn priority_on_idle_stream_is_accepted() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    // Stream 5 depends on stream 0, weight 16.
+    c.write(0x2, 0, 5, &[0, 0, 0, 0, 15]).await;
+    let payload = [2; 8];
+    c.ping(payload).await;
+    c.expect_ping_ack(payload).await;
+    // Stream 1 is still a valid new stream, and so is 5 afterwards.
+    for id in [1, 5] {
+        c.get(id, "/small.txt").await;
+        let (status, body) = c.expect_response(id).await;
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, SMALL),
+            "{}",
+            c.trace_text()
+        );
+    }
+}
+
+/// §8.2.2: a request with a connection-specific field is malformed: a stream error of type
+/// PROTOCOL_ERROR (§8.1.1); the connection serves the next stream.
+#[tokio::test]
+async fn connection_specific_field_is_rst_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("connection", "keep-alive"));
+    c.headers(1, &fields, true).await;
+    assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("te", "gzip"));
+    c.headers(3, &fields, true).await;
+    assert_eq!(c.expect_rst(3).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.get(5, "/small.txt").await;
+    let (status, body) = c.expect_response(5).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, SMALL),
+        "{}",
+        c.trace_text()
+    );
+}
+
+/// §8.2.1: a field name with uppercase letters makes the request malformed (§8.1.1: a stream
+/// error of type PROTOCOL_ERROR, which §5.4 allows to be treated as a connection error; h2's
+/// HPACK decoder rejects such a name, so here it is one). Either way the request is not served.
+#[tokio::test]
+async fn uppercase_field_name_is_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("X-Upper", "1"));
+    c.headers(1, &fields, true).await;
+    let f = c.recv("waiting for RST_STREAM or GOAWAY").await;
+    match f.ty {
+        RST_STREAM if f.stream == 1 => {
+            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text())
+        }
+        GOAWAY => {
+            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text());
+            c.expect_eof().await;
+        }
+        _ => c.fail(&format!("expected RST_STREAM or GOAWAY, got {f:?}")),
+    }
+}
+
+/// §5.1.1: a client's HEADERS on an even stream is a connection error of type PROTOCOL_ERROR,
+/// also when its header block is malformed too (which alone would be a stream error).
+#[tokio::test]
+async fn malformed_headers_on_even_stream_is_goaway_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("connection", "keep-alive"));
+    c.headers(2, &fields, true).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 0).await;
+}
+
+/// §5.1.1: a client reusing a lower stream id is a connection error, also when the reused
+/// stream's header block is malformed (which alone would be a stream error).
+#[tokio::test]
+async fn malformed_headers_on_reused_stream_id_is_goaway() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get(1, "/small.txt").await;
+    assert_eq!(c.expect_response(1).await.1, SMALL);
+    c.get(3, "/small.txt").await;
+    assert_eq!(c.expect_response(3).await.1, SMALL);
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("connection", "keep-alive"));
+    c.headers(1, &fields, true).await;
+    c.expect_connection_error(&[STREAM_CLOSED, PROTOCOL_ERROR], 3)
+        .await;
+}
+
+/// §8.4: a client cannot push; PUSH_PROMISE from it is a connection error of type
+/// PROTOCOL_ERROR.
+#[tokio::test]
+async fn push_promise_from_client_is_goaway_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut fields = request_fields("POST", "/small.txt");
+    fields.push(("content-length", "10"));
+    c.headers(1, &fields, false).await;
+    let _ = c.expect_response(1).await;
+    assert_eq!(c.expect_rst(1).await, NO_ERROR, "{}", c.trace_text());
+    c.get(3, "/small.txt").await;
+    assert_eq!(c.expect_response(3).await.1, SMALL);
+    // PUSH_PROMISE (type 5) on stream 3 promising stream 2.
+    let mut payload = 2u32.to_be_bytes().to_vec();
+    payload.extend(hpack_block(&request_fields("GET", "/small.txt")));
+    c.write(0x5, END_HEADERS, 3, &payload).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Flow control
 // ---------------------------------------------------------------------------------------------
@@ -846,6 +982,43 @@ async fn connection_window_overflow_is_goaway_flow_control_error() {
     let mut c = Conn::start(&srv, &[]).await;
     c.window_update(0, 0x7fff_ffff).await;
     c.expect_connection_error(&[FLOW_CONTROL_ERROR], 0).await;
+}
+
+/// §6.9.2: a change of SETTINGS_INITIAL_WINDOW_SIZE moves the window of every open stream by
+/// the difference, possibly below zero (§6.9.2): 0 → 1000 lets 1000 bytes through; 1000 → 0
+/// then leaves the stream at -1000, so a WINDOW_UPDATE of 1000 still sends nothing; a larger
+/// one the rest.
+#[tokio::test]
+async fn initial_window_size_change_applies_to_open_streams() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    let (status, end) = c.expect_headers(1).await;
+    assert_eq!((status, end), (200, false), "{}", c.trace_text());
+    c.quiet("no DATA with a zero stream window").await;
+
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 1000)]).await;
+    let mut body = Vec::new();
+    while body.len() < 1000 {
+        let f = c.recv("waiting for 1000 bytes of DATA").await;
+        if f.ty != DATA || f.stream != 1 || f.has(END_STREAM) {
+            c.fail(&format!(
+                "expected DATA on stream 1 without END_STREAM, got {f:?}"
+            ));
+        }
+        body.extend_from_slice(&f.payload);
+    }
+    assert_eq!(body.len(), 1000, "{}", c.trace_text());
+    c.quiet("no DATA beyond the 1000-byte window").await;
+
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.window_update(1, 1000).await;
+    c.quiet("no DATA while the stream window is -1000 + 1000 = 0")
+        .await;
+
+    c.window_update(1, (BIG_LEN - 1000) as u32).await;
+    body.extend(c.expect_body(1).await);
+    assert!(body == big(), "{} bytes\n{}", body.len(), c.trace_text());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -968,26 +1141,208 @@ async fn content_length_mismatch_is_rst_protocol_error() {
     c.quiet("no DATA on reset streams").await;
 }
 
+/// §6.9: the server gives back the window a request body uses, for the stream and the
+/// connection, so a body several times the advertised windows arrives whole: the client here
+/// sends only what the windows allow and waits for WINDOW_UPDATEs otherwise. (The response,
+/// a 405 with a body, waits for the client's zero window, so the stream stays open.)
+#[tokio::test]
+async fn request_body_larger_than_windows_flows_with_window_updates() {
+    const LEN: usize = 3 * 1024 * 1024;
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    let initial = c
+        .server_settings
+        .iter()
+        .find(|(id, _)| *id == SETTINGS_INITIAL_WINDOW_SIZE)
+        .map_or(65_535, |(_, v)| i64::from(*v));
+    let mut conn_window: i64 = 65_535;
+    let mut stream_window = initial;
+    // The server's connection WINDOW_UPDATE of the SETTINGS exchange.
+    for line in &c.trace {
+        if let Some(inc) =
+            line.strip_prefix("<- WINDOW_UPDATE stream=0 flags=0x00 len=4 increment=")
+        {
+            conn_window += inc.parse::<i64>().unwrap();
+        }
+    }
+    assert!(
+        (conn_window as usize) < LEN && (stream_window as usize) < LEN,
+        "the test needs a body larger than the windows ({conn_window}, {stream_window})"
+    );
+    let len = LEN.to_string();
+    let mut fields = request_fields("POST", "/small.txt");
+    fields.push(("content-length", &len));
+    c.headers(1, &fields, false).await;
+    let f = c.expect_headers_frame(1).await;
+    assert!(
+        !f.has(END_STREAM),
+        "the response must have a body\n{}",
+        c.trace_text()
+    );
+
+    let mut sent = 0;
+    let chunk = vec![b'b'; MAX_FRAME];
+    while sent < LEN {
+        let room = conn_window.min(stream_window).min(MAX_FRAME as i64);
+        if room > 0 {
+            let n = (room as usize).min(LEN - sent);
+            sent += n;
+            c.data(1, &chunk[..n], sent == LEN).await;
+            conn_window -= n as i64;
+            stream_window -= n as i64;
+            continue;
+        }
+        let what = format!("waiting for WINDOW_UPDATE after {sent} bytes of the body");
+        let f = c.next_or_fail(&what).await;
+        match (f.ty, f.stream) {
+            (WINDOW_UPDATE, 0) => conn_window += i64::from(be32(&f.payload)),
+            (WINDOW_UPDATE, 1) => stream_window += i64::from(be32(&f.payload)),
+            (SETTINGS, _) => {}
+            _ => c.fail(&format!("{what}: got {f:?}")),
+        }
+    }
+    // The body was accepted: no RST_STREAM; the response is sent once its window opens.
+    c.window_update(1, 1 << 20).await;
+    let body = c.expect_body(1).await;
+    assert!(!body.is_empty(), "{}", c.trace_text());
+    let payload = [3; 8];
+    c.ping(payload).await;
+    c.expect_ping_ack(payload).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shutdown
 // ---------------------------------------------------------------------------------------------
 
-/// §6.8: a graceful shutdown sends GOAWAY(NO_ERROR) with the last stream processed, then the
-/// idle connection closes.
+/// The largest stream id: the last-stream-id of a GOAWAY that still admits every stream.
+const MAX_STREAM_ID: u32 = 0x7fff_ffff;
+
+/// Starts the server's graceful shutdown (which blocks until its connections are done).
+fn begin_shutdown(srv: &mut TestServer) -> tokio::task::JoinHandle<()> {
+    let server = srv.take();
+    tokio::task::spawn_blocking(move || server.shutdown())
+}
+
+async fn shutdown_returns(shutdown: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown() did not return after the connection closed")
+        .unwrap();
+}
+
+impl Conn {
+    /// A PING from the server (not an ACK); returns its payload.
+    async fn expect_ping(&mut self) -> [u8; 8] {
+        let f = self.recv("waiting for the server's PING").await;
+        if f.ty != PING || f.has(ACK) || f.stream != 0 || f.payload.len() != 8 {
+            self.fail(&format!("expected a PING (not an ACK), got {f:?}"));
+        }
+        f.payload.try_into().unwrap()
+    }
+
+    /// The first GOAWAY of a two-step graceful shutdown (§6.8): NO_ERROR, last-stream-id
+    /// 2^31-1, followed by a PING; returns the PING's payload.
+    async fn expect_shutdown_announcement(&mut self) -> [u8; 8] {
+        let g = self.expect_goaway().await;
+        if g.error_code() != NO_ERROR || g.last_stream_id() != MAX_STREAM_ID {
+            self.fail(&format!(
+                "expected GOAWAY(NO_ERROR) with last-stream-id 2^31-1 first, got {g:?}"
+            ));
+        }
+        self.expect_ping().await
+    }
+}
+
+/// §6.8: a graceful shutdown ends with GOAWAY(NO_ERROR) naming the last stream processed, then
+/// the idle connection closes. (A first GOAWAY with last-stream-id 2^31-1 and a PING may come
+/// before it, the two-step shutdown §6.8 recommends: the PING is answered.)
 #[tokio::test]
 async fn graceful_shutdown_sends_goaway_no_error_then_closes() {
     let mut srv = start_static("");
     let mut c = Conn::start(&srv, &[]).await;
     c.get(1, "/small.txt").await;
     assert_eq!(c.expect_response(1).await, (200, SMALL.to_vec()));
-    let server = srv.take();
-    let shutdown = tokio::task::spawn_blocking(move || server.shutdown());
-    let g = c.expect_goaway().await;
+    let shutdown = begin_shutdown(&mut srv);
+    let mut g = c.expect_goaway().await;
     assert_eq!(g.error_code(), NO_ERROR, "{}", c.trace_text());
+    if g.last_stream_id() == MAX_STREAM_ID {
+        let ping = c.expect_ping().await;
+        c.write(PING, ACK, 0, &ping).await;
+        g = c.expect_goaway().await;
+        assert_eq!(g.error_code(), NO_ERROR, "{}", c.trace_text());
+    }
     assert_eq!(g.last_stream_id(), 1, "{}", c.trace_text());
     c.expect_eof().await;
-    tokio::time::timeout(Duration::from_secs(5), shutdown)
-        .await
-        .expect("shutdown() did not return after the connection closed")
-        .unwrap();
+    shutdown_returns(shutdown).await;
+}
+
+/// The two-step shutdown: a request sent after the first GOAWAY but before the PING's answer
+/// (one that crossed the GOAWAY in flight) is served, and the final GOAWAY, which the answer
+/// triggers at once, names it.
+#[tokio::test]
+async fn graceful_shutdown_serves_a_stream_opened_before_the_ping_answer() {
+    let mut srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get(1, "/small.txt").await;
+    assert_eq!(c.expect_response(1).await, (200, SMALL.to_vec()));
+    let shutdown = begin_shutdown(&mut srv);
+    let ping = c.expect_shutdown_announcement().await;
+    c.get(3, "/small.txt").await;
+    c.write(PING, ACK, 0, &ping).await;
+    let acked = Instant::now();
+    // The response and the final GOAWAY, in either order.
+    let (mut status, mut body, mut done, mut goaway) = (None, Vec::new(), false, None);
+    while !(done && goaway.is_some()) {
+        let f = c
+            .recv("waiting for stream 3's response and the final GOAWAY")
+            .await;
+        match (f.ty, f.stream) {
+            (HEADERS, 3) if status.is_none() => {
+                status = status_of(f.header_block()).ok();
+                done = f.has(END_STREAM);
+            }
+            (DATA, 3) if status.is_some() && !done => {
+                body.extend_from_slice(&f.payload);
+                done = f.has(END_STREAM);
+            }
+            (GOAWAY, 0) if goaway.is_none() => goaway = Some((f, acked.elapsed())),
+            _ => c.fail(&format!("unexpected {f:?}")),
+        }
+    }
+    assert_eq!(status, Some(200), "{}", c.trace_text());
+    assert_eq!(body, SMALL, "{}", c.trace_text());
+    let (g, after) = goaway.unwrap();
+    assert_eq!(g.error_code(), NO_ERROR, "{}", c.trace_text());
+    assert_eq!(g.last_stream_id(), 3, "{}", c.trace_text());
+    assert!(
+        after < Duration::from_millis(700),
+        "final GOAWAY {after:?} after the PING's answer: not triggered by it\n{}",
+        c.trace_text()
+    );
+    c.expect_eof().await;
+    shutdown_returns(shutdown).await;
+}
+
+/// The two-step shutdown with a client that does not answer the PING: the final GOAWAY comes
+/// anyway, about a second later, then the close.
+#[tokio::test]
+async fn graceful_shutdown_without_ping_answer_still_ends() {
+    let mut srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get(1, "/small.txt").await;
+    assert_eq!(c.expect_response(1).await, (200, SMALL.to_vec()));
+    let shutdown = begin_shutdown(&mut srv);
+    c.expect_shutdown_announcement().await;
+    let announced = Instant::now();
+    let g = c.expect_goaway().await;
+    let after = announced.elapsed();
+    assert_eq!(g.error_code(), NO_ERROR, "{}", c.trace_text());
+    assert_eq!(g.last_stream_id(), 1, "{}", c.trace_text());
+    assert!(
+        after >= Duration::from_millis(500) && after < Duration::from_secs(3),
+        "final GOAWAY {after:?} after the first one (expected about 1 s)\n{}",
+        c.trace_text()
+    );
+    c.expect_eof().await;
+    shutdown_returns(shutdown).await;
 }

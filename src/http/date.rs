@@ -7,7 +7,7 @@ use http::HeaderValue;
 
 thread_local! {
     /// The second last formatted, and its header value.
-    static CACHED: RefCell<(u64, HeaderValue)> = RefCell::new((u64::MAX, HeaderValue::from_static("")));
+    static CACHED: RefCell<(u64, HeaderValue)> = const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
 }
 
 /// The current time as a `Date` header value (an HTTP-date, to the second).

@@ -146,6 +146,8 @@ struct Conn<T> {
     /// We sent GOAWAY: streams above this id are ignored; the connection ends when the streams
     /// are done (`error`: it ends as soon as the GOAWAY is written).
     goaway: Option<(u32, bool)>,
+    /// The first GOAWAY of a graceful shutdown is sent (see [`Conn::announce_shutdown`]).
+    announced: bool,
     /// The client sent GOAWAY (no new streams will come).
     peer_goaway: bool,
     /// No more reading: the client closed its side or the connection failed.
@@ -219,6 +221,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             error_resets: 0,
             empty_frames: 0,
             goaway: None,
+            announced: false,
             peer_goaway: false,
             read_closed: false,
             io_error: None,
@@ -375,6 +378,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         if self.goaway.is_some() {
             return;
         }
+        self.announced = true;
         self.send(GoAway::new(StreamId::from(MAX_STREAM_ID), Reason::NO_ERROR).into());
         self.send(Ping::new(GRACEFUL_PING).into());
     }
@@ -439,11 +443,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     fn on_codec_error(&mut self, e: h2::proto::Error) {
         match e {
             h2::proto::Error::Reset(id, reason, _) => {
+                // A malformed header block (or priority) on a stream: a stream error, unless the
+                // stream id itself is wrong, which the frame's own handling would have found
+                // (§5.1.1): an even id, or a closed stream reused.
                 let id = u32::from(id);
-                if id % 2 == 1 && id > self.last_client {
+                if id % 2 == 0 {
+                    self.go_away(Reason::PROTOCOL_ERROR, true);
+                } else if id > self.last_client {
                     self.last_client = id;
+                    self.stream_error(id, reason);
+                } else if self.find(id).is_some() {
+                    self.stream_error(id, reason);
+                } else if !self.recent_resets.contains(&id) {
+                    self.go_away(Reason::STREAM_CLOSED, true);
                 }
-                self.stream_error(id, reason);
             }
             h2::proto::Error::GoAway(debug, reason, _) => self.go_away_with(reason, true, debug),
             h2::proto::Error::Io(kind, msg) => {
@@ -473,7 +486,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Frame::Ping(p) => {
                 if !p.is_ack() {
                     self.send(Ping::pong(p.into_payload()).into());
-                } else if *p.payload() == GRACEFUL_PING {
+                } else if self.announced && *p.payload() == GRACEFUL_PING {
                     // The client has seen the first GOAWAY of a graceful shutdown.
                     self.go_away(Reason::NO_ERROR, false);
                 }
@@ -640,9 +653,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 let s = &mut self.streams[i];
                 if !s.recv_open {
                     self.stream_error(id, Reason::STREAM_CLOSED);
-                } else if !h.is_end_stream() {
-                    self.stream_error(id, Reason::PROTOCOL_ERROR);
-                } else if s.content_length.is_some_and(|cl| cl != s.received) {
+                } else if !h.is_end_stream() || s.content_length.is_some_and(|cl| cl != s.received)
+                {
+                    // Trailers must end the stream, after exactly the announced body.
                     self.stream_error(id, Reason::PROTOCOL_ERROR);
                 } else {
                     s.recv_open = false;
@@ -697,7 +710,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             },
         };
         let head = req.method() == Method::HEAD;
-        let resp = self.svc.call(req).into_inner().unwrap_or_else(|e| match e {});
+        let resp = self
+            .svc
+            .call(req)
+            .into_inner()
+            .unwrap_or_else(|e| match e {});
         let (mut parts, body) = resp.into_parts();
         clean_response_headers(&mut parts.headers, parts.status, head, &body);
         let mut frame = Headers::new(
