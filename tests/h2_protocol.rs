@@ -368,7 +368,12 @@ fn request_fields<'a>(method: &'a str, path: &'a str) -> Vec<(&'a str, &'a str)>
 impl Conn {
     /// TLS with ALPN h2; nothing sent yet.
     async fn open(srv: &TestServer) -> Conn {
-        let cfg = ClientOpts::default().alpn(&["h2"]).build();
+        Conn::open_with(srv, ClientOpts::default()).await
+    }
+
+    /// [`Conn::open`] with other client options (e.g. TLS 1.2 only).
+    async fn open_with(srv: &TestServer, opts: ClientOpts) -> Conn {
+        let cfg = opts.alpn(&["h2"]).build();
         let tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
         assert_eq!(
             tls.get_ref().1.alpn_protocol(),
@@ -702,6 +707,27 @@ async fn ping_is_answered_with_ack_and_same_payload() {
 
 /// GET on stream 1: HEADERS (200), then the file in DATA ending the stream; the connection
 /// serves a second GET on stream 3.
+/// §3.4: the server's preface (SETTINGS) does not wait for the client's. Over TLS 1.2 the
+/// client's handshake only completes with the server's Finished, which the server sends with
+/// its first bytes: a server waiting for the client's preface first never completes it.
+#[tokio::test]
+async fn tls12_server_settings_come_before_the_client_preface() {
+    let srv = start_static("");
+    let connect = Conn::open_with(&srv, ClientOpts::default().tls12());
+    let mut c = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .expect("TLS 1.2 handshake with ALPN h2 did not complete");
+    let f = c.next_or_fail("before the client preface").await;
+    assert_eq!(f.ty, SETTINGS, "{}", c.trace_text());
+    assert!(!f.has(ACK), "{}", c.trace_text());
+    c.write_raw(PREFACE).await;
+    c.settings(&[]).await;
+    c.write(SETTINGS, ACK, 0, &[]).await;
+    c.get(1, "/small.txt").await;
+    let (status, body) = c.expect_response(1).await;
+    assert_eq!((status, &body[..]), (200, SMALL), "{}", c.trace_text());
+}
+
 #[tokio::test]
 async fn get_small_file_then_second_stream_on_same_connection() {
     let srv = start_static("");

@@ -160,7 +160,7 @@ struct Conn<T> {
 /// Serves one HTTP/2 connection until it ends. `shutdown` begins a graceful shutdown (GOAWAY,
 /// then the streams in flight are finished).
 pub async fn serve<T>(
-    mut io: T,
+    io: T,
     svc: HttpsService,
     limits: H2Limits,
     mut shutdown: watch::Receiver<bool>,
@@ -168,9 +168,17 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut conn = Box::new(Conn::new(io, svc, limits));
+    // Our SETTINGS go first, without waiting for the client (§3.4): a TLS 1.2 client waits for
+    // our handshake Finished, which the TLS layer holds until our first bytes go out with it.
+    // Then the client's preface, read from the stream itself (the codec has read nothing).
     let mut preface = [0u8; PREFACE.len()];
+    let start = async {
+        poll_fn(|cx| conn.poll_flush_all(cx)).await?;
+        conn.codec.get_mut().read_exact(&mut preface).await
+    };
     tokio::select! {
-        r = io.read_exact(&mut preface) => { r?; }
+        r = start => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
     if &preface != PREFACE {
@@ -179,7 +187,6 @@ where
             "not an HTTP/2 connection preface",
         ));
     }
-    let mut conn = Box::new(Conn::new(io, svc, limits));
     let mut poll = poll_fn(|cx| conn.poll(cx));
     tokio::select! {
         r = &mut poll => return r,
@@ -308,6 +315,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Writes out everything queued.
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.drain(cx);
+        if let Some(e) = self.io_error.take() {
+            return Poll::Ready(Err(e));
+        }
+        if !self.queue.is_empty() {
+            return Poll::Pending;
+        }
+        self.codec.flush(cx)
     }
 
     /// Nothing left to do on this connection.
