@@ -1372,3 +1372,93 @@ async fn graceful_shutdown_without_ping_answer_still_ends() {
     c.expect_eof().await;
     shutdown_returns(shutdown).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Response heads over one connection (HPACK state)
+// ---------------------------------------------------------------------------------------------
+
+/// Response heads stay exact over many requests on one connection, whatever the HPACK
+/// encoder's state: the same response twice in a row, different responses in turn (fields
+/// indexed, literal, inserted), and a new `date` each second (a table insertion that evicts
+/// nothing but shifts every dynamic index). Decoded by h2's client decoder (hyper), compared
+/// with the first round's heads.
+#[tokio::test]
+async fn response_heads_stay_exact_over_one_connection() {
+    use http_body_util::{BodyExt, Empty};
+    let srv = start_static("");
+    let cfg = ClientOpts::default().alpn(&["h2"]).build();
+    let tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut etag = None;
+    let mut dates = std::collections::BTreeSet::new();
+    let mut first: Vec<Option<(u16, http::HeaderMap, bytes::Bytes)>> = vec![None; 8];
+    let started = Instant::now();
+    let mut rounds = 0;
+    // Over a second boundary at least once (a new `date`).
+    while rounds < 10 || started.elapsed() < Duration::from_millis(1300) {
+        rounds += 1;
+        let plan: [(&str, &str, bool); 8] = [
+            ("GET", "/small.txt", false),
+            ("GET", "/small.txt", false),
+            ("GET", "/big.bin", false),
+            ("HEAD", "/small.txt", false),
+            ("HEAD", "/small.txt", false),
+            ("GET", "/missing.txt", false),
+            ("GET", "/small.txt", true),
+            ("GET", "/small.txt", true),
+        ];
+        for (k, (method, path, conditional)) in plan.into_iter().enumerate() {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("https://{ALPHA}{path}"));
+            if conditional {
+                req = req.header("if-none-match", etag.clone().expect("etag of round 1"));
+            }
+            let req = req.body(Empty::<bytes::Bytes>::new()).unwrap();
+            let resp = tokio::time::timeout(FRAME_TIMEOUT, sender.send_request(req))
+                .await
+                .expect("no response")
+                .unwrap_or_else(|e| panic!("round {rounds}, {method} {path}: {e}"));
+            let status = resp.status().as_u16();
+            let mut headers = resp.headers().clone();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let date = headers.remove("date").expect("a date header");
+            dates.insert(date.clone());
+            let date = httpdate::parse_http_date(date.to_str().unwrap()).expect("an HTTP-date");
+            let age = std::time::SystemTime::now()
+                .duration_since(date)
+                .unwrap_or_default();
+            assert!(age < Duration::from_secs(3), "stale date: {age:?}");
+            if k == 0 && etag.is_none() {
+                etag = headers.get("etag").cloned();
+            }
+            match &first[k] {
+                None => first[k] = Some((status, headers, body)),
+                Some((s, h, b)) => {
+                    assert_eq!(
+                        (status, &headers),
+                        (*s, h),
+                        "round {rounds}, {method} {path} (conditional: {conditional})"
+                    );
+                    assert_eq!(&body, b, "round {rounds}, {method} {path}");
+                }
+            }
+        }
+    }
+    // Repeated heads were not frozen: the date moved on.
+    assert!(dates.len() >= 2, "one date over {rounds} rounds: {dates:?}");
+    let statuses: Vec<u16> = first.iter().map(|f| f.as_ref().unwrap().0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 404, 304, 304]);
+    let small = first[0].as_ref().unwrap();
+    assert_eq!(small.2, SMALL);
+    assert_eq!(small.1["content-length"], SMALL.len().to_string().as_str());
+    assert!(small.1.contains_key("strict-transport-security"));
+    let head = first[3].as_ref().unwrap();
+    assert!(head.2.is_empty());
+    assert_eq!(head.1, small.1, "HEAD and GET heads differ");
+}
