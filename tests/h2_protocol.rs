@@ -415,6 +415,15 @@ impl Conn {
         c
     }
 
+    /// GET /small.txt on `stream`: 200 and the file, whole.
+    async fn get_small(&mut self, stream: u32) {
+        self.get(stream, "/small.txt").await;
+        let (status, body) = self.expect_response(stream).await;
+        if (status, body.as_slice()) != (200, SMALL) {
+            self.fail(&format!("stream {stream}: {status}, {} bytes", body.len()));
+        }
+    }
+
     fn fail(&self, msg: &str) -> ! {
         panic!("{msg}\nframe trace:\n  {}", self.trace.join("\n  "));
     }
@@ -810,14 +819,7 @@ async fn request_without_path_is_rst_protocol_error_and_connection_lives_on() {
     .await;
     let code = c.expect_rst(1).await;
     assert_eq!(code, PROTOCOL_ERROR, "{}", c.trace_text());
-    c.get(3, "/small.txt").await;
-    let (status, body) = c.expect_response(3).await;
-    assert_eq!(
-        (status, body.as_slice()),
-        (200, SMALL),
-        "{}",
-        c.trace_text()
-    );
+    c.get_small(3).await;
 }
 
 /// §5.1: RST_STREAM and WINDOW_UPDATE on an idle stream are connection errors of type
@@ -849,14 +851,7 @@ async fn priority_on_idle_stream_is_accepted() {
     c.expect_ping_ack(payload).await;
     // Stream 1 is still a valid new stream, and so is 5 afterwards.
     for id in [1, 5] {
-        c.get(id, "/small.txt").await;
-        let (status, body) = c.expect_response(id).await;
-        assert_eq!(
-            (status, body.as_slice()),
-            (200, SMALL),
-            "{}",
-            c.trace_text()
-        );
+        c.get_small(id).await;
     }
 }
 
@@ -874,14 +869,7 @@ async fn connection_specific_field_is_rst_protocol_error() {
     fields.push(("te", "gzip"));
     c.headers(3, &fields, true).await;
     assert_eq!(c.expect_rst(3).await, PROTOCOL_ERROR, "{}", c.trace_text());
-    c.get(5, "/small.txt").await;
-    let (status, body) = c.expect_response(5).await;
-    assert_eq!(
-        (status, body.as_slice()),
-        (200, SMALL),
-        "{}",
-        c.trace_text()
-    );
+    c.get_small(5).await;
 }
 
 /// §8.2.1: a field name with uppercase letters makes the request malformed (§8.1.1: a stream
@@ -1115,14 +1103,7 @@ async fn response_before_request_body_ends_then_rst_no_error() {
     c.ping(payload).await;
     // The PING ACK comes next: no GOAWAY, nor RST_STREAM for the late DATA.
     c.expect_ping_ack(payload).await;
-    c.get(3, "/small.txt").await;
-    let (status, body) = c.expect_response(3).await;
-    assert_eq!(
-        (status, body.as_slice()),
-        (200, SMALL),
-        "{}",
-        c.trace_text()
-    );
+    c.get_small(3).await;
 }
 
 /// §8.1.1: DATA that does not add up to the request's content-length is a stream error of

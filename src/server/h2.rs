@@ -424,16 +424,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
     }
 
+    /// Closes the connection of a client that exceeded a limit (GOAWAY ENHANCE_YOUR_CALM).
+    fn calm_down(&mut self, why: &'static [u8]) {
+        tracing::debug!(why = %String::from_utf8_lossy(why), "HTTP/2 client over a limit: closing");
+        self.go_away_with(Reason::ENHANCE_YOUR_CALM, true, Bytes::from_static(why));
+    }
+
     /// Resets a stream for one of the client's stream errors (§5.4.2).
     fn stream_error(&mut self, id: u32, reason: Reason) {
         tracing::debug!(stream = id, reason = ?reason, "HTTP/2 stream error: sending RST_STREAM");
         self.error_resets += 1;
         if self.error_resets > MAX_ERROR_RESETS {
-            self.go_away_with(
-                Reason::ENHANCE_YOUR_CALM,
-                true,
-                Bytes::from_static(b"too many stream errors"),
-            );
+            self.calm_down(b"too many stream errors");
             return;
         }
         self.reset(id, reason);
@@ -602,11 +604,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         if len == 0 && !eos {
             self.empty_frames += 1;
             if self.empty_frames > MAX_EMPTY_FRAMES {
-                self.go_away_with(
-                    Reason::ENHANCE_YOUR_CALM,
-                    true,
-                    Bytes::from_static(b"too many empty frames"),
-                );
+                self.calm_down(b"too many empty frames");
                 return;
             }
         }
