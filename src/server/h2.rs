@@ -89,14 +89,14 @@ pub struct H2Limits {
     pub max_header_list: u32,
 }
 
-/// A stream we still have business with: its response body is not fully sent, or the client
-/// has not finished its request (and we have not answered yet... or ever: see module docs).
+/// A stream whose response body is not fully sent yet (the flow-control windows hold it
+/// back). Every other request is answered, and its stream closed, as its HEADERS are read.
 struct Stream {
     id: u32,
     /// The client may still send DATA (no END_STREAM yet).
     recv_open: bool,
-    /// The response body still to send (`None`: fully sent).
-    body: Option<TrackedBody>,
+    /// The response body still to send.
+    body: TrackedBody,
     /// A chunk of the body taken from it but not sent yet (flow control).
     pending: Bytes,
     send_window: i64,
@@ -123,7 +123,8 @@ struct Conn<T> {
     codec: Codec<T, Bytes>,
     svc: HttpsService,
     limits: H2Limits,
-    /// Streams still open on either side, in id order.
+    /// Streams with a response body still to send (in no particular order: see
+    /// `send_bodies`).
     streams: Vec<Stream>,
     /// Frames that found the codec's buffer full (usually empty and unallocated).
     queue: VecDeque<Frame<Bytes>>,
@@ -153,8 +154,6 @@ struct Conn<T> {
     /// No more reading: the client closed its side or the connection failed.
     read_closed: bool,
     io_error: Option<io::Error>,
-    /// Everything is written and the TLS stream shut down.
-    finished: bool,
 }
 
 /// Serves one HTTP/2 connection until it ends. `shutdown` begins a graceful shutdown (GOAWAY,
@@ -232,7 +231,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             peer_goaway: false,
             read_closed: false,
             io_error: None,
-            finished: false,
         };
         let mut settings = Settings::default();
         settings.set_max_concurrent_streams(Some(limits.max_concurrent_streams));
@@ -251,9 +249,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// Runs the connection: reads and answers frames, sends bodies, flushes.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if self.finished {
-                return Poll::Ready(Ok(()));
-            }
             if let Some(e) = self.io_error.take() {
                 return Poll::Ready(Err(e));
             }
@@ -299,16 +294,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     if self.read_closed {
                         // The peer is gone or going: a best-effort close.
                         let _ = self.codec.shutdown(cx);
-                        self.finished = true;
                         return Poll::Ready(Ok(()));
                     }
-                    match self.codec.shutdown(cx) {
-                        Poll::Ready(r) => {
-                            self.finished = true;
-                            return Poll::Ready(r);
-                        }
-                        Poll::Pending => return Poll::Pending,
-                    }
+                    return self.codec.shutdown(cx);
                 }
             }
             if !progress {
@@ -344,11 +332,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// Queues a frame: into the codec's buffer when it has room, else into our queue.
     fn send(&mut self, frame: Frame<Bytes>) {
         if self.queue.is_empty() && self.codec_ready() {
-            if let Err(e) = self.codec.buffer(frame) {
-                self.io_error = Some(io::Error::other(format!("HTTP/2 frame not sent: {e}")));
-            }
+            self.buffer(frame);
         } else {
             self.queue.push_back(frame);
+        }
+    }
+
+    /// Hands a frame to the codec (which has room: `poll_ready` said so). Returns whether it
+    /// took it.
+    fn buffer(&mut self, frame: Frame<Bytes>) -> bool {
+        match self.codec.buffer(frame) {
+            Ok(()) => true,
+            Err(e) => {
+                self.io_error = Some(io::Error::other(format!("HTTP/2 frame not sent: {e}")));
+                false
+            }
         }
     }
 
@@ -378,8 +376,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 Poll::Pending => return moved,
             }
             let frame = self.queue.pop_front().expect("queue is not empty");
-            if let Err(e) = self.codec.buffer(frame) {
-                self.io_error = Some(io::Error::other(format!("HTTP/2 frame not sent: {e}")));
+            if !self.buffer(frame) {
                 return true;
             }
             moved = true;
@@ -446,15 +443,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         if let Some(i) = self.find(id) {
             self.streams.remove(i);
         }
-        self.remember_reset(id);
-        self.send(Reset::new(StreamId::from(id), reason).into());
-    }
-
-    fn remember_reset(&mut self, id: u32) {
         if self.recent_resets.len() == RECENT_RESETS {
             self.recent_resets.pop_front();
         }
         self.recent_resets.push_back(id);
+        self.send(Reset::new(StreamId::from(id), reason).into());
+    }
+
+    /// A response is fully sent. A client still sending its request body is asked to stop
+    /// (RST_STREAM(NO_ERROR), §8.1); nothing is owed otherwise.
+    fn response_sent(&mut self, id: u32, recv_open: bool) {
+        if recv_open {
+            self.reset(id, Reason::NO_ERROR);
+        }
     }
 
     fn find(&self, id: u32) -> Option<usize> {
@@ -642,9 +643,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
         if eos {
             s.recv_open = false;
-            if s.body.is_none() {
-                self.streams.remove(i);
-            }
             return;
         }
         // The body is discarded as it comes: give its window back.
@@ -676,9 +674,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     self.stream_error(id, Reason::PROTOCOL_ERROR);
                 } else {
                     s.recv_open = false;
-                    if s.body.is_none() {
-                        self.streams.remove(i);
-                    }
                 }
             } else if !self.recent_resets.contains(&id) {
                 // A closed stream, or a reused id (§5.1.1).
@@ -705,9 +700,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             );
             resp.set_end_stream();
             self.send(resp.into());
-            if !eos {
-                self.reset(id, Reason::NO_ERROR);
-            }
+            self.response_sent(id, !eos);
             return;
         }
         let (pseudo, fields) = h.into_parts();
@@ -739,10 +732,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Pseudo::response(parts.status),
             std::mem::take(&mut parts.headers),
         );
+        if body.is_end_stream() {
+            frame.set_end_stream();
+            self.send(frame.into());
+            drop(body);
+            self.response_sent(id, !eos);
+            return;
+        }
+        self.send(frame.into());
         let mut stream = Stream {
             id,
             recv_open: !eos,
-            body: None,
+            body,
             pending: Bytes::new(),
             send_window: self.peer_initial_window,
             recv_window: i64::from(self.limits.stream_window),
@@ -750,28 +751,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             content_length,
             received: 0,
         };
-        if body.is_end_stream() {
-            frame.set_end_stream();
-            self.send(frame.into());
-            drop(body);
-        } else {
-            self.send(frame.into());
-            stream.body = Some(body);
-            // Small bodies leave right away, without the stream being stored.
-            let mut cx = Context::from_waker(Waker::noop());
-            match self.send_body(&mut stream, &mut cx) {
-                Sent::Done => stream.body = None,
-                Sent::Failed => return,
-                Sent::Blocked => {}
-            }
-        }
-        if stream.body.is_some() || stream.recv_open {
-            if stream.body.is_none() {
-                // Answered before the request's body ended: ask the client to stop (§8.1).
-                self.reset(id, Reason::NO_ERROR);
-                return;
-            }
-            self.streams.push(stream);
+        // Small bodies leave right away, without the stream being stored.
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.send_body(&mut stream, &mut cx) {
+            Sent::Done => self.response_sent(id, stream.recv_open),
+            Sent::Failed => {}
+            Sent::Blocked => self.streams.push(stream),
         }
     }
 
@@ -787,19 +772,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         // significant: streams are looked up by id).
         streams.rotate_left(1);
         streams.retain_mut(|s| {
-            if s.body.is_none() || self.goaway_error() {
+            if self.goaway_error() {
                 return true;
             }
             match self.send_body(s, cx) {
                 Sent::Done => {
                     progress = true;
-                    s.body = None;
-                    if s.recv_open {
-                        // Answered before the request's body ended: ask the client to stop.
-                        self.remember_reset(s.id);
-                        self.send(Reset::new(StreamId::from(s.id), Reason::NO_ERROR).into());
-                        return false;
-                    }
+                    self.response_sent(s.id, s.recv_open);
                     false
                 }
                 Sent::Failed => {
@@ -815,11 +794,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         progress
     }
 
-    /// Sends what the windows allow of one stream's body.
+    /// Sends what the windows allow of one stream's body (the stream is not in `streams`).
     fn send_body(&mut self, s: &mut Stream, cx: &mut Context<'_>) -> Sent {
-        let Some(body) = s.body.as_mut() else {
-            return Sent::Done;
-        };
+        let body = &mut s.body;
         loop {
             if s.pending.is_empty() {
                 match Pin::new(&mut *body).poll_frame(cx) {
@@ -840,9 +817,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     }
                     Poll::Ready(Some(Err(e))) => {
                         tracing::warn!(stream = s.id, error = %e, "response body failed: resetting the HTTP/2 stream");
-                        let id = s.id;
-                        s.body = None;
-                        self.reset(id, Reason::INTERNAL_ERROR);
+                        self.reset(s.id, Reason::INTERNAL_ERROR);
                         return Sent::Failed;
                     }
                     Poll::Pending => return Sent::Blocked,
