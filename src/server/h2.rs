@@ -26,7 +26,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::Stream as _;
 use h2::frame::{
     self, Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId,
@@ -40,6 +40,7 @@ use hyper::service::Service as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
+use super::hpack::Encoder as Hpack;
 use crate::http::{HttpsService, TrackedBody};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -128,6 +129,10 @@ struct Conn<T> {
     streams: Vec<Stream>,
     /// Frames that found the codec's buffer full (usually empty and unallocated).
     queue: VecDeque<Frame<Bytes>>,
+    /// Response header encoding: the HPACK state, and the buffer blocks are split from
+    /// (released with the queue when a flush empties it).
+    hpack: Hpack,
+    block: BytesMut,
     /// The highest stream id the client has opened.
     last_client: u32,
     /// Send windows: the connection's, and the initial one of each stream (the peer's
@@ -216,6 +221,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             limits,
             streams: Vec::new(),
             queue: VecDeque::new(),
+            hpack: Hpack::new(),
+            block: BytesMut::new(),
             last_client: 0,
             send_window: DEFAULT_WINDOW,
             peer_initial_window: DEFAULT_WINDOW,
@@ -385,6 +392,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             // An idle connection keeps no queue.
             self.queue = VecDeque::new();
         }
+        if self.block.capacity() > 0 {
+            self.block = BytesMut::new();
+        }
         moved
     }
 
@@ -541,7 +551,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return;
         }
         if let Some(size) = s.header_table_size() {
-            self.codec.set_send_header_table_size(size as usize);
+            self.hpack.set_peer_table_size(size as usize);
         }
         if let Some(size) = s.max_frame_size() {
             // h2 has checked the range (§6.5.2).
@@ -655,6 +665,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
+    /// A response's HEADERS frame, encoded by our HPACK encoder (see [`super::hpack`]). It
+    /// must be sent before the next one is made: the encoder's table follows the wire order.
+    fn response_head(
+        &mut self,
+        id: u32,
+        status: StatusCode,
+        fields: &HeaderMap,
+        end_stream: bool,
+    ) -> Frame<Bytes> {
+        self.block.reserve(1024);
+        self.hpack.encode(status, fields, &mut self.block);
+        Headers::encoded(StreamId::from(id), self.block.split(), end_stream).into()
+    }
+
     fn on_headers(&mut self, h: Headers) {
         let id = u32::from(h.stream_id());
         if id % 2 == 0 {
@@ -693,13 +717,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         let eos = h.is_end_stream();
         if h.is_over_size() {
             // The decoded header list is over our SETTINGS_MAX_HEADER_LIST_SIZE.
-            let mut resp = Headers::new(
-                h.stream_id(),
-                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-                HeaderMap::new(),
+            let resp = self.response_head(
+                id,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &HeaderMap::new(),
+                true,
             );
-            resp.set_end_stream();
-            self.send(resp.into());
+            self.send(resp);
             self.response_sent(id, !eos);
             return;
         }
@@ -727,19 +751,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             .unwrap_or_else(|e| match e {});
         let (mut parts, body) = resp.into_parts();
         clean_response_headers(&mut parts.headers, parts.status, head, &body);
-        let mut frame = Headers::new(
-            StreamId::from(id),
-            Pseudo::response(parts.status),
-            std::mem::take(&mut parts.headers),
-        );
-        if body.is_end_stream() {
-            frame.set_end_stream();
-            self.send(frame.into());
+        let end = body.is_end_stream();
+        let frame = self.response_head(id, parts.status, &parts.headers, end);
+        self.send(frame);
+        if end {
             drop(body);
             self.response_sent(id, !eos);
             return;
         }
-        self.send(frame.into());
         let mut stream = Stream {
             id,
             recv_open: !eos,

@@ -11,6 +11,7 @@ pub mod conn;
 mod cork;
 pub mod early;
 pub mod h2;
+pub mod hpack;
 pub mod io;
 pub mod listener;
 pub mod placement;

@@ -110,7 +110,13 @@ macro_rules! ready {
 #[cfg_attr(feature = "unstable", allow(missing_docs))]
 mod codec;
 mod error;
+// portcullis: HPACK public with `unstable`, like `frame` and `proto` (server/hpack.rs uses
+// its Huffman encoder; tests decode with its Decoder)
+#[cfg(not(feature = "unstable"))]
 mod hpack;
+#[cfg(feature = "unstable")]
+#[allow(missing_docs)]
+pub mod hpack;
 
 #[cfg(not(feature = "unstable"))]
 mod proto;

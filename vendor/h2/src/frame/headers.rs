@@ -32,6 +32,9 @@ pub struct Headers {
 
     /// The associated flags
     flags: HeadersFlag,
+
+    // portcullis: a header block the caller encoded (`Headers::encoded`), sent as is
+    encoded: Option<BytesMut>,
 }
 
 #[derive(Copy, Clone, Eq, PartialEq)]
@@ -128,6 +131,28 @@ impl Headers {
                 pseudo,
             },
             flags: HeadersFlag::default(),
+            encoded: None, // portcullis
+        }
+    }
+
+    /// portcullis: a HEADERS frame whose header block is already HPACK-encoded by the caller,
+    /// who then owns the connection's encoder state (h2's encoder is not used for it).
+    pub fn encoded(stream_id: StreamId, block: BytesMut, end_stream: bool) -> Self {
+        let mut flags = HeadersFlag::default();
+        if end_stream {
+            flags.set_end_stream();
+        }
+        Headers {
+            stream_id,
+            stream_dep: None,
+            header_block: HeaderBlock {
+                field_size: 0,
+                fields: HeaderMap::new(),
+                is_over_size: false,
+                pseudo: Pseudo::default(),
+            },
+            flags,
+            encoded: Some(block),
         }
     }
 
@@ -145,6 +170,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
+            encoded: None, // portcullis
         }
     }
 
@@ -210,6 +236,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
+            encoded: None, // portcullis
         };
 
         Ok((headers, src))
@@ -284,6 +311,11 @@ impl Headers {
 
         // Get the HEADERS frame head
         let head = self.head();
+
+        // portcullis: a caller-encoded block goes out as is
+        if let Some(hpack) = self.encoded {
+            return EncodingHeaderBlock { hpack }.encode(&head, dst, None, |_| {});
+        }
 
         self.header_block
             .into_encoding(encoder)

@@ -1,7 +1,8 @@
 mod decoder;
 mod encoder;
 pub(crate) mod header;
-pub(crate) mod huffman;
+// portcullis: public (was pub(crate)), see lib.rs
+pub mod huffman;
 mod table;
 
 #[cfg(test)]
