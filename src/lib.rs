@@ -14,6 +14,7 @@
 
 pub mod acme;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ops;

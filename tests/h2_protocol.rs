@@ -1443,3 +1443,48 @@ async fn response_heads_stay_exact_over_one_connection() {
     assert!(head.2.is_empty());
     assert_eq!(head.1, small.1, "HEAD and GET heads differ");
 }
+
+/// A cached file's 200 over HTTP/2 (its head shared from the cache, not copied) carries exactly
+/// the fields HTTP/1.1 gets, `date` aside; a site header HTTP/2 forbids (`connection`) is left
+/// out there and kept for HTTP/1.1.
+#[tokio::test]
+async fn cached_file_heads_match_http1_and_leave_out_forbidden_site_fields() {
+    for forbidden in [false, true] {
+        let env = TestEnv::new();
+        env.write("www/small.txt", SMALL);
+        let extra = if forbidden { "\"Connection\" = \"keep-alive\"\n" } else { "" };
+        let srv = env.start(&format!(
+            r#"
+[[site]]
+name = "alpha"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+root = "www"
+[site.headers]
+"X-Custom" = "hello"
+{extra}"#
+        ));
+        let mut heads = Vec::new();
+        for alpn in ["http/1.1", "h2"] {
+            for _ in 0..3 {
+                let r = get(srv.https, Some(ALPHA), "/small.txt", alpn).await;
+                assert_eq!((r.status, &r.body[..]), (200, SMALL), "{alpn}");
+                let mut h = r.headers.clone();
+                assert!(h.remove("date").is_some(), "{alpn}: no date");
+                heads.push((alpn, h));
+            }
+        }
+        let (_, h1) = heads[0].clone();
+        assert_eq!(h1["x-custom"], "hello");
+        assert!(h1.contains_key("strict-transport-security"));
+        assert_eq!(h1.contains_key("connection"), forbidden);
+        for (alpn, h) in &heads {
+            let mut want = h1.clone();
+            if *alpn == "h2" {
+                want.remove("connection");
+            }
+            assert_eq!(h, &want, "{alpn} (forbidden site field: {forbidden})");
+        }
+    }
+}

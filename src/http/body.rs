@@ -5,14 +5,18 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 
 use super::static_files::FileStream;
 
 /// A response body: empty, one in-memory buffer, or a file streamed in chunks.
+///
+/// [`Body::Ready`] also carries the response's head, for HTTP/2 only (see there).
 pub enum Body {
     /// No body (HEAD, 304, redirects without a page).
     Empty,
@@ -20,6 +24,12 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A (part of a) file read in bounded chunks.
     File(FileStream),
+    /// A complete in-memory body (`None` when sent or for HEAD) whose response head is kept
+    /// ready in a cache and shared, not copied: the response's own header map is empty, the
+    /// fields are these, with `Date` first and to be replaced by the current date. Only HTTP/2
+    /// reads it (`server::h2` encodes the shared map by reference); HTTP/1.1 and HTTP/3 get a
+    /// copied map and [`Body::Full`].
+    Ready(Option<Bytes>, Arc<HeaderMap>),
 }
 
 impl Body {
@@ -30,7 +40,23 @@ impl Body {
 
     /// The whole body is in memory (nothing left to read or wait for).
     pub fn is_complete(&self) -> bool {
-        matches!(self, Body::Empty | Body::Full(_))
+        matches!(self, Body::Empty | Body::Full(_) | Body::Ready(..))
+    }
+
+    /// The shared response head of a [`Body::Ready`].
+    pub fn ready_head(&self) -> Option<&HeaderMap> {
+        match self {
+            Body::Ready(_, head) => Some(head),
+            _ => None,
+        }
+    }
+
+    /// Drops the content (a response to HEAD), keeping a ready head.
+    pub fn strip(&mut self) {
+        match self {
+            Body::Ready(data, _) => *data = None,
+            _ => *self = Body::Empty,
+        }
     }
 
     /// A body holding `bytes`.
@@ -54,7 +80,9 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::Full(bytes) | Body::Ready(bytes, _) => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
+            }
             Body::File(file) => file.poll_chunk(cx).map(|c| c.map(|r| r.map(Frame::data))),
         }
     }
@@ -62,7 +90,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Empty => true,
-            Body::Full(bytes) => bytes.is_none(),
+            Body::Full(bytes) | Body::Ready(bytes, _) => bytes.is_none(),
             Body::File(file) => file.remaining() == 0,
         }
     }
@@ -70,7 +98,9 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Empty => SizeHint::with_exact(0),
-            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Full(bytes) | Body::Ready(bytes, _) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Body::File(file) => SizeHint::with_exact(file.remaining()),
         }
     }

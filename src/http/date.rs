@@ -1,7 +1,7 @@
 //! The `Date` response header (RFC 9110 §6.6.1), formatted once a second per thread.
 
 use std::cell::RefCell;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use http::HeaderValue;
 
@@ -12,8 +12,9 @@ thread_local! {
 
 /// The current time as a `Date` header value (an HTTP-date, to the second).
 pub fn now() -> HeaderValue {
-    let now = SystemTime::now();
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    // The coarse clock: the second is all an HTTP-date shows (it may show the previous one
+    // for up to a tick after the second turns).
+    let secs = crate::clock::coarse_unix_secs();
     CACHED.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {

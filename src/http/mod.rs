@@ -205,6 +205,13 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+impl TrackedBody {
+    /// See [`Body::Ready`].
+    pub fn ready_head(&self) -> Option<&http::HeaderMap> {
+        self.inner.ready_head()
+    }
+}
+
 /// The HTTPS service of one connection.
 #[derive(Clone)]
 pub struct HttpsService {
@@ -282,7 +289,10 @@ fn head_size(parts: &http::request::Parts) -> usize {
 /// HEAD: keep the headers (with the length the GET body would have), drop the body.
 fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
     if method == Method::HEAD {
-        let len = http_body::Body::size_hint(resp.body()).exact();
+        // A ready head (`Body::Ready`) has its content-length already.
+        let len = http_body::Body::size_hint(resp.body())
+            .exact()
+            .filter(|_| resp.body().ready_head().is_none());
         if let Some(len) = len {
             if !resp.headers().contains_key(header::CONTENT_LENGTH)
                 && resp.status() != StatusCode::NOT_MODIFIED
@@ -291,7 +301,7 @@ fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             }
         }
-        *resp.body_mut() = Body::empty();
+        resp.body_mut().strip();
     }
     resp
 }
@@ -432,6 +442,20 @@ pub(crate) fn add_missing(h: &mut http::HeaderMap, headers: &[(HeaderName, Heade
             slot.insert(value.clone());
         }
     }
+}
+
+/// Fields that HTTP/2 forbids in a message (RFC 9113 §8.2.2).
+pub(crate) const CONNECTION_SPECIFIC: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
+    CONNECTION_SPECIFIC.iter().any(|c| c == name)
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.

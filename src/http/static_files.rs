@@ -53,9 +53,10 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -216,7 +217,7 @@ impl StaticFiles {
         let cache_now = if self.cfg.cache_validity.is_zero() {
             None
         } else {
-            let now = Instant::now();
+            let now = crate::clock::coarse_ms();
             if let Some(hit) = cache::get(self.id, path, now, self.cfg.cache_validity) {
                 return self.serve_cached(req, &hit, head);
             }
@@ -308,7 +309,7 @@ impl StaticFiles {
         target: &Target,
         dir: OwnedFd,
         head: bool,
-        cache_now: Option<Instant>,
+        cache_now: Option<u64>,
     ) -> (Response<Body>, bool) {
         if !target.trailing_slash {
             return (redirect_with_slash(req, path, head), false);
@@ -384,7 +385,7 @@ impl StaticFiles {
         fd: OwnedFd,
         st: &Stat,
         head: bool,
-        cache: (&str, Option<Instant>),
+        cache: (&str, Option<u64>),
     ) -> (Response<Body>, bool) {
         if let (key, Some(now)) = cache {
             if u64::try_from(st.st_size).is_ok_and(|n| n <= SMALL_FILE_MAX) {
@@ -418,7 +419,7 @@ impl StaticFiles {
         rel: &str,
         fd: &OwnedFd,
         st: &Stat,
-        now: Instant,
+        now: u64,
     ) -> Option<cache::Entry> {
         type Loaded = (Vec<u8>, FileMeta, Option<Encoding>);
         let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<Loaded> {
@@ -462,7 +463,8 @@ impl StaticFiles {
                 data: Bytes::from(data),
                 meta,
                 validators,
-                whole,
+                ready_h2: !whole.keys().any(crate::http::is_connection_specific),
+                whole: Arc::new(whole),
             }
         };
         Some(cache::Entry {
@@ -500,13 +502,16 @@ impl StaticFiles {
         };
         if !conditional_or_range(&req.headers) {
             // The whole representation, 200: its header map is ready (site headers included).
-            let body = if head || chosen.data.is_empty() {
-                Body::Empty
-            } else {
-                Body::full(chosen.data.clone())
-            };
-            let mut resp = Response::new(body);
-            *resp.headers_mut() = chosen.whole.clone();
+            let data = (!head && !chosen.data.is_empty()).then(|| chosen.data.clone());
+            if req.version == http::Version::HTTP_2 && chosen.ready_h2 {
+                // Shared with HTTP/2's encoder, which puts the current date in.
+                return (
+                    Response::new(Body::Ready(data, chosen.whole.clone())),
+                    true,
+                );
+            }
+            let mut resp = Response::new(data.map_or(Body::Empty, Body::full));
+            *resp.headers_mut() = HeaderMap::clone(&chosen.whole);
             if let Some((name, date)) = resp.headers_mut().iter_mut().next() {
                 if name == http::header::DATE {
                     *date = crate::http::date::now();
@@ -932,7 +937,8 @@ mod cache {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::rc::Rc;
-    use std::time::{Duration, Instant};
+    use std::sync::Arc;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue};
@@ -949,8 +955,12 @@ mod cache {
         pub data: Bytes,
         pub meta: FileMeta,
         pub validators: Validators,
-        /// The headers of the whole representation with 200, site headers included.
-        pub whole: HeaderMap,
+        /// The headers of the whole representation with 200, site headers included, `Date`
+        /// first (shared with HTTP/2 responses: see [`crate::http::Body::Ready`]).
+        pub whole: Arc<HeaderMap>,
+        /// `whole` has no field HTTP/2 forbids (a site header such as `connection`): it can be
+        /// sent as it is over HTTP/2.
+        pub ready_h2: bool,
     }
 
     /// A file and its precompressed siblings.
@@ -959,7 +969,8 @@ mod cache {
         pub identity: Cached,
         pub br: Option<Cached>,
         pub gz: Option<Cached>,
-        pub loaded: Instant,
+        /// When it was read ([`crate::clock::coarse_ms`]).
+        pub loaded: u64,
     }
 
     impl Entry {
@@ -983,11 +994,11 @@ mod cache {
     }
 
     /// A fresh entry for `path` of handler `id`.
-    pub(super) fn get(id: u64, path: &str, now: Instant, validity: Duration) -> Option<Rc<Entry>> {
+    pub(super) fn get(id: u64, path: &str, now: u64, validity: Duration) -> Option<Rc<Entry>> {
         CACHE.with(|c| {
             let c = c.borrow();
             let e = c.map.get(&id)?.get(path)?;
-            (now.saturating_duration_since(e.loaded) < validity).then(|| e.clone())
+            (u128::from(now.saturating_sub(e.loaded)) < validity.as_millis()).then(|| e.clone())
         })
     }
 

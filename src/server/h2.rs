@@ -33,7 +33,7 @@ use h2::frame::{
     WindowUpdate,
 };
 use h2::Codec;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::service::Service as _;
@@ -41,7 +41,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use super::hpack::Encoder as Hpack;
-use crate::http::{HttpsService, TrackedBody};
+use crate::http::{is_connection_specific, HttpsService, TrackedBody, CONNECTION_SPECIFIC};
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -665,17 +665,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
-    /// A response's HEADERS frame, encoded by our HPACK encoder (see [`super::hpack`]). It
-    /// must be sent before the next one is made: the encoder's table follows the wire order.
+    /// A response's HEADERS frame, encoded by our HPACK encoder (see [`super::hpack`]), with
+    /// `date` in place of the map's `Date`. It must be sent before the next one is made: the
+    /// encoder's table follows the wire order.
     fn response_head(
         &mut self,
         id: u32,
         status: StatusCode,
         fields: &HeaderMap,
+        date: Option<&HeaderValue>,
         end_stream: bool,
     ) -> Frame<Bytes> {
         self.block.reserve(1024);
-        self.hpack.encode(status, fields, &mut self.block);
+        self.hpack.encode(status, fields, date, &mut self.block);
         Headers::encoded(StreamId::from(id), self.block.split(), end_stream).into()
     }
 
@@ -721,6 +723,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 id,
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 &HeaderMap::new(),
+                None,
                 true,
             );
             self.send(resp);
@@ -750,9 +753,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             .into_inner()
             .unwrap_or_else(|e| match e {});
         let (mut parts, body) = resp.into_parts();
-        clean_response_headers(&mut parts.headers, parts.status, head, &body);
         let end = body.is_end_stream();
-        let frame = self.response_head(id, parts.status, &parts.headers, end);
+        let frame = match body.ready_head() {
+            // A cached head, shared: encoded as it is, with the current date.
+            Some(fields) => {
+                let date = crate::http::date::now();
+                self.response_head(id, parts.status, fields, Some(&date), end)
+            }
+            None => {
+                clean_response_headers(&mut parts.headers, parts.status, head, &body);
+                self.response_head(id, parts.status, &parts.headers, None, end)
+            }
+        };
         self.send(frame);
         if end {
             drop(body);
@@ -919,18 +931,4 @@ fn clean_response_headers(h: &mut HeaderMap, status: StatusCode, head: bool, bod
             slot.insert(HeaderValue::from(len));
         }
     }
-}
-
-/// Fields that HTTP/2 forbids in a message (RFC 9113 §8.2.2).
-const CONNECTION_SPECIFIC: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::TE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
-fn is_connection_specific(name: &HeaderName) -> bool {
-    CONNECTION_SPECIFIC.iter().any(|c| c == name)
 }

@@ -100,8 +100,15 @@ impl Encoder {
         self.evict_to(new);
     }
 
-    /// Encodes a response header block: `:status`, then the fields in the map's order.
-    pub fn encode(&mut self, status: StatusCode, fields: &HeaderMap, dst: &mut BytesMut) {
+    /// Encodes a response header block: `:status`, then the fields in the map's order, with
+    /// `date` (when given) as the value of `Date`.
+    pub fn encode(
+        &mut self,
+        status: StatusCode,
+        fields: &HeaderMap,
+        date: Option<&HeaderValue>,
+        dst: &mut BytesMut,
+    ) {
         if let Some((smallest, last)) = self.size_update.take() {
             if smallest < last {
                 int(smallest, 5, 0x20, dst);
@@ -109,7 +116,10 @@ impl Encoder {
             int(last, 5, 0x20, dst);
         }
         self.status(status, dst);
-        for (i, (name, value)) in fields.iter().enumerate() {
+        for (i, (name, mut value)) in fields.iter().enumerate() {
+            if let Some(date) = date.filter(|_| *name == header::DATE) {
+                value = date;
+            }
             self.field(i, name, value, dst);
         }
     }
@@ -424,10 +434,10 @@ mod tests {
         let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
         let m = map(SITE);
         let mut first = BytesMut::new();
-        e.encode(StatusCode::OK, &m, &mut first);
+        e.encode(StatusCode::OK, &m, None, &mut first);
         assert_eq!(decode(&mut d, &first), ("200".into(), owned(SITE)));
         let mut second = BytesMut::new();
-        e.encode(StatusCode::OK, &m, &mut second);
+        e.encode(StatusCode::OK, &m, None, &mut second);
         assert_eq!(decode(&mut d, &second), ("200".into(), owned(SITE)));
         // :status and 7 indexed fields, one byte each; content-length and etag as literals
         // with static names (28 and 34: two bytes with a 4-bit prefix), "12" raw (Huffman is
@@ -452,12 +462,26 @@ mod tests {
                 fields.push(("set-cookie", "c=d"));
             }
             let mut block = BytesMut::new();
-            e.encode(StatusCode::from_u16(*status).unwrap(), &map(&fields), &mut block);
+            e.encode(StatusCode::from_u16(*status).unwrap(), &map(&fields), None, &mut block);
             assert_eq!(
                 decode(&mut d, &block),
                 (status.to_string(), owned(&fields)),
                 "response {i}"
             );
+        }
+    }
+
+    #[test]
+    fn the_date_given_replaces_the_maps_date() {
+        let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
+        let m = map(SITE);
+        for second in ["01", "01", "02"] {
+            let date = format!("Mon, 23 Nov 2026 10:00:{second} GMT");
+            let mut block = BytesMut::new();
+            e.encode(StatusCode::OK, &m, Some(&HeaderValue::from_str(&date).unwrap()), &mut block);
+            let mut want = owned(SITE);
+            want[0].1 = date;
+            assert_eq!(decode(&mut d, &block).1, want);
         }
     }
 
@@ -482,7 +506,7 @@ mod tests {
             let refs: Vec<(&str, &str)> =
                 fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
             let mut block = BytesMut::new();
-            e.encode(StatusCode::OK, &map(&refs), &mut block);
+            e.encode(StatusCode::OK, &map(&refs), None, &mut block);
             assert_eq!(decode(d, &block).1, fields, "round {round}");
             assert!(e.size <= e.max_size);
         }
@@ -493,7 +517,7 @@ mod tests {
         let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
         let m = map(SITE);
         let mut block = BytesMut::new();
-        e.encode(StatusCode::OK, &m, &mut block);
+        e.encode(StatusCode::OK, &m, None, &mut block);
         decode(&mut d, &block);
         // The client lowers its table to 100 bytes (SETTINGS, acknowledged), and says so to
         // its decoder; then to 0 and back to 200 before the next block.
@@ -504,7 +528,7 @@ mod tests {
             }
             for _ in 0..3 {
                 let mut block = BytesMut::new();
-                e.encode(StatusCode::OK, &m, &mut block);
+                e.encode(StatusCode::OK, &m, None, &mut block);
                 assert_eq!(decode(&mut d, &block).1, owned(SITE), "sizes {sizes:?}");
                 assert!(e.size <= e.max_size && e.max_size <= MAX_TABLE);
             }
@@ -514,7 +538,7 @@ mod tests {
         e.set_peer_table_size(0);
         e.set_peer_table_size(200);
         let mut block = BytesMut::new();
-        e.encode(StatusCode::OK, &HeaderMap::new(), &mut block);
+        e.encode(StatusCode::OK, &HeaderMap::new(), None, &mut block);
         // 0, then 200 = 31 + 169 (169 = 41 + 128: 0xa9 0x01), then :status 200.
         assert_eq!(&block[..], &[0x20, 0x3f, 0xa9, 0x01, 0x88][..]);
     }
@@ -526,7 +550,7 @@ mod tests {
         let m = map(SITE);
         for _ in 0..2 {
             let mut block = BytesMut::new();
-            e.encode(StatusCode::OK, &m, &mut block);
+            e.encode(StatusCode::OK, &m, None, &mut block);
             assert_eq!(decode(&mut d, &block).1, owned(SITE));
             assert!(e.table.is_empty());
         }
@@ -543,7 +567,7 @@ mod tests {
         let big = "b".repeat(3500);
         m.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&big).unwrap());
         let mut block = BytesMut::new();
-        e.encode(StatusCode::OK, &m, &mut block);
+        e.encode(StatusCode::OK, &m, None, &mut block);
         let (_, fields) = decode(&mut d, &block);
         assert_eq!(fields.len(), 4);
         assert_eq!(fields[3].1, big);
@@ -562,7 +586,7 @@ mod tests {
         let raw = "\\^|~{}".repeat(5);
         let fields = [("x-long", long.as_str()), ("x-raw", raw.as_str())];
         let mut block = BytesMut::new();
-        e.encode(StatusCode::from_u16(299).unwrap(), &map(&fields), &mut block);
+        e.encode(StatusCode::from_u16(299).unwrap(), &map(&fields), None, &mut block);
         assert_eq!(decode(&mut d, &block), ("299".into(), owned(&fields)));
         for v in [0usize, 30, 31, 127, 128, 300, 1 << 20] {
             for prefix in [4u8, 5, 6, 7] {
