@@ -1091,3 +1091,84 @@ async fn shutdown_returns_promptly_and_refuses_new_connections() {
         );
     }
 }
+
+/// One connection without SNI, whose requests name different sites in turn: each request is
+/// answered by the site it names (the connection's remembered host/site pair must follow).
+#[tokio::test]
+async fn one_connection_serves_the_host_each_request_names() {
+    use http_body_util::{BodyExt, Empty};
+    let srv = start(
+        r#"
+[[site]]
+name = "alpha"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[[site.route]]
+path = "/"
+respond = { body = "a" }
+
+[[site]]
+name = "beta"
+hosts = ["beta.test"]
+cert = "certs/beta.pem"
+key = "certs/beta.key"
+[[site.route]]
+path = "/"
+respond = { body = "b" }
+"#,
+    );
+    let plan = [
+        ("alpha.test", 200, "a"),
+        ("beta.test", 200, "b"),
+        ("ALPHA.test.", 200, "a"),
+        ("unknown.test", 421, ""),
+        ("alpha.test", 200, "a"),
+        ("alpha.test", 200, "a"),
+        ("beta.test:443", 200, "b"),
+    ];
+    for alpn in ["http/1.1", "h2"] {
+        let cfg = ClientOpts::default().alpn(&[alpn]).no_name_check().build();
+        let tls = tls_connect(srv.https, None, cfg).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(tls);
+        let results = if alpn == "h2" {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for (host, _, _) in plan {
+                let req = http::Request::get(format!("https://{host}/"))
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                out.push((status, body));
+            }
+            out
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for (host, _, _) in plan {
+                let req = http::Request::get("/")
+                    .header("host", host)
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status().as_u16();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                out.push((status, body));
+            }
+            out
+        };
+        for ((host, status, body), (got_status, got_body)) in plan.iter().zip(&results) {
+            assert_eq!(*got_status, *status, "{alpn}: {host}");
+            if *status == 200 {
+                assert_eq!(&got_body[..], body.as_bytes(), "{alpn}: {host}");
+            }
+        }
+    }
+}

@@ -221,6 +221,50 @@ pub struct HttpsService {
     pub conn: Arc<ConnState>,
     /// Over the connection limit: answer 503 to everything.
     pub overloaded: bool,
+    /// The last host looked up and its site (see [`HostMemo`]).
+    pub host_memo: std::cell::Cell<HostMemo>,
+}
+
+/// A connection's last `Host`/`:authority` host and the site it names: the requests of one
+/// connection almost always name the same host, so the lookup (a SipHash of the name, and for
+/// an IP address a parse) is done once. Hosts up to [`HostMemo::MAX`] octets; only names of
+/// the configuration's fixed host table are kept (on-demand names can come and go).
+#[derive(Debug, Clone, Copy)]
+pub struct HostMemo {
+    len: u8,
+    host: [u8; HostMemo::MAX],
+    site: usize,
+}
+
+impl HostMemo {
+    /// The longest host kept.
+    pub const MAX: usize = 64;
+
+    fn get(&self, host: &str) -> Option<usize> {
+        (self.len != 0 && &self.host[..usize::from(self.len)] == host.as_bytes()).then_some(self.site)
+    }
+
+    fn set(host: &str, site: usize) -> Option<Self> {
+        let len = host.len();
+        if len == 0 || len > Self::MAX {
+            return None;
+        }
+        let mut memo = HostMemo::default();
+        memo.host[..len].copy_from_slice(host.as_bytes());
+        memo.len = len as u8;
+        memo.site = site;
+        Some(memo)
+    }
+}
+
+impl Default for HostMemo {
+    fn default() -> Self {
+        HostMemo {
+            len: 0,
+            host: [0; Self::MAX],
+            site: 0,
+        }
+    }
 }
 
 impl<B> hyper::service::Service<Request<B>> for HttpsService {
@@ -270,6 +314,9 @@ fn closes_after(parts: &http::request::Parts, resp: &http::HeaderMap) -> bool {
         || (parts.version < Version::HTTP_11 && !has(&parts.headers, "keep-alive"))
 }
 
+/// RFC 8470's `Early-Data` request field (a constant: no name parsing per request).
+const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
+
 /// Methods whose repetition is harmless (RFC 9110 §9.2.1): the only ones served from early data.
 fn is_safe(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD || *m == Method::OPTIONS
@@ -307,6 +354,17 @@ fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
 }
 
 impl HttpsService {
+    /// [`Frontend::site_of`], remembering a fixed host's site for the next request.
+    fn site_of(&self, host: &str) -> Option<usize> {
+        let site = self.front.site_of(host)?;
+        if self.front.hosts.get(host) == Some(&site) {
+            if let Some(memo) = HostMemo::set(host, site) {
+                self.host_memo.set(memo);
+            }
+        }
+        Some(site)
+    }
+
     /// Picks the site and produces the response, and whether it already has the site's
     /// headers (static files add them).
     fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>, bool) {
@@ -320,7 +378,7 @@ impl HttpsService {
         }
         if !is_safe(&parts.method)
             && (self.conn.early.load(Ordering::Relaxed)
-                || parts.headers.get("early-data").is_some_and(|v| v == "1"))
+                || parts.headers.get(&EARLY_DATA).is_some_and(|v| v == "1"))
         {
             // RFC 8470: a request that may have been replayed (it came in 0-RTT early data,
             // here or, per `Early-Data: 1`, at a proxy in front) is only served when repeating
@@ -343,7 +401,8 @@ impl HttpsService {
         let Some(host) = authority.and_then(host_from_authority) else {
             return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false);
         };
-        let site = match self.front.site_of(host) {
+        let memo = self.host_memo.get();
+        let site = match memo.get(host).or_else(|| self.site_of(host)) {
             Some(s) => s,
             None => {
                 return (

@@ -344,6 +344,7 @@ pub async fn serve_tls(
         sni_site: sni.as_ref().map(|_| site),
         conn,
         overloaded,
+        host_memo: Default::default(),
     };
     if config.max_early_data_size > 0 {
         let established = Box::pin(establish_early(

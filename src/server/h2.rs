@@ -10,8 +10,10 @@
 //! keeps a stream open; it is sent as the client's WINDOW_UPDATEs allow, round robin.
 //!
 //! What is h2's and what is ours: h2's [`Codec`] reads and writes frames (frame sizes, padding,
-//! HPACK in both directions, CONTINUATION assembly and its flood limit, header-list size, and
-//! the field checks of RFC 9113 §8.2). This module owns the protocol state: the SETTINGS
+//! HPACK decoding, CONTINUATION assembly and its flood limit, header-list size, and the field
+//! checks of RFC 9113 §8.2). Response header blocks are HPACK-encoded by
+//! [`super::hpack`], from the response's map by reference (or a cached file's shared head,
+//! [`crate::http::Body::Ready`]). This module owns the protocol state: the SETTINGS
 //! exchange, stream states and identifiers (§5.1), flow control in both directions (§5.2, §6.9),
 //! request validation (§8.3), responses, RST_STREAM and GOAWAY, graceful shutdown, and limits
 //! against abusive peers (refused streams, error resets, empty frames).

@@ -32,6 +32,19 @@ pub const MAX_TABLE: usize = 4096;
 /// The first dynamic table index (§2.3.3): 61 static entries come before it.
 const FIRST_DYNAMIC: usize = 62;
 
+/// The longest literal field whose encoding is kept for reuse (see [`Encoder::literals`]).
+const LITERAL_MEMO: usize = 40;
+
+/// A literal field as last sent at a position of the response, and its octets.
+#[derive(Debug)]
+struct Literal {
+    position: usize,
+    name: HeaderName,
+    value: HeaderValue,
+    len: u8,
+    octets: [u8; LITERAL_MEMO],
+}
+
 /// One dynamic table entry.
 #[derive(Debug)]
 struct Entry {
@@ -66,7 +79,14 @@ pub struct Encoder {
     size_update: Option<(usize, usize)>,
     /// For each field position of the previous response, the id of the entry that matched it.
     hints: Vec<u64>,
+    /// The fields sent as literals without indexing (a file's `content-length` and `etag`),
+    /// with their encoding: the same value at the same position again is copied, not encoded
+    /// (Huffman coding was 1 % of HTTP/2 `/hello`). At most [`MAX_LITERALS`].
+    literals: Vec<Literal>,
 }
+
+/// Positions whose literal is kept.
+const MAX_LITERALS: usize = 4;
 
 impl Default for Encoder {
     fn default() -> Self {
@@ -84,6 +104,7 @@ impl Encoder {
             max_size: MAX_TABLE,
             size_update: None,
             hints: Vec::new(),
+            literals: Vec::new(),
         }
     }
 
@@ -151,7 +172,7 @@ impl Encoder {
             return;
         }
         if !worth_indexing(name) {
-            literal(0x00, 4, static_name(name), name, value, dst);
+            self.unindexed(i, name, value, dst);
             return;
         }
         if i >= self.hints.len() {
@@ -201,6 +222,42 @@ impl Encoder {
         self.size += size;
         self.hints[i] = self.inserted;
         self.inserted += 1;
+    }
+
+    /// A literal without indexing, copied from the last response when it sent the same field
+    /// at the same position.
+    fn unindexed(&mut self, i: usize, name: &HeaderName, value: &HeaderValue, dst: &mut BytesMut) {
+        let slot = self.literals.iter().position(|l| l.position == i);
+        if let Some(l) = slot.map(|s| &self.literals[s]) {
+            if l.name == *name && same(&l.value, value) {
+                dst.extend_from_slice(&l.octets[..usize::from(l.len)]);
+                return;
+            }
+        }
+        let start = dst.len();
+        literal(0x00, 4, static_name(name), name, value, dst);
+        let len = dst.len() - start;
+        if len > LITERAL_MEMO {
+            return;
+        }
+        let mut octets = [0; LITERAL_MEMO];
+        octets[..len].copy_from_slice(&dst[start..]);
+        let kept = Literal {
+            position: i,
+            name: name.clone(),
+            value: value.clone(),
+            len: len as u8,
+            octets,
+        };
+        match slot {
+            Some(s) => self.literals[s] = kept,
+            None if self.literals.len() < MAX_LITERALS => {
+                // Exact growth: an idle connection keeps only what it uses.
+                self.literals.reserve_exact(1);
+                self.literals.push(kept);
+            }
+            None => {}
+        }
     }
 
     /// The id of the oldest entry.
@@ -468,6 +525,30 @@ mod tests {
                 (status.to_string(), owned(&fields)),
                 "response {i}"
             );
+        }
+    }
+
+    #[test]
+    fn repeated_literals_are_copied_and_changed_ones_encoded_again() {
+        let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
+        let mut blocks = Vec::new();
+        for len in ["12", "12", "345", "345", "12"] {
+            let mut fields = SITE.to_vec();
+            fields[2].1 = len;
+            let mut block = BytesMut::new();
+            e.encode(StatusCode::OK, &map(&fields), None, &mut block);
+            assert_eq!(decode(&mut d, &block).1, owned(&fields), "content-length {len}");
+            blocks.push(block);
+        }
+        assert_eq!(blocks[1], blocks[4], "same fields, same octets");
+        assert_ne!(blocks[1], blocks[2]);
+        assert_eq!(e.literals.len(), 2, "content-length and etag");
+        // A field whose encoding is too long to keep is encoded each time.
+        let long = "9".repeat(60);
+        for _ in 0..2 {
+            let mut block = BytesMut::new();
+            e.encode(StatusCode::OK, &map(&[("etag", &long)]), None, &mut block);
+            assert_eq!(decode(&mut d, &block).1, owned(&[("etag", &long)]));
         }
     }
 
