@@ -131,7 +131,7 @@ impl Headers {
                 pseudo,
             },
             flags: HeadersFlag::default(),
-            encoded: None, // portcullis
+            encoded: None, // portcullis: no caller-encoded block
         }
     }
 
@@ -145,6 +145,7 @@ impl Headers {
         Headers {
             stream_id,
             stream_dep: None,
+            // portcullis: no fields here, the block below is the frame's content
             header_block: HeaderBlock {
                 field_size: 0,
                 fields: HeaderMap::new(),
@@ -152,7 +153,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
-            encoded: Some(block),
+            encoded: Some(block), // portcullis: sent as is
         }
     }
 
@@ -170,7 +171,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
-            encoded: None, // portcullis
+            encoded: None, // portcullis: no caller-encoded block
         }
     }
 
@@ -236,7 +237,7 @@ impl Headers {
                 pseudo: Pseudo::default(),
             },
             flags,
-            encoded: None, // portcullis
+            encoded: None, // portcullis: no caller-encoded block
         };
 
         Ok((headers, src))
