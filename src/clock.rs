@@ -25,7 +25,10 @@ mod tests {
 
     #[test]
     fn coarse_clocks_follow_the_precise_ones() {
-        let precise = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let precise = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let coarse = super::coarse_unix_secs();
         assert!(coarse.abs_diff(precise) <= 1, "{coarse} vs {precise}");
         let a = super::coarse_ms();

@@ -1452,7 +1452,11 @@ async fn cached_file_heads_match_http1_and_leave_out_forbidden_site_fields() {
     for forbidden in [false, true] {
         let env = TestEnv::new();
         env.write("www/small.txt", SMALL);
-        let extra = if forbidden { "\"Connection\" = \"keep-alive\"\n" } else { "" };
+        let extra = if forbidden {
+            "\"Connection\" = \"keep-alive\"\n"
+        } else {
+            ""
+        };
         let srv = env.start(&format!(
             r#"
 [[site]]

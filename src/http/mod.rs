@@ -241,7 +241,8 @@ impl HostMemo {
     pub const MAX: usize = 64;
 
     fn get(&self, host: &str) -> Option<usize> {
-        (self.len != 0 && &self.host[..usize::from(self.len)] == host.as_bytes()).then_some(self.site)
+        (self.len != 0 && &self.host[..usize::from(self.len)] == host.as_bytes())
+            .then_some(self.site)
     }
 
     fn set(host: &str, site: usize) -> Option<Self> {

@@ -53,8 +53,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -414,13 +414,7 @@ impl StaticFiles {
 
     /// Reads `rel` and its precompressed siblings into memory, for the cache. `None` when one of
     /// them is too large or cannot be read (the caller then serves from the file).
-    fn load_cached(
-        &self,
-        rel: &str,
-        fd: &OwnedFd,
-        st: &Stat,
-        now: u64,
-    ) -> Option<cache::Entry> {
+    fn load_cached(&self, rel: &str, fd: &OwnedFd, st: &Stat, now: u64) -> Option<cache::Entry> {
         type Loaded = (Vec<u8>, FileMeta, Option<Encoding>);
         let load = |fd: &OwnedFd, st: &Stat, encoding: Option<Encoding>| -> Option<Loaded> {
             let meta = FileMeta::from_stat(st);
@@ -505,10 +499,7 @@ impl StaticFiles {
             let data = (!head && !chosen.data.is_empty()).then(|| chosen.data.clone());
             if req.version == http::Version::HTTP_2 && chosen.ready_h2 {
                 // Shared with HTTP/2's encoder, which puts the current date in.
-                return (
-                    Response::new(Body::Ready(data, chosen.whole.clone())),
-                    true,
-                );
+                return (Response::new(Body::Ready(data, chosen.whole.clone())), true);
             }
             let mut resp = Response::new(data.map_or(Body::Empty, Body::full));
             *resp.headers_mut() = HeaderMap::clone(&chosen.whole);

@@ -483,7 +483,10 @@ mod tests {
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
         ("referrer-policy", "strict-origin-when-cross-origin"),
-        ("x-custom", "a value that is long enough to want Huffman coding ~~~"),
+        (
+            "x-custom",
+            "a value that is long enough to want Huffman coding ~~~",
+        ),
     ];
 
     #[test]
@@ -507,7 +510,10 @@ mod tests {
     #[test]
     fn statuses_and_changing_values_decode_exactly() {
         let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
-        for (i, status) in [200u16, 404, 301, 200, 503, 304, 418, 200].iter().enumerate() {
+        for (i, status) in [200u16, 404, 301, 200, 503, 304, 418, 200]
+            .iter()
+            .enumerate()
+        {
             let date = format!("Mon, 23 Nov 2026 10:00:0{i} GMT");
             let len = (i * 1000).to_string();
             let mut fields = SITE.to_vec();
@@ -519,7 +525,12 @@ mod tests {
                 fields.push(("set-cookie", "c=d"));
             }
             let mut block = BytesMut::new();
-            e.encode(StatusCode::from_u16(*status).unwrap(), &map(&fields), None, &mut block);
+            e.encode(
+                StatusCode::from_u16(*status).unwrap(),
+                &map(&fields),
+                None,
+                &mut block,
+            );
             assert_eq!(
                 decode(&mut d, &block),
                 (status.to_string(), owned(&fields)),
@@ -537,7 +548,11 @@ mod tests {
             fields[2].1 = len;
             let mut block = BytesMut::new();
             e.encode(StatusCode::OK, &map(&fields), None, &mut block);
-            assert_eq!(decode(&mut d, &block).1, owned(&fields), "content-length {len}");
+            assert_eq!(
+                decode(&mut d, &block).1,
+                owned(&fields),
+                "content-length {len}"
+            );
             blocks.push(block);
         }
         assert_eq!(blocks[1], blocks[4], "same fields, same octets");
@@ -559,7 +574,12 @@ mod tests {
         for second in ["01", "01", "02"] {
             let date = format!("Mon, 23 Nov 2026 10:00:{second} GMT");
             let mut block = BytesMut::new();
-            e.encode(StatusCode::OK, &m, Some(&HeaderValue::from_str(&date).unwrap()), &mut block);
+            e.encode(
+                StatusCode::OK,
+                &m,
+                Some(&HeaderValue::from_str(&date).unwrap()),
+                &mut block,
+            );
             let mut want = owned(SITE);
             want[0].1 = date;
             assert_eq!(decode(&mut d, &block).1, want);
@@ -582,10 +602,17 @@ mod tests {
     fn churn(e: &mut Encoder, d: &mut Decoder) {
         for round in 0..50 {
             let fields: Vec<(String, String)> = (0..6)
-                .map(|k| (format!("x-f{}", (round + k) % 9), format!("v{}-{}", round % 4, k)))
+                .map(|k| {
+                    (
+                        format!("x-f{}", (round + k) % 9),
+                        format!("v{}-{}", round % 4, k),
+                    )
+                })
                 .collect();
-            let refs: Vec<(&str, &str)> =
-                fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let refs: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             let mut block = BytesMut::new();
             e.encode(StatusCode::OK, &map(&refs), None, &mut block);
             assert_eq!(decode(d, &block).1, fields, "round {round}");
@@ -646,7 +673,10 @@ mod tests {
         m.insert(header::AUTHORIZATION, secret.clone());
         m.insert(HeaderName::from_static("x-token"), secret);
         let big = "b".repeat(3500);
-        m.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_str(&big).unwrap());
+        m.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_str(&big).unwrap(),
+        );
         let mut block = BytesMut::new();
         e.encode(StatusCode::OK, &m, None, &mut block);
         let (_, fields) = decode(&mut d, &block);
@@ -667,7 +697,12 @@ mod tests {
         let raw = "\\^|~{}".repeat(5);
         let fields = [("x-long", long.as_str()), ("x-raw", raw.as_str())];
         let mut block = BytesMut::new();
-        e.encode(StatusCode::from_u16(299).unwrap(), &map(&fields), None, &mut block);
+        e.encode(
+            StatusCode::from_u16(299).unwrap(),
+            &map(&fields),
+            None,
+            &mut block,
+        );
         assert_eq!(decode(&mut d, &block), ("299".into(), owned(&fields)));
         for v in [0usize, 30, 31, 127, 128, 300, 1 << 20] {
             for prefix in [4u8, 5, 6, 7] {
