@@ -88,6 +88,9 @@ pub struct Encoder {
 /// Positions whose literal is kept.
 const MAX_LITERALS: usize = 4;
 
+/// Positions that keep a hint.
+const MAX_HINTS: usize = 64;
+
 impl Default for Encoder {
     fn default() -> Self {
         Self::new()
@@ -175,11 +178,8 @@ impl Encoder {
             self.unindexed(i, name, value, dst);
             return;
         }
-        if i >= self.hints.len() {
-            self.hints.resize(i + 1, u64::MAX);
-        }
         // The entry that matched this position last time.
-        if let Some(p) = self.position(self.hints[i]) {
+        if let Some(p) = self.hints.get(i).and_then(|&id| self.position(id)) {
             let e = &self.table[p];
             if e.name == *name && same(&e.value, value) {
                 int(self.index_of(p), 7, 0x80, dst);
@@ -192,7 +192,7 @@ impl Encoder {
             let e = &self.table[p];
             if e.name == *name {
                 if same(&e.value, value) {
-                    self.hints[i] = self.first_id() + p as u64;
+                    self.remember(i, self.first_id() + p as u64);
                     int(self.index_of(p), 7, 0x80, dst);
                     return;
                 }
@@ -220,8 +220,20 @@ impl Encoder {
             value: value.clone(),
         });
         self.size += size;
-        self.hints[i] = self.inserted;
+        self.remember(i, self.inserted);
         self.inserted += 1;
+    }
+
+    /// Notes that the field at position `i` is the entry `id` (for the first [`MAX_HINTS`]
+    /// positions: a response with thousands of fields does not leave a hint list that size).
+    fn remember(&mut self, i: usize, id: u64) {
+        if i >= MAX_HINTS {
+            return;
+        }
+        if i >= self.hints.len() {
+            self.hints.resize(i + 1, u64::MAX);
+        }
+        self.hints[i] = id;
     }
 
     /// A literal without indexing, copied from the last response when it sent the same field
@@ -632,6 +644,29 @@ mod tests {
             );
             assert!(e.size <= e.max_size);
         }
+    }
+
+    #[test]
+    fn a_response_with_many_fields_keeps_a_bounded_hint_list() {
+        let (mut e, mut d) = (Encoder::new(), Decoder::new(4096));
+        let fields: Vec<(String, String)> = (0..300)
+            .map(|k| (format!("x-{}", k % 40), format!("{}", k % 7)))
+            .collect();
+        let refs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let m = map(&refs);
+        let want: Vec<(String, String)> = m
+            .iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        for _ in 0..3 {
+            let mut block = BytesMut::new();
+            e.encode(StatusCode::OK, &m, None, &mut block);
+            assert_eq!(decode(&mut d, &block).1, want);
+        }
+        assert_eq!(e.hints.len(), MAX_HINTS);
     }
 
     #[test]
