@@ -140,6 +140,11 @@ impl Frontend {
         if let Some(&s) = self.hosts.get(host) {
             return Some(s);
         }
+        self.on_demand_site(host)
+    }
+
+    /// The on-demand site, when `host` got a certificate on demand.
+    fn on_demand_site(&self, host: &str) -> Option<usize> {
         let (site, names) = self.on_demand.as_ref()?;
         names
             .contains(&crate::tls::names::normalize(host))
@@ -357,13 +362,13 @@ fn finish(method: &Method, mut resp: Response<Body>) -> Response<Body> {
 impl HttpsService {
     /// [`Frontend::site_of`], remembering a fixed host's site for the next request.
     fn site_of(&self, host: &str) -> Option<usize> {
-        let site = self.front.site_of(host)?;
-        if self.front.hosts.get(host) == Some(&site) {
+        if let Some(&site) = self.front.hosts.get(host) {
             if let Some(memo) = HostMemo::set(host, site) {
                 self.host_memo.set(memo);
             }
+            return Some(site);
         }
-        Some(site)
+        self.front.on_demand_site(host)
     }
 
     /// Picks the site and produces the response, and whether it already has the site's

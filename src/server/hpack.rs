@@ -468,15 +468,22 @@ mod tests {
         (status, fields)
     }
 
-    fn map(fields: &[(&str, &str)]) -> HeaderMap {
+    fn map<N: AsRef<str>, V: AsRef<str>>(fields: &[(N, V)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (n, v) in fields {
             m.append(
-                HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
+                HeaderName::from_bytes(n.as_ref().as_bytes()).unwrap(),
+                HeaderValue::from_str(v.as_ref()).unwrap(),
             );
         }
         m
+    }
+
+    /// A map's fields in its own order (values of one name together), as decoded.
+    fn listed(m: &HeaderMap) -> Vec<(String, String)> {
+        m.iter()
+            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
+            .collect()
     }
 
     fn owned(fields: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -625,15 +632,8 @@ mod tests {
                     (name.to_string(), value)
                 })
                 .collect();
-            let refs: Vec<(&str, &str)> = fields
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
-            let m = map(&refs);
-            let want: Vec<(String, String)> = m
-                .iter()
-                .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
-                .collect();
+            let m = map(&fields);
+            let want = listed(&m);
             let status = [200u16, 404, 302, 500][next(4) as usize];
             let mut block = BytesMut::new();
             e.encode(StatusCode::from_u16(status).unwrap(), &m, None, &mut block);
@@ -652,15 +652,8 @@ mod tests {
         let fields: Vec<(String, String)> = (0..300)
             .map(|k| (format!("x-{}", k % 40), format!("{}", k % 7)))
             .collect();
-        let refs: Vec<(&str, &str)> = fields
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
-        let m = map(&refs);
-        let want: Vec<(String, String)> = m
-            .iter()
-            .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap().to_string()))
-            .collect();
+        let m = map(&fields);
+        let want = listed(&m);
         for _ in 0..3 {
             let mut block = BytesMut::new();
             e.encode(StatusCode::OK, &m, None, &mut block);
@@ -711,12 +704,8 @@ mod tests {
                     )
                 })
                 .collect();
-            let refs: Vec<(&str, &str)> = fields
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
-                .collect();
             let mut block = BytesMut::new();
-            e.encode(StatusCode::OK, &map(&refs), None, &mut block);
+            e.encode(StatusCode::OK, &map(&fields), None, &mut block);
             assert_eq!(decode(d, &block).1, fields, "round {round}");
             assert!(e.size <= e.max_size);
         }
