@@ -165,7 +165,8 @@ pub struct ConnState {
     /// The response being written is the connection's last (HTTP/1.x, the connection closes
     /// after it) and its body is complete in memory: its TLS records can wait for the
     /// `close_notify` that follows and leave with it in one send (see
-    /// `server::cork::CorkIo`). Set or cleared by the service for every response.
+    /// `server::cork::CorkIo`). Set or cleared by the service for every response, and set
+    /// when the connection shuts down (only the `close_notify` follows then).
     pub closing: std::sync::atomic::AtomicBool,
 }
 

@@ -93,12 +93,19 @@ impl CorkIo {
 
     /// Sends what is held now (before the connection waits for the peer).
     pub async fn send_held(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| self.poll_send_held(cx)).await
+        std::future::poll_fn(|cx| self.poll_send_held(cx, false)).await
     }
 
-    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Sends what is held. `last`: a shutdown follows at once, so the tail is sent with
+    /// `MSG_MORE` (see [`poll_send_more`]) and the FIN leaves in the same segment.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<io::Result<()>> {
         while self.sent < self.held.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held[self.sent..]))?;
+            let rest = &self.held[self.sent..];
+            let n = if last {
+                ready!(poll_send_more(&self.inner, cx, rest))?
+            } else {
+                ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -134,7 +141,7 @@ impl CorkIo {
         loop {
             let rest = self.held.len() - self.sent;
             if rest == 0 {
-                ready!(self.poll_send_held(cx))?;
+                ready!(self.poll_send_held(cx, false))?;
                 return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
             }
             let mut slices = Vec::with_capacity(bufs.len() + 1);
@@ -189,7 +196,7 @@ impl AsyncRead for CorkIo {
             {
                 // Never wait for the peer with something held for it: during the handshake,
                 // or when a response marked as the last was not followed by a shutdown.
-                match this.poll_send_held(cx) {
+                match this.poll_send_held(cx, false) {
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     _ => Poll::Pending,
                 }
@@ -245,8 +252,29 @@ impl AsyncWrite for CorkIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_send_held(cx))?;
+        ready!(this.poll_send_held(cx, true))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// One `send` of `buf` with `MSG_MORE`, for bytes a shutdown follows at once: the kernel
+/// queues the last partial segment instead of sending it, and the shutdown's FIN is set on
+/// that queued segment (`tcp_send_fin` marks an unsent tail), which then leaves as one
+/// segment: the response, `close_notify` and FIN in one packet instead of two. Full segments
+/// go out as usual; a close instead of the shutdown pushes the tail too. (Neither tokio nor
+/// socket2's stream type take send flags; rustix's `send` is the plain system call.)
+fn poll_send_more(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    use rustix::net::SendFlags;
+    loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::net::send(tcp, buf, SendFlags::MORE | SendFlags::NOSIGNAL)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
     }
 }
 

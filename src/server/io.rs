@@ -291,6 +291,9 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Nothing but the TLS `close_notify` follows: it can wait for the shutdown and leave
+        // with the FIN (`server::cork`), also when the peer ended the connection.
+        self.state.closing.store(true, Ordering::Relaxed);
         let res = self.as_mut().project().inner.poll_shutdown(cx);
         self.on_write(cx, res, false)
     }

@@ -8,7 +8,7 @@
 //! ([`placement`]). A connection limit is shared by all workers.
 
 pub mod conn;
-mod cork;
+pub mod cork;
 pub mod early;
 pub mod h2;
 pub mod hpack;

@@ -1321,3 +1321,38 @@ pub fn parse_listen_line(line: &str) -> SocketAddr {
     addr.parse()
         .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
 }
+
+// =============================================================================================
+// Kernel counters
+// =============================================================================================
+
+/// TCP segments a socket has sent and received so far (`TCP_INFO`'s `tcpi_segs_out` and
+/// `tcpi_segs_in`, Linux ≥ 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    pub sent: u32,
+    pub received: u32,
+}
+
+pub fn tcp_segments(fd: std::os::fd::RawFd) -> Segments {
+    // struct tcp_info (linux/tcp.h): tcpi_segs_out and tcpi_segs_in are the u32s at 136 and 140
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf is writable for len bytes; the kernel writes at most len and updates len.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "getsockopt(TCP_INFO): {}", io::Error::last_os_error());
+    assert!(len >= 144, "tcp_info without tcpi_segs_in ({len} bytes)");
+    let at = |i: usize| u32::from_ne_bytes(buf[i..i + 4].try_into().unwrap());
+    Segments {
+        sent: at(136),
+        received: at(140),
+    }
+}
