@@ -757,3 +757,42 @@ async fn workers_taking_connections_follow_their_cpu_affinity() {
         "both workers take connections again: ticks used {used:?}"
     );
 }
+
+/// A ClientHello that arrives in pieces (three TCP segments, 50 ms apart) is put together:
+/// after each short read the server waits for the next piece.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_hello_in_pieces_completes_the_handshake() {
+    let srv = start(THREE_SITES);
+    let addr = srv.https;
+    let cfg = ClientOpts::default().build();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let name = rustls::pki_types::ServerName::try_from("alpha.test").unwrap();
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        let mut hello = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut hello).unwrap();
+        }
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let third = hello.len() / 3;
+        for piece in hello.chunks(third) {
+            tcp.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        conn.writer()
+            .write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        rustls::Stream::new(&mut conn, &mut tcp)
+            .read_to_end(&mut out)
+            .expect("handshake, response and a clean close");
+        out
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("alpha"), "{text}");
+}

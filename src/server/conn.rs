@@ -36,12 +36,23 @@ static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
 /// `std::io` adapters over a non-blocking tokio socket, for rustls (readiness is handled by
-/// tokio: `try_read`/`try_write` clear it on `WouldBlock`).
+/// tokio: `try_read`/`try_write` clear it on `WouldBlock`, and a short read clears it too).
 pub(super) struct SyncIo<'a>(pub(super) &'a TcpStream);
 
 impl Read for SyncIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        let n = self.0.try_read(buf)?;
+        if 0 < n && n < buf.len() {
+            // A short read emptied the socket's queue (epoll is edge-triggered: what arrives
+            // later is a new event). Clear the read readiness now, as tokio's own `poll_read`
+            // does, instead of learning it from a `recvfrom` that fails with EAGAIN: after a
+            // ClientHello, the next read comes once the server's flight is out, and the
+            // client's answer is a round trip away.
+            let _ = self.0.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
+        Ok(n)
     }
 }
 
