@@ -11,16 +11,22 @@
 //! holds the two 32-byte hash states after the padded key, and each use copies those. Only the
 //! glue is ours: the HKDF construction is rustls's own generic
 //! [`HkdfUsingHmac`](rustls::crypto::tls13::HkdfUsingHmac) (RFC 5869). The suites keep
-//! aws-lc's AEAD, QUIC header protection and transcript hash; FIPS mode is not claimed (as with
-//! X25519MLKEM768 first, portcullis does not build for FIPS).
+//! aws-lc's AEAD and QUIC header protection; FIPS mode is not claimed (as with X25519MLKEM768
+//! first, portcullis does not build for FIPS).
 //!
 //! TLS 1.2 suites get rustls's [`PrfUsingHmac`](rustls::crypto::tls12::PrfUsingHmac) over the
 //! same HMAC, for the same reason (aws-lc's `tls1_P_hash` copies its `HMAC_CTX` per block).
+//!
+//! The transcript hash is `sha2` too ([`Sha2Hash`]): aws-lc-rs keeps a digest in a heap
+//! `EVP_MD_CTX`, and rustls takes the running transcript's hash about seven times per TLS 1.3
+//! handshake, each an `EVP_MD_CTX_copy_ex` with an allocation and a free; a `sha2` state is
+//! copied on the stack.
 
 use std::sync::Mutex;
 
 use hmac::{KeyInit, Mac};
-use rustls::crypto::hash::HashAlgorithm;
+use rustls::crypto::hash::{self, Hash, HashAlgorithm};
+use sha2::Digest;
 use rustls::crypto::hmac::{Hmac, Key, Tag};
 use rustls::crypto::tls12::PrfUsingHmac;
 use rustls::crypto::tls13::HkdfUsingHmac;
@@ -69,6 +75,69 @@ where
     }
 }
 
+/// A hash function from RustCrypto's `sha2`, as rustls's transcript hash.
+struct Sha2Hash<D> {
+    algorithm: HashAlgorithm,
+    digest: std::marker::PhantomData<D>,
+}
+
+impl<D> Hash for Sha2Hash<D>
+where
+    D: Digest + Clone + Send + Sync + 'static,
+{
+    fn start(&self) -> Box<dyn hash::Context> {
+        Box::new(Sha2Context(D::new()))
+    }
+
+    fn hash(&self, data: &[u8]) -> hash::Output {
+        hash::Output::new(&D::digest(data))
+    }
+
+    fn output_len(&self) -> usize {
+        <D as Digest>::output_size()
+    }
+
+    fn algorithm(&self) -> HashAlgorithm {
+        self.algorithm
+    }
+}
+
+/// A running hash: forks and intermediate results are copies of the state.
+struct Sha2Context<D>(D);
+
+impl<D> hash::Context for Sha2Context<D>
+where
+    D: Digest + Clone + Send + Sync + 'static,
+{
+    fn fork_finish(&self) -> hash::Output {
+        hash::Output::new(&self.0.clone().finalize())
+    }
+
+    fn fork(&self) -> Box<dyn hash::Context> {
+        Box::new(Sha2Context(self.0.clone()))
+    }
+
+    fn finish(self: Box<Self>) -> hash::Output {
+        hash::Output::new(&self.0.finalize())
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        Digest::update(&mut self.0, data);
+    }
+}
+
+/// By hash: SHA-256, SHA-384.
+static HASH: (Sha2Hash<sha2::Sha256>, Sha2Hash<sha2::Sha384>) = (
+    Sha2Hash {
+        algorithm: HashAlgorithm::SHA256,
+        digest: std::marker::PhantomData,
+    },
+    Sha2Hash {
+        algorithm: HashAlgorithm::SHA384,
+        digest: std::marker::PhantomData,
+    },
+);
+
 static HMAC_SHA256: PreparedHmac<sha2::Sha256> = PreparedHmac(std::marker::PhantomData);
 static HMAC_SHA384: PreparedHmac<sha2::Sha384> = PreparedHmac(std::marker::PhantomData);
 /// By hash: SHA-256, SHA-384.
@@ -77,7 +146,8 @@ static HKDF: [HkdfUsingHmac<'static>; 2] =
 static PRF: [PrfUsingHmac<'static>; 2] = [PrfUsingHmac(&HMAC_SHA256), PrfUsingHmac(&HMAC_SHA384)];
 
 /// `suites` with every TLS 1.3 suite's HKDF and every TLS 1.2 suite's PRF replaced by the
-/// prepared-key ones. The new suites are made once per process and shared by every config.
+/// prepared-key ones, and their transcript hash by [`Sha2Hash`]. The new suites are made once
+/// per process and shared by every config.
 pub fn with_prepared_hmac(suites: &[SupportedCipherSuite]) -> Vec<SupportedCipherSuite> {
     /// Suites made so far (rustls wants `&'static`: each is leaked once, at most nine).
     static MADE: Mutex<Vec<SupportedCipherSuite>> = Mutex::new(Vec::new());
@@ -90,14 +160,15 @@ pub fn with_prepared_hmac(suites: &[SupportedCipherSuite]) -> Vec<SupportedCiphe
             }
             // A copy of the suite's common part, and which of our tables its hash selects.
             let common = |c: &CipherSuiteCommon| {
-                let h = match c.hash_provider.algorithm() {
-                    HashAlgorithm::SHA256 => 0,
-                    HashAlgorithm::SHA384 => 1,
-                    _ => return None,
-                };
+                let (h, hash_provider): (usize, &'static dyn Hash) =
+                    match c.hash_provider.algorithm() {
+                        HashAlgorithm::SHA256 => (0, &HASH.0),
+                        HashAlgorithm::SHA384 => (1, &HASH.1),
+                        _ => return None,
+                    };
                 let copy = CipherSuiteCommon {
                     suite: c.suite,
-                    hash_provider: c.hash_provider,
+                    hash_provider,
                     confidentiality_limit: c.confidentiality_limit,
                 };
                 Some((copy, h))
@@ -211,6 +282,33 @@ mod tests {
                 ours.for_secret(&mut y, &[9u8; 48], b"key expansion", &[3u8; 64]);
                 assert_eq!(x, y, "{:?}: {len} bytes", suite.suite());
             }
+        }
+    }
+
+    /// The sha2 transcript hash gives aws-lc's digests: one-shot, running, forked and
+    /// finished, over lengths around the block sizes.
+    #[test]
+    fn same_transcript_hash_as_aws_lc() {
+        for suite in [cs::TLS13_AES_128_GCM_SHA256, cs::TLS13_AES_256_GCM_SHA384] {
+            let theirs = tls13(suite).common.hash_provider;
+            let ours = tls13(with_prepared_hmac(&[suite])[0]).common.hash_provider;
+            assert!(!std::ptr::addr_eq(theirs, ours), "replaced");
+            assert_eq!(ours.algorithm(), theirs.algorithm());
+            assert_eq!(ours.output_len(), theirs.output_len());
+            let data: Vec<u8> = (0..700u32).map(|i| (i * 7 + 3) as u8).collect();
+            assert_eq!(ours.hash(&data).as_ref(), theirs.hash(&data).as_ref());
+            let (mut a, mut b) = (theirs.start(), ours.start());
+            assert_eq!(a.fork_finish().as_ref(), b.fork_finish().as_ref(), "empty");
+            for len in [1, 55, 56, 63, 64, 65, 111, 112, 127, 128, 129, 200] {
+                a.update(&data[..len]);
+                b.update(&data[..len]);
+                assert_eq!(a.fork_finish().as_ref(), b.fork_finish().as_ref(), "+{len}");
+                let (mut fa, mut fb) = (a.fork(), b.fork());
+                fa.update(b"fork");
+                fb.update(b"fork");
+                assert_eq!(fa.finish().as_ref(), fb.finish().as_ref(), "fork after +{len}");
+            }
+            assert_eq!(a.finish().as_ref(), b.finish().as_ref());
         }
     }
 
