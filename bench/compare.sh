@@ -68,6 +68,19 @@ else
   BIN="$BENCH_WORK/bin/portcullis"
   cp -f "$SRC_BIN" "$BIN.tmp" && mv -f "$BIN.tmp" "$BIN"
 fi
+# ---- a stale link/symbol-order.txt costs ~1 MiB of "RSS after start" and says nothing: any
+# change to the dependency graph (a crate feature, a new dependency) changes every portcullis
+# symbol's hash. Warn when fewer than half of the listed portcullis functions are in the binary.
+if command -v nm >/dev/null && [[ -f $ROOT/link/symbol-order.txt ]]; then
+  read -r listed found < <(nm "$BIN" 2>/dev/null | awk -v order="$ROOT/link/symbol-order.txt" '
+    { have[$NF] = 1 }
+    END { while ((getline s <order) > 0) if (s ~ /portcullis/) { n++; if (s in have) f++ }
+          print n + 0, f + 0 }')
+  if ((listed > 0 && 2 * found < listed)); then
+    echo "compare.sh: WARNING: only $found of the $listed portcullis functions in link/symbol-order.txt" \
+      "are in $BIN: the order is stale (run bench/order-symbols.sh on a release build, then rebuild)" >&2
+  fi
+fi
 export SERVER_VERSION="$("$BIN" --version 2>/dev/null | head -1) (git $rev, binary $(date -r "$SRC_BIN" +%Y-%m-%dT%H:%M:%S), sha256 $(sha256sum "$BIN" | cut -c1-12))"
 echo "compare.sh: portcullis = $SERVER_VERSION" >&2
 
