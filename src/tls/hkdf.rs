@@ -26,11 +26,11 @@ use std::sync::Mutex;
 
 use hmac::{KeyInit, Mac};
 use rustls::crypto::hash::{self, Hash, HashAlgorithm};
-use sha2::Digest;
 use rustls::crypto::hmac::{Hmac, Key, Tag};
 use rustls::crypto::tls12::PrfUsingHmac;
 use rustls::crypto::tls13::HkdfUsingHmac;
 use rustls::{CipherSuiteCommon, SupportedCipherSuite, Tls12CipherSuite, Tls13CipherSuite};
+use sha2::Digest;
 
 /// HMAC with hash `D`, keys kept in their prepared (inner/outer state) form.
 struct PreparedHmac<D>(std::marker::PhantomData<D>);
@@ -306,7 +306,11 @@ mod tests {
                 let (mut fa, mut fb) = (a.fork(), b.fork());
                 fa.update(b"fork");
                 fb.update(b"fork");
-                assert_eq!(fa.finish().as_ref(), fb.finish().as_ref(), "fork after +{len}");
+                assert_eq!(
+                    fa.finish().as_ref(),
+                    fb.finish().as_ref(),
+                    "fork after +{len}"
+                );
             }
             assert_eq!(a.finish().as_ref(), b.finish().as_ref());
         }
