@@ -3,6 +3,9 @@
 # while it starts and serves, so the linker can place them next to each other.
 #
 # usage: bench/order-symbols.sh [BINARY]      (default: target/release/portcullis, built first)
+#   A BINARY must come from `cargo build --release`: `cargo nextest run --release` leaves a
+#   target/release/portcullis built with the dev-dependencies' features, whose symbol hashes
+#   differ (an order made from it matches nothing in the real build).
 #
 # Why: the kernel maps a program's text in 64 KiB "fault-around" windows, so a function run at
 # start-up or on the request path keeps the 64 KiB around it resident. Scattered over the 6.8 MiB

@@ -17,12 +17,15 @@
 //! code does, for HTTP/1.1: a TLS 1.2 client without False Start waits for our Finished);
 //! with a request in hand, the response follows.
 //!
-//! The same holding ends a connection in one send: when the service marks a response as
+//! The same holding ends a connection in one segment: when the service marks a response as
 //! the connection's last and complete in memory ([`ConnState::closing`]: HTTP/1.x with
 //! `Connection: close`, as one-shot clients send), its records are held too and leave with the
 //! `close_notify` at the shutdown that follows, instead of response and `close_notify` in two
 //! `writev`s and two segments. A flush does not send them (hyper flushes before it shuts down);
 //! should the connection wait for the peer instead, a read that would block sends them first.
+//! A shutdown marks the connection closing as well (`server::io::TimedIo`), so the lone
+//! `close_notify` after the peer's own close is held the same way. At the shutdown, what is
+//! held is sent with `MSG_MORE` and the FIN rides on it (`poll_send_more`).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
