@@ -68,6 +68,8 @@ pub struct CorkIo {
 }
 
 impl CorkIo {
+    /// Wraps an accepted connection: writes go straight out until the peer answers the
+    /// server's first flight.
     pub fn new(inner: TcpStream) -> Self {
         CorkIo {
             inner,
