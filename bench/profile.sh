@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # profile.sh - perf profile of portcullis under one benchmark workload (loopback, pinned).
 #
-# usage: bench/profile.sh [-s SECS] [-g dwarf|fp] WORKLOAD [OUTDIR]
+# usage: bench/profile.sh [-s SECS] [-g dwarf|fp|none] [-u] WORKLOAD [OUTDIR]
 #   WORKLOAD  h1 (wrk -t2 -c64 /hello), h2 (h2load -t2 -c64 -m10 /hello), bulk (wrk -c16 /1m),
 #             hs13, hs12, res13 (tlsload: full TLS 1.3 / full TLS 1.2 / resumed TLS 1.3
 #             handshakes + GET, 32 loops)
@@ -10,13 +10,16 @@
 # bench/compare.sh run) on CPU 0, with the PKI, docroot and tlsload of a previous compare.sh run
 # in $BENCH_WORK (default /tmp/portcullis-bench); load generator on CPU 1, as run.sh's pinned mode.
 # perf: software event cpu-clock (this VM has no hardware counters), call graphs with DWARF
-# unwinding by default (-g fp: frame pointers, which Rust release builds do not keep).
+# unwinding by default (-g fp: frame pointers, which Rust release builds do not keep; -g none: flat).
+# -u: unpinned, as run.sh's unpinned mode (server and load generator share every CPU).
 # Writes OUTDIR/perf.data, OUTDIR/report-self.txt (flat, by symbol), OUTDIR/report-dso.txt,
 # OUTDIR/report-children.txt (inclusive), OUTDIR/load.txt (the load generator's output).
 set -euo pipefail
-SECS=10 CG=dwarf
-while getopts "s:g:h" opt; do
-  case $opt in s) SECS=$OPTARG ;; g) CG=$OPTARG ;; *) sed -n '2,16p' "$0"; exit 2 ;; esac
+SECS=10 CG=dwarf PIN_SERVER=(taskset -c 0) PIN_LOAD=(taskset -c 1)
+while getopts "s:g:uh" opt; do
+  case $opt in
+  s) SECS=$OPTARG ;; g) CG=$OPTARG ;; u) PIN_SERVER=() PIN_LOAD=() ;; *) sed -n '2,17p' "$0"; exit 2 ;;
+  esac
 done
 shift $((OPTIND - 1))
 WL=${1:?workload: h1 h2 bulk hs13 hs12 res13}
@@ -41,7 +44,7 @@ fi
 mkdir -p "$OUT"
 PORT=${PORT:-29443}
 DATA=$(mktemp -d)
-taskset -c 0 "$BIN" serve --listen "127.0.0.1:$PORT" --no-http --cert "$PKI/leaf-ecdsa.fullchain.pem" \
+"${PIN_SERVER[@]}" "$BIN" serve --listen "127.0.0.1:$PORT" --no-http --cert "$PKI/leaf-ecdsa.fullchain.pem" \
   --key "$PKI/leaf-ecdsa.key" --root "$DOCROOT" --workers 2 --data-dir "$DATA" --log-level warn \
   >"$OUT/server.log" 2>&1 &
 SPID=$!
@@ -61,10 +64,10 @@ hs13 | hs12 | res13)
   load=("$TLSLOAD" --host 127.0.0.1 --port "$PORT" --sni localhost --conc 32 --duration "$LOADSECS" --warmup 1 "${tls[@]}" --path /hello) ;;
 *) echo "profile.sh: unknown workload $WL" >&2; exit 2 ;;
 esac
-taskset -c 1 "${load[@]}" >"$OUT/load.txt" 2>&1 &
+"${PIN_LOAD[@]}" "${load[@]}" >"$OUT/load.txt" 2>&1 &
 LPID=$!
 sleep 1.5
-if [[ $CG == dwarf ]]; then cg=(--call-graph dwarf,16384); else cg=(-g); fi
+case $CG in dwarf) cg=(--call-graph dwarf,16384) ;; none) cg=() ;; *) cg=(-g) ;; esac
 perf record -e cpu-clock -F 2000 "${cg[@]}" -p "$SPID" -o "$OUT/perf.data" -- sleep "$SECS" 2>"$OUT/perf-record.txt" || true
 wait "$LPID" || true
 perf report -i "$OUT/perf.data" --no-children --sort symbol --stdio -g none --percent-limit 0.3 2>/dev/null >"$OUT/report-self.txt"
