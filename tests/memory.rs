@@ -1,6 +1,7 @@
 //! Heap held by idle TLS connections, counted by a global allocator (this test binary's own).
 //!
-//! The server runs in-process; the clients run on one thread of their own, whose allocations
+//! The server runs in-process; the clients run on one thread of their own (with their own
+//! current-thread runtime), whose allocations
 //! and frees are counted apart, so that the server's share is the process's live heap minus the
 //! client thread's. One test per binary: nothing else allocates meanwhile.
 
@@ -8,9 +9,9 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -88,29 +89,28 @@ fn server_heap() -> (isize, isize) {
 }
 
 /// A TLS connection that has had one keep-alive request answered and is now idle.
-struct Idle {
-    _tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+type Idle = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn open_idle(addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> Idle {
+    let mut tls = tls_connect(addr, Some("alpha.test"), cfg.clone())
+        .await
+        .expect("TLS handshake");
+    let resp = raw_exchange(&mut tls, b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
+        .await
+        .expect("response on a keep-alive connection");
+    assert_eq!(
+        (resp.status, &resp.body[..]),
+        (200, &b"hello from alpha"[..])
+    );
+    tls
 }
 
-fn open_idle(addr: SocketAddr, cfg: &std::sync::Arc<rustls::ClientConfig>) -> Idle {
-    let name = rustls::pki_types::ServerName::try_from("alpha.test").unwrap();
-    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\n\r\n")
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !got.ends_with(b"hello from alpha") {
-        let n = tls
-            .read(&mut buf)
-            .expect("response on a keep-alive connection");
-        assert!(n > 0, "server closed: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&buf[..n]);
+async fn open_many(n: isize, addr: SocketAddr, cfg: &Arc<rustls::ClientConfig>) -> Vec<Idle> {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(open_idle(addr, cfg).await);
     }
-    assert!(got.starts_with(b"HTTP/1.1 200"));
-    Idle { _tls: tls }
+    conns
 }
 
 /// Waits until the server's heap stops changing (its workers have finished with the last
@@ -139,10 +139,16 @@ fn idle_tls_connections_hold_no_receive_buffer() {
     let addr = srv.https;
     let cfg = ClientOpts::default().build();
     let (before, idle, closed) = std::thread::spawn(move || {
+        // The clients' own runtime runs on this thread, so that all their allocations are
+        // counted as this thread's.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         // Warm up the server's lazily made state (caches, the pool itself).
-        drop((0..16).map(|_| open_idle(addr, &cfg)).collect::<Vec<_>>());
+        drop(rt.block_on(open_many(16, addr, &cfg)));
         let before = settled_server_heap();
-        let conns: Vec<Idle> = (0..CONNS).map(|_| open_idle(addr, &cfg)).collect();
+        let conns = rt.block_on(open_many(CONNS, addr, &cfg));
         let idle = settled_server_heap();
         drop(conns);
         (before, idle, settled_server_heap())
