@@ -718,6 +718,74 @@ async fn set_worker_affinity(
     }
 }
 
+/// Busy loops at the lowest priority, one per CPU this process may use; killed on drop.
+struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    fn start(n: usize) -> Self {
+        CpuHogs(
+            (0..n)
+                .map(|_| {
+                    std::process::Command::new("nice")
+                        .args(["-n", "19", "sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("nice and sh")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// When other processes keep the CPUs busy (here: a busy loop per CPU, as a load generator or a
+/// backend on the same machine would), one worker takes the new connections, and the others'
+/// listening sockets move to it; no connection is lost on the way. (The way back, when the
+/// CPUs are free again, is the affinity test's: other tests running beside this one keep the
+/// CPUs too busy to check it here.)
+#[tokio::test]
+async fn workers_taking_connections_concentrate_when_other_processes_use_the_cpus() {
+    let cpus = rustix::thread::sched_getaffinity(None).unwrap().count() as usize;
+    if cpus < 2 {
+        eprintln!("only one CPU here: nothing to concentrate");
+        return;
+    }
+    let srv = start(ONE_SITE);
+    let placement = &srv.server.as_ref().unwrap().state().placement;
+    let cfg = ClientOpts::default().tls13().build();
+    assert_eq!(placement.accepting(), 2, "both workers accept at first");
+    let _hogs = CpuHogs::start(cpus);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut served = 0;
+    while placement.accepting() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "still {} workers accepting 15 s after {cpus} busy loops started ({served} requests)",
+            placement.accepting()
+        );
+        let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The moved socket is served by the accepting worker.
+    for _ in 0..20 {
+        let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+}
+
 /// With their CPU affinity narrowed to one CPU (as `taskset -a -p` does to a running server),
 /// only one worker takes new connections: the other's listening socket moves to it. When the
 /// affinity widens again, the socket moves back and both workers share the connections. No
@@ -726,6 +794,13 @@ async fn set_worker_affinity(
 async fn workers_taking_connections_follow_their_cpu_affinity() {
     use rustix::thread::{sched_getaffinity, CpuSet};
     let srv = start(ONE_SITE);
+    // Affinity alone: other tests running beside this one must not make it concentrate.
+    srv.server
+        .as_ref()
+        .unwrap()
+        .state()
+        .placement
+        .follow_load(false);
     // A thread names itself once it runs: wait for both.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut tids = worker_threads();
