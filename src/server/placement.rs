@@ -66,6 +66,8 @@ pub struct Placement {
     last_check: AtomicU64,
     epoch: Instant,
     handoff: Vec<mpsc::UnboundedSender<Handoff>>,
+    /// How many workers the affinity allowed at the last check (for the log).
+    by_affinity: AtomicUsize,
     /// Whether other processes' CPU use counts (see the module docs); on by default.
     follow_load: AtomicBool,
     /// Only used by the worker that won `last_check`; the lock is never contended.
@@ -83,6 +85,7 @@ impl Placement {
             last_check: AtomicU64::new(0),
             epoch: Instant::now(),
             handoff,
+            by_affinity: AtomicUsize::new(workers),
             follow_load: AtomicBool::new(true),
             gauge: Mutex::new(LoadGauge::default()),
         };
@@ -154,17 +157,23 @@ impl Placement {
                 Reading::Stale | Reading::Unavailable => {}
             }
         }
+        let affinity_changed = self.by_affinity.swap(by_affinity, Ordering::Relaxed) != by_affinity;
         if was == want {
             return;
         }
         self.accepting.store(want, Ordering::Relaxed);
-        match others {
-            Some(o) => tracing::debug!(
-                "other processes use {o:.2} of the {cpus} CPU(s) the workers may run on: {want} of {workers} workers take new connections"
-            ),
-            None => tracing::info!(
+        if affinity_changed {
+            tracing::info!(
                 "the workers may run on {cpus} CPU(s): {want} of {workers} workers take new connections"
-            ),
+            );
+        } else if let Some(o) = others {
+            tracing::debug!(
+                "other processes use {o:.2} of the {cpus} CPU(s) the workers may run on: {want} of {workers} workers take new connections"
+            );
+        } else {
+            tracing::debug!(
+                "no recent reading of other processes' CPU use: {want} of {workers} workers take new connections"
+            );
         }
     }
 
@@ -235,13 +244,26 @@ pub enum Reading {
 }
 
 /// Measures the CPU time other processes use on a set of CPUs: the busy time of those CPUs
-/// (`/proc/stat`) minus this process's own (`/proc/self/stat`). Both come from the kernel's
-/// tick accounting, so they agree (softirq work counts for the process it interrupted, in
-/// both). Steal time counts as used by others: the hypervisor did not give it to us.
+/// (`/proc/stat`) minus this process's own (`/proc/self/stat`), as a share of the time that
+/// passed on them (all their `/proc/stat` fields). All three come from the kernel's tick
+/// accounting in the same unit, so they agree (softirq work counts for the process it
+/// interrupted, in both). Steal time counts as used by others: the hypervisor did not give it
+/// to us.
 #[derive(Debug, Default)]
 pub struct LoadGauge {
-    /// (milliseconds, busy ticks of the CPUs, own ticks) at the start of the window.
-    last: Option<(u64, u64, u64)>,
+    /// (milliseconds, ticks of the CPUs, own ticks) at the start of the window.
+    last: Option<(u64, CpuTicks, u64)>,
+}
+
+/// Tick counters of a set of CPUs, from `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuTicks {
+    /// user, nice, system, irq, softirq and steal time (guest time is inside user).
+    pub busy: u64,
+    /// Every field, idle and iowait included: the time that passed, times `cpus`.
+    pub total: u64,
+    /// How many of the set's CPUs have a line.
+    pub cpus: usize,
 }
 
 impl LoadGauge {
@@ -254,21 +276,20 @@ impl LoadGauge {
         }
         let stat = std::fs::read_to_string("/proc/stat").ok();
         let own = std::fs::read_to_string("/proc/self/stat").ok();
-        let (Some(busy), Some(own)) = (
-            stat.as_deref().and_then(|s| busy_ticks(s, set)),
+        let (Some(cpu), Some(own)) = (
+            stat.as_deref().and_then(|s| cpu_ticks(s, set)),
             own.as_deref().and_then(own_ticks),
         ) else {
             self.last = None;
             return Reading::Unavailable;
         };
-        self.update(now_ms, busy, own, rustix::param::clock_ticks_per_second())
+        self.update(now_ms, cpu, own)
     }
 
-    /// One reading: `busy` and `own` are tick counters as the kernel keeps them, `hz` ticks to
-    /// the second.
-    pub fn update(&mut self, now_ms: u64, busy: u64, own: u64, hz: u64) -> Reading {
-        let last = self.last.replace((now_ms, busy, own));
-        let Some((at, busy0, own0)) = last else {
+    /// One reading: `cpu` and `own` are tick counters as the kernel keeps them.
+    pub fn update(&mut self, now_ms: u64, cpu: CpuTicks, own: u64) -> Reading {
+        let last = self.last.replace((now_ms, cpu, own));
+        let Some((at, cpu0, own0)) = last else {
             return Reading::Stale;
         };
         let ms = now_ms.saturating_sub(at);
@@ -276,20 +297,22 @@ impl LoadGauge {
             self.last = last; // keep the window open
             return Reading::TooSoon;
         }
-        if ms > LOAD_WINDOW_MAX_MS {
+        if ms > LOAD_WINDOW_MAX_MS || cpu.cpus != cpu0.cpus {
             return Reading::Stale;
         }
-        let others = busy
-            .saturating_sub(busy0)
-            .saturating_sub(own.saturating_sub(own0));
-        Reading::Others(others as f64 * 1000.0 / (hz.max(1) as f64 * ms as f64))
+        let passed = cpu.total.saturating_sub(cpu0.total);
+        if passed == 0 {
+            return Reading::Stale;
+        }
+        let others = (cpu.busy.saturating_sub(cpu0.busy)).saturating_sub(own.saturating_sub(own0));
+        Reading::Others(others as f64 * cpu.cpus as f64 / passed as f64)
     }
 }
 
-/// The busy ticks (user, nice, system, irq, softirq, steal) of the CPUs of `set`, from the text
-/// of `/proc/stat`; `None` when no line of those CPUs is there.
-pub fn busy_ticks(stat: &str, set: &CpuSet) -> Option<u64> {
-    let mut total = None;
+/// The tick counters of the CPUs of `set`, from the text of `/proc/stat`; `None` when no line
+/// of those CPUs is there.
+pub fn cpu_ticks(stat: &str, set: &CpuSet) -> Option<CpuTicks> {
+    let mut ticks = CpuTicks::default();
     for line in stat.lines() {
         let Some(rest) = line.strip_prefix("cpu") else {
             break; // the per-CPU lines come first
@@ -303,11 +326,13 @@ pub fn busy_ticks(stat: &str, set: &CpuSet) -> Option<u64> {
         }
         let v: Vec<u64> = fields.map(|f| f.parse().unwrap_or(0)).collect();
         let field = |i: usize| v.get(i).copied().unwrap_or(0);
-        // user nice system idle iowait irq softirq steal (guest time is inside user)
-        let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
-        total = Some(total.unwrap_or(0) + busy);
+        // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+        // already inside user (and guest_nice inside nice), so the total leaves them out.
+        ticks.busy += field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+        ticks.total += (0..8).map(field).sum::<u64>();
+        ticks.cpus += 1;
     }
-    total
+    (ticks.cpus > 0).then_some(ticks)
 }
 
 /// This process's user + system ticks, from the text of `/proc/self/stat`.
@@ -381,31 +406,50 @@ mod tests {
     #[test]
     fn the_gauge_measures_others_over_bounded_windows() {
         let mut g = LoadGauge::default();
-        // 100 ticks per second: 2 CPUs fully busy for 500 ms are 100 busy ticks.
+        let t = |busy, total| CpuTicks {
+            busy,
+            total,
+            cpus: 2,
+        };
+        // 2 CPUs and 100 ticks a second: 500 ms are 100 ticks of the two together.
         assert_eq!(
-            g.update(1_000, 10_000, 500, 100),
+            g.update(1_000, t(10_000, 50_000), 500),
             Reading::Stale,
-            "first reading"
+            "first"
         );
-        assert_eq!(g.update(1_100, 10_020, 510, 100), Reading::TooSoon);
-        // The window still starts at 1 000 ms: 500 ms, 100 busy ticks, 45 of them ours.
-        let Reading::Others(o) = g.update(1_500, 10_100, 545, 100) else {
+        assert_eq!(g.update(1_100, t(10_020, 50_020), 510), Reading::TooSoon);
+        // The window still starts at 1 000 ms: 100 ticks passed, all busy, 45 of them ours.
+        let Reading::Others(o) = g.update(1_500, t(10_100, 50_100), 545) else {
             panic!("a reading")
         };
         assert!((o - 1.1).abs() < 1e-9, "{o}");
         // Nobody else: our own ticks are all the busy ones.
-        let Reading::Others(o) = g.update(2_000, 10_150, 595, 100) else {
+        let Reading::Others(o) = g.update(2_000, t(10_150, 50_200), 595) else {
             panic!("a reading")
         };
         assert!(o.abs() < 1e-9, "{o}");
         // A long quiet spell: the reading only starts a new window.
-        assert_eq!(g.update(9_000, 10_300, 600, 100), Reading::Stale);
+        assert_eq!(g.update(9_000, t(10_300, 51_600), 600), Reading::Stale);
         assert!(matches!(
-            g.update(9_250, 10_350, 600, 100),
+            g.update(9_250, t(10_350, 51_650), 600),
             Reading::Others(_)
         ));
-        // Counters that go backwards (should not happen) read as no load, not as a panic.
-        assert_eq!(g.update(9_500, 10_000, 0, 100), Reading::Others(0.0));
+        // Another set of CPUs (the affinity changed): a new window.
+        let three = CpuTicks {
+            busy: 10_400,
+            total: 51_800,
+            cpus: 3,
+        };
+        assert_eq!(g.update(9_500, three, 600), Reading::Stale);
+        // Counters that go backwards (should not happen) read as no load, not as a panic;
+        // no time passed at all is no reading.
+        let back = CpuTicks {
+            busy: 0,
+            total: 60_000,
+            cpus: 3,
+        };
+        assert_eq!(g.update(9_750, back, 0), Reading::Others(0.0));
+        assert_eq!(g.update(10_000, back, 0), Reading::Stale);
     }
 
     #[test]
@@ -417,17 +461,18 @@ mod tests {
                     cpu9 1 1 1 1 1 1 1 1 1 1\n";
         let mut one = CpuSet::new();
         one.set(1);
-        assert_eq!(busy_ticks(stat, &one), Some(630));
+        let ticks = |busy, total, cpus| Some(CpuTicks { busy, total, cpus });
+        assert_eq!(cpu_ticks(stat, &one), ticks(630, 6639, 1));
         one.set(0);
-        assert_eq!(busy_ticks(stat, &one), Some(630 + 426));
+        assert_eq!(cpu_ticks(stat, &one), ticks(630 + 426, 6639 + 5435, 2));
         let mut absent = CpuSet::new();
         absent.set(5);
-        assert_eq!(busy_ticks(stat, &absent), None);
-        assert_eq!(busy_ticks("", &one), None);
+        assert_eq!(cpu_ticks(stat, &absent), None);
+        assert_eq!(cpu_ticks("", &one), None);
         // This machine's own file parses, and so does this process's line.
         let real = std::fs::read_to_string("/proc/stat").unwrap();
         let own_set = rustix::thread::sched_getaffinity(None).unwrap();
-        assert!(busy_ticks(&real, &own_set).is_some());
+        assert!(cpu_ticks(&real, &own_set).is_some());
         let me = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert!(own_ticks(&me).is_some());
     }
