@@ -4,8 +4,8 @@
 //! listening socket per address (an `SO_REUSEPORT` group: the kernel spreads new connections
 //! over the workers' queues, instead of waking every worker for each connection on one shared
 //! socket; A/B in BENCHMARKS.md). Connections never move between threads, so nothing on the
-//! request path is contended. No more workers accept than the CPUs they may run on
-//! ([`placement`]). A connection limit is shared by all workers.
+//! request path is contended. No more workers accept than the CPUs they may run on and other
+//! processes leave free ([`placement`]). A connection limit is shared by all workers.
 
 pub mod conn;
 pub mod cork;

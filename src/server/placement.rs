@@ -1,4 +1,5 @@
-//! How many workers take new connections: no more than the CPUs the workers may run on.
+//! How many workers take new connections: no more than the CPUs the workers may run on and
+//! other processes leave free.
 //!
 //! Thread-per-core pays only while each worker has a CPU of its own. When the workers' CPU
 //! affinity allows fewer CPUs than there are workers (`taskset -a -p` on a running server, a
