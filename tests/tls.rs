@@ -659,10 +659,7 @@ fn cpu_ticks(tids: &[rustix::thread::Pid]) -> Vec<u64> {
             let stat =
                 std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero()))
                     .unwrap();
-            // after "(comm)": state is field 3; utime and stime are fields 14 and 15
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let f: Vec<&str> = rest.split(' ').collect();
-            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+            portcullis::server::placement::own_ticks(&stat).unwrap()
         })
         .collect()
 }

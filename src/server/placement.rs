@@ -336,7 +336,8 @@ pub fn cpu_ticks(stat: &str, set: &CpuSet) -> Option<CpuTicks> {
     (ticks.cpus > 0).then_some(ticks)
 }
 
-/// This process's user + system ticks, from the text of `/proc/self/stat`.
+/// The user + system ticks in the text of a `stat` file: `/proc/self/stat` for this process,
+/// `/proc/self/task/TID/stat` for one of its threads.
 pub fn own_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
