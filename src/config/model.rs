@@ -241,6 +241,9 @@ pub struct Site {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// TLS 1.3 early data (0-RTT) is accepted, with single-use session tickets.
     pub early_data: bool,
+    /// TLS 1.3 asks a client that supports X25519MLKEM768 but sent only a classical key share
+    /// for an ML-KEM share (HelloRetryRequest) instead of using the share it sent.
+    pub require_post_quantum: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
 }

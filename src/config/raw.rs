@@ -185,6 +185,10 @@ pub struct RawSite {
     /// Accept TLS 1.3 early data (0-RTT) from resuming clients: GET/HEAD/OPTIONS requests are
     /// answered one round trip sooner; other methods get 425 Too Early. Off by default.
     pub early_data: Option<bool>,
+    /// Insist on the post-quantum X25519MLKEM768 key exchange with every client that supports
+    /// it: one that sent only a classical key share is asked for an ML-KEM one (a
+    /// HelloRetryRequest, one more round trip). Off by default: such a client's share is used.
+    pub require_post_quantum: Option<bool>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }
@@ -273,6 +277,7 @@ impl Default for RawSite {
             remove_headers: Vec::new(),
             csp_upgrade_insecure_requests: None,
             early_data: None,
+            require_post_quantum: None,
             routes: Vec::new(),
         }
     }

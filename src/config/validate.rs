@@ -858,6 +858,7 @@ fn site(
     });
     let headers = headers(cx, &rs, name);
     let early_data = rs.early_data.unwrap_or(false);
+    let require_post_quantum = rs.require_post_quantum.unwrap_or(false);
     let routes = routes(cx, rs.routes, rs.root, name);
 
     let after = cx.problems.iter().filter(|p| p.is_error()).count();
@@ -872,6 +873,7 @@ fn site(
         acme_profile,
         headers,
         early_data,
+        require_post_quantum,
         routes,
     })
 }

@@ -35,6 +35,38 @@ static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 /// A fatal `no_application_protocol` alert (for `acme-tls/1` with no pending challenge).
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
+/// A fatal `decode_error` alert: a ClientHello larger than the 64 KiB rustls buffers.
+const ALERT_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+
+/// How long, and for how many bytes, a refused client's remaining input is read and dropped
+/// after the alert (see [`linger_close`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes a refused connection so that its alert arrives: the write side is shut (FIN after
+/// the alert), and what the client still sends is read and dropped for a moment. Closing
+/// with unread input instead makes the kernel answer with a reset, which can discard the
+/// alert before the client reads it ("connection reset" instead of the alert's reason).
+async fn linger_close(tcp: &TcpStream) {
+    let _ = rustix::net::shutdown(tcp, rustix::net::Shutdown::Write);
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
 /// `std::io` adapters over a non-blocking tokio socket, for rustls (readiness is handled by
 /// tokio: `try_read`/`try_write` clear it on `WouldBlock`, and a short read clears it too).
 pub(super) struct SyncIo<'a>(pub(super) &'a TcpStream);
@@ -78,6 +110,14 @@ async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Opti
             Ok(0) => return Ok(None),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // rustls's buffer is full: a ClientHello over 64 KiB (its limit, and far
+                // beyond any real client's).
+                tracing::debug!(%peer, error = %e, "TLS handshake refused: ClientHello too large");
+                let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
+                linger_close(tcp).await;
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         }
         match acceptor.accept() {
@@ -87,6 +127,7 @@ async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Opti
                 tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
                 // Best effort: the alert is a few bytes, the socket buffer is empty.
                 let _ = alert.write(&mut SyncIo(tcp));
+                linger_close(tcp).await;
                 return Ok(None);
             }
         }

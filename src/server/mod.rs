@@ -229,7 +229,7 @@ impl Server {
             };
             configs.push(
                 shared
-                    .site_config(serving, site.early_data)
+                    .site_config(serving, site.early_data, site.require_post_quantum)
                     .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
             );
             certs.push(resolver);

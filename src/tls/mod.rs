@@ -138,6 +138,7 @@ impl TlsShared {
         &self,
         certs: Arc<dyn rustls::server::ResolvesServerCert>,
         early_data: bool,
+        require_post_quantum: bool,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.profile.versions())?
@@ -145,6 +146,10 @@ impl TlsShared {
             .with_cert_resolver(certs);
         cfg.alpn_protocols = self.alpn.clone();
         cfg.ignore_client_order = self.server_order;
+        // A TLS 1.3 client that lists X25519MLKEM768 first but sent only an X25519 (or P-256)
+        // share gets that share used, as Go and BoringSSL do, instead of a HelloRetryRequest;
+        // `require_post_quantum` keeps the retry for ML-KEM.
+        cfg.prefer_sent_key_share = !require_post_quantum;
         cfg.session_storage = self.session_cache.clone();
         match &self.ticketer {
             // Early-data sites keep rustls's default: no tickets (stateful sessions only).

@@ -9,7 +9,7 @@ use kernel::KernelConnection;
 
 use crate::common_state::{CommonState, Context, DEFAULT_BUFFER_LIMIT, IoState, State};
 use crate::enums::{AlertDescription, ContentType, ProtocolVersion};
-use crate::error::{Error, PeerMisbehaved};
+use crate::error::{Error, InvalidMessage, PeerMisbehaved}; // portcullis: MessageTooLarge
 use crate::log::trace;
 use crate::msgs::deframer::DeframerIter;
 use crate::msgs::deframer::buffers::{BufferProgress, DeframerVecBuffer, Delocator, Locator};
@@ -1086,10 +1086,22 @@ impl<Data> ConnectionCore<Data> {
                 // types.  That is, if a handshake message is split over two or more
                 // records, there MUST NOT be any other records between them."
                 // https://www.rfc-editor.org/rfc/rfc8446#section-5.1
-                return Err(PeerMisbehaved::MessageInterleavedWithHandshakeMessage.into());
+                // portcullis: with an `unexpected_message` alert, not a silent close.
+                return Err(self.common_state.send_fatal_alert(
+                    AlertDescription::UnexpectedMessage,
+                    PeerMisbehaved::MessageInterleavedWithHandshakeMessage,
+                ));
             }
 
             match message.payload.len() {
+                // portcullis: an empty Handshake or Alert content is refused with
+                // `unexpected_message` (RFC 8446 §5.4; RFC 5246 §6.2.1 forbids them too).
+                0 if matches!(message.typ, ContentType::Handshake | ContentType::Alert) => {
+                    return Err(self.common_state.send_fatal_alert(
+                        AlertDescription::UnexpectedMessage,
+                        PeerMisbehaved::TooManyEmptyFragments,
+                    ));
+                }
                 0 => {
                     if self.seen_consecutive_empty_fragments
                         == ALLOWED_CONSECUTIVE_EMPTY_FRAGMENTS_MAX
@@ -1123,7 +1135,11 @@ impl<Data> ConnectionCore<Data> {
             let message = unborrowed.reborrow(&Delocator::new(buffer));
             self.hs_deframer
                 .input_message(message, &locator, buffer_progress.processed());
-            self.hs_deframer.coalesce(buffer)?;
+            // portcullis: a handshake message over the 64 KiB limit gets `decode_error`
+            // before the close, as other undecodable input does.
+            if let Err(e) = self.hs_deframer.coalesce(buffer) {
+                return Err(self.handle_deframe_error(e.into(), state));
+            }
 
             self.common_state.aligned_handshake = self.hs_deframer.is_aligned();
 
@@ -1140,6 +1156,18 @@ impl<Data> ConnectionCore<Data> {
 
     fn handle_deframe_error(&mut self, error: Error, state: Option<&dyn State<Data>>) -> Error {
         match error {
+            // portcullis: a record longer than the protocol allows gets `record_overflow`
+            // (RFC 8446 §5.1, §5.2; RFC 5246 §6.2), not `decode_error`.
+            Error::InvalidMessage(InvalidMessage::MessageTooLarge) if !self.common_state.is_quic() => {
+                self.common_state
+                    .send_fatal_alert(AlertDescription::RecordOverflow, error)
+            }
+            // portcullis: an empty Handshake, Alert or ChangeCipherSpec record gets
+            // `unexpected_message`, as an empty inner plaintext does (RFC 8446 §5.4).
+            Error::InvalidMessage(InvalidMessage::InvalidEmptyPayload) if !self.common_state.is_quic() => {
+                self.common_state
+                    .send_fatal_alert(AlertDescription::UnexpectedMessage, error)
+            }
             error @ Error::InvalidMessage(_) => {
                 if self.common_state.is_quic() {
                     self.common_state.quic.alert = Some(AlertDescription::DecodeError);
@@ -1160,6 +1188,11 @@ impl<Data> ConnectionCore<Data> {
                     .send_fatal_alert(AlertDescription::BadRecordMac, error)
             }
             Error::PeerMisbehaved(PeerMisbehaved::IllegalMiddleboxChangeCipherSpec) => self
+                .common_state
+                .send_fatal_alert(AlertDescription::UnexpectedMessage, error),
+            // portcullis: an inner plaintext without a content type (RFC 8446 §5.4) ends with
+            // `unexpected_message`, not a silent close.
+            Error::PeerMisbehaved(PeerMisbehaved::IllegalTlsInnerPlaintext) => self
                 .common_state
                 .send_fatal_alert(AlertDescription::UnexpectedMessage, error),
 

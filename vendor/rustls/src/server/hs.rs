@@ -211,6 +211,12 @@ impl ExtensionProcessing {
             self.extensions.session_ticket_ack = Some(());
         }
 
+        // portcullis: answer ec_point_formats (uncompressed only) when the client sent it,
+        // for old clients that expect it (RFC 8422 §5.2).
+        if hello.ec_point_formats.is_some() {
+            self.extensions.ec_point_formats = Some(Default::default());
+        }
+
         // Confirm use of EMS if offered.
         if using_ems {
             self.extensions
@@ -716,6 +722,21 @@ pub(super) fn process_client_hello<'m>(
     let client_hello =
         require_handshake_msg!(m, HandshakeType::ClientHello, HandshakePayload::ClientHello)?;
     trace!("we got a clienthello {client_hello:?}");
+
+    // portcullis: versions first, so that a client we can never serve hears `protocol_version`
+    // whatever else its hello lacks: a legacy_version of SSL 3.0 or below (RFC 8446 Appendix
+    // D.5), or no offer of TLS 1.2 or 1.3 (Appendix D.2, RFC 5246 Appendix E.1).
+    let legacy = u16::from(client_hello.client_version);
+    let offers_12_or_13 = match &client_hello.supported_versions {
+        Some(versions) => versions.tls12 || versions.tls13,
+        None => legacy >= u16::from(ProtocolVersion::TLSv1_2),
+    };
+    if legacy <= u16::from(ProtocolVersion::SSLv3) || !offers_12_or_13 {
+        return Err(cx.common.send_fatal_alert(
+            AlertDescription::ProtocolVersion,
+            PeerIncompatible::Tls12NotOffered,
+        ));
+    }
 
     if !client_hello
         .compression_methods

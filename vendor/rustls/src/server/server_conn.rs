@@ -303,6 +303,11 @@ pub struct ServerConfig {
     /// which is supported by the client.
     pub ignore_client_order: bool,
 
+    /// portcullis: in TLS 1.3, when the client sent no key share for the group the server
+    /// would choose but did send one for another group both support, use that share instead
+    /// of a HelloRetryRequest. Default `false` (stock behaviour).
+    pub prefer_sent_key_share: bool,
+
     /// The maximum size of plaintext input to be emitted in a single TLS record.
     /// A value of None is equivalent to the [TLS maximum] of 16 kB.
     ///

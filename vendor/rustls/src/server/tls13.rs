@@ -157,8 +157,9 @@ mod client_hello {
                 .key_shares
                 .as_ref()
                 .ok_or_else(|| {
+                    // portcullis: `missing_extension`, as RFC 8446 §9.2 requires.
                     cx.common.send_fatal_alert(
-                        AlertDescription::HandshakeFailure,
+                        AlertDescription::MissingExtension,
                         PeerIncompatible::KeyShareExtensionRequired,
                     )
                 })?;
@@ -219,9 +220,31 @@ mod client_hello {
             }
 
             // See if there is a KeyShare for the selected kx group.
-            let chosen_share_and_kxg = shares_ext.iter().find_map(|share| {
+            let mut chosen_share_and_kxg = shares_ext.iter().find_map(|share| {
                 (share.group == selected_kxg.name()).then_some((share, selected_kxg))
             });
+
+            // portcullis: no share for the group chosen, but one for another group both sides
+            // support: use it (first in our order) rather than spend a round trip on a
+            // HelloRetryRequest, as Go and BoringSSL do, unless the config insists on its
+            // preferred group (`prefer_sent_key_share` off).
+            if chosen_share_and_kxg.is_none()
+                && self.config.prefer_sent_key_share
+                && self.previous_hello.is_none()
+            {
+                let offered = client_hello.named_groups.as_deref().unwrap_or_default();
+                chosen_share_and_kxg = self
+                    .config
+                    .provider
+                    .kx_groups
+                    .iter()
+                    .filter(|g| g.usable_for_version(ProtocolVersion::TLSv1_3))
+                    .filter(|g| offered.contains(&g.name()))
+                    .find_map(|g| shares_ext.iter().find(|s| s.group == g.name()).map(|s| (s, *g)));
+                if let Some((_, group)) = chosen_share_and_kxg {
+                    cx.common.kx_state = crate::common_state::KxState::Start(group);
+                }
+            }
 
             let Some(chosen_share_and_kxg) = chosen_share_and_kxg else {
                 // We don't have a suitable key share.  Send a HelloRetryRequest
@@ -376,6 +399,19 @@ mod client_hello {
             }
 
             let full_handshake = resumedata.is_none();
+            // portcullis: a certificate the client's signature algorithms cannot verify is
+            // refused before the key exchange, not after it (a scan costs no ECDH/ML-KEM).
+            if full_handshake
+                && server_key
+                    .get_key()
+                    .choose_scheme(&sigschemes_ext)
+                    .is_none()
+            {
+                return Err(cx.common.send_fatal_alert(
+                    AlertDescription::HandshakeFailure,
+                    PeerIncompatible::NoSignatureSchemesInCommon,
+                ));
+            }
             self.transcript.add_message(chm);
             let key_schedule = emit_server_hello(
                 &mut self.transcript,

@@ -326,7 +326,10 @@ pub(crate) fn decode_kx_params<'a, T: KxDecode<'a>>(
     kx_params: &'a [u8],
 ) -> Result<T, Error> {
     let mut rd = Reader::init(kx_params);
-    let kx_params = T::decode(&mut rd, kx_algorithm)?;
+    // portcullis: undecodable key exchange parameters (e.g. a truncated ECDH public value)
+    // get `decode_error` (RFC 5246 §7.2.2), not a silent close.
+    let kx_params = T::decode(&mut rd, kx_algorithm)
+        .map_err(|e| common.send_fatal_alert(AlertDescription::DecodeError, e))?;
     match rd.any_left() {
         false => Ok(kx_params),
         true => Err(common.send_fatal_alert(

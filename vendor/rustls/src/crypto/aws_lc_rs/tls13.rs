@@ -267,6 +267,11 @@ impl MessageDecrypter for AeadMessageDecrypter {
         if payload.len() < self.dec_key.algorithm().tag_len() {
             return Err(Error::DecryptError);
         }
+        // portcullis: a TLSCiphertext longer than 2^14 + 256 bytes gets `record_overflow`,
+        // not `bad_record_mac` (RFC 8446 §5.2), and costs no decryption.
+        if payload.len() > crate::msgs::fragmenter::MAX_FRAGMENT_LEN + 256 {
+            return Err(Error::PeerSentOversizedRecord);
+        }
 
         let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
         let aad = aead::Aad::from(make_tls13_aad(payload.len()));
@@ -330,6 +335,11 @@ impl MessageDecrypter for GcmMessageDecrypter {
         let payload = &mut msg.payload;
         if payload.len() < self.dec_key.algorithm().tag_len() {
             return Err(Error::DecryptError);
+        }
+        // portcullis: a TLSCiphertext longer than 2^14 + 256 bytes gets `record_overflow`,
+        // not `bad_record_mac` (RFC 8446 §5.2), and costs no decryption.
+        if payload.len() > crate::msgs::fragmenter::MAX_FRAGMENT_LEN + 256 {
+            return Err(Error::PeerSentOversizedRecord);
         }
 
         let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
