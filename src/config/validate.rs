@@ -397,11 +397,129 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
         }
     }
     let public_https_port = raw.public_https_port.as_ref().map(|p| *p.get_ref());
-    Listen {
+    let listen = Listen {
         https,
         http,
         public_https_port,
         ipv6_optional,
+    };
+    if cx.mode == Mode::Check && !cx.problems.iter().any(Problem::is_error) {
+        probe_listeners(cx, raw, ov, &listen);
+    }
+    listen
+}
+
+/// `check`: binds each listener for a moment, as `serve` will, and reports a port another
+/// process holds (one line per address). A privileged port this user may not bind cannot be
+/// tested; `check` often runs as another user than the service, so that is one warning for
+/// all such ports, not an error.
+fn probe_listeners(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides, listen: &Listen) {
+    let mut denied: Vec<String> = Vec::new();
+    let mut denied_at = None;
+    for (addrs, what) in [(&listen.https, "https"), (&listen.http, "http")] {
+        for &addr in addrs {
+            if addr.port() == 0 {
+                continue;
+            }
+            let Err(e) = crate::server::listener::probe(addr, what) else {
+                continue;
+            };
+            if listen.ipv6_optional && e.is_no_ipv6() {
+                // `serve` skips default IPv6 listeners on hosts without IPv6, with a note.
+                continue;
+            }
+            let (loc, setting) = listen_source(cx, raw, ov, addr, what);
+            let (ip, port) = (addr.ip(), addr.port());
+            match e.err.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    let p = format!("{port} ({what})");
+                    if !denied.contains(&p) {
+                        denied.push(p);
+                    }
+                    denied_at.get_or_insert(loc);
+                }
+                std::io::ErrorKind::AddrInUse => cx.err(
+                    loc,
+                    format!("port {port} ({what}) on {ip} is in use by another process (see: ss -ltnp 'sport = :{port}')"),
+                    format!("stop it or choose another port with {setting}"),
+                ),
+                std::io::ErrorKind::AddrNotAvailable => cx.err(
+                    loc,
+                    format!("cannot listen on {addr} ({what}): this machine has no such address"),
+                    format!("use one of its addresses, or 0.0.0.0 / [::], in {setting}"),
+                ),
+                _ => cx.err(
+                    loc,
+                    format!("cannot listen on {addr} ({what}): {}", e.err),
+                    format!("fix the cause, or choose another address with {setting}"),
+                ),
+            }
+        }
+    }
+    if let Some(loc) = denied_at {
+        let s = if denied.len() > 1 { "s" } else { "" };
+        cx.problems.push(
+            Problem::warning(
+                loc,
+                format!(
+                    "port{s} {}: permission denied for this user, so check could not test whether {} free; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability",
+                    denied.join(", "),
+                    if denied.len() > 1 { "they are" } else { "it is" }
+                ),
+            )
+            .fix("run check as the user portcullis serves as, or give portcullis the capability: sudo setcap cap_net_bind_service=+ep $(command -v portcullis)"),
+        );
+    }
+}
+
+/// Where a listener address was set (its line, or the flag), and the setting that changes it.
+fn listen_source(
+    cx: &Ctx<'_>,
+    raw: &RawListen,
+    ov: &Overrides,
+    addr: SocketAddr,
+    what: &str,
+) -> (Location, String) {
+    let (list, from_flag, port_flag, list_flag) = if what == "https" {
+        (
+            raw.https.as_ref(),
+            !ov.https_listen.is_empty(),
+            ov.https_port.is_some(),
+            "--listen",
+        )
+    } else {
+        (
+            raw.http.as_ref(),
+            !ov.http_listen.is_empty(),
+            ov.http_port.is_some(),
+            "--http-listen",
+        )
+    };
+    let port_name = format!("--{what}-port");
+    if port_flag {
+        return (Location::Flag(port_name.clone()), port_name);
+    }
+    if from_flag {
+        return (Location::Flag(list_flag.into()), list_flag.into());
+    }
+    let key = format!("listen.{what}");
+    match list {
+        Some(list) => {
+            let entry = list
+                .get_ref()
+                .iter()
+                .find(|a| a.get_ref().parse::<SocketAddr>() == Ok(addr));
+            let loc = match entry {
+                Some(e) => cx.loc(e, ""),
+                None => cx.loc(list, ""),
+            };
+            (loc, key)
+        }
+        // The default listeners: the file (or the command line) as a whole.
+        None => (
+            cx.source.locate(0..0, &port_name),
+            format!("{key} (or {port_name})"),
+        ),
     }
 }
 
