@@ -961,7 +961,7 @@ fn site(
     }
 
     let certs = site_certs(cx, &rs, name, &hosts);
-    let ocsp_staple = ocsp_staple(cx, &rs, name, certs.as_ref());
+    let ocsp_staples = ocsp_staples(cx, &rs, name, certs.as_ref());
     let acme_profile = rs.profile.as_ref().and_then(|p| {
         if !matches!(certs, Some(SiteCertSource::Acme)) {
             let loc = cx.loc(p, "");
@@ -986,7 +986,7 @@ fn site(
         name: name.to_string(),
         hosts,
         certs: certs?,
-        ocsp_staple,
+        ocsp_staples,
         acme_profile,
         headers,
         early_data,
@@ -1148,92 +1148,210 @@ fn site_certs(
     Some(SiteCertSource::Files(loaded))
 }
 
-/// `ocsp_staple = "file"`: a DER OCSP response that must verify for one of the site's chains.
-fn ocsp_staple(
+/// OCSP staple files. A `certs` entry's own `ocsp_staple` must be for that entry's
+/// certificate. The site's `ocsp_staple` is for whichever of the site's chains without a file
+/// of their own it is about (with one chain: that chain); the chains it is not about are left
+/// to fetching. A file for none of them is an error naming the file and the certificates.
+fn ocsp_staples(
     cx: &mut Ctx<'_>,
     rs: &RawSite,
     name: &str,
     certs: Option<&SiteCertSource>,
-) -> Option<std::path::PathBuf> {
-    let raw = rs.ocsp_staple.as_ref()?;
-    let loc = cx.loc(raw, "");
-    let path = cx.path(raw.get_ref());
+) -> Vec<OcspStapleFile> {
     let Some(SiteCertSource::Files(chains)) = certs else {
-        if certs.is_some() {
+        if let (Some(_), Some(raw)) = (certs, &rs.ocsp_staple) {
+            let loc = cx.loc(raw, "");
             cx.err(
                 loc,
                 format!("site {name:?}: ocsp_staple needs cert/key files"),
                 "automatic certificates get their OCSP responses fetched; remove ocsp_staple",
             );
         }
-        return None;
+        return Vec::new();
     };
-    let der = match std::fs::read(&path) {
-        Ok(d) => d,
+    // Each chain's own file, in the order the chains were listed: `cert`/`key` first.
+    let own: Vec<Option<&Spanned<String>>> = rs
+        .cert
+        .iter()
+        .map(|_| None)
+        .chain(rs.certs.iter().map(|p| p.ocsp_staple.as_ref()))
+        .collect();
+    if own.len() != chains.len() {
+        // A pair did not load; that is reported already.
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (lc, raw) in chains.iter().zip(&own) {
+        let Some(raw) = raw else { continue };
+        let loc = cx.loc(raw, "");
+        let path = cx.path(raw.get_ref());
+        let Some(der) = read_staple(cx, &loc, name, &path) else {
+            continue;
+        };
+        if let Some(leaf) = staple_verifies(cx, &loc, name, &path, &der, lc) {
+            out.push(OcspStapleFile { leaf, path });
+        }
+    }
+    let Some(raw) = &rs.ocsp_staple else {
+        return out;
+    };
+    let loc = cx.loc(raw, "");
+    let path = cx.path(raw.get_ref());
+    let Some(der) = read_staple(cx, &loc, name, &path) else {
+        return out;
+    };
+    let free: Vec<&LoadedCert> = chains
+        .iter()
+        .zip(&own)
+        .filter(|(_, own)| own.is_none())
+        .map(|(lc, _)| lc)
+        .collect();
+    let about = |lc: &LoadedCert| -> Result<bool, crate::tls::ocsp::OcspError> {
+        match (lc.certified.cert.first(), lc.certified.cert.get(1)) {
+            (Some(leaf), Some(issuer)) => crate::tls::ocsp::is_for(&der, leaf, issuer),
+            _ => Ok(false),
+        }
+    };
+    let mut targets = Vec::new();
+    let mut unreadable = None;
+    for lc in &free {
+        match about(lc) {
+            Ok(true) => targets.push(*lc),
+            Ok(false) => {}
+            Err(e) => {
+                unreadable.get_or_insert(e);
+            }
+        }
+    }
+    if targets.is_empty() && free.len() == 1 {
+        // One candidate: the checks below say what is wrong with the file for it.
+        targets = free.clone();
+    }
+    if targets.is_empty() {
+        let list = |certs: &mut dyn Iterator<Item = &LoadedCert>| {
+            certs
+                .map(|lc| lc.info.cert_path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (message, fix) = if let Some(e) = unreadable {
+            (
+                format!("site {name:?}: ocsp_staple {} cannot be stapled: {e}", path.display()),
+                "write a current DER response for one of the site's certificates there (e.g. openssl ocsp -respout)".to_string(),
+            )
+        } else if free.is_empty() {
+            (
+                format!("site {name:?}: ocsp_staple {} has no certificate to staple: every entry of certs has its own ocsp_staple, and so does none of cert/key", path.display()),
+                "remove ocsp_staple, or move it into the certs entry it is for".to_string(),
+            )
+        } else if chains.iter().any(|lc| about(lc).unwrap_or(false)) {
+            (
+                format!(
+                    "site {name:?}: ocsp_staple {} is for a certificate that has its own ocsp_staple in certs",
+                    path.display()
+                ),
+                "remove one of the two".to_string(),
+            )
+        } else {
+            (
+                format!(
+                    "site {name:?}: ocsp_staple {} is for none of the site's certificates ({})",
+                    path.display(),
+                    list(&mut free.iter().copied())
+                ),
+                "write the DER OCSP response of one of them there (e.g. openssl ocsp -respout), or give each entry of certs its own ocsp_staple".to_string(),
+            )
+        };
+        cx.err(loc, message, fix);
+        return out;
+    }
+    for lc in targets {
+        if let Some(leaf) = staple_verifies(cx, &loc, name, &path, &der, lc) {
+            out.push(OcspStapleFile {
+                leaf,
+                path: path.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn read_staple(cx: &mut Ctx<'_>, loc: &Location, name: &str, path: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(d) => Some(d),
         Err(e) => {
             cx.err(
-                loc,
+                loc.clone(),
                 format!(
                     "site {name:?}: cannot read ocsp_staple {}: {e}",
                     path.display()
                 ),
                 "fix the path, or remove ocsp_staple to fetch responses from the CA",
             );
-            return None;
-        }
-    };
-    let now = certs::unix_now();
-    let mut first_error = None;
-    for lc in chains {
-        let (Some(leaf), Some(issuer)) = (lc.certified.cert.first(), lc.certified.cert.get(1))
-        else {
-            continue;
-        };
-        match crate::tls::ocsp::verify(&der, leaf, issuer, now) {
-            Ok(v) => {
-                if v.state != crate::tls::ocsp::CertState::Good {
-                    cx.err(
-                        loc,
-                        format!(
-                            "site {name:?}: ocsp_staple {} says the certificate is {:?}",
-                            path.display(),
-                            v.state
-                        ),
-                        "replace the certificate; a revoked one must not be served",
-                    );
-                    return None;
-                }
-                return Some(path);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            None
         }
     }
-    let why = first_error.map_or_else(
-        || "no chain with its issuer certificate to check it against".to_string(),
-        |e| e.to_string(),
-    );
+}
+
+/// Checks the staple file `der` against the chain `lc`: the leaf (DER) to staple it on when it
+/// verifies and says good, or (serving) has merely expired, which is a warning; otherwise an
+/// error and `None`.
+fn staple_verifies(
+    cx: &mut Ctx<'_>,
+    loc: &Location,
+    name: &str,
+    path: &Path,
+    der: &[u8],
+    lc: &LoadedCert,
+) -> Option<Vec<u8>> {
+    let cert = lc.info.cert_path.display();
+    let (Some(leaf), Some(issuer)) = (lc.certified.cert.first(), lc.certified.cert.get(1)) else {
+        cx.err(
+            loc.clone(),
+            format!(
+                "site {name:?}: ocsp_staple {} cannot be checked: {cert} has no issuer certificate after the leaf",
+                path.display()
+            ),
+            "append the intermediate certificate to the cert file",
+        );
+        return None;
+    };
+    let why = match crate::tls::ocsp::verify(der, leaf, issuer, certs::unix_now()) {
+        Ok(v) if v.state == crate::tls::ocsp::CertState::Good => {
+            return Some(leaf.as_ref().to_vec())
+        }
+        Ok(v) => {
+            cx.err(
+                loc.clone(),
+                format!(
+                    "site {name:?}: ocsp_staple {} says {cert} is {:?}",
+                    path.display(),
+                    v.state
+                ),
+                "replace the certificate; a revoked one must not be served",
+            );
+            return None;
+        }
+        Err(e) => e.to_string(),
+    };
     let expired = why.contains("expired");
-    let problem = Problem {
-        severity: if expired && cx.mode == Mode::Serve {
-            Severity::Warning
-        } else {
-            Severity::Error
-        },
-        location: loc,
+    let severity = if expired && cx.mode == Mode::Serve {
+        Severity::Warning
+    } else {
+        Severity::Error
+    };
+    cx.problems.push(Problem {
+        severity,
+        location: loc.clone(),
         message: format!(
-            "site {name:?}: ocsp_staple {} cannot be stapled: {why}",
+            "site {name:?}: ocsp_staple {} cannot be stapled on {cert}: {why}",
             path.display()
         ),
-        fix: Some(
-            "write a current DER response for this certificate there (e.g. openssl ocsp -respout)"
-                .into(),
-        ),
-    };
-    let keep = problem.severity == Severity::Warning;
-    cx.problems.push(problem);
-    keep.then_some(path)
+        fix: Some(format!(
+            "write a current DER response for {cert} there (e.g. openssl ocsp -respout)"
+        )),
+    });
+    (severity == Severity::Warning).then(|| leaf.as_ref().to_vec())
 }
 
 fn header_value(cx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<HeaderValue> {
