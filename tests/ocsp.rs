@@ -687,8 +687,8 @@ fn each_chain_of_a_dual_certificate_site_gets_its_own_fetched_response() {
     assert_no_error_logged(p);
 }
 
-/// A staple file for none of a dual site's certificates, or a pair's own file for another
-/// certificate, is an error naming the file and what to do.
+/// A staple file for none of a dual site's certificates, a pair's own file for another
+/// certificate, or two files for one certificate is an error naming the file and what to do.
 #[test]
 fn check_rejects_staple_files_that_are_not_for_their_chains() {
     let s = setup(false, 60, false);
@@ -731,8 +731,19 @@ fn check_rejects_staple_files_that_are_not_for_their_chains() {
         "{line}"
     );
 
-    // Right files pass.
+    // The RSA chain's response twice: on the site and in the RSA pair.
     response_file_for(&s, "certs/ocsp-rsa.pem", "rsa.der");
+    let cfg = s.config(&dual_site(
+        "ocsp_staple = \"rsa.der\"\n",
+        ", ocsp_staple = \"rsa.der\"",
+    ));
+    let (ok, err) = check_config(&cfg);
+    assert!(
+        !ok && err.contains("which has its own ocsp_staple") && err.contains("remove one"),
+        "{err}"
+    );
+
+    // Right files pass.
     let cfg = s.config(&dual_site(
         "ocsp_staple = \"ecdsa.der\"\n",
         ", ocsp_staple = \"rsa.der\"",

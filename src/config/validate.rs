@@ -1223,43 +1223,51 @@ fn ocsp_staples(
             }
         }
     }
+    if targets.is_empty() {
+        let taken = chains
+            .iter()
+            .zip(&own)
+            .find(|(lc, own)| own.is_some() && about(lc).unwrap_or(false));
+        if let Some((lc, _)) = taken {
+            cx.err(
+                loc,
+                format!(
+                    "site {name:?}: ocsp_staple {} is for {}, which has its own ocsp_staple in certs",
+                    path.display(),
+                    lc.info.cert_path.display()
+                ),
+                "remove one of the two",
+            );
+            return out;
+        }
+    }
     if targets.is_empty() && free.len() == 1 {
         // One candidate: the checks below say what is wrong with the file for it.
         targets = free.clone();
     }
     if targets.is_empty() {
-        let list = |certs: &mut dyn Iterator<Item = &LoadedCert>| {
-            certs
-                .map(|lc| lc.info.cert_path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let (message, fix) = if let Some(e) = unreadable {
             (
                 format!("site {name:?}: ocsp_staple {} cannot be stapled: {e}", path.display()),
-                "write a current DER response for one of the site's certificates there (e.g. openssl ocsp -respout)".to_string(),
+                "write a current DER response for one of the site's certificates there (e.g. openssl ocsp -respout)",
             )
         } else if free.is_empty() {
             (
-                format!("site {name:?}: ocsp_staple {} has no certificate to staple: every entry of certs has its own ocsp_staple, and so does none of cert/key", path.display()),
-                "remove ocsp_staple, or move it into the certs entry it is for".to_string(),
-            )
-        } else if chains.iter().any(|lc| about(lc).unwrap_or(false)) {
-            (
-                format!(
-                    "site {name:?}: ocsp_staple {} is for a certificate that has its own ocsp_staple in certs",
-                    path.display()
-                ),
-                "remove one of the two".to_string(),
+                format!("site {name:?}: ocsp_staple {} has no certificate left to staple: every entry of certs has its own ocsp_staple", path.display()),
+                "remove the site's ocsp_staple",
             )
         } else {
+            let certs: Vec<String> = free
+                .iter()
+                .map(|lc| lc.info.cert_path.display().to_string())
+                .collect();
             (
                 format!(
                     "site {name:?}: ocsp_staple {} is for none of the site's certificates ({})",
                     path.display(),
-                    list(&mut free.iter().copied())
+                    certs.join(", ")
                 ),
-                "write the DER OCSP response of one of them there (e.g. openssl ocsp -respout), or give each entry of certs its own ocsp_staple".to_string(),
+                "write the DER OCSP response of one of them there (e.g. openssl ocsp -respout), or give each entry of certs its own ocsp_staple",
             )
         };
         cx.err(loc, message, fix);
