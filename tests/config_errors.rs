@@ -451,8 +451,17 @@ fn check_reports_a_port_in_use_by_another_process() {
         .unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.starts_with("--https-port: error:"), "{line}");
 
+    // Reported together with the other problems of the file.
+    let path = env.write_config_raw(&text.replace("workers = 1", "workers = 0"));
+    let (ok, out) = check_config(&path);
+    assert!(
+        !ok && out.contains("workers = 0") && out.contains("in use by another process"),
+        "{out}"
+    );
+
     // Free ports pass.
     drop((busy_https, busy_http));
+    let path = env.write_config_raw(&text);
     let (ok, out) = check_config(&path);
     assert!(ok, "{out}");
     assert!(!out.contains("in use"), "{out}");

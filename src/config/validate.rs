@@ -327,6 +327,7 @@ fn defaults(port: u16) -> Vec<SocketAddr> {
 }
 
 fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
+    let errors_before = cx.problems.iter().filter(|p| p.is_error()).count();
     let mut ipv6_optional = false;
     let mut https = if !ov.https_listen.is_empty() {
         ov.https_listen.clone()
@@ -403,7 +404,9 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
         public_https_port,
         ipv6_optional,
     };
-    if cx.mode == Mode::Check && !cx.problems.iter().any(Problem::is_error) {
+    // Addresses that are wrong already (unparsable, overlapping) are not probed.
+    let errors = cx.problems.iter().filter(|p| p.is_error()).count();
+    if cx.mode == Mode::Check && errors == errors_before {
         probe_listeners(cx, raw, ov, &listen);
     }
     listen
