@@ -78,8 +78,9 @@ impl RedirectService {
             // HTTP/1.0 has no Host requirement (old clients, health checks): such a request
             // goes to the default site's own name, as nginx's `server_name` would have it.
             None if req.version() == Version::HTTP_10 => {
-                match &self.front.sites[self.front.default_site].own_name {
-                    Some(name) => name.as_str(),
+                let default = self.front.sites.get(self.front.default_site);
+                match default.and_then(|s| s.own_name.as_deref()) {
+                    Some(name) => name,
                     None => {
                         return pages::error_because(
                             StatusCode::BAD_REQUEST,
