@@ -378,6 +378,95 @@ fn port_already_in_use_is_reported_by_server_start() {
     assert!(!err.contains('\n'), "one line: {err}");
 }
 
+/// `check` binds every listener for a moment, as `serve` would: a port another process listens
+/// on is an error (exit 1) on the line of the address, naming the port, the listener and what
+/// to do, one line per address; the same config passes once the ports are free.
+#[test]
+fn check_reports_a_port_in_use_by_another_process() {
+    let hold = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    };
+    let (busy_https, https_port) = hold();
+    let (busy_http, http_port) = hold();
+    let env = TestEnv::new();
+    // HTTPS on the held port's own address; HTTP on every address (0.0.0.0 covers 127.0.0.1,
+    // so the kernel refuses it too).
+    let config = |https: u16, http: u16| {
+        format!(
+            "workers = 1\ndata_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nhttp = [\n  \"0.0.0.0:{http}\",\n]\n{ONE_SITE}"
+        )
+    };
+    let text = config(https_port, http_port);
+    let path = env.write_config_raw(&text);
+    let (ok, out) = check_config(&path);
+    assert!(!ok, "check passed with ports in use:\n{out}");
+    let in_use: Vec<&str> = out.lines().filter(|l| l.contains("in use")).collect();
+    assert_eq!(in_use.len(), 2, "one line per listener:\n{out}");
+    let https = in_use
+        .iter()
+        .find(|l| l.contains("(https)"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        https.starts_with(&loc(&path, line_of(&text, "https = "))),
+        "{https}"
+    );
+    assert!(
+        https.contains(&format!(
+            "port {https_port} (https) on 127.0.0.1 is in use by another process"
+        )) && https.contains("listen.https")
+            && https.contains("stop it or choose another port"),
+        "{https}"
+    );
+    let http = in_use
+        .iter()
+        .find(|l| l.contains("(http)"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        http.starts_with(&loc(&path, line_of(&text, "\"0.0.0.0:"))),
+        "{http}"
+    );
+    assert!(
+        http.contains(&format!(
+            "port {http_port} (http) on 0.0.0.0 is in use by another process"
+        )) && http.contains("listen.http"),
+        "{http}"
+    );
+    assert!(out.contains("2 error(s)"), "{out}");
+
+    // A port given by a flag: the flag is named.
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .args(["--https-port", &https_port.to_string(), "--no-http"]),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("in use"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.starts_with("--https-port: error:"), "{line}");
+
+    // Reported together with the other problems of the file.
+    let path = env.write_config_raw(&text.replace("workers = 1", "workers = 0"));
+    let (ok, out) = check_config(&path);
+    assert!(
+        !ok && out.contains("workers = 0") && out.contains("in use by another process"),
+        "{out}"
+    );
+
+    // Free ports pass.
+    drop((busy_https, busy_http));
+    let path = env.write_config_raw(&text);
+    let (ok, out) = check_config(&path);
+    assert!(ok, "{out}");
+    assert!(!out.contains("in use"), "{out}");
+}
+
 #[test]
 fn hsts_preload_without_include_subdomains_is_an_error() {
     let env = TestEnv::new();

@@ -822,6 +822,28 @@ async fn request_without_path_is_rst_protocol_error_and_connection_lives_on() {
     c.get_small(3).await;
 }
 
+/// §8.3.1: `:authority` may be left out, but then no `Host` names a site either: 400 (what
+/// HTTP/1.0 may do without Host does not apply), and the connection lives on.
+#[tokio::test]
+async fn request_without_authority_is_400() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.headers(
+        1,
+        &[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":path", "/small.txt"),
+        ],
+        true,
+    )
+    .await;
+    let (status, body) = c.expect_response(1).await;
+    assert_eq!(status, 400, "{}", c.trace_text());
+    assert_ne!(body, SMALL, "served without :authority");
+    c.get_small(3).await;
+}
+
 /// §5.1: RST_STREAM and WINDOW_UPDATE on an idle stream are connection errors of type
 /// PROTOCOL_ERROR (§6.4; only HEADERS and PRIORITY may arrive on an idle stream).
 #[tokio::test]

@@ -538,12 +538,62 @@ async fn port80_unknown_host_gets_400_and_no_location() {
         assert_eq!(r.status, 400, "Host: {host}");
         assert_eq!(r.header("location"), None, "no open redirect for {host}");
     }
-    // No Host at all (HTTP/1.0).
+    // No Host at all in HTTP/1.1.
+    let r = raw_tcp(srv.http(), b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400);
+    assert_eq!(r.header("location"), None);
+}
+
+/// HTTP/1.0 has no Host requirement (old clients, load-balancer health checks): without one,
+/// port 80 redirects to the default site's first name, as nginx does with its `server_name`,
+/// never to a name the client chose. HTTP/1.1 requires Host (400), and a default site with
+/// wildcard names only has no name to redirect to (400 saying what to send).
+#[tokio::test]
+async fn port80_http10_without_host_redirects_to_the_default_sites_name() {
+    let srv = start(SITES);
+    let port = srv.https.port();
+    let r = raw_tcp(srv.http(), b"GET /a/b?c=d HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location").map(str::to_string),
+        Some(format!("https://alpha.test:{port}/a/b?c=d"))
+    );
+    let post = raw_tcp(
+        srv.http(),
+        b"POST /form HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(post.status, 308);
+    assert_eq!(
+        post.header("location").map(str::to_string),
+        Some(format!("https://alpha.test:{port}/form"))
+    );
+
+    let srv = start(&with("[tls]\ndefault_site = \"beta\""));
+    let port = srv.https.port();
+    let r = raw_tcp(srv.http(), b"GET /x HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(
+        r.header("location").map(str::to_string),
+        Some(format!("https://beta.test:{port}/x"))
+    );
+
+    let srv = start(
+        "[[site]]\nname = \"wild\"\nhosts = [\"*.example.test\"]\ncert = \"certs/wild.pem\"\nkey = \"certs/wild.key\"\n[[site.route]]\npath = \"/\"\nrespond = { body = \"wild\" }\n",
+    );
     let r = raw_tcp(srv.http(), b"GET /x HTTP/1.0\r\n\r\n")
         .await
         .unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.header("location"), None);
+    assert!(r.text().contains("Host"), "{}", r.text());
 }
 
 #[tokio::test]
@@ -575,6 +625,75 @@ async fn port80_unknown_acme_challenge_is_404_not_redirected() {
     .unwrap();
     assert_eq!(r.status, 404);
     assert_eq!(r.header("location"), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests without Host
+// ---------------------------------------------------------------------------------------------
+
+/// HTTP/1.0 has no Host requirement: such a request is served by the site the TLS handshake
+/// chose (by SNI, or the default site without SNI), with that site's headers, as nginx does.
+#[tokio::test]
+async fn http10_without_host_is_served_by_the_site_the_handshake_chose() {
+    let srv = start(SITES);
+    let r = raw_tls(srv.https, Some(ALPHA), b"GET /hello HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, HELLO));
+    assert_security_headers("HTTP/1.0 without Host", |n| r.header(n).map(str::to_string));
+    let r = raw_tls(srv.https, Some(BETA), b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "beta"));
+    // No SNI: the default site, the first one unless tls.default_site says otherwise.
+    let r = raw_tls(srv.https, None, b"GET /hello HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, HELLO));
+    let srv = start(&with("[tls]\ndefault_site = \"beta\""));
+    let r = raw_tls(srv.https, None, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "beta"));
+}
+
+/// Without Host, `{host}` in a redirect route is the site's first name.
+#[tokio::test]
+async fn http10_without_host_fills_a_redirect_route_with_the_sites_first_name() {
+    let srv = start(
+        r#"
+[[site]]
+name = "alpha"
+hosts = ["www.alpha.test", "alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[[site.route]]
+path = "/"
+redirect = { to = "https://{host}/new{uri}", status = 301 }
+"#,
+    );
+    let r = raw_tls(srv.https, Some(ALPHA), b"GET /p?q HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://www.alpha.test/new/p?q"));
+}
+
+/// HTTP/1.1 requires Host (RFC 9112 §3.2): without it, 400 whatever the handshake said.
+#[tokio::test]
+async fn http11_without_host_is_400() {
+    let srv = start(SITES);
+    for sni in [Some(ALPHA), None] {
+        let r = raw_tls(
+            srv.https,
+            sni,
+            b"GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 400, "SNI {sni:?}");
+        assert!(!r.text().contains(HELLO), "{}", r.text());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -454,14 +454,20 @@ fn a_cached_response_is_stapled_at_once_after_a_restart_without_the_responder() 
     assert_eq!(s.responder.hits.load(Ordering::SeqCst), hits);
 }
 
-/// Asks the responder fixture once for a response to `leaf` and stores it in `path`.
+/// Asks the responder fixture once for a response to the leaf (`certs/ocsp.pem`) and stores it
+/// in `path`.
 fn response_file(s: &Setup, path: &str) -> PathBuf {
+    response_file_for(s, "certs/ocsp.pem", path)
+}
+
+/// [`response_file`] for the leaf in `cert` (relative to the test directory).
+fn response_file_for(s: &Setup, cert: &str, path: &str) -> PathBuf {
     let req = s.env.write("req.der", {
         let out = Command::new("openssl")
             .args(["ocsp", "-no_nonce", "-reqout", "/dev/stdout", "-issuer"])
             .arg(s.env.path("ca.pem"))
             .arg("-cert")
-            .arg(s.env.path("certs/ocsp.pem"))
+            .arg(s.env.path(cert))
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
@@ -522,6 +528,228 @@ fn check_rejects_a_staple_file_for_another_certificate() {
         !ok && err.contains("ocsp_staple needs cert/key files"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A site with an ECDSA and an RSA chain
+// ---------------------------------------------------------------------------------------------
+
+/// Writes an RSA leaf naming the responder, `certs/ocsp-rsa.{pem,key}`, beside the ECDSA one
+/// of [`setup`], and returns it.
+fn rsa_leaf(s: &Setup) -> Leaf {
+    let rsa = pki().leaf_with_ocsp_of(Alg::Rsa, &[ALPHA], &s.responder.url, false);
+    s.env.write_chain("ocsp-rsa", &rsa);
+    rsa
+}
+
+/// The site keys of a dual-chain site: `extra` for the site (e.g. its `ocsp_staple`), and
+/// `rsa_extra` inside the RSA pair's `certs` entry.
+fn dual_site(extra: &str, rsa_extra: &str) -> String {
+    format!(
+        "{extra}certs = [{{ cert = \"certs/ocsp-rsa.pem\", key = \"certs/ocsp-rsa.key\"{rsa_extra} }}]\n"
+    )
+}
+
+/// One handshake by `openssl s_client -status` offering only `sigalgs`: its stdout, which has
+/// the served certificate's subject and the stapled response.
+fn s_client_offering(s: &Setup, addr: SocketAddr, sigalgs: &str) -> String {
+    let out = run_with_timeout(
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-status",
+                "-servername",
+                ALPHA,
+                "-sigalgs",
+                sigalgs,
+            ])
+            .arg("-connect")
+            .arg(addr.to_string())
+            .arg("-CAfile")
+            .arg(s.env.path("certs/root.pem"))
+            .stdin(Stdio::null()),
+        IO_TIMEOUT,
+    );
+    text(&out.stdout)
+}
+
+const ECDSA_ONLY: &str = "ecdsa_secp256r1_sha256";
+const RSA_ONLY: &str = "rsa_pss_rsae_sha256:rsa_pkcs1_sha256";
+
+/// The client offering `sigalgs` is served `leaf` (its key type) with a good staple for that
+/// very certificate (the response's serial is the leaf's).
+fn assert_staple_of(s: &Setup, addr: SocketAddr, sigalgs: &str, leaf: &Leaf, kind: &str) {
+    let out = s_client_offering(s, addr, sigalgs);
+    assert!(
+        out.contains(&format!("{ALPHA} ({kind})")),
+        "not served the {kind} certificate:\n{out}"
+    );
+    assert_good_staple(&out);
+    let serial = cert_serial(&leaf.der);
+    let stapled: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Serial Number: "))
+        .collect();
+    assert_eq!(
+        stapled,
+        vec![serial.as_str()],
+        "the {kind} chain stapled another certificate's response:\n{out}"
+    );
+}
+
+/// Waits until `n` log lines contain `needle`.
+fn wait_log_count(p: &mut ServeProcess, needle: &str, n: usize, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while p.stderr.iter().filter(|l| l.contains(needle)).count() < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "fewer than {n} lines with {needle:?}:\n{}",
+            p.stderr.join("\n")
+        );
+        p.wait_for_line(needle, left);
+    }
+}
+
+/// Stops the server and asserts that it logged no ERROR line: the configuration was right.
+fn assert_no_error_logged(mut p: ServeProcess) {
+    p.signal("TERM");
+    p.wait_exit(Duration::from_secs(10));
+    p.drain(Duration::from_secs(5));
+    let errors: Vec<&String> = p.stderr.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR logged for a right configuration:\n{}",
+        p.stderr.join("\n")
+    );
+}
+
+/// Each chain staples its own file: the site's `ocsp_staple` is the ECDSA chain's response,
+/// the RSA pair has its own; nothing is fetched, and no ERROR is logged.
+#[test]
+fn each_chain_of_a_dual_certificate_site_staples_its_own_file() {
+    let s = setup(false, 60, false);
+    let rsa = rsa_leaf(&s);
+    response_file(&s, "ecdsa.der");
+    response_file_for(&s, "certs/ocsp-rsa.pem", "rsa.der");
+    s.responder.set_mode(Mode::Down);
+    let hits = s.responder.hits.load(Ordering::SeqCst);
+    let (mut p, addr) = s.serve(&dual_site(
+        "ocsp_staple = \"ecdsa.der\"\n",
+        ", ocsp_staple = \"rsa.der\"",
+    ));
+    wait_log_count(&mut p, "stapling the response from the staple file", 2, 10);
+    assert_staple_of(&s, addr, ECDSA_ONLY, &s.leaf, "ECDSA");
+    assert_staple_of(&s, addr, RSA_ONLY, &rsa, "RSA");
+    assert_eq!(
+        s.responder.hits.load(Ordering::SeqCst),
+        hits,
+        "fetched despite the files"
+    );
+    assert_no_error_logged(p);
+}
+
+/// The site's `ocsp_staple` applies to the chain whose certificate it is for (here the RSA
+/// one, the second); the other chain gets its response fetched, and no ERROR is logged.
+#[test]
+fn a_site_staple_file_serves_its_own_chain_and_the_other_is_fetched() {
+    let s = setup(false, 60, false);
+    let rsa = rsa_leaf(&s);
+    response_file_for(&s, "certs/ocsp-rsa.pem", "rsa.der");
+    let asked_before = s.responder.asked().len();
+    let (mut p, addr) = s.serve(&dual_site("ocsp_staple = \"rsa.der\"\n", ""));
+    wait_log(&mut p, "stapling the response from the staple file", 10);
+    wait_log(&mut p, "OCSP: stapling a good response", 15);
+    assert_staple_of(&s, addr, ECDSA_ONLY, &s.leaf, "ECDSA");
+    assert_staple_of(&s, addr, RSA_ONLY, &rsa, "RSA");
+    assert_eq!(
+        s.responder.asked()[asked_before..],
+        [cert_serial(&s.leaf.der)],
+        "only the ECDSA certificate is fetched for"
+    );
+    assert_no_error_logged(p);
+}
+
+/// Fetched responses are per certificate too: each chain staples the response for its own leaf.
+#[test]
+fn each_chain_of_a_dual_certificate_site_gets_its_own_fetched_response() {
+    let s = setup(true, 60, false);
+    let rsa = rsa_leaf(&s);
+    let (mut p, addr) = s.serve(&dual_site("", ""));
+    wait_log_count(&mut p, "OCSP: stapling a good response", 2, 15);
+    assert_staple_of(&s, addr, ECDSA_ONLY, &s.leaf, "ECDSA");
+    assert_staple_of(&s, addr, RSA_ONLY, &rsa, "RSA");
+    let mut asked = s.responder.asked();
+    asked.sort();
+    let mut want = vec![cert_serial(&s.leaf.der), cert_serial(&rsa.der)];
+    want.sort();
+    assert_eq!(asked, want);
+    assert_no_error_logged(p);
+}
+
+/// A staple file for none of a dual site's certificates, a pair's own file for another
+/// certificate, or two files for one certificate is an error naming the file and what to do.
+#[test]
+fn check_rejects_staple_files_that_are_not_for_their_chains() {
+    let s = setup(false, 60, false);
+    rsa_leaf(&s);
+    response_file(&s, "ecdsa.der");
+    // A response for a third certificate, which the site does not serve.
+    let other = pki().leaf_with_ocsp(&[ALPHA], &s.responder.url, false);
+    s.env.write_chain("other", &other);
+    response_file_for(&s, "certs/other.pem", "other.der");
+
+    let cfg = s.config(&dual_site("ocsp_staple = \"other.der\"\n", ""));
+    let (ok, err) = check_config(&cfg);
+    assert!(!ok, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("other.der"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("portcullis.toml:")
+            && line.contains("ocsp_staple")
+            && line.contains("none of the site's certificates")
+            && line.contains("ocsp.pem")
+            && line.contains("ocsp-rsa.pem")
+            && line.contains("fix:"),
+        "{line}"
+    );
+
+    // The ECDSA chain's response given to the RSA pair.
+    let cfg = s.config(&dual_site("", ", ocsp_staple = \"ecdsa.der\""));
+    let (ok, err) = check_config(&cfg);
+    assert!(!ok, "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("ecdsa.der"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("portcullis.toml:")
+            && line.contains("ocsp-rsa.pem")
+            && line.contains("another certificate"),
+        "{line}"
+    );
+
+    // The RSA chain's response twice: on the site and in the RSA pair.
+    response_file_for(&s, "certs/ocsp-rsa.pem", "rsa.der");
+    let cfg = s.config(&dual_site(
+        "ocsp_staple = \"rsa.der\"\n",
+        ", ocsp_staple = \"rsa.der\"",
+    ));
+    let (ok, err) = check_config(&cfg);
+    assert!(
+        !ok && err.contains("which has its own ocsp_staple") && err.contains("remove one"),
+        "{err}"
+    );
+
+    // Right files pass.
+    let cfg = s.config(&dual_site(
+        "ocsp_staple = \"ecdsa.der\"\n",
+        ", ocsp_staple = \"rsa.der\"",
+    ));
+    let (ok, out) = check_config(&cfg);
+    assert!(ok, "{out}");
 }
 
 #[test]

@@ -232,8 +232,9 @@ pub struct Site {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub certs: SiteCertSource,
-    /// A staple file replacing OCSP fetching (file certificates only).
-    pub ocsp_staple: Option<std::path::PathBuf>,
+    /// Staple files replacing OCSP fetching, each for one of the site's file certificates
+    /// (the others get their responses fetched).
+    pub ocsp_staples: Vec<OcspStapleFile>,
     /// ACME profile for this site's certificate (`profile` in `[[site]]`), overriding
     /// `acme.profile`; only for [`SiteCertSource::Acme`].
     pub acme_profile: Option<String>,
@@ -246,6 +247,14 @@ pub struct Site {
     pub require_post_quantum: bool,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+}
+
+/// A DER OCSP response file kept current by the operator, and the certificate it staples.
+#[derive(Debug, Clone)]
+pub struct OcspStapleFile {
+    /// The leaf certificate (DER) whose chain staples the file.
+    pub leaf: Vec<u8>,
+    pub path: PathBuf,
 }
 
 /// Where a site's certificates come from.

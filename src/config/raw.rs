@@ -166,7 +166,9 @@ pub struct RawSite {
     /// Further chains for the same names, e.g. an RSA chain beside an ECDSA one.
     #[serde(default)]
     pub certs: Vec<RawCertPair>,
-    /// A DER OCSP response file to staple instead of fetching one (kept current by you).
+    /// A DER OCSP response file to staple instead of fetching one (kept current by you), for
+    /// the site's chain whose certificate it is about (with several chains, the others that
+    /// have no `ocsp_staple` of their own get theirs fetched).
     pub ocsp_staple: Option<Spanned<String>>,
     /// Shorthand for a static-file route at `/`.
     pub root: Option<Spanned<String>>,
@@ -193,12 +195,14 @@ pub struct RawSite {
     pub routes: Vec<RawRoute>,
 }
 
-/// A `{ cert, key }` pair in `certs = [...]`.
+/// A `{ cert, key, ocsp_staple }` entry in `certs = [...]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertPair {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
+    /// A DER OCSP response file for this pair's certificate, stapled instead of fetching one.
+    pub ocsp_staple: Option<Spanned<String>>,
 }
 
 /// `[site.hsts]`.

@@ -327,6 +327,7 @@ fn defaults(port: u16) -> Vec<SocketAddr> {
 }
 
 fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
+    let errors_before = cx.problems.iter().filter(|p| p.is_error()).count();
     let mut ipv6_optional = false;
     let mut https = if !ov.https_listen.is_empty() {
         ov.https_listen.clone()
@@ -397,11 +398,131 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides) -> Listen {
         }
     }
     let public_https_port = raw.public_https_port.as_ref().map(|p| *p.get_ref());
-    Listen {
+    let listen = Listen {
         https,
         http,
         public_https_port,
         ipv6_optional,
+    };
+    // Addresses that are wrong already (unparsable, overlapping) are not probed.
+    let errors = cx.problems.iter().filter(|p| p.is_error()).count();
+    if cx.mode == Mode::Check && errors == errors_before {
+        probe_listeners(cx, raw, ov, &listen);
+    }
+    listen
+}
+
+/// `check`: binds each listener for a moment, as `serve` will, and reports a port another
+/// process holds (one line per address). A privileged port this user may not bind cannot be
+/// tested; `check` often runs as another user than the service, so that is one warning for
+/// all such ports, not an error.
+fn probe_listeners(cx: &mut Ctx<'_>, raw: &RawListen, ov: &Overrides, listen: &Listen) {
+    let mut denied: Vec<String> = Vec::new();
+    let mut denied_at = None;
+    for (addrs, what) in [(&listen.https, "https"), (&listen.http, "http")] {
+        for &addr in addrs {
+            if addr.port() == 0 {
+                continue;
+            }
+            let Err(e) = crate::server::listener::probe(addr, what) else {
+                continue;
+            };
+            if listen.ipv6_optional && e.is_no_ipv6() {
+                // `serve` skips default IPv6 listeners on hosts without IPv6, with a note.
+                continue;
+            }
+            let (loc, setting) = listen_source(cx, raw, ov, addr, what);
+            let (ip, port) = (addr.ip(), addr.port());
+            match e.err.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    let p = format!("{port} ({what})");
+                    if !denied.contains(&p) {
+                        denied.push(p);
+                    }
+                    denied_at.get_or_insert(loc);
+                }
+                std::io::ErrorKind::AddrInUse => cx.err(
+                    loc,
+                    format!("port {port} ({what}) on {ip} is in use by another process (see: ss -ltnp 'sport = :{port}')"),
+                    format!("stop it or choose another port with {setting}"),
+                ),
+                std::io::ErrorKind::AddrNotAvailable => cx.err(
+                    loc,
+                    format!("cannot listen on {addr} ({what}): this machine has no such address"),
+                    format!("use one of its addresses, or 0.0.0.0 / [::], in {setting}"),
+                ),
+                _ => cx.err(
+                    loc,
+                    format!("cannot listen on {addr} ({what}): {}", e.err),
+                    format!("fix the cause, or choose another address with {setting}"),
+                ),
+            }
+        }
+    }
+    if let Some(loc) = denied_at {
+        let s = if denied.len() > 1 { "s" } else { "" };
+        cx.problems.push(
+            Problem::warning(
+                loc,
+                format!(
+                    "port{s} {}: permission denied for this user, so check could not test whether {} free; ports below 1024 need root or the CAP_NET_BIND_SERVICE capability",
+                    denied.join(", "),
+                    if denied.len() > 1 { "they are" } else { "it is" }
+                ),
+            )
+            .fix("run check as the user portcullis serves as, or give portcullis the capability: sudo setcap cap_net_bind_service=+ep $(command -v portcullis)"),
+        );
+    }
+}
+
+/// Where a listener address was set (its line, or the flag), and the setting that changes it.
+fn listen_source(
+    cx: &Ctx<'_>,
+    raw: &RawListen,
+    ov: &Overrides,
+    addr: SocketAddr,
+    what: &str,
+) -> (Location, String) {
+    let (list, from_flag, port_flag, list_flag) = if what == "https" {
+        (
+            raw.https.as_ref(),
+            !ov.https_listen.is_empty(),
+            ov.https_port.is_some(),
+            "--listen",
+        )
+    } else {
+        (
+            raw.http.as_ref(),
+            !ov.http_listen.is_empty(),
+            ov.http_port.is_some(),
+            "--http-listen",
+        )
+    };
+    let port_name = format!("--{what}-port");
+    if port_flag {
+        return (Location::Flag(port_name.clone()), port_name);
+    }
+    if from_flag {
+        return (Location::Flag(list_flag.into()), list_flag.into());
+    }
+    let key = format!("listen.{what}");
+    match list {
+        Some(list) => {
+            let entry = list
+                .get_ref()
+                .iter()
+                .find(|a| a.get_ref().parse::<SocketAddr>() == Ok(addr));
+            let loc = match entry {
+                Some(e) => cx.loc(e, ""),
+                None => cx.loc(list, ""),
+            };
+            (loc, key)
+        }
+        // The default listeners: the file (or the command line) as a whole.
+        None => (
+            cx.source.locate(0..0, &port_name),
+            format!("{key} (or {port_name})"),
+        ),
     }
 }
 
@@ -843,7 +964,7 @@ fn site(
     }
 
     let certs = site_certs(cx, &rs, name, &hosts);
-    let ocsp_staple = ocsp_staple(cx, &rs, name, certs.as_ref());
+    let ocsp_staples = ocsp_staples(cx, &rs, name, certs.as_ref());
     let acme_profile = rs.profile.as_ref().and_then(|p| {
         if !matches!(certs, Some(SiteCertSource::Acme)) {
             let loc = cx.loc(p, "");
@@ -869,7 +990,7 @@ fn site(
         name: name.to_string(),
         hosts,
         certs: certs?,
-        ocsp_staple,
+        ocsp_staples,
         acme_profile,
         headers,
         early_data,
@@ -1032,92 +1153,218 @@ fn site_certs(
     Some(SiteCertSource::Files(loaded))
 }
 
-/// `ocsp_staple = "file"`: a DER OCSP response that must verify for one of the site's chains.
-fn ocsp_staple(
+/// OCSP staple files. A `certs` entry's own `ocsp_staple` must be for that entry's
+/// certificate. The site's `ocsp_staple` is for whichever of the site's chains without a file
+/// of their own it is about (with one chain: that chain); the chains it is not about are left
+/// to fetching. A file for none of them is an error naming the file and the certificates.
+fn ocsp_staples(
     cx: &mut Ctx<'_>,
     rs: &RawSite,
     name: &str,
     certs: Option<&SiteCertSource>,
-) -> Option<std::path::PathBuf> {
-    let raw = rs.ocsp_staple.as_ref()?;
-    let loc = cx.loc(raw, "");
-    let path = cx.path(raw.get_ref());
+) -> Vec<OcspStapleFile> {
     let Some(SiteCertSource::Files(chains)) = certs else {
-        if certs.is_some() {
+        if let (Some(_), Some(raw)) = (certs, &rs.ocsp_staple) {
+            let loc = cx.loc(raw, "");
             cx.err(
                 loc,
                 format!("site {name:?}: ocsp_staple needs cert/key files"),
                 "automatic certificates get their OCSP responses fetched; remove ocsp_staple",
             );
         }
-        return None;
+        return Vec::new();
     };
-    let der = match std::fs::read(&path) {
-        Ok(d) => d,
-        Err(e) => {
+    // Each chain's own file, in the order the chains were listed: `cert`/`key` first.
+    let own: Vec<Option<&Spanned<String>>> = rs
+        .cert
+        .iter()
+        .map(|_| None)
+        .chain(rs.certs.iter().map(|p| p.ocsp_staple.as_ref()))
+        .collect();
+    if own.len() != chains.len() {
+        // A pair did not load; that is reported already.
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (lc, raw) in chains.iter().zip(&own) {
+        let Some(raw) = raw else { continue };
+        let loc = cx.loc(raw, "");
+        let path = cx.path(raw.get_ref());
+        let Some(der) = read_staple(cx, &loc, name, &path) else {
+            continue;
+        };
+        if let Some(leaf) = staple_verifies(cx, &loc, name, &path, &der, lc) {
+            out.push(OcspStapleFile { leaf, path });
+        }
+    }
+    let Some(raw) = &rs.ocsp_staple else {
+        return out;
+    };
+    let loc = cx.loc(raw, "");
+    let path = cx.path(raw.get_ref());
+    let Some(der) = read_staple(cx, &loc, name, &path) else {
+        return out;
+    };
+    let free: Vec<&LoadedCert> = chains
+        .iter()
+        .zip(&own)
+        .filter(|(_, own)| own.is_none())
+        .map(|(lc, _)| lc)
+        .collect();
+    let about = |lc: &LoadedCert| -> Result<bool, crate::tls::ocsp::OcspError> {
+        match (lc.certified.cert.first(), lc.certified.cert.get(1)) {
+            (Some(leaf), Some(issuer)) => crate::tls::ocsp::is_for(&der, leaf, issuer),
+            _ => Ok(false),
+        }
+    };
+    let mut targets = Vec::new();
+    let mut unreadable = None;
+    for lc in &free {
+        match about(lc) {
+            Ok(true) => targets.push(*lc),
+            Ok(false) => {}
+            Err(e) => {
+                unreadable.get_or_insert(e);
+            }
+        }
+    }
+    if targets.is_empty() {
+        let taken = chains
+            .iter()
+            .zip(&own)
+            .find(|(lc, own)| own.is_some() && about(lc).unwrap_or(false));
+        if let Some((lc, _)) = taken {
             cx.err(
                 loc,
+                format!(
+                    "site {name:?}: ocsp_staple {} is for {}, which has its own ocsp_staple in certs",
+                    path.display(),
+                    lc.info.cert_path.display()
+                ),
+                "remove one of the two",
+            );
+            return out;
+        }
+    }
+    if targets.is_empty() && free.len() == 1 {
+        // One candidate: the checks below say what is wrong with the file for it.
+        targets = free.clone();
+    }
+    if targets.is_empty() {
+        let (message, fix) = if let Some(e) = unreadable {
+            (
+                format!("site {name:?}: ocsp_staple {} cannot be stapled: {e}", path.display()),
+                "write a current DER response for one of the site's certificates there (e.g. openssl ocsp -respout)",
+            )
+        } else if free.is_empty() {
+            (
+                format!("site {name:?}: ocsp_staple {} has no certificate left to staple: every entry of certs has its own ocsp_staple", path.display()),
+                "remove the site's ocsp_staple",
+            )
+        } else {
+            let certs: Vec<String> = free
+                .iter()
+                .map(|lc| lc.info.cert_path.display().to_string())
+                .collect();
+            (
+                format!(
+                    "site {name:?}: ocsp_staple {} is for none of the site's certificates ({})",
+                    path.display(),
+                    certs.join(", ")
+                ),
+                "write the DER OCSP response of one of them there (e.g. openssl ocsp -respout), or give each entry of certs its own ocsp_staple",
+            )
+        };
+        cx.err(loc, message, fix);
+        return out;
+    }
+    for lc in targets {
+        if let Some(leaf) = staple_verifies(cx, &loc, name, &path, &der, lc) {
+            out.push(OcspStapleFile {
+                leaf,
+                path: path.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn read_staple(cx: &mut Ctx<'_>, loc: &Location, name: &str, path: &Path) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.err(
+                loc.clone(),
                 format!(
                     "site {name:?}: cannot read ocsp_staple {}: {e}",
                     path.display()
                 ),
                 "fix the path, or remove ocsp_staple to fetch responses from the CA",
             );
-            return None;
-        }
-    };
-    let now = certs::unix_now();
-    let mut first_error = None;
-    for lc in chains {
-        let (Some(leaf), Some(issuer)) = (lc.certified.cert.first(), lc.certified.cert.get(1))
-        else {
-            continue;
-        };
-        match crate::tls::ocsp::verify(&der, leaf, issuer, now) {
-            Ok(v) => {
-                if v.state != crate::tls::ocsp::CertState::Good {
-                    cx.err(
-                        loc,
-                        format!(
-                            "site {name:?}: ocsp_staple {} says the certificate is {:?}",
-                            path.display(),
-                            v.state
-                        ),
-                        "replace the certificate; a revoked one must not be served",
-                    );
-                    return None;
-                }
-                return Some(path);
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
+            None
         }
     }
-    let why = first_error.map_or_else(
-        || "no chain with its issuer certificate to check it against".to_string(),
-        |e| e.to_string(),
-    );
+}
+
+/// Checks the staple file `der` against the chain `lc`: the leaf (DER) to staple it on when it
+/// verifies and says good, or (serving) has merely expired, which is a warning; otherwise an
+/// error and `None`.
+fn staple_verifies(
+    cx: &mut Ctx<'_>,
+    loc: &Location,
+    name: &str,
+    path: &Path,
+    der: &[u8],
+    lc: &LoadedCert,
+) -> Option<Vec<u8>> {
+    let cert = lc.info.cert_path.display();
+    let (Some(leaf), Some(issuer)) = (lc.certified.cert.first(), lc.certified.cert.get(1)) else {
+        cx.err(
+            loc.clone(),
+            format!(
+                "site {name:?}: ocsp_staple {} cannot be checked: {cert} has no issuer certificate after the leaf",
+                path.display()
+            ),
+            "append the intermediate certificate to the cert file",
+        );
+        return None;
+    };
+    let why = match crate::tls::ocsp::verify(der, leaf, issuer, certs::unix_now()) {
+        Ok(v) if v.state == crate::tls::ocsp::CertState::Good => {
+            return Some(leaf.as_ref().to_vec())
+        }
+        Ok(v) => {
+            cx.err(
+                loc.clone(),
+                format!(
+                    "site {name:?}: ocsp_staple {} says {cert} is {:?}",
+                    path.display(),
+                    v.state
+                ),
+                "replace the certificate; a revoked one must not be served",
+            );
+            return None;
+        }
+        Err(e) => e.to_string(),
+    };
     let expired = why.contains("expired");
-    let problem = Problem {
-        severity: if expired && cx.mode == Mode::Serve {
-            Severity::Warning
-        } else {
-            Severity::Error
-        },
-        location: loc,
+    let severity = if expired && cx.mode == Mode::Serve {
+        Severity::Warning
+    } else {
+        Severity::Error
+    };
+    cx.problems.push(Problem {
+        severity,
+        location: loc.clone(),
         message: format!(
-            "site {name:?}: ocsp_staple {} cannot be stapled: {why}",
+            "site {name:?}: ocsp_staple {} cannot be stapled on {cert}: {why}",
             path.display()
         ),
-        fix: Some(
-            "write a current DER response for this certificate there (e.g. openssl ocsp -respout)"
-                .into(),
-        ),
-    };
-    let keep = problem.severity == Severity::Warning;
-    cx.problems.push(problem);
-    keep.then_some(path)
+        fix: Some(format!(
+            "write a current DER response for {cert} there (e.g. openssl ocsp -respout)"
+        )),
+    });
+    (severity == Severity::Warning).then(|| leaf.as_ref().to_vec())
 }
 
 fn header_value(cx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<HeaderValue> {

@@ -28,7 +28,7 @@ use http_body::{Frame, SizeHint};
 use crate::acme::Http01Tokens;
 use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
-use crate::tls::names::{host_from_authority, NameTable};
+use crate::tls::names::{host_from_authority, HostPattern, NameTable};
 use body::Body;
 use static_files::StaticFiles;
 
@@ -50,6 +50,13 @@ enum RouteKind {
 /// A site's request side: routes and the headers added to every response.
 pub struct SiteHandler {
     pub name: String,
+    /// The site's first exact name or IP address (a wildcard names no single host): where
+    /// port 80 redirects an HTTP/1.0 request without `Host` when this is the default site.
+    pub own_name: Option<String>,
+    /// The host an HTTP/1.0 request without `Host` is taken to name (`{host}` in redirect
+    /// routes): [`SiteHandler::own_name`], or for a site with wildcards only the domain under
+    /// the first one.
+    host_less: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     routes: Vec<RouteHandler>,
 }
@@ -110,8 +117,24 @@ impl Frontend {
                     kind,
                 });
             }
+            let own_name = site.hosts.iter().find_map(|h| match h {
+                HostPattern::Exact(n) => Some(n.clone()),
+                HostPattern::Ip(ip) => Some(ip.to_string()),
+                HostPattern::Wildcard(_) => None,
+            });
+            let host_less = own_name.clone().unwrap_or_else(|| {
+                site.hosts
+                    .iter()
+                    .find_map(|h| match h {
+                        HostPattern::Wildcard(base) => Some(base.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default()
+            });
             sites.push(SiteHandler {
                 name: site.name.clone(),
+                own_name,
+                host_less,
                 headers: site.headers.clone(),
                 routes,
             });
@@ -405,31 +428,43 @@ impl HttpsService {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let Some(host) = authority.and_then(host_from_authority) else {
-            return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false);
-        };
-        let memo = self.host_memo.get();
-        let site = match memo.get(host).or_else(|| self.site_of(host)) {
-            Some(s) => s,
-            None => {
-                return (
-                    self.sni_site,
-                    pages::error(StatusCode::MISDIRECTED_REQUEST),
-                    false,
-                )
+        let (site, host) = match authority {
+            Some(authority) => {
+                let Some(host) = host_from_authority(authority) else {
+                    return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false);
+                };
+                let memo = self.host_memo.get();
+                let site = match memo.get(host).or_else(|| self.site_of(host)) {
+                    Some(s) => s,
+                    None => {
+                        return (
+                            self.sni_site,
+                            pages::error(StatusCode::MISDIRECTED_REQUEST),
+                            false,
+                        )
+                    }
+                };
+                if let Some(sni) = self.sni_site {
+                    // Host must belong to the site whose certificate this connection was made
+                    // with (no domain fronting across sites).
+                    if sni != site {
+                        return (
+                            Some(sni),
+                            pages::error(StatusCode::MISDIRECTED_REQUEST),
+                            false,
+                        );
+                    }
+                }
+                (site, host)
             }
-        };
-        if let Some(sni) = self.sni_site {
-            // Host must belong to the site whose certificate this connection was made with
-            // (no domain fronting across sites).
-            if sni != site {
-                return (
-                    Some(sni),
-                    pages::error(StatusCode::MISDIRECTED_REQUEST),
-                    false,
-                );
+            // HTTP/1.0 has no Host requirement: the site the TLS handshake chose answers (by
+            // SNI, or the default site), as in nginx. HTTP/1.1 and HTTP/2 must name the host.
+            None if parts.version == Version::HTTP_10 => {
+                let site = self.sni_site.unwrap_or(self.front.default_site);
+                (site, self.front.sites[site].host_less.as_str())
             }
-        }
+            None => return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false),
+        };
         if let Some(len) = parts
             .headers
             .get(header::CONTENT_LENGTH)

@@ -7,11 +7,24 @@ use super::body::Body;
 
 /// `404 Not Found\n` as text, with the status set.
 pub fn error(status: StatusCode) -> Response<Body> {
-    let text = format!(
+    text_page(status, "")
+}
+
+/// An error page that says why: the status line, then `why` (a constant sentence).
+pub fn error_because(status: StatusCode, why: &'static str) -> Response<Body> {
+    text_page(status, why)
+}
+
+fn text_page(status: StatusCode, why: &str) -> Response<Body> {
+    let mut text = format!(
         "{} {}\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or("")
     );
+    if !why.is_empty() {
+        text.push_str(why);
+        text.push('\n');
+    }
     let mut r = Response::new(Body::full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(

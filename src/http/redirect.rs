@@ -1,12 +1,13 @@
 //! Port 80: every request for a configured host is redirected to HTTPS (no HSTS here, RFC 6797
-//! §7.2); unknown hosts get 400 (no open redirect); ACME HTTP-01 challenges are answered.
+//! §7.2); unknown hosts get 400 (no open redirect); an HTTP/1.0 request without `Host` goes to
+//! the default site's own name; ACME HTTP-01 challenges are answered.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 
 use super::body::Body;
 use super::{pages, ActiveGuard, ConnState, Frontend, TrackedBody};
@@ -63,13 +64,33 @@ impl RedirectService {
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
-        let Some(host) = authority.and_then(host_from_authority) else {
-            return pages::error(StatusCode::BAD_REQUEST);
+        let host = match authority {
+            Some(authority) => {
+                let Some(host) = host_from_authority(authority) else {
+                    return pages::error(StatusCode::BAD_REQUEST);
+                };
+                if self.front.site_of(host).is_none() {
+                    // Not one of ours: redirecting would make us an open redirector.
+                    return pages::error(StatusCode::BAD_REQUEST);
+                }
+                host
+            }
+            // HTTP/1.0 has no Host requirement (old clients, health checks): such a request
+            // goes to the default site's own name, as nginx's `server_name` would have it.
+            None if req.version() == Version::HTTP_10 => {
+                let default = self.front.sites.get(self.front.default_site);
+                match default.and_then(|s| s.own_name.as_deref()) {
+                    Some(name) => name,
+                    None => {
+                        return pages::error_because(
+                            StatusCode::BAD_REQUEST,
+                            "The request has no Host header, and this server has no single name to redirect it to: send Host: <the site's name>.",
+                        )
+                    }
+                }
+            }
+            None => return pages::error(StatusCode::BAD_REQUEST),
         };
-        if self.front.site_of(host).is_none() {
-            // Not one of ours: redirecting would make us an open redirector.
-            return pages::error(StatusCode::BAD_REQUEST);
-        }
         let host = normalize(host);
         let safe = matches!(*req.method(), Method::GET | Method::HEAD);
         let status = match (self.front.redirect, safe) {

@@ -33,6 +33,26 @@ pub fn bind_group(
         .collect()
 }
 
+/// Tests whether `addr` could be listened on now, as [`bind_group`] would (`SO_REUSEADDR`,
+/// IPv6 v6-only), for `portcullis check`: the socket is bound and dropped without listening.
+/// Bound-only sockets with `SO_REUSEADDR` may share an address, so a probe never stands in the
+/// way of a server starting at the same moment, while a socket another process listens on
+/// makes the bind fail with "in use".
+pub fn probe(addr: SocketAddr, what: &str) -> Result<(), BindError> {
+    let wrap = |e: io::Error| BindError {
+        addr,
+        what: what.to_string(),
+        err: e,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
+    socket.set_reuse_address(true).map_err(wrap)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(wrap)?;
+    }
+    socket.bind(&addr.into()).map_err(wrap)
+}
+
 /// One listening socket (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
 /// sockets v6-only so IPv4 can bind separately).
 fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, BindError> {
@@ -103,6 +123,23 @@ mod tests {
     use super::*;
 
     /// The per-connection `set_nodelay` was dropped on the strength of this inheritance.
+    /// A port another socket listens on is "in use" to a probe, also through the wildcard
+    /// address; a port nobody listens on is free, and probing it does not take it.
+    #[test]
+    fn probe_sees_listeners_and_takes_nothing() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        for ip in ["127.0.0.1", "0.0.0.0"] {
+            let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            let e = probe(addr, "https").expect_err("a listened-on port is in use");
+            assert_eq!(e.err.kind(), io::ErrorKind::AddrInUse, "{ip}: {e}");
+        }
+        drop(held);
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        probe(addr, "https").expect("free after the listener is gone");
+        bind_group(addr, "https", 2).expect("the probe left the port free");
+    }
+
     #[test]
     fn accepted_sockets_inherit_tcp_nodelay() {
         let l = bind_group("127.0.0.1:0".parse().unwrap(), "test", 1)

@@ -340,7 +340,11 @@ impl Server {
             .map(|(i, site)| StapleSite {
                 name: site.name.clone(),
                 certs: state.tls.certs[i].clone(),
-                staple_file: site.ocsp_staple.clone(),
+                staple_files: site
+                    .ocsp_staples
+                    .iter()
+                    .map(|f| (f.leaf.clone(), f.path.clone()))
+                    .collect(),
                 renew: acme_names.contains(&i).then(|| renew.clone()),
             })
             .collect();
@@ -348,7 +352,7 @@ impl Server {
             staple_sites.push(StapleSite {
                 name: format!("{} (on demand)", config.sites[*site].name),
                 certs: named.clone(),
-                staple_file: None,
+                staple_files: Vec::new(),
                 renew: None,
             });
         }
@@ -357,7 +361,7 @@ impl Server {
         let may_staple = !acme_names.is_empty()
             || state.front.on_demand.is_some()
             || config.sites.iter().enumerate().any(|(i, site)| {
-                site.ocsp_staple.is_some()
+                !site.ocsp_staples.is_empty()
                     || state.tls.certs[i].current().iter().any(|ck| {
                         ck.cert.first().is_some_and(|leaf| {
                             let info = crate::tls::ocsp::leaf_ocsp(leaf);

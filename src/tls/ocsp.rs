@@ -238,19 +238,9 @@ fn has_eku(cert: &X509Certificate<'_>, oid: &str) -> bool {
         })
 }
 
-/// Checks a DER `OCSPResponse` for `leaf` issued by `issuer` at time `now` (Unix seconds):
-/// successful, a basic response signed by the issuer or by a responder certificate the issuer
-/// delegated OCSP signing to, a single response for exactly this certificate, and a validity
-/// window that contains `now`. The status itself (good, revoked, unknown) is returned, not
-/// judged.
-pub fn verify(
-    response: &[u8],
-    leaf_der: &[u8],
-    issuer_der: &[u8],
-    now: i64,
-) -> Result<Verified, OcspError> {
-    let leaf = parse_cert(leaf_der, "leaf")?;
-    let issuer = parse_cert(issuer_der, "issuer")?;
+/// The `BasicOCSPResponse` of a successful DER `OCSPResponse`: its DER (the signature covers
+/// it as received) and its decoded form.
+fn basic_response(response: &[u8]) -> Result<(Vec<u8>, BasicOcspResponse), OcspError> {
     let resp = match OcspResponse::from_der(response) {
         Ok(r) => r,
         Err(e) => return err(format!("not an OCSP response: {e}")),
@@ -264,14 +254,56 @@ pub fn verify(
     if bytes.response_type != ID_PKIX_OCSP_BASIC {
         return err(format!("unsupported response type {}", bytes.response_type));
     }
-    let basic_der = bytes.response.as_bytes();
-    let basic = match BasicOcspResponse::from_der(basic_der) {
-        Ok(b) => b,
-        Err(e) => return err(format!("malformed BasicOCSPResponse: {e}")),
-    };
+    let basic_der = bytes.response.as_bytes().to_vec();
+    match BasicOcspResponse::from_der(&basic_der) {
+        Ok(b) => Ok((basic_der, b)),
+        Err(e) => err(format!("malformed BasicOCSPResponse: {e}")),
+    }
+}
+
+/// The single response whose CertID names `leaf` issued by `issuer`.
+fn single_for<'a>(
+    basic: &'a BasicOcspResponse,
+    leaf: &X509Certificate<'_>,
+    issuer: &X509Certificate<'_>,
+) -> Option<&'a x509_ocsp::SingleResponse> {
+    let serial = strip_zeros(leaf.raw_serial());
+    basic.tbs_response_data.responses.iter().find(|single| {
+        cert_id(leaf, issuer, single.cert_id.hash_algorithm.oid).is_ok_and(|want| {
+            strip_zeros(single.cert_id.serial_number.as_bytes()) == serial
+                && single.cert_id.issuer_name_hash == want.issuer_name_hash
+                && single.cert_id.issuer_key_hash == want.issuer_key_hash
+        })
+    })
+}
+
+/// Whether a DER `OCSPResponse` is about `leaf` issued by `issuer` (has a single response with
+/// its CertID), whatever its signature, status or validity: which of several certificates a
+/// response file belongs to. Errors when it is not a successful OCSP response at all.
+pub fn is_for(response: &[u8], leaf_der: &[u8], issuer_der: &[u8]) -> Result<bool, OcspError> {
+    let leaf = parse_cert(leaf_der, "leaf")?;
+    let issuer = parse_cert(issuer_der, "issuer")?;
+    let (_, basic) = basic_response(response)?;
+    Ok(single_for(&basic, &leaf, &issuer).is_some())
+}
+
+/// Checks a DER `OCSPResponse` for `leaf` issued by `issuer` at time `now` (Unix seconds):
+/// successful, a basic response signed by the issuer or by a responder certificate the issuer
+/// delegated OCSP signing to, a single response for exactly this certificate, and a validity
+/// window that contains `now`. The status itself (good, revoked, unknown) is returned, not
+/// judged.
+pub fn verify(
+    response: &[u8],
+    leaf_der: &[u8],
+    issuer_der: &[u8],
+    now: i64,
+) -> Result<Verified, OcspError> {
+    let leaf = parse_cert(leaf_der, "leaf")?;
+    let issuer = parse_cert(issuer_der, "issuer")?;
+    let (basic_der, basic) = basic_response(response)?;
 
     // Signature: the issuer itself, or a delegated responder certificate (RFC 6960 §4.2.2.2).
-    let (tbs, alg, sig) = signed_parts(basic_der)?;
+    let (tbs, alg, sig) = signed_parts(&basic_der)?;
     let by_issuer =
         x509_parser::verify::verify_signature(issuer.public_key(), &alg, &sig, tbs).is_ok();
     if !by_issuer {
@@ -307,20 +339,7 @@ pub fn verify(
     }
 
     // The single response for this very certificate.
-    let serial = strip_zeros(leaf.raw_serial());
-    let mut found = None;
-    for single in &basic.tbs_response_data.responses {
-        let want = cert_id(&leaf, &issuer, single.cert_id.hash_algorithm.oid);
-        let Ok(want) = want else { continue };
-        if strip_zeros(single.cert_id.serial_number.as_bytes()) == serial
-            && single.cert_id.issuer_name_hash == want.issuer_name_hash
-            && single.cert_id.issuer_key_hash == want.issuer_key_hash
-        {
-            found = Some(single);
-            break;
-        }
-    }
-    let Some(single) = found else {
+    let Some(single) = single_for(&basic, &leaf, &issuer) else {
         return err("the response is for another certificate");
     };
 

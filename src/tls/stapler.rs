@@ -7,13 +7,15 @@
 //! - Responder unreachable or answering garbage: the last good response stays stapled until it
 //!   expires, and fetching is retried with backoff (1 min doubling to 1 h).
 //! - `revoked`: logged as an error, the staple is dropped, and an ACME site is renewed at once.
-//! - A site's `ocsp_staple` file replaces fetching; it is re-read when it changes.
+//! - A staple file replaces fetching for the certificate it is for (each of a site's chains can
+//!   have its own; validation decided which); it is re-read when it changes. A site's other
+//!   chains are fetched for as usual.
 //! - Certificates without a responder URL (Let's Encrypt since 2025, the local CA) get nothing,
 //!   silently. Must-Staple certificates without a valid staple are reported loudly, since
 //!   browsers refuse them.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -102,14 +104,27 @@ impl Served for NamedCerts {
 pub struct StapleSite {
     pub name: String,
     pub certs: Arc<dyn Served>,
-    /// A DER OCSP response file kept current by someone else; replaces fetching.
-    pub staple_file: Option<PathBuf>,
+    /// DER OCSP response files kept current by someone else, by the leaf (DER) they are for;
+    /// each replaces fetching for its certificate.
+    pub staple_files: Vec<(Vec<u8>, PathBuf)>,
     /// The ACME manager's renewal requests, for sites it manages.
     pub renew: Option<Arc<RenewRequests>>,
 }
 
+impl StapleSite {
+    /// The staple file for the certificate whose leaf is `leaf`.
+    fn staple_file(&self, leaf: &[u8]) -> Option<&Path> {
+        self.staple_files
+            .iter()
+            .find(|(l, _)| l.as_slice() == leaf)
+            .map(|(_, p)| p.as_path())
+    }
+}
+
 /// Per served leaf certificate.
 struct Entry {
+    /// The certificate's key type (which of a site's chains, in logs).
+    key: String,
     url: Option<String>,
     must_staple: bool,
     /// The last response that verified (any status) and its DER.
@@ -182,7 +197,11 @@ impl Stapler {
                 seen.insert(leaf.clone());
                 let mut entry = match self.entries.remove(&leaf) {
                     Some(e) => e,
-                    None => self.new_entry(&leaf, issuer.as_deref()),
+                    None => self.new_entry(
+                        &leaf,
+                        issuer.as_deref(),
+                        format!("{:?}", ck.key.algorithm()),
+                    ),
                 };
                 self.update(si, &leaf, issuer.as_deref(), &mut entry, network)
                     .await;
@@ -195,13 +214,14 @@ impl Stapler {
                     if entry.tell_once("must-staple") {
                         tracing::error!(
                             site = self.sites[si].name,
+                            key = entry.key,
                             "certificate is Must-Staple but has no valid OCSP response to staple: browsers refuse it until one is available"
                         );
                     }
                 } else {
                     entry.told.remove("must-staple");
                 }
-                if entry.url.is_some() || self.sites[si].staple_file.is_some() {
+                if entry.url.is_some() || self.sites[si].staple_file(&leaf).is_some() {
                     wake = wake.min(entry.next_try.max(now + 1));
                     if let Some((v, _)) = &entry.last {
                         if v.is_fresh(now) {
@@ -216,9 +236,10 @@ impl Stapler {
         wake
     }
 
-    fn new_entry(&self, leaf: &[u8], issuer: Option<&[u8]>) -> Entry {
+    fn new_entry(&self, leaf: &[u8], issuer: Option<&[u8]>, key: String) -> Entry {
         let info = ocsp::leaf_ocsp(leaf);
         let mut e = Entry {
+            key,
             url: info.url,
             must_staple: info.must_staple,
             last: None,
@@ -252,7 +273,7 @@ impl Stapler {
     ) {
         let site = &self.sites[si];
         let now = unix_now();
-        if let Some(path) = &site.staple_file {
+        if let Some(path) = site.staple_file(leaf) {
             self.read_file(&site.name, path, leaf, issuer, e, now);
             return;
         }
@@ -263,7 +284,7 @@ impl Stapler {
         let Some(issuer) = issuer else {
             if e.tell_once("no-issuer") {
                 tracing::warn!(
-                    site = site.name,
+                    site = site.name, key = e.key,
                     "OCSP: the chain has no issuer certificate, so no OCSP request can be made: add the intermediate to the cert file"
                 );
             }
@@ -283,21 +304,21 @@ impl Stapler {
                 CertState::Good => {
                     let first = e.staple(now).is_none();
                     if let Err(err) = self.storage.store(&cache_key(leaf), &der, false) {
-                        tracing::warn!(site = site.name, error = %err, "OCSP: cannot cache the response");
+                        tracing::warn!(site = site.name, key = e.key, error = %err, "OCSP: cannot cache the response");
                     }
                     e.next_try = v.refresh_at().max(now + MIN_REFRESH);
                     e.backoff = MIN_BACKOFF;
                     e.told.clear();
                     if first {
-                        tracing::info!(site = site.name, responder = url, valid_until = %fmt_time(v.next_update), "OCSP: stapling a good response");
+                        tracing::info!(site = site.name, key = e.key, responder = url, valid_until = %fmt_time(v.next_update), "OCSP: stapling a good response");
                     } else {
-                        tracing::debug!(site = site.name, responder = url, valid_until = %fmt_time(v.next_update), "OCSP: response refreshed");
+                        tracing::debug!(site = site.name, key = e.key, responder = url, valid_until = %fmt_time(v.next_update), "OCSP: response refreshed");
                     }
                     e.last = Some((v, der));
                 }
                 CertState::Revoked { at, reason } => {
                     tracing::error!(
-                        site = site.name,
+                        site = site.name, key = e.key,
                         responder = url,
                         revoked_at = %fmt_time(*at),
                         reason = reason.as_deref().unwrap_or("unspecified"),
@@ -314,6 +335,7 @@ impl Stapler {
                 CertState::Unknown => {
                     tracing::warn!(
                         site = site.name,
+                        key = e.key,
                         responder = url,
                         retry_in_s = e.backoff,
                         "OCSP: the responder does not know this certificate; not stapling it"
@@ -325,7 +347,7 @@ impl Stapler {
             Err(err) => {
                 let kept = e.staple(now).is_some();
                 tracing::warn!(
-                    site = site.name,
+                    site = site.name, key = e.key,
                     responder = url,
                     error = %err,
                     retry_in_s = e.backoff,
@@ -338,7 +360,7 @@ impl Stapler {
         }
     }
 
-    /// (Re-)reads a site's staple file when it changed, and checks it against the leaf.
+    /// (Re-)reads a certificate's staple file when it changed, and checks it against the leaf.
     fn read_file(
         &self,
         site: &str,
@@ -353,7 +375,7 @@ impl Stapler {
         if stamp.is_some() && stamp == e.file_stamp {
             if let Some((v, _)) = &e.last {
                 if !v.is_fresh(now) && e.tell_once("file-expired") {
-                    tracing::error!(site, file = %path.display(), "OCSP: the staple file's response has expired: no longer stapled; refresh the file");
+                    tracing::error!(site, key = e.key, file = %path.display(), "OCSP: the staple file's response has expired: no longer stapled; refresh the file");
                 }
             }
             return;
@@ -362,27 +384,27 @@ impl Stapler {
         e.last = None;
         e.told.clear();
         let Some(issuer) = issuer else {
-            tracing::error!(site, file = %path.display(), "OCSP: cannot check the staple file: the chain has no issuer certificate");
+            tracing::error!(site, key = e.key, file = %path.display(), "OCSP: cannot check the staple file: the chain has no issuer certificate");
             return;
         };
         let der = match std::fs::read(path) {
             Ok(d) => d,
             Err(err) => {
-                tracing::error!(site, file = %path.display(), error = %err, "OCSP: cannot read the staple file: not stapling");
+                tracing::error!(site, key = e.key, file = %path.display(), error = %err, "OCSP: cannot read the staple file: not stapling");
                 return;
             }
         };
         match ocsp::verify(&der, leaf, issuer, now) {
             Ok(v) if v.state == CertState::Good => {
-                tracing::info!(site, file = %path.display(), valid_until = %fmt_time(v.next_update), "OCSP: stapling the response from the staple file");
+                tracing::info!(site, key = e.key, file = %path.display(), valid_until = %fmt_time(v.next_update), "OCSP: stapling the response from the staple file");
                 e.last = Some((v, der));
             }
             Ok(v) => {
-                tracing::error!(site, file = %path.display(), status = ?v.state, "OCSP: the staple file does not say good: not stapling it");
+                tracing::error!(site, key = e.key, file = %path.display(), status = ?v.state, "OCSP: the staple file does not say good: not stapling it");
                 e.last = Some((v, der));
             }
             Err(err) => {
-                tracing::error!(site, file = %path.display(), error = %err, "OCSP: the staple file is not usable: not stapling it");
+                tracing::error!(site, key = e.key, file = %path.display(), error = %err, "OCSP: the staple file is not usable: not stapling it");
             }
         }
     }

@@ -232,6 +232,17 @@ impl Pki {
     /// A 90-day ECDSA leaf whose Authority Information Access names the OCSP responder `url`;
     /// with `must_staple`, also the TLS Feature extension asking for a staple (RFC 7633).
     pub fn leaf_with_ocsp(&self, names: &[&str], url: &str, must_staple: bool) -> Leaf {
+        self.leaf_with_ocsp_of(Alg::Ecdsa, names, url, must_staple)
+    }
+
+    /// [`Pki::leaf_with_ocsp`] with an `alg` key.
+    pub fn leaf_with_ocsp_of(
+        &self,
+        alg: Alg,
+        names: &[&str],
+        url: &str,
+        must_staple: bool,
+    ) -> Leaf {
         // AuthorityInfoAccessSyntax ::= SEQUENCE OF SEQUENCE { id-ad-ocsp, [6] IA5String }.
         // Hand-encoded because rcgen has no AIA support; every length here is < 128.
         let mut desc = vec![0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
@@ -255,7 +266,7 @@ impl Pki {
         let now = time::OffsetDateTime::now_utc();
         self.issue_with(
             names,
-            Alg::Ecdsa,
+            alg,
             now - time::Duration::days(1),
             now + time::Duration::days(90),
             exts,
