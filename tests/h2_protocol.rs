@@ -40,6 +40,7 @@ const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
 
@@ -708,6 +709,51 @@ async fn ping_is_answered_with_ack_and_same_payload() {
     c.ping(payload).await;
     c.expect_ping_ack(payload).await;
     c.quiet("nothing else after the PING ACK").await;
+}
+
+/// §6.7: a PING whose length is not 8 octets is a connection error of type FRAME_SIZE_ERROR
+/// (an ACK too): GOAWAY naming the last stream served, no PING ACK, and the connection closes.
+#[tokio::test]
+async fn ping_of_wrong_length_is_goaway_frame_size_error() {
+    let srv = start_static("");
+    for (flags, len) in [(0, 7), (0, 9), (0, 0), (ACK, 4)] {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.write(PING, flags, 0, &vec![1; len]).await;
+        c.expect_connection_error(&[FRAME_SIZE_ERROR], 1).await;
+    }
+}
+
+/// §4.2: a frame whose length is wrong for its type's fixed fields is a connection error of
+/// type FRAME_SIZE_ERROR: SETTINGS not a multiple of 6 octets, or an ACK with a payload
+/// (§6.5); WINDOW_UPDATE (§6.9) or RST_STREAM (§6.4) other than 4 octets; GOAWAY shorter than
+/// its 8 octets of fields (§6.8).
+#[tokio::test]
+async fn control_frames_of_wrong_length_are_goaway_frame_size_error() {
+    let srv = start_static("");
+    let cases: [(&str, u8, u8, u32, usize); 8] = [
+        ("SETTINGS of 5 octets", SETTINGS, 0, 0, 5),
+        ("SETTINGS of 8 octets", SETTINGS, 0, 0, 8),
+        ("SETTINGS ACK with a payload", SETTINGS, ACK, 0, 6),
+        ("WINDOW_UPDATE of 3 octets", WINDOW_UPDATE, 0, 0, 3),
+        (
+            "WINDOW_UPDATE of 5 octets on a stream",
+            WINDOW_UPDATE,
+            0,
+            1,
+            5,
+        ),
+        ("RST_STREAM of 3 octets", RST_STREAM, 0, 1, 3),
+        ("RST_STREAM of 5 octets", RST_STREAM, 0, 1, 5),
+        ("GOAWAY of 7 octets", GOAWAY, 0, 0, 7),
+    ];
+    for (what, ty, flags, stream, len) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.trace.push(format!("({what})"));
+        c.write(ty, flags, stream, &vec![1; len]).await;
+        c.expect_connection_error(&[FRAME_SIZE_ERROR], 1).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
