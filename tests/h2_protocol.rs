@@ -246,17 +246,29 @@ fn hpack_read_int(b: &[u8], pos: &mut usize, n: u32) -> Result<usize, String> {
     }
 }
 
+/// A raw (not Huffman-coded) string literal (§5.2).
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    hpack_int(out, s.len(), 7, 0x00);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// A header block of "literal header field without indexing — new name" fields, raw strings.
 fn hpack_block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
-        for s in [name, value] {
-            hpack_int(&mut out, s.len(), 7, 0x00);
-            out.extend_from_slice(s.as_bytes());
-        }
+        hpack_str(&mut out, name);
+        hpack_str(&mut out, value);
     }
     out
+}
+
+/// A "literal header field with incremental indexing — new name" (§6.2.1): the field enters
+/// the decoder's dynamic table at index 62, moving the entries there by one.
+fn hpack_indexed_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x40);
+    hpack_str(out, name);
+    hpack_str(out, value);
 }
 
 /// Decodes a Huffman-coded string of decimal digits (RFC 7541 Appendix B: '0'-'2' are the
@@ -465,6 +477,16 @@ impl Conn {
             .await;
         if let Some(line) = self.trace.last_mut() {
             let _ = write!(line, " {fields:?}");
+        }
+    }
+
+    /// HEADERS ending the stream, with a header block built by the test; `what` describes it
+    /// in the trace.
+    async fn send_block(&mut self, stream: u32, block: &[u8], what: &str) {
+        self.write(HEADERS, END_HEADERS | END_STREAM, stream, block)
+            .await;
+        if let Some(line) = self.trace.last_mut() {
+            let _ = write!(line, " ({what})");
         }
     }
 
@@ -918,29 +940,6 @@ async fn connection_specific_field_is_rst_protocol_error() {
     c.get_small(5).await;
 }
 
-/// §8.2.1: a field name with uppercase letters makes the request malformed (§8.1.1: a stream
-/// error of type PROTOCOL_ERROR, which §5.4 allows to be treated as a connection error; h2's
-/// HPACK decoder rejects such a name, so here it is one). Either way the request is not served.
-#[tokio::test]
-async fn uppercase_field_name_is_protocol_error() {
-    let srv = start_static("");
-    let mut c = Conn::start(&srv, &[]).await;
-    let mut fields = request_fields("GET", "/small.txt");
-    fields.push(("X-Upper", "1"));
-    c.headers(1, &fields, true).await;
-    let f = c.recv("waiting for RST_STREAM or GOAWAY").await;
-    match f.ty {
-        RST_STREAM if f.stream == 1 => {
-            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text())
-        }
-        GOAWAY => {
-            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text());
-            c.expect_eof().await;
-        }
-        _ => c.fail(&format!("expected RST_STREAM or GOAWAY, got {f:?}")),
-    }
-}
-
 /// §5.1.1: a client's HEADERS on an even stream is a connection error of type PROTOCOL_ERROR,
 /// also when its header block is malformed too (which alone would be a stream error).
 #[tokio::test]
@@ -988,6 +987,107 @@ async fn push_promise_from_client_is_goaway_protocol_error() {
     payload.extend(hpack_block(&request_fields("GET", "/small.txt")));
     c.write(0x5, END_HEADERS, 3, &payload).await;
     c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header blocks: HPACK (RFC 7541) and field validity
+// ---------------------------------------------------------------------------------------------
+
+/// §8.3, §8.1.1: an unknown pseudo-header field (`:foo`) makes the request malformed: a stream
+/// error of type PROTOCOL_ERROR that leaves the other streams alone: one whose response is
+/// still being sent (its body waits for window), and those opened afterwards. A `:foo` the
+/// client's encoder put into its dynamic table (RFC 7541 §6.2.1) is in the server's table
+/// too: a block that refers to it (by index, or its name) is malformed as well, and the
+/// entries inserted after it keep their indices.
+#[tokio::test]
+async fn unknown_pseudo_header_is_rst_protocol_error_and_other_streams_go_on() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    let head = hpack_block(&request_fields("HEAD", "/small.txt"));
+    let with = |extra: &[u8]| {
+        let mut block = head.clone();
+        block.extend_from_slice(extra);
+        block
+    };
+    let mut foo_indexed = Vec::new();
+    hpack_indexed_literal(&mut foo_indexed, ":foo", "bar");
+    let mut x_a = Vec::new();
+    hpack_indexed_literal(&mut x_a, "x-a", "1");
+    // Literal with incremental indexing, name: dynamic entry 63, value "baz".
+    let mut foo_by_name = Vec::new();
+    hpack_int(&mut foo_by_name, 63, 6, 0x40);
+    hpack_str(&mut foo_by_name, "baz");
+    let mut pseudo_first = hpack_block(&[(":foo", "bar")]);
+    pseudo_first.extend(&head);
+    // (block, what, answered): answered = 200 to the HEAD, else RST_STREAM(PROTOCOL_ERROR).
+    let steps: [(Vec<u8>, &str, bool); 7] = [
+        (with(&hpack_block(&[(":foo", "bar")])), ":foo last", false),
+        (pseudo_first, ":foo first", false),
+        // Table: [:foo: bar].
+        (with(&foo_indexed), ":foo, indexed", false),
+        // Table: [x-a: 1, :foo: bar].
+        (with(&x_a), "x-a: 1, indexed", true),
+        (with(&[0x80 | 63]), "dynamic entry 63 (:foo: bar)", false),
+        // Table: [:foo: baz, x-a: 1, :foo: bar].
+        (
+            with(&foo_by_name),
+            "name of entry 63 (:foo), indexed",
+            false,
+        ),
+        (with(&[0x80 | 63]), "dynamic entry 63 (x-a: 1)", true),
+    ];
+    let mut id = 3;
+    for (block, what, answered) in steps {
+        c.send_block(id, &block, what).await;
+        if answered {
+            assert_eq!(
+                c.expect_headers(id).await,
+                (200, true),
+                "{}",
+                c.trace_text()
+            );
+        } else {
+            assert_eq!(c.expect_rst(id).await, PROTOCOL_ERROR, "{}", c.trace_text());
+        }
+        id += 2;
+    }
+    // Stream 1 is still served in full, and so is a new stream.
+    c.window_update(1, BIG_LEN as u32).await;
+    assert!(c.expect_body(1).await == big(), "{}", c.trace_text());
+    c.get(id, "/small.txt").await;
+    assert_eq!(
+        c.expect_headers(id).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    c.window_update(id, 1000).await;
+    assert_eq!(c.expect_body(id).await, SMALL, "{}", c.trace_text());
+}
+
+/// §8.2.1: a field that is not a valid HTTP field (a name with uppercase letters, an empty
+/// name, a value with CR or LF) makes the request malformed (§8.1.1): a stream error of type
+/// PROTOCOL_ERROR; the connection serves the next stream.
+#[tokio::test]
+async fn invalid_field_is_rst_protocol_error_and_connection_lives_on() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut id = 1;
+    for (name, value) in [("X-Upper", "1"), ("", "1"), ("x-crlf", "a\r\nb: c")] {
+        let mut fields = request_fields("GET", "/small.txt");
+        fields.push((name, value));
+        c.headers(id, &fields, true).await;
+        assert_eq!(c.expect_rst(id).await, PROTOCOL_ERROR, "{}", c.trace_text());
+        c.get_small(id + 2).await;
+        id += 4;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
