@@ -43,6 +43,7 @@ const STREAM_CLOSED: u32 = 0x5;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
+const COMPRESSION_ERROR: u32 = 0x9;
 
 // Settings (§6.5.2).
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -992,6 +993,83 @@ async fn push_promise_from_client_is_goaway_protocol_error() {
 // ---------------------------------------------------------------------------------------------
 // Header blocks: HPACK (RFC 7541) and field validity
 // ---------------------------------------------------------------------------------------------
+
+/// A GET of `/small.txt` whose header block is `before`, the request's fields, then `after`.
+fn request_block(before: &[u8], after: &[u8]) -> Vec<u8> {
+    let mut block = before.to_vec();
+    block.extend(hpack_block(&request_fields("GET", "/small.txt")));
+    block.extend_from_slice(after);
+    block
+}
+
+fn size_update(size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    hpack_int(&mut out, size, 5, 0x20);
+    out
+}
+
+/// RFC 7541 §4.2, §6.3: a dynamic table size update above the maximum the decoder allows
+/// (SETTINGS_HEADER_TABLE_SIZE; the server announces none, so 4096) is a decoding error, and so
+/// is one after the first field of a block: a connection error of type COMPRESSION_ERROR
+/// (RFC 9113 §4.3). Updates to the maximum or below are accepted.
+#[tokio::test]
+async fn dynamic_table_size_update_above_the_limit_is_goaway_compression_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    for (id, size) in [(1, 4096), (3, 0), (5, 4096)] {
+        let block = request_block(&size_update(size), &[]);
+        c.send_block(id, &block, &format!("table size update to {size}"))
+            .await;
+        let (status, body) = c.expect_response(id).await;
+        assert_eq!((status, &body[..]), (200, SMALL), "{}", c.trace_text());
+    }
+
+    let cases = [
+        (
+            "table size update to 4097",
+            request_block(&size_update(4097), &[]),
+        ),
+        (
+            "table size update after a field",
+            request_block(&[], &size_update(100)),
+        ),
+    ];
+    for (what, block) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.send_block(3, &block, what).await;
+        c.expect_connection_error(&[COMPRESSION_ERROR], 1).await;
+    }
+}
+
+/// RFC 9113 §4.3: a field block that cannot be decoded is a connection error of type
+/// COMPRESSION_ERROR: index 0 (RFC 7541 §6.1), an index beyond both tables (§2.3.3), a string
+/// longer than what is left of the block, a Huffman string with the EOS symbol (§5.2).
+#[tokio::test]
+async fn undecodable_field_block_is_goaway_compression_error() {
+    let srv = start_static("");
+    let cases = [
+        ("indexed field 0", request_block(&[0x80], &[])),
+        (
+            "indexed field 62, the dynamic table empty",
+            request_block(&[0xbe], &[]),
+        ),
+        (
+            "a name of 10 octets, 1 left",
+            request_block(&[], &[0x00, 0x0a, b'x']),
+        ),
+        (
+            "a Huffman-coded name with EOS",
+            request_block(&[], &[0x00, 0x84, 0xff, 0xff, 0xff, 0xff, 0x01, b'v']),
+        ),
+    ];
+    for (what, block) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.send_block(3, &block, what).await;
+        c.expect_connection_error(&[COMPRESSION_ERROR], 1).await;
+    }
+}
 
 /// §8.3, §8.1.1: an unknown pseudo-header field (`:foo`) makes the request malformed: a stream
 /// error of type PROTOCOL_ERROR that leaves the other streams alone: one whose response is

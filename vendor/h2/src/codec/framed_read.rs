@@ -219,7 +219,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // portcullis: RFC 9113 §4.3: a field block that cannot be decoded is a
+                    // connection error of type COMPRESSION_ERROR.
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
             }
 
@@ -407,7 +409,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // portcullis: RFC 9113 §4.3: a field block that cannot be decoded is a
+                    // connection error of type COMPRESSION_ERROR.
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
             }
 
