@@ -44,6 +44,7 @@ const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
 const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 // Settings (§6.5.2).
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -351,6 +352,25 @@ fn hpack_helpers_decode_what_they_should() {
     assert!(status_of(&[0xbe]).is_err());
 }
 
+/// The first whole frame in `buf`, removed from it.
+fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    if buf.len() < 9 {
+        return None;
+    }
+    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+    if buf.len() < 9 + len {
+        return None;
+    }
+    let f = Frame {
+        ty: buf[3],
+        flags: buf[4],
+        stream: be32(&buf[5..9]) & 0x7fff_ffff,
+        payload: buf[9..9 + len].to_vec(),
+    };
+    buf.drain(..9 + len);
+    Some(f)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client connection
 // ---------------------------------------------------------------------------------------------
@@ -514,19 +534,9 @@ impl Conn {
     async fn next(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let f = Frame {
-                        ty: self.buf[3],
-                        flags: self.buf[4],
-                        stream: be32(&self.buf[5..9]) & 0x7fff_ffff,
-                        payload: self.buf[9..9 + len].to_vec(),
-                    };
-                    self.buf.drain(..9 + len);
-                    self.trace.push(format!("<- {f:?}"));
-                    return Next::Frame(f);
-                }
+            if let Some(f) = take_frame(&mut self.buf) {
+                self.trace.push(format!("<- {f:?}"));
+                return Next::Frame(f);
             }
             let mut chunk = [0u8; 16 * 1024];
             match tokio::time::timeout_at(deadline, self.tls.read(&mut chunk)).await {
@@ -1300,6 +1310,204 @@ async fn stream_over_max_concurrent_streams_is_refused() {
         body.len(),
         c.trace_text()
     );
+}
+
+/// CVE-2023-44487 ("rapid reset"): a client that opens streams and resets them at once,
+/// 20,000 times on one connection, is cut off with GOAWAY(ENHANCE_YOUR_CALM) long before the
+/// end: the GOAWAY names a stream among the first thousand, it is the last frame, and the
+/// connection closes.
+#[tokio::test]
+async fn rapid_reset_flood_is_goaway_enhance_your_calm() {
+    const PAIRS: u32 = 20_000;
+    let srv = start_static("");
+    let Conn { tls, mut buf, .. } = Conn::start(&srv, &[]).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // The flood is written while the answers are read (a client that does not read would be
+    // held back by the server's back-pressure instead).
+    let writer = tokio::spawn(async move {
+        let req = hpack_block(&request_fields("GET", "/small.txt"));
+        let mut written = 0;
+        while written < PAIRS {
+            let mut batch = Vec::new();
+            for id in (written..written + 100).map(|n| 2 * n + 1) {
+                batch.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+                batch.extend(frame_bytes(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            }
+            if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            written += 100;
+        }
+        written
+    });
+    let mut responses = 0;
+    let mut goaway: Option<Frame> = None;
+    let mut after_goaway = Vec::new();
+    let end = loop {
+        while let Some(f) = take_frame(&mut buf) {
+            match (&goaway, f.ty) {
+                (Some(_), _) => after_goaway.push(f),
+                (None, HEADERS) => responses += 1,
+                (None, GOAWAY) => goaway = Some(f),
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut chunk)).await {
+            Err(_) => break "still open 5 s after the last bytes".to_string(),
+            Ok(Ok(0)) => break "closed".to_string(),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => break format!("closed: {e}"),
+        }
+    };
+    writer.abort();
+    let written = writer.await.unwrap_or(0);
+    let summary = format!(
+        "{responses} responses, {written} of {PAIRS} HEADERS+RST_STREAM pairs written, \
+         GOAWAY: {goaway:?}, then: {after_goaway:?}, end: {end}"
+    );
+    eprintln!("rapid reset: {summary}");
+    let g = goaway.unwrap_or_else(|| panic!("no GOAWAY: {summary}"));
+    assert_eq!(g.error_code(), ENHANCE_YOUR_CALM, "{summary}");
+    assert!(g.last_stream_id() < 2 * 1000, "{summary}");
+    assert!(responses < 1000, "{summary}");
+    assert!(after_goaway.is_empty(), "{summary}");
+    assert!(end.starts_with("closed"), "{summary}");
+}
+
+impl Conn {
+    /// Frames until every stream of `wanted` has its whole response (200 and /small.txt);
+    /// frames of the `cancelled` streams are ignored, anything else fails.
+    async fn expect_small_responses(&mut self, wanted: &[u32], cancelled: &[u32]) {
+        let mut left: Vec<u32> = wanted.to_vec();
+        let mut bodies: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        while !left.is_empty() {
+            let f = self.recv(&format!("waiting for streams {left:?}")).await;
+            if cancelled.contains(&f.stream) && matches!(f.ty, HEADERS | DATA) {
+                continue;
+            }
+            if !left.contains(&f.stream) {
+                self.fail(&format!("unexpected {f:?} (waiting for streams {left:?})"));
+            }
+            match f.ty {
+                HEADERS => {
+                    let status = status_of(f.header_block());
+                    if status != Ok(200) || f.has(END_STREAM) {
+                        self.fail(&format!("expected 200 with a body: {f:?}"));
+                    }
+                    bodies.insert(f.stream, Vec::new());
+                }
+                DATA if bodies.contains_key(&f.stream) => {
+                    let body = bodies.get_mut(&f.stream).unwrap();
+                    body.extend_from_slice(&f.payload);
+                    if f.has(END_STREAM) {
+                        if body != SMALL {
+                            self.fail(&format!("stream {}: {} bytes", f.stream, body.len()));
+                        }
+                        left.retain(|&s| s != f.stream);
+                    }
+                }
+                _ => self.fail(&format!("unexpected {f:?} (waiting for streams {left:?})")),
+            }
+        }
+    }
+
+    /// A page navigation: `n` GETs on new streams from `*next`, all cancelled. `in_flight`:
+    /// once the server has answered their HEADERS, their bodies waiting for window (the
+    /// client's initial window is 0); else right behind the requests, which the server has
+    /// answered in full by the time it reads the resets.
+    async fn cancel_burst(&mut self, next: &mut u32, n: u32, in_flight: bool) -> Vec<u32> {
+        let ids: Vec<u32> = (0..n).map(|k| *next + 2 * k).collect();
+        *next += 2 * n;
+        let req = hpack_block(&request_fields("GET", "/small.txt"));
+        let mut bytes = Vec::new();
+        for &id in &ids {
+            bytes.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+        }
+        if in_flight {
+            self.trace.push(format!("-> {n} GETs on streams {ids:?}"));
+            self.write_raw(&bytes).await;
+            for &id in &ids {
+                assert_eq!(
+                    self.expect_headers(id).await,
+                    (200, false),
+                    "{}",
+                    self.trace_text()
+                );
+            }
+            bytes.clear();
+        }
+        for &id in &ids {
+            bytes.extend(frame_bytes(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        }
+        self.trace
+            .push(format!("-> RST_STREAM(CANCEL) on streams {ids:?}"));
+        self.write_raw(&bytes).await;
+        ids
+    }
+}
+
+/// A client that cancels streams now and then is no rapid-reset attacker, and keeps its
+/// connection: a page navigation that cancels as many streams as SETTINGS_MAX_CONCURRENT_STREAMS
+/// allows before any response of its own completed, then 200 requests of which every tenth is
+/// cancelled, another navigation of 50 streams, and 50 more requests. The cancelled responses
+/// are in flight (the client's initial window is 0: they wait after their HEADERS), or, on a
+/// second connection, already complete. Every request not cancelled is answered in full, and
+/// no GOAWAY comes.
+#[tokio::test]
+async fn occasional_cancels_keep_the_connection() {
+    let srv = start_static("");
+    for in_flight in [true, false] {
+        let window = if in_flight { 0 } else { 65_535 };
+        let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, window)]).await;
+        let max = c
+            .server_settings
+            .iter()
+            .find(|s| s.0 == SETTINGS_MAX_CONCURRENT_STREAMS)
+            .map(|s| s.1)
+            .expect("SETTINGS_MAX_CONCURRENT_STREAMS");
+        let mut next = 1;
+        // Every stream cancelled: their responses, when complete, are ignored.
+        let mut cancelled = c.cancel_burst(&mut next, max, in_flight).await;
+        let mut answered = 0;
+        for requests in [200, 0, 50] {
+            if requests == 0 {
+                cancelled.extend(c.cancel_burst(&mut next, 50, in_flight).await);
+                continue;
+            }
+            for _ in 0..requests / 10 {
+                let ids: Vec<u32> = (0..10).map(|k| next + 2 * k).collect();
+                next += 20;
+                // The first is cancelled: its response, if sent, comes before the others'.
+                let (cancel, wanted) = ids.split_at(1);
+                cancelled.push(cancel[0]);
+                let req = hpack_block(&request_fields("GET", "/small.txt"));
+                let mut bytes = Vec::new();
+                for &id in &ids {
+                    bytes.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+                }
+                bytes.extend(frame_bytes(RST_STREAM, 0, cancel[0], &CANCEL.to_be_bytes()));
+                if in_flight {
+                    for &id in wanted {
+                        bytes.extend(frame_bytes(WINDOW_UPDATE, 0, id, &1000u32.to_be_bytes()));
+                    }
+                }
+                c.trace.clear();
+                c.trace.push(format!(
+                    "-> GETs on streams {ids:?}, RST_STREAM(CANCEL) on {cancel:?} \
+                     (in flight: {in_flight})"
+                ));
+                c.write_raw(&bytes).await;
+                c.expect_small_responses(wanted, &cancelled).await;
+                answered += wanted.len();
+            }
+        }
+        assert_eq!(answered, 225);
+        let payload = [4; 8];
+        c.ping(payload).await;
+        c.expect_ping_ack(payload).await;
+        c.quiet("no GOAWAY after the cancels").await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
