@@ -1,12 +1,14 @@
 //! HTTP/2 at the frame level (RFC 9113) against the real server over TLS (ALPN h2): the
-//! connection preface and SETTINGS, PING, requests and responses on several streams, stream
-//! states and identifiers, flow control in both directions, the concurrent-stream limit,
-//! request bodies the server does not wait for, content-length checks, malformed requests and
-//! graceful shutdown.
+//! connection preface and SETTINGS, PING, frame sizes, requests and responses on several
+//! streams, stream states and identifiers, header blocks (HPACK errors, invalid fields), flow
+//! control in both directions, the concurrent-stream limit, rapid reset (CVE-2023-44487),
+//! request bodies the server does not wait for, content-length checks, malformed requests,
+//! graceful shutdown and the idle timeout.
 //!
 //! The client here is hand-written: frames are built and parsed byte by byte, request headers
-//! are HPACK "literal without indexing, new name" fields (no Huffman, no table), and of the
-//! server's header blocks only the `:status` of the first field is decoded. Every frame sent
+//! are HPACK "literal without indexing, new name" fields (no Huffman, no table; tests of the
+//! dynamic table build their blocks by hand), and of the server's header blocks only the
+//! `:status` of the first field is decoded. Every frame sent
 //! and received is recorded, and a failing assertion prints that trace.
 
 mod common;
@@ -1784,6 +1786,44 @@ async fn graceful_shutdown_without_ping_answer_still_ends() {
     );
     c.expect_eof().await;
     shutdown_returns(shutdown).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle timeout
+// ---------------------------------------------------------------------------------------------
+
+/// §6.8: a connection the server closes for its idle timeout gets GOAWAY(NO_ERROR) first,
+/// naming the last stream served, so the client knows no request was lost; then it closes.
+/// The same without any request (last-stream-id 0), and before the client's preface.
+#[tokio::test]
+async fn idle_timeout_sends_goaway_no_error_then_closes() {
+    let srv = start_static("[limits]\nidle_timeout = \"1s\"\n");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.get_small(3).await;
+    let started = Instant::now();
+    let g = c.expect_goaway().await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (g.error_code(), g.last_stream_id()),
+        (NO_ERROR, 3),
+        "{}",
+        c.trace_text()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(800) && elapsed < Duration::from_secs(3),
+        "GOAWAY after {elapsed:?}, expected about 1 s"
+    );
+    c.expect_eof().await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    c.expect_connection_error(&[NO_ERROR], 0).await;
+
+    // Nothing from the client after the handshake: the server's SETTINGS, then GOAWAY.
+    let mut c = Conn::open(&srv).await;
+    let f = c.next_or_fail("before the client preface").await;
+    assert!(f.ty == SETTINGS && !f.has(ACK), "{}", c.trace_text());
+    c.expect_connection_error(&[NO_ERROR], 0).await;
 }
 
 // ---------------------------------------------------------------------------------------------

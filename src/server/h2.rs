@@ -193,7 +193,15 @@ where
         conn.codec.get_mut().read_exact(&mut preface).await
     };
     tokio::select! {
-        r = start => { r?; }
+        r = start => match r {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                // Nothing from the client within the first-request timeout.
+                conn.idle_close();
+                return poll_fn(|cx| conn.poll(cx)).await;
+            }
+            Err(e) => return Err(e),
+        },
         _ = shutdown.changed() => return Ok(()),
     }
     if &preface != PREFACE {
@@ -436,12 +444,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             _ => {}
         }
         if error {
-            tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+            if reason != Reason::NO_ERROR {
+                tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+            }
             self.streams.clear();
             self.queue.clear();
         }
         self.goaway = Some((self.last_client, error));
         self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
+    }
+
+    /// Closes the connection after the idle timeout (`TimedIo`): GOAWAY(NO_ERROR) first, naming
+    /// the last stream processed, so the client knows that no request was lost and that it
+    /// should not send more on this connection (§6.8).
+    fn idle_close(&mut self) {
+        tracing::trace!("HTTP/2 idle timeout: sending GOAWAY");
+        self.go_away(Reason::NO_ERROR, true);
     }
 
     /// Closes the connection of a client that exceeded a limit (GOAWAY ENHANCE_YOUR_CALM).
@@ -531,6 +549,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
             }
             h2::proto::Error::GoAway(debug, reason, _) => self.go_away_with(reason, true, debug),
+            // The idle timeout (`TimedIo`; or the network's, and then the GOAWAY is not sent).
+            h2::proto::Error::Io(io::ErrorKind::TimedOut, _) => self.idle_close(),
             h2::proto::Error::Io(kind, msg) => {
                 self.io_error = Some(match msg {
                     Some(m) => io::Error::new(kind, m),
