@@ -1,12 +1,14 @@
 //! HTTP/2 at the frame level (RFC 9113) against the real server over TLS (ALPN h2): the
-//! connection preface and SETTINGS, PING, requests and responses on several streams, stream
-//! states and identifiers, flow control in both directions, the concurrent-stream limit,
-//! request bodies the server does not wait for, content-length checks, malformed requests and
-//! graceful shutdown.
+//! connection preface and SETTINGS, PING, frame sizes, requests and responses on several
+//! streams, stream states and identifiers, header blocks (HPACK errors, invalid fields), flow
+//! control in both directions, the concurrent-stream limit, rapid reset (CVE-2023-44487),
+//! request bodies the server does not wait for, content-length checks, malformed requests,
+//! graceful shutdown and the idle timeout.
 //!
 //! The client here is hand-written: frames are built and parsed byte by byte, request headers
-//! are HPACK "literal without indexing, new name" fields (no Huffman, no table), and of the
-//! server's header blocks only the `:status` of the first field is decoded. Every frame sent
+//! are HPACK "literal without indexing, new name" fields (no Huffman, no table; tests of the
+//! dynamic table build their blocks by hand), and of the server's header blocks only the
+//! `:status` of the first field is decoded. Every frame sent
 //! and received is recorded, and a failing assertion prints that trace.
 
 mod common;
@@ -40,8 +42,11 @@ const NO_ERROR: u32 = 0x0;
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
 const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
 const REFUSED_STREAM: u32 = 0x7;
 const CANCEL: u32 = 0x8;
+const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 // Settings (§6.5.2).
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
@@ -245,17 +250,29 @@ fn hpack_read_int(b: &[u8], pos: &mut usize, n: u32) -> Result<usize, String> {
     }
 }
 
+/// A raw (not Huffman-coded) string literal (§5.2).
+fn hpack_str(out: &mut Vec<u8>, s: &str) {
+    hpack_int(out, s.len(), 7, 0x00);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// A header block of "literal header field without indexing — new name" fields, raw strings.
 fn hpack_block(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
         out.push(0x00);
-        for s in [name, value] {
-            hpack_int(&mut out, s.len(), 7, 0x00);
-            out.extend_from_slice(s.as_bytes());
-        }
+        hpack_str(&mut out, name);
+        hpack_str(&mut out, value);
     }
     out
+}
+
+/// A "literal header field with incremental indexing — new name" (§6.2.1): the field enters
+/// the decoder's dynamic table at index 62, moving the entries there by one.
+fn hpack_indexed_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x40);
+    hpack_str(out, name);
+    hpack_str(out, value);
 }
 
 /// Decodes a Huffman-coded string of decimal digits (RFC 7541 Appendix B: '0'-'2' are the
@@ -335,6 +352,25 @@ fn hpack_helpers_decode_what_they_should() {
     // Literal without indexing, raw "405".
     assert_eq!(status_of(&[0x08, 0x03, b'4', b'0', b'5']), Ok(405));
     assert!(status_of(&[0xbe]).is_err());
+}
+
+/// The first whole frame in `buf`, removed from it.
+fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    if buf.len() < 9 {
+        return None;
+    }
+    let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+    if buf.len() < 9 + len {
+        return None;
+    }
+    let f = Frame {
+        ty: buf[3],
+        flags: buf[4],
+        stream: be32(&buf[5..9]) & 0x7fff_ffff,
+        payload: buf[9..9 + len].to_vec(),
+    };
+    buf.drain(..9 + len);
+    Some(f)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -467,6 +503,16 @@ impl Conn {
         }
     }
 
+    /// HEADERS ending the stream, with a header block built by the test; `what` describes it
+    /// in the trace.
+    async fn send_block(&mut self, stream: u32, block: &[u8], what: &str) {
+        self.write(HEADERS, END_HEADERS | END_STREAM, stream, block)
+            .await;
+        if let Some(line) = self.trace.last_mut() {
+            let _ = write!(line, " ({what})");
+        }
+    }
+
     async fn get(&mut self, stream: u32, path: &str) {
         self.headers(stream, &request_fields("GET", path), true)
             .await;
@@ -490,19 +536,9 @@ impl Conn {
     async fn next(&mut self, timeout: Duration) -> Next {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() >= 9 + len {
-                    let f = Frame {
-                        ty: self.buf[3],
-                        flags: self.buf[4],
-                        stream: be32(&self.buf[5..9]) & 0x7fff_ffff,
-                        payload: self.buf[9..9 + len].to_vec(),
-                    };
-                    self.buf.drain(..9 + len);
-                    self.trace.push(format!("<- {f:?}"));
-                    return Next::Frame(f);
-                }
+            if let Some(f) = take_frame(&mut self.buf) {
+                self.trace.push(format!("<- {f:?}"));
+                return Next::Frame(f);
             }
             let mut chunk = [0u8; 16 * 1024];
             match tokio::time::timeout_at(deadline, self.tls.read(&mut chunk)).await {
@@ -710,6 +746,51 @@ async fn ping_is_answered_with_ack_and_same_payload() {
     c.quiet("nothing else after the PING ACK").await;
 }
 
+/// §6.7: a PING whose length is not 8 octets is a connection error of type FRAME_SIZE_ERROR
+/// (an ACK too): GOAWAY naming the last stream served, no PING ACK, and the connection closes.
+#[tokio::test]
+async fn ping_of_wrong_length_is_goaway_frame_size_error() {
+    let srv = start_static("");
+    for (flags, len) in [(0, 7), (0, 9), (0, 0), (ACK, 4)] {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.write(PING, flags, 0, &vec![1; len]).await;
+        c.expect_connection_error(&[FRAME_SIZE_ERROR], 1).await;
+    }
+}
+
+/// §4.2: a frame whose length is wrong for its type's fixed fields is a connection error of
+/// type FRAME_SIZE_ERROR: SETTINGS not a multiple of 6 octets, or an ACK with a payload
+/// (§6.5); WINDOW_UPDATE (§6.9) or RST_STREAM (§6.4) other than 4 octets; GOAWAY shorter than
+/// its 8 octets of fields (§6.8).
+#[tokio::test]
+async fn control_frames_of_wrong_length_are_goaway_frame_size_error() {
+    let srv = start_static("");
+    let cases: [(&str, u8, u8, u32, usize); 8] = [
+        ("SETTINGS of 5 octets", SETTINGS, 0, 0, 5),
+        ("SETTINGS of 8 octets", SETTINGS, 0, 0, 8),
+        ("SETTINGS ACK with a payload", SETTINGS, ACK, 0, 6),
+        ("WINDOW_UPDATE of 3 octets", WINDOW_UPDATE, 0, 0, 3),
+        (
+            "WINDOW_UPDATE of 5 octets on a stream",
+            WINDOW_UPDATE,
+            0,
+            1,
+            5,
+        ),
+        ("RST_STREAM of 3 octets", RST_STREAM, 0, 1, 3),
+        ("RST_STREAM of 5 octets", RST_STREAM, 0, 1, 5),
+        ("GOAWAY of 7 octets", GOAWAY, 0, 0, 7),
+    ];
+    for (what, ty, flags, stream, len) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.trace.push(format!("({what})"));
+        c.write(ty, flags, stream, &vec![1; len]).await;
+        c.expect_connection_error(&[FRAME_SIZE_ERROR], 1).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Requests and streams
 // ---------------------------------------------------------------------------------------------
@@ -894,29 +975,6 @@ async fn connection_specific_field_is_rst_protocol_error() {
     c.get_small(5).await;
 }
 
-/// §8.2.1: a field name with uppercase letters makes the request malformed (§8.1.1: a stream
-/// error of type PROTOCOL_ERROR, which §5.4 allows to be treated as a connection error; h2's
-/// HPACK decoder rejects such a name, so here it is one). Either way the request is not served.
-#[tokio::test]
-async fn uppercase_field_name_is_protocol_error() {
-    let srv = start_static("");
-    let mut c = Conn::start(&srv, &[]).await;
-    let mut fields = request_fields("GET", "/small.txt");
-    fields.push(("X-Upper", "1"));
-    c.headers(1, &fields, true).await;
-    let f = c.recv("waiting for RST_STREAM or GOAWAY").await;
-    match f.ty {
-        RST_STREAM if f.stream == 1 => {
-            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text())
-        }
-        GOAWAY => {
-            assert_eq!(f.error_code(), PROTOCOL_ERROR, "{}", c.trace_text());
-            c.expect_eof().await;
-        }
-        _ => c.fail(&format!("expected RST_STREAM or GOAWAY, got {f:?}")),
-    }
-}
-
 /// §5.1.1: a client's HEADERS on an even stream is a connection error of type PROTOCOL_ERROR,
 /// also when its header block is malformed too (which alone would be a stream error).
 #[tokio::test]
@@ -964,6 +1022,184 @@ async fn push_promise_from_client_is_goaway_protocol_error() {
     payload.extend(hpack_block(&request_fields("GET", "/small.txt")));
     c.write(0x5, END_HEADERS, 3, &payload).await;
     c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header blocks: HPACK (RFC 7541) and field validity
+// ---------------------------------------------------------------------------------------------
+
+/// A GET of `/small.txt` whose header block is `before`, the request's fields, then `after`.
+fn request_block(before: &[u8], after: &[u8]) -> Vec<u8> {
+    let mut block = before.to_vec();
+    block.extend(hpack_block(&request_fields("GET", "/small.txt")));
+    block.extend_from_slice(after);
+    block
+}
+
+fn size_update(size: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    hpack_int(&mut out, size, 5, 0x20);
+    out
+}
+
+/// RFC 7541 §4.2, §6.3: a dynamic table size update above the maximum the decoder allows
+/// (SETTINGS_HEADER_TABLE_SIZE; the server announces none, so 4096) is a decoding error, and so
+/// is one after the first field of a block: a connection error of type COMPRESSION_ERROR
+/// (RFC 9113 §4.3). Updates to the maximum or below are accepted.
+#[tokio::test]
+async fn dynamic_table_size_update_above_the_limit_is_goaway_compression_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    for (id, size) in [(1, 4096), (3, 0), (5, 4096)] {
+        let block = request_block(&size_update(size), &[]);
+        c.send_block(id, &block, &format!("table size update to {size}"))
+            .await;
+        let (status, body) = c.expect_response(id).await;
+        assert_eq!((status, &body[..]), (200, SMALL), "{}", c.trace_text());
+    }
+
+    let cases = [
+        (
+            "table size update to 4097",
+            request_block(&size_update(4097), &[]),
+        ),
+        (
+            "table size update after a field",
+            request_block(&[], &size_update(100)),
+        ),
+    ];
+    for (what, block) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.send_block(3, &block, what).await;
+        c.expect_connection_error(&[COMPRESSION_ERROR], 1).await;
+    }
+}
+
+/// RFC 9113 §4.3: a field block that cannot be decoded is a connection error of type
+/// COMPRESSION_ERROR: index 0 (RFC 7541 §6.1), an index beyond both tables (§2.3.3), a string
+/// longer than what is left of the block, a Huffman string with the EOS symbol (§5.2).
+#[tokio::test]
+async fn undecodable_field_block_is_goaway_compression_error() {
+    let srv = start_static("");
+    let cases = [
+        ("indexed field 0", request_block(&[0x80], &[])),
+        (
+            "indexed field 62, the dynamic table empty",
+            request_block(&[0xbe], &[]),
+        ),
+        (
+            "a name of 10 octets, 1 left",
+            request_block(&[], &[0x00, 0x0a, b'x']),
+        ),
+        (
+            "a Huffman-coded name with EOS",
+            request_block(&[], &[0x00, 0x84, 0xff, 0xff, 0xff, 0xff, 0x01, b'v']),
+        ),
+    ];
+    for (what, block) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.send_block(3, &block, what).await;
+        c.expect_connection_error(&[COMPRESSION_ERROR], 1).await;
+    }
+}
+
+/// §8.3, §8.1.1: an unknown pseudo-header field (`:foo`) makes the request malformed: a stream
+/// error of type PROTOCOL_ERROR that leaves the other streams alone: one whose response is
+/// still being sent (its body waits for window), and those opened afterwards. A `:foo` the
+/// client's encoder put into its dynamic table (RFC 7541 §6.2.1) is in the server's table
+/// too: a block that refers to it (by index, or its name) is malformed as well, and the
+/// entries inserted after it keep their indices.
+#[tokio::test]
+async fn unknown_pseudo_header_is_rst_protocol_error_and_other_streams_go_on() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    let head = hpack_block(&request_fields("HEAD", "/small.txt"));
+    let with = |extra: &[u8]| {
+        let mut block = head.clone();
+        block.extend_from_slice(extra);
+        block
+    };
+    let mut foo_indexed = Vec::new();
+    hpack_indexed_literal(&mut foo_indexed, ":foo", "bar");
+    let mut x_a = Vec::new();
+    hpack_indexed_literal(&mut x_a, "x-a", "1");
+    // Literal with incremental indexing, name: dynamic entry 63, value "baz".
+    let mut foo_by_name = Vec::new();
+    hpack_int(&mut foo_by_name, 63, 6, 0x40);
+    hpack_str(&mut foo_by_name, "baz");
+    let mut pseudo_first = hpack_block(&[(":foo", "bar")]);
+    pseudo_first.extend(&head);
+    // (block, what, answered): answered = 200 to the HEAD, else RST_STREAM(PROTOCOL_ERROR).
+    let steps: [(Vec<u8>, &str, bool); 7] = [
+        (with(&hpack_block(&[(":foo", "bar")])), ":foo last", false),
+        (pseudo_first, ":foo first", false),
+        // Table: [:foo: bar].
+        (with(&foo_indexed), ":foo, indexed", false),
+        // Table: [x-a: 1, :foo: bar].
+        (with(&x_a), "x-a: 1, indexed", true),
+        (with(&[0x80 | 63]), "dynamic entry 63 (:foo: bar)", false),
+        // Table: [:foo: baz, x-a: 1, :foo: bar].
+        (
+            with(&foo_by_name),
+            "name of entry 63 (:foo), indexed",
+            false,
+        ),
+        (with(&[0x80 | 63]), "dynamic entry 63 (x-a: 1)", true),
+    ];
+    let mut id = 3;
+    for (block, what, answered) in steps {
+        c.send_block(id, &block, what).await;
+        if answered {
+            assert_eq!(
+                c.expect_headers(id).await,
+                (200, true),
+                "{}",
+                c.trace_text()
+            );
+        } else {
+            assert_eq!(c.expect_rst(id).await, PROTOCOL_ERROR, "{}", c.trace_text());
+        }
+        id += 2;
+    }
+    // Stream 1 is still served in full, and so is a new stream.
+    c.window_update(1, BIG_LEN as u32).await;
+    assert!(c.expect_body(1).await == big(), "{}", c.trace_text());
+    c.get(id, "/small.txt").await;
+    assert_eq!(
+        c.expect_headers(id).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    c.window_update(id, 1000).await;
+    assert_eq!(c.expect_body(id).await, SMALL, "{}", c.trace_text());
+}
+
+/// §8.2.1: a field that is not a valid HTTP field (a name with uppercase letters, an empty
+/// name, a value with CR or LF) makes the request malformed (§8.1.1): a stream error of type
+/// PROTOCOL_ERROR; the connection serves the next stream.
+#[tokio::test]
+async fn invalid_field_is_rst_protocol_error_and_connection_lives_on() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut id = 1;
+    for (name, value) in [("X-Upper", "1"), ("", "1"), ("x-crlf", "a\r\nb: c")] {
+        let mut fields = request_fields("GET", "/small.txt");
+        fields.push((name, value));
+        c.headers(id, &fields, true).await;
+        assert_eq!(c.expect_rst(id).await, PROTOCOL_ERROR, "{}", c.trace_text());
+        c.get_small(id + 2).await;
+        id += 4;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1098,6 +1334,204 @@ async fn stream_over_max_concurrent_streams_is_refused() {
         body.len(),
         c.trace_text()
     );
+}
+
+/// CVE-2023-44487 ("rapid reset"): a client that opens streams and resets them at once,
+/// 20,000 times on one connection, is cut off with GOAWAY(ENHANCE_YOUR_CALM) long before the
+/// end: the GOAWAY names a stream among the first thousand, it is the last frame, and the
+/// connection closes.
+#[tokio::test]
+async fn rapid_reset_flood_is_goaway_enhance_your_calm() {
+    const PAIRS: u32 = 20_000;
+    let srv = start_static("");
+    let Conn { tls, mut buf, .. } = Conn::start(&srv, &[]).await;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    // The flood is written while the answers are read (a client that does not read would be
+    // held back by the server's back-pressure instead).
+    let writer = tokio::spawn(async move {
+        let req = hpack_block(&request_fields("GET", "/small.txt"));
+        let mut written = 0;
+        while written < PAIRS {
+            let mut batch = Vec::new();
+            for id in (written..written + 100).map(|n| 2 * n + 1) {
+                batch.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+                batch.extend(frame_bytes(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+            }
+            if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
+                break;
+            }
+            written += 100;
+        }
+        written
+    });
+    let mut responses = 0;
+    let mut goaway: Option<Frame> = None;
+    let mut after_goaway = Vec::new();
+    let end = loop {
+        while let Some(f) = take_frame(&mut buf) {
+            match (&goaway, f.ty) {
+                (Some(_), _) => after_goaway.push(f),
+                (None, HEADERS) => responses += 1,
+                (None, GOAWAY) => goaway = Some(f),
+                _ => {}
+            }
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout(Duration::from_secs(5), rd.read(&mut chunk)).await {
+            Err(_) => break "still open 5 s after the last bytes".to_string(),
+            Ok(Ok(0)) => break "closed".to_string(),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => break format!("closed: {e}"),
+        }
+    };
+    writer.abort();
+    let written = writer.await.unwrap_or(0);
+    let summary = format!(
+        "{responses} responses, {written} of {PAIRS} HEADERS+RST_STREAM pairs written, \
+         GOAWAY: {goaway:?}, then: {after_goaway:?}, end: {end}"
+    );
+    eprintln!("rapid reset: {summary}");
+    let g = goaway.unwrap_or_else(|| panic!("no GOAWAY: {summary}"));
+    assert_eq!(g.error_code(), ENHANCE_YOUR_CALM, "{summary}");
+    assert!(g.last_stream_id() < 2 * 1000, "{summary}");
+    assert!(responses < 1000, "{summary}");
+    assert!(after_goaway.is_empty(), "{summary}");
+    assert!(end.starts_with("closed"), "{summary}");
+}
+
+impl Conn {
+    /// Frames until every stream of `wanted` has its whole response (200 and /small.txt);
+    /// frames of the `cancelled` streams are ignored, anything else fails.
+    async fn expect_small_responses(&mut self, wanted: &[u32], cancelled: &[u32]) {
+        let mut left: Vec<u32> = wanted.to_vec();
+        let mut bodies: std::collections::HashMap<u32, Vec<u8>> = Default::default();
+        while !left.is_empty() {
+            let f = self.recv(&format!("waiting for streams {left:?}")).await;
+            if cancelled.contains(&f.stream) && matches!(f.ty, HEADERS | DATA) {
+                continue;
+            }
+            if !left.contains(&f.stream) {
+                self.fail(&format!("unexpected {f:?} (waiting for streams {left:?})"));
+            }
+            match f.ty {
+                HEADERS => {
+                    let status = status_of(f.header_block());
+                    if status != Ok(200) || f.has(END_STREAM) {
+                        self.fail(&format!("expected 200 with a body: {f:?}"));
+                    }
+                    bodies.insert(f.stream, Vec::new());
+                }
+                DATA if bodies.contains_key(&f.stream) => {
+                    let body = bodies.get_mut(&f.stream).unwrap();
+                    body.extend_from_slice(&f.payload);
+                    if f.has(END_STREAM) {
+                        if body != SMALL {
+                            self.fail(&format!("stream {}: {} bytes", f.stream, body.len()));
+                        }
+                        left.retain(|&s| s != f.stream);
+                    }
+                }
+                _ => self.fail(&format!("unexpected {f:?} (waiting for streams {left:?})")),
+            }
+        }
+    }
+
+    /// A page navigation: `n` GETs on new streams from `*next`, all cancelled. `in_flight`:
+    /// once the server has answered their HEADERS, their bodies waiting for window (the
+    /// client's initial window is 0); else right behind the requests, which the server has
+    /// answered in full by the time it reads the resets.
+    async fn cancel_burst(&mut self, next: &mut u32, n: u32, in_flight: bool) -> Vec<u32> {
+        let ids: Vec<u32> = (0..n).map(|k| *next + 2 * k).collect();
+        *next += 2 * n;
+        let req = hpack_block(&request_fields("GET", "/small.txt"));
+        let mut bytes = Vec::new();
+        for &id in &ids {
+            bytes.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+        }
+        if in_flight {
+            self.trace.push(format!("-> {n} GETs on streams {ids:?}"));
+            self.write_raw(&bytes).await;
+            for &id in &ids {
+                assert_eq!(
+                    self.expect_headers(id).await,
+                    (200, false),
+                    "{}",
+                    self.trace_text()
+                );
+            }
+            bytes.clear();
+        }
+        for &id in &ids {
+            bytes.extend(frame_bytes(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+        }
+        self.trace
+            .push(format!("-> RST_STREAM(CANCEL) on streams {ids:?}"));
+        self.write_raw(&bytes).await;
+        ids
+    }
+}
+
+/// A client that cancels streams now and then is no rapid-reset attacker, and keeps its
+/// connection: a page navigation that cancels as many streams as SETTINGS_MAX_CONCURRENT_STREAMS
+/// allows before any response of its own completed, then 200 requests of which every tenth is
+/// cancelled, another navigation of 50 streams, and 50 more requests. The cancelled responses
+/// are in flight (the client's initial window is 0: they wait after their HEADERS), or, on a
+/// second connection, already complete. Every request not cancelled is answered in full, and
+/// no GOAWAY comes.
+#[tokio::test]
+async fn occasional_cancels_keep_the_connection() {
+    let srv = start_static("");
+    for in_flight in [true, false] {
+        let window = if in_flight { 0 } else { 65_535 };
+        let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, window)]).await;
+        let max = c
+            .server_settings
+            .iter()
+            .find(|s| s.0 == SETTINGS_MAX_CONCURRENT_STREAMS)
+            .map(|s| s.1)
+            .expect("SETTINGS_MAX_CONCURRENT_STREAMS");
+        let mut next = 1;
+        // Every stream cancelled: their responses, when complete, are ignored.
+        let mut cancelled = c.cancel_burst(&mut next, max, in_flight).await;
+        let mut answered = 0;
+        for requests in [200, 0, 50] {
+            if requests == 0 {
+                cancelled.extend(c.cancel_burst(&mut next, 50, in_flight).await);
+                continue;
+            }
+            for _ in 0..requests / 10 {
+                let ids: Vec<u32> = (0..10).map(|k| next + 2 * k).collect();
+                next += 20;
+                // The first is cancelled: its response, if sent, comes before the others'.
+                let (cancel, wanted) = ids.split_at(1);
+                cancelled.push(cancel[0]);
+                let req = hpack_block(&request_fields("GET", "/small.txt"));
+                let mut bytes = Vec::new();
+                for &id in &ids {
+                    bytes.extend(frame_bytes(HEADERS, END_HEADERS | END_STREAM, id, &req));
+                }
+                bytes.extend(frame_bytes(RST_STREAM, 0, cancel[0], &CANCEL.to_be_bytes()));
+                if in_flight {
+                    for &id in wanted {
+                        bytes.extend(frame_bytes(WINDOW_UPDATE, 0, id, &1000u32.to_be_bytes()));
+                    }
+                }
+                c.trace.clear();
+                c.trace.push(format!(
+                    "-> GETs on streams {ids:?}, RST_STREAM(CANCEL) on {cancel:?} \
+                     (in flight: {in_flight})"
+                ));
+                c.write_raw(&bytes).await;
+                c.expect_small_responses(wanted, &cancelled).await;
+                answered += wanted.len();
+            }
+        }
+        assert_eq!(answered, 225);
+        let payload = [4; 8];
+        c.ping(payload).await;
+        c.expect_ping_ack(payload).await;
+        c.quiet("no GOAWAY after the cancels").await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1374,6 +1808,44 @@ async fn graceful_shutdown_without_ping_answer_still_ends() {
     );
     c.expect_eof().await;
     shutdown_returns(shutdown).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle timeout
+// ---------------------------------------------------------------------------------------------
+
+/// §6.8: a connection the server closes for its idle timeout gets GOAWAY(NO_ERROR) first,
+/// naming the last stream served, so the client knows no request was lost; then it closes.
+/// The same without any request (last-stream-id 0), and before the client's preface.
+#[tokio::test]
+async fn idle_timeout_sends_goaway_no_error_then_closes() {
+    let srv = start_static("[limits]\nidle_timeout = \"1s\"\n");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.get_small(3).await;
+    let started = Instant::now();
+    let g = c.expect_goaway().await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (g.error_code(), g.last_stream_id()),
+        (NO_ERROR, 3),
+        "{}",
+        c.trace_text()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(800) && elapsed < Duration::from_secs(3),
+        "GOAWAY after {elapsed:?}, expected about 1 s"
+    );
+    c.expect_eof().await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    c.expect_connection_error(&[NO_ERROR], 0).await;
+
+    // Nothing from the client after the handshake: the server's SETTINGS, then GOAWAY.
+    let mut c = Conn::open(&srv).await;
+    let f = c.next_or_fail("before the client preface").await;
+    assert!(f.ty == SETTINGS && !f.has(ACK), "{}", c.trace_text());
+    c.expect_connection_error(&[NO_ERROR], 0).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@
 //! [`crate::http::Body::Ready`]). This module owns the protocol state: the SETTINGS
 //! exchange, stream states and identifiers (§5.1), flow control in both directions (§5.2, §6.9),
 //! request validation (§8.3), responses, RST_STREAM and GOAWAY, graceful shutdown, and limits
-//! against abusive peers (refused streams, error resets, empty frames).
+//! against abusive peers (refused streams, error resets, empty frames, streams the client
+//! resets: "rapid reset", CVE-2023-44487).
 //!
 //! Request bodies are not used by any handler: their DATA is counted, checked against the
 //! windows and `content-length`, and discarded, its window given back at once. A response that
@@ -73,6 +74,10 @@ const MAX_ERROR_RESETS: u32 = 256;
 /// Empty DATA frames (without END_STREAM) a client may send before ENHANCE_YOUR_CALM: they
 /// cost work and carry nothing (CVE-2019-9518).
 const MAX_EMPTY_FRAMES: u32 = 1024;
+
+/// Streams the client resets (RST_STREAM) beyond the responses it let complete: twice the
+/// SETTINGS_MAX_CONCURRENT_STREAMS, at least this many. See [`Conn::on_client_reset`].
+const MIN_RESET_BUDGET: u32 = 128;
 
 /// The payload of the PING sent with the first GOAWAY of a graceful shutdown.
 const GRACEFUL_PING: [u8; 8] = *b"shutdown";
@@ -151,6 +156,10 @@ struct Conn<T> {
     recent_resets: VecDeque<u32>,
     error_resets: u32,
     empty_frames: u32,
+    /// Streams the client reset, weighted, and responses completed (see
+    /// [`Conn::on_client_reset`]).
+    client_resets: u32,
+    responses: u32,
     /// We sent GOAWAY: streams above this id are ignored; the connection ends when the streams
     /// are done (`error`: it ends as soon as the GOAWAY is written).
     goaway: Option<(u32, bool)>,
@@ -184,7 +193,15 @@ where
         conn.codec.get_mut().read_exact(&mut preface).await
     };
     tokio::select! {
-        r = start => { r?; }
+        r = start => match r {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                // Nothing from the client within the first-request timeout.
+                conn.idle_close();
+                return poll_fn(|cx| conn.poll(cx)).await;
+            }
+            Err(e) => return Err(e),
+        },
         _ = shutdown.changed() => return Ok(()),
     }
     if &preface != PREFACE {
@@ -235,6 +252,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             recent_resets: VecDeque::new(),
             error_resets: 0,
             empty_frames: 0,
+            client_resets: 0,
+            responses: 0,
             goaway: None,
             announced: false,
             peer_goaway: false,
@@ -425,12 +444,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             _ => {}
         }
         if error {
-            tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+            if reason != Reason::NO_ERROR {
+                tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+            }
             self.streams.clear();
             self.queue.clear();
         }
         self.goaway = Some((self.last_client, error));
         self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
+    }
+
+    /// Closes the connection after the idle timeout (`TimedIo`): GOAWAY(NO_ERROR) first, naming
+    /// the last stream processed, so the client knows that no request was lost and that it
+    /// should not send more on this connection (§6.8).
+    fn idle_close(&mut self) {
+        tracing::trace!("HTTP/2 idle timeout: sending GOAWAY");
+        self.go_away(Reason::NO_ERROR, true);
     }
 
     /// Closes the connection of a client that exceeded a limit (GOAWAY ENHANCE_YOUR_CALM).
@@ -465,8 +494,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     /// A response is fully sent. A client still sending its request body is asked to stop
     /// (RST_STREAM(NO_ERROR), §8.1); nothing is owed otherwise.
     fn response_sent(&mut self, id: u32, recv_open: bool) {
+        self.responses = self.responses.saturating_add(1);
         if recv_open {
             self.reset(id, Reason::NO_ERROR);
+        }
+    }
+
+    /// The client reset one of its streams: one whose response was `in_flight`, or one already
+    /// complete (the client may not have read it yet). Rapid reset (CVE-2023-44487) opens
+    /// streams and resets them at once, over and over: the work for each is done for nothing,
+    /// and a reset stream frees its place under SETTINGS_MAX_CONCURRENT_STREAMS at once.
+    /// Browsers cancel too (navigating away, an aborted fetch), but among requests whose
+    /// responses they take. So the streams the client resets may outnumber the responses it
+    /// took (responses completed, less those whose streams it reset afterwards) by a budget:
+    /// twice SETTINGS_MAX_CONCURRENT_STREAMS (every stream it may open cancelled twice before
+    /// anything completes), at least [`MIN_RESET_BUDGET`]. Beyond it the connection is closed
+    /// with ENHANCE_YOUR_CALM: a flood of HEADERS and RST_STREAM pairs is cut off after the
+    /// budget's worth of pairs (256 with the default 128 streams), its responses completing
+    /// or not. Hence the weights: a reset counts once, and once more when it takes back a
+    /// completed response.
+    fn on_client_reset(&mut self, in_flight: bool) {
+        let weight = if in_flight { 1 } else { 2 };
+        self.client_resets = self.client_resets.saturating_add(weight);
+        let budget = self
+            .limits
+            .max_concurrent_streams
+            .saturating_mul(2)
+            .max(MIN_RESET_BUDGET);
+        if u64::from(self.client_resets) > u64::from(budget) + u64::from(self.responses) {
+            self.calm_down(b"too many streams reset");
         }
     }
 
@@ -493,6 +549,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
             }
             h2::proto::Error::GoAway(debug, reason, _) => self.go_away_with(reason, true, debug),
+            // The idle timeout (`TimedIo`; or the network's, and then the GOAWAY is not sent).
+            h2::proto::Error::Io(io::ErrorKind::TimedOut, _) => self.idle_close(),
             h2::proto::Error::Io(kind, msg) => {
                 self.io_error = Some(match msg {
                     Some(m) => io::Error::new(kind, m),
@@ -531,8 +589,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 if id == 0 || id > self.last_client {
                     // §6.4: never on stream 0 or an idle stream.
                     self.go_away(Reason::PROTOCOL_ERROR, true);
-                } else if let Some(i) = self.find(id) {
-                    self.streams.remove(i);
+                } else {
+                    let in_flight = self.find(id).map(|i| self.streams.remove(i));
+                    self.on_client_reset(in_flight.is_some());
                 }
             }
             Frame::GoAway(g) => {

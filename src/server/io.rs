@@ -4,7 +4,9 @@
 //! * header timeout (HTTP/1.1): a request head that does not arrive completely in time gets a
 //!   `408 Request Timeout` and the connection is closed (hyper itself would close silently);
 //! * first-request timeout: a connection that sends nothing after the handshake is closed;
-//! * keep-alive idle timeout: no request in flight and nothing received → closed;
+//! * keep-alive idle timeout: no request in flight and nothing received → closed (HTTP/1.1:
+//!   the read ends as if the peer had closed; HTTP/2: it fails with [`io::ErrorKind::TimedOut`],
+//!   and the connection sends GOAWAY before it closes, see [`super::h2`]);
 //! * send timeout: a peer that stops reading is cut off instead of holding buffers forever.
 //!
 //! "A request is in flight" comes from [`ConnState`], which the HTTP service updates.
@@ -36,7 +38,8 @@ pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
     pub send: Duration,
-    /// HTTP/1.x: send 408 on header timeout. (HTTP/2 has no equivalent; idle rules apply.)
+    /// HTTP/1.x: send 408 on header timeout. (HTTP/2 has no equivalent; idle rules apply, and
+    /// an idle read fails with `TimedOut` instead of ending.)
     pub h1: bool,
 }
 
@@ -216,8 +219,12 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
                 *this.sending_408 = Some(0);
                 return self.poll_send_408(cx);
             }
-            // Idle (or nothing ever sent): end of stream; hyper closes the connection.
+            // Idle (or nothing ever sent): end of stream; hyper closes the connection. Our HTTP/2
+            // connection says goodbye first (GOAWAY): it needs to know why the read ended.
             tracing::trace!("idle timeout");
+            if !this.timeouts.h1 {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
+            }
             return Poll::Ready(Ok(()));
         }
     }

@@ -145,6 +145,18 @@ impl FrameDecoder {
     }
 }
 
+/// portcullis: the error code for a control frame that did not load: a length wrong for the
+/// frame's type is a connection error of type FRAME_SIZE_ERROR (RFC 9113 §4.2; §6.4 RST_STREAM,
+/// §6.5 SETTINGS, §6.7 PING, §6.8 GOAWAY, §6.9 WINDOW_UPDATE), anything else PROTOCOL_ERROR.
+fn load_error(e: &frame::Error) -> Reason {
+    match e {
+        frame::Error::BadFrameSize
+        | frame::Error::InvalidPayloadLength
+        | frame::Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+        _ => Reason::PROTOCOL_ERROR,
+    }
+}
+
 /// Decodes a frame.
 ///
 /// This function is intentionally de-generified and outlined because it is very large.
@@ -207,7 +219,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 },
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // portcullis: RFC 9113 §4.3: a field block that cannot be decoded is a
+                    // connection error of type COMPRESSION_ERROR.
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
             }
 
@@ -233,7 +247,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load SETTINGS frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
+                Error::library_go_away(load_error(&e))
             })?
             .into()
         }
@@ -242,7 +257,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load PING frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
+                Error::library_go_away(load_error(&e))
             })?
             .into()
         }
@@ -251,7 +267,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
+                Error::library_go_away(load_error(&e))
             })?
             .into()
         }
@@ -271,7 +288,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::Reset::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load RESET frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
+                Error::library_go_away(load_error(&e))
             })?
             .into()
         }
@@ -279,7 +297,8 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
             let res = frame::GoAway::load(head, &bytes[frame::HEADER_LEN..]);
             res.map_err(|e| {
                 proto_err!(conn: "failed to load GO_AWAY frame; err={:?}", e);
-                Error::library_go_away(Reason::PROTOCOL_ERROR)
+                // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
+                Error::library_go_away(load_error(&e))
             })?
             .into()
         }
@@ -390,7 +409,9 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                 }
                 Err(e) => {
                     proto_err!(conn: "failed HPACK decoding; err={:?}", e);
-                    return Err(Error::library_go_away(Reason::PROTOCOL_ERROR));
+                    // portcullis: RFC 9113 §4.3: a field block that cannot be decoded is a
+                    // connection error of type COMPRESSION_ERROR.
+                    return Err(Error::library_go_away(Reason::COMPRESSION_ERROR));
                 }
             }
 

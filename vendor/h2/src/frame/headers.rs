@@ -1003,6 +1003,9 @@ impl HeaderBlock {
 
         match res {
             Ok(()) => {}
+            // portcullis: the block is decoded, but a field is not valid HTTP: the message is
+            // malformed, a stream error (RFC 9113 §8.1.1, §8.2.1, §8.3), not a decoding error.
+            Err(hpack::DecoderError::MalformedField) => malformed = true,
             Err(e) => {
                 tracing::trace!("hpack decoding error; err={:?}", e);
                 return Err(e.into());

@@ -20,6 +20,8 @@ pub struct Decoder {
     last_max_update: usize,
     table: Table,
     buffer: BytesMut,
+    // portcullis: the block being decoded has an invalid field (see `Entry`).
+    malformed: bool,
 }
 
 /// Represents all errors that can be encountered while performing the decoding
@@ -36,6 +38,9 @@ pub enum DecoderError {
     InvalidMaxDynamicSize,
     IntegerOverflow,
     NeedMore(NeedMore),
+    /// portcullis: the block is decoded, but a field in it is not a valid HTTP field (see
+    /// `Entry`): the message is malformed.
+    MalformedField,
 }
 
 #[derive(Debug, Copy, Clone, PartialEq, Eq)]
@@ -136,9 +141,30 @@ enum Representation {
     SizeUpdate,
 }
 
+/// portcullis: a field as decoded. A field that decodes (RFC 7541) but is not a valid HTTP
+/// field, such as an unknown pseudo-header, an uppercase name or a value with CR or LF (RFC 9113
+/// §8.2.1, §8.3), is not a decoding error but makes its message malformed, a stream error
+/// (§8.1.1): the rest of the block is decoded, and the field takes its place in the dynamic
+/// table if it is indexed (RFC 7541 §4.4), as its name and size; a later reference to it is an
+/// invalid field again.
+#[derive(Debug, Clone)]
+enum Entry {
+    Valid(Header),
+    Invalid { name: Bytes, value_len: usize },
+}
+
+impl Entry {
+    fn len(&self) -> usize {
+        match self {
+            Entry::Valid(h) => h.len(),
+            Entry::Invalid { name, value_len } => 32 + name.len() + value_len,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Table {
-    entries: VecDeque<Header>,
+    entries: VecDeque<Entry>, // portcullis: was `Header`
     size: usize,
     max_size: usize,
 }
@@ -161,6 +187,7 @@ impl Decoder {
             // portcullis: allocated by the first Huffman-coded string (see `decode_string`):
             // a connection that sends no headers keeps none.
             buffer: BytesMut::new(),
+            malformed: false, // portcullis: see `Entry`.
         }
     }
 
@@ -207,7 +234,8 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_indexed(src)?;
                     consume(src);
-                    if f(entry).is_break() {
+                    // portcullis: `emit` passes the field on if it is valid.
+                    if self.emit(entry, &mut f).is_break() {
                         break;
                     }
                 }
@@ -220,7 +248,8 @@ impl Decoder {
                     self.table.insert(entry.clone());
                     consume(src);
 
-                    if f(entry).is_break() {
+                    // portcullis: `emit` passes the field on if it is valid.
+                    if self.emit(entry, &mut f).is_break() {
                         break;
                     }
                 }
@@ -229,7 +258,8 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, false)?;
                     consume(src);
-                    if f(entry).is_break() {
+                    // portcullis: see `emit`.
+                    if self.emit(entry, &mut f).is_break() {
                         break;
                     }
                 }
@@ -241,7 +271,8 @@ impl Decoder {
 
                     // TODO: Track that this should never be indexed
 
-                    if f(entry).is_break() {
+                    // portcullis: see `emit`.
+                    if self.emit(entry, &mut f).is_break() {
                         break;
                     }
                 }
@@ -258,7 +289,26 @@ impl Decoder {
             }
         }
 
+        // portcullis: the whole block is decoded; an invalid field in it is reported now
+        // (after `NeedMore`, the flag waits for the rest of the block).
+        if std::mem::take(&mut self.malformed) {
+            return Err(DecoderError::MalformedField);
+        }
         Ok(())
+    }
+
+    /// portcullis: hands a valid field to `f`; an invalid one marks the block (see `Entry`).
+    fn emit<F>(&mut self, entry: Entry, f: &mut F) -> ControlFlow<()>
+    where
+        F: FnMut(Header) -> ControlFlow<()>,
+    {
+        match entry {
+            Entry::Valid(header) => f(header),
+            Entry::Invalid { .. } => {
+                self.malformed = true;
+                ControlFlow::Continue(())
+            }
+        }
     }
 
     fn process_size_update(&mut self, buf: &mut Cursor<&mut BytesMut>) -> Result<(), DecoderError> {
@@ -279,7 +329,8 @@ impl Decoder {
         Ok(())
     }
 
-    fn decode_indexed(&self, buf: &mut Cursor<&mut BytesMut>) -> Result<Header, DecoderError> {
+    // portcullis: an `Entry`, not a `Header`.
+    fn decode_indexed(&self, buf: &mut Cursor<&mut BytesMut>) -> Result<Entry, DecoderError> {
         let index = decode_int(buf, 7)?;
         self.table.get(index)
     }
@@ -288,7 +339,8 @@ impl Decoder {
         &mut self,
         buf: &mut Cursor<&mut BytesMut>,
         index: bool,
-    ) -> Result<Header, DecoderError> {
+    ) -> Result<Entry, DecoderError> {
+        // portcullis: an `Entry`: a field that is not valid HTTP is kept as `Entry::Invalid`.
         let prefix = if index { 6 } else { 4 };
 
         // Extract the table index for the name, or 0 if not indexed
@@ -303,12 +355,31 @@ impl Decoder {
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            Header::new(name, value)
+            // portcullis: see `Entry` (its name copied: the read buffer is not kept for it).
+            let value_len = value.len();
+            Ok(match Header::new(name.clone(), value) {
+                Ok(header) => Entry::Valid(header),
+                Err(_) => Entry::Invalid {
+                    name: Bytes::copy_from_slice(&name),
+                    value_len,
+                },
+            })
         } else {
             let e = self.table.get(table_idx)?;
             let value = self.decode_string(buf)?;
 
-            e.name().into_entry(value)
+            // portcullis: see `Entry`.
+            let value_len = value.len();
+            Ok(match e {
+                Entry::Valid(e) => match e.name().into_entry(value) {
+                    Ok(header) => Entry::Valid(header),
+                    Err(_) => Entry::Invalid {
+                        name: Bytes::copy_from_slice(e.name().as_slice()),
+                        value_len,
+                    },
+                },
+                Entry::Invalid { name, .. } => Entry::Invalid { name, value_len },
+            })
         }
     }
 
@@ -521,13 +592,14 @@ impl Table {
     ///
     /// This is according to the [HPACK spec, section 2.3.3.]
     /// (http://http2.github.io/http2-spec/compression.html#index.address.space)
-    pub fn get(&self, index: usize) -> Result<Header, DecoderError> {
+    pub fn get(&self, index: usize) -> Result<Entry, DecoderError> {
+        // portcullis: an `Entry`, not a `Header`.
         if index == 0 {
             return Err(DecoderError::InvalidTableIndex);
         }
 
         if index <= 61 {
-            return Ok(get_static(index));
+            return Ok(Entry::Valid(get_static(index)));
         }
 
         // Convert the index for lookup in the entries structure.
@@ -537,7 +609,8 @@ impl Table {
         }
     }
 
-    fn insert(&mut self, entry: Header) {
+    // portcullis: an `Entry`, not a `Header`.
+    fn insert(&mut self, entry: Entry) {
         let len = entry.len();
 
         self.reserve(len);
