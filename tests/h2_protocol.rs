@@ -24,11 +24,13 @@ use tokio_rustls::client::TlsStream;
 // Frame types (RFC 9113 §6).
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
 
 // Flags.
 const END_STREAM: u8 = 0x1;
@@ -49,8 +51,10 @@ const COMPRESSION_ERROR: u32 = 0x9;
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 // Settings (§6.5.2).
+const SETTINGS_ENABLE_PUSH: u16 = 0x2;
 const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 0x4;
+const SETTINGS_MAX_FRAME_SIZE: u16 = 0x5;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The default SETTINGS_MAX_FRAME_SIZE, which our client never raises.
@@ -867,10 +871,12 @@ async fn headers_on_even_stream_is_goaway_protocol_error() {
     c.expect_connection_error(&[PROTOCOL_ERROR], 0).await;
 }
 
-/// §5.1.1: a new stream's id must be above all the client opened before; HEADERS on stream 1
-/// after stream 3 is a connection error (STREAM_CLOSED, §5.1 "closed", or PROTOCOL_ERROR).
+/// §5.1.1: a new stream's id must be above all the client opened before; a HEADERS frame
+/// on a lower id is a connection error of type PROTOCOL_ERROR: stream 1 again after stream 3,
+/// and stream 3 after stream 5 when 3 was never used (h2spec 5.1.1; the first use of 5 closed
+/// it, §5.1.1).
 #[tokio::test]
-async fn reused_lower_stream_id_is_goaway() {
+async fn reused_lower_stream_id_is_goaway_protocol_error() {
     let srv = start_static("");
     let mut c = Conn::start(&srv, &[]).await;
     c.get(1, "/small.txt").await;
@@ -878,8 +884,110 @@ async fn reused_lower_stream_id_is_goaway() {
     c.get(3, "/small.txt").await;
     assert_eq!(c.expect_response(3).await.1, SMALL);
     c.get(1, "/small.txt").await;
-    c.expect_connection_error(&[STREAM_CLOSED, PROTOCOL_ERROR], 3)
+    c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get(5, "/small.txt").await;
+    c.get(3, "/small.txt").await;
+    assert_eq!(c.expect_response(5).await.1, SMALL);
+    c.expect_connection_error(&[PROTOCOL_ERROR], 5).await;
+}
+
+/// §5.1: DATA on a stream in the half-closed (remote) state (the request ended, the response
+/// is still being sent) is a stream error of type STREAM_CLOSED, and so is DATA on a stream
+/// closed after both sides ended it; the connection goes on.
+#[tokio::test]
+async fn data_after_end_stream_is_rst_stream_closed() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    c.data(1, b"late", false).await;
+    assert_eq!(c.expect_rst(1).await, STREAM_CLOSED, "{}", c.trace_text());
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
+    c.quiet("no DATA for the reset stream once the window opens")
         .await;
+    c.get_small(3).await;
+    c.data(3, b"late", true).await;
+    assert_eq!(c.expect_rst(3).await, STREAM_CLOSED, "{}", c.trace_text());
+    c.get_small(5).await;
+}
+
+/// §5.1: the server opens no streams (it does not push), so even-numbered streams stay idle:
+/// DATA, RST_STREAM or WINDOW_UPDATE on one is a connection error of type PROTOCOL_ERROR, also
+/// below the client's highest stream id.
+#[tokio::test]
+async fn frames_on_even_streams_are_goaway_protocol_error() {
+    let srv = start_static("");
+    let cases: [(&str, u8, Vec<u8>); 3] = [
+        ("DATA", DATA, b"data".to_vec()),
+        ("RST_STREAM", RST_STREAM, CANCEL.to_be_bytes().to_vec()),
+        (
+            "WINDOW_UPDATE",
+            WINDOW_UPDATE,
+            1000u32.to_be_bytes().to_vec(),
+        ),
+    ];
+    for (what, ty, payload) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(3).await;
+        c.trace.push(format!("({what} on stream 2)"));
+        c.write(ty, 0, 2, &payload).await;
+        c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+    }
+}
+
+/// §6.10: a header block continues in CONTINUATION frames of the same stream and nothing else
+/// may come between: a CONTINUATION of another stream, any other frame, or a CONTINUATION
+/// with no header block open is a connection error of type PROTOCOL_ERROR (the unfinished
+/// request is not served). A block split properly is.
+#[tokio::test]
+async fn interleaved_or_stray_continuation_is_goaway_protocol_error() {
+    let srv = start_static("");
+    let block = hpack_block(&request_fields("GET", "/small.txt"));
+    let (first, rest) = block.split_at(10);
+    let mut c = Conn::start(&srv, &[]).await;
+    c.write(HEADERS, END_STREAM, 1, first).await;
+    c.write(CONTINUATION, END_HEADERS, 1, rest).await;
+    let (status, body) = c.expect_response(1).await;
+    assert_eq!((status, &body[..]), (200, SMALL), "{}", c.trace_text());
+
+    let cases: [(&str, u8, u8, u32, Vec<u8>); 4] = [
+        (
+            "CONTINUATION of stream 5",
+            CONTINUATION,
+            END_HEADERS,
+            5,
+            rest.to_vec(),
+        ),
+        (
+            "HEADERS of stream 5",
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            5,
+            block.clone(),
+        ),
+        ("PING", PING, 0, 0, vec![0; 8]),
+        ("DATA of stream 3", DATA, END_STREAM, 3, vec![]),
+    ];
+    for (what, ty, flags, stream, payload) in cases {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.write(HEADERS, END_STREAM, 3, first).await;
+        c.trace
+            .push(format!("({what} within stream 3's header block)"));
+        c.write(ty, flags, stream, &payload).await;
+        c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
+    }
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.write(CONTINUATION, END_HEADERS, 3, rest).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
 }
 
 /// §8.3.1: a request without `:path` is malformed: a stream error of type PROTOCOL_ERROR
@@ -948,7 +1056,7 @@ async fn priority_on_idle_stream_is_accepted() {
     let srv = start_static("");
     let mut c = Conn::start(&srv, &[]).await;
     // Stream 5 depends on stream 0, weight 16.
-    c.write(0x2, 0, 5, &[0, 0, 0, 0, 15]).await;
+    c.write(PRIORITY, 0, 5, &[0, 0, 0, 0, 15]).await;
     let payload = [2; 8];
     c.ping(payload).await;
     c.expect_ping_ack(payload).await;
@@ -956,6 +1064,109 @@ async fn priority_on_idle_stream_is_accepted() {
     for id in [1, 5] {
         c.get_small(id).await;
     }
+}
+
+/// The payload of a PRIORITY frame, or of a HEADERS frame's priority fields: stream
+/// `dependency`, weight 16, not exclusive (§6.3).
+fn priority_fields(dependency: u32) -> Vec<u8> {
+    let mut p = dependency.to_be_bytes().to_vec();
+    p.push(15);
+    p
+}
+
+/// §5.3.1 (RFC 7540 §5.3.1): a stream cannot depend on itself: a PRIORITY frame that says so
+/// is a stream error of type PROTOCOL_ERROR, answered with RST_STREAM(PROTOCOL_ERROR) also
+/// on an idle stream (what h2spec 5.3.1 expects). But a PRIORITY frame never opens a stream
+/// (§5.1): afterwards both a lower and a higher stream id are new streams the server serves.
+#[tokio::test]
+async fn self_dependent_priority_on_idle_stream_is_rst_protocol_error_and_opens_no_stream() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.write(PRIORITY, 0, 5, &priority_fields(5)).await;
+    assert_eq!(c.expect_rst(5).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.quiet("nothing else after the RST_STREAM").await;
+    for id in [1, 7] {
+        c.get_small(id).await;
+    }
+}
+
+/// §5.3.1: a self-dependent PRIORITY is a stream error of type PROTOCOL_ERROR on an open
+/// stream (its response stops: RST_STREAM, no more DATA) and on a closed one (PRIORITY may
+/// arrive in any state, §6.3); either way the connection serves the next stream.
+#[tokio::test]
+async fn self_dependent_priority_on_open_or_closed_stream_is_rst_protocol_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    c.write(PRIORITY, 0, 1, &priority_fields(1)).await;
+    assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
+    c.quiet("no DATA for the reset stream once the window opens")
+        .await;
+    c.get_small(3).await;
+    c.write(PRIORITY, 0, 3, &priority_fields(3)).await;
+    assert_eq!(c.expect_rst(3).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.get_small(5).await;
+}
+
+/// §6.3: a PRIORITY frame of other than 5 octets is a stream error of type FRAME_SIZE_ERROR,
+/// not a connection error: on a closed stream (as h2spec 6.3 sends it) and on an idle one,
+/// which it does not open; lower and higher stream ids are served afterwards.
+#[tokio::test]
+async fn priority_of_wrong_length_is_rst_frame_size_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.write(PRIORITY, 0, 1, &[0x80, 0, 0, 1]).await;
+    assert_eq!(
+        c.expect_rst(1).await,
+        FRAME_SIZE_ERROR,
+        "{}",
+        c.trace_text()
+    );
+    c.write(PRIORITY, 0, 7, &[0, 0, 0, 1, 15, 0]).await;
+    assert_eq!(
+        c.expect_rst(7).await,
+        FRAME_SIZE_ERROR,
+        "{}",
+        c.trace_text()
+    );
+    c.quiet("nothing else after the RST_STREAMs").await;
+    for id in [3, 9] {
+        c.get_small(id).await;
+    }
+}
+
+/// §5.3.1: a HEADERS frame whose stream depends on itself is a stream error of type
+/// PROTOCOL_ERROR (the stream is opened and reset, h2spec 5.3.1). Its field block is still
+/// decoded (§4.3): a field it inserts into the dynamic table is there for the next block,
+/// which refers to it by index and is served.
+#[tokio::test]
+async fn self_dependent_headers_is_rst_protocol_error_and_its_block_is_decoded() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    let mut payload = priority_fields(1);
+    hpack_indexed_literal(&mut payload, "x-probe", "one");
+    payload.extend(hpack_block(&request_fields("GET", "/small.txt")));
+    c.write(
+        HEADERS,
+        END_HEADERS | END_STREAM | PRIORITY_FLAG,
+        1,
+        &payload,
+    )
+    .await;
+    assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    // Index 62: "x-probe: one", inserted by the reset stream's block.
+    let block = request_block(&[], &[0xbe]);
+    c.send_block(3, &block, "x-probe by index 62").await;
+    let (status, body) = c.expect_response(3).await;
+    assert_eq!((status, &body[..]), (200, SMALL), "{}", c.trace_text());
 }
 
 /// §8.2.2: a request with a connection-specific field is malformed: a stream error of type
@@ -987,10 +1198,11 @@ async fn malformed_headers_on_even_stream_is_goaway_protocol_error() {
     c.expect_connection_error(&[PROTOCOL_ERROR], 0).await;
 }
 
-/// §5.1.1: a client reusing a lower stream id is a connection error, also when the reused
-/// stream's header block is malformed (which alone would be a stream error).
+/// §5.1.1: a client reusing a lower stream id is a connection error of type PROTOCOL_ERROR,
+/// also when the reused stream's header block is malformed (which alone would be a stream
+/// error).
 #[tokio::test]
-async fn malformed_headers_on_reused_stream_id_is_goaway() {
+async fn malformed_headers_on_reused_stream_id_is_goaway_protocol_error() {
     let srv = start_static("");
     let mut c = Conn::start(&srv, &[]).await;
     c.get(1, "/small.txt").await;
@@ -1000,8 +1212,7 @@ async fn malformed_headers_on_reused_stream_id_is_goaway() {
     let mut fields = request_fields("GET", "/small.txt");
     fields.push(("connection", "keep-alive"));
     c.headers(1, &fields, true).await;
-    c.expect_connection_error(&[STREAM_CLOSED, PROTOCOL_ERROR], 3)
-        .await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
 }
 
 /// §8.4: a client cannot push; PUSH_PROMISE from it is a connection error of type
@@ -1254,6 +1465,130 @@ async fn connection_window_overflow_is_goaway_flow_control_error() {
     let mut c = Conn::start(&srv, &[]).await;
     c.window_update(0, 0x7fff_ffff).await;
     c.expect_connection_error(&[FLOW_CONTROL_ERROR], 0).await;
+}
+
+/// §6.9: a WINDOW_UPDATE with an increment of 0 on a stream is a stream error of type
+/// PROTOCOL_ERROR: on an open stream (whose response then stops) and on a closed one; the
+/// connection serves the next stream. On stream 0 it is a connection error of type
+/// PROTOCOL_ERROR, and so it is on an idle stream (§5.1).
+#[tokio::test]
+async fn window_update_of_zero_is_rst_on_a_stream_and_goaway_on_the_connection() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    c.window_update(1, 0).await;
+    assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
+    c.quiet("no DATA for the reset stream once the window opens")
+        .await;
+    c.get_small(3).await;
+    c.window_update(3, 0).await;
+    assert_eq!(c.expect_rst(3).await, PROTOCOL_ERROR, "{}", c.trace_text());
+    c.get_small(5).await;
+    c.window_update(0, 0).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 5).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.window_update(3, 0).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
+}
+
+/// §6.9.1: a WINDOW_UPDATE that takes a stream's send window above 2^31-1 is a stream error of
+/// type FLOW_CONTROL_ERROR (the connection serves the next stream); §6.9.2: a change of
+/// SETTINGS_INITIAL_WINDOW_SIZE that does the same to an open stream is a connection error of
+/// type FLOW_CONTROL_ERROR. (Each pair of frames goes in one write, so no DATA leaves between.)
+#[tokio::test]
+async fn stream_window_overflow_is_flow_control_error() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    let mut bytes = frame_bytes(WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes());
+    bytes.extend(frame_bytes(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()));
+    c.trace
+        .push("-> WINDOW_UPDATE stream=1 increment=2147483647, increment=1".into());
+    c.write_raw(&bytes).await;
+    assert_eq!(
+        c.expect_rst(1).await,
+        FLOW_CONTROL_ERROR,
+        "{}",
+        c.trace_text()
+    );
+    c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
+    c.get_small(3).await;
+
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    let mut bytes = frame_bytes(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes());
+    let mut s = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    s.extend(0x7fff_ffffu32.to_be_bytes());
+    bytes.extend(frame_bytes(SETTINGS, 0, 0, &s));
+    c.trace.push(
+        "-> WINDOW_UPDATE stream=1 increment=1, SETTINGS INITIAL_WINDOW_SIZE=2147483647".into(),
+    );
+    c.write_raw(&bytes).await;
+    c.expect_connection_error(&[FLOW_CONTROL_ERROR], 1).await;
+}
+
+/// §6.5.2: SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1 is a connection error of type
+/// FLOW_CONTROL_ERROR; SETTINGS_MAX_FRAME_SIZE outside 2^14..2^24-1 and SETTINGS_ENABLE_PUSH
+/// other than 0 or 1 are connection errors of type PROTOCOL_ERROR. The limits themselves are
+/// accepted (SETTINGS ACK, and the connection serves the next stream).
+#[tokio::test]
+async fn settings_values_out_of_range_are_goaway() {
+    let srv = start_static("");
+    let bad = [
+        (
+            SETTINGS_INITIAL_WINDOW_SIZE,
+            0x8000_0000,
+            FLOW_CONTROL_ERROR,
+        ),
+        (SETTINGS_INITIAL_WINDOW_SIZE, u32::MAX, FLOW_CONTROL_ERROR),
+        (SETTINGS_MAX_FRAME_SIZE, 16_383, PROTOCOL_ERROR),
+        (SETTINGS_MAX_FRAME_SIZE, 1 << 24, PROTOCOL_ERROR),
+        (SETTINGS_MAX_FRAME_SIZE, 0, PROTOCOL_ERROR),
+        (SETTINGS_ENABLE_PUSH, 2, PROTOCOL_ERROR),
+    ];
+    for (id, value, code) in bad {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get_small(1).await;
+        c.settings(&[(id, value)]).await;
+        c.expect_connection_error(&[code], 1).await;
+    }
+    let good = [
+        (SETTINGS_INITIAL_WINDOW_SIZE, 0x7fff_ffff),
+        (SETTINGS_MAX_FRAME_SIZE, 16_384),
+        (SETTINGS_MAX_FRAME_SIZE, (1 << 24) - 1),
+        (SETTINGS_ENABLE_PUSH, 0),
+        (SETTINGS_ENABLE_PUSH, 1),
+    ];
+    let mut c = Conn::start(&srv, &[]).await;
+    for (n, (id, value)) in good.into_iter().enumerate() {
+        c.settings(&[(id, value)]).await;
+        let f = c.next_or_fail("waiting for the SETTINGS ACK").await;
+        if f.ty != SETTINGS || !f.has(ACK) {
+            c.fail(&format!("expected SETTINGS ACK, got {f:?}"));
+        }
+        c.get_small(2 * n as u32 + 1).await;
+    }
 }
 
 /// §6.9.2: a change of SETTINGS_INITIAL_WINDOW_SIZE moves the window of every open stream by

@@ -479,15 +479,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.reset(id, reason);
     }
 
-    /// Sends RST_STREAM and forgets the stream.
+    /// Sends RST_STREAM and forgets the stream. An idle stream (reset for a bad PRIORITY
+    /// frame) is not remembered: it may still be opened.
     fn reset(&mut self, id: u32, reason: Reason) {
         if let Some(i) = self.find(id) {
             self.streams.remove(i);
         }
-        if self.recent_resets.len() == RECENT_RESETS {
-            self.recent_resets.pop_front();
+        if !self.idle(id) {
+            if self.recent_resets.len() == RECENT_RESETS {
+                self.recent_resets.pop_front();
+            }
+            self.recent_resets.push_back(id);
         }
-        self.recent_resets.push_back(id);
         self.send(Reset::new(StreamId::from(id), reason).into());
     }
 
@@ -530,22 +533,45 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.streams.iter().position(|s| s.id == id)
     }
 
+    /// Whether stream `id` is idle (§5.1): the server opens no streams (even ids, §5.1.1), the
+    /// client has not used `id` or a higher one yet.
+    fn idle(&self, id: u32) -> bool {
+        id % 2 == 0 || id > self.last_client
+    }
+
     fn on_codec_error(&mut self, e: h2::proto::Error) {
         match e {
             h2::proto::Error::Reset(id, reason, _) => {
-                // A malformed header block (or priority) on a stream: a stream error, unless the
-                // stream id itself is wrong, which the frame's own handling would have found
-                // (§5.1.1): an even id, or a closed stream reused.
                 let id = u32::from(id);
-                if id % 2 == 0 {
-                    self.go_away(Reason::PROTOCOL_ERROR, true);
-                } else if id > self.last_client {
-                    self.last_client = id;
-                    self.stream_error(id, reason);
-                } else if self.find(id).is_some() {
-                    self.stream_error(id, reason);
-                } else if !self.recent_resets.contains(&id) {
-                    self.go_away(Reason::STREAM_CLOSED, true);
+                match self.codec.failed_frame_kind() {
+                    // A self-dependent PRIORITY (§5.3.1) or one of the wrong length (§6.3): a
+                    // stream error in whatever state the stream is, but PRIORITY never opens a
+                    // stream (§5.1), so `last_client` stays. §6.4 has no RST_STREAM on an idle
+                    // stream, yet a stream error is one (§5.4.2), and what h2spec 5.3.1 expects;
+                    // a client that takes it for a connection error loses nothing it had.
+                    frame::Kind::Priority => self.stream_error(id, reason),
+                    // An increment of 0 (§6.9): a stream error, but any WINDOW_UPDATE on an idle
+                    // stream is a connection error (§5.1).
+                    frame::Kind::WindowUpdate if self.idle(id) => {
+                        self.go_away(Reason::PROTOCOL_ERROR, true);
+                    }
+                    frame::Kind::WindowUpdate => self.stream_error(id, reason),
+                    // A header block that is malformed (§8.1.1) or makes its stream depend on
+                    // itself (§5.3.1): it opens the stream, which the error closes; unless the
+                    // stream id is wrong itself, which the frame's own handling would have found
+                    // (§5.1.1): an even id, or a lower one than the client used before.
+                    _ => {
+                        if id % 2 == 0 {
+                            self.go_away(Reason::PROTOCOL_ERROR, true);
+                        } else if id > self.last_client {
+                            self.last_client = id;
+                            self.stream_error(id, reason);
+                        } else if self.find(id).is_some() {
+                            self.stream_error(id, reason);
+                        } else if !self.recent_resets.contains(&id) {
+                            self.go_away(Reason::PROTOCOL_ERROR, true);
+                        }
+                    }
                 }
             }
             h2::proto::Error::GoAway(debug, reason, _) => self.go_away_with(reason, true, debug),
@@ -586,7 +612,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Frame::WindowUpdate(w) => self.on_window_update(w),
             Frame::Reset(r) => {
                 let id = u32::from(r.stream_id());
-                if id == 0 || id > self.last_client {
+                if id == 0 || self.idle(id) {
                     // §6.4: never on stream 0 or an idle stream.
                     self.go_away(Reason::PROTOCOL_ERROR, true);
                 } else {
@@ -650,7 +676,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             if s.send_window > MAX_WINDOW {
                 self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
             }
-        } else if id > self.last_client {
+        } else if self.idle(id) {
+            // §5.1: only HEADERS and PRIORITY may arrive on an idle stream.
             self.go_away(Reason::PROTOCOL_ERROR, true);
         }
         // A closed stream: frames in flight are expected (§6.9).
@@ -681,7 +708,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
         }
         let Some(i) = self.find(id) else {
-            if id > self.last_client {
+            if self.idle(id) {
                 // §5.1: DATA on an idle stream.
                 self.go_away(Reason::PROTOCOL_ERROR, true);
             } else if !self.recent_resets.contains(&id) {
@@ -763,8 +790,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     s.recv_open = false;
                 }
             } else if !self.recent_resets.contains(&id) {
-                // A closed stream, or a reused id (§5.1.1).
-                self.go_away(Reason::STREAM_CLOSED, true);
+                // §5.1.1: a new stream's id must be higher than every id the client used (a
+                // stream the server reset lately may see trailers sent before the reset).
+                self.go_away(Reason::PROTOCOL_ERROR, true);
             }
             return;
         }

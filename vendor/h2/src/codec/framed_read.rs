@@ -26,6 +26,9 @@ pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
 
     decoder: FrameDecoder,
+
+    // portcullis: the type of the last frame that failed to decode (see `failed_kind`).
+    failed_kind: Kind,
 }
 
 #[derive(Debug)]
@@ -61,7 +64,18 @@ enum Continuable {
 impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
-        FramedRead { inner, decoder }
+        FramedRead {
+            inner,
+            decoder,
+            failed_kind: Kind::Unknown, // portcullis: none yet
+        }
+    }
+
+    /// portcullis: the type of the last frame whose decoding returned an error: a stream error
+    /// (`Error::Reset`) from a PRIORITY or WINDOW_UPDATE frame leaves its stream's state alone,
+    /// one from a header block may open the stream (RFC 9113 §5.1).
+    pub fn failed_kind(&self) -> Kind {
+        self.failed_kind
     }
 
     pub fn get_ref(&self) -> &T {
@@ -147,12 +161,14 @@ impl FrameDecoder {
 
 /// portcullis: the error code for a control frame that did not load: a length wrong for the
 /// frame's type is a connection error of type FRAME_SIZE_ERROR (RFC 9113 §4.2; §6.4 RST_STREAM,
-/// §6.5 SETTINGS, §6.7 PING, §6.8 GOAWAY, §6.9 WINDOW_UPDATE), anything else PROTOCOL_ERROR.
+/// §6.5 SETTINGS, §6.7 PING, §6.8 GOAWAY, §6.9 WINDOW_UPDATE), SETTINGS_INITIAL_WINDOW_SIZE
+/// above 2^31-1 one of type FLOW_CONTROL_ERROR (§6.5.2), anything else PROTOCOL_ERROR.
 fn load_error(e: &frame::Error) -> Reason {
     match e {
         frame::Error::BadFrameSize
         | frame::Error::InvalidPayloadLength
         | frame::Error::InvalidPayloadAckSettings => Reason::FRAME_SIZE_ERROR,
+        frame::Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
         _ => Reason::PROTOCOL_ERROR,
     }
 }
@@ -267,6 +283,11 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
 
             res.map_err(|e| {
                 proto_err!(conn: "failed to load WINDOW_UPDATE frame; err={:?}", e);
+                // portcullis: an increment of 0 on a stream is a stream error (RFC 9113 §6.9).
+                let id = head.stream_id();
+                if matches!(e, frame::Error::InvalidWindowUpdateValue) && !id.is_zero() {
+                    return Error::library_reset(id, Reason::PROTOCOL_ERROR);
+                }
                 // portcullis: FRAME_SIZE_ERROR for a wrong length (see `load_error`).
                 Error::library_go_away(load_error(&e))
             })?
@@ -319,6 +340,12 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
                     let id = head.stream_id();
                     proto_err!(stream: "PRIORITY invalid dependency ID; stream={:?}", id);
                     return Err(Error::library_reset(id, Reason::PROTOCOL_ERROR));
+                }
+                // portcullis: a length other than 5 is a stream error (RFC 9113 §6.3).
+                Err(frame::Error::InvalidPayloadLength) => {
+                    let id = head.stream_id();
+                    proto_err!(stream: "PRIORITY of a wrong length; stream={:?}", id);
+                    return Err(Error::library_reset(id, Reason::FRAME_SIZE_ERROR));
                 }
                 Err(e) => {
                     proto_err!(conn: "failed to load PRIORITY frame; err={:?};", e);
@@ -428,6 +455,15 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
         }
     };
 
+    // portcullis: HEADERS whose stream depends on itself, now that the block is decoded
+    // (RFC 9113 §5.3.1, §4.3; see `Headers::is_self_dependent`).
+    if let Frame::Headers(ref headers) = frame {
+        if headers.is_self_dependent() {
+            proto_err!(stream: "HEADERS invalid dependency ID; stream={:?}", headers.stream_id());
+            return Err(Error::library_reset(headers.stream_id(), Reason::PROTOCOL_ERROR));
+        }
+    }
+
     Ok(Some(frame))
 }
 
@@ -458,7 +494,12 @@ where
             };
 
             tracing::trace!(read.bytes = bytes.len());
-            if let Some(frame) = self.decoder.decode(bytes)? {
+            // portcullis: the type of a frame that fails, for `Codec::failed_frame_kind`.
+            let kind = bytes[3];
+            let decoded = self.decoder.decode(bytes).inspect_err(|_| {
+                self.failed_kind = Kind::new(kind);
+            });
+            if let Some(frame) = decoded? {
                 tracing::debug!(?frame, "received");
                 return Poll::Ready(Some(Ok(frame)));
             }

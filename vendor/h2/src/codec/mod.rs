@@ -105,6 +105,13 @@ impl<T, B> Codec<T, B> {
         self.inner.set_max_header_list_size(val);
     }
 
+    /// portcullis: the type of the last frame whose decoding failed (`poll_next` returned an
+    /// error); `Kind::Unknown` before any.
+    #[cfg(feature = "unstable")]
+    pub fn failed_frame_kind(&self) -> frame::Kind {
+        self.inner.failed_kind()
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {

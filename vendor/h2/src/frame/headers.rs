@@ -206,9 +206,9 @@ impl Headers {
             }
             let stream_dep = StreamDependency::load(&src[..5])?;
 
-            if stream_dep.dependency_id() == head.stream_id() {
-                return Err(Error::InvalidDependencyId);
-            }
+            // portcullis: a stream that depends on itself is reported once the field block is
+            // decoded (`Headers::is_self_dependent`): the HPACK table must follow every block
+            // (RFC 9113 §4.3), also one whose stream is reset.
 
             // Drop the next 5 bytes
             src.advance(5);
@@ -254,6 +254,14 @@ impl Headers {
 
     pub fn stream_id(&self) -> StreamId {
         self.stream_id
+    }
+
+    /// portcullis: the frame's priority fields make its stream depend on itself, a stream error
+    /// of type PROTOCOL_ERROR (RFC 9113 §5.3.1) that `FramedRead` reports after decoding.
+    pub(crate) fn is_self_dependent(&self) -> bool {
+        self.stream_dep
+            .as_ref()
+            .is_some_and(|dep| dep.dependency_id() == self.stream_id)
     }
 
     pub fn is_end_headers(&self) -> bool {
