@@ -1731,7 +1731,87 @@ async fn rapid_reset_flood_is_goaway_enhance_your_calm() {
     assert!(g.last_stream_id() < 2 * 1000, "{summary}");
     assert!(responses < 1000, "{summary}");
     assert!(after_goaway.is_empty(), "{summary}");
-    assert!(end.starts_with("closed"), "{summary}");
+    // A clean end (TLS close_notify), not a reset: the server lingers after its GOAWAY.
+    assert_eq!(end, "closed", "{summary}");
+}
+
+/// `n` PING frames in one buffer: what a client may still write after the server's GOAWAY.
+fn pings(n: usize) -> Vec<u8> {
+    (0..n)
+        .flat_map(|_| frame_bytes(PING, 0, 0, &[7; 8]))
+        .collect()
+}
+
+/// After a connection error the server closes without a TCP reset (a lingering close, as
+/// nginx's): GOAWAY, then TLS close_notify and FIN, and what the client still sends is read
+/// and dropped. A socket closed with unread input is reset by the kernel instead: the
+/// client's next write fails ("broken pipe", "connection reset"), and a client that then
+/// gives up, or whose kernel drops the data it had not read yet, never sees the GOAWAY. Here
+/// the client reads the GOAWAY, goes on writing 64 KiB for 150 ms (frames it had in flight),
+/// every write succeeding, and reads a clean end. The lingering is bounded: a client that
+/// trickles data on is cut off about a second after the GOAWAY, and one that floods once
+/// 256 KiB are read, well before that second.
+#[tokio::test]
+async fn connection_error_closes_without_reset_while_the_client_still_writes() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.get_small(1).await;
+    c.data(5, b"on an idle stream", false).await;
+    let g = c.expect_goaway().await;
+    assert_eq!(g.error_code(), PROTOCOL_ERROR, "{}", c.trace_text());
+    let goaway_at = Instant::now();
+    let chunk = pings(240); // 4080 bytes
+    for i in 0..16 {
+        let wrote = c.tls.write_all(&chunk).await;
+        if let Err(e) = wrote.and(c.tls.flush().await) {
+            c.fail(&format!(
+                "write {i} of 16 after the GOAWAY failed ({:?} after it): {e}",
+                goaway_at.elapsed()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.expect_eof().await;
+
+    // Trickling on: about 80 KiB/s, less than the byte limit allows in a second.
+    let cut_off = loop {
+        let wrote = c.tls.write_all(&chunk).await;
+        if wrote.and(c.tls.flush().await).is_err() {
+            break goaway_at.elapsed();
+        }
+        if goaway_at.elapsed() > Duration::from_secs(5) {
+            c.fail("still accepting data 5 s after the GOAWAY");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        cut_off > Duration::from_millis(800) && cut_off < Duration::from_secs(3),
+        "trickling client cut off {cut_off:?} after the GOAWAY, expected about 1 s"
+    );
+
+    // Flooding: cut off by the byte limit.
+    let mut c = Conn::start(&srv, &[]).await;
+    c.data(5, b"on an idle stream", false).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 0).await;
+    let start = Instant::now();
+    let big = pings(3855); // 65535 bytes
+    let mut written = 0;
+    while c.tls.write_all(&big).await.is_ok() && c.tls.flush().await.is_ok() {
+        written += big.len();
+        if start.elapsed() > Duration::from_secs(5) {
+            c.fail(&format!("{written} bytes accepted in 5 s after the close"));
+        }
+    }
+    eprintln!(
+        "lingering close: trickling client cut off after {cut_off:?}, flooding client after \
+         {:?} and {written} bytes",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(700),
+        "flooding client cut off after {:?} ({written} bytes), expected at 256 KiB",
+        start.elapsed()
+    );
 }
 
 impl Conn {

@@ -15,19 +15,20 @@
 //! [`super::hpack`], from the response's map by reference (or a cached file's shared head,
 //! [`crate::http::Body::Ready`]). This module owns the protocol state: the SETTINGS
 //! exchange, stream states and identifiers (§5.1), flow control in both directions (§5.2, §6.9),
-//! request validation (§8.3), responses, RST_STREAM and GOAWAY, graceful shutdown, and limits
-//! against abusive peers (refused streams, error resets, empty frames, streams the client
-//! resets: "rapid reset", CVE-2023-44487).
+//! request validation (§8.3), responses, RST_STREAM and GOAWAY, graceful shutdown, the
+//! lingering close that keeps a GOAWAY from being lost to a TCP reset (`Conn::poll_linger`),
+//! and limits against abusive peers (refused streams, error resets, empty frames, streams the
+//! client resets: "rapid reset", CVE-2023-44487).
 //!
 //! Request bodies are not used by any handler: their DATA is counted, checked against the
 //! windows and `content-length`, and discarded, its window given back at once. A response that
 //! is complete before the request's body ends is followed by `RST_STREAM(NO_ERROR)` (§8.1).
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future as _};
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::Stream as _;
@@ -40,7 +41,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 use http_body::Body as _;
 use hyper::service::Service as _;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::hpack::Encoder as Hpack;
@@ -84,6 +85,11 @@ const GRACEFUL_PING: [u8; 8] = *b"shutdown";
 
 /// How long a graceful shutdown waits for that PING's answer before the final GOAWAY.
 const GRACEFUL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long, and for how many bytes, the client's input is read and dropped after the server
+/// closed its side (see [`Conn::poll_linger`]; as `linger_close` in `server::conn`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 /// The connection's limits, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +176,9 @@ struct Conn<T> {
     /// No more reading: the client closed its side or the connection failed.
     read_closed: bool,
     io_error: Option<io::Error>,
+    /// Our side is closed and the client's input is being dropped: until this timer fires, or
+    /// after this many more bytes (see [`Conn::poll_linger`]).
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 /// Serves one HTTP/2 connection until it ends. `shutdown` begins a graceful shutdown (GOAWAY,
@@ -259,6 +268,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             peer_goaway: false,
             read_closed: false,
             io_error: None,
+            linger: None,
         };
         let mut settings = Settings::default();
         settings.set_max_concurrent_streams(Some(limits.max_concurrent_streams));
@@ -276,6 +286,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Runs the connection: reads and answers frames, sends bodies, flushes.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.linger.is_some() {
+            return self.poll_linger(cx);
+        }
         loop {
             if let Some(e) = self.io_error.take() {
                 return Poll::Ready(Err(e));
@@ -324,13 +337,47 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         let _ = self.codec.shutdown(cx);
                         return Poll::Ready(Ok(()));
                     }
-                    return self.codec.shutdown(cx);
+                    // close_notify and FIN, then the lingering close.
+                    if let Err(e) = ready!(self.codec.shutdown(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                    self.linger = Some((Box::pin(tokio::time::sleep(LINGER)), LINGER_BYTES));
+                    return self.poll_linger(cx);
                 }
             }
             if !progress {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// The lingering close (as nginx's `lingering_close`): the server has said its last (GOAWAY,
+    /// TLS close_notify, FIN), and what the client still sends, such as frames it wrote before
+    /// it read the GOAWAY, is read and dropped, for [`LINGER`] and [`LINGER_BYTES`] at most,
+    /// or until the client closes too. A socket closed with unread input is reset by the
+    /// kernel instead (RST): the client's writes fail, and a client that gives up on that, or
+    /// whose kernel discards what it had not read yet, loses the GOAWAY (RFC 9113 §6.8, §5.4.1:
+    /// the GOAWAY is what tells it which requests were not processed).
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((timer, left)) = &mut self.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut buf = [0u8; 8192];
+        while *left > 0 {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(self.codec.get_mut()).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    *left = left.saturating_sub(read.filled().len());
+                }
+                // The client closed too, or the connection failed: nothing more to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Writes out everything queued.
