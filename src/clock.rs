@@ -3,7 +3,7 @@
 //! The coarse clocks are read from the vDSO without the time-stamp counter: a few nanoseconds
 //! instead of about twenty, at the resolution of the kernel tick (1–10 ms). Per request that
 //! mattered: two precise clock reads were 2.5 % of the CPU of HTTP/2 `/hello` (BENCHMARKS.md,
-//! session 10). Timeouts, cache validity and the `Date` header need no better.
+//! the HTTP/2 profile of 2026-11-23). Timeouts, cache validity and the `Date` header need no better.
 
 use rustix::time::{clock_gettime, ClockId};
 
