@@ -3,10 +3,10 @@
 //! Why not h2's `hpack::Encoder`: it takes every field by value, so a response's `HeaderMap` is
 //! consumed and each field moved through h2's `Header` enum into the table lookup and dropped.
 //! Under h2load on `/hello` that was about 12 % of the server's CPU, more than the lookups
-//! themselves (BENCHMARKS.md, the HTTP/2 profile of 2026-11-23). Our responses repeat the same fields in the same order
-//! (a site's security headers, a file's type and validators), so this encoder reads the map by
-//! reference and remembers, per field position, the dynamic table entry that matched it last
-//! time: a repeated field costs one comparison and one byte. Only the Huffman code is h2's
+//! themselves (BENCHMARKS.md, the HTTP/2 profile of 2026-11-23). Our responses repeat the same
+//! fields in the same order (a site's security headers, a file's type and validators), so this
+//! encoder reads the map by reference and remembers, per field position, the dynamic table
+//! entry that matched it last time: a repeated field costs one comparison and one byte. Only the Huffman code is h2's
 //! (`h2::hpack::huffman`).
 //!
 //! The dynamic table mirrors the client's decoder table: the same entries in the same order,
