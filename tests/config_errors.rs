@@ -283,6 +283,32 @@ fn invalid_value_syntax_reports_its_line() {
     assert!(p[0].starts_with(&loc(&path, 3)), "{p:?}");
 }
 
+/// White space before a non-ASCII character in a log filter directive once panicked inside
+/// tracing-subscriber's parser (`portcullis check` crashed; found by fuzzing the config): the
+/// directives are trimmed first, and these are ordinary filters now.
+#[test]
+fn log_level_with_spaces_and_non_ascii_is_checked_without_a_panic() {
+    let env = TestEnv::new();
+    for level in [" [\u{e9}]", "debug,\t[\u{2264}] , x[a]"] {
+        assert!(portcullis::ops::env_filter(level).is_ok(), "{level:?}");
+        let text = format!(
+            "log_level = {level:?}\n{}",
+            site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+        );
+        let path = env.write_config_raw(&text);
+        if let Err(p) = problems(&path, Mode::Check) {
+            panic!("{level:?} refused: {p:?}");
+        }
+    }
+    // Still refused: a directive that is not a filter.
+    let text = format!(
+        "log_level = \" x=[\u{e9}\"\n{}",
+        site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+    );
+    let (_, p) = refused(&env, &text, Mode::Check);
+    find(&p, &["log_level", "not a valid level or filter"]);
+}
+
 #[test]
 fn unknown_key_is_named_with_its_line() {
     let env = TestEnv::new();

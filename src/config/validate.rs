@@ -155,7 +155,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         .clone()
         .or_else(|| raw.log_level.as_ref().map(|l| l.get_ref().clone()))
         .unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    if crate::ops::env_filter(&log_level).is_err() {
         let loc = cx.loc_or(raw.log_level.as_ref(), "--log-level", "--log-level");
         cx.err(
             loc,
