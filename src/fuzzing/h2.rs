@@ -468,14 +468,9 @@ impl Builder {
         };
         if template & 1 == 0 {
             // The usual four pseudo-fields.
-            for i in 0..4 {
+            for (i, (name, _)) in FIELDS.iter().enumerate().take(4) {
                 let value = pick(input, i);
-                literal(
-                    &mut block,
-                    FIELDS[i].0.as_bytes(),
-                    value.as_bytes(),
-                    template & 2,
-                );
+                literal(&mut block, name.as_bytes(), value.as_bytes(), template & 2);
             }
         }
         for _ in 0..input.byte() % 6 {

@@ -88,11 +88,9 @@ pub fn hpack_roundtrip(data: &[u8]) {
                     }
                 }
             }
-            3 => {
-                if !fields.is_empty() {
-                    let i = input.byte() as usize % fields.len();
-                    fields.remove(i);
-                }
+            3 if !fields.is_empty() => {
+                let i = input.byte() as usize % fields.len();
+                fields.remove(i);
             }
             // The previous one again.
             _ => {}

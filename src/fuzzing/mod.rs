@@ -32,8 +32,11 @@ pub use h2::h2_connection;
 pub use hpack::hpack_roundtrip;
 pub use static_path::static_path;
 
+/// A fuzz target: runs one input, panics when a promise is broken.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory (`fuzz/corpus/<name>`).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("config", config),
     ("h2_connection", h2_connection),
     ("hpack_roundtrip", hpack_roundtrip),

@@ -143,7 +143,7 @@ fn check(
         .is_some_and(|t| t.as_bytes().starts_with(b"text/html") && body.starts_with(b"<!"));
     if status == StatusCode::OK && *method == Method::GET && handler.confined && !listing {
         assert!(
-            tree().contents.iter().any(|c| *c == body),
+            tree().contents.contains(&body),
             "{}: a body that is none of the root's files: {:?}",
             what(),
             String::from_utf8_lossy(&body)

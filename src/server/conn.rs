@@ -73,7 +73,7 @@ impl Write for SyncIo<'_> {
 pub(crate) async fn read_client_hello(
     tcp: &TcpStream,
     peer: SocketAddr,
-) -> io::Result<Option<Accepted>> {
+) -> io::Result<Option<Box<Accepted>>> {
     let mut acceptor = Acceptor::default();
     loop {
         tcp.readable().await?;
@@ -89,7 +89,8 @@ pub(crate) async fn read_client_hello(
 
 /// What one read towards the ClientHello gave.
 pub(crate) enum HelloRead {
-    Complete(Accepted),
+    /// Boxed: large, and kept (in [`Hello`]) across the on-demand wait.
+    Complete(Box<Accepted>),
     /// More bytes are needed.
     More,
     /// The peer closed, or sent something that is not a ClientHello (the alert, where one
@@ -108,7 +109,7 @@ pub(crate) fn read_hello_step<T: Read + Write>(
         return Ok(HelloRead::Gone);
     }
     match acceptor.accept() {
-        Ok(Some(accepted)) => Ok(HelloRead::Complete(accepted)),
+        Ok(Some(accepted)) => Ok(HelloRead::Complete(Box::new(accepted))),
         Ok(None) => Ok(HelloRead::More),
         Err((err, mut alert)) => {
             tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
@@ -255,7 +256,11 @@ async fn read_hello(
 }
 
 /// Picks the site (or the ACME challenge) a ClientHello is for.
-pub(crate) fn hello_for(accepted: Accepted, tls: &TlsFront, tls_alpn: &TlsAlpnChallenges) -> Hello {
+pub(crate) fn hello_for(
+    accepted: Box<Accepted>,
+    tls: &TlsFront,
+    tls_alpn: &TlsAlpnChallenges,
+) -> Hello {
     let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_owned);
     // One table lookup: whether a site lists the name, and which site answers.
@@ -274,7 +279,7 @@ pub(crate) fn hello_for(accepted: Accepted, tls: &TlsFront, tls_alpn: &TlsAlpnCh
         .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
     let acme = acme.then(|| sni.as_deref().and_then(|n| tls_alpn.get(n)));
     Hello {
-        accepted: Box::new(accepted),
+        accepted,
         sni,
         site,
         acme,
