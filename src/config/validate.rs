@@ -1195,6 +1195,19 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
             );
             continue;
         };
+        if crate::http::is_connection_specific(&hn) || hn == http::header::CONTENT_LENGTH {
+            // Added to every response, these would misframe HTTP/1.1 bodies or make HTTP/2
+            // responses malformed (RFC 9113 §8.2.2).
+            let loc = cx.loc(v, "");
+            cx.err(
+                loc,
+                format!(
+                    "site {name:?}: header {hn} is about the connection or the message framing, which the server sets per response"
+                ),
+                "remove it from headers",
+            );
+            continue;
+        }
         if let Some(hv) = header_value(cx, v, &format!("site {name:?}: header {k}")) {
             out.retain(|(n, _)| *n != hn);
             out.push((hn, hv));
