@@ -1330,6 +1330,38 @@ async fn graceful_shutdown_serves_a_stream_opened_before_the_ping_answer() {
     shutdown_returns(shutdown).await;
 }
 
+/// §6.8: GOAWAY's last-stream-id never goes up. A stream opened after the final graceful GOAWAY
+/// is ignored; a connection error after that still names the stream the graceful GOAWAY named,
+/// not the ignored one (found by the h2_connection fuzz target).
+#[tokio::test]
+async fn connection_error_after_graceful_goaway_keeps_its_last_stream_id() {
+    let mut srv = start_static("");
+    // A zero stream window keeps stream 1's body, and so the connection, waiting.
+    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+    c.get(1, "/big.bin").await;
+    assert_eq!(
+        c.expect_headers(1).await,
+        (200, false),
+        "{}",
+        c.trace_text()
+    );
+    let shutdown = begin_shutdown(&mut srv);
+    let ping = c.expect_shutdown_announcement().await;
+    c.write(PING, ACK, 0, &ping).await;
+    let g = c.expect_goaway().await;
+    assert_eq!(
+        (g.error_code(), g.last_stream_id()),
+        (NO_ERROR, 1),
+        "{}",
+        c.trace_text()
+    );
+    c.get(3, "/small.txt").await;
+    // DATA on an idle stream: a connection error.
+    c.data(7, b"x", false).await;
+    c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
+    shutdown_returns(shutdown).await;
+}
+
 /// The two-step shutdown with a client that does not answer the PING: the final GOAWAY comes
 /// anyway, about a second later, then the close.
 #[tokio::test]

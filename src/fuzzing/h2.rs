@@ -806,6 +806,12 @@ pub(super) fn server_frames(out: &[u8], max_frame_size: usize) -> Vec<Frame> {
 
 fn check_output(run: &Run, client: &ClientView, limits: H2Limits, preface_ok: bool) {
     let frames = server_frames(&run.out, client.max_frame_size);
+    if std::env::var_os("PORTCULLIS_FUZZ_TRACE").is_some() {
+        eprintln!(
+            "client: {client:?}\nserver: {frames:#?}\nresult: {:?}",
+            run.result
+        );
+    }
     if let Some(first) = frames.first() {
         assert!(
             matches!(first, Frame::Settings(s) if !s.is_ack()),

@@ -15,7 +15,8 @@
 //!   served from early data.
 //!
 //! Inputs are decoded by [`Input`], which never fails: missing bytes read as zero, so every
-//! input means something and small mutations make small changes.
+//! input means something and small mutations make small changes. With `PORTCULLIS_FUZZ_TRACE`
+//! set, `h2_connection` prints what the client sent and the server's frames.
 
 mod client_hello;
 mod config;

@@ -471,8 +471,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             self.streams.clear();
             self.queue.clear();
         }
-        self.goaway = Some((self.last_client, error));
-        self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
+        // The last stream id never goes up (§6.8): streams opened after an earlier GOAWAY were
+        // ignored, and the client may be retrying them elsewhere already.
+        let last = match self.goaway {
+            Some((earlier, _)) => earlier.min(self.last_client),
+            None => self.last_client,
+        };
+        self.goaway = Some((last, error));
+        self.send(GoAway::with_debug_data(StreamId::from(last), reason, debug).into());
     }
 
     /// Closes the connection of a client that exceeded a limit (GOAWAY ENHANCE_YOUR_CALM).
