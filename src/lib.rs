@@ -16,6 +16,8 @@ pub mod acme;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ops;
 pub mod server;

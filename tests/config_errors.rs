@@ -283,6 +283,64 @@ fn invalid_value_syntax_reports_its_line() {
     assert!(p[0].starts_with(&loc(&path, 3)), "{p:?}");
 }
 
+/// White space before a non-ASCII character in a log filter directive once panicked inside
+/// tracing-subscriber's parser (`portcullis check` crashed; found by fuzzing the config): the
+/// directives are trimmed first, and these are ordinary filters now.
+#[test]
+fn log_level_with_spaces_and_non_ascii_is_checked_without_a_panic() {
+    let env = TestEnv::new();
+    for level in [" [\u{e9}]", "debug,\t[\u{2264}] , x[a]"] {
+        assert!(portcullis::ops::env_filter(level).is_ok(), "{level:?}");
+        let text = format!(
+            "log_level = {level:?}\n{}",
+            site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+        );
+        let path = env.write_config_raw(&text);
+        if let Err(p) = problems(&path, Mode::Check) {
+            panic!("{level:?} refused: {p:?}");
+        }
+    }
+    // Still refused: a directive that is not a filter.
+    let text = format!(
+        "log_level = \" x=[\u{e9}\"\n{}",
+        site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+    );
+    let (_, p) = refused(&env, &text, Mode::Check);
+    find(&p, &["log_level", "not a valid level or filter"]);
+}
+
+/// Site headers go on every response; framing and connection fields there would misframe
+/// HTTP/1.1 bodies and make HTTP/2 responses malformed (the config fuzz target's model check).
+#[test]
+fn site_headers_about_framing_or_the_connection_are_refused() {
+    let env = TestEnv::new();
+    for name in [
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "proxy-connection",
+        "Content-Length",
+    ] {
+        let mut text = site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#);
+        text = text.replace(
+            "key = \"certs/alpha.key\"\n",
+            &format!("key = \"certs/alpha.key\"\nheaders = {{ {name} = \"1\", x-ok = \"2\" }}\n"),
+        );
+        let (path, p) = refused(&env, &text, Mode::Check);
+        let msg = find(&p, &[&name.to_ascii_lowercase(), "framing"]);
+        assert!(
+            msg.starts_with(&loc(&path, line_of(&text, "headers ="))),
+            "{msg}"
+        );
+        // Only that header: the other one is fine.
+        let errors = p.iter().filter(|m| m.contains(": error:")).count();
+        assert_eq!(errors, 1, "{p:?}");
+    }
+}
+
 #[test]
 fn unknown_key_is_named_with_its_line() {
     let env = TestEnv::new();

@@ -155,6 +155,11 @@ pub fn parse_file(path: &Path) -> Result<(raw::RawConfig, Source), Problem> {
         )
         .fix("check the path given to --config and its permissions")
     })?;
+    parse_text(path, text)
+}
+
+/// Parses the text of a config file read from `path` (see [`parse_file`]).
+pub fn parse_text(path: &Path, text: String) -> Result<(raw::RawConfig, Source), Problem> {
     let parsed = toml::from_str::<raw::RawConfig>(&text);
     let source = Source::File {
         path: path.to_path_buf(),

@@ -155,7 +155,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         .clone()
         .or_else(|| raw.log_level.as_ref().map(|l| l.get_ref().clone()))
         .unwrap_or_else(|| "info".into());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+    if crate::ops::env_filter(&log_level).is_err() {
         let loc = cx.loc_or(raw.log_level.as_ref(), "--log-level", "--log-level");
         cx.err(
             loc,
@@ -1444,6 +1444,19 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
             );
             continue;
         };
+        if crate::http::is_connection_specific(&hn) || hn == http::header::CONTENT_LENGTH {
+            // Added to every response, these would misframe HTTP/1.1 bodies or make HTTP/2
+            // responses malformed (RFC 9113 §8.2.2).
+            let loc = cx.loc(v, "");
+            cx.err(
+                loc,
+                format!(
+                    "site {name:?}: header {hn} is about the connection or the message framing, which the server sets per response"
+                ),
+                "remove it from headers",
+            );
+            continue;
+        }
         if let Some(hv) = header_value(cx, v, &format!("site {name:?}: header {k}")) {
             out.retain(|(n, _)| *n != hn);
             out.push((hn, hv));

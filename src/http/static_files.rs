@@ -198,6 +198,13 @@ impl StaticFiles {
         self
     }
 
+    /// Resolves every path from now on as on a kernel without `openat2` (the canonicalize-based
+    /// confinement), so that the fuzz harness (`crate::fuzzing`) checks both resolutions.
+    #[doc(hidden)]
+    pub fn force_fallback_resolution(&self) {
+        self.openat2_unsupported.store(true, Ordering::Relaxed);
+    }
+
     /// Serves a request.
     ///
     /// `path` is the raw (still percent-encoded) URL path to look up, starting with `/`,

@@ -16,8 +16,8 @@ use tokio_rustls::StartHandshake;
 use super::cork::CorkIo;
 use super::early::EarlyTls;
 use super::io::{TimedIo, Timeouts};
-use super::{ConnGuard, ServerState, WorkerCtx};
-use crate::acme::ACME_TLS_ALPN;
+use super::{ConnGuard, ServerState, TlsFront, WorkerCtx};
+use crate::acme::{TlsAlpnChallenges, ACME_TLS_ALPN};
 use crate::config::model::{Limits, UnknownSni};
 use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
@@ -102,13 +102,21 @@ impl Write for SyncIo<'_> {
 
 /// Reads until a complete ClientHello is in. `Ok(None)`: the peer went away or sent garbage
 /// (an alert has been sent where one applies).
-async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Option<Accepted>> {
+pub(crate) async fn read_client_hello(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+) -> io::Result<Option<Box<Accepted>>> {
     let mut acceptor = Acceptor::default();
     loop {
         tcp.readable().await?;
-        match acceptor.read_tls(&mut SyncIo(tcp)) {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
+        match read_hello_step(&mut acceptor, &mut SyncIo(tcp), peer) {
+            Ok(HelloRead::Complete(accepted)) => return Ok(Some(accepted)),
+            Ok(HelloRead::More) => continue,
+            Ok(HelloRead::Gone) => return Ok(None),
+            Ok(HelloRead::Refused) => {
+                linger_close(tcp).await;
+                return Ok(None);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // rustls's buffer is full: a ClientHello over 64 KiB (its limit, and far
@@ -120,16 +128,40 @@ async fn read_client_hello(tcp: &TcpStream, peer: SocketAddr) -> io::Result<Opti
             }
             Err(e) => return Err(e),
         }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok(Some(accepted)),
-            Ok(None) => continue,
-            Err((err, mut alert)) => {
-                tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
-                // Best effort: the alert is a few bytes, the socket buffer is empty.
-                let _ = alert.write(&mut SyncIo(tcp));
-                linger_close(tcp).await;
-                return Ok(None);
-            }
+    }
+}
+
+/// What one read towards the ClientHello gave.
+pub(crate) enum HelloRead {
+    /// Boxed: large, and kept (in [`Hello`]) across the on-demand wait.
+    Complete(Box<Accepted>),
+    /// More bytes are needed.
+    More,
+    /// The peer closed.
+    Gone,
+    /// The peer sent something that is not a valid ClientHello: the alert has been written to
+    /// the stream, which is to be closed with [`linger_close`] (over a socket).
+    Refused,
+}
+
+/// Reads what `io` has into the acceptor and tries to complete the ClientHello. A `WouldBlock`
+/// error: nothing to read yet.
+pub(crate) fn read_hello_step<T: Read + Write>(
+    acceptor: &mut Acceptor,
+    io: &mut T,
+    peer: SocketAddr,
+) -> io::Result<HelloRead> {
+    if acceptor.read_tls(io)? == 0 {
+        return Ok(HelloRead::Gone);
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Ok(HelloRead::Complete(Box::new(accepted))),
+        Ok(None) => Ok(HelloRead::More),
+        Err((err, mut alert)) => {
+            tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
+            // Best effort: the alert is a few bytes, the socket buffer is empty.
+            let _ = alert.write(io);
+            Ok(HelloRead::Refused)
         }
     }
 }
@@ -245,16 +277,16 @@ async fn establish_early(
 }
 
 /// What the ClientHello decides.
-struct Hello {
+pub(crate) struct Hello {
     /// Boxed: large, and alive across the on-demand wait.
-    accepted: Box<Accepted>,
-    sni: Option<String>,
+    pub(crate) accepted: Box<Accepted>,
+    pub(crate) sni: Option<String>,
     /// The site whose configuration answers, if any.
-    site: Option<usize>,
+    pub(crate) site: Option<usize>,
     /// A pending TLS-ALPN-01 challenge for this name, when the client asked for `acme-tls/1`.
-    acme: Option<Option<Arc<rustls::ServerConfig>>>,
+    pub(crate) acme: Option<Option<Arc<rustls::ServerConfig>>>,
     /// The SNI name is one a site lists (or there is none).
-    listed: bool,
+    pub(crate) listed: bool,
 }
 
 /// Reads the ClientHello and picks the site (or the ACME challenge) it is for.
@@ -266,15 +298,24 @@ async fn read_hello(
     let Some(accepted) = read_client_hello(tcp, peer).await? else {
         return Ok(None);
     };
+    Ok(Some(hello_for(accepted, &state.tls, &state.tls_alpn)))
+}
+
+/// Picks the site (or the ACME challenge) a ClientHello is for.
+pub(crate) fn hello_for(
+    accepted: Box<Accepted>,
+    tls: &TlsFront,
+    tls_alpn: &TlsAlpnChallenges,
+) -> Hello {
     let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_owned);
     // One table lookup: whether a site lists the name, and which site answers.
-    let listed_site = sni.as_ref().and_then(|n| state.tls.sni.get(n).copied());
+    let listed_site = sni.as_ref().and_then(|n| tls.sni.get(n).copied());
     let listed = sni.is_none() || listed_site.is_some();
     let site = match &sni {
-        None => Some(state.tls.default_site),
-        Some(_) => listed_site.or(match state.tls.unknown_sni {
-            UnknownSni::DefaultSite => Some(state.tls.default_site),
+        None => Some(tls.default_site),
+        Some(_) => listed_site.or(match tls.unknown_sni {
+            UnknownSni::DefaultSite => Some(tls.default_site),
             UnknownSni::Reject => None,
         }),
     };
@@ -282,14 +323,14 @@ async fn read_hello(
     let acme = hello
         .alpn()
         .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
-    let acme = acme.then(|| sni.as_deref().and_then(|n| state.tls_alpn.get(n)));
-    Ok(Some(Hello {
-        accepted: Box::new(accepted),
+    let acme = acme.then(|| sni.as_deref().and_then(|n| tls_alpn.get(n)));
+    Hello {
+        accepted,
         sni,
         site,
         acme,
         listed,
-    }))
+    }
 }
 
 /// An automatic certificate not obtained yet: a definite alert and a log line that says why,

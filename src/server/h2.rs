@@ -187,7 +187,35 @@ pub async fn serve<T>(
     io: T,
     svc: HttpsService,
     limits: H2Limits,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_observed(io, svc, limits, shutdown, |_| {}).await
+}
+
+/// The state whose size the limits bound, as [`serve_observed`] reports it.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Footprint {
+    /// Frames waiting for room in the codec's write buffer.
+    pub queued: usize,
+    /// Streams with a response body still to send.
+    pub streams: usize,
+    /// Streams remembered as reset by us.
+    pub recent_resets: usize,
+}
+
+/// [`serve`], calling `observe` after every poll of the connection (for the fuzz harness,
+/// `crate::fuzzing`, which checks the footprint against the limits).
+#[doc(hidden)]
+pub async fn serve_observed<T>(
+    io: T,
+    svc: HttpsService,
+    limits: H2Limits,
     mut shutdown: watch::Receiver<bool>,
+    mut observe: impl FnMut(Footprint),
 ) -> io::Result<()>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -219,7 +247,7 @@ where
             "not an HTTP/2 connection preface",
         ));
     }
-    let mut poll = poll_fn(|cx| conn.poll(cx));
+    let mut poll = poll_fn(|cx| conn.poll_observed(cx, &mut observe));
     tokio::select! {
         r = &mut poll => return r,
         _ = shutdown.changed() => {}
@@ -229,14 +257,14 @@ where
     // with a PING; once the PING is answered (or after a second), the streams the client
     // opened meanwhile have arrived, and the final GOAWAY names the last one.
     conn.announce_shutdown();
-    let mut poll = poll_fn(|cx| conn.poll(cx));
+    let mut poll = poll_fn(|cx| conn.poll_observed(cx, &mut observe));
     tokio::select! {
         r = &mut poll => return r,
         _ = tokio::time::sleep(GRACEFUL_WAIT) => {}
     }
     drop(poll);
     conn.go_away(Reason::NO_ERROR, false);
-    poll_fn(|cx| conn.poll(cx)).await
+    poll_fn(|cx| conn.poll_observed(cx, &mut observe)).await
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
@@ -380,6 +408,20 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         Poll::Ready(Ok(()))
     }
 
+    fn poll_observed(
+        &mut self,
+        cx: &mut Context<'_>,
+        observe: &mut impl FnMut(Footprint),
+    ) -> Poll<io::Result<()>> {
+        let r = self.poll(cx);
+        observe(Footprint {
+            queued: self.queue.len(),
+            streams: self.streams.len(),
+            recent_resets: self.recent_resets.len(),
+        });
+        r
+    }
+
     /// Writes out everything queued.
     fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.drain(cx);
@@ -497,8 +539,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             self.streams.clear();
             self.queue.clear();
         }
-        self.goaway = Some((self.last_client, error));
-        self.send(GoAway::with_debug_data(StreamId::from(self.last_client), reason, debug).into());
+        // The last stream id never goes up (§6.8): streams opened after an earlier GOAWAY were
+        // ignored, and the client may be retrying them elsewhere already.
+        let last = match self.goaway {
+            Some((earlier, _)) => earlier.min(self.last_client),
+            None => self.last_client,
+        };
+        self.goaway = Some((last, error));
+        self.send(GoAway::with_debug_data(StreamId::from(last), reason, debug).into());
     }
 
     /// Closes the connection after the idle timeout (`TimedIo`): GOAWAY(NO_ERROR) first, naming

@@ -63,6 +63,32 @@ pub struct ServerState {
 }
 
 impl ServerState {
+    /// A state for connections handed to [`conn::serve_tls`] directly, without listeners,
+    /// workers or background tasks (the fuzz harness, `crate::fuzzing`).
+    #[doc(hidden)]
+    pub fn detached(
+        front: Arc<Frontend>,
+        tls: TlsFront,
+        tls_alpn: Arc<TlsAlpnChallenges>,
+        limits: Limits,
+    ) -> Arc<Self> {
+        Arc::new(ServerState {
+            front,
+            tls,
+            tls_alpn,
+            limits,
+            placement: placement::Placement::new(1).0,
+            open: AtomicUsize::new(0),
+            drained: Notify::new(),
+        })
+    }
+
+    /// Counts a connection while the guard lives (what the accept loop does).
+    #[doc(hidden)]
+    pub fn count_connection(self: &Arc<Self>) -> ConnGuard {
+        ConnGuard::new(self).0
+    }
+
     /// Connections currently open (TLS and plain).
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::Relaxed)
@@ -95,7 +121,7 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         let mut h1 = hyper::server::conn::http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(None) // ours (server::io) answers 408; hyper's would just close
