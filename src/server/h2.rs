@@ -518,6 +518,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
     }
 
+    /// A stream in the idle state (§5.1): above the last one the client opened, or even (we
+    /// open none; stream 0 is the connection).
+    fn idle(&self, id: u32) -> bool {
+        id > self.last_client || id % 2 == 0
+    }
+
     fn find(&self, id: u32) -> Option<usize> {
         self.streams.iter().position(|s| s.id == id)
     }
@@ -576,7 +582,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Frame::WindowUpdate(w) => self.on_window_update(w),
             Frame::Reset(r) => {
                 let id = u32::from(r.stream_id());
-                if id == 0 || id > self.last_client {
+                if self.idle(id) {
                     // §6.4: never on stream 0 or an idle stream.
                     self.go_away(Reason::PROTOCOL_ERROR, true);
                 } else if let Some(i) = self.find(id) {
@@ -639,7 +645,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             if s.send_window > MAX_WINDOW {
                 self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
             }
-        } else if id > self.last_client {
+        } else if self.idle(id) {
             self.go_away(Reason::PROTOCOL_ERROR, true);
         }
         // A closed stream: frames in flight are expected (§6.9).
@@ -670,7 +676,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
         }
         let Some(i) = self.find(id) else {
-            if id > self.last_client {
+            if self.idle(id) {
                 // §5.1: DATA on an idle stream.
                 self.go_away(Reason::PROTOCOL_ERROR, true);
             } else if !self.recent_resets.contains(&id) {
