@@ -1049,6 +1049,28 @@ async fn rst_stream_or_window_update_on_idle_stream_is_goaway_protocol_error() {
     c.expect_connection_error(&[PROTOCOL_ERROR], 1).await;
 }
 
+/// §5.1: the server opens no streams, so every even stream is idle, below the client's last
+/// stream too: DATA, RST_STREAM and WINDOW_UPDATE there are connection errors, not answered with
+/// a RST_STREAM on the idle stream (§6.4 forbids that; found by the h2_connection fuzz target).
+#[tokio::test]
+async fn data_rst_stream_or_window_update_on_even_stream_is_goaway_protocol_error() {
+    let srv = start_static("");
+    for frame in [DATA, RST_STREAM, WINDOW_UPDATE] {
+        let mut c = Conn::start(&srv, &[]).await;
+        c.get(1, "/small.txt").await;
+        assert_eq!(c.expect_response(1).await.1, SMALL);
+        c.get(3, "/small.txt").await;
+        assert_eq!(c.expect_response(3).await.1, SMALL);
+        let payload = match frame {
+            DATA => b"hello".to_vec(),
+            RST_STREAM => CANCEL.to_be_bytes().to_vec(),
+            _ => 1000u32.to_be_bytes().to_vec(),
+        };
+        c.write(frame, 0, 2, &payload).await;
+        c.expect_connection_error(&[PROTOCOL_ERROR], 3).await;
+    }
+}
+
 /// §5.1, §5.3.2: PRIORITY may be sent on an idle stream; it neither opens the stream nor
 /// raises the lowest id a new stream may use, and it is not answered.
 #[tokio::test]
