@@ -309,28 +309,25 @@ fn log_level_with_spaces_and_non_ascii_is_checked_without_a_panic() {
     find(&p, &["log_level", "not a valid level or filter"]);
 }
 
-/// Site headers go on every response; framing and connection fields there would misframe
-/// HTTP/1.1 bodies and make HTTP/2 responses malformed (the config fuzz target's model check).
+/// Site headers go on every response; a framing field there would misframe bodies (HTTP/1.1
+/// sends what follows as the next response, HTTP/2 clients reset the stream). Found by the config
+/// fuzz target's model check. (Connection fields are fine: HTTP/2 leaves them out.)
 #[test]
-fn site_headers_about_framing_or_the_connection_are_refused() {
+fn site_headers_that_frame_the_message_are_refused() {
     let env = TestEnv::new();
     for name in [
-        "connection",
         "content-length",
         "transfer-encoding",
-        "keep-alive",
-        "upgrade",
-        "te",
-        "proxy-connection",
         "Content-Length",
+        "Transfer-Encoding",
     ] {
         let mut text = site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#);
         text = text.replace(
             "key = \"certs/alpha.key\"\n",
-            &format!("key = \"certs/alpha.key\"\nheaders = {{ {name} = \"1\", x-ok = \"2\" }}\n"),
+            &format!("key = \"certs/alpha.key\"\nheaders = {{ {name} = \"0\", x-ok = \"2\" }}\n"),
         );
         let (path, p) = refused(&env, &text, Mode::Check);
-        let msg = find(&p, &[&name.to_ascii_lowercase(), "framing"]);
+        let msg = find(&p, &[&name.to_ascii_lowercase(), "frames the message"]);
         assert!(
             msg.starts_with(&loc(&path, line_of(&text, "headers ="))),
             "{msg}"

@@ -1444,14 +1444,14 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
             );
             continue;
         };
-        if crate::http::is_connection_specific(&hn) || hn == http::header::CONTENT_LENGTH {
-            // Added to every response, these would misframe HTTP/1.1 bodies or make HTTP/2
-            // responses malformed (RFC 9113 §8.2.2).
+        if hn == http::header::CONTENT_LENGTH || hn == http::header::TRANSFER_ENCODING {
+            // Added to every response, these would misframe its body: HTTP/1.1 sends what
+            // follows as the next response, HTTP/2 clients reset the stream.
             let loc = cx.loc(v, "");
             cx.err(
                 loc,
                 format!(
-                    "site {name:?}: header {hn} is about the connection or the message framing, which the server sets per response"
+                    "site {name:?}: header {hn} frames the message, which the server does for each response"
                 ),
                 "remove it from headers",
             );

@@ -88,10 +88,10 @@ fn check_model(c: &Config) {
     for site in &c.sites {
         assert!(!site.hosts.is_empty(), "site {:?} without hosts", site.name);
         for (name, _) in &site.headers {
-            // Framing and connection fields are the server's: a configured one would make
-            // HTTP/2 responses malformed (RFC 9113 §8.2.2) or HTTP/1.1 bodies misframed.
+            // The server frames each message: a configured framing field would misframe
+            // every body it is added to.
             assert!(
-                !crate::http::is_connection_specific(name) && *name != http::header::CONTENT_LENGTH,
+                *name != http::header::CONTENT_LENGTH && *name != http::header::TRANSFER_ENCODING,
                 "site {:?} adds the header {name} to every response",
                 site.name
             );
