@@ -2412,12 +2412,16 @@ async fn response_heads_stay_exact_over_one_connection() {
 /// out there and kept for HTTP/1.1.
 #[tokio::test]
 async fn cached_file_heads_match_http1_and_leave_out_forbidden_site_fields() {
-    // A connection field among a site's headers is refused by the config check (it would
-    // misframe responses), so the heads compared here hold only fields HTTP/2 may carry.
-    let env = TestEnv::new();
-    env.write("www/small.txt", SMALL);
-    let srv = env.start(
-        r#"
+    for forbidden in [false, true] {
+        let env = TestEnv::new();
+        env.write("www/small.txt", SMALL);
+        let extra = if forbidden {
+            "\"Connection\" = \"keep-alive\"\n"
+        } else {
+            ""
+        };
+        let srv = env.start(&format!(
+            r#"
 [[site]]
 name = "alpha"
 hosts = ["alpha.test"]
@@ -2426,23 +2430,28 @@ key = "certs/alpha.key"
 root = "www"
 [site.headers]
 "X-Custom" = "hello"
-"#,
-    );
-    let mut heads = Vec::new();
-    for alpn in ["http/1.1", "h2"] {
-        for _ in 0..3 {
-            let r = get(srv.https, Some(ALPHA), "/small.txt", alpn).await;
-            assert_eq!((r.status, &r.body[..]), (200, SMALL), "{alpn}");
-            let mut h = r.headers.clone();
-            assert!(h.remove("date").is_some(), "{alpn}: no date");
-            heads.push((alpn, h));
+{extra}"#
+        ));
+        let mut heads = Vec::new();
+        for alpn in ["http/1.1", "h2"] {
+            for _ in 0..3 {
+                let r = get(srv.https, Some(ALPHA), "/small.txt", alpn).await;
+                assert_eq!((r.status, &r.body[..]), (200, SMALL), "{alpn}");
+                let mut h = r.headers.clone();
+                assert!(h.remove("date").is_some(), "{alpn}: no date");
+                heads.push((alpn, h));
+            }
         }
-    }
-    let (_, h1) = heads[0].clone();
-    assert_eq!(h1["x-custom"], "hello");
-    assert!(h1.contains_key("strict-transport-security"));
-    assert!(!h1.contains_key("connection"));
-    for (alpn, h) in &heads {
-        assert_eq!(h, &h1, "{alpn}");
+        let (_, h1) = heads[0].clone();
+        assert_eq!(h1["x-custom"], "hello");
+        assert!(h1.contains_key("strict-transport-security"));
+        assert_eq!(h1.contains_key("connection"), forbidden);
+        for (alpn, h) in &heads {
+            let mut want = h1.clone();
+            if *alpn == "h2" {
+                want.remove("connection");
+            }
+            assert_eq!(h, &want, "{alpn} (forbidden site field: {forbidden})");
+        }
     }
 }
