@@ -1112,6 +1112,18 @@ async fn self_dependent_priority_on_idle_stream_is_rst_protocol_error_and_opens_
     }
 }
 
+/// A self-dependent PRIORITY on an even stream id, which only the server could open (it opens
+/// none): no stream to reset, so nothing is sent, and the connection serves on (found by the
+/// h2_connection fuzz target's check: RST_STREAM on a stream the client could never have).
+#[tokio::test]
+async fn self_dependent_priority_on_an_even_stream_is_dropped() {
+    let srv = start_static("");
+    let mut c = Conn::start(&srv, &[]).await;
+    c.write(PRIORITY, 0, 2, &priority_fields(2)).await;
+    c.quiet("no RST_STREAM on an even stream").await;
+    c.get_small(1).await;
+}
+
 /// §5.3.1: a self-dependent PRIORITY is a stream error of type PROTOCOL_ERROR on an open
 /// stream (its response stops: RST_STREAM, no more DATA) and on a closed one (PRIORITY may
 /// arrive in any state, §6.3); either way the connection serves the next stream.

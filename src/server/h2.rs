@@ -644,6 +644,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     // stream (§5.1), so `last_client` stays. §6.4 has no RST_STREAM on an idle
                     // stream, yet a stream error is one (§5.4.2), and what h2spec 5.3.1 expects;
                     // a client that takes it for a connection error loses nothing it had.
+                    // On an even id (a stream only the server could open, and it opens none)
+                    // the bad PRIORITY is dropped: there is no stream to reset.
+                    frame::Kind::Priority if id % 2 == 0 => {}
                     frame::Kind::Priority => self.stream_error(id, reason),
                     // An increment of 0 (§6.9): a stream error, but any WINDOW_UPDATE on an idle
                     // stream is a connection error (§5.1).
