@@ -39,28 +39,16 @@ pub fn bind_group(
 /// way of a server starting at the same moment, while a socket another process listens on
 /// makes the bind fail with "in use".
 pub fn probe(addr: SocketAddr, what: &str) -> Result<(), BindError> {
-    let wrap = |e: io::Error| BindError {
-        addr,
-        what: what.to_string(),
-        err: e,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
-    socket.set_reuse_address(true).map_err(wrap)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(wrap)?;
-    }
-    socket.bind(&addr.into()).map_err(wrap)
+    let socket = new_socket(addr, what, false)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| BindError::new(addr, what, e))
 }
 
-/// One listening socket (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
-/// sockets v6-only so IPv4 can bind separately).
-fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, BindError> {
-    let wrap = |e: io::Error| BindError {
-        addr,
-        what: what.to_string(),
-        err: e,
-    };
+/// A TCP socket for `addr` as every listener has it: `SO_REUSEADDR` (and `SO_REUSEPORT` when
+/// asked), IPv6 sockets v6-only so that IPv4 can bind separately.
+fn new_socket(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, BindError> {
+    let wrap = |e: io::Error| BindError::new(addr, what, e);
     let socket =
         Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(wrap)?;
     socket.set_reuse_address(true).map_err(wrap)?;
@@ -70,6 +58,14 @@ fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, Bi
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(wrap)?;
     }
+    Ok(socket)
+}
+
+/// One listening socket (`SO_REUSEADDR`, `TCP_NODELAY` for the connections it accepts, IPv6
+/// sockets v6-only so IPv4 can bind separately).
+fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, BindError> {
+    let wrap = |e: io::Error| BindError::new(addr, what, e);
+    let socket = new_socket(addr, what, reuse_port)?;
     socket.set_nonblocking(true).map_err(wrap)?;
     // Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt per
     // listener instead of one per connection (a test checks the inheritance).
@@ -88,6 +84,14 @@ pub struct BindError {
 }
 
 impl BindError {
+    fn new(addr: SocketAddr, what: &str, err: io::Error) -> BindError {
+        BindError {
+            addr,
+            what: what.to_string(),
+            err,
+        }
+    }
+
     /// IPv6 is not available on this host (for skipping default `[::]` listeners).
     pub fn is_no_ipv6(&self) -> bool {
         // EAFNOSUPPORT (97), EADDRNOTAVAIL (99) on Linux.
