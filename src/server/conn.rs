@@ -15,7 +15,7 @@ use tokio_rustls::StartHandshake;
 
 use super::cork::CorkIo;
 use super::early::EarlyTls;
-use super::io::{TimedIo, Timeouts};
+use super::io::{TimedIo, Timeouts, LINGER, LINGER_BYTES};
 use super::{ConnGuard, ServerState, TlsFront, WorkerCtx};
 use crate::acme::{TlsAlpnChallenges, ACME_TLS_ALPN};
 use crate::config::model::{Limits, UnknownSni};
@@ -37,11 +37,6 @@ const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x
 
 /// A fatal `decode_error` alert: a ClientHello larger than the 64 KiB rustls buffers.
 const ALERT_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
-
-/// How long, and for how many bytes, a refused client's remaining input is read and dropped
-/// after the alert (see [`linger_close`]).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 * 1024;
 
 /// Closes a refused connection so that its alert arrives: the write side is shut (FIN after
 /// the alert), and what the client still sends is read and dropped for a moment. Closing

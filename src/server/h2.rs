@@ -45,6 +45,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::hpack::Encoder as Hpack;
+use super::io::{LINGER, LINGER_BYTES};
 use crate::http::{is_connection_specific, HttpsService, TrackedBody, CONNECTION_SPECIFIC};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -85,11 +86,6 @@ const GRACEFUL_PING: [u8; 8] = *b"shutdown";
 
 /// How long a graceful shutdown waits for that PING's answer before the final GOAWAY.
 const GRACEFUL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How long, and for how many bytes, the client's input is read and dropped after the server
-/// closed its side (see [`Conn::poll_linger`]; as `linger_close` in `server::conn`).
-const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 * 1024;
 
 /// The connection's limits, from the configuration.
 #[derive(Debug, Clone, Copy)]

@@ -30,6 +30,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::clock::coarse_ms;
+
+/// A lingering close (as nginx's `lingering_close`): once the server has closed its side after
+/// refusing a client (an alert, an error GOAWAY) or ending a connection, what the client still
+/// sends is read and dropped for this long and up to this many bytes, so that the kernel does
+/// not answer that input with a reset that can discard what the server said last. Used by
+/// `conn::linger_close` (TCP, after a ClientHello refusal) and `h2::Conn::poll_linger`.
+pub(super) const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+pub(super) const LINGER_BYTES: usize = 256 * 1024;
 use crate::http::ConnState;
 
 /// The timeouts one connection runs with.
