@@ -455,6 +455,20 @@ impl Conn {
         c
     }
 
+    /// A connection whose stream 1 stays open: GET /big.bin with initial stream windows of 0,
+    /// so its 200 head comes and its body waits for window.
+    async fn with_stream_1_held(srv: &TestServer) -> Conn {
+        let mut c = Conn::start(srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
+        c.get(1, "/big.bin").await;
+        assert_eq!(
+            c.expect_headers(1).await,
+            (200, false),
+            "{}",
+            c.trace_text()
+        );
+        c
+    }
+
     /// GET /small.txt on `stream`: 200 and the file, whole.
     async fn get_small(&mut self, stream: u32) {
         self.get(stream, "/small.txt").await;
@@ -899,14 +913,7 @@ async fn reused_lower_stream_id_is_goaway_protocol_error() {
 #[tokio::test]
 async fn data_after_end_stream_is_rst_stream_closed() {
     let srv = start_static("");
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     c.data(1, b"late", false).await;
     assert_eq!(c.expect_rst(1).await, STREAM_CLOSED, "{}", c.trace_text());
     c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
@@ -1130,14 +1137,7 @@ async fn self_dependent_priority_on_an_even_stream_is_dropped() {
 #[tokio::test]
 async fn self_dependent_priority_on_open_or_closed_stream_is_rst_protocol_error() {
     let srv = start_static("");
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     c.write(PRIORITY, 0, 1, &priority_fields(1)).await;
     assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
     c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
@@ -1359,14 +1359,7 @@ async fn undecodable_field_block_is_goaway_compression_error() {
 #[tokio::test]
 async fn unknown_pseudo_header_is_rst_protocol_error_and_other_streams_go_on() {
     let srv = start_static("");
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     let head = hpack_block(&request_fields("HEAD", "/small.txt"));
     let with = |extra: &[u8]| {
         let mut block = head.clone();
@@ -1508,14 +1501,7 @@ async fn connection_window_overflow_is_goaway_flow_control_error() {
 #[tokio::test]
 async fn window_update_of_zero_is_rst_on_a_stream_and_goaway_on_the_connection() {
     let srv = start_static("");
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     c.window_update(1, 0).await;
     assert_eq!(c.expect_rst(1).await, PROTOCOL_ERROR, "{}", c.trace_text());
     c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
@@ -1541,14 +1527,7 @@ async fn window_update_of_zero_is_rst_on_a_stream_and_goaway_on_the_connection()
 #[tokio::test]
 async fn stream_window_overflow_is_flow_control_error() {
     let srv = start_static("");
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     let mut bytes = frame_bytes(WINDOW_UPDATE, 0, 1, &0x7fff_ffffu32.to_be_bytes());
     bytes.extend(frame_bytes(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()));
     c.trace
@@ -1563,14 +1542,7 @@ async fn stream_window_overflow_is_flow_control_error() {
     c.settings(&[(SETTINGS_INITIAL_WINDOW_SIZE, 65_535)]).await;
     c.get_small(3).await;
 
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     let mut bytes = frame_bytes(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes());
     let mut s = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
     s.extend(0x7fff_ffffu32.to_be_bytes());
@@ -2242,14 +2214,7 @@ async fn graceful_shutdown_serves_a_stream_opened_before_the_ping_answer() {
 async fn connection_error_after_graceful_goaway_keeps_its_last_stream_id() {
     let mut srv = start_static("");
     // A zero stream window keeps stream 1's body, and so the connection, waiting.
-    let mut c = Conn::start(&srv, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]).await;
-    c.get(1, "/big.bin").await;
-    assert_eq!(
-        c.expect_headers(1).await,
-        (200, false),
-        "{}",
-        c.trace_text()
-    );
+    let mut c = Conn::with_stream_1_held(&srv).await;
     let shutdown = begin_shutdown(&mut srv);
     let ping = c.expect_shutdown_announcement().await;
     c.write(PING, ACK, 0, &ping).await;
