@@ -309,20 +309,20 @@ impl Default for HostMemo {
     }
 }
 
+/// A response on its way: one boxed future per request of a waiting handler.
+pub type Later = Pin<Box<dyn Future<Output = Response<TrackedBody>> + Send>>;
+
 /// A handler's answer: at once ([`Reply::Ready`], no allocation), or later (a boxed future,
 /// for handlers that wait on something: the reverse proxy). A future itself, for hyper;
 /// [`Reply::now`] takes a ready answer without polling.
 pub enum Reply {
     Ready(Option<Response<TrackedBody>>),
-    Later(Pin<Box<dyn Future<Output = Response<TrackedBody>> + Send>>),
+    Later(Later),
 }
 
 impl Reply {
     /// The answer when it is ready, else the future that will produce it.
-    pub fn now(
-        self,
-    ) -> Result<Response<TrackedBody>, Pin<Box<dyn Future<Output = Response<TrackedBody>> + Send>>>
-    {
+    pub fn now(self) -> Result<Response<TrackedBody>, Later> {
         match self {
             Reply::Ready(r) => Ok(r.expect("a ready reply is taken once")),
             Reply::Later(f) => Err(f),

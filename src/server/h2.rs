@@ -127,7 +127,7 @@ struct Stream {
 /// Where a stream's response is.
 enum Replying {
     /// The handler is still working.
-    Waiting(Pin<Box<dyn std::future::Future<Output = Response<TrackedBody>> + Send>>),
+    Waiting(crate::http::Later),
     /// The head is sent; this is the body still to send.
     Body(TrackedBody),
     /// Not started yet (a stream being set up).
