@@ -121,6 +121,12 @@ impl Frontend {
                     }
                     Handler::Respond(r) => RouteKind::Respond(r.clone()),
                     Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
+                    Handler::Proxy(_) => {
+                        return Err(format!(
+                            "site {:?}: route {:?}: proxy routes are not served by this build yet",
+                            site.name, r.prefix
+                        ))
+                    }
                 };
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
