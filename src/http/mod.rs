@@ -15,6 +15,7 @@
 
 pub mod body;
 pub mod client;
+pub mod compress;
 pub mod date;
 pub mod pages;
 pub mod proxy;
