@@ -20,13 +20,15 @@
 //!
 //! # Memory
 //! Bounded per response, whatever the body's size: the encoder's window and tables (gzip
-//! about 300 KiB; brotli and zstd with 512 KiB windows, a few MiB at most) plus at most
-//! [`OUT_CHUNK`] bytes of output waiting to be sent. Input is never buffered: each chunk goes
-//! into the encoder as it arrives.
+//! about 300 KiB; brotli and zstd with 512 KiB windows, a few MiB at most) plus the output
+//! waiting to be sent: [`OUT_CHUNK`], or what one flush (at most every [`FLUSH_EVERY`] bytes
+//! of input) gives. Input is never buffered here: each chunk goes into the encoder as it
+//! arrives.
 //!
 //! # Streaming
 //! The encoder takes input chunks as long as the backend has them ready, and flushes (a sync
-//! flush: the output so far decodes completely) whenever the backend's body would wait, so a
+//! flush: the output so far decodes completely) whenever the backend's body would wait (and
+//! after every [`FLUSH_EVERY`] bytes of input), so a
 //! trickling response (server-sent events, a long poll, a progress log) reaches the client as
 //! it comes, never held back in the encoder. Trailers pass through after the last data.
 
@@ -73,6 +75,11 @@ pub const MIN_SIZE: u64 = 1024;
 
 /// Output is handed on once this much is ready, even while more input is at hand.
 pub const OUT_CHUNK: usize = 32 * 1024;
+
+/// The encoder is flushed after at most this much input, even while more is at hand: brotli
+/// at the levels used here would otherwise gather up to a megabyte of input into one
+/// meta-block before writing anything, holding its output (and the client) back that long.
+pub const FLUSH_EVERY: usize = 256 * 1024;
 
 /// Input taken in one poll before yielding to other tasks (cooperative scheduling: a backend
 /// that always has data ready must not keep a worker thread to itself).
@@ -537,8 +544,8 @@ pub struct CompressBody<B> {
     encoder: Option<Encoder>,
     /// Output left over after the encoder was finished.
     tail: Option<Bytes>,
-    /// Input written since the last flush.
-    unflushed: bool,
+    /// Input written since the last flush, in bytes.
+    unflushed: usize,
     state: State,
     /// An encoder setup error, reported as the body's first frame.
     error: Option<io::Error>,
@@ -555,7 +562,7 @@ impl<B> CompressBody<B> {
             inner,
             encoder,
             tail: None,
-            unflushed: false,
+            unflushed: 0,
             state: State::Reading,
             error,
         }
@@ -569,6 +576,15 @@ impl<B> CompressBody<B> {
 
     fn pending_output(&mut self) -> usize {
         self.encoder.as_mut().map_or(0, |e| e.out().len())
+    }
+
+    /// Flushes the encoder: all input so far can be decoded from the output.
+    fn flush(&mut self) -> io::Result<()> {
+        self.unflushed = 0;
+        match self.encoder.as_mut() {
+            Some(e) => e.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Finishes the encoder; its output not yet taken, with the end of the stream, goes to
@@ -630,13 +646,10 @@ where
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
                     // The backend has nothing more for now: what it sent so far goes out.
-                    if this.unflushed {
-                        this.unflushed = false;
-                        if let Some(e) = this.encoder.as_mut() {
-                            if let Err(e) = e.flush() {
-                                this.state = State::Done;
-                                return Poll::Ready(Some(Err(e)));
-                            }
+                    if this.unflushed > 0 {
+                        if let Err(e) = this.flush() {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
                     return match this.take_output() {
@@ -650,12 +663,17 @@ where
                             continue;
                         }
                         taken += data.len();
-                        this.unflushed = true;
-                        if let Some(e) = this.encoder.as_mut() {
-                            if let Err(e) = e.write(&data) {
-                                this.state = State::Done;
-                                return Poll::Ready(Some(Err(e)));
-                            }
+                        this.unflushed += data.len();
+                        let mut written = match this.encoder.as_mut() {
+                            Some(e) => e.write(&data),
+                            None => Ok(()),
+                        };
+                        if written.is_ok() && this.unflushed >= FLUSH_EVERY {
+                            written = this.flush();
+                        }
+                        if let Err(e) = written {
+                            this.state = State::Done;
+                            return Poll::Ready(Some(Err(e)));
                         }
                     }
                     Err(frame) => {
@@ -694,5 +712,683 @@ where
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::Write as _;
+    use std::task::Waker;
+
+    use super::*;
+
+    // ---------------------------------------------------------------------------------------
+    // Negotiation
+    // ---------------------------------------------------------------------------------------
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn neg(accept: &str) -> Option<Coding> {
+        negotiate(&headers(&[("accept-encoding", accept)]))
+    }
+
+    #[test]
+    fn negotiation_table() {
+        use Coding::*;
+        let table: &[(&str, Option<Coding>)] = &[
+            // Browsers: all at q=1, our preference decides.
+            ("gzip, deflate, br, zstd", Some(Zstd)),
+            ("gzip, deflate, br", Some(Br)),
+            ("gzip, deflate", Some(Gzip)),
+            ("GZIP", Some(Gzip)),
+            ("x-gzip", Some(Gzip)),
+            (" br ;  q=1 ", Some(Br)),
+            // A higher q-value beats the preference order.
+            ("br;q=0.5, gzip;q=0.8", Some(Gzip)),
+            ("zstd;q=0.1, gzip", Some(Gzip)),
+            ("zstd;q=0.5, br;q=0.5, gzip;q=0.5", Some(Zstd)),
+            ("*;q=0.5, gzip", Some(Gzip)),
+            // Refusals.
+            ("gzip;q=0", None),
+            ("gzip;q=0, br", Some(Br)),
+            ("zstd;q=0, br;q=0, *", Some(Gzip)),
+            ("gzip;q=0, *", Some(Zstd)),
+            ("*;q=0", None),
+            ("*;q=0, br", Some(Br)),
+            ("x-gzip;q=0.3, gzip;q=0", Some(Gzip)),
+            // `*` covers what is not listed.
+            ("*", Some(Zstd)),
+            ("deflate, *;q=0.2", Some(Zstd)),
+            // Nothing we produce.
+            ("deflate", None),
+            ("compress, identity", None),
+            ("", None),
+            // identity: refusing it changes nothing; preferring it wins.
+            ("identity;q=0", None),
+            ("gzip, identity;q=0", Some(Gzip)),
+            ("gzip;q=0.5, identity", None),
+            ("gzip;q=0.5, identity;q=0.5", Some(Gzip)),
+            // Malformed elements are skipped, the rest counts.
+            ("gzip;q=1.5", None),
+            ("gzip;q=0.0001", None),
+            ("gzip;q=abc, br", Some(Br)),
+            ("gz/ip, br", Some(Br)),
+            ("gzip;level, br;q=0.9", Some(Br)),
+            ("gzip;q=0.001", Some(Gzip)),
+        ];
+        for (accept, want) in table {
+            assert_eq!(neg(accept), *want, "Accept-Encoding: {accept:?}");
+        }
+    }
+
+    #[test]
+    fn negotiation_without_header_or_with_no_transform() {
+        assert_eq!(negotiate(&HeaderMap::new()), None);
+        // Two fields count as one list.
+        let two = headers(&[("accept-encoding", "gzip;q=0.2"), ("accept-encoding", "br")]);
+        assert_eq!(negotiate(&two), Some(Coding::Br));
+        let nt = headers(&[
+            ("accept-encoding", "gzip, br"),
+            ("cache-control", "max-age=0, No-Transform"),
+        ]);
+        assert_eq!(negotiate(&nt), None);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // What to compress
+    // ---------------------------------------------------------------------------------------
+
+    fn should(method: Method, status: u16, pairs: &[(&str, &str)], size: Option<u64>) -> bool {
+        let size = size.map_or_else(SizeHint::default, SizeHint::with_exact);
+        should_compress(
+            &method,
+            StatusCode::from_u16(status).unwrap(),
+            &headers(pairs),
+            &size,
+        )
+    }
+
+    #[test]
+    fn should_compress_by_type() {
+        let yes = [
+            "text/html",
+            "text/html; charset=utf-8",
+            "TEXT/CSS",
+            "text/plain",
+            "text/event-stream",
+            "text/csv",
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/problem+json",
+            "application/ld+json",
+            "application/manifest+json",
+            "application/xml",
+            "application/atom+xml",
+            "application/xhtml+xml",
+            "application/javascript",
+            "application/x-javascript",
+            "application/wasm",
+            "application/yaml",
+            "image/svg+xml",
+            "image/x-icon",
+            "image/bmp",
+            "font/ttf",
+            "font/otf",
+            "application/vnd.ms-fontobject",
+        ];
+        for ct in yes {
+            assert!(
+                should(Method::GET, 200, &[("content-type", ct)], None),
+                "{ct} should be compressed"
+            );
+        }
+        let no = [
+            "image/png",
+            "image/jpeg",
+            "image/webp",
+            "image/avif",
+            "image/gif",
+            "video/mp4",
+            "audio/mpeg",
+            "font/woff",
+            "font/woff2",
+            "application/font-woff",
+            "application/zip",
+            "application/gzip",
+            "application/x-gzip",
+            "application/zstd",
+            "application/x-brotli",
+            "application/octet-stream",
+            "application/pdf",
+            "application/grpc",
+            "multipart/form-data; boundary=x",
+            "nonsense",
+            "",
+        ];
+        for ct in no {
+            assert!(
+                !should(Method::GET, 200, &[("content-type", ct)], None),
+                "{ct} should not be compressed"
+            );
+        }
+        // No Content-Type at all.
+        assert!(!should(Method::GET, 200, &[], None));
+    }
+
+    #[test]
+    fn should_compress_by_status_method_fields_and_size() {
+        let json = ("content-type", "application/json");
+        assert!(should(Method::GET, 200, &[json], Some(100_000)));
+        assert!(should(Method::POST, 201, &[json], None));
+        assert!(should(Method::GET, 404, &[json], None));
+        assert!(should(Method::GET, 500, &[json], None));
+        for status in [101, 103, 204, 206, 304] {
+            assert!(!should(Method::GET, status, &[json], None), "{status}");
+        }
+        assert!(!should(Method::HEAD, 200, &[json], None));
+        for field in [
+            ("content-encoding", "gzip"),
+            ("content-encoding", "identity"),
+            ("content-range", "bytes 0-99/5000"),
+            ("cache-control", "public, no-transform"),
+            ("cache-control", "NO-TRANSFORM"),
+        ] {
+            assert!(!should(Method::GET, 200, &[json, field], None), "{field:?}");
+        }
+        assert!(should(
+            Method::GET,
+            200,
+            &[json, ("cache-control", "no-cache")],
+            None
+        ));
+        // Known small bodies are not worth it; unknown or large ones are.
+        assert!(!should(Method::GET, 200, &[json], Some(0)));
+        assert!(!should(Method::GET, 200, &[json], Some(MIN_SIZE - 1)));
+        assert!(should(Method::GET, 200, &[json], Some(MIN_SIZE)));
+        assert!(!should(
+            Method::GET,
+            200,
+            &[json, ("content-length", "12")],
+            None
+        ));
+        assert!(should(
+            Method::GET,
+            200,
+            &[json, ("content-length", "5000")],
+            None
+        ));
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The response head
+    // ---------------------------------------------------------------------------------------
+
+    fn response(pairs: &[(&str, &str)], body: Body) -> Response<Body> {
+        let mut r = Response::new(body);
+        *r.headers_mut() = headers(pairs);
+        r
+    }
+
+    fn all(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn compress_rewrites_the_head() {
+        let r = compress(
+            response(
+                &[
+                    ("content-type", "text/html"),
+                    ("content-length", "5000"),
+                    ("etag", "\"abc\""),
+                    ("accept-ranges", "bytes"),
+                    ("content-digest", "sha-256=:xyz=:"),
+                    ("vary", "Origin"),
+                ],
+                Body::full(vec![b'a'; 5000]),
+            ),
+            Coding::Br,
+        );
+        let h = r.headers();
+        assert_eq!(all(h, "content-encoding"), ["br"]);
+        assert_eq!(all(h, "content-length"), Vec::<String>::new());
+        assert_eq!(all(h, "accept-ranges"), Vec::<String>::new());
+        assert_eq!(all(h, "content-digest"), Vec::<String>::new());
+        assert_eq!(all(h, "etag"), ["W/\"abc\""]);
+        assert_eq!(all(h, "vary"), ["Origin, Accept-Encoding"]);
+        assert_eq!(all(h, "content-type"), ["text/html"]);
+    }
+
+    #[test]
+    fn vary_and_etag_cases() {
+        let mut h = headers(&[]);
+        add_vary(&mut h);
+        assert_eq!(all(&h, "vary"), ["Accept-Encoding"]);
+        let mut h = headers(&[("vary", "*")]);
+        add_vary(&mut h);
+        assert_eq!(all(&h, "vary"), ["*"]);
+        let mut h = headers(&[("vary", "origin, accept-encoding")]);
+        add_vary(&mut h);
+        assert_eq!(all(&h, "vary"), ["origin, accept-encoding"]);
+        let mut h = headers(&[("vary", "Origin"), ("vary", "Cookie")]);
+        add_vary(&mut h);
+        assert_eq!(all(&h, "vary"), ["Origin, Cookie, Accept-Encoding"]);
+
+        for (etag, want) in [
+            ("\"x\"", Some("W/\"x\"")),
+            ("W/\"x\"", Some("W/\"x\"")),
+            ("\"\"", Some("W/\"\"")),
+            ("x", None),
+            ("\"x", None),
+        ] {
+            let mut h = headers(&[("etag", etag)]);
+            weaken_etag(&mut h);
+            assert_eq!(
+                h.get("etag").map(|v| v.to_str().unwrap()),
+                want,
+                "ETag {etag}"
+            );
+        }
+    }
+
+    #[test]
+    fn apply_compresses_or_only_varies() {
+        let big = || Body::stream(Script::new(vec![Step::Data(vec![b'x'; 4096])]));
+        let json = [("content-type", "application/json")];
+        let r = apply(&Method::GET, response(&json, big()), Some(Coding::Gzip));
+        assert_eq!(all(r.headers(), "content-encoding"), ["gzip"]);
+        // The client takes no coding: plain, but the response varies all the same.
+        let r = apply(&Method::GET, response(&json, big()), None);
+        assert_eq!(all(r.headers(), "content-encoding"), Vec::<String>::new());
+        assert_eq!(all(r.headers(), "vary"), ["Accept-Encoding"]);
+        // Not compressible: untouched.
+        let png = [("content-type", "image/png")];
+        let r = apply(&Method::GET, response(&png, big()), Some(Coding::Gzip));
+        assert!(r.headers().get("content-encoding").is_none());
+        assert!(r.headers().get("vary").is_none());
+        // Small: untouched.
+        let r = apply(
+            &Method::GET,
+            response(&json, Body::full("{}")),
+            Some(Coding::Zstd),
+        );
+        assert!(r.headers().get("content-encoding").is_none());
+        // HEAD: untouched.
+        let r = apply(&Method::HEAD, response(&json, big()), Some(Coding::Br));
+        assert!(r.headers().get("content-encoding").is_none());
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // The encoder body
+    // ---------------------------------------------------------------------------------------
+
+    enum Step {
+        Data(Vec<u8>),
+        Trailers(HeaderMap),
+        /// `Poll::Pending` once (without a wake-up: the test polls again itself).
+        Pending,
+        Fail,
+    }
+
+    struct Script {
+        steps: VecDeque<Step>,
+        /// How often the body was polled.
+        polls: usize,
+    }
+
+    impl Script {
+        fn new(steps: Vec<Step>) -> Self {
+            Script {
+                steps: steps.into(),
+                polls: 0,
+            }
+        }
+    }
+
+    impl http_body::Body for Script {
+        type Data = Bytes;
+        type Error = io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            let this = self.get_mut();
+            this.polls += 1;
+            match this.steps.pop_front() {
+                None => Poll::Ready(None),
+                Some(Step::Data(d)) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(d))))),
+                Some(Step::Trailers(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                Some(Step::Pending) => Poll::Pending,
+                Some(Step::Fail) => Poll::Ready(Some(Err(io::Error::other("backend went away")))),
+            }
+        }
+    }
+
+    /// What one poll gave.
+    #[derive(Debug)]
+    enum Polled {
+        Data(Bytes),
+        Trailers(HeaderMap),
+        Pending,
+        Error(String),
+        End,
+    }
+
+    fn poll_once<B>(body: &mut B) -> Polled
+    where
+        B: http_body::Body<Data = Bytes, Error = io::Error> + Unpin,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(body).poll_frame(&mut cx) {
+            Poll::Pending => Polled::Pending,
+            Poll::Ready(None) => Polled::End,
+            Poll::Ready(Some(Err(e))) => Polled::Error(e.to_string()),
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => Polled::Data(d),
+                Err(f) => Polled::Trailers(f.into_trailers().unwrap()),
+            },
+        }
+    }
+
+    /// Polls to the end (through any number of pending steps); the data frames and trailers.
+    fn drain<B>(body: &mut B) -> (Vec<Bytes>, Option<HeaderMap>)
+    where
+        B: http_body::Body<Data = Bytes, Error = io::Error> + Unpin,
+    {
+        let mut data = Vec::new();
+        let mut trailers = None;
+        for _ in 0..100_000 {
+            match poll_once(body) {
+                Polled::Data(d) => {
+                    assert!(trailers.is_none(), "data after trailers");
+                    data.push(d)
+                }
+                Polled::Trailers(t) => trailers = Some(t),
+                Polled::Pending => {}
+                Polled::Error(e) => panic!("body error: {e}"),
+                Polled::End => return (data, trailers),
+            }
+        }
+        panic!("body never ended");
+    }
+
+    /// A decoder for `coding` fed piece by piece; `decoded()` is everything decodable so far.
+    enum Decoder {
+        Gzip(flate2::write::GzDecoder<Vec<u8>>),
+        Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+        Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    }
+
+    impl Decoder {
+        fn new(coding: Coding) -> Self {
+            match coding {
+                Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+                Coding::Br => {
+                    Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
+                }
+                Coding::Zstd => {
+                    Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap())
+                }
+            }
+        }
+
+        fn feed(&mut self, data: &[u8]) -> &[u8] {
+            match self {
+                Decoder::Gzip(d) => {
+                    d.write_all(data).unwrap();
+                    d.flush().unwrap();
+                    d.get_ref()
+                }
+                Decoder::Br(d) => {
+                    d.write_all(data).unwrap();
+                    d.flush().unwrap();
+                    d.get_ref()
+                }
+                Decoder::Zstd(d) => {
+                    d.write_all(data).unwrap();
+                    d.flush().unwrap();
+                    d.get_ref()
+                }
+            }
+        }
+
+        /// The whole decoded content; fails unless the stream ended properly.
+        fn finish(self) -> Vec<u8> {
+            match self {
+                Decoder::Gzip(d) => d.finish().unwrap(),
+                Decoder::Br(d) => d.into_inner().expect("brotli stream complete"),
+                Decoder::Zstd(mut d) => {
+                    d.flush().unwrap();
+                    d.into_inner()
+                }
+            }
+        }
+    }
+
+    fn decode(coding: Coding, chunks: &[Bytes]) -> Vec<u8> {
+        let mut d = Decoder::new(coding);
+        for c in chunks {
+            d.feed(c);
+        }
+        d.finish()
+    }
+
+    /// Text that compresses, in `n` bytes.
+    fn json(n: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(n + 64);
+        let mut i = 0u64;
+        while out.len() < n {
+            out.extend_from_slice(
+                format!("{{\"id\":{i},\"name\":\"item {i}\",\"tags\":[\"a\",\"b\"]}},").as_bytes(),
+            );
+            i = i
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                % 100_000;
+        }
+        out.truncate(n);
+        out
+    }
+
+    const CODINGS: [Coding; 3] = [Coding::Gzip, Coding::Br, Coding::Zstd];
+
+    #[test]
+    fn round_trip_each_coding() {
+        let content = json(300_000);
+        for coding in CODINGS {
+            // In uneven chunks, some empty, with pending steps between some.
+            let mut steps = Vec::new();
+            let mut at = 0;
+            for (i, len) in [1usize, 0, 700, 16_384, 5, 65_536, 100_000]
+                .into_iter()
+                .cycle()
+                .enumerate()
+            {
+                if at >= content.len() {
+                    break;
+                }
+                let end = (at + len).min(content.len());
+                steps.push(Step::Data(content[at..end].to_vec()));
+                at = end;
+                if i % 3 == 0 {
+                    steps.push(Step::Pending);
+                }
+            }
+            let mut body = CompressBody::new(Script::new(steps), coding, None);
+            let (chunks, trailers) = drain(&mut body);
+            assert!(trailers.is_none());
+            let compressed: usize = chunks.iter().map(|c| c.len()).sum();
+            assert!(
+                compressed < content.len() / 3,
+                "{coding:?}: {compressed} bytes from {}",
+                content.len()
+            );
+            assert_eq!(decode(coding, &chunks), content, "{coding:?}");
+            assert!(body.is_end_stream());
+        }
+    }
+
+    #[test]
+    fn known_size_and_empty_bodies() {
+        for coding in CODINGS {
+            let content = json(50_000);
+            let mut body = CompressBody::new(
+                Script::new(vec![Step::Data(content.clone())]),
+                coding,
+                Some(content.len() as u64),
+            );
+            let (chunks, _) = drain(&mut body);
+            assert_eq!(decode(coding, &chunks), content, "{coding:?} sized");
+
+            // An empty body still yields a valid (empty) stream.
+            let mut body = CompressBody::new(Script::new(vec![]), coding, None);
+            let (chunks, _) = drain(&mut body);
+            assert!(!chunks.is_empty(), "{coding:?}: the stream's framing");
+            assert_eq!(decode(coding, &chunks), b"", "{coding:?} empty");
+        }
+    }
+
+    #[test]
+    fn trailers_pass_through() {
+        for coding in CODINGS {
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            t.insert("x-checksum", HeaderValue::from_static("abc"));
+            let content = json(20_000);
+            let mut body = CompressBody::new(
+                Script::new(vec![
+                    Step::Data(content[..10_000].to_vec()),
+                    Step::Pending,
+                    Step::Data(content[10_000..].to_vec()),
+                    Step::Trailers(t.clone()),
+                ]),
+                coding,
+                None,
+            );
+            let (chunks, trailers) = drain(&mut body);
+            assert_eq!(trailers.as_ref(), Some(&t), "{coding:?}");
+            assert_eq!(decode(coding, &chunks), content, "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_backend_gets_the_first_chunk_out() {
+        for coding in CODINGS {
+            let first = b"data: {\"event\": 1, \"text\": \"first event\"}\n\n".to_vec();
+            let second = b"data: {\"event\": 2, \"text\": \"second event\"}\n\n".to_vec();
+            let mut body = CompressBody::new(
+                Script::new(vec![
+                    Step::Data(first.clone()),
+                    Step::Pending,
+                    Step::Data(second.clone()),
+                ]),
+                coding,
+                None,
+            );
+            let mut decoder = Decoder::new(coding);
+            // One poll: the backend's first chunk, then it waits; the first chunk is out,
+            // decodable on its own.
+            let Polled::Data(out) = poll_once(&mut body) else {
+                panic!("{coding:?}: nothing sent while the backend waits");
+            };
+            assert_eq!(decoder.feed(&out), first, "{coding:?}");
+            // Then the rest, to the end.
+            let (rest, _) = drain(&mut body);
+            for c in &rest {
+                decoder.feed(c);
+            }
+            let mut all = first.clone();
+            all.extend_from_slice(&second);
+            assert_eq!(decoder.finish(), all, "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_new_sends_nothing() {
+        // A backend that is pending from the start: no frame, no flush of an empty encoder.
+        let mut body = CompressBody::new(Script::new(vec![Step::Pending]), Coding::Gzip, None);
+        assert!(matches!(poll_once(&mut body), Polled::Pending));
+    }
+
+    #[test]
+    fn bulk_output_is_bounded_and_polls_yield() {
+        // Content that does not compress (pseudo-random bytes) in 64 KiB chunks, all ready:
+        // output comes out in bounded pieces, and a poll never takes more than its budget.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let content: Vec<u8> = (0..2 * 1024 * 1024)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for coding in CODINGS {
+            let steps = content
+                .chunks(65_536)
+                .map(|c| Step::Data(c.to_vec()))
+                .collect();
+            let mut body = CompressBody::new(Script::new(steps), coding, None);
+            let mut chunks = Vec::new();
+            loop {
+                let before = body.inner.polls;
+                let polled = poll_once(&mut body);
+                assert!(
+                    body.inner.polls - before <= POLL_BUDGET / 65_536 + 2,
+                    "{coding:?}: one poll read {} chunks",
+                    body.inner.polls - before
+                );
+                match polled {
+                    Polled::Data(d) => {
+                        assert!(
+                            d.len() <= OUT_CHUNK.max(FLUSH_EVERY) + 65_536 + 1024,
+                            "{coding:?}: {} bytes at once",
+                            d.len()
+                        );
+                        chunks.push(d);
+                    }
+                    Polled::Pending => {}
+                    Polled::End => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(decode(coding, &chunks), content, "{coding:?}");
+        }
+    }
+
+    #[test]
+    fn a_backend_failure_ends_the_body_with_an_error() {
+        let mut body = CompressBody::new(
+            Script::new(vec![Step::Data(json(5000)), Step::Fail]),
+            Coding::Zstd,
+            None,
+        );
+        let mut saw_error = false;
+        for _ in 0..10 {
+            match poll_once(&mut body) {
+                Polled::Error(e) => {
+                    assert!(e.contains("backend went away"), "{e}");
+                    saw_error = true;
+                }
+                Polled::End => break,
+                _ => {}
+            }
+        }
+        assert!(saw_error);
+        assert!(matches!(poll_once(&mut body), Polled::End));
     }
 }
