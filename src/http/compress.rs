@@ -1130,7 +1130,8 @@ mod tests {
     enum Decoder {
         Gzip(flate2::write::GzDecoder<Vec<u8>>),
         Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
-        Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+        /// Also every byte fed, to check the whole frame at the end.
+        Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>, Vec<u8>),
     }
 
     impl Decoder {
@@ -1140,9 +1141,10 @@ mod tests {
                 Coding::Br => {
                     Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
                 }
-                Coding::Zstd => {
-                    Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap())
-                }
+                Coding::Zstd => Decoder::Zstd(
+                    zstd::stream::write::Decoder::new(Vec::new()).unwrap(),
+                    Vec::new(),
+                ),
             }
         }
 
@@ -1158,7 +1160,8 @@ mod tests {
                     d.flush().unwrap();
                     d.get_ref()
                 }
-                Decoder::Zstd(d) => {
+                Decoder::Zstd(d, fed) => {
+                    fed.extend_from_slice(data);
                     d.write_all(data).unwrap();
                     d.flush().unwrap();
                     d.get_ref()
@@ -1171,9 +1174,8 @@ mod tests {
             match self {
                 Decoder::Gzip(d) => d.finish().unwrap(),
                 Decoder::Br(d) => d.into_inner().expect("brotli stream complete"),
-                Decoder::Zstd(mut d) => {
-                    d.flush().unwrap();
-                    d.into_inner()
+                Decoder::Zstd(_, fed) => {
+                    zstd::stream::decode_all(&fed[..]).expect("zstd frame complete")
                 }
             }
         }
