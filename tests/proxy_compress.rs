@@ -472,7 +472,7 @@ async fn a_streamed_response_is_not_held_back() {
 
 /// A decoder fed piece by piece (what a browser does with a stream).
 enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     /// Also every byte fed, to check the whole frame at the end.
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>, Vec<u8>),
@@ -481,7 +481,7 @@ enum Decoder {
 impl Decoder {
     fn new(coding: &str) -> Self {
         match coding {
-            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "gzip" => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             "br" => Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             "zstd" => Decoder::Zstd(
                 zstd::stream::write::Decoder::new(Vec::new()).unwrap(),

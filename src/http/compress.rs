@@ -1128,7 +1128,7 @@ mod tests {
 
     /// A decoder for `coding` fed piece by piece; `decoded()` is everything decodable so far.
     enum Decoder {
-        Gzip(flate2::write::GzDecoder<Vec<u8>>),
+        Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
         Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
         /// Also every byte fed, to check the whole frame at the end.
         Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>, Vec<u8>),
@@ -1137,7 +1137,7 @@ mod tests {
     impl Decoder {
         fn new(coding: Coding) -> Self {
             match coding {
-                Coding::Gzip => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+                Coding::Gzip => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
                 Coding::Br => {
                     Decoder::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096)))
                 }
