@@ -12,11 +12,11 @@
 //!
 //! # Codings and levels
 //! Preference among the codings a client accepts equally (same q-value): **zstd, then br, then
-//! gzip**. At the fast levels used here zstd (level 3) compresses text about as well as gzip's
-//! highest levels at several times gzip's speed, and decompresses fastest; brotli (quality 4)
-//! compresses a little better than gzip at about its speed; gzip (level 5, between zlib's
-//! fast 1 and its default 6: nearly the ratio of 6 for less CPU) is the one every client has.
-//! A higher q-value always wins over this order.
+//! gzip**. At the fast levels used here zstd (level 3) typically compresses text about as well
+//! as gzip at its default level or above, several times faster, and decompresses fastest;
+//! brotli (quality 4) typically compresses a little better than gzip at about its speed; gzip
+//! (level 5, one below zlib's default 6: nearly its ratio for less CPU) is the one every client
+//! has. A higher q-value always wins over this order.
 //!
 //! # Memory
 //! Bounded per response, whatever the body's size: the encoder's window and tables (gzip
@@ -27,10 +27,11 @@
 //!
 //! # Streaming
 //! The encoder takes input chunks as long as the backend has them ready, and flushes (a sync
-//! flush: the output so far decodes completely) whenever the backend's body would wait (and
-//! after every [`FLUSH_EVERY`] bytes of input), so a
-//! trickling response (server-sent events, a long poll, a progress log) reaches the client as
-//! it comes, never held back in the encoder. Trailers pass through after the last data.
+//! flush: the output so far decodes completely) whenever the backend's body would wait, and
+//! after every [`FLUSH_EVERY`] bytes of input. So a trickling response (server-sent events, a
+//! long poll, a progress log) reaches the client as it comes, never held back in the encoder,
+//! while a body that arrives fast is compressed in large pieces. Trailers pass through after
+//! the last data.
 
 use std::io::{self, Write as _};
 use std::pin::Pin;
@@ -69,8 +70,8 @@ impl Coding {
     }
 }
 
-/// Bodies known to be smaller than this are not compressed: the saving would be a few bytes,
-/// less than the coding's own framing costs in some cases, for a whole encoder's setup.
+/// Bodies known to be shorter than this are sent as they are: a few hundred bytes saved at
+/// most, for an encoder's setup and memory per response.
 pub const MIN_SIZE: u64 = 1024;
 
 /// Output is handed on once this much is ready, even while more input is at hand.
@@ -133,7 +134,8 @@ pub fn apply(method: &Method, resp: Response<Body>, coding: Option<Coding>) -> R
 /// none of the three is acceptable (`gzip;q=0`, `*;q=0`, only `deflate`...), the client rates
 /// `identity` higher than the best of them, or the request carries `Cache-Control:
 /// no-transform` (RFC 9111 §5.2.1.6). A client refusing `identity` (`identity;q=0`) and every
-/// coding here still gets the plain content: RFC 9110 lets a server send it rather than 415.
+/// coding here still gets the content plain: the backend saw the same `Accept-Encoding` and
+/// answered it (with a 406 if it wanted to refuse).
 ///
 /// Malformed elements (a bad q-value, a coding that is not a token) are skipped.
 pub fn negotiate(req_headers: &HeaderMap) -> Option<Coding> {
