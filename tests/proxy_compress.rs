@@ -67,9 +67,9 @@ fn full(b: impl Into<Bytes>) -> RespBody {
     Full::new(b.into()).boxed()
 }
 
-/// The backend: `/data.json` (with `ETag` and byte ranges), `/image.png`, `/encoded` (gzip
-/// by the backend itself), `/events` (server-sent events: the second only once `next` is
-/// notified).
+/// The backend: `/data.json` (with `ETag` and byte ranges), `/small.json`, `/image.png`,
+/// `/encoded` (gzip by the backend itself), `/events` (server-sent events: the second only once
+/// `next` is notified).
 struct Backend {
     addr: SocketAddr,
     next: Arc<Notify>,
@@ -134,6 +134,10 @@ fn serve(
                 _ => b.body(full(json)).unwrap(),
             }
         }
+        "/small.json" => b
+            .header("content-type", "application/json")
+            .body(full("{\"ok\": true}"))
+            .unwrap(),
         "/image.png" => b
             .header("content-type", "image/png")
             .body(full(image))
@@ -321,6 +325,12 @@ async fn what_must_not_be_compressed_passes_untouched() {
         assert_eq!(r.header("vary"), None, "{alpn} png");
         assert_eq!(r.header("content-type"), Some("image/png"), "{alpn} png");
         assert!(r.body == image, "{alpn}: png body differs");
+
+        // Too small to be worth it.
+        let r = fetch(&srv, alpn, get_with("/c/small.json", all)).await;
+        assert_eq!(r.header("content-encoding"), None, "{alpn} small");
+        assert_eq!(r.header("content-length"), Some("12"), "{alpn} small");
+        assert_eq!(r.text(), "{\"ok\": true}", "{alpn} small");
 
         // A range: the backend's 206 with its bytes, as they are.
         let r = fetch(
