@@ -142,7 +142,8 @@ pub fn negotiate(req_headers: &HeaderMap) -> Option<Coding> {
     if has_directive(req_headers, "no-transform") {
         return None;
     }
-    let accept = AcceptEncoding::parse(req_headers)?;
+    // Without the field no coding has a q-value: the content goes as it is.
+    let accept = AcceptEncoding::parse(req_headers);
     let mut best: Option<(Coding, u16)> = None;
     for coding in Coding::PREFERENCE {
         let q = accept.q(coding.as_str());
@@ -369,20 +370,19 @@ fn has_directive(h: &HeaderMap, directive: &str) -> bool {
     })
 }
 
-/// A parsed `Accept-Encoding`: codings (lower-cased) with q-values in thousandths.
-#[derive(Debug)]
-struct AcceptEncoding {
+/// A parsed `Accept-Encoding`: codings (lower-cased) with q-values in thousandths. Also what
+/// static files choose their precompressed variants by.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptEncoding {
     entries: Vec<(String, u16)>,
 }
 
 impl AcceptEncoding {
-    /// Parses every `Accept-Encoding` field; `None` without any. Malformed elements are
-    /// skipped.
-    fn parse(headers: &HeaderMap) -> Option<Self> {
-        let mut values = headers.get_all(header::ACCEPT_ENCODING).iter().peekable();
-        values.peek()?;
+    /// Parses every `Accept-Encoding` field (none: no entries, so no coding is acceptable).
+    /// Malformed elements are skipped.
+    pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut entries = Vec::new();
-        for value in values {
+        for value in headers.get_all(header::ACCEPT_ENCODING) {
             let Ok(value) = value.to_str() else { continue };
             for element in value.split(',') {
                 let mut parts = element.split(';');
@@ -405,11 +405,11 @@ impl AcceptEncoding {
                 }
             }
         }
-        Some(AcceptEncoding { entries })
+        AcceptEncoding { entries }
     }
 
     /// The explicitly listed q-value of `coding` (the highest if listed twice).
-    fn explicit(&self, coding: &str) -> Option<u16> {
+    pub(crate) fn explicit(&self, coding: &str) -> Option<u16> {
         self.entries
             .iter()
             .filter(|(c, _)| c == coding)
@@ -418,7 +418,7 @@ impl AcceptEncoding {
     }
 
     /// The q-value of a content coding: its entry, else `*`'s, else 0 (not acceptable).
-    fn q(&self, coding: &str) -> u16 {
+    pub(crate) fn q(&self, coding: &str) -> u16 {
         let explicit = match coding {
             "gzip" => self.explicit("gzip").max(self.explicit("x-gzip")),
             other => self.explicit(other),
@@ -433,7 +433,7 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Parses a `qvalue` (`0[.ddd]` or `1[.000]`) into thousandths.
-fn parse_qvalue(s: &str) -> Option<u16> {
+pub(crate) fn parse_qvalue(s: &str) -> Option<u16> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
