@@ -41,6 +41,9 @@ enum Command {
     /// Print each site's SPKI pins (RFC 7469): the current key's, and for ACME sites the
     /// pre-generated key the next renewal will use.
     Pins(ServeArgs),
+    /// Read a password from stdin (its first line) and print its argon2id hash, for
+    /// `basic_auth` users and htpasswd files.
+    HashPassword,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -128,6 +131,38 @@ pub fn main() -> i32 {
         Command::Certs(a) => certs(a),
         Command::Revoke(a) => revoke(a),
         Command::Pins(a) => pins(a),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `portcullis hash-password`: the first line of stdin (without its line ending) hashed with
+/// argon2id, printed as a PHC string.
+fn hash_password() -> i32 {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("Password (echoed; pipe it in to keep it off the screen): ");
+    }
+    let mut line = String::new();
+    if let Err(e) = stdin.lock().read_line(&mut line) {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return 1;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("error: the password is empty\n  fix: give the password on stdin, e.g. `printf '%s' \"$PASSWORD\" | portcullis hash-password`");
+        return 1;
+    }
+    match crate::http::access::basic::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 

@@ -177,6 +177,8 @@ pub fn h2_connection(data: &[u8]) {
         conn: conn_state.clone(),
         overloaded: settings & 16 != 0,
         host_memo: Default::default(),
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        client_cert: None,
     };
     let run = run(&script.steps, svc, limits);
     assert_eq!(

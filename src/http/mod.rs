@@ -6,6 +6,7 @@
 //! port 80. Handlers are synchronous (no per-request future allocation): fixed responses,
 //! redirects, and static files (whose blocking reads are page-cache reads, as in nginx).
 
+pub mod access;
 pub mod body;
 pub mod client;
 pub mod date;
@@ -36,6 +37,8 @@ use static_files::StaticFiles;
 pub struct RouteHandler {
     prefix: String,
     kind: RouteKind,
+    /// Who may pass (the site's rules merged in); `None`: everyone.
+    access: Option<Box<access::Access>>,
 }
 
 enum RouteKind {
@@ -59,6 +62,11 @@ pub struct SiteHandler {
     host_less: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     routes: Vec<RouteHandler>,
+    /// The site's own access rules: for requests no route matches.
+    access: Option<Box<access::Access>>,
+    /// The site verifies client certificates (`client_auth`): it is served only over
+    /// connections whose handshake used its TLS configuration.
+    client_auth: bool,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -115,6 +123,7 @@ impl Frontend {
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
                     kind,
+                    access: r.access.within(&site.access).compile(),
                 });
             }
             let own_name = site.hosts.iter().find_map(|h| match h {
@@ -137,6 +146,8 @@ impl Frontend {
                 host_less,
                 headers: site.headers.clone(),
                 routes,
+                access: site.access.compile(),
+                client_auth: site.client_auth.is_some(),
             });
         }
         Ok(Frontend {
@@ -252,6 +263,10 @@ pub struct HttpsService {
     pub overloaded: bool,
     /// The last host looked up and its site (see [`HostMemo`]).
     pub host_memo: std::cell::Cell<HostMemo>,
+    /// The client's address (for access rules).
+    pub peer: std::net::SocketAddr,
+    /// The verified client certificate of a mutual-TLS connection.
+    pub client_cert: Option<Arc<access::ClientCert>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -454,6 +469,10 @@ impl HttpsService {
                             false,
                         );
                     }
+                } else if site != self.front.default_site && self.front.sites[site].client_auth {
+                    // Without SNI the default site's TLS configuration made the handshake: a
+                    // site that verifies client certificates did not see this client's.
+                    return (None, pages::error(StatusCode::MISDIRECTED_REQUEST), false);
                 }
                 (site, host)
             }
@@ -478,7 +497,7 @@ impl HttpsService {
                 return (Some(site), r, false);
             }
         }
-        let (resp, headed) = serve_site(&self.front.sites[site], parts, host);
+        let (resp, headed) = serve_site(&self.front.sites[site], parts, host, self);
         (Some(site), resp, headed)
     }
 }
@@ -488,9 +507,18 @@ fn serve_site(
     site: &SiteHandler,
     parts: &http::request::Parts,
     host: &str,
+    svc: &HttpsService,
 ) -> (Response<Body>, bool) {
     let path = parts.uri.path();
-    let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
+    let route = site.routes.iter().find(|r| prefix_matches(&r.prefix, path));
+    // Who may pass, before any handler (a refused client does not learn what exists).
+    if let Some(rules) = route.map_or(&site.access, |r| &r.access) {
+        let cert = svc.client_cert.as_deref();
+        if let Err(refusal) = rules.check(svc.peer.ip(), cert, &parts.headers) {
+            return (refusal, false);
+        }
+    }
+    let Some(route) = route else {
         return (pages::error(StatusCode::NOT_FOUND), false);
     };
     let resp = match &route.kind {
