@@ -108,7 +108,9 @@ pub(super) fn access(
                 let loc = cx.loc(raw, "");
                 cx.err(
                     loc,
-                    format!("{what}: access.allow = [] admits no one and every request would get 403"),
+                    format!(
+                        "{what}: access.allow = [] admits no one and every request would get 403"
+                    ),
                     "list the networks to admit, or remove allow to admit everyone not denied",
                 );
             }
@@ -257,7 +259,9 @@ pub(super) fn client_auth(
         let loc = cx.loc(&r.ca, "");
         cx.err(
             loc,
-            format!("site {site:?}: client_auth.ca is empty: no client certificate could be verified"),
+            format!(
+                "site {site:?}: client_auth.ca is empty: no client certificate could be verified"
+            ),
             "list the PEM files of the CAs that issue your client certificates",
         );
     }
@@ -358,8 +362,10 @@ pub(super) fn client_auth(
     if cx.error_count() > errors_before {
         return None;
     }
-    let mut builder =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::new(crate::tls::provider()));
+    let mut builder = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(crate::tls::provider()),
+    );
     if !crls.is_empty() {
         // Revocation is checked for the client's own certificate, against the CRL of the CA
         // that issued it; a certificate whose issuer has no listed CRL is refused.
@@ -391,7 +397,10 @@ pub(super) fn site(
 ) -> (Access, Option<ClientAuth>) {
     let what = format!("site {name:?}");
     let rules = access(cx, rs.access.as_ref(), rs.basic_auth.as_ref(), name, &what);
-    let client_auth = rs.client_auth.as_ref().and_then(|c| client_auth(cx, c, name));
+    let client_auth = rs
+        .client_auth
+        .as_ref()
+        .and_then(|c| client_auth(cx, c, name));
     if let (Some(c), Some(true)) = (&rs.client_auth, rs.early_data) {
         let loc = cx.loc(c, "");
         cx.err(

@@ -1566,13 +1566,8 @@ fn routes(
             None
         };
         let what = format!("site {name:?}: route {prefix:?}");
-        let access = super::access::access(
-            cx,
-            rr.access.as_ref(),
-            rr.basic_auth.as_ref(),
-            name,
-            &what,
-        );
+        let access =
+            super::access::access(cx, rr.access.as_ref(), rr.basic_auth.as_ref(), name, &what);
         if let Some(handler) = handler {
             out.push((
                 Route {

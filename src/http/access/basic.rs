@@ -36,7 +36,8 @@ pub enum StoredHash {
     /// `$2a$`, `$2b$`, `$2x$` or `$2y$` (htpasswd -B).
     Bcrypt(String),
     /// A PHC string: `$argon2id$v=19$m=…,t=…,p=…$salt$hash` (or argon2i/argon2d).
-    Argon2(PasswordHash),
+    /// Boxed: a parsed PHC string is ten times the size of the bcrypt variant.
+    Argon2(Box<PasswordHash>),
 }
 
 impl std::fmt::Debug for StoredHash {
@@ -74,7 +75,7 @@ impl StoredHash {
             // Checks the parameters now rather than at the first login.
             argon2::Params::try_from(&hash)
                 .map_err(|e| format!("has unusable argon2 parameters ({e})"))?;
-            return Ok(StoredHash::Argon2(hash));
+            return Ok(StoredHash::Argon2(Box::new(hash)));
         }
         let kind = if s.starts_with("$apr1$") || s.starts_with("$1$") {
             Some("MD5-crypt")
@@ -95,7 +96,7 @@ impl StoredHash {
         match self {
             StoredHash::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
             StoredHash::Argon2(h) => argon2::Argon2::default()
-                .verify_password(password, h)
+                .verify_password(password, &**h)
                 .is_ok(),
         }
     }
@@ -137,10 +138,9 @@ impl BasicAuth {
             .map(|(_, h)| h.clone())
             .ok_or_else(|| "no users".to_string())?;
         let quoted = realm.replace('\\', "\\\\").replace('"', "\\\"");
-        let challenge = HeaderValue::from_str(&format!(
-            "Basic realm=\"{quoted}\", charset=\"UTF-8\""
-        ))
-        .map_err(|_| format!("realm {realm:?} has characters a header cannot carry"))?;
+        let challenge =
+            HeaderValue::from_str(&format!("Basic realm=\"{quoted}\", charset=\"UTF-8\""))
+                .map_err(|_| format!("realm {realm:?} has characters a header cannot carry"))?;
         let mut salt = [0u8; 32];
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| "no random numbers".to_string())?;
         Ok(BasicAuth {
@@ -188,8 +188,7 @@ impl BasicAuth {
                     cache.retain(|_, t| now.duration_since(*t) < CACHE_TTL);
                 }
                 if cache.len() >= CACHE_ENTRIES {
-                    if let Some(oldest) = cache.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
-                    {
+                    if let Some(oldest) = cache.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
                         cache.remove(&oldest);
                     }
                 }
@@ -208,7 +207,9 @@ fn credentials(value: &[u8]) -> Option<(String, Vec<u8>)> {
         return None;
     }
     let rest = rest.trim_ascii();
-    let decoded = base64::engine::general_purpose::STANDARD.decode(rest).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .ok()?;
     let colon = decoded.iter().position(|&b| b == b':')?;
     let user = String::from_utf8(decoded[..colon].to_vec()).ok()?;
     Some((user, decoded[colon + 1..].to_vec()))
@@ -297,7 +298,11 @@ mod tests {
             assert!(a.verify(Some(&good)));
         }
         // 50 argon2 verifications take seconds; cached ones microseconds.
-        assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
         assert_eq!(a.cache.lock().unwrap().len(), 1);
         assert!(!a.verify(Some(&header("alice", "wrong"))));
         assert_eq!(a.cache.lock().unwrap().len(), 1);
@@ -307,7 +312,10 @@ mod tests {
     fn the_cache_is_bounded() {
         let a = BasicAuth::new(
             "r",
-            vec![("u".into(), StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap())],
+            vec![(
+                "u".into(),
+                StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap(),
+            )],
             false,
         )
         .unwrap();
@@ -342,7 +350,10 @@ mod tests {
             u = u.min(time(&unknown));
         }
         // bcrypt cost 10 takes tens of ms; an unknown user that skipped it would take µs.
-        assert!(u * 2 > w && w * 2 > u, "wrong password {w:?}, unknown user {u:?}");
+        assert!(
+            u * 2 > w && w * 2 > u,
+            "wrong password {w:?}, unknown user {u:?}"
+        );
     }
 
     #[test]
@@ -374,7 +385,9 @@ mod tests {
     fn htpasswd_lines() {
         let e = parse_htpasswd("# users\n\nalice:$2b$x\nbob:$argon2id$y\n").unwrap();
         assert_eq!(
-            e.iter().map(|e| (e.line, e.user.as_str())).collect::<Vec<_>>(),
+            e.iter()
+                .map(|e| (e.line, e.user.as_str()))
+                .collect::<Vec<_>>(),
             vec![(3, "alice"), (4, "bob")]
         );
         assert_eq!(parse_htpasswd("alice\n").err().unwrap().0, 1);

@@ -100,7 +100,10 @@ impl ClientCert {
 
     /// The fingerprint as 64 lower-case hex digits.
     pub fn fingerprint_hex(&self) -> String {
-        self.fingerprint.iter().map(|b| format!("{b:02x}")).collect()
+        self.fingerprint
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     fn make_fields(&self) -> Vec<(HeaderName, HeaderValue)> {
@@ -177,9 +180,9 @@ mod tests {
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationName, "Example");
-        params
-            .subject_alt_names
-            .push(rcgen::SanType::Rfc822Name("alice@example.com".try_into().unwrap()));
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "alice@example.com".try_into().unwrap(),
+        ));
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0xab, 0x7f]));
         params.not_after = rcgen::date_time_ymd(2031, 5, 6);
         let c = params.self_signed(&key).unwrap();
@@ -213,10 +216,7 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(field(&h, &FINGERPRINT), Some(want.as_str()));
-        assert_eq!(
-            field(&h, &NOT_AFTER),
-            Some("Tue, 06 May 2031 00:00:00 GMT")
-        );
+        assert_eq!(field(&h, &NOT_AFTER), Some("Tue, 06 May 2031 00:00:00 GMT"));
         assert_eq!(field(&h, &VERIFIED), Some("SUCCESS"));
         for (n, _) in &h {
             assert!(CLIENT_CERT_HEADERS.contains(n), "{n} not in the strip list");

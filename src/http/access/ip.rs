@@ -116,11 +116,16 @@ mod tests {
 
     #[test]
     fn bad_networks_are_refused_with_the_reason() {
-        assert!(parse_net("10.0.0.0/33").unwrap_err().contains("not a network"));
+        assert!(parse_net("10.0.0.0/33")
+            .unwrap_err()
+            .contains("not a network"));
         assert!(parse_net("10.0.0.300").unwrap_err().contains("not an IP"));
         assert!(parse_net("10.0.0.1/8")
             .unwrap_err()
             .contains("the network is 10.0.0.0/8"));
-        assert_eq!(parse_net("::1").unwrap(), "::1/128".parse::<IpNet>().unwrap());
+        assert_eq!(
+            parse_net("::1").unwrap(),
+            "::1/128".parse::<IpNet>().unwrap()
+        );
     }
 }
