@@ -64,6 +64,10 @@ impl ClientCa {
     }
 
     fn client(&self, cn: &str) -> ClientId {
+        self.client_with_serial(cn, None)
+    }
+
+    fn client_with_serial(&self, cn: &str, serial: Option<u8>) -> ClientId {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(vec![format!("{cn}.clients.test")]).unwrap();
         let mut dn = DistinguishedName::new();
@@ -71,6 +75,7 @@ impl ClientCa {
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = serial.map(|s| rcgen::SerialNumber::from_slice(&[s]));
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(1);
         params.not_after = now + time::Duration::days(30);
@@ -336,6 +341,62 @@ async fn a_connection_without_sni_cannot_reach_a_client_auth_site_by_host() {
     .await
     .unwrap();
     assert_eq!(r.status, 421);
+}
+
+impl ClientCa {
+    /// A current PEM CRL revoking the certificates with these serials.
+    fn crl(&self, revoked: &[u8]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: rcgen::SerialNumber::from_slice(&[1]),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(&[*s]),
+                    revocation_time: now - time::Duration::minutes(30),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused() {
+    let ca = ClientCa::new("Portcullis Test Clients CA");
+    let alice = ca.client_with_serial("alice", Some(1));
+    let bob = ca.client_with_serial("bob", Some(2));
+    let env = TestEnv::new();
+    env.write("clients/ca.pem", &ca.pem);
+    env.write("clients/crl.pem", ca.crl(&[2]));
+    let srv = env.start(
+        r#"
+[[site]]
+name = "strict"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+client_auth = { ca = ["clients/ca.pem"], crl = ["clients/crl.pem"] }
+[[site.route]]
+path = "/"
+respond = { body = "strict" }
+"#,
+    );
+    let r = get_with(srv.https, client(Some(&alice), false), ALPHA, "/").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        refusal(srv.https, ALPHA, client(Some(&bob), false)).await,
+        AlertDescription::CertificateRevoked
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -675,6 +736,22 @@ basic_auth = {{ realm = "Ops", users = {{ dave = "{bcrypt}" }} }}
         let r = auth_get(&srv, "/", Some(&good)).await;
         assert_eq!(r.status, 200, "{good}");
     }
+    // HTTP/2 requests meet the same rules.
+    let h2 = ClientOpts::default().alpn(&["h2"]).build();
+    let r = request(srv.https, h2.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+        .await
+        .unwrap();
+    assert_eq!((r.version, r.status), (http::Version::HTTP_2, 401));
+    assert_eq!(r.header("www-authenticate"), Some(challenge));
+    let r = request(
+        srv.https,
+        h2,
+        Some(ALPHA),
+        Req::get(ALPHA, "/").header("authorization", &basic("bob", "argon2-pass")),
+    )
+    .await
+    .unwrap();
+    assert_eq!((r.version, r.status), (http::Version::HTTP_2, 200));
     // The route's own users replace the site's.
     let r = auth_get(&srv, "/ops", Some(&basic("alice", "bcrypt-pass"))).await;
     assert_eq!(r.status, 401);
