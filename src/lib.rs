@@ -7,6 +7,8 @@
 //!   fixed responses, redirects, and the port-80 redirector;
 //! * [`server`] — listeners, worker threads, connection lifecycle and limits;
 //! * [`acme`] — automatic certificates (the HTTP-01 hook so far);
+//! * [`outbound`] — the reverse proxy's upstream side: backend connections, pools, balancing,
+//!   health, retries;
 //! * [`ops`] — logging;
 //! * [`cli`] — the `portcullis` command.
 
@@ -20,6 +22,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod ops;
+pub mod outbound;
 pub mod server;
 pub mod storage;
 pub mod tls;

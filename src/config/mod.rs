@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod model;
+pub mod proxy;
 pub mod raw;
 pub mod validate;
 

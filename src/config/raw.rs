@@ -229,6 +229,8 @@ pub struct RawRoute {
     pub files: Option<Spanned<RawFiles>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+    /// Reverse proxy to upstream servers (see [`super::proxy`]).
+    pub proxy: Option<Spanned<super::proxy::RawProxy>>,
     /// Who may pass on this route (replaces the site's rules of the same kind).
     pub access: Option<Spanned<super::access::RawAccess>>,
     pub basic_auth: Option<Spanned<super::access::RawBasicAuth>>,
@@ -305,6 +307,7 @@ impl Default for RawRoute {
             files: None,
             respond: None,
             redirect: None,
+            proxy: None,
             access: None,
             basic_auth: None,
         }
