@@ -68,6 +68,33 @@ impl ClientCa {
     }
 
     fn client_with_serial(&self, cn: &str, serial: Option<u8>) -> ClientId {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue(
+            cn,
+            serial,
+            now - time::Duration::days(1),
+            now + time::Duration::days(30),
+        )
+    }
+
+    /// A client certificate that expired yesterday.
+    fn expired_client(&self, cn: &str) -> ClientId {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue(
+            cn,
+            None,
+            now - time::Duration::days(30),
+            now - time::Duration::days(1),
+        )
+    }
+
+    fn issue(
+        &self,
+        cn: &str,
+        serial: Option<u8>,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> ClientId {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(vec![format!("{cn}.clients.test")]).unwrap();
         let mut dn = DistinguishedName::new();
@@ -76,9 +103,8 @@ impl ClientCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = serial.map(|s| rcgen::SerialNumber::from_slice(&[s]));
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(30);
+        params.not_before = not_before;
+        params.not_after = not_after;
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         ClientId {
             cert: cert.der().clone(),
@@ -152,6 +178,7 @@ struct Mtls {
     srv: TestServer,
     good: ClientId,
     stranger: ClientId,
+    expired: ClientId,
 }
 
 const MIXED: &str = "app.example.test";
@@ -204,6 +231,7 @@ access = { require_client_cert = true }
         srv,
         good: ca.client("alice"),
         stranger: other.client("mallory"),
+        expired: ca.expired_client("bob"),
     }
 }
 
@@ -235,6 +263,17 @@ async fn required_client_auth_refuses_a_certificate_from_another_ca() {
         assert_eq!(
             refusal(m.srv.https, ALPHA, client(Some(&m.stranger), tls12)).await,
             AlertDescription::UnknownCA
+        );
+    }
+}
+
+#[tokio::test]
+async fn required_client_auth_refuses_an_expired_certificate() {
+    let m = mtls();
+    for tls12 in [false, true] {
+        assert_eq!(
+            refusal(m.srv.https, ALPHA, client(Some(&m.expired), tls12)).await,
+            AlertDescription::CertificateExpired
         );
     }
 }
