@@ -674,6 +674,24 @@ async fn ipv4_clients_are_admitted_or_refused_by_the_lists() {
 }
 
 #[tokio::test]
+async fn a_site_list_refuses_paths_no_route_serves() {
+    // 403, not 404: a refused client does not learn which paths exist.
+    let text = ip_site("127.0.0.1:0", r#"access = { deny = ["127.0.0.0/8"] }"#)
+        .replace("path = \"/\"\n", "path = \"/home\"\n");
+    assert!(text.contains("path = \"/home\"") && !text.contains("path = \"/\"\n"));
+    let srv = start_raw(TestEnv::new(), &text);
+    assert_eq!(status(&srv, "/nowhere").await, 403);
+    assert_eq!(status(&srv, "/home").await, 403);
+    assert_eq!(status(&srv, "/public").await, 200);
+    // Without the site's list, the same path is missing.
+    let open = start_raw(
+        TestEnv::new(),
+        &ip_site("127.0.0.1:0", "").replace("path = \"/\"\n", "path = \"/home\"\n"),
+    );
+    assert_eq!(status(&open, "/nowhere").await, 404);
+}
+
+#[tokio::test]
 async fn ipv6_clients_are_admitted_or_refused_by_the_lists() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         eprintln!("no IPv6 loopback here: skipped");

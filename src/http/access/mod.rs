@@ -9,8 +9,9 @@
 //!
 //! A route's rules are its site's, with each kind the route sets replacing the site's of the
 //! same kind (as nginx's `allow`/`deny` and `auth_basic` in a `location` replace the
-//! `server`'s): a route with its own `access` list keeps the site's `basic_auth`, and the other
-//! way round. Rules are merged once at start ([`Access::within`]); a route without any rule
+//! `server`'s). The kinds: the IP lists (`allow` and `deny` together), `require_client_cert`,
+//! `basic_auth`. So a route with its own `allow` list keeps the site's `basic_auth`, and the
+//! other way round. Rules are merged once at start ([`Access::within`]); a route without any rule
 //! costs one branch per request.
 //!
 //! Mutual TLS itself (the handshake asking for and verifying a certificate) is the site's
