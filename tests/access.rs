@@ -2,10 +2,9 @@
 //! allow/deny lists over IPv4 and IPv6, HTTP basic auth with bcrypt and argon2 hashes, the
 //! `hash-password` command, and the config mistakes around them, each with its `file:line`.
 //!
-//! The client-certificate fields a proxy passes to its backend are covered by unit tests in
-//! `src/http/access/client_cert.rs` (`forward_headers`); a `respond` route cannot show request
-//! fields. Once the reverse proxy exists, an end-to-end test belongs here: a backend that
-//! echoes `X-Client-Cert-*`, a client that sends forged ones.
+//! What a proxied backend learns (the verified client certificate's fields, forged ones
+//! removed; `Authorization` kept back unless `forward_auth`) is checked against a backend that
+//! echoes the request's fields.
 
 mod common;
 
@@ -1109,4 +1108,180 @@ fn a_valid_access_config_passes_check() {
     ));
     let (ok, out) = check_config(&path);
     assert!(ok, "{out}");
+}
+
+// =============================================================================================
+// What a proxied backend learns: client-certificate fields, Authorization
+// =============================================================================================
+
+/// A backend that answers every request with the request's header fields, one
+/// `name: value` line each.
+async fn echo_backend() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut text = String::new();
+                        for (k, v) in req.headers() {
+                            text.push_str(&format!(
+                                "{k}: {}\n",
+                                String::from_utf8_lossy(v.as_bytes())
+                            ));
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from(text)),
+                        ))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The values of `name` in an echo body.
+fn echoed(r: &Resp, name: &str) -> Vec<String> {
+    let prefix = format!("{name}: ");
+    r.text()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_backend_learns_the_verified_client_certificate_and_nothing_forged() {
+    let backend = echo_backend().await;
+    let ca = ClientCa::new("Portcullis Test Clients CA");
+    let alice = ca.client_with_serial("alice", Some(0x2a));
+    let env = TestEnv::new();
+    env.write("clients/ca.pem", &ca.pem);
+    let hash = bcrypt_hash("pw");
+    let srv = env.start(&format!(
+        r#"
+[[site]]
+name = "mixed"
+hosts = ["*.example.test"]
+cert = "certs/wild.pem"
+key = "certs/wild.key"
+client_auth = {{ mode = "optional", ca = ["clients/ca.pem"] }}
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://{backend}"] }}
+[[site.route]]
+path = "/auth"
+proxy = {{ upstreams = ["http://{backend}"] }}
+basic_auth = {{ users = {{ alice = "{hash}" }} }}
+[[site.route]]
+path = "/auth-forwarded"
+proxy = {{ upstreams = ["http://{backend}"] }}
+basic_auth = {{ users = {{ alice = "{hash}" }}, forward_auth = true }}
+
+[[site]]
+name = "open"
+hosts = ["beta.test"]
+cert = "certs/beta.pem"
+key = "certs/beta.key"
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://{backend}"] }}
+"#
+    ));
+    let forged = |host: &str, path: &str| {
+        Req::get(host, path)
+            .header("x-client-cert-subject", "CN=admin")
+            .header("x-client-cert-verified", "SUCCESS")
+            .header("x-client-cert-fingerprint", "00")
+    };
+    // With a certificate: its fields, the forged ones gone.
+    let r = request(
+        srv.https,
+        client(Some(&alice), false),
+        Some(MIXED),
+        forged(MIXED, "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(echoed(&r, "x-client-cert-verified"), ["SUCCESS"]);
+    assert_eq!(echoed(&r, "x-client-cert-subject"), ["CN=alice"]);
+    assert_eq!(echoed(&r, "x-client-cert-san"), ["DNS:alice.clients.test"]);
+    assert_eq!(echoed(&r, "x-client-cert-serial"), ["2A"]);
+    let fingerprint: String = <sha2::Sha256 as sha2::Digest>::digest(alice.cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(echoed(&r, "x-client-cert-fingerprint"), [fingerprint]);
+    assert_eq!(echoed(&r, "x-client-cert-not-after").len(), 1);
+    // Without one: NONE, and nothing the client claimed.
+    let r = request(
+        srv.https,
+        client(None, false),
+        Some(MIXED),
+        forged(MIXED, "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(echoed(&r, "x-client-cert-verified"), ["NONE"]);
+    assert!(
+        echoed(&r, "x-client-cert-subject").is_empty(),
+        "{}",
+        r.text()
+    );
+    assert!(
+        echoed(&r, "x-client-cert-fingerprint").is_empty(),
+        "{}",
+        r.text()
+    );
+    // A site without client_auth passes none of these fields, forged or not.
+    let r = request(
+        srv.https,
+        client(None, false),
+        Some(BETA),
+        forged(BETA, "/"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!r.text().contains("x-client-cert"), "{}", r.text());
+
+    // Authorization: the credentials checked here stay here unless forward_auth is set; a
+    // route without basic_auth passes the client's own (the backend's business).
+    let login = basic("alice", "pw");
+    let r = request(
+        srv.https,
+        client(None, false),
+        Some(MIXED),
+        Req::get(MIXED, "/auth").header("authorization", &login),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(echoed(&r, "authorization").is_empty(), "{}", r.text());
+    let r = request(
+        srv.https,
+        client(None, false),
+        Some(MIXED),
+        Req::get(MIXED, "/auth-forwarded").header("authorization", &login),
+    )
+    .await
+    .unwrap();
+    assert_eq!(echoed(&r, "authorization"), [login]);
+    let r = request(
+        srv.https,
+        client(None, false),
+        Some(BETA),
+        Req::get(BETA, "/").header("authorization", "Bearer token"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(echoed(&r, "authorization"), ["Bearer token"]);
 }
