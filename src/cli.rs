@@ -144,11 +144,24 @@ pub fn main() -> i32 {
 fn hash_password() -> i32 {
     use std::io::{BufRead, IsTerminal};
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("Password (echoed; pipe it in to keep it off the screen): ");
+    // From a terminal: a prompt, and the typing not echoed (restored afterwards).
+    let echo = stdin
+        .is_terminal()
+        .then(|| rustix::termios::tcgetattr(&stdin).ok())
+        .flatten();
+    if let Some(t) = &echo {
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+        eprint!("Password: ");
     }
     let mut line = String::new();
-    if let Err(e) = stdin.lock().read_line(&mut line) {
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = &echo {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, t);
+        eprintln!();
+    }
+    if let Err(e) = read {
         eprintln!("error: cannot read the password from stdin: {e}");
         return 1;
     }
