@@ -203,7 +203,7 @@ impl TlsFailure {
                     presented,
                 } => TlsFailure::NameMismatch {
                     expected: server_name_text(expected),
-                    presented: presented.clone(),
+                    presented: presented.iter().map(|p| presented_name(p)).collect(),
                 },
                 CertificateError::UnknownIssuer => TlsFailure::UntrustedIssuer,
                 CertificateError::Revoked => TlsFailure::Revoked,
@@ -239,6 +239,17 @@ fn alert_words(a: AlertDescription) -> String {
         AlertDescription::NoApplicationProtocol => "no common application protocol (ALPN)".into(),
         other => format!("alert {other:?}"),
     }
+}
+
+/// rustls lists presented names as `DnsName("a.example")` / `IpAddress(10.0.0.1)`: the name
+/// alone reads better in a log line.
+fn presented_name(p: &str) -> String {
+    for prefix in ["DnsName(", "IpAddress(", "UniformResourceIdentifier("] {
+        if let Some(rest) = p.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')) {
+            return rest.trim_matches('"').to_string();
+        }
+    }
+    p.to_string()
 }
 
 fn server_name_text(n: &rustls::pki_types::ServerName<'_>) -> String {
@@ -294,6 +305,8 @@ mod tests {
             .contains("untrusted issuer"));
         let e = rustls::Error::InvalidCertificate(CertificateError::Expired);
         assert!(TlsFailure::from_rustls(&e).to_string().contains("expired"));
+        assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
+        assert_eq!(presented_name("IpAddress(10.0.0.1)"), "10.0.0.1");
         let e = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(TlsFailure::from_rustls(&e)
             .to_string()
