@@ -282,7 +282,7 @@ load_balancing = "round_robin"
 "#,
     );
     let path = env.write_config_raw(&text);
-    let p = problems(&path).err().expect("refused");
+    let p = problems(&path).expect_err("refused");
     error_at(
         &path,
         &p,
@@ -298,7 +298,7 @@ proxy = { upstreams = [{ url = "http://127.0.0.1:8080", wieght = 2 }] }
 "#,
     );
     let path = env.write_config_raw(&text);
-    let p = problems(&path).err().expect("refused");
+    let p = problems(&path).expect_err("refused");
     error_at(
         &path,
         &p,
@@ -492,7 +492,7 @@ proxy = { upstreams = ["https://127.0.0.1:8443"], tls = { client_cert = "client.
 "#,
     );
     let path = env.write_config_raw(&text);
-    let p = problems(&path).err().expect("refused");
+    let p = problems(&path).expect_err("refused");
     error_at(
         &path,
         &p,
