@@ -6,6 +6,7 @@
 mod common;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -91,9 +92,10 @@ fn state(name: &str) -> Arc<State> {
     })
 }
 
-/// A response body of one data frame and optional trailers.
+/// A response body of one data frame, an optional pause, and optional trailers.
 struct TestBody {
     data: Option<Bytes>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     trailers: Option<HeaderMap>,
 }
 
@@ -107,6 +109,12 @@ impl Body for TestBody {
         if let Some(d) = self.data.take() {
             return Poll::Ready(Some(Ok(Frame::data(d))));
         }
+        if let Some(s) = &mut self.stall {
+            if s.as_mut().poll(_cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.stall = None;
+        }
         if let Some(t) = self.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
@@ -117,6 +125,7 @@ impl Body for TestBody {
 fn body(s: impl Into<Bytes>) -> TestBody {
     TestBody {
         data: Some(s.into()),
+        stall: None,
         trailers: None,
     }
 }
@@ -142,6 +151,14 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(body("slow"))
         }
+        "/stall" => {
+            // Headers and a first chunk, then nothing for 3 s.
+            Response::new(TestBody {
+                data: Some(Bytes::from_static(b"first")),
+                stall: Some(Box::pin(tokio::time::sleep(Duration::from_secs(3)))),
+                trailers: None,
+            })
+        }
         "/trailers" => {
             let mut t = HeaderMap::new();
             t.insert("grpc-status", HeaderValue::from_static("0"));
@@ -150,6 +167,7 @@ async fn handle(
                 .header("content-type", "application/grpc")
                 .body(TestBody {
                     data: Some(Bytes::from_static(b"\0\0\0\0\x02hi")),
+                    stall: None,
                     trailers: Some(t),
                 })
                 .unwrap()
@@ -185,9 +203,15 @@ async fn handle(
                 .map(|h| h.to_str().unwrap().to_string())
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_default();
+            let te = req
+                .headers()
+                .get("te")
+                .map(|h| h.to_str().unwrap().to_string())
+                .unwrap_or_default();
             Response::builder()
                 .header("x-backend", name.as_str())
                 .header("x-host", host)
+                .header("x-te", te)
                 .body(body(name))
                 .unwrap()
         }
@@ -752,6 +776,68 @@ async fn refused_and_timeouts_in_words() {
         e.to_string().contains("no response headers within 200ms"),
         "{e}"
     );
+
+    // The body stalls after its first chunk: the idle timeout breaks it off.
+    let mut s = spec(vec![up(&slow.url("http"))]);
+    s.timeouts.idle = Duration::from_millis(200);
+    let g = group(&s);
+    let ex = g.send(get("/stall")).await.unwrap();
+    let mut body = ex.response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    let t = Instant::now();
+    let e = body.frame().await.unwrap().err().expect("idle timeout");
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert!(matches!(e, UpstreamError::IdleTimeout { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the response body stalled for 200ms"),
+        "{e}"
+    );
+    drop(body);
+    g.wait_for("in-flight released", |s| s[0].in_flight == 0)
+        .await;
+
+    // The total timeout covers headers and body.
+    let mut s = spec(vec![up(&slow.url("http"))]);
+    s.timeouts.total = Duration::from_millis(300);
+    let g = group(&s);
+    let e = g.send(get("/slow")).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::TotalTimeout { .. }), "{e}");
+    let ex = g.send(get("/stall")).await.unwrap();
+    let e = ex
+        .response
+        .into_body()
+        .collect()
+        .await
+        .err()
+        .expect("total timeout");
+    assert!(
+        e.to_string()
+            .contains("the exchange took longer than 300ms"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn named_upstreams_resolve_and_connect_failures_are_retried_even_with_retries_0() {
+    let a = backend("a", Proto::H1).await;
+    let dead = dead_addr().await;
+    let mut s = spec(vec![
+        up(&format!("http://localhost:{}", dead.port())),
+        up(&format!("http://localhost:{}", a.addr.port())),
+    ]);
+    s.policy = Policy::First;
+    s.retries = 0;
+    let g = group(&s);
+    let ex = g.send(get("/")).await.unwrap();
+    assert_eq!(ex.backend.as_ref(), format!("localhost:{}", a.addr.port()));
+    assert_eq!(
+        ex.response.headers()["x-host"],
+        format!("localhost:{}", a.addr.port()).as_str()
+    );
+    assert_eq!(ex.retried.len(), 1);
+    assert_eq!(text(ex).await, "a");
 }
 
 // =============================================================================================
@@ -841,6 +927,17 @@ async fn h2c_multiplexes_on_one_connection_and_passes_trailers() {
         .await
         .unwrap();
     assert_eq!(ex.response.headers()["x-host"], "app.example");
+    // gRPC's `te: trailers` reaches the backend.
+    let ex = group
+        .send(
+            Request::get("/")
+                .header("te", "trailers")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ex.response.headers()["x-te"], "trailers");
 }
 
 #[tokio::test]

@@ -94,6 +94,28 @@ pub struct Exchange {
     pub retried: Vec<UpstreamError>,
 }
 
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("status", &self.response.status())
+            .field("backend", &self.backend)
+            .field("connect_time", &self.connect_time)
+            .field("upstream_time", &self.upstream_time)
+            .field("set_cookie", &self.set_cookie)
+            .field("upgrade", &self.upgrade.is_some())
+            .field("retried", &self.retried)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The state of one backend, for metrics and the status page.
 #[derive(Debug, Clone)]
 pub struct BackendSnapshot {
@@ -295,18 +317,17 @@ impl UpstreamGroup {
             let mut lease = match lease {
                 Ok(l) => l,
                 Err(e) => {
+                    // Nothing was sent: always worth another backend (each is tried once).
                     self.failed(b, &e);
                     tried.push(index);
                     failed.push(e);
-                    if failed.len() as u32 > self.retries {
-                        return Err(self.give_up(failed, None));
-                    }
                     continue;
                 }
             };
             // The last attempt (or one that cannot be repeated) takes the request itself;
             // others send a copy.
-            let may_resend = resend_ok && (failed.len() as u32) < self.retries;
+            let resent = failed.iter().filter(|e| !e.never_reached_backend()).count();
+            let may_resend = resend_ok && (resent as u32) < self.retries;
             let p = match (&parts, may_resend) {
                 (Some(p), true) => copy_parts(p),
                 _ => parts.take().unwrap_or_else(|| {
@@ -397,9 +418,6 @@ impl UpstreamGroup {
                         self.failed(b, &e);
                         tried.push(index);
                         failed.push(e);
-                        if failed.len() as u32 > self.retries {
-                            return Err(self.give_up(failed, None));
-                        }
                         continue;
                     }
                     classify(&b.label, e.into_error())
@@ -516,35 +534,38 @@ impl UpstreamGroup {
     /// Sets what the backend's protocol needs: HTTP/1.1 in origin form with a `Host`;
     /// HTTP/2 with scheme and authority in the URI (from `Host`, which HTTP/2 does not carry).
     fn prepare(&self, b: &Backend, mut req: Request<ReqBody>, h2: bool) -> Request<ReqBody> {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        if h2 {
+        if !h2 {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(uri) = origin.parse::<Uri>() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            if !req.headers().contains_key(http::header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&b.host_header()) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+            }
+        } else {
             *req.version_mut() = Version::HTTP_2;
             let authority = req
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_string))
                 .unwrap_or_else(|| b.host_header());
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             if let Ok(uri) = Uri::builder()
                 .scheme(b.uri_scheme())
                 .authority(authority.as_str())
-                .path_and_query(path.as_str())
+                .path_and_query(path)
                 .build()
             {
                 *req.uri_mut() = uri;
-            }
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            if let Ok(uri) = path.parse::<Uri>() {
-                *req.uri_mut() = uri;
-            }
-            if !req.headers().contains_key(http::header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(&b.host_header()) {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
             }
         }
         req
