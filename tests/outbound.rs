@@ -634,7 +634,7 @@ async fn a_request_that_reached_a_backend_is_retried_only_when_idempotent_and_bo
     let post = Request::post("/echo")
         .body(Full::new(Bytes::from_static(b"payment")))
         .unwrap();
-    let e = g.send(post).await.err().expect("a POST is not resent");
+    let e = g.send(post).await.expect_err("a POST is not resent");
     assert!(matches!(e, UpstreamError::ClosedEarly { .. }), "{e}");
     assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     assert!(
@@ -745,7 +745,7 @@ async fn all_backends_down_fails_fast_with_no_healthy_backend() {
     g.wait_for("both down", |s| s.iter().all(|b| !b.healthy))
         .await;
     let t = Instant::now();
-    let e = g.send(get("/")).await.err().expect("no backend");
+    let e = g.send(get("/")).await.expect_err("no backend");
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(matches!(e, UpstreamError::NoHealthyBackend { .. }), "{e}");
     assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -756,7 +756,7 @@ async fn all_backends_down_fails_fast_with_no_healthy_backend() {
 async fn refused_and_timeouts_in_words() {
     let dead = dead_addr().await;
     let g = group(&spec(vec![up(&format!("http://{dead}"))]));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert_eq!(e.to_string(), format!("{dead}: connection refused"));
     assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
 
@@ -765,7 +765,7 @@ async fn refused_and_timeouts_in_words() {
     s.timeouts.response_header = Duration::from_millis(200);
     let g = group(&s);
     let t = Instant::now();
-    let e = g.send(get("/slow")).await.err().unwrap();
+    let e = g.send(get("/slow")).await.unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(2));
     assert!(
         matches!(e, UpstreamError::ResponseHeaderTimeout { .. }),
@@ -786,7 +786,7 @@ async fn refused_and_timeouts_in_words() {
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "first");
     let t = Instant::now();
-    let e = body.frame().await.unwrap().err().expect("idle timeout");
+    let e = body.frame().await.unwrap().expect_err("idle timeout");
     assert!(t.elapsed() < Duration::from_secs(2));
     assert!(matches!(e, UpstreamError::IdleTimeout { .. }), "{e}");
     assert!(
@@ -802,7 +802,7 @@ async fn refused_and_timeouts_in_words() {
     let mut s = spec(vec![up(&slow.url("http"))]);
     s.timeouts.total = Duration::from_millis(300);
     let g = group(&s);
-    let e = g.send(get("/slow")).await.err().unwrap();
+    let e = g.send(get("/slow")).await.unwrap_err();
     assert!(matches!(e, UpstreamError::TotalTimeout { .. }), "{e}");
     let ex = g.send(get("/stall")).await.unwrap();
     let e = ex
@@ -810,8 +810,7 @@ async fn refused_and_timeouts_in_words() {
         .into_body()
         .collect()
         .await
-        .err()
-        .expect("total timeout");
+        .expect_err("total timeout");
     assert!(
         e.to_string()
             .contains("the exchange took longer than 300ms"),
@@ -876,8 +875,7 @@ async fn connection_limit_per_backend() {
     let e = g
         .send(get("/"))
         .await
-        .err()
-        .expect("the only connection is busy");
+        .expect_err("the only connection is busy");
     assert!(t.elapsed() >= Duration::from_millis(250));
     assert!(
         matches!(e, UpstreamError::ConnectionLimit { limit: 1, .. }),
@@ -963,7 +961,7 @@ async fn unix_socket_backend() {
     server.abort();
 
     let g = group(&spec(vec![up("unix:/nonexistent/portcullis-test.sock")]));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
 
@@ -1101,7 +1099,7 @@ async fn tls_backends_verified_with_errors_in_words() {
         Some(root.clone()),
         "other.test",
     ));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("certificate is not valid for the name other.test, only for backend.test"),
@@ -1110,7 +1108,7 @@ async fn tls_backends_verified_with_errors_in_words() {
     assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
 
     let g = group(&tls_spec(&good.url("https"), None, "backend.test"));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert!(e.to_string().contains("untrusted issuer"), "{e}");
 
     let expired = tls_backend("old", &pki().expired_leaf(&["backend.test"]), None).await;
@@ -1119,7 +1117,7 @@ async fn tls_backends_verified_with_errors_in_words() {
         Some(root.clone()),
         "backend.test",
     ));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert!(
         e.to_string()
             .contains("TLS to the backend failed: the backend's certificate expired"),
@@ -1129,7 +1127,7 @@ async fn tls_backends_verified_with_errors_in_words() {
     // Plain HTTP where TLS is expected.
     let plain = backend("plain", Proto::H1).await;
     let g = group(&tls_spec(&plain.url("https"), Some(root), "backend.test"));
-    let e = g.send(get("/")).await.err().unwrap();
+    let e = g.send(get("/")).await.unwrap_err();
     assert!(matches!(e, UpstreamError::Tls { .. }), "{e}");
 }
 
