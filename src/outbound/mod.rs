@@ -405,6 +405,7 @@ impl UpstreamGroup {
                         // request again (a pooled connection closed by the backend while idle
                         // is normal; a backend that went away fails at connect next time).
                         drop(in_flight);
+                        b.requests.fetch_sub(1, Ordering::Relaxed);
                         let (p, bd) = req.into_parts();
                         parts = Some(p);
                         body = Some(bd);
