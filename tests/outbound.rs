@@ -56,7 +56,10 @@ struct State {
 struct Backend {
     addr: SocketAddr,
     state: Arc<State>,
+    /// The accept loop.
     tasks: Arc<Mutex<JoinSet<()>>>,
+    /// One task per connection.
+    conns: Arc<Mutex<JoinSet<()>>>,
 }
 
 impl Backend {
@@ -74,6 +77,11 @@ impl Backend {
     }
     fn kill(&self) {
         self.tasks.lock().unwrap().abort_all();
+        self.close_connections();
+    }
+    /// Closes every open connection (as a backend's keep-alive timeout does); keeps listening.
+    fn close_connections(&self) {
+        self.conns.lock().unwrap().abort_all();
     }
 }
 
@@ -246,7 +254,8 @@ async fn backend(name: &str, proto: Proto) -> Backend {
     let addr = listener.local_addr().unwrap();
     let st = state(name);
     let tasks = Arc::new(Mutex::new(JoinSet::new()));
-    let (st2, tasks2) = (st.clone(), tasks.clone());
+    let conns = Arc::new(Mutex::new(JoinSet::new()));
+    let (st2, tasks2) = (st.clone(), conns.clone());
     tasks.lock().unwrap().spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -264,6 +273,7 @@ async fn backend(name: &str, proto: Proto) -> Backend {
         addr,
         state: st,
         tasks,
+        conns,
     }
 }
 
@@ -304,7 +314,8 @@ async fn tls_backend(name: &str, leaf: &common::Leaf, client_ca: Option<&[u8]>) 
     let addr = listener.local_addr().unwrap();
     let st = state(name);
     let tasks = Arc::new(Mutex::new(JoinSet::new()));
-    let (st2, tasks2) = (st.clone(), tasks.clone());
+    let conns = Arc::new(Mutex::new(JoinSet::new()));
+    let (st2, tasks2) = (st.clone(), conns.clone());
     tasks.lock().unwrap().spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -329,6 +340,7 @@ async fn tls_backend(name: &str, leaf: &common::Leaf, client_ca: Option<&[u8]>) 
         addr,
         state: st,
         tasks,
+        conns,
     }
 }
 
@@ -860,6 +872,29 @@ async fn pool_reuses_connections_and_expires_idle_ones() {
         .await;
     assert_eq!(g.name("/").await, "a");
     assert_eq!(a.accepted(), 2);
+}
+
+#[tokio::test]
+async fn connections_closed_by_the_backend_are_replaced() {
+    for (proto, scheme) in [(Proto::H1, "http"), (Proto::H2c, "h2c")] {
+        let a = backend("a", proto).await;
+        // One backend, no retries: a stale pooled connection must not cost a request.
+        let mut s = spec(vec![up(&a.url(scheme))]);
+        s.retries = 0;
+        let g = group(&s);
+        for round in 1..=3 {
+            assert_eq!(g.name("/").await, "a");
+            assert_eq!(g.name("/").await, "a");
+            assert_eq!(a.accepted(), round, "{scheme}");
+            a.close_connections();
+            if round == 2 {
+                // The close may still be on its way when the next request goes out.
+                continue;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(g.group.snapshot()[0].failures, 0, "{scheme}");
+    }
 }
 
 #[tokio::test]

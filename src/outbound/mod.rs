@@ -10,11 +10,14 @@
 //! * [`health`]: active checks and passive ejection;
 //! * [`error`]: what failed, in words, and the status for the client.
 //!
-//! Retries: a request that never reached a backend (connect failure, TLS failure, busy pool,
-//! a pooled connection found closed before anything was written) is always tried on another
-//! backend. One that reached a backend is retried only when its method is idempotent (or
-//! `retry_non_idempotent`) and its body was empty from the start (the retry sends an empty
-//! body). Never after response headers arrived. At most `retries` other backends.
+//! Retries: a request that never reached a backend (connect failure, TLS failure, busy pool)
+//! is always tried on another backend (each backend once), whatever `retries` says. One that
+//! reached a backend is retried only when its method is idempotent (or `retry_non_idempotent`)
+//! and its body was empty from the start (the retry sends an empty body), on at most
+//! `retries` other backends. Never after response headers arrived. A pooled connection that
+//! turns out closed by the backend is not the backend's fault: the request goes again to the
+//! same backend on another connection (up to 3 times, not counted as retries) when nothing
+//! was written yet, or when it was and the request could be resent anyway.
 //!
 //! Not here: the header policy, request body limits, WebSocket tunnelling and error pages are
 //! the HTTP request path's.
@@ -327,7 +330,8 @@ impl UpstreamGroup {
             // The last attempt (or one that cannot be repeated) takes the request itself;
             // others send a copy.
             let resent = failed.iter().filter(|e| !e.never_reached_backend()).count();
-            let may_resend = resend_ok && (resent as u32) < self.retries;
+            let may_resend = resend_ok
+                && ((resent as u32) < self.retries || (lease.reused && stale_retries < 3));
             let p = match (&parts, may_resend) {
                 (Some(p), true) => copy_parts(p),
                 _ => parts.take().unwrap_or_else(|| {
@@ -433,9 +437,22 @@ impl UpstreamGroup {
                 },
             };
             drop(in_flight);
+            if lease.reused
+                && may_resend
+                && stale_retries < 3
+                && matches!(e, UpstreamError::ClosedEarly { .. })
+            {
+                // A pooled connection the backend closed just as the request went out (the
+                // race every keep-alive client has): the backend is not at fault; the same
+                // backend gets the request again on another connection.
+                stale_retries += 1;
+                continue;
+            }
             self.failed(b, &e);
             tried.push(index);
-            let retry = may_resend && !matches!(e, UpstreamError::RequestBody { .. });
+            let retry = may_resend
+                && (resent as u32) < self.retries
+                && !matches!(e, UpstreamError::RequestBody { .. });
             failed.push(e);
             if !retry {
                 let last = failed.pop();
@@ -580,8 +597,20 @@ async fn maintain(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut last_resolve = Instant::now();
+    // Names are resolved at once, then every RESOLVE_EVERY.
+    let mut last_resolve: Option<Instant> = None;
     loop {
+        if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+            last_resolve = Some(Instant::now());
+            let Some(g) = group.upgrade() else { return };
+            for b in &g.backends {
+                if b.target.is_name() {
+                    if let Err(e) = b.target.resolve().await {
+                        tracing::warn!(backend = %b.label, "cannot resolve the upstream's name (keeping its last addresses, if any): {e}");
+                    }
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
@@ -592,16 +621,6 @@ async fn maintain(
         let Some(g) = group.upgrade() else { return };
         for b in &g.backends {
             b.pool.sweep();
-        }
-        if last_resolve.elapsed() >= RESOLVE_EVERY {
-            last_resolve = Instant::now();
-            for b in &g.backends {
-                if b.target.is_name() {
-                    if let Err(e) = b.target.resolve().await {
-                        tracing::warn!(backend = %b.label, "cannot resolve the upstream's name again (keeping its last addresses): {e}");
-                    }
-                }
-            }
         }
     }
 }
