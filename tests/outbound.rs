@@ -50,6 +50,8 @@ struct State {
     requests: AtomicUsize,
     /// Status of `GET /health`.
     health: AtomicU16,
+    /// The Host of the last `GET /health`.
+    health_host: Mutex<String>,
 }
 
 /// A backend server; `kill` (or drop) stops it and closes every connection it has.
@@ -97,6 +99,7 @@ fn state(name: &str) -> Arc<State> {
         accepted: AtomicUsize::new(0),
         requests: AtomicUsize::new(0),
         health: AtomicU16::new(200),
+        health_host: Mutex::new(String::new()),
     })
 }
 
@@ -150,6 +153,11 @@ async fn handle(
     let resp = match req.uri().path() {
         "/health" => {
             let s = st.health.load(Ordering::SeqCst);
+            let host = req
+                .headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_string());
+            *st.health_host.lock().unwrap() = host.unwrap_or_default();
             Response::builder()
                 .status(s)
                 .body(body(format!("health {s}")))
@@ -726,6 +734,7 @@ async fn active_health_checks_remove_and_readd_a_backend() {
     }
     // Only health checks reached a meanwhile.
     assert!(a.requests() >= before);
+    assert_eq!(*a.state.health_host.lock().unwrap(), a.addr.to_string());
     a.set_health(204);
     g.wait_for("a up", |s| s[0].healthy).await;
     let mut names = Vec::new();
@@ -1083,6 +1092,33 @@ async fn proxy_protocol_v1_and_v2_headers_arrive() {
         let g = group(&spec(vec![u]));
         let ex = g.send_as(get("/"), from).await.unwrap();
         assert_eq!(text(ex).await, "ok");
+        let got = tokio::time::timeout(IO_TIMEOUT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, expected, "{version:?}");
+    }
+    // Health checks are the proxy's own connections: v1 UNKNOWN, v2 LOCAL.
+    for (version, expected) in [
+        (ProxyProtocol::V1, b"PROXY UNKNOWN\r\n".to_vec()),
+        (
+            ProxyProtocol::V2,
+            b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00".to_vec(),
+        ),
+    ] {
+        let mut u = up(&format!("http://{addr}"));
+        u.proxy_protocol = Some(version);
+        let mut s = spec(vec![u]);
+        s.health = Some(HealthSpec {
+            path: "/health".into(),
+            status: StatusMatch::Exact(200),
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_secs(5),
+            rise: 1,
+            fall: 1,
+            host: Some("checks.internal".into()),
+        });
+        let _g = group(&s);
         let got = tokio::time::timeout(IO_TIMEOUT, rx.recv())
             .await
             .unwrap()
