@@ -1240,7 +1240,11 @@ async fn mutual_tls_to_the_backend() {
     // Without the client certificate the backend refuses (TLS 1.3 tells after the
     // handshake: the request fails).
     let g = group(&tls_spec(&b.url("https"), Some(root), "backend.test"));
-    assert!(g.send(get("/")).await.is_err());
+    let e = g.send(get("/")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("requires a client certificate"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -218,6 +218,35 @@ impl TlsFailure {
     }
 }
 
+impl TlsFailure {
+    /// A TLS alert from the backend that reached us only as text: h2 keeps an I/O error's
+    /// message, not the error, so a refusal after the handshake (TLS 1.3 client certificates)
+    /// arrives as "received fatal alert: CertificateRequired".
+    pub(crate) fn from_alert_text(text: &str) -> Option<TlsFailure> {
+        const KNOWN: [AlertDescription; 13] = [
+            AlertDescription::CertificateRequired,
+            AlertDescription::BadCertificate,
+            AlertDescription::UnknownCA,
+            AlertDescription::CertificateUnknown,
+            AlertDescription::CertificateExpired,
+            AlertDescription::CertificateRevoked,
+            AlertDescription::UnsupportedCertificate,
+            AlertDescription::AccessDenied,
+            AlertDescription::HandshakeFailure,
+            AlertDescription::ProtocolVersion,
+            AlertDescription::UnrecognisedName,
+            AlertDescription::NoApplicationProtocol,
+            AlertDescription::DecryptError,
+        ];
+        let name = text.split("received fatal alert: ").nth(1)?;
+        let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+        KNOWN
+            .into_iter()
+            .find(|a| format!("{a:?}") == name)
+            .map(|a| TlsFailure::Refused(alert_words(a)))
+    }
+}
+
 fn alert_words(a: AlertDescription) -> String {
     match a {
         AlertDescription::CertificateRequired => {
@@ -307,6 +336,12 @@ mod tests {
         assert!(TlsFailure::from_rustls(&e).to_string().contains("expired"));
         assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
         assert_eq!(presented_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        let t = TlsFailure::from_alert_text("connection error: received fatal alert: UnknownCA");
+        assert!(t
+            .unwrap()
+            .to_string()
+            .contains("did not accept our client certificate"));
+        assert_eq!(TlsFailure::from_alert_text("connection reset"), None);
         let e = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(TlsFailure::from_rustls(&e)
             .to_string()

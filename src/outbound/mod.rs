@@ -773,8 +773,21 @@ fn classify(backend: &Arc<str>, e: hyper::Error) -> UpstreamError {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return UpstreamError::ClosedEarly { backend };
     }
+    let detail = error_chain(&e);
+    if let Some(reason) = error::TlsFailure::from_alert_text(&detail) {
+        return UpstreamError::Tls { backend, reason };
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(s) = src {
+        // TLS 1.3 clients finish their handshake before the server has checked their
+        // certificate: a refusal (no or unaccepted client certificate) arrives as an alert on
+        // the first read, i.e. here.
+        if let Some(tls) = rustls_error_in(s) {
+            return UpstreamError::Tls {
+                backend,
+                reason: error::TlsFailure::from_rustls(tls),
+            };
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
@@ -797,6 +810,16 @@ fn classify(backend: &Arc<str>, e: hyper::Error) -> UpstreamError {
         backend,
         detail: error_chain(&e),
     }
+}
+
+/// The TLS error inside an I/O error (tokio-rustls) or an HTTP/2 error (h2 keeps the I/O
+/// error out of its `source()`).
+fn rustls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let io = match e.downcast_ref::<h2::Error>() {
+        Some(h2) => h2.get_io(),
+        None => e.downcast_ref::<std::io::Error>(),
+    }?;
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 /// An error and its sources on one line.
