@@ -177,13 +177,32 @@ impl Pool {
             });
         }
         if !h1_only && self.h2_hint.load(Ordering::Relaxed) {
-            let _dialing = self.dial_h2.lock().await;
+            // Waiting for another request's dial counts against this one's connect timeout,
+            // so requests queued behind a dial that hangs fail together, not one after another.
+            let start = Instant::now();
+            let Ok(_dialing) = tokio::time::timeout(connect_timeout, self.dial_h2.lock()).await
+            else {
+                return Err(UpstreamError::ConnectTimeout {
+                    backend: backend.clone(),
+                    after: connect_timeout,
+                });
+            };
             if let Some(l) = self.shared_h2(client) {
                 return Ok(l);
             }
+            let left = connect_timeout.saturating_sub(start.elapsed());
             return self
-                .dial(connector, target, backend, client, h1_only, connect_timeout)
-                .await;
+                .dial(connector, target, backend, client, h1_only, left)
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::ConnectTimeout { backend, .. } => {
+                        UpstreamError::ConnectTimeout {
+                            backend,
+                            after: connect_timeout,
+                        }
+                    }
+                    e => e,
+                });
         }
         self.dial(connector, target, backend, client, h1_only, connect_timeout)
             .await
