@@ -68,6 +68,20 @@ struct IdleH1 {
     sender: http1::SendRequest<ReqBody>,
     since: Instant,
     client: Option<ClientAddrs>,
+    /// The thread whose runtime drives the connection (see [`thread_key`]).
+    thread: u64,
+}
+
+/// This thread's key. A connection's task runs on the worker that opened it (each worker has
+/// a runtime of its own), so a request reuses only idle connections of its own worker: one of
+/// another worker would be driven across threads, every read and write of it a cross-thread
+/// wake-up. Each worker keeps its own idle connections (up to `max_idle_per_backend` in all).
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    KEY.with(|k| *k)
 }
 
 struct H2Conn {
@@ -226,8 +240,12 @@ impl Pool {
     }
 
     fn idle_h1(&self, client: Option<&ClientAddrs>) -> Option<http1::SendRequest<ReqBody>> {
+        let me = thread_key();
         let mut list = lock(&self.idle);
-        while let Some(pos) = list.iter().rposition(|c| c.client.as_ref() == client) {
+        while let Some(pos) = list
+            .iter()
+            .rposition(|c| c.client.as_ref() == client && c.thread == me)
+        {
             let c = list.remove(pos);
             if c.since.elapsed() < self.spec.idle_timeout && c.sender.is_ready() {
                 return Some(c.sender);
@@ -340,6 +358,7 @@ impl Pool {
             if sender.ready().await.is_err() {
                 return;
             }
+            let thread = thread_key();
             let mut list = lock(&idle);
             if list.len() >= max {
                 list.remove(0);
@@ -348,6 +367,7 @@ impl Pool {
                 sender,
                 since: Instant::now(),
                 client,
+                thread,
             });
         });
     }
