@@ -401,11 +401,7 @@ async fn route(
         "size" => {
             let n: u64 = rest.parse().unwrap_or(0);
             let mut r = Response::new(
-                Repeat {
-                    left: n,
-                    chunk: Bytes::from(vec![b'x'; 64 * 1024]),
-                }
-                .boxed(),
+                Repeat::new(n).boxed(),
             );
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -519,10 +515,20 @@ fn ws_handshake(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Res
 }
 
 /// `left` bytes of `chunk`'s content, a chunk (or less, at the end) per frame: the same
-/// `Bytes` handed out each time, so the backend holds 64 KiB whatever the size.
-struct Repeat {
+/// `Bytes` handed out each time, so whoever sends it holds 64 KiB whatever the size.
+pub struct Repeat {
     left: u64,
     chunk: Bytes,
+}
+
+impl Repeat {
+    /// `n` bytes of `x`.
+    pub fn new(n: u64) -> Repeat {
+        Repeat {
+            left: n,
+            chunk: Bytes::from(vec![b'x'; 64 * 1024]),
+        }
+    }
 }
 
 impl http_body::Body for Repeat {
