@@ -62,7 +62,10 @@ fn site(proxy: &str) -> String {
 
 /// `upstreams = ["url", ...]`.
 fn ups(backends: &[&Backend]) -> String {
-    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.url())).collect();
+    let list: Vec<String> = backends
+        .iter()
+        .map(|b| format!("\"{}\"", b.url()))
+        .collect();
     format!("upstreams = [{}]", list.join(", "))
 }
 
@@ -223,7 +226,10 @@ async fn eventually(limit: Duration, what: &str, mut cond: impl AsyncFnMut() -> 
         if cond().await {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -267,14 +273,25 @@ async fn get_and_post_reach_every_kind_of_backend_over_h1_and_h2() {
             ("/unix", "unix"),
         ] {
             let r = c.get(&format!("{prefix}/name")).await;
-            assert_eq!((r.status, r.text()), (200, name.to_string()), "{alpn} {prefix}");
+            assert_eq!(
+                (r.status, r.text()),
+                (200, name.to_string()),
+                "{alpn} {prefix}"
+            );
             let r = c
-                .fetch(req(Method::POST, &format!("{prefix}/echo"), full(body.clone())))
+                .fetch(req(
+                    Method::POST,
+                    &format!("{prefix}/echo"),
+                    full(body.clone()),
+                ))
                 .await
                 .unwrap_or_else(|e| panic!("{alpn} POST {prefix}/echo: {e}"));
             assert_eq!(r.status, 200, "{alpn} {prefix}/echo");
             assert_eq!(r.body.len(), body.len(), "{alpn} {prefix}/echo length");
-            assert!(r.body == body, "{alpn} {prefix}/echo: body changed on the way");
+            assert!(
+                r.body == body,
+                "{alpn} {prefix}/echo: body changed on the way"
+            );
         }
     }
     for b in [&h1, &tls1, &tls2, &h2c, &unix] {
@@ -288,7 +305,10 @@ async fn https_backend_with_an_untrusted_certificate_gets_502() {
     let b = Backend::tls("tls", false);
     let env = TestEnv::new();
     // A CA that did not issue the backend's certificate: the site's leaf as the only anchor.
-    let other = env.write("certs/other-ca.pem", &pki().leaf(&["x.test"], Alg::Ecdsa).cert_pem);
+    let other = env.write(
+        "certs/other-ca.pem",
+        &pki().leaf(&["x.test"], Alg::Ecdsa).cert_pem,
+    );
     let srv = env.start(&site(&format!(
         "{}, tls = {{ ca = \"{}\" }}",
         ups(&[&b]),
@@ -335,18 +355,27 @@ async fn round_robin_weights_3_to_1_split_400_requests_75_25() {
 async fn least_conn_sends_requests_to_the_backend_with_fewer_in_flight() {
     let a = Backend::h1("a");
     let b = Backend::h1("b");
-    let srv = start(&site(&format!(r#"{}, policy = "least_conn""#, ups(&[&a, &b]))));
+    let srv = start(&site(&format!(
+        r#"{}, policy = "least_conn""#,
+        ups(&[&a, &b])
+    )));
     let addr = srv.https;
     let slow = tokio::spawn(async move { Client::new(addr, "h2").get("/slow/1500").await });
-    eventually(Duration::from_secs(5), "the slow request reaching a backend", async || {
-        a.requests() + b.requests() == 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the slow request reaching a backend",
+        async || a.requests() + b.requests() == 1,
+    )
     .await;
     let busy = if a.requests() == 1 { "a" } else { "b" };
     let mut c = Client::new(srv.https, "h2");
     for i in 0..10 {
         let r = c.get("/name").await;
-        assert_ne!(r.text(), busy, "request {i} went to the backend holding the slow one");
+        assert_ne!(
+            r.text(),
+            busy,
+            "request {i} went to the backend holding the slow one"
+        );
     }
     assert_eq!(slow.await.unwrap().text(), "slow");
 }
@@ -398,7 +427,10 @@ async fn header_hash_sticks_per_value_and_spreads_across_values() {
 async fn cookie_stickiness_sets_the_cookie_and_honours_it() {
     let a = Backend::h1("a");
     let b = Backend::h1("b");
-    let srv = start(&site(&format!(r#"{}, policy = "cookie:srv""#, ups(&[&a, &b]))));
+    let srv = start(&site(&format!(
+        r#"{}, policy = "cookie:srv""#,
+        ups(&[&a, &b])
+    )));
     let mut c = Client::new(srv.https, "h2");
     let first = c.get("/name").await;
     let set = first
@@ -470,9 +502,11 @@ async fn active_health_checks_take_a_backend_out_and_bring_it_back() {
         ups(&[&a, &b])
     )));
     let mut c = Client::new(srv.https, "h2");
-    eventually(Duration::from_secs(5), "health checks reaching b", async || {
-        b.health_checks() >= 2
-    })
+    eventually(
+        Duration::from_secs(5),
+        "health checks reaching b",
+        async || b.health_checks() >= 2,
+    )
     .await;
     b.set_health(500);
     // Out: within a few intervals, 20 requests in a row all go to a.
@@ -523,7 +557,11 @@ async fn all_backends_down_gives_503_fast_with_a_request_id() {
             .unwrap_or_else(|| panic!("{alpn}: no X-Request-Id: {:?}", r.headers))
             .to_string();
         assert!(!id.is_empty());
-        assert!(r.text().contains(&id), "{alpn}: page does not name {id}: {}", r.text());
+        assert!(
+            r.text().contains(&id),
+            "{alpn}: page does not name {id}: {}",
+            r.text()
+        );
         assert!(r.header("retry-after").is_some(), "{alpn}: no Retry-After");
     }
     assert_eq!(a.requests() + b.requests(), 0);
@@ -551,7 +589,11 @@ async fn refused_and_timed_out_backends_give_502_and_504_pages_without_internals
     assert_eq!(refused.status, 502, "{}", refused.text());
     let timed_out = c.get("/slow/slow/3000").await;
     assert_eq!(timed_out.status, 504, "{}", timed_out.text());
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     let slow_port = slow.addr.unwrap().port().to_string();
     for (r, what) in [(&refused, "502"), (&timed_out, "504")] {
         let id = r.header("x-request-id").expect("X-Request-Id").to_string();
@@ -566,7 +608,10 @@ async fn refused_and_timed_out_backends_give_502_and_504_pages_without_internals
             "timed out",
             "hyper",
         ] {
-            assert!(!page.contains(secret), "{what} page leaks {secret:?}: {page}");
+            assert!(
+                !page.contains(secret),
+                "{what} page leaks {secret:?}: {page}"
+            );
         }
     }
 }
@@ -635,7 +680,9 @@ async fn stream_a_gibibyte(alpn: &'static str) {
     let base = rss();
     let watch = RssWatch::start();
     let work = async {
-        let resp = c.send(req(Method::GET, &format!("/size/{GIB}"), empty())).await?;
+        let resp = c
+            .send(req(Method::GET, &format!("/size/{GIB}"), empty()))
+            .await?;
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let mut down: u64 = 0;
@@ -655,7 +702,11 @@ async fn stream_a_gibibyte(alpn: &'static str) {
         .expect("2 GiB did not pass within 10 minutes")
         .unwrap_or_else(|e| panic!("{alpn}: {e}"));
     assert_eq!(down, GIB, "{alpn}: download length");
-    assert_eq!(up, GIB.to_string(), "{alpn}: the backend's count of the upload");
+    assert_eq!(
+        up,
+        GIB.to_string(),
+        "{alpn}: the backend's count of the upload"
+    );
     let growth = watch.peak().saturating_sub(base);
     assert!(
         growth < RSS_GROWTH_LIMIT,
@@ -691,12 +742,24 @@ async fn response_trailers_reach_the_client_over_h2() {
         let mut r = req(Method::GET, &format!("{prefix}/trailers"), empty());
         r.headers_mut().insert("te", "trailers".parse().unwrap());
         let got = c.fetch(r).await.unwrap();
-        assert_eq!((got.status, got.text()), (200, "body".to_string()), "{prefix}");
+        assert_eq!(
+            (got.status, got.text()),
+            (200, "body".to_string()),
+            "{prefix}"
+        );
         let t = got
             .trailers
             .unwrap_or_else(|| panic!("{prefix}: no trailers arrived"));
-        assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]), "{prefix}");
-        assert_eq!(t.get("x-trailer").map(|v| v.as_bytes()), Some(&b"yes"[..]), "{prefix}");
+        assert_eq!(
+            t.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "{prefix}"
+        );
+        assert_eq!(
+            t.get("x-trailer").map(|v| v.as_bytes()),
+            Some(&b"yes"[..]),
+            "{prefix}"
+        );
     }
 }
 
@@ -718,7 +781,12 @@ async fn request_trailers_reach_an_h2c_backend() {
     r.headers_mut().insert("te", "trailers".parse().unwrap());
     let got = Client::new(srv.https, "h2").fetch(r).await.unwrap();
     assert_eq!(got.status, 200);
-    assert_eq!(seen(&got.text(), "x-req-trailer").as_deref(), Some("42"), "{}", got.text());
+    assert_eq!(
+        seen(&got.text(), "x-req-trailer").as_deref(),
+        Some("42"),
+        "{}",
+        got.text()
+    );
 }
 
 /// gRPC end to end: tonic's health client over TLS + HTTP/2 to the proxy, which passes it to
@@ -881,9 +949,21 @@ async fn forwarded_headers_are_replaced_from_untrusted_and_extended_from_trusted
     for alpn in ["http/1.1", "h2"] {
         let mut c = Client::new(srv.https, alpn);
         let h = headers_seen(&mut c, "/untrusted/headers", &SPOOFED).await;
-        assert_eq!(seen(&h, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{alpn}: {h}");
-        assert_eq!(seen(&h, "x-forwarded-proto").as_deref(), Some("https"), "{alpn}");
-        assert_eq!(seen(&h, "x-forwarded-host").as_deref(), Some("alpha.test"), "{alpn}");
+        assert_eq!(
+            seen(&h, "x-forwarded-for").as_deref(),
+            Some("127.0.0.1"),
+            "{alpn}: {h}"
+        );
+        assert_eq!(
+            seen(&h, "x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{alpn}"
+        );
+        assert_eq!(
+            seen(&h, "x-forwarded-host").as_deref(),
+            Some("alpha.test"),
+            "{alpn}"
+        );
         assert_eq!(
             seen(&h, "forwarded").as_deref(),
             Some("for=127.0.0.1;proto=https;host=alpha.test"),
@@ -895,8 +975,16 @@ async fn forwarded_headers_are_replaced_from_untrusted_and_extended_from_trusted
             Some("6.6.6.6, 127.0.0.1"),
             "{alpn}: {h}"
         );
-        assert_eq!(seen(&h, "x-forwarded-proto").as_deref(), Some("http"), "{alpn}");
-        assert_eq!(seen(&h, "x-forwarded-host").as_deref(), Some("evil.test"), "{alpn}");
+        assert_eq!(
+            seen(&h, "x-forwarded-proto").as_deref(),
+            Some("http"),
+            "{alpn}"
+        );
+        assert_eq!(
+            seen(&h, "x-forwarded-host").as_deref(),
+            Some("evil.test"),
+            "{alpn}"
+        );
         assert_eq!(
             seen(&h, "forwarded").as_deref(),
             Some("for=6.6.6.6;proto=http, for=127.0.0.1;proto=https;host=alpha.test"),
@@ -904,8 +992,16 @@ async fn forwarded_headers_are_replaced_from_untrusted_and_extended_from_trusted
         );
         // A trusted client that sent none: the proxy's own values.
         let h = headers_seen(&mut c, "/trusted/headers", &[]).await;
-        assert_eq!(seen(&h, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{alpn}");
-        assert_eq!(seen(&h, "x-forwarded-proto").as_deref(), Some("https"), "{alpn}");
+        assert_eq!(
+            seen(&h, "x-forwarded-for").as_deref(),
+            Some("127.0.0.1"),
+            "{alpn}"
+        );
+        assert_eq!(
+            seen(&h, "x-forwarded-proto").as_deref(),
+            Some("https"),
+            "{alpn}"
+        );
     }
 }
 
@@ -919,7 +1015,9 @@ async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
         Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
         TE: trailers, deflate\r\nUpgrade: foo/2\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
         X-End: kept\r\n\r\n";
-    let r = raw_tls(srv.https, Some(ALPHA), raw.as_bytes()).await.unwrap();
+    let r = raw_tls(srv.https, Some(ALPHA), raw.as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let h = r.text();
     assert_eq!(seen(&h, "x-end").as_deref(), Some("kept"), "{h}");
@@ -932,13 +1030,19 @@ async fn hop_by_hop_request_headers_do_not_reach_the_backend() {
         "TE reached the backend as {te:?}"
     );
     if let Some(conn) = seen(&h, "connection") {
-        assert!(!conn.to_ascii_lowercase().contains("x-hop"), "connection: {conn}");
+        assert!(
+            !conn.to_ascii_lowercase().contains("x-hop"),
+            "connection: {conn}"
+        );
     }
     // Over HTTP/2: TE other than trailers is refused by the protocol; proxy-authorization goes.
     let h = headers_seen(
         &mut Client::new(srv.https, "h2"),
         "/headers",
-        &[("proxy-authorization", "Basic Zm9vOmJhcg=="), ("x-end", "kept")],
+        &[
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-end", "kept"),
+        ],
     )
     .await;
     assert_eq!(seen(&h, "proxy-authorization"), None, "{h}");
@@ -960,7 +1064,12 @@ async fn hop_by_hop_response_headers_do_not_reach_the_client() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-end-to-end"), Some("kept"));
     for gone in ["x-backend-conn", "keep-alive", "proxy-authenticate"] {
-        assert_eq!(r.header(gone), None, "h1: {gone} reached the client: {:?}", r.headers);
+        assert_eq!(
+            r.header(gone),
+            None,
+            "h1: {gone} reached the client: {:?}",
+            r.headers
+        );
     }
     let got = Client::new(srv.https, "h2").get("/hop").await;
     assert_eq!(got.header("x-end-to-end"), Some("kept"));
@@ -975,8 +1084,14 @@ async fn host_is_passed_rewritten_to_the_upstream_or_set() {
     let b = Backend::h1("b");
     let srv = start(&sites(&[
         ("/pass", &ups(&[&b])),
-        ("/upstream", &format!(r#"{}, host = "upstream""#, ups(&[&b]))),
-        ("/literal", &format!(r#"{}, host = "app.internal""#, ups(&[&b]))),
+        (
+            "/upstream",
+            &format!(r#"{}, host = "upstream""#, ups(&[&b])),
+        ),
+        (
+            "/literal",
+            &format!(r#"{}, host = "app.internal""#, ups(&[&b])),
+        ),
     ]));
     let backend = b.addr.unwrap().to_string();
     for alpn in ["http/1.1", "h2"] {
@@ -987,7 +1102,11 @@ async fn host_is_passed_rewritten_to_the_upstream_or_set() {
             ("/literal", "app.internal"),
         ] {
             let h = headers_seen(&mut c, &format!("{prefix}/headers"), &[]).await;
-            assert_eq!(seen(&h, "host").as_deref(), Some(host), "{alpn} {prefix}:\n{h}");
+            assert_eq!(
+                seen(&h, "host").as_deref(),
+                Some(host),
+                "{alpn} {prefix}:\n{h}"
+            );
         }
     }
 }
@@ -1008,8 +1127,16 @@ async fn request_and_response_header_edits_apply() {
             &[("x-set", "client"), ("x-add", "client"), ("x-drop", "1")],
         )
         .await;
-        assert_eq!(seen(&h, "x-set").as_deref(), Some("by-proxy"), "{alpn}: {h}");
-        assert_eq!(seen(&h, "x-add").as_deref(), Some("client | by-proxy"), "{alpn}: {h}");
+        assert_eq!(
+            seen(&h, "x-set").as_deref(),
+            Some("by-proxy"),
+            "{alpn}: {h}"
+        );
+        assert_eq!(
+            seen(&h, "x-add").as_deref(),
+            Some("client | by-proxy"),
+            "{alpn}: {h}"
+        );
         assert_eq!(seen(&h, "x-drop"), None, "{alpn}: {h}");
         let r = c
             .get("/set?X-Backend-Only=1&X-Resp=backend&X-Resp-Add=backend")
@@ -1034,9 +1161,14 @@ async fn via_is_added_both_ways_when_asked() {
         let h = headers_seen(&mut c, "/via/headers", &[("via", "1.1 upstream-proxy")]).await;
         let via = seen(&h, "via").unwrap_or_else(|| panic!("{alpn}: no Via upstream: {h}"));
         assert!(via.starts_with("1.1 upstream-proxy"), "{alpn}: {via}");
-        assert!(via.contains(&format!("{version} portcullis")), "{alpn}: {via}");
+        assert!(
+            via.contains(&format!("{version} portcullis")),
+            "{alpn}: {via}"
+        );
         let r = c.get("/via/name").await;
-        let via = r.header("via").unwrap_or_else(|| panic!("{alpn}: no Via back"));
+        let via = r
+            .header("via")
+            .unwrap_or_else(|| panic!("{alpn}: no Via back"));
         assert!(via.contains("portcullis"), "{alpn}: {via}");
         let h = headers_seen(&mut c, "/novia/headers", &[]).await;
         assert_eq!(seen(&h, "via"), None, "{alpn}");
@@ -1052,7 +1184,10 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
     let b = Backend::h1("b");
     let srv = start(&sites(&[
         ("/site", &ups(&[&b])),
-        ("/backend", &format!("{}, backend_headers_win = true", ups(&[&b]))),
+        (
+            "/backend",
+            &format!("{}, backend_headers_win = true", ups(&[&b])),
+        ),
     ]));
     const SITE: &str = "max-age=31536000";
     let own = "set?Strict-Transport-Security=max-age%3D60";
@@ -1066,13 +1201,21 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
                 .collect::<Vec<_>>()
         };
         assert_eq!(hsts(&c.get("/site/name").await), [SITE], "{alpn}");
-        assert_eq!(hsts(&c.get(&format!("/site/{own}")).await), [SITE], "{alpn}");
+        assert_eq!(
+            hsts(&c.get(&format!("/site/{own}")).await),
+            [SITE],
+            "{alpn}"
+        );
         assert_eq!(
             c.get("/site/name").await.header("x-content-type-options"),
             Some("nosniff"),
             "{alpn}"
         );
-        assert_eq!(hsts(&c.get(&format!("/backend/{own}")).await), ["max-age=60"], "{alpn}");
+        assert_eq!(
+            hsts(&c.get(&format!("/backend/{own}")).await),
+            ["max-age=60"],
+            "{alpn}"
+        );
         assert_eq!(
             hsts(&c.get("/backend/name").await),
             [SITE],
@@ -1099,7 +1242,9 @@ async fn request_body_over_max_body_gets_413() {
         chunked.push_str(&format!("200\r\n{}\r\n", "y".repeat(0x200)));
     }
     chunked.push_str("0\r\n\r\n");
-    let r = raw_tls(srv.https, Some(ALPHA), chunked.as_bytes()).await.unwrap();
+    let r = raw_tls(srv.https, Some(ALPHA), chunked.as_bytes())
+        .await
+        .unwrap();
     assert_eq!(r.status, 413, "h1: {}", r.text());
     // HTTP/2: DATA frames, no content-length.
     let frames: Vec<Result<Frame<Bytes>, io::Error>> = (0..8)
@@ -1129,7 +1274,9 @@ async fn request_body_over_max_body_gets_413() {
         .await
         .unwrap();
     tls.write_all(&[b'y'; 4096]).await.unwrap();
-    let r = read_response(&mut tls, &mut Vec::new(), false).await.unwrap();
+    let r = read_response(&mut tls, &mut Vec::new(), false)
+        .await
+        .unwrap();
     assert_eq!(r.status, 413, "h1 with Content-Length: {}", r.text());
 }
 
@@ -1144,7 +1291,10 @@ fn bad_proxy_settings_are_reported_with_their_line() {
     let env = TestEnv::new();
     let cases: &[(&str, &str)] = &[
         (r#"upstreams = []"#, "upstreams is empty"),
-        (r#"upstreams = ["ftp://127.0.0.1:21"]"#, "unsupported scheme"),
+        (
+            r#"upstreams = ["ftp://127.0.0.1:21"]"#,
+            "unsupported scheme",
+        ),
         (r#"upstreams = ["127.0.0.1:8080"]"#, "no scheme"),
         (r#"upstreams = ["unix:run/app.sock"]"#, "absolute"),
         (r#"upstreams = ["http://127.0.0.1:8080/app"]"#, "path"),
@@ -1287,16 +1437,16 @@ fn unresolvable_upstream_is_a_warning_and_two_handlers_are_an_error() {
     });
     let warnings: Vec<String> = warnings.iter().map(|p| p.to_string()).collect();
     assert!(
-        warnings.iter().any(|w| w.contains("no-such-host.invalid") && w.contains("resolve")),
+        warnings
+            .iter()
+            .any(|w| w.contains("no-such-host.invalid") && w.contains("resolve")),
         "{warnings:?}"
     );
     let text = format!(
         "{}{}",
         TestEnv::prelude(),
-        site(r#"upstreams = ["http://127.0.0.1:8080"]"#).replace(
-            "proxy = {",
-            "respond = { body = \"x\" }\nproxy = {"
-        )
+        site(r#"upstreams = ["http://127.0.0.1:8080"]"#)
+            .replace("proxy = {", "respond = { body = \"x\" }\nproxy = {")
     );
     let path = env.write_config_raw(&text);
     let (ok, out) = check_config(&path);

@@ -400,9 +400,7 @@ async fn route(
         }
         "size" => {
             let n: u64 = rest.parse().unwrap_or(0);
-            let mut r = Response::new(
-                Repeat::new(n).boxed(),
-            );
+            let mut r = Response::new(Repeat::new(n).boxed());
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
             r
@@ -507,10 +505,16 @@ fn ws_handshake(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Res
     let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
-    h.insert(http::header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("upgrade"),
+    );
     h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    h.insert("sec-websocket-accept", HeaderValue::from_str(&accept).unwrap());
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).unwrap(),
+    );
     r
 }
 
