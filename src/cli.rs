@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Quick mode: serve static files from this directory (default: a welcome page).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Quick mode: pass requests under PREFIX to a backend, PREFIX removed
+    /// (`/api=http://127.0.0.1:8080`; repeatable; any upstream URL a config takes).
+    #[arg(long, value_name = "PREFIX=URL")]
+    proxy: Vec<String>,
     /// HTTPS port for every HTTPS listener (default 443).
     #[arg(long, value_name = "PORT")]
     https_port: Option<u16>,
@@ -140,10 +144,15 @@ fn sp<T>(v: T) -> Spanned<T> {
 /// Builds the raw config: from the file, or from quick-mode flags.
 fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
     if let Some(path) = &a.config {
-        if !a.domain.is_empty() || a.cert.is_some() || a.key.is_some() || a.root.is_some() {
+        if !a.domain.is_empty()
+            || a.cert.is_some()
+            || a.key.is_some()
+            || a.root.is_some()
+            || !a.proxy.is_empty()
+        {
             return Err(Problem::error(
                 config::Location::Flag("--config".into()),
-                "--config cannot be combined with --domain/--cert/--key/--root",
+                "--config cannot be combined with --domain/--cert/--key/--root/--proxy",
             )
             .fix("put the site into the config file, or drop --config"));
         }
@@ -174,6 +183,42 @@ fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
         root: a.root.as_deref().map(|p| sp(path_str(p))),
         ..Default::default()
     };
+    for p in &a.proxy {
+        let Some((prefix, url)) = p.split_once('=') else {
+            return Err(Problem::error(
+                config::Location::Flag("--proxy".into()),
+                format!("--proxy {p:?} is not PREFIX=URL"),
+            )
+            .fix("write it as --proxy /api=http://127.0.0.1:8080"));
+        };
+        site.routes.push(RawRoute {
+            path: sp(prefix.to_string()),
+            proxy: Some(sp(crate::config::proxy::RawProxy {
+                upstreams: sp(vec![sp(crate::config::proxy::RawUpstream::Url(
+                    url.to_string(),
+                ))]),
+                policy: None,
+                tls: None,
+                health: None,
+                passive: None,
+                timeouts: None,
+                retries: None,
+                retry_non_idempotent: None,
+                pool: None,
+                trusted_proxies: None,
+                host: None,
+                request_headers: None,
+                response_headers: None,
+                via: None,
+                backend_headers_win: None,
+                max_body: None,
+                websocket: None,
+                compress: None,
+                strip_prefix: Some(true),
+            })),
+            ..Default::default()
+        });
+    }
     if a.root.is_none() {
         site.routes.push(RawRoute {
             path: sp("/".into()),

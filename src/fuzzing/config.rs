@@ -48,7 +48,12 @@ pub fn config(data: &[u8]) {
                 check_problem(p, lines);
             }
             check_model(&config);
-            if let Err(e) = Frontend::new(&config, 443, Default::default()) {
+            if let Err(e) = Frontend::new(
+                &config,
+                443,
+                Default::default(),
+                tokio::sync::watch::channel(false).1,
+            ) {
                 panic!("a validated config's request side does not build: {e}");
             }
         }

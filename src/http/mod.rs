@@ -17,6 +17,7 @@ pub mod body;
 pub mod client;
 pub mod date;
 pub mod pages;
+pub mod proxy;
 pub mod redirect;
 pub mod request;
 pub mod static_files;
@@ -55,6 +56,7 @@ enum RouteKind {
     },
     Respond(RespondSpec),
     Redirect(RedirectSpec),
+    Proxy(Arc<proxy::Proxy>),
 }
 
 /// A site's request side: routes and the headers added to every response.
@@ -94,7 +96,15 @@ pub struct Frontend {
 impl Frontend {
     /// Builds the request side from the validated config. Fails only when a static root cannot
     /// be opened (it was checked during validation, so this is a race with the file system).
-    pub fn new(config: &Config, https_port: u16, acme: Arc<Http01Tokens>) -> Result<Self, String> {
+    ///
+    /// Proxy routes start their tasks (health checks, pool expiry) on the current tokio
+    /// runtime; they end with `shutdown`.
+    pub fn new(
+        config: &Config,
+        https_port: u16,
+        acme: Arc<Http01Tokens>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, String> {
         let mut sites = Vec::new();
         let mut hosts = NameTable::default();
         for (i, site) in config.sites.iter().enumerate() {
@@ -121,12 +131,15 @@ impl Frontend {
                     }
                     Handler::Respond(r) => RouteKind::Respond(r.clone()),
                     Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
-                    Handler::Proxy(_) => {
-                        return Err(format!(
-                            "site {:?}: route {:?}: proxy routes are not served by this build yet",
-                            site.name, r.prefix
-                        ))
-                    }
+                    Handler::Proxy(p) => RouteKind::Proxy(Arc::new(
+                        proxy::Proxy::new(
+                            p,
+                            &r.prefix,
+                            config.limits.max_body_bytes,
+                            shutdown.clone(),
+                        )
+                        .map_err(|e| format!("site {:?}, route {}: {e}", site.name, r.prefix))?,
+                    )),
                 };
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
@@ -266,6 +279,8 @@ pub struct HttpsService {
     pub conn: Arc<ConnState>,
     /// The client's address (after a PROXY protocol header, the one it names).
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Over the connection limit: answer 503 to everything.
     pub overloaded: bool,
     /// The last host looked up and its site (see [`HostMemo`]).
@@ -361,6 +376,8 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for HttpsService {
 enum Routed {
     /// The response, and whether it has the site's headers already (static files add them).
     Answer(Response<Body>, bool),
+    /// The reverse proxy of this route, and the request's host.
+    Proxy(Arc<proxy::Proxy>, String),
 }
 
 /// What finishing a response needs to know of its request.
@@ -375,7 +392,7 @@ impl HttpsService {
     /// Serves one request, whatever its protocol.
     pub fn handle(&self, req: Request<RequestBody>) -> Reply {
         let guard = ActiveGuard::new(&self.conn);
-        let (parts, _body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let (site, routed) = self.route(&parts);
         let exchange = Exchange {
             request_closes: parts.version <= Version::HTTP_11 && request_closes(&parts),
@@ -388,6 +405,28 @@ impl HttpsService {
                     self.log_access(&parts, site, &resp);
                 }
                 Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard)))
+            }
+            Routed::Proxy(proxy, host) => {
+                let svc = self.clone();
+                let site = site.expect("a proxy route belongs to a site");
+                Reply::Later(Box::pin(async move {
+                    let ctx = proxy::Context {
+                        peer: svc.peer,
+                        local: svc.local,
+                        host,
+                        site_headers: &svc.front.sites[site].headers,
+                        early: svc.conn.early.load(Ordering::Relaxed),
+                    };
+                    let log = svc
+                        .front
+                        .access_log
+                        .then(|| (parts.method.clone(), parts.uri.clone()));
+                    let resp = proxy.serve(parts, body, ctx).await;
+                    if let Some((method, uri)) = log {
+                        tracing::info!(target: "access", %method, %uri, version = ?exchange.version, status = resp.status().as_u16(), site = svc.front.sites[site].name.as_str());
+                    }
+                    svc.finish(&exchange, Some(site), resp, false, guard)
+                }))
             }
         }
     }
@@ -632,6 +671,7 @@ fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> R
             };
             return Routed::Answer(files.serve(parts, lookup), true);
         }
+        RouteKind::Proxy(proxy) => return Routed::Proxy(proxy.clone(), host.to_owned()),
     };
     Routed::Answer(resp, false)
 }

@@ -427,11 +427,15 @@ pub async fn serve_tls(
         return;
     }
     let config = state.tls.configs[site].clone();
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let svc = |conn| HttpsService {
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
         conn,
         peer,
+        local,
         overloaded,
         host_memo: Default::default(),
     };
