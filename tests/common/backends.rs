@@ -13,7 +13,7 @@
 //! | `/size/N` | N bytes (`x`), streamed in 64 KiB chunks, with a Content-Length |
 //! | `/status/N` | status N |
 //! | `/slow/MS` | "slow" after MS milliseconds |
-//! | `/trailers` | `body` then the trailers `grpc-status: 0` and `x-trailer: yes` |
+//! | `/trailers` | `body` then the trailers `grpc-status: 0` and `x-trailer: yes` (announced in `Trailer`) |
 //! | `/request-trailers` | the request's trailers, one `name: value` line each |
 //! | `/set?Name=value&...` | 200 with those response headers (percent-decoded) |
 //! | `/hop` | 200 with hop-by-hop response headers a proxy must not pass on |
@@ -422,9 +422,15 @@ async fn route(
                 Ok(Frame::data(Bytes::from_static(b"body"))),
                 Ok(Frame::trailers(trailers)),
             ];
-            Response::new(BodyExt::boxed(http_body_util::StreamBody::new(
+            let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(
                 futures_util::stream::iter(frames),
-            )))
+            )));
+            // HTTP/1.1 (hyper) sends only the trailer fields the head announces.
+            r.headers_mut().insert(
+                http::header::TRAILER,
+                HeaderValue::from_static("grpc-status, x-trailer"),
+            );
+            r
         }
         "request-trailers" => match req.into_body().collect().await {
             Ok(c) => text(200, c.trailers().map(header_lines).unwrap_or_default()),
