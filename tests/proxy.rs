@@ -666,7 +666,12 @@ const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 /// proxy over `alpn`, while the resident set grows by less than [`RSS_GROWTH_LIMIT`].
 async fn stream_a_gibibyte(alpn: &'static str) {
     let b = Backend::h1("big");
-    let srv = start(&site(&format!(r#"{}, max_body = "2GiB""#, ups(&[&b]))));
+    // The global limit too: a declared Content-Length is checked against it before routing.
+    let srv = start(&format!(
+        "[limits]\nmax_body_bytes = {}\n{}",
+        2 * GIB,
+        site(&format!(r#"{}, max_body = "2GiB""#, ups(&[&b])))
+    ));
     let mut c = Client::new(srv.https, alpn);
     // Warm up: connections, pools, buffers, TLS state, the allocator's arenas.
     let r = c.get("/size/16777216").await;
@@ -708,6 +713,11 @@ async fn stream_a_gibibyte(alpn: &'static str) {
         "{alpn}: the backend's count of the upload"
     );
     let growth = watch.peak().saturating_sub(base);
+    eprintln!(
+        "{alpn}: RSS {} MiB before, peak growth {} KiB while 2 GiB streamed",
+        base >> 20,
+        growth >> 10
+    );
     assert!(
         growth < RSS_GROWTH_LIMIT,
         "{alpn}: RSS grew by {} MiB while 2 GiB streamed (from {} MiB)",
@@ -908,6 +918,49 @@ async fn websocket_frames_both_ways_over_h2_extended_connect() {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
     ws_roundtrip(&mut ws, "h2").await;
     assert_eq!(b.counters.ws_messages.load(Ordering::Relaxed), 3);
+}
+
+/// websocket = false: an HTTP/1.1 upgrade goes on as a plain request (its Upgrade is
+/// hop-by-hop, so the backend refuses it), an extended CONNECT gets 501.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_false_passes_no_upgrade() {
+    let b = Backend::h1("ws");
+    let srv = start(&site(&format!("{}, websocket = false", ups(&[&b]))));
+    let r = raw_tls(
+        srv.https,
+        Some(ALPHA),
+        b"GET /ws HTTP/1.1\r\nHost: alpha.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (400, "not a WebSocket upgrade".to_string())
+    );
+    let cfg = ClientOpts::default().alpn(&["h2"]).build();
+    let tls = tls_connect(srv.https, Some(ALPHA), cfg).await.unwrap();
+    let (mut send, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send.send_request(
+        Request::get("https://alpha.test/name")
+            .body(empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let connect = Request::builder()
+        .method(Method::CONNECT)
+        .uri("https://alpha.test/ws")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(empty())
+        .unwrap();
+    let resp = send.send_request(connect).await.unwrap();
+    assert_eq!(resp.status(), 501);
+    assert_eq!(b.counters.ws_messages.load(Ordering::Relaxed), 0);
 }
 
 // =============================================================================================
@@ -1278,6 +1331,37 @@ async fn request_body_over_max_body_gets_413() {
         .await
         .unwrap();
     assert_eq!(r.status, 413, "h1 with Content-Length: {}", r.text());
+}
+
+/// A route's max_body above the global `[limits] max_body_bytes` admits bodies up to the
+/// route's limit, whether their length is declared (Content-Length) or not (chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_max_body_above_the_global_limit_admits_declared_lengths() {
+    let b = Backend::h1("b");
+    let srv = start(&format!(
+        "[limits]\nmax_body_bytes = 1024\n{}",
+        site(&format!("{}, max_body = 65536", ups(&[&b])))
+    ));
+    let mut c = Client::new(srv.https, "http/1.1");
+    // Chunked (no length known up front): passes.
+    let frames: Vec<Result<Frame<Bytes>, io::Error>> = (0..4)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'y'; 1000]))))
+        .collect();
+    let body = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )));
+    let r = c.fetch(req(Method::POST, "/sink", body)).await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "4000".to_string()), "chunked");
+    // The same size with a Content-Length.
+    let r = c
+        .fetch(req(Method::POST, "/sink", full(vec![b'y'; 4000])))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "4000".to_string()),
+        "Content-Length: 4000 under the route's max_body = 65536 refused"
+    );
 }
 
 // =============================================================================================
