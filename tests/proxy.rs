@@ -97,6 +97,8 @@ enum Conn {
 struct Client {
     addr: SocketAddr,
     alpn: &'static str,
+    /// The address the client connects from (any of 127.0.0.0/8 works on loopback).
+    source: Option<std::net::IpAddr>,
     conn: Option<Conn>,
     /// Connections opened so far.
     opened: usize,
@@ -125,16 +127,37 @@ impl Client {
         Client {
             addr,
             alpn,
+            source: None,
             conn: None,
             opened: 0,
         }
     }
 
+    /// A client connecting from `source` (e.g. 127.0.0.7).
+    fn from(addr: SocketAddr, alpn: &'static str, source: &str) -> Client {
+        let mut c = Client::new(addr, alpn);
+        c.source = Some(source.parse().unwrap());
+        c
+    }
+
     async fn open(&mut self) -> Result<Conn, String> {
         let cfg = ClientOpts::default().alpn(&[self.alpn]).build();
-        let tls = tls_connect(self.addr, Some(ALPHA), cfg)
-            .await
-            .map_err(|e| format!("TLS connect: {e}"))?;
+        let tls = match self.source {
+            None => tls_connect(self.addr, Some(ALPHA), cfg).await,
+            Some(ip) => {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::new(ip, 0)).unwrap();
+                let tcp = sock
+                    .connect(self.addr)
+                    .await
+                    .map_err(|e| format!("connect from {ip}: {e}"))?;
+                let name = rustls::pki_types::ServerName::try_from(ALPHA).unwrap();
+                tokio_rustls::TlsConnector::from(cfg)
+                    .connect(name, tcp)
+                    .await
+            }
+        }
+        .map_err(|e| format!("TLS connect: {e}"))?;
         assert_eq!(tls_info(&tls).alpn.as_deref(), Some(self.alpn));
         self.opened += 1;
         let io = TokioIo::new(tls);
@@ -294,29 +317,59 @@ async fn get_and_post_reach_every_kind_of_backend_over_h1_and_h2() {
             );
         }
     }
+    // HTTP/2 to the backends that speak it (h2c, TLS with ALPN h2), HTTP/1.1 to the others:
+    // HTTP/2 requests arrive with an :authority.
+    let mut c = Client::new(srv.https, "h2");
+    for (prefix, h2) in [
+        ("/h1", false),
+        ("/tls1", false),
+        ("/tls2", true),
+        ("/h2c", true),
+        ("/unix", false),
+    ] {
+        let h = c.get(&format!("{prefix}/headers")).await.text();
+        assert_eq!(seen(&h, ":authority").is_some(), h2, "{prefix}:\n{h}");
+    }
     for b in [&h1, &tls1, &tls2, &h2c, &unix] {
-        assert_eq!(b.requests(), 4, "{}", b.name);
+        assert_eq!(b.requests(), 5, "{}", b.name);
     }
 }
 
-/// An https:// backend whose certificate is not from the configured CA is refused: 502.
+/// https:// backends are verified: against the configured CA and for `tls.server_name`
+/// (default: the upstream's host). A certificate from another CA or for another name: 502,
+/// and the request never reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_backend_with_an_untrusted_certificate_gets_502() {
-    let b = Backend::tls("tls", false);
+async fn https_backends_are_verified_by_ca_and_name() {
+    let b = Backend::tls("tls", true);
     let env = TestEnv::new();
-    // A CA that did not issue the backend's certificate: the site's leaf as the only anchor.
+    // A CA that did not issue the backend's certificate: another leaf as the only anchor.
     let other = env.write(
         "certs/other-ca.pem",
         &pki().leaf(&["x.test"], Alg::Ecdsa).cert_pem,
     );
-    let srv = env.start(&site(&format!(
-        "{}, tls = {{ ca = \"{}\" }}",
-        ups(&[&b]),
-        other.display()
-    )));
-    let r = Client::new(srv.https, "h2").get("/name").await;
-    assert_eq!(r.status, 502, "{}", r.text());
-    assert_eq!(b.requests(), 0);
+    let up = ups(&[&b]);
+    let srv = env.start(&sites(&[
+        (
+            "/named",
+            &format!(r#"{up}, tls = {{ ca = "certs/root.pem", server_name = "backend.test" }}"#),
+        ),
+        (
+            "/wrong-name",
+            &format!(r#"{up}, tls = {{ ca = "certs/root.pem", server_name = "other.test" }}"#),
+        ),
+        (
+            "/wrong-ca",
+            &format!(r#"{up}, tls = {{ ca = "{}" }}"#, other.display()),
+        ),
+    ]));
+    let mut c = Client::new(srv.https, "h2");
+    let r = c.get("/named/name").await;
+    assert_eq!((r.status, r.text()), (200, "tls".to_string()));
+    for path in ["/wrong-name/name", "/wrong-ca/name"] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+    }
+    assert_eq!(b.requests(), 1);
 }
 
 // =============================================================================================
@@ -380,21 +433,27 @@ async fn least_conn_sends_requests_to_the_backend_with_fewer_in_flight() {
     assert_eq!(slow.await.unwrap().text(), "slow");
 }
 
-/// ip_hash: every request of one client address lands on the same backend, over new
-/// connections too.
+/// ip_hash: every request from one client address lands on the same backend, over new
+/// connections and both protocols; 20 addresses (127.0.0.1-20) spread over the backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ip_hash_keeps_a_client_on_one_backend() {
+async fn ip_hash_keeps_each_client_address_on_one_backend() {
     let bs = [Backend::h1("a"), Backend::h1("b"), Backend::h1("c")];
     let srv = start(&site(&format!(
         r#"{}, policy = "ip_hash""#,
         ups(&[&bs[0], &bs[1], &bs[2]])
     )));
-    let mut names = std::collections::BTreeSet::new();
-    for i in 0..30 {
-        let alpn = if i % 2 == 0 { "h2" } else { "http/1.1" };
-        names.insert(Client::new(srv.https, alpn).get("/name").await.text());
+    let mut all = std::collections::BTreeSet::new();
+    for host in 1..=20 {
+        let ip = format!("127.0.0.{host}");
+        let mut names = std::collections::BTreeSet::new();
+        for i in 0..4 {
+            let alpn = if i % 2 == 0 { "h2" } else { "http/1.1" };
+            names.insert(Client::from(srv.https, alpn, &ip).get("/name").await.text());
+        }
+        assert_eq!(names.len(), 1, "{ip} went to {names:?}");
+        all.extend(names);
     }
-    assert_eq!(names.len(), 1, "one client address went to {names:?}");
+    assert!(all.len() >= 2, "20 client addresses all went to {all:?}");
 }
 
 /// header:X-User: the same value sticks to one backend; different values spread.
@@ -460,34 +519,65 @@ async fn cookie_stickiness_sets_the_cookie_and_honours_it() {
 // Failover and health
 // =============================================================================================
 
-/// A backend killed in the middle of 500 GETs (its listener and connections gone at once):
-/// every request still gets its 200, from the others.
+/// A backend killed in the middle of 500 GETs from 5 concurrent clients (its listener and
+/// connections gone at once, requests in flight included): every request still gets its 200,
+/// from the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_mid_loop_loses_no_request() {
     for alpn in ["http/1.1", "h2"] {
         let a = Backend::h1("a");
         let b = Backend::h1("b");
-        let c3 = Backend::h1("c");
-        let srv = start(&site(&ups(&[&a, &b, &c3])));
-        let mut client = Client::new(srv.https, alpn);
-        let mut b = Some(b);
-        let mut from_b_after = 0;
-        for i in 0..500 {
-            if i == 150 {
-                let killed = b.take().unwrap();
-                assert!(killed.requests() > 0, "b got nothing before it was killed");
-            }
-            let r = client
-                .fetch(req(Method::GET, "/name", empty()))
-                .await
-                .unwrap_or_else(|e| panic!("{alpn}: request {i} failed: {e}"));
-            assert_eq!(r.status, 200, "{alpn}: request {i}: {}", r.text());
-            if i >= 150 && r.text() == "b" {
-                from_b_after += 1;
-            }
+        let c = Backend::h1("c");
+        let srv = start(&site(&ups(&[&a, &b, &c])));
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let killed = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for t in 0..5 {
+            let (addr, done, killed) = (srv.https, done.clone(), killed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut client = Client::new(addr, alpn);
+                let mut from_b_after_kill = 0;
+                for i in 0..100 {
+                    // Some requests take a moment, so that the kill finds some in flight.
+                    let path = if i % 3 == 0 { "/slow/5" } else { "/name" };
+                    let was_killed = killed.load(Ordering::SeqCst);
+                    let r = client
+                        .fetch(req(Method::GET, path, empty()))
+                        .await
+                        .unwrap_or_else(|e| panic!("{alpn}: client {t} request {i}: {e}"));
+                    assert_eq!(
+                        r.status,
+                        200,
+                        "{alpn}: client {t} request {i}: {}",
+                        r.text()
+                    );
+                    if was_killed && r.text() == "b" {
+                        from_b_after_kill += 1;
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                }
+                from_b_after_kill
+            }));
         }
-        assert_eq!(from_b_after, 0);
-        assert!(a.requests() > 150 && c3.requests() > 150);
+        eventually(Duration::from_secs(30), "150 requests done", async || {
+            done.load(Ordering::SeqCst) >= 150
+        })
+        .await;
+        assert!(
+            b.requests() > 0,
+            "{alpn}: b got nothing before it was killed"
+        );
+        drop(b);
+        killed.store(true, Ordering::SeqCst);
+        for t in tasks {
+            assert_eq!(
+                t.await.unwrap(),
+                0,
+                "{alpn}: answers from b after it was killed"
+            );
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 500);
+        assert!(a.requests() > 150 && c.requests() > 150, "{alpn}");
     }
 }
 
