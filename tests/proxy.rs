@@ -1368,6 +1368,75 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
 }
 
 // =============================================================================================
+// Compression
+// =============================================================================================
+
+/// compress = true: a compressible response is compressed for a client that accepts gzip, br
+/// or zstd (and says so in Vary), not for one that accepts none, not when already compressed
+/// by type, and not on a route without compress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compress_true_compresses_compressible_responses_for_clients_that_accept_it() {
+    let b = Backend::h1("b");
+    let srv = start(&sites(&[
+        ("/on", &format!("{}, compress = true", ups(&[&b]))),
+        ("/off", &ups(&[&b])),
+    ]));
+    const N: usize = 64 * 1024;
+    for alpn in ["http/1.1", "h2"] {
+        let mut c = Client::new(srv.https, alpn);
+        let get = async |c: &mut Client, path: &str, accept: Option<&str>| {
+            let mut r = req(Method::GET, path, empty());
+            if let Some(a) = accept {
+                r.headers_mut()
+                    .insert("accept-encoding", a.parse().unwrap());
+            }
+            let got = c.fetch(r).await.unwrap();
+            assert_eq!(got.status, 200, "{alpn} {path}");
+            got
+        };
+        let r = get(
+            &mut c,
+            &format!("/on/text/{N}"),
+            Some("gzip, deflate, br, zstd"),
+        )
+        .await;
+        let enc = r.header("content-encoding").map(str::to_string);
+        assert!(
+            matches!(enc.as_deref(), Some("gzip" | "br" | "zstd")),
+            "{alpn}: compress = true, text/plain, Accept-Encoding: gzip, br, zstd: Content-Encoding {enc:?}"
+        );
+        assert!(r.body.len() < N / 4, "{alpn}: {} bytes", r.body.len());
+        let vary = r.header("vary").unwrap_or("").to_ascii_lowercase();
+        assert!(vary.contains("accept-encoding"), "{alpn}: Vary {vary:?}");
+        let r = get(&mut c, &format!("/on/text/{N}"), Some("gzip")).await;
+        assert_eq!(r.header("content-encoding"), Some("gzip"), "{alpn}");
+        let r = get(&mut c, &format!("/on/text/{N}"), None).await;
+        assert_eq!(
+            (r.header("content-encoding"), r.body.len()),
+            (None, N),
+            "{alpn}"
+        );
+        let r = get(
+            &mut c,
+            &format!("/on/text/{N}?type=image/png"),
+            Some("gzip"),
+        )
+        .await;
+        assert_eq!(
+            (r.header("content-encoding"), r.body.len()),
+            (None, N),
+            "{alpn} png"
+        );
+        let r = get(&mut c, &format!("/off/text/{N}"), Some("gzip")).await;
+        assert_eq!(
+            (r.header("content-encoding"), r.body.len()),
+            (None, N),
+            "{alpn} off"
+        );
+    }
+}
+
+// =============================================================================================
 // Request body limit
 // =============================================================================================
 

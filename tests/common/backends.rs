@@ -11,6 +11,7 @@
 //! | `/echo` | the request body, streamed back as it comes |
 //! | `/sink` | reads the request body to its end and answers with its length in bytes |
 //! | `/size/N` | N bytes (`x`), streamed in 64 KiB chunks, with a Content-Length |
+//! | `/text/N?type=T` | N bytes of repeated English text as `T` (default `text/plain`) |
 //! | `/status/N` | status N |
 //! | `/slow/MS` | "slow" after MS milliseconds |
 //! | `/trailers` | `body` then the trailers `grpc-status: 0` and `x-trailer: yes` (announced in `Trailer`) |
@@ -403,6 +404,26 @@ async fn route(
             let mut r = Response::new(Repeat::new(n).boxed());
             r.headers_mut()
                 .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            r
+        }
+        "text" => {
+            let n: usize = rest.parse().unwrap_or(0);
+            let words = "The quick brown fox jumps over the lazy dog. ".repeat(n / 45 + 1);
+            let mut r = text(200, Bytes::from(words).slice(..n));
+            let ty = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("type="))
+                .map(|t| {
+                    percent_encoding::percent_decode_str(t)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_else(|| "text/plain; charset=utf-8".into());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_str(&ty).unwrap(),
+            );
             r
         }
         "status" => {
