@@ -1254,6 +1254,46 @@ async fn host_is_passed_rewritten_to_the_upstream_or_set() {
     }
 }
 
+/// strip_prefix = true sends the path without the route's prefix (query kept, `/` for the
+/// prefix itself); without it the path goes as it came. Every request carries an
+/// X-Request-Id of 16 hex digits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_and_request_id_reach_the_backend() {
+    let b = Backend::h1("b");
+    let mut config = sites(&[("/strip", &ups(&[&b]))]);
+    config.push_str(&format!(
+        "[[site.route]]\npath = \"/headers\"\nproxy = {{ {} }}\n",
+        ups(&[&b])
+    ));
+    let srv = start(&config);
+    let b_path = |h: &str| seen(h, ":path").unwrap();
+    for alpn in ["http/1.1", "h2"] {
+        let mut c = Client::new(srv.https, alpn);
+        let h = headers_seen(&mut c, "/strip/headers?q=1&r=%20", &[]).await;
+        assert_eq!(b_path(&h), "/headers?q=1&r=%20", "{alpn}");
+        let id = seen(&h, "x-request-id").unwrap_or_default();
+        assert!(
+            id.len() == 16 && id.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{alpn}: X-Request-Id {id:?}"
+        );
+        // A route without strip_prefix: the path as it came.
+        let h = headers_seen(&mut c, "/headers?q=1", &[]).await;
+        assert_eq!(b_path(&h), "/headers?q=1", "{alpn}");
+        let r = c.get("/strip").await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "b".to_string()),
+            "{alpn}: /strip → /"
+        );
+        let r = c.get("/strip?x=1").await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "b".to_string()),
+            "{alpn}: /strip?x=1"
+        );
+    }
+}
+
 /// request_headers and response_headers edits: remove, set (replacing), add (appending).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_and_response_header_edits_apply() {

@@ -7,7 +7,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/name` | the backend's name |
-//! | `/headers` | the request's headers, one `name: value` line each (`:authority` first over HTTP/2) |
+//! | `/headers` | `:path: /headers?...` (as received), `:authority` over HTTP/2, then the request's headers, one `name: value` line each |
 //! | `/echo` | the request body, streamed back as it comes |
 //! | `/sink` | reads the request body to its end and answers with its length in bytes |
 //! | `/size/N` | N bytes (`x`), streamed in 64 KiB chunks, with a Content-Length |
@@ -371,7 +371,10 @@ async fn route(
     let resp = match first {
         "name" => text(200, shared.name.clone()),
         "headers" => {
-            let mut out = String::new();
+            let mut out = format!(
+                ":path: {}\n",
+                req.uri().path_and_query().map_or("", |p| p.as_str())
+            );
             if req.version() == http::Version::HTTP_2 {
                 if let Some(a) = req.uri().authority() {
                     out.push_str(&format!(":authority: {a}\n"));
