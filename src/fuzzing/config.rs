@@ -48,6 +48,13 @@ pub fn config(data: &[u8]) {
                 check_problem(p, lines);
             }
             check_model(&config);
+            // Proxy routes start their background tasks on the current runtime (not driven
+            // here: only the building is checked).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let _entered = rt.enter();
             if let Err(e) = Frontend::new(
                 &config,
                 443,

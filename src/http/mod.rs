@@ -609,29 +609,41 @@ impl HttpsService {
                 )
             }
         };
-        if let Some(len) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.front.max_body {
-                let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return (Some(site), Routed::Answer(r, false));
-            }
-        }
-        (Some(site), serve_site(&self.front.sites[site], parts, host))
+        (
+            Some(site),
+            serve_site(&self.front.sites[site], parts, host, self.front.max_body),
+        )
     }
 }
 
 /// A site's answer, and whether it has the site's headers already.
-fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> Routed {
+fn serve_site(
+    site: &SiteHandler,
+    parts: &http::request::Parts,
+    host: &str,
+    max_body: u64,
+) -> Routed {
     let path = parts.uri.path();
     let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
         return Routed::Answer(pages::error(StatusCode::NOT_FOUND), false);
     };
+    let limit = match &route.kind {
+        RouteKind::Proxy(p) => p.max_body(),
+        _ => max_body,
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Routed::Answer(r, false);
+        }
+    }
     let resp = match &route.kind {
         RouteKind::Respond(spec) => {
             let mut r = Response::new(Body::full(spec.body.clone()));

@@ -61,6 +61,11 @@ impl Proxy {
         })
     }
 
+    /// The request body limit of this route.
+    pub fn max_body(&self) -> u64 {
+        self.max_body
+    }
+
     /// The backends (for the status page and metrics).
     pub fn group(&self) -> &Arc<UpstreamGroup> {
         &self.group
