@@ -257,6 +257,32 @@ async fn eventually(limit: Duration, what: &str, mut cond: impl AsyncFnMut() -> 
     }
 }
 
+/// A TCP server on 127.0.0.1 that reads a request head, writes `answer` and closes; it runs
+/// until the test's runtime ends.
+fn raw_backend(answer: &'static [u8]) -> SocketAddr {
+    let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std.set_nonblocking(true).unwrap();
+    let l = tokio::net::TcpListener::from_std(std).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
 /// A port nothing listens on (bound, then closed).
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -663,14 +689,20 @@ async fn all_backends_down_gives_503_fast_with_a_request_id() {
     }
 }
 
-/// Connection refused → 502, no response headers in time → 504: short pages with a request
-/// id, nothing internal (addresses, ports, error texts) in them.
+/// Connection refused, a backend that closes without answering and one that answers garbage
+/// → 502; no response headers in time → 504: short pages with a request id, nothing internal
+/// (addresses, ports, error texts, the backend's bytes) in them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_and_timed_out_backends_give_502_and_504_pages_without_internals() {
     let dead = closed_port();
     let slow = Backend::h1("slow");
+    // Backends that read the request, then close without a word or answer with garbage.
+    let closes = raw_backend(b"");
+    let garbage = raw_backend(b"HELLO THERE\r\n\r\n");
     let srv = start(&sites(&[
         ("/refused", &format!("upstreams = [\"http://{dead}\"]")),
+        ("/closes", &format!("upstreams = [\"http://{closes}\"]")),
+        ("/garbage", &format!("upstreams = [\"http://{garbage}\"]")),
         (
             "/slow",
             &format!(
@@ -690,8 +722,17 @@ async fn refused_and_timed_out_backends_give_502_and_504_pages_without_internals
         "took {:?}",
         t.elapsed()
     );
+    let closed = c.get("/closes/name").await;
+    assert_eq!(closed.status, 502, "{}", closed.text());
+    let bad = c.get("/garbage/name").await;
+    assert_eq!(bad.status, 502, "{}", bad.text());
     let slow_port = slow.addr.unwrap().port().to_string();
-    for (r, what) in [(&refused, "502"), (&timed_out, "504")] {
+    for (r, what) in [
+        (&refused, "502 refused"),
+        (&timed_out, "504"),
+        (&closed, "502 closed"),
+        (&bad, "502 garbage"),
+    ] {
         let id = r.header("x-request-id").expect("X-Request-Id").to_string();
         let page = r.text();
         assert!(page.contains(&id), "{what}: {page}");
@@ -699,6 +740,9 @@ async fn refused_and_timed_out_backends_give_502_and_504_pages_without_internals
             "127.0.0.1",
             &dead.port().to_string(),
             &slow_port,
+            &closes.port().to_string(),
+            &garbage.port().to_string(),
+            "HELLO",
             "refused",
             "os error",
             "timed out",
@@ -840,10 +884,20 @@ async fn streaming_a_gibibyte_each_way_over_h2_keeps_memory_bounded() {
 /// (chunked trailers, asked for with `TE: trailers`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_trailers_reach_the_client_over_h2() {
+    response_trailers_reach_the_client("h2").await;
+}
+
+/// The same for an HTTP/1.1 client that asks for trailers (`TE: trailers`): chunked trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_reach_the_client_over_h1() {
+    response_trailers_reach_the_client("http/1.1").await;
+}
+
+async fn response_trailers_reach_the_client(alpn: &'static str) {
     let h2c = Backend::h2c("h2c");
     let h1 = Backend::h1("h1");
     let srv = start(&sites(&[("/h2c", &ups(&[&h2c])), ("/h1", &ups(&[&h1]))]));
-    let mut c = Client::new(srv.https, "h2");
+    let mut c = Client::new(srv.https, alpn);
     for prefix in ["/h2c", "/h1"] {
         let mut r = req(Method::GET, &format!("{prefix}/trailers"), empty());
         r.headers_mut().insert("te", "trailers".parse().unwrap());
