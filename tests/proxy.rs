@@ -607,6 +607,95 @@ async fn killing_a_backend_mid_loop_loses_no_request() {
     }
 }
 
+/// Retries: a request that never reached a backend (refused) is tried on the next, POST
+/// included; one that reached a backend that then failed is retried only when idempotent —
+/// a POST with a body gets 502 and is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_idempotent_requests_are_retried_after_reaching_a_backend() {
+    let dead = closed_port();
+    let closes = raw_backend(b"");
+    let good = Backend::h1("good");
+    let srv = start(&sites(&[
+        (
+            "/refused",
+            &format!(
+                r#"upstreams = ["http://{dead}", "{}"], policy = "first""#,
+                good.url()
+            ),
+        ),
+        (
+            "/closes",
+            &format!(
+                r#"upstreams = ["http://{closes}", "{}"], policy = "first""#,
+                good.url()
+            ),
+        ),
+    ]));
+    let mut c = Client::new(srv.https, "h2");
+    let r = c
+        .fetch(req(Method::POST, "/refused/sink", full(vec![b'p'; 5000])))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "5000".to_string()),
+        "POST after refused"
+    );
+    let before = good.requests();
+    let r = c
+        .fetch(req(Method::POST, "/closes/sink", full(vec![b'p'; 5000])))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        502,
+        "POST that reached a failing backend: {}",
+        r.text()
+    );
+    assert_eq!(good.requests(), before, "the POST was sent again");
+    let r = c.get("/closes/name").await;
+    assert_eq!(
+        (r.status, r.text()),
+        (200, "good".to_string()),
+        "GET retried"
+    );
+}
+
+/// Requests through the proxy reuse its keep-alive connections to the backend, and HEAD
+/// answers carry the length without a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_and_head_has_no_body() {
+    for b in [Backend::h1("h1"), Backend::h2c("h2c")] {
+        let srv = start(&site(&ups(&[&b])));
+        for alpn in ["http/1.1", "h2"] {
+            let mut c = Client::new(srv.https, alpn);
+            for _ in 0..100 {
+                assert_eq!(c.get("/name").await.status, 200);
+            }
+            let r = c
+                .fetch(req(Method::HEAD, "/size/12345", empty()))
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.header("content-length"),
+                Some("12345"),
+                "{} {alpn}",
+                b.name
+            );
+            assert!(r.body.is_empty());
+        }
+        // 200 sequential requests: a handful of connections (one per server worker at most
+        // for HTTP/1.1, one shared for HTTP/2), not one each.
+        assert!(
+            b.connections() <= 4,
+            "{}: {} connections for 202 requests",
+            b.name,
+            b.connections()
+        );
+    }
+}
+
 /// Active checks: a backend whose /health turns 500 stops getting requests; when it turns
 /// 200 again it gets them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
