@@ -283,6 +283,61 @@ fn raw_backend(answer: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// A TCP server on 127.0.0.1 that keeps what each connection sent up to the end of the first
+/// request head (a PROXY header included), then answers `200 ok`.
+fn capturing_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std.set_nonblocking(true).unwrap();
+    let l = tokio::net::TcpListener::from_std(std).unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head_complete(&buf) {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.lock().unwrap().push(buf);
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, out)
+}
+
+/// The PROXY protocol v2 signature.
+const PP2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Whether `buf` holds a whole request head, after a PROXY v2 header if one comes first (its
+/// signature starts with CRLF CRLF too).
+fn head_complete(buf: &[u8]) -> bool {
+    let rest = if buf.starts_with(PP2_SIGNATURE) {
+        if buf.len() < 16 {
+            return false;
+        }
+        let len = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+        match buf.get(16 + len..) {
+            Some(rest) => rest,
+            None => return false,
+        }
+    } else {
+        buf
+    };
+    rest.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
 /// A port nothing listens on (bound, then closed).
 fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -694,6 +749,61 @@ async fn backend_connections_are_reused_and_head_has_no_body() {
             b.connections()
         );
     }
+}
+
+/// proxy_protocol = "v1" / "v2": each new connection to the backend starts with a PROXY
+/// header naming the client's address (here 127.0.0.9) and the address it connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_name_the_client_to_the_backend() {
+    let (v1, seen1) = capturing_backend();
+    let (v2, seen2) = capturing_backend();
+    let srv = start(&sites(&[
+        (
+            "/v1",
+            &format!(r#"upstreams = [{{ url = "http://{v1}", proxy_protocol = "v1" }}]"#),
+        ),
+        (
+            "/v2",
+            &format!(r#"upstreams = [{{ url = "http://{v2}", proxy_protocol = "v2" }}]"#),
+        ),
+    ]));
+    let port = srv.https.port();
+    let mut c = Client::from(srv.https, "h2", "127.0.0.9");
+    assert_eq!(c.get("/v1/x").await.text(), "ok");
+    assert_eq!(c.get("/v2/x").await.text(), "ok");
+
+    let got = seen1.lock().unwrap()[0].clone();
+    let line = String::from_utf8_lossy(&got[..got.iter().position(|&b| b == b'\n').unwrap() + 1])
+        .into_owned();
+    let fields: Vec<&str> = line.trim_end().split(' ').collect();
+    assert_eq!(fields.len(), 6, "{line:?}");
+    assert_eq!(
+        &fields[..4],
+        ["PROXY", "TCP4", "127.0.0.9", "127.0.0.1"],
+        "{line:?}"
+    );
+    assert_eq!(fields[5], port.to_string(), "{line:?}");
+    assert!(line.ends_with("\r\n"), "{line:?}");
+    assert!(
+        got[line.len()..].starts_with(b"GET /x HTTP/1.1\r\n"),
+        "{:?}",
+        text(&got)
+    );
+
+    let got = seen2.lock().unwrap()[0].clone();
+    assert!(got.starts_with(PP2_SIGNATURE), "{got:?}");
+    assert_eq!(got[12], 0x21, "version 2, PROXY command");
+    assert_eq!(got[13], 0x11, "TCP over IPv4");
+    let len = usize::from(u16::from_be_bytes([got[14], got[15]]));
+    assert!(len >= 12, "{len}");
+    assert_eq!(&got[16..20], [127, 0, 0, 9], "source address");
+    assert_eq!(&got[20..24], [127, 0, 0, 1], "destination address");
+    assert_eq!(
+        u16::from_be_bytes([got[26], got[27]]),
+        port,
+        "destination port"
+    );
+    assert!(got[16 + len..].starts_with(b"GET /x HTTP/1.1\r\n"));
 }
 
 /// Active checks: a backend whose /health turns 500 stops getting requests; when it turns
