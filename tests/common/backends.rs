@@ -120,7 +120,21 @@ impl Backend {
     /// TLS on 127.0.0.1 with a certificate from the test PKI for `backend.test` and
     /// `127.0.0.1`, chained to [`pki`]'s root; HTTP/2 by ALPN when `h2`, else HTTP/1.1.
     pub fn tls(name: &str, h2: bool) -> Backend {
-        Self::tcp(name, Proto::Tls { h2 })
+        Self::tcp_with(
+            name,
+            Proto::Tls { h2 },
+            Some(tls_acceptor(&backend_leaf(), h2, None)),
+        )
+    }
+
+    /// [`Backend::tls`] (HTTP/1.1) that requires a client certificate issued by `client_ca`
+    /// (DER); a handshake without one fails (its connection is still counted).
+    pub fn tls_mutual(
+        name: &str,
+        client_ca: rustls::pki_types::CertificateDer<'static>,
+    ) -> Backend {
+        let acceptor = tls_acceptor(&backend_leaf(), false, Some(client_ca));
+        Self::tcp_with(name, Proto::Tls { h2: false }, Some(acceptor))
     }
 
     /// HTTP/1.1 on a Unix socket in a temporary directory.
@@ -155,6 +169,10 @@ impl Backend {
     }
 
     fn tcp(name: &str, proto: Proto) -> Backend {
+        Self::tcp_with(name, proto, None)
+    }
+
+    fn tcp_with(name: &str, proto: Proto, acceptor: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let std = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         std.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(std).unwrap();
@@ -171,10 +189,6 @@ impl Backend {
             _dir: None,
         };
         let shared = b.shared(stop_rx);
-        let acceptor = match proto {
-            Proto::Tls { h2 } => Some(tls_acceptor(&backend_leaf(), h2)),
-            _ => None,
-        };
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -269,8 +283,12 @@ pub fn backend_leaf() -> Leaf {
 }
 
 /// A TLS acceptor serving `leaf` + the test intermediate, offering `h2` (when asked) and
-/// `http/1.1` by ALPN.
-pub fn tls_acceptor(leaf: &Leaf, h2: bool) -> tokio_rustls::TlsAcceptor {
+/// `http/1.1` by ALPN; with `client_ca`, clients must present a certificate it issued.
+pub fn tls_acceptor(
+    leaf: &Leaf,
+    h2: bool,
+    client_ca: Option<rustls::pki_types::CertificateDer<'static>>,
+) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> =
@@ -278,14 +296,25 @@ pub fn tls_acceptor(leaf: &Leaf, h2: bool) -> tokio_rustls::TlsAcceptor {
             .collect::<Result<_, _>>()
             .unwrap();
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder.with_single_cert(chain, key).unwrap();
     cfg.alpn_protocols = if h2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
