@@ -1048,8 +1048,9 @@ const GIB: u64 = 1 << 30;
 /// How much the process may grow while a gibibyte passes through it.
 const RSS_GROWTH_LIMIT: u64 = 64 << 20;
 
-/// 1 GiB down (`/size/N`) and 1 GiB up (to `/sink`, chunked, no Content-Length) through the
-/// proxy over `alpn`, while the resident set grows by less than [`RSS_GROWTH_LIMIT`].
+/// 1 GiB down (`/size/N`) and 1 GiB up (to `/sink`) through the proxy over `alpn`, each with
+/// a one-second stall of the receiving side, while the resident set grows by less than
+/// [`RSS_GROWTH_LIMIT`]: backpressure both ways, no whole-body buffering.
 async fn stream_a_gibibyte(alpn: &'static str) {
     let b = Backend::h1("big");
     // The global limit too: a declared Content-Length is checked against it before routing.
@@ -1077,12 +1078,23 @@ async fn stream_a_gibibyte(alpn: &'static str) {
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         let mut down: u64 = 0;
+        let mut paused = false;
         while let Some(f) = body.frame().await {
             let f = f.map_err(|e| format!("download: {e} after {down} bytes"))?;
             down += f.data_ref().map_or(0, |d| d.len() as u64);
+            if !paused && down >= 8 << 20 {
+                // A client that stops reading: the backend must be held back, not buffered.
+                paused = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
+        // And a backend that stops reading (for a second, after the first MiB).
         let up = c
-            .send(req(Method::POST, "/sink", Repeat::new(GIB).boxed()))
+            .send(req(
+                Method::POST,
+                "/sink?pause_ms=1000",
+                Repeat::new(GIB).boxed(),
+            ))
             .await?;
         assert_eq!(up.status(), 200);
         let up = up.into_body().collect().await.map_err(|e| e.to_string())?;
@@ -1120,6 +1132,46 @@ async fn streaming_a_gibibyte_each_way_over_h1_keeps_memory_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_a_gibibyte_each_way_over_h2_keeps_memory_bounded() {
     stream_a_gibibyte("h2").await;
+}
+
+/// timeouts.idle: a backend that stops sending in the middle of a body ends the client's
+/// response abruptly (HTTP/2: a reset stream; HTTP/1.1: the connection closes before the
+/// last chunk), so the client knows it is incomplete; timeouts.total likewise for a body
+/// that trickles past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_total_timeouts_cut_the_body_visibly() {
+    let b = Backend::h1("drip");
+    let srv = start(&sites(&[
+        (
+            "/idle",
+            &format!(r#"{}, timeouts = {{ idle = "300ms" }}"#, ups(&[&b])),
+        ),
+        (
+            "/total",
+            &format!(r#"{}, timeouts = {{ total = "1s" }}"#, ups(&[&b])),
+        ),
+    ]));
+    for alpn in ["http/1.1", "h2"] {
+        let mut c = Client::new(srv.https, alpn);
+        // Within the limits: whole.
+        let r = c.get("/idle/drip/3/100").await;
+        assert_eq!(r.text(), "drip\n".repeat(3), "{alpn}");
+        for path in ["/idle/drip/3/1500", "/total/drip/20/100"] {
+            let t = Instant::now();
+            let resp = c.send(req(Method::GET, path, empty())).await.unwrap();
+            assert_eq!(resp.status(), 200, "{alpn} {path}");
+            let body = tokio::time::timeout(IO_TIMEOUT, resp.into_body().collect())
+                .await
+                .unwrap_or_else(|_| panic!("{alpn} {path}: the body was never cut"));
+            assert!(
+                body.is_err(),
+                "{alpn} {path}: the cut body ended as if complete"
+            );
+            assert!(t.elapsed() < Duration::from_secs(5), "{alpn} {path}");
+            // The next request still works (HTTP/1.1: on a new connection).
+            assert_eq!(c.get("/idle/name").await.text(), "drip", "{alpn}");
+        }
+    }
 }
 
 // =============================================================================================

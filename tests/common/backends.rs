@@ -12,6 +12,8 @@
 //! | `/sink` | reads the request body to its end and answers with its length in bytes |
 //! | `/size/N` | N bytes (`x`), streamed in 64 KiB chunks, with a Content-Length |
 //! | `/text/N?type=T` | N bytes of repeated English text as `T` (default `text/plain`) |
+//! | `/sink?pause_ms=MS` | the same, pausing MS milliseconds after the first MiB |
+//! | `/drip/N/MS` | N chunks of `drip\n`, MS milliseconds apart (no Content-Length) |
 //! | `/status/N` | status N |
 //! | `/slow/MS` | "slow" after MS milliseconds |
 //! | `/trailers` | `body` then the trailers `grpc-status: 0` and `x-trailer: yes` (announced in `Trailer`) |
@@ -421,15 +423,43 @@ async fn route(
             r
         }
         "sink" => {
+            let pause = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("pause_ms="))
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_millis);
             let mut body = req.into_body();
             let mut n: u64 = 0;
+            let mut paused = false;
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
                     Err(e) => return Ok(text(400, format!("body error: {e}"))),
                 }
+                if let Some(p) = pause.filter(|_| !paused && n >= 1 << 20) {
+                    paused = true;
+                    tokio::time::sleep(p).await;
+                }
             }
             text(200, n.to_string())
+        }
+        "drip" => {
+            // /drip/N/MS: N chunks of "drip\n", MS milliseconds apart (no Content-Length).
+            let (n, ms) = rest.split_once('/').unwrap_or((rest, "0"));
+            let (n, ms): (usize, u64) = (n.parse().unwrap_or(0), ms.parse().unwrap_or(0));
+            let chunks = futures_util::stream::unfold(0, move |i| async move {
+                if i == n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let frame: Result<Frame<Bytes>, io::Error> =
+                    Ok(Frame::data(Bytes::from_static(b"drip\n")));
+                Some((frame, i + 1))
+            });
+            Response::new(BodyExt::boxed(http_body_util::StreamBody::new(chunks)))
         }
         "size" => {
             let n: u64 = rest.parse().unwrap_or(0);
