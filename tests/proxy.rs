@@ -1765,6 +1765,66 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
     }
 }
 
+/// A GET that arrives in TLS 1.3 early data reaches the backend with `Early-Data: 1`
+/// (RFC 8470 §5.1), so that it can refuse what must not be replayed; the same GET after a
+/// full handshake comes without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_in_early_data_reaches_the_backend_marked_early_data_1() {
+    let b = Backend::h1("b");
+    let config = site(&ups(&[&b])).replace(
+        "key = \"certs/alpha.key\"\n",
+        "key = \"certs/alpha.key\"\nearly_data = true\n",
+    );
+    let srv = start(&config);
+    let addr = srv.https;
+    let (late, early, accepted) = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut cfg = (*ClientOpts::default().tls13().build()).clone();
+        cfg.enable_early_data = true;
+        let cfg = Arc::new(cfg);
+        let name = rustls::pki_types::ServerName::try_from(ALPHA).unwrap();
+        let get = b"GET /headers HTTP/1.1\r\nHost: alpha.test\r\nConnection: close\r\n\r\n";
+        let exchange = |conn: &mut rustls::ClientConnection| {
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut s = rustls::Stream::new(conn, &mut tcp);
+            let mut out = Vec::new();
+            // The server closes after `Connection: close`; how it closes does not matter here.
+            let _ = s.read_to_end(&mut out);
+            out
+        };
+        // A full handshake leaves the client a ticket that allows early data.
+        let mut conn = rustls::ClientConnection::new(cfg.clone(), name.clone()).unwrap();
+        conn.writer().write_all(get).unwrap();
+        let late = exchange(&mut conn);
+        let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+        conn.early_data()
+            .expect("the ticket allows early data")
+            .write_all(get)
+            .unwrap();
+        let early = exchange(&mut conn);
+        (late, early, conn.is_early_data_accepted())
+    })
+    .await
+    .unwrap();
+    assert!(accepted, "early data was not accepted");
+    let headers = |raw: &[u8]| {
+        let (r, _) = parse_response(raw, false, true)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no response in {:?}", text(raw)));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    };
+    let h = headers(&late);
+    assert_eq!(seen(&h, "early-data"), None, "after a full handshake:\n{h}");
+    let h = headers(&early);
+    assert_eq!(
+        seen(&h, "early-data").as_deref(),
+        Some("1"),
+        "in early data:\n{h}"
+    );
+}
+
 // =============================================================================================
 // Compression
 // =============================================================================================
