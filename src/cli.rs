@@ -41,6 +41,9 @@ enum Command {
     /// Print each site's SPKI pins (RFC 7469): the current key's, and for ACME sites the
     /// pre-generated key the next renewal will use.
     Pins(ServeArgs),
+    /// Read a password from stdin (its first line) and print its argon2id hash, for
+    /// `basic_auth` users and htpasswd files.
+    HashPassword,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -132,6 +135,51 @@ pub fn main() -> i32 {
         Command::Certs(a) => certs(a),
         Command::Revoke(a) => revoke(a),
         Command::Pins(a) => pins(a),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `portcullis hash-password`: the first line of stdin (without its line ending) hashed with
+/// argon2id, printed as a PHC string.
+fn hash_password() -> i32 {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    // From a terminal: a prompt, and the typing not echoed (restored afterwards).
+    let echo = stdin
+        .is_terminal()
+        .then(|| rustix::termios::tcgetattr(&stdin).ok())
+        .flatten();
+    if let Some(t) = &echo {
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+        eprint!("Password: ");
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = &echo {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, t);
+        eprintln!();
+    }
+    if let Err(e) = read {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return 1;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("error: the password is empty\n  fix: give the password on stdin, e.g. `printf '%s' \"$PASSWORD\" | portcullis hash-password`");
+        return 1;
+    }
+    match crate::http::access::basic::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 

@@ -258,7 +258,7 @@ fn make_tls() -> Tls {
             .enumerate()
             .map(|(i, c)| {
                 shared
-                    .site_config(c.clone(), i == BETA, false)
+                    .site_config(c.clone(), i == BETA, false, None)
                     .expect("site config")
             })
             .collect();

@@ -179,6 +179,7 @@ pub fn h2_connection(data: &[u8]) {
         local: std::net::SocketAddr::from(([127, 0, 0, 1], 443)),
         overloaded: settings & 16 != 0,
         host_memo: Default::default(),
+        client_cert: None,
     };
     let run = run(&script.steps, svc, limits);
     assert_eq!(

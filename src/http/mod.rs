@@ -13,6 +13,7 @@
 //! [`Reply::Ready`], with no future allocated. Handlers that wait (the reverse proxy) return
 //! [`Reply::Later`], one boxed future per request.
 
+pub mod access;
 pub mod body;
 pub mod client;
 pub mod date;
@@ -47,6 +48,8 @@ use static_files::StaticFiles;
 pub struct RouteHandler {
     prefix: String,
     kind: RouteKind,
+    /// Who may pass (the site's rules merged in); `None`: everyone.
+    access: Option<Box<access::Access>>,
 }
 
 enum RouteKind {
@@ -71,6 +74,11 @@ pub struct SiteHandler {
     host_less: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     routes: Vec<RouteHandler>,
+    /// The site's own access rules: for requests no route matches.
+    access: Option<Box<access::Access>>,
+    /// The site verifies client certificates (`client_auth`): it is served only over
+    /// connections whose handshake used its TLS configuration.
+    client_auth: bool,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -144,6 +152,7 @@ impl Frontend {
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
                     kind,
+                    access: r.access.within(&site.access).compile(),
                 });
             }
             let own_name = site.hosts.iter().find_map(|h| match h {
@@ -166,6 +175,8 @@ impl Frontend {
                 host_less,
                 headers: site.headers.clone(),
                 routes,
+                access: site.access.compile(),
+                client_auth: site.client_auth.is_some(),
             });
         }
         Ok(Frontend {
@@ -285,6 +296,8 @@ pub struct HttpsService {
     pub overloaded: bool,
     /// The last host looked up and its site (see [`HostMemo`]).
     pub host_memo: std::cell::Cell<HostMemo>,
+    /// The verified client certificate of a mutual-TLS connection.
+    pub client_cert: Option<Arc<access::ClientCert>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -376,8 +389,9 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for HttpsService {
 enum Routed {
     /// The response, and whether it has the site's headers already (static files add them).
     Answer(Response<Body>, bool),
-    /// The reverse proxy of this route, and the request's host.
-    Proxy(Arc<proxy::Proxy>, String),
+    /// The reverse proxy of this route, the request's host, and whether its `Authorization`
+    /// goes on to the backend.
+    Proxy(Arc<proxy::Proxy>, String, bool),
 }
 
 /// What finishing a response needs to know of its request.
@@ -406,7 +420,7 @@ impl HttpsService {
                 }
                 Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard)))
             }
-            Routed::Proxy(proxy, host) => {
+            Routed::Proxy(proxy, host, forward_authorization) => {
                 let svc = self.clone();
                 let site = site.expect("a proxy route belongs to a site");
                 Reply::Later(Box::pin(async move {
@@ -416,6 +430,9 @@ impl HttpsService {
                         host,
                         site_headers: &svc.front.sites[site].headers,
                         early: svc.conn.early.load(Ordering::Relaxed),
+                        client_auth: svc.front.sites[site].client_auth,
+                        client_cert: svc.client_cert.as_deref(),
+                        forward_authorization,
                     };
                     let log = svc
                         .front
@@ -593,6 +610,13 @@ impl HttpsService {
                             Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
                         );
                     }
+                } else if site != self.front.default_site && self.front.sites[site].client_auth {
+                    // Without SNI the default site's TLS configuration made the handshake: a
+                    // site that verifies client certificates did not see this client's.
+                    return (
+                        None,
+                        Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
+                    );
                 }
                 (site, host)
             }
@@ -611,7 +635,7 @@ impl HttpsService {
         };
         (
             Some(site),
-            serve_site(&self.front.sites[site], parts, host, self.front.max_body),
+            serve_site(&self.front.sites[site], parts, host, self),
         )
     }
 }
@@ -621,15 +645,23 @@ fn serve_site(
     site: &SiteHandler,
     parts: &http::request::Parts,
     host: &str,
-    max_body: u64,
+    svc: &HttpsService,
 ) -> Routed {
     let path = parts.uri.path();
-    let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
+    let route = site.routes.iter().find(|r| prefix_matches(&r.prefix, path));
+    // Who may pass, before any handler (a refused client does not learn what exists).
+    if let Some(rules) = route.map_or(&site.access, |r| &r.access) {
+        let cert = svc.client_cert.as_deref();
+        if let Err(refusal) = rules.check(svc.peer.ip(), cert, &parts.headers) {
+            return Routed::Answer(refusal, false);
+        }
+    }
+    let Some(route) = route else {
         return Routed::Answer(pages::error(StatusCode::NOT_FOUND), false);
     };
     let limit = match &route.kind {
         RouteKind::Proxy(p) => p.max_body(),
-        _ => max_body,
+        _ => svc.front.max_body,
     };
     if let Some(len) = parts
         .headers
@@ -683,7 +715,10 @@ fn serve_site(
             };
             return Routed::Answer(files.serve(parts, lookup), true);
         }
-        RouteKind::Proxy(proxy) => return Routed::Proxy(proxy.clone(), host.to_owned()),
+        RouteKind::Proxy(proxy) => {
+            let forward_authorization = access::forwards_authorization(route.access.as_deref());
+            return Routed::Proxy(proxy.clone(), host.to_owned(), forward_authorization);
+        }
     };
     Routed::Answer(resp, false)
 }

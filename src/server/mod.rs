@@ -255,7 +255,12 @@ impl Server {
             };
             configs.push(
                 shared
-                    .site_config(serving, site.early_data, site.require_post_quantum)
+                    .site_config(
+                        serving,
+                        site.early_data,
+                        site.require_post_quantum,
+                        site.client_auth.as_ref().map(|c| c.verifier.clone()),
+                    )
                     .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
             );
             certs.push(resolver);

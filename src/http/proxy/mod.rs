@@ -44,6 +44,13 @@ pub struct Context<'a> {
     pub site_headers: &'a [(HeaderName, HeaderValue)],
     /// The request came in TLS 1.3 early data (only safe methods get here then).
     pub early: bool,
+    /// The site verifies client certificates: the backend is told who the client is.
+    pub client_auth: bool,
+    /// The connection's verified client certificate.
+    pub client_cert: Option<&'a crate::http::access::ClientCert>,
+    /// The `Authorization` field goes on to the backend (see
+    /// [`crate::http::access::Access::forwards_authorization`]).
+    pub forward_authorization: bool,
 }
 
 impl Proxy {
@@ -114,6 +121,17 @@ impl Proxy {
             .unwrap_or(&ctx.host)
             .to_owned();
         headers::forwarding(&mut headers, &parts.headers, ctx.peer, &named, trusted);
+        // Who the client is, as verified here; fields of these names from the client never
+        // get through.
+        for name in &crate::http::access::CLIENT_CERT_HEADERS {
+            headers.remove(name);
+        }
+        if ctx.client_auth {
+            headers.extend(crate::http::access::forward_headers(ctx.client_cert));
+        }
+        if !ctx.forward_authorization {
+            headers.remove(header::AUTHORIZATION);
+        }
         match &self.spec.host {
             HostMode::Pass => {
                 // HTTP/2 carries the host in `:authority`; HTTP/1.1 backends need `Host`.
