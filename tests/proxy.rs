@@ -531,6 +531,67 @@ async fn round_robin_weights_3_to_1_split_400_requests_75_25() {
     );
 }
 
+/// first: everything to the first available upstream; backup = true: only when no primary is
+/// available (here: killed, so connections are refused and it is ejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_policy_and_backup_upstreams() {
+    let a = Backend::h1("a");
+    let b = Backend::h1("b");
+    let spare = Backend::h1("spare");
+    let srv = start(&sites(&[
+        (
+            "/first",
+            &format!(r#"{}, policy = "first""#, ups(&[&a, &b])),
+        ),
+        (
+            "/backup",
+            &format!(
+                r#"upstreams = ["{}", {{ url = "{}", backup = true }}]"#,
+                a.url(),
+                spare.url()
+            ),
+        ),
+    ]));
+    let mut c = Client::new(srv.https, "h2");
+    for _ in 0..10 {
+        assert_eq!(c.get("/first/name").await.text(), "a");
+        assert_eq!(c.get("/backup/name").await.text(), "a");
+    }
+    assert_eq!((b.requests(), spare.requests()), (0, 0));
+    drop(a);
+    for i in 0..10 {
+        let r = c.get("/first/name").await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "b".to_string()),
+            "first, request {i}"
+        );
+        let r = c.get("/backup/name").await;
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "spare".to_string()),
+            "backup, request {i}"
+        );
+    }
+}
+
+/// random_two: requests spread over every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_two_spreads_requests() {
+    let bs = [Backend::h1("a"), Backend::h1("b"), Backend::h1("c")];
+    let srv = start(&site(&format!(
+        r#"{}, policy = "random_two""#,
+        ups(&[&bs[0], &bs[1], &bs[2]])
+    )));
+    let mut c = Client::new(srv.https, "h2");
+    for _ in 0..300 {
+        assert_eq!(c.get("/name").await.status, 200);
+    }
+    for b in &bs {
+        assert!(b.requests() >= 30, "{} got {} of 300", b.name, b.requests());
+    }
+}
+
 /// least_conn: while one backend holds a slow request, new requests go to the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_sends_requests_to_the_backend_with_fewer_in_flight() {
@@ -1248,7 +1309,8 @@ async fn request_trailers_reach_an_h2c_backend() {
 }
 
 /// gRPC end to end: tonic's health client over TLS + HTTP/2 to the proxy, which passes it to
-/// a tonic server on h2c; the answer (its status in trailers) is SERVING.
+/// a tonic server on h2c: `Check` answers SERVING (its status in trailers), an unknown
+/// service NOT_FOUND, and a `Watch` stream delivers each change as it happens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_check_through_the_proxy_is_serving() {
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -1281,6 +1343,23 @@ async fn grpc_health_check_through_the_proxy_is_serving() {
         .await
         .expect_err("unknown service");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    // A server stream: each message comes through when the backend sends it, not at the end.
+    let mut watch = client.watch(check("")).await.expect("watch").into_inner();
+    let next = async |w: &mut tonic::Streaming<_>| {
+        tokio::time::timeout(IO_TIMEOUT, w.message())
+            .await
+            .expect("no message in time")
+            .expect("stream error")
+            .map(|m: tonic_health::pb::HealthCheckResponse| m.status)
+    };
+    assert_eq!(next(&mut watch).await, Some(ServingStatus::Serving as i32));
+    grpc.reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+    assert_eq!(
+        next(&mut watch).await,
+        Some(ServingStatus::NotServing as i32)
+    );
 }
 
 // =============================================================================================
