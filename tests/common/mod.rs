@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod acme_proxy;
+pub mod backends;
 pub mod pebble;
 
 use std::io;
