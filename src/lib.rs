@@ -20,6 +20,8 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod ops;
+pub mod proxy_protocol;
 pub mod server;
 pub mod storage;
+pub mod stream;
 pub mod tls;

@@ -6,6 +6,7 @@
 
 pub mod model;
 pub mod raw;
+pub mod stream;
 pub mod validate;
 
 use std::fmt;

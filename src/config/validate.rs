@@ -44,10 +44,10 @@ pub enum Mode {
 /// The result: a config plus warnings, or every problem found (errors and warnings).
 pub type Validated = Result<(Config, Vec<Problem>), Vec<Problem>>;
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     source: &'a Source,
     base: PathBuf,
-    problems: Vec<Problem>,
+    pub(super) problems: Vec<Problem>,
     mode: Mode,
     extra_roots: Vec<Vec<u8>>,
     /// `acme.dns_hook` is set: wildcard names can get ACME certificates (DNS-01).
@@ -55,7 +55,7 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn loc<T>(&self, s: &Spanned<T>, flag: &str) -> Location {
+    pub(super) fn loc<T>(&self, s: &Spanned<T>, flag: &str) -> Location {
         self.source.locate(s.span(), flag)
     }
     /// Where an optional setting is: its place in the file (or `flag`) when it was given,
@@ -64,7 +64,7 @@ impl Ctx<'_> {
         s.map(|s| self.loc(s, flag))
             .unwrap_or_else(|| Location::Flag(absent.into()))
     }
-    fn err(&mut self, loc: Location, msg: impl Into<String>, fix: impl Into<String>) {
+    pub(super) fn err(&mut self, loc: Location, msg: impl Into<String>, fix: impl Into<String>) {
         self.problems.push(Problem::error(loc, msg).fix(fix));
     }
     fn path(&self, p: &str) -> PathBuf {
@@ -75,7 +75,7 @@ impl Ctx<'_> {
             self.base.join(p)
         }
     }
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         v: &Option<Spanned<String>>,
         key: &str,
@@ -171,6 +171,8 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let acme = acme_settings(&mut cx, &raw.acme);
     cx.dns01 = acme.dns_hook.is_some();
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
+    let proxy_accept = super::stream::proxy_accept(&mut cx, raw.listen.proxy_protocol.as_ref());
+    let streams = super::stream::streams(&mut cx, raw.streams, &listen);
     let on_demand = raw
         .on_demand
         .as_ref()
@@ -210,6 +212,8 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         on_demand,
         sites,
         default_site,
+        streams,
+        proxy_accept,
     };
     Ok((config, cx.problems))
 }
@@ -999,7 +1003,7 @@ fn site(
     })
 }
 
-fn site_certs(
+pub(super) fn site_certs(
     cx: &mut Ctx<'_>,
     rs: &RawSite,
     name: &str,
