@@ -493,8 +493,7 @@ fn config_errors_name_file_and_line() {
     let text = format!("workers = 1\ndata_dir = \"data\"\n[listen]\nhttp = []\n{https_clash}");
     let path = env.write_config_raw(&text);
     let problems: Vec<String> = portcullis::config::load(&path, &Default::default(), Mode::Serve)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .iter()
         .map(|p| p.to_string())
         .collect();

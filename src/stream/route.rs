@@ -85,7 +85,9 @@ mod tests {
             route(&[], &["xmpp-client"]),         // 3
             route(&[], &[]),                      // 4: the stream's own upstream
         ];
-        let cases: [(Option<&str>, &[&[u8]], Option<usize>); 8] = [
+        // SNI, ALPN offered, the route expected.
+        type Case<'a> = (Option<&'a str>, &'a [&'a [u8]], Option<usize>);
+        let cases: [Case; 8] = [
             (Some("a.example.com"), &[b"imap"], Some(1)),
             (Some("A.Example.COM."), &[], Some(2)),
             (Some("b.example.com"), &[b"imap"], Some(0)),
