@@ -361,6 +361,80 @@ proxy_protocol = "v2"
     }
 }
 
+/// A stream's names get their certificate like a site's: here from the local CA (issuer
+/// "auto", local names).
+#[tokio::test]
+async fn local_ca_certificate_for_a_stream() {
+    let backend = line_server("A:", false).await;
+    let srv = start(&format!(
+        r#"{TWO_SITES}
+[[stream]]
+name = "s"
+listen = ["127.0.0.1:0"]
+hosts = ["mail.test"]
+upstream = "{backend}"
+"#
+    ));
+    let root_path = srv
+        .server
+        .as_ref()
+        .unwrap()
+        .local_ca_root
+        .clone()
+        .expect("local CA used");
+    let root = CertificateDer::from_pem_file(&root_path).unwrap();
+    let cfg = ClientOpts {
+        root: Some(root),
+        alpn: vec![],
+        ..Default::default()
+    }
+    .build();
+    let mut tls = tls_connect(stream_addr(&srv, "s"), Some("mail.test"), cfg)
+        .await
+        .expect("the local CA's certificate for mail.test");
+    assert_eq!(tls_info(&tls).leaf_sans(), ["mail.test"]);
+    assert_eq!(exchange(&mut tls, "x").await, "A:x");
+}
+
+/// Shutdown: no new connections, open ones run on until shutdown_timeout.
+#[tokio::test]
+async fn shutdown_lets_open_pipes_run_until_the_timeout() {
+    let backend = line_server("A:", false).await;
+    let mut srv = start(&format!(
+        r#"[limits]
+shutdown_timeout = "1s"
+{TWO_SITES}
+[[stream]]
+name = "s"
+listen = ["127.0.0.1:0"]
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+upstream = "{backend}"
+"#
+    ));
+    let addr = stream_addr(&srv, "s");
+    let mut tls = tls_connect(addr, Some(ALPHA), client()).await.unwrap();
+    assert_eq!(exchange(&mut tls, "before").await, "A:before");
+    let server = srv.take();
+    let started = Instant::now();
+    let stopping = std::thread::spawn(move || server.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(exchange(&mut tls, "during").await, "A:during");
+    assert!(
+        tls_connect(addr, Some(ALPHA), client()).await.is_err(),
+        "new connections refused"
+    );
+    let (_, closed) = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    assert!(!matches!(closed, Closed::StillOpen));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    stopping.join().unwrap();
+}
+
 /// A connection with a PROXY header in front of its TLS (or HTTP) bytes.
 async fn proxied_tcp(addr: SocketAddr, header: Option<Vec<u8>>) -> TcpStream {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -606,6 +680,30 @@ fn config_errors_name_file_and_line() {
         "nowhere to send",
         "name = \"n\"",
     );
+    // check: a stream port another process listens on.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let body = stream("upstream = \"127.0.0.1:1\"\n").replace(
+        "listen = [\"127.0.0.1:0\"]\nhosts",
+        &format!("listen = [\"127.0.0.1:{port}\"]\nhosts"),
+    );
+    let text = format!("{}{body}", TestEnv::prelude());
+    let path = env.write_config_raw(&text);
+    let problems =
+        portcullis::config::load(&path, &Default::default(), Mode::Check).expect_err("refused");
+    let line = text
+        .lines()
+        .position(|l| l.contains(&format!(":{port}")))
+        .unwrap()
+        + 1;
+    assert!(
+        problems.iter().any(|p| p.to_string().starts_with(&format!(
+            "{}:{line}: error: stream \"s\": port {port} on 127.0.0.1 is in use",
+            path.display()
+        ))),
+        "{problems:?}"
+    );
+    drop(held);
     // [listen] proxy_protocol: a bad address.
     error_at(
         &env,

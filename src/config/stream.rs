@@ -18,7 +18,7 @@ use toml::Spanned;
 
 use super::model::{Listen, SiteCertSource};
 use super::raw::RawSite;
-use super::validate::{site_certs, Ctx};
+use super::validate::{site_certs, Ctx, Mode};
 use super::Location;
 use crate::proxy_protocol::Version as ProxyVersion;
 use crate::tls::names::HostPattern;
@@ -319,6 +319,9 @@ fn stream(
             continue;
         }
         taken.push((addr, what.clone()));
+        if cx.mode == Mode::Check && addr.port() != 0 {
+            probe(cx, addr, loc, &what);
+        }
         listen.push(addr);
     }
 
@@ -590,6 +593,35 @@ fn stream(
         idle_timeout,
         max_connections,
     })
+}
+
+/// `check`: binds the address for a moment, as `serve` will, and reports a port another
+/// process holds. A privileged port this user may not bind is a warning (`check` often runs
+/// as another user than the service).
+fn probe(cx: &mut Ctx<'_>, addr: SocketAddr, loc: Location, what: &str) {
+    let Err(e) = crate::server::listener::probe(addr, what) else {
+        return;
+    };
+    let port = addr.port();
+    match e.err.kind() {
+        std::io::ErrorKind::PermissionDenied => cx.problems.push(
+            super::Problem::warning(
+                loc,
+                format!("{what}: port {port}: permission denied for this user, so check could not test whether it is free"),
+            )
+            .fix("run check as the user portcullis serves as, or give portcullis the capability: sudo setcap cap_net_bind_service=+ep $(command -v portcullis)"),
+        ),
+        std::io::ErrorKind::AddrInUse => cx.err(
+            loc,
+            format!("{what}: port {port} on {} is in use by another process (see: ss -ltnp 'sport = :{port}')", addr.ip()),
+            "stop it or give the stream another port",
+        ),
+        _ => cx.err(
+            loc,
+            format!("{what}: cannot listen on {addr}: {}", e.err),
+            "fix the cause, or give the stream another address",
+        ),
+    }
 }
 
 /// Two listen addresses that cannot both be bound: same port, and the same address or a

@@ -48,7 +48,7 @@ pub(super) struct Ctx<'a> {
     source: &'a Source,
     base: PathBuf,
     pub(super) problems: Vec<Problem>,
-    mode: Mode,
+    pub(super) mode: Mode,
     extra_roots: Vec<Vec<u8>>,
     /// `acme.dns_hook` is set: wildcard names can get ACME certificates (DNS-01).
     dns01: bool,
