@@ -168,6 +168,46 @@ key = "certs/wild.key"
     );
 }
 
+/// ALPN: a route taken by the protocol the client offers, and negotiated; the stream's own
+/// `alpn` offered otherwise.
+#[tokio::test]
+async fn alpn_routes_and_offers() {
+    let (a, b) = (
+        line_server("A:", false).await,
+        line_server("B:", false).await,
+    );
+    let srv = start(&format!(
+        r#"{TWO_SITES}
+[[stream]]
+name = "s"
+listen = ["127.0.0.1:0"]
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+upstream = "{a}"
+alpn = ["imap"]
+
+[[stream.route]]
+alpn = ["xmpp-client"]
+upstream = "{b}"
+"#
+    ));
+    let addr = stream_addr(&srv, "s");
+    let cfg = |alpn: &[&'static str]| ClientOpts::default().alpn(alpn).build();
+    let mut tls = tls_connect(addr, Some(ALPHA), cfg(&["h2", "xmpp-client"]))
+        .await
+        .unwrap();
+    assert_eq!(tls_info(&tls).alpn.as_deref(), Some("xmpp-client"));
+    assert_eq!(exchange(&mut tls, "x").await, "B:x");
+    let mut tls = tls_connect(addr, Some(ALPHA), cfg(&["imap"]))
+        .await
+        .unwrap();
+    assert_eq!(tls_info(&tls).alpn.as_deref(), Some("imap"));
+    assert_eq!(exchange(&mut tls, "y").await, "A:y");
+    // Offering only what the stream does not speak: refused (no_application_protocol).
+    assert!(tls_connect(addr, Some(ALPHA), cfg(&["h2"])).await.is_err());
+}
+
 /// The backend keeps its own TLS: the client sees the backend's certificate, which the
 /// server has no copy of.
 #[tokio::test]
