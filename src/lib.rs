@@ -6,7 +6,12 @@
 //! * [`http`] — what a request meets: routing by host and path, security headers, static files,
 //!   fixed responses, redirects, and the port-80 redirector;
 //! * [`server`] — listeners, worker threads, connection lifecycle and limits;
+//! * [`stream`] — TLS for any TCP service (`[[stream]]`): termination or passthrough by SNI;
+//! * [`proxy_protocol`] — PROXY protocol v1/v2 headers, read from load balancers and sent to
+//!   backends;
 //! * [`acme`] — automatic certificates (the HTTP-01 hook so far);
+//! * [`outbound`] — the reverse proxy's upstream side: backend connections, pools, balancing,
+//!   health, retries;
 //! * [`ops`] — logging;
 //! * [`cli`] — the `portcullis` command.
 
@@ -20,6 +25,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod ops;
+pub mod outbound;
 pub mod proxy_protocol;
 pub mod server;
 pub mod storage;

@@ -285,7 +285,10 @@ pub enum Handler {
     Files(FilesSpec),
     Respond(RespondSpec),
     Redirect(RedirectSpec),
+    Proxy(Box<ProxySpec>),
 }
+
+pub use super::proxy::ProxySpec;
 
 /// A static-file route: the handler's own settings plus where the route's prefix goes.
 #[derive(Debug, Clone)]

@@ -229,6 +229,8 @@ pub struct RawRoute {
     pub files: Option<Spanned<RawFiles>>,
     pub respond: Option<Spanned<RawRespond>>,
     pub redirect: Option<Spanned<RawRedirect>>,
+    /// Reverse proxy to upstream servers (see [`super::proxy`]).
+    pub proxy: Option<Spanned<super::proxy::RawProxy>>,
 }
 
 /// `files = { root = "...", ... }`.
@@ -299,6 +301,7 @@ impl Default for RawRoute {
             files: None,
             respond: None,
             redirect: None,
+            proxy: None,
         }
     }
 }

@@ -1546,10 +1546,12 @@ fn routes(
             );
             continue;
         }
-        let count =
-            rr.files.is_some() as u8 + rr.respond.is_some() as u8 + rr.redirect.is_some() as u8;
+        let count = rr.files.is_some() as u8
+            + rr.respond.is_some() as u8
+            + rr.redirect.is_some() as u8
+            + rr.proxy.is_some() as u8;
         if count != 1 {
-            cx.err(loc, format!("site {name:?}: route {prefix:?} needs exactly one of files, respond, redirect (has {count})"), "keep one handler per [[site.route]]");
+            cx.err(loc, format!("site {name:?}: route {prefix:?} needs exactly one of files, respond, redirect, proxy (has {count})"), "keep one handler per [[site.route]]");
             continue;
         }
         let handler = if let Some(f) = &rr.files {
@@ -1559,6 +1561,16 @@ fn routes(
             respond_spec(cx, r, name).map(Handler::Respond)
         } else if let Some(r) = &rr.redirect {
             redirect_spec(cx, r, name).map(Handler::Redirect)
+        } else if let Some(p) = &rr.proxy {
+            let base = cx.base.clone();
+            let mut pcx = super::proxy::Cx {
+                source: cx.source,
+                base: &base,
+                problems: &mut cx.problems,
+                site: name,
+                route: &prefix,
+            };
+            super::proxy::spec(&mut pcx, p).map(|s| Handler::Proxy(Box::new(s)))
         } else {
             None
         };

@@ -131,7 +131,7 @@ fn check_model(c: &Config) {
             last = p.len();
             match &route.handler {
                 Handler::Redirect(r) => assert!(r.status.is_redirection(), "{:?}", r.status),
-                Handler::Respond(_) | Handler::Files(_) => {}
+                Handler::Respond(_) | Handler::Files(_) | Handler::Proxy(_) => {}
             }
         }
     }

@@ -11,6 +11,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt as _;
 
 use super::static_files::FileStream;
 
@@ -30,6 +32,9 @@ pub enum Body {
     /// reads it (`server::h2` encodes the shared map by reference); HTTP/1.1 and HTTP/3 get a
     /// copied map and [`Body::Full`].
     Ready(Option<Bytes>, Arc<HeaderMap>),
+    /// A body produced elsewhere as it goes (a backend's response, a tunnel): data and
+    /// trailers pass through as they come. Boxed: only the asynchronous handlers make one.
+    Stream(UnsyncBoxBody<Bytes, io::Error>),
 }
 
 impl Body {
@@ -59,6 +64,14 @@ impl Body {
         }
     }
 
+    /// A body streamed from `body`.
+    pub fn stream<B>(body: B) -> Self
+    where
+        B: http_body::Body<Data = Bytes, Error = io::Error> + Send + 'static,
+    {
+        Body::Stream(body.boxed_unsync())
+    }
+
     /// A body holding `bytes`.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
@@ -84,6 +97,7 @@ impl http_body::Body for Body {
                 Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b))))
             }
             Body::File(file) => file.poll_chunk(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            Body::Stream(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -92,6 +106,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) | Body::Ready(bytes, _) => bytes.is_none(),
             Body::File(file) => file.remaining() == 0,
+            Body::Stream(body) => body.is_end_stream(),
         }
     }
 
@@ -102,6 +117,7 @@ impl http_body::Body for Body {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Body::File(file) => SizeHint::with_exact(file.remaining()),
+            Body::Stream(body) => body.size_hint(),
         }
     }
 }

@@ -3,18 +3,27 @@
 //! [`Frontend`] is the request-serving half of the runtime: the sites' routes and header
 //! policies, resolved once at start. [`HttpsService`] routes each HTTPS request by `Host` to a
 //! site and a handler and applies the site's headers; [`redirect::RedirectService`] answers
-//! port 80. Handlers are synchronous (no per-request future allocation): fixed responses,
-//! redirects, and static files (whose blocking reads are page-cache reads, as in nginx).
+//! port 80.
+//!
+//! One request path for every protocol: hyper's HTTP/1.1 connection calls the service as a
+//! [`hyper::service::Service`], our HTTP/2 connection (and HTTP/3) calls
+//! [`HttpsService::handle`] with the same [`RequestBody`]; both get a [`Reply`]. Most handlers
+//! answer at once from memory or the page cache (fixed responses, redirects, static files,
+//! whose blocking reads are page-cache reads, as in nginx): their reply is
+//! [`Reply::Ready`], with no future allocated. Handlers that wait (the reverse proxy) return
+//! [`Reply::Later`], one boxed future per request.
 
 pub mod body;
 pub mod client;
 pub mod date;
 pub mod pages;
 pub mod redirect;
+pub mod request;
 pub mod static_files;
 
 use std::convert::Infallible;
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -30,6 +39,7 @@ use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
 use crate::tls::names::{host_from_authority, HostPattern, NameTable};
 use body::Body;
+pub use request::RequestBody;
 use static_files::StaticFiles;
 
 /// A route ready to serve.
@@ -111,6 +121,12 @@ impl Frontend {
                     }
                     Handler::Respond(r) => RouteKind::Respond(r.clone()),
                     Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
+                    Handler::Proxy(_) => {
+                        return Err(format!(
+                            "site {:?}: route {:?}: proxy routes are not served by this build yet",
+                            site.name, r.prefix
+                        ))
+                    }
                 };
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
@@ -248,6 +264,8 @@ pub struct HttpsService {
     /// The site chosen by SNI (`None`: the client sent no SNI).
     pub sni_site: Option<usize>,
     pub conn: Arc<ConnState>,
+    /// The client's address (after a PROXY protocol header, the one it names).
+    pub peer: SocketAddr,
     /// Over the connection limit: answer 503 to everything.
     pub overloaded: bool,
     /// The last host looked up and its site (see [`HostMemo`]).
@@ -297,51 +315,129 @@ impl Default for HostMemo {
     }
 }
 
-impl<B> hyper::service::Service<Request<B>> for HttpsService {
+/// A response on its way: one boxed future per request of a waiting handler.
+pub type Later = Pin<Box<dyn Future<Output = Response<TrackedBody>> + Send>>;
+
+/// A handler's answer: at once ([`Reply::Ready`], no allocation), or later (a boxed future,
+/// for handlers that wait on something: the reverse proxy). A future itself, for hyper;
+/// [`Reply::now`] takes a ready answer without polling.
+pub enum Reply {
+    Ready(Option<Response<TrackedBody>>),
+    Later(Later),
+}
+
+impl Reply {
+    /// The answer when it is ready, else the future that will produce it.
+    pub fn now(self) -> Result<Response<TrackedBody>, Later> {
+        match self {
+            Reply::Ready(r) => Ok(r.expect("a ready reply is taken once")),
+            Reply::Later(f) => Err(f),
+        }
+    }
+}
+
+impl Future for Reply {
+    type Output = Result<Response<TrackedBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Ready(r) => Poll::Ready(Ok(r.take().expect("a ready reply is polled once"))),
+            Reply::Later(f) => f.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl hyper::service::Service<Request<hyper::body::Incoming>> for HttpsService {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<TrackedBody>, Infallible>>;
+    type Future = Reply;
 
-    fn call(&self, req: Request<B>) -> Self::Future {
+    fn call(&self, req: Request<hyper::body::Incoming>) -> Reply {
+        self.handle(req.map(RequestBody::H1))
+    }
+}
+
+/// What routing decided: an answer, or a handler that answers later.
+enum Routed {
+    /// The response, and whether it has the site's headers already (static files add them).
+    Answer(Response<Body>, bool),
+}
+
+/// What finishing a response needs to know of its request.
+struct Exchange {
+    method: Method,
+    version: Version,
+    /// The request asked for the connection to close after it (HTTP/1.x).
+    request_closes: bool,
+}
+
+impl HttpsService {
+    /// Serves one request, whatever its protocol.
+    pub fn handle(&self, req: Request<RequestBody>) -> Reply {
         let guard = ActiveGuard::new(&self.conn);
         let (parts, _body) = req.into_parts();
-        let (site, mut resp, headed) = self.route(&parts);
-        // Errors before a site is known (unknown Host, no SNI) get the headers of the site whose
-        // certificate the connection uses: every HTTPS response carries the protections.
-        // Static files add them themselves (kept ready in their cached header maps).
+        let (site, routed) = self.route(&parts);
+        let exchange = Exchange {
+            request_closes: parts.version <= Version::HTTP_11 && request_closes(&parts),
+            method: parts.method.clone(),
+            version: parts.version,
+        };
+        match routed {
+            Routed::Answer(resp, headed) => {
+                if self.front.access_log {
+                    self.log_access(&parts, site, &resp);
+                }
+                Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard)))
+            }
+        }
+    }
+
+    fn log_access(&self, parts: &http::request::Parts, site: Option<usize>, resp: &Response<Body>) {
+        tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
+    }
+
+    /// The site's headers (errors before a site is known, such as an unknown Host or no SNI,
+    /// get those of the site whose certificate the connection uses: every HTTPS response
+    /// carries the protections; static files add them themselves, kept ready in their cached
+    /// header maps), HEAD, and whether the connection closes after this response.
+    fn finish(
+        &self,
+        exchange: &Exchange,
+        site: Option<usize>,
+        mut resp: Response<Body>,
+        headed: bool,
+        guard: ActiveGuard,
+    ) -> Response<TrackedBody> {
         if !headed {
             let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
             add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
         }
-        if self.front.access_log {
-            tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
-        }
-        let resp = finish(&parts.method, resp);
-        let closing = parts.version <= Version::HTTP_11
+        let resp = finish(&exchange.method, resp);
+        let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
-            && closes_after(&parts, resp.headers());
+            && (exchange.request_closes || has_token(resp.headers(), "close"));
         self.conn.closing.store(closing, Ordering::Relaxed);
-        ready(Ok(resp.map(|inner| TrackedBody {
+        resp.map(|inner| TrackedBody {
             inner,
             _guard: guard,
-        })))
+        })
     }
 }
 
-/// Whether HTTP/1.x closes the connection after this exchange: the request or the response
-/// says `Connection: close`, or an HTTP/1.0 request did not ask for keep-alive (RFC 9112
-/// §9.3). Mirrors hyper's decision; a wrong answer only costs the coalescing (the cork sends
-/// what it holds before the connection waits for another request).
-fn closes_after(parts: &http::request::Parts, resp: &http::HeaderMap) -> bool {
-    let has = |h: &http::HeaderMap, token: &str| {
-        h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    has(&parts.headers, "close")
-        || has(resp, "close")
-        || (parts.version < Version::HTTP_11 && !has(&parts.headers, "keep-alive"))
+fn has_token(h: &http::HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Whether an HTTP/1.x request closes its connection after the exchange: it says
+/// `Connection: close`, or as HTTP/1.0 did not ask for keep-alive (RFC 9112 §9.3). With the
+/// response's `Connection: close`, this mirrors hyper's decision; a wrong answer only costs the
+/// coalescing (the cork sends what it holds before the connection waits for another request).
+fn request_closes(parts: &http::request::Parts) -> bool {
+    has_token(&parts.headers, "close")
+        || (parts.version < Version::HTTP_11 && !has_token(&parts.headers, "keep-alive"))
 }
 
 /// RFC 8470's `Early-Data` request field (a constant: no name parsing per request).
@@ -397,14 +493,14 @@ impl HttpsService {
 
     /// Picks the site and produces the response, and whether it already has the site's
     /// headers (static files add them).
-    fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Response<Body>, bool) {
+    fn route(&self, parts: &http::request::Parts) -> (Option<usize>, Routed) {
         if self.overloaded {
             let mut r = pages::error(StatusCode::SERVICE_UNAVAILABLE);
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (self.sni_site, r, false);
+            return (self.sni_site, Routed::Answer(r, false));
         }
         if !is_safe(&parts.method)
             && (self.conn.early.load(Ordering::Relaxed)
@@ -413,14 +509,17 @@ impl HttpsService {
             // RFC 8470: a request that may have been replayed (it came in 0-RTT early data,
             // here or, per `Early-Data: 1`, at a proxy in front) is only served when repeating
             // it is harmless. The client retries after its handshake.
-            return (self.sni_site, pages::error(StatusCode::TOO_EARLY), false);
+            return (
+                self.sni_site,
+                Routed::Answer(pages::error(StatusCode::TOO_EARLY), false),
+            );
         }
         if head_size(parts) > self.front.max_header_bytes {
             // hyper's HTTP/1.1 buffer cannot be set below 8 KiB; smaller limits are enforced here.
             let mut r = pages::error(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return (self.sni_site, r, false);
+            return (self.sni_site, Routed::Answer(r, false));
         }
         let authority = parts.uri.authority().map(|a| a.as_str()).or_else(|| {
             parts
@@ -431,7 +530,10 @@ impl HttpsService {
         let (site, host) = match authority {
             Some(authority) => {
                 let Some(host) = host_from_authority(authority) else {
-                    return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false);
+                    return (
+                        self.sni_site,
+                        Routed::Answer(pages::error(StatusCode::BAD_REQUEST), false),
+                    );
                 };
                 let memo = self.host_memo.get();
                 let site = match memo.get(host).or_else(|| self.site_of(host)) {
@@ -439,8 +541,7 @@ impl HttpsService {
                     None => {
                         return (
                             self.sni_site,
-                            pages::error(StatusCode::MISDIRECTED_REQUEST),
-                            false,
+                            Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
                         )
                     }
                 };
@@ -450,8 +551,7 @@ impl HttpsService {
                     if sni != site {
                         return (
                             Some(sni),
-                            pages::error(StatusCode::MISDIRECTED_REQUEST),
-                            false,
+                            Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
                         );
                     }
                 }
@@ -463,7 +563,12 @@ impl HttpsService {
                 let site = self.sni_site.unwrap_or(self.front.default_site);
                 (site, self.front.sites[site].host_less.as_str())
             }
-            None => return (self.sni_site, pages::error(StatusCode::BAD_REQUEST), false),
+            None => {
+                return (
+                    self.sni_site,
+                    Routed::Answer(pages::error(StatusCode::BAD_REQUEST), false),
+                )
+            }
         };
         if let Some(len) = parts
             .headers
@@ -475,23 +580,18 @@ impl HttpsService {
                 let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return (Some(site), r, false);
+                return (Some(site), Routed::Answer(r, false));
             }
         }
-        let (resp, headed) = serve_site(&self.front.sites[site], parts, host);
-        (Some(site), resp, headed)
+        (Some(site), serve_site(&self.front.sites[site], parts, host))
     }
 }
 
 /// A site's answer, and whether it has the site's headers already.
-fn serve_site(
-    site: &SiteHandler,
-    parts: &http::request::Parts,
-    host: &str,
-) -> (Response<Body>, bool) {
+fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> Routed {
     let path = parts.uri.path();
     let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
-        return (pages::error(StatusCode::NOT_FOUND), false);
+        return Routed::Answer(pages::error(StatusCode::NOT_FOUND), false);
     };
     let resp = match &route.kind {
         RouteKind::Respond(spec) => {
@@ -530,10 +630,10 @@ fn serve_site(
             } else {
                 path
             };
-            return (files.serve(parts, lookup), true);
+            return Routed::Answer(files.serve(parts, lookup), true);
         }
     };
-    (resp, false)
+    Routed::Answer(resp, false)
 }
 
 /// Adds each of a site's `headers` that `h` does not have yet (the response's own headers win).

@@ -431,6 +431,7 @@ pub async fn serve_tls(
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
         conn,
+        peer,
         overloaded,
         host_memo: Default::default(),
     };
@@ -539,7 +540,8 @@ async fn serve_https<T>(
     }
     let io = TokioIo::new(io);
     // Overloaded connections get a 503 with `Connection: close` (see HttpsService).
-    let mut conn = Box::pin(ctx.h1.serve_connection(io, svc));
+    // With upgrades: a proxied WebSocket takes the connection over after its 101.
+    let mut conn = Box::pin(ctx.h1.serve_connection(io, svc).with_upgrades());
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }

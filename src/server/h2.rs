@@ -38,14 +38,14 @@ use h2::frame::{
 };
 use h2::Codec;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
-use hyper::service::Service as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 use super::hpack::Encoder as Hpack;
 use super::io::{LINGER, LINGER_BYTES};
+use crate::http::request::{BodyPipe, RequestBody};
 use crate::http::{is_connection_specific, HttpsService, TrackedBody, CONNECTION_SPECIFIC};
 
 /// The client connection preface (RFC 9113 §3.4).
@@ -99,14 +99,20 @@ pub struct H2Limits {
     pub max_header_list: u32,
 }
 
-/// A stream whose response body is not fully sent yet (the flow-control windows hold it
-/// back). Every other request is answered, and its stream closed, as its HEADERS are read.
+/// A stream whose response is not complete yet: its handler is still working (the reverse
+/// proxy), or its body is held back by the flow-control windows or by the body itself. Every
+/// other request is answered, and its stream closed, as its HEADERS are read.
 struct Stream {
     id: u32,
     /// The client may still send DATA (no END_STREAM yet).
     recv_open: bool,
-    /// The response body still to send.
-    body: TrackedBody,
+    /// The request was HEAD.
+    head: bool,
+    /// Where the request body goes: the handler's [`RequestBody`] (`None`: it did not take
+    /// it, or the request has none; DATA is counted and discarded).
+    pipe: Option<BodyPipe>,
+    /// The handler's answer, or the response body still to send.
+    reply: Replying,
     /// A chunk of the body taken from it but not sent yet (flow control).
     pending: Bytes,
     send_window: i64,
@@ -116,6 +122,16 @@ struct Stream {
     /// The request's `content-length`, and the DATA bytes received so far.
     content_length: Option<u64>,
     received: u64,
+}
+
+/// Where a stream's response is.
+enum Replying {
+    /// The handler is still working.
+    Waiting(crate::http::Later),
+    /// The head is sent; this is the body still to send.
+    Body(TrackedBody),
+    /// Not started yet (a stream being set up).
+    Starting,
 }
 
 /// How sending a body went.
@@ -298,6 +314,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         settings.set_max_concurrent_streams(Some(limits.max_concurrent_streams));
         settings.set_initial_window_size(Some(limits.stream_window));
         settings.set_max_header_list_size(Some(limits.max_header_list));
+        // RFC 8441: WebSockets over HTTP/2 (extended CONNECT), for the reverse proxy.
+        settings.set_enable_connect_protocol(Some(1));
         conn.queue.push_back(settings.into());
         let extra = i64::from(limits.connection_window) - DEFAULT_WINDOW;
         if extra > 0 {
@@ -344,6 +362,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             if self.io_error.is_some() {
                 continue;
             }
+            progress |= self.poll_replies(cx);
+            progress |= self.give_back_windows(cx);
             progress |= self.send_bodies(cx);
             progress |= self.drain(cx);
             if self.io_error.is_some() {
@@ -787,13 +807,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             self.go_away(Reason::FLOW_CONTROL_ERROR, true);
             return;
         }
-        self.recv_unacked += len;
-        if self.recv_unacked >= i64::from(self.limits.connection_window) / 2 {
-            let inc = self.recv_unacked;
-            self.recv_unacked = 0;
-            self.recv_window += inc;
-            self.send(WindowUpdate::new(StreamId::zero(), inc as u32).into());
-        }
         if len == 0 && !eos {
             self.empty_frames += 1;
             if self.empty_frames > MAX_EMPTY_FRAMES {
@@ -802,6 +815,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
         }
         let Some(i) = self.find(id) else {
+            self.credit_connection(len);
             if self.idle(id) {
                 // §5.1: DATA on an idle stream.
                 self.go_away(Reason::PROTOCOL_ERROR, true);
@@ -810,41 +824,170 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
             return;
         };
-        let stream_window = i64::from(self.limits.stream_window);
         let s = &mut self.streams[i];
-        if !s.recv_open {
+        let stream_error = if !s.recv_open {
             // §5.1: half-closed (remote).
-            self.stream_error(id, Reason::STREAM_CLOSED);
-            return;
-        }
-        s.recv_window -= len;
-        if s.recv_window < 0 {
-            self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
-            return;
-        }
-        s.received += d.payload().len() as u64;
-        let length_ok = match s.content_length {
-            Some(cl) if eos => s.received == cl,
-            Some(cl) => s.received <= cl,
-            None => true,
+            Some(Reason::STREAM_CLOSED)
+        } else {
+            s.recv_window -= len;
+            s.received += d.payload().len() as u64;
+            let length_ok = match s.content_length {
+                Some(cl) if eos => s.received == cl,
+                Some(cl) => s.received <= cl,
+                None => true,
+            };
+            if s.recv_window < 0 {
+                Some(Reason::FLOW_CONTROL_ERROR)
+            } else if !length_ok {
+                // §8.1.1: content-length does not match the DATA.
+                Some(Reason::PROTOCOL_ERROR)
+            } else {
+                None
+            }
         };
-        if !length_ok {
-            // §8.1.1: content-length does not match the DATA.
-            self.stream_error(id, Reason::PROTOCOL_ERROR);
+        if let Some(reason) = stream_error {
+            self.credit_connection(len);
+            self.stream_error(id, reason);
             return;
+        }
+        // Padding is given back at once; the data when the handler has taken it (the pipe's
+        // back-pressure), or at once when nobody reads it.
+        let data = d.into_payload();
+        let mut credit = len - data.len() as i64;
+        let piped = s.pipe.as_ref().is_some_and(|p| p.push(data.clone()));
+        if !piped {
+            s.pipe = None;
+            credit = len;
         }
         if eos {
             s.recv_open = false;
-            return;
+            if let Some(p) = &s.pipe {
+                p.finish(None);
+            }
         }
-        // The body is discarded as it comes: give its window back.
-        s.recv_unacked += len;
-        if s.recv_unacked >= stream_window / 2 {
+        self.credit_connection(credit);
+        if !eos {
+            self.credit_stream(i, credit);
+        }
+    }
+
+    /// Gives `n` bytes of the connection's receive window back (WINDOW_UPDATE once half the
+    /// window is owed).
+    fn credit_connection(&mut self, n: i64) {
+        self.recv_unacked += n;
+        if self.recv_unacked > 0
+            && self.recv_unacked >= i64::from(self.limits.connection_window) / 2
+        {
+            let inc = self.recv_unacked;
+            self.recv_unacked = 0;
+            self.recv_window += inc;
+            self.send(WindowUpdate::new(StreamId::zero(), inc as u32).into());
+        }
+    }
+
+    /// Gives `n` bytes of stream `streams[i]`'s receive window back, while the client may still
+    /// send.
+    fn credit_stream(&mut self, i: usize, n: i64) {
+        let half = i64::from(self.limits.stream_window) / 2;
+        let s = &mut self.streams[i];
+        s.recv_unacked += n;
+        if s.recv_open && s.recv_unacked > 0 && s.recv_unacked >= half {
             let inc = s.recv_unacked;
             s.recv_unacked = 0;
             s.recv_window += inc;
+            let id = s.id;
             self.send(WindowUpdate::new(StreamId::from(id), inc as u32).into());
         }
+    }
+
+    /// Gives back the windows of request data the handlers have read. Returns whether any
+    /// WINDOW_UPDATE was sent.
+    fn give_back_windows(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut sent = false;
+        for i in 0..self.streams.len() {
+            let Some(pipe) = &self.streams[i].pipe else {
+                continue;
+            };
+            let (n, gone) = pipe.take_consumed(cx);
+            if gone {
+                self.streams[i].pipe = None;
+            }
+            if n > 0 {
+                let before = self.queue.len();
+                self.credit_connection(n as i64);
+                self.credit_stream(i, n as i64);
+                sent |= self.queue.len() != before || n > 0;
+            }
+        }
+        sent
+    }
+
+    /// Polls the handlers still working; a finished one's response starts. Returns whether
+    /// any finished.
+    fn poll_replies(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self
+            .streams
+            .iter()
+            .any(|s| matches!(s.reply, Replying::Waiting(_)))
+        {
+            return false;
+        }
+        let mut progress = false;
+        let mut streams = std::mem::take(&mut self.streams);
+        streams.retain_mut(|s| {
+            if self.goaway_error() {
+                return true;
+            }
+            let Replying::Waiting(f) = &mut s.reply else {
+                return true;
+            };
+            let Poll::Ready(resp) = f.as_mut().poll(cx) else {
+                return true;
+            };
+            progress = true;
+            match self.start_response(s, resp, cx) {
+                Sent::Done => {
+                    self.response_sent(s.id, s.recv_open);
+                    false
+                }
+                Sent::Failed => false,
+                Sent::Blocked => true,
+            }
+        });
+        if !self.goaway_error() {
+            // Streams opened while the handlers were polled (none: polling reads no frames).
+            streams.append(&mut self.streams);
+            self.streams = streams;
+        }
+        progress
+    }
+
+    /// Sends a response's head, and what can go of its body now.
+    fn start_response(
+        &mut self,
+        s: &mut Stream,
+        resp: Response<TrackedBody>,
+        cx: &mut Context<'_>,
+    ) -> Sent {
+        let (mut parts, body) = resp.into_parts();
+        let end = body.is_end_stream();
+        let frame = match body.ready_head() {
+            // A cached head, shared: encoded as it is, with the current date.
+            Some(fields) => {
+                let date = crate::http::date::now();
+                self.response_head(s.id, parts.status, fields, Some(&date), end)
+            }
+            None => {
+                clean_response_headers(&mut parts.headers, parts.status, s.head, &body);
+                self.response_head(s.id, parts.status, &parts.headers, None, end)
+            }
+        };
+        self.send(frame);
+        if end {
+            return Sent::Done;
+        }
+        s.reply = Replying::Body(body);
+        self.send_body(s, cx)
     }
 
     /// A response's HEADERS frame, encoded by our HPACK encoder (see [`super::hpack`]), with
@@ -882,6 +1025,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                     self.stream_error(id, Reason::PROTOCOL_ERROR);
                 } else {
                     s.recv_open = false;
+                    let (pseudo, fields) = h.into_parts();
+                    if pseudo.method.is_some()
+                        || pseudo.path.is_some()
+                        || pseudo.status.is_some()
+                        || pseudo.scheme.is_some()
+                        || pseudo.authority.is_some()
+                        || pseudo.protocol.is_some()
+                    {
+                        // §8.1: trailers carry no pseudo-fields.
+                        self.stream_error(id, Reason::PROTOCOL_ERROR);
+                    } else if let Some(pipe) = &s.pipe {
+                        pipe.finish(Some(fields));
+                    }
                 }
             } else if !self.recent_resets.contains(&id) {
                 // §5.1.1: a new stream's id must be higher than every id the client used (a
@@ -930,34 +1086,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             },
         };
         let head = req.method() == Method::HEAD;
-        let resp = self
-            .svc
-            .call(req)
-            .into_inner()
-            .unwrap_or_else(|e| match e {});
-        let (mut parts, body) = resp.into_parts();
-        let end = body.is_end_stream();
-        let frame = match body.ready_head() {
-            // A cached head, shared: encoded as it is, with the current date.
-            Some(fields) => {
-                let date = crate::http::date::now();
-                self.response_head(id, parts.status, fields, Some(&date), end)
-            }
-            None => {
-                clean_response_headers(&mut parts.headers, parts.status, head, &body);
-                self.response_head(id, parts.status, &parts.headers, None, end)
-            }
+        let (pipe, body) = if eos {
+            (None, RequestBody::Empty)
+        } else {
+            let (pipe, body) = BodyPipe::new(content_length);
+            (Some(pipe), body)
         };
-        self.send(frame);
-        if end {
-            drop(body);
-            self.response_sent(id, !eos);
-            return;
-        }
         let mut stream = Stream {
             id,
             recv_open: !eos,
-            body,
+            head,
+            pipe,
+            reply: Replying::Starting,
             pending: Bytes::new(),
             send_window: self.peer_initial_window,
             recv_window: i64::from(self.limits.stream_window),
@@ -965,12 +1105,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             content_length,
             received: 0,
         };
-        // Small bodies leave right away, without the stream being stored.
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.send_body(&mut stream, &mut cx) {
-            Sent::Done => self.response_sent(id, stream.recv_open),
-            Sent::Failed => {}
-            Sent::Blocked => self.streams.push(stream),
+        match self.svc.handle(req.map(|()| body)).now() {
+            Ok(resp) => {
+                // Small bodies leave right away, without the stream being stored.
+                let mut cx = Context::from_waker(Waker::noop());
+                match self.start_response(&mut stream, resp, &mut cx) {
+                    Sent::Done => self.response_sent(id, stream.recv_open),
+                    Sent::Failed => {}
+                    Sent::Blocked => self.streams.push(stream),
+                }
+            }
+            Err(later) => {
+                // Polled with the connection's waker by `poll_replies`, in this same poll.
+                stream.reply = Replying::Waiting(later);
+                self.streams.push(stream);
+            }
         }
     }
 
@@ -1010,19 +1159,35 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Sends what the windows allow of one stream's body (the stream is not in `streams`).
     fn send_body(&mut self, s: &mut Stream, cx: &mut Context<'_>) -> Sent {
-        let body = &mut s.body;
+        let Replying::Body(body) = &mut s.reply else {
+            return Sent::Blocked;
+        };
         loop {
             if s.pending.is_empty() {
                 match Pin::new(&mut *body).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Ok(data) = frame.into_data() {
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
                             s.pending = data;
+                            if s.pending.is_empty() && !body.is_end_stream() {
+                                continue;
+                            }
                         }
-                        // Trailers: none of our handlers makes them.
-                        if s.pending.is_empty() && !body.is_end_stream() {
-                            continue;
+                        Err(frame) => {
+                            // Trailers (gRPC's status) end the stream.
+                            let mut trailers = frame.into_trailers().unwrap_or_default();
+                            if trailers.keys().any(is_connection_specific) {
+                                for name in CONNECTION_SPECIFIC {
+                                    trailers.remove(name);
+                                }
+                            }
+                            self.block.reserve(256);
+                            self.hpack.encode_trailers(&trailers, &mut self.block);
+                            let frame =
+                                Headers::encoded(StreamId::from(s.id), self.block.split(), true);
+                            self.send(frame.into());
+                            return Sent::Done;
                         }
-                    }
+                    },
                     Poll::Ready(None) => {
                         let mut end = Data::new(StreamId::from(s.id), Bytes::new());
                         end.set_end_stream(true);

@@ -140,6 +140,21 @@ impl Encoder {
             int(last, 5, 0x20, dst);
         }
         self.status(status, dst);
+        self.fields(fields, date, dst);
+    }
+
+    /// Encodes a trailer block: the fields in the map's order, no pseudo-fields.
+    pub fn encode_trailers(&mut self, fields: &HeaderMap, dst: &mut BytesMut) {
+        if let Some((smallest, last)) = self.size_update.take() {
+            if smallest < last {
+                int(smallest, 5, 0x20, dst);
+            }
+            int(last, 5, 0x20, dst);
+        }
+        self.fields(fields, None, dst);
+    }
+
+    fn fields(&mut self, fields: &HeaderMap, date: Option<&HeaderValue>, dst: &mut BytesMut) {
         for (i, (name, mut value)) in fields.iter().enumerate() {
             if let Some(date) = date.filter(|_| *name == header::DATE) {
                 value = date;
