@@ -234,7 +234,17 @@ impl Server {
         let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
         // Sites' certificates, then streams' (same sources, renewals and monitoring).
         let owners = cert_owners(&config);
-        for site in &owners {
+        // A stream whose ACME names are an earlier holder's exactly (a mail service beside its
+        // webmail site) shares that holder's certificate: one order, one renewal.
+        let mut shares: Vec<Option<usize>> = vec![None; owners.len()];
+        for (i, site) in owners.iter().enumerate() {
+            if matches!(site.certs, SiteCertSource::Acme) {
+                shares[i] = owners[..i].iter().position(|o| {
+                    matches!(o.certs, SiteCertSource::Acme) && o.hosts == site.hosts
+                });
+            }
+        }
+        for (i, site) in owners.iter().enumerate() {
             match site.certs {
                 SiteCertSource::Files(list) => site_certs.push(list.clone()),
                 SiteCertSource::LocalCa => {
@@ -248,6 +258,7 @@ impl Server {
                         .map_err(|e| format!("{}: local CA: {e}", site.name))?;
                     site_certs.push(vec![leaf]);
                 }
+                SiteCertSource::Acme if shares[i].is_some() => site_certs.push(Vec::new()),
                 SiteCertSource::Acme => {
                     let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
                     let stored = acme::manager::stored(storage.as_ref(), &names);
@@ -306,12 +317,15 @@ impl Server {
         for stream in &config.streams {
             let base = next;
             for _ in &stream.certs {
-                certs.push(Arc::new(SiteCerts::new(
-                    site_certs[next]
-                        .iter()
-                        .map(|l| l.certified.clone())
-                        .collect(),
-                )));
+                certs.push(match shares[next] {
+                    Some(j) => certs[j].clone(),
+                    None => Arc::new(SiteCerts::new(
+                        site_certs[next]
+                            .iter()
+                            .map(|l| l.certified.clone())
+                            .collect(),
+                    )),
+                });
                 next += 1;
             }
             let svc = StreamService::new(stream, |cert, alpn| {
@@ -442,6 +456,7 @@ impl Server {
         let mut staple_sites: Vec<StapleSite> = owners
             .iter()
             .enumerate()
+            .filter(|(i, _)| shares[*i].is_none())
             .map(|(i, site)| StapleSite {
                 name: site.name.clone(),
                 certs: state.tls.certs[i].clone(),
