@@ -374,6 +374,17 @@ fn check(a: ServeArgs) -> i32 {
                     crate::config::model::SiteCertSource::Files(_) => {}
                 }
             }
+            for c in config.streams.iter().flat_map(|s| &s.certs) {
+                match c.certs {
+                    crate::config::model::SiteCertSource::LocalCa => {
+                        eprintln!("{label}: note: {}: its certificate will be issued by the local CA ({})", c.name, local_ca::root_cert_path(&config.data_dir).display());
+                    }
+                    crate::config::model::SiteCertSource::Acme => {
+                        eprintln!("{label}: note: {}: its certificate will be obtained from the ACME CA {} (HTTP-01 on port 80)", c.name, config.acme.directory);
+                    }
+                    crate::config::model::SiteCertSource::Files(_) => {}
+                }
+            }
             let certs: usize = config
                 .sites
                 .iter()

@@ -334,6 +334,32 @@ upstream = "{refused}"
     );
 }
 
+/// Bytes that are no ClientHello get an alert and a close, and never reach the backend.
+#[tokio::test]
+async fn not_tls_is_refused() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let srv = start(&format!(
+        r#"{TWO_SITES}
+[[stream]]
+name = "s"
+listen = ["127.0.0.1:0"]
+upstream = "{}"
+passthrough = true
+"#,
+        backend.local_addr().unwrap()
+    ));
+    let mut tcp = TcpStream::connect(stream_addr(&srv, "s")).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_close(&mut tcp, Duration::from_secs(5)).await;
+    assert!(!matches!(closed, Closed::StillOpen));
+    // A TLS alert record, if anything.
+    assert!(got.is_empty() || got[0] == 0x15, "{got:?}");
+    let accepted = tokio::time::timeout(Duration::from_millis(200), backend.accept()).await;
+    assert!(accepted.is_err(), "the backend was connected to");
+}
+
 #[tokio::test]
 async fn connection_limit() {
     let backend = line_server("A:", false).await;

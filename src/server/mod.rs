@@ -239,9 +239,9 @@ impl Server {
         let mut shares: Vec<Option<usize>> = vec![None; owners.len()];
         for (i, site) in owners.iter().enumerate() {
             if matches!(site.certs, SiteCertSource::Acme) {
-                shares[i] = owners[..i].iter().position(|o| {
-                    matches!(o.certs, SiteCertSource::Acme) && o.hosts == site.hosts
-                });
+                shares[i] = owners[..i]
+                    .iter()
+                    .position(|o| matches!(o.certs, SiteCertSource::Acme) && o.hosts == site.hosts);
             }
         }
         for (i, site) in owners.iter().enumerate() {
