@@ -334,6 +334,49 @@ upstream = "{refused}"
     );
 }
 
+/// Backends by host name (resolved at connect) and by Unix socket.
+#[tokio::test]
+async fn host_name_and_unix_socket_backends() {
+    let tcp_backend = line_server("NAMED:", false).await;
+    let env = TestEnv::new();
+    let sock = env.path("backend.sock");
+    let ul = tokio::net::UnixListener::bind(&sock).unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = ul.accept().await {
+            tokio::spawn(serve_lines(s, "UNIX:", None));
+        }
+    });
+    let srv = env.start(&format!(
+        r#"{TWO_SITES}
+[[stream]]
+name = "s"
+listen = ["127.0.0.1:0"]
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+upstream = "localhost:{}"
+
+[[stream.route]]
+sni = ["*.example.test"]
+upstream = "unix:{}"
+cert = "certs/wild.pem"
+key = "certs/wild.key"
+"#,
+        tcp_backend.port(),
+        sock.display()
+    ));
+    let addr = stream_addr(&srv, "s");
+    let mut tls = tls_connect(addr, Some(ALPHA), client()).await.unwrap();
+    assert_eq!(exchange(&mut tls, "a").await, "NAMED:a");
+    let mut tls = tls_connect(addr, Some("u.example.test"), client())
+        .await
+        .unwrap();
+    assert_eq!(exchange(&mut tls, "b").await, "UNIX:b");
+    tls.shutdown().await.unwrap();
+    let (rest, _) = read_until_close(&mut tls, IO_TIMEOUT).await;
+    assert_eq!(text(&rest), "bye\n", "half-close over the Unix socket");
+}
+
 /// Bytes that are no ClientHello get an alert and a close, and never reach the backend.
 #[tokio::test]
 async fn not_tls_is_refused() {
