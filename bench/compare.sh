@@ -7,6 +7,7 @@
 #   bench/compare.sh -q              smoke test (short workloads, pinned only, ~2 min)
 #   bench/compare.sh -r 2 -o /tmp/x  any run.sh option is passed through; later ones win
 #   bench/compare.sh -l hs13,h1      only some workloads
+#   bench/compare.sh -l px1,px2,pxbulk,pxlat   the reverse-proxy workloads
 #
 # What it does:
 #   1. cargo build --release in the repo root (target dir: $CARGO_TARGET_DIR, default
@@ -16,6 +17,7 @@
 #      ($ANCHORS, default "nginx haproxy caddy h2o") and
 #        portcullis=<bin> serve --listen {HOST}:{PORT} --no-http --cert {CHAIN} --key {KEY}
 #                   --root {DOCROOT} --workers {WORKERS} --data-dir {RUNDIR}/data --log-level warn
+#                   --proxy /proxy=http://{BACKEND}
 #      ({RUNDIR} is the fresh, private per-start directory run.sh makes: a temp data dir);
 #   3. prints the preflight of every server and where the results are.
 #
@@ -94,6 +96,8 @@ python3 -c 'import os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); os.posix_fad
   echo "compare.sh: could not drop $BIN from the page cache; its RSS after start may read high" >&2
 CMD="$BIN serve --listen {HOST}:{PORT} --no-http --cert {CHAIN} --key {KEY} --root {DOCROOT}"
 CMD+=" --workers {WORKERS} --data-dir {RUNDIR}/data --log-level warn"
+# px* workloads: /proxy/... to run.sh's backend, prefix removed (servers/README.md's contract)
+CMD+=" --proxy /proxy=http://{BACKEND}"
 
 # ---- find the results dir that run.sh will use (the last -o wins, as in run.sh)
 OUT_DIR="$BENCH_WORK/results-$(date +%Y%m%d-%H%M%S)"

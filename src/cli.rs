@@ -41,6 +41,9 @@ enum Command {
     /// Print each site's SPKI pins (RFC 7469): the current key's, and for ACME sites the
     /// pre-generated key the next renewal will use.
     Pins(ServeArgs),
+    /// Read a password from stdin (its first line) and print its argon2id hash, for
+    /// `basic_auth` users and htpasswd files.
+    HashPassword,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -60,6 +63,10 @@ struct ServeArgs {
     /// Quick mode: serve static files from this directory (default: a welcome page).
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Quick mode: pass requests under PREFIX to a backend, PREFIX removed
+    /// (`/api=http://127.0.0.1:8080`; repeatable; any upstream URL a config takes).
+    #[arg(long, value_name = "PREFIX=URL")]
+    proxy: Vec<String>,
     /// HTTPS port for every HTTPS listener (default 443).
     #[arg(long, value_name = "PORT")]
     https_port: Option<u16>,
@@ -128,6 +135,51 @@ pub fn main() -> i32 {
         Command::Certs(a) => certs(a),
         Command::Revoke(a) => revoke(a),
         Command::Pins(a) => pins(a),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `portcullis hash-password`: the first line of stdin (without its line ending) hashed with
+/// argon2id, printed as a PHC string.
+fn hash_password() -> i32 {
+    use std::io::{BufRead, IsTerminal};
+    let stdin = std::io::stdin();
+    // From a terminal: a prompt, and the typing not echoed (restored afterwards).
+    let echo = stdin
+        .is_terminal()
+        .then(|| rustix::termios::tcgetattr(&stdin).ok())
+        .flatten();
+    if let Some(t) = &echo {
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(rustix::termios::LocalModes::ECHO);
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &quiet);
+        eprint!("Password: ");
+    }
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = &echo {
+        let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, t);
+        eprintln!();
+    }
+    if let Err(e) = read {
+        eprintln!("error: cannot read the password from stdin: {e}");
+        return 1;
+    }
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        eprintln!("error: the password is empty\n  fix: give the password on stdin, e.g. `printf '%s' \"$PASSWORD\" | portcullis hash-password`");
+        return 1;
+    }
+    match crate::http::access::basic::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
     }
 }
 
@@ -140,10 +192,15 @@ fn sp<T>(v: T) -> Spanned<T> {
 /// Builds the raw config: from the file, or from quick-mode flags.
 fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
     if let Some(path) = &a.config {
-        if !a.domain.is_empty() || a.cert.is_some() || a.key.is_some() || a.root.is_some() {
+        if !a.domain.is_empty()
+            || a.cert.is_some()
+            || a.key.is_some()
+            || a.root.is_some()
+            || !a.proxy.is_empty()
+        {
             return Err(Problem::error(
                 config::Location::Flag("--config".into()),
-                "--config cannot be combined with --domain/--cert/--key/--root",
+                "--config cannot be combined with --domain/--cert/--key/--root/--proxy",
             )
             .fix("put the site into the config file, or drop --config"));
         }
@@ -174,6 +231,42 @@ fn load_raw(a: &ServeArgs) -> Result<(RawConfig, Source), Problem> {
         root: a.root.as_deref().map(|p| sp(path_str(p))),
         ..Default::default()
     };
+    for p in &a.proxy {
+        let Some((prefix, url)) = p.split_once('=') else {
+            return Err(Problem::error(
+                config::Location::Flag("--proxy".into()),
+                format!("--proxy {p:?} is not PREFIX=URL"),
+            )
+            .fix("write it as --proxy /api=http://127.0.0.1:8080"));
+        };
+        site.routes.push(RawRoute {
+            path: sp(prefix.to_string()),
+            proxy: Some(sp(crate::config::proxy::RawProxy {
+                upstreams: sp(vec![sp(crate::config::proxy::RawUpstream::Url(
+                    url.to_string(),
+                ))]),
+                policy: None,
+                tls: None,
+                health: None,
+                passive: None,
+                timeouts: None,
+                retries: None,
+                retry_non_idempotent: None,
+                pool: None,
+                trusted_proxies: None,
+                host: None,
+                request_headers: None,
+                response_headers: None,
+                via: None,
+                backend_headers_win: None,
+                max_body: None,
+                websocket: None,
+                compress: None,
+                strip_prefix: Some(true),
+            })),
+            ..Default::default()
+        });
+    }
     if a.root.is_none() {
         site.routes.push(RawRoute {
             path: sp("/".into()),

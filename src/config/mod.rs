@@ -4,6 +4,7 @@
 //! `portcullis serve` see exactly the same problems. Problems carry where they come from (file and
 //! line, or the command-line flag) and a fix, and are all reported at once, not one per run.
 
+pub mod access;
 pub mod model;
 pub mod proxy;
 pub mod raw;

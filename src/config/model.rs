@@ -249,6 +249,10 @@ pub struct Site {
     /// TLS 1.3 asks a client that supports X25519MLKEM768 but sent only a classical key share
     /// for an ML-KEM share (HelloRetryRequest) instead of using the share it sent.
     pub require_post_quantum: bool,
+    /// Who may pass (`access`, `basic_auth`): the rules of routes that set none of a kind.
+    pub access: crate::http::access::Access,
+    /// Mutual TLS: the handshake asks for a client certificate and verifies it.
+    pub client_auth: Option<super::access::ClientAuth>,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
 }
@@ -278,6 +282,8 @@ pub struct Route {
     /// `/` or a prefix without trailing slash (`/api`), matched on segment boundaries.
     pub prefix: String,
     pub handler: Handler,
+    /// The route's own rules; each kind it leaves unset comes from the site's.
+    pub access: crate::http::access::Access,
 }
 
 #[derive(Debug, Clone)]

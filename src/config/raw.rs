@@ -196,6 +196,11 @@ pub struct RawSite {
     /// it: one that sent only a classical key share is asked for an ML-KEM one (a
     /// HelloRetryRequest, one more round trip). Off by default: such a client's share is used.
     pub require_post_quantum: Option<bool>,
+    /// Who may pass, for every route that sets no rule of its own of the same kind.
+    pub access: Option<Spanned<super::access::RawAccess>>,
+    pub basic_auth: Option<Spanned<super::access::RawBasicAuth>>,
+    /// Mutual TLS: ask clients for a certificate and verify it.
+    pub client_auth: Option<Spanned<super::access::RawClientAuth>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }
@@ -231,6 +236,9 @@ pub struct RawRoute {
     pub redirect: Option<Spanned<RawRedirect>>,
     /// Reverse proxy to upstream servers (see [`super::proxy`]).
     pub proxy: Option<Spanned<super::proxy::RawProxy>>,
+    /// Who may pass on this route (replaces the site's rules of the same kind).
+    pub access: Option<Spanned<super::access::RawAccess>>,
+    pub basic_auth: Option<Spanned<super::access::RawBasicAuth>>,
 }
 
 /// `files = { root = "...", ... }`.
@@ -289,6 +297,9 @@ impl Default for RawSite {
             csp_upgrade_insecure_requests: None,
             early_data: None,
             require_post_quantum: None,
+            access: None,
+            basic_auth: None,
+            client_auth: None,
             routes: Vec::new(),
         }
     }
@@ -302,6 +313,8 @@ impl Default for RawRoute {
             respond: None,
             redirect: None,
             proxy: None,
+            access: None,
+            basic_auth: None,
         }
     }
 }

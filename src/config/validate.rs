@@ -55,19 +55,22 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    pub(super) fn error_count(&self) -> usize {
+        self.problems.iter().filter(|p| p.is_error()).count()
+    }
     pub(super) fn loc<T>(&self, s: &Spanned<T>, flag: &str) -> Location {
         self.source.locate(s.span(), flag)
     }
     /// Where an optional setting is: its place in the file (or `flag`) when it was given,
     /// otherwise `absent` (the flag or key that would set it).
-    fn loc_or<T>(&self, s: Option<&Spanned<T>>, flag: &str, absent: &str) -> Location {
+    pub(super) fn loc_or<T>(&self, s: Option<&Spanned<T>>, flag: &str, absent: &str) -> Location {
         s.map(|s| self.loc(s, flag))
             .unwrap_or_else(|| Location::Flag(absent.into()))
     }
     pub(super) fn err(&mut self, loc: Location, msg: impl Into<String>, fix: impl Into<String>) {
         self.problems.push(Problem::error(loc, msg).fix(fix));
     }
-    fn path(&self, p: &str) -> PathBuf {
+    pub(super) fn path(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
             p.to_path_buf()
@@ -984,6 +987,7 @@ fn site(
     let headers = headers(cx, &rs, name);
     let early_data = rs.early_data.unwrap_or(false);
     let require_post_quantum = rs.require_post_quantum.unwrap_or(false);
+    let (access, client_auth) = super::access::site(cx, &rs, name);
     let routes = routes(cx, rs.routes, rs.root, name);
 
     let after = cx.problems.iter().filter(|p| p.is_error()).count();
@@ -999,6 +1003,8 @@ fn site(
         headers,
         early_data,
         require_post_quantum,
+        access,
+        client_auth,
         routes,
     })
 }
@@ -1508,6 +1514,7 @@ fn routes(
                 Route {
                     prefix: "/".into(),
                     handler: Handler::Files(spec),
+                    access: Default::default(),
                 },
                 loc,
             ));
@@ -1574,8 +1581,18 @@ fn routes(
         } else {
             None
         };
+        let what = format!("site {name:?}: route {prefix:?}");
+        let access =
+            super::access::access(cx, rr.access.as_ref(), rr.basic_auth.as_ref(), name, &what);
         if let Some(handler) = handler {
-            out.push((Route { prefix, handler }, loc));
+            out.push((
+                Route {
+                    prefix,
+                    handler,
+                    access,
+                },
+                loc,
+            ));
         }
     }
     if out.is_empty() && !cx.problems.iter().any(Problem::is_error) {

@@ -48,7 +48,19 @@ pub fn config(data: &[u8]) {
                 check_problem(p, lines);
             }
             check_model(&config);
-            if let Err(e) = Frontend::new(&config, 443, Default::default()) {
+            // Proxy routes start their background tasks on the current runtime (not driven
+            // here: only the building is checked).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            let _entered = rt.enter();
+            if let Err(e) = Frontend::new(
+                &config,
+                443,
+                Default::default(),
+                tokio::sync::watch::channel(false).1,
+            ) {
                 panic!("a validated config's request side does not build: {e}");
             }
         }

@@ -172,7 +172,15 @@ pub(crate) fn config() -> &'static Config {
 pub(crate) fn frontend() -> &'static Arc<Frontend> {
     static FRONT: OnceLock<Arc<Frontend>> = OnceLock::new();
     FRONT.get_or_init(|| {
-        Arc::new(Frontend::new(config(), 443, Default::default()).expect("the frontend builds"))
+        Arc::new(
+            Frontend::new(
+                config(),
+                443,
+                Default::default(),
+                tokio::sync::watch::channel(false).1,
+            )
+            .expect("the frontend builds"),
+        )
     })
 }
 
@@ -250,7 +258,7 @@ fn make_tls() -> Tls {
             .enumerate()
             .map(|(i, c)| {
                 shared
-                    .site_config(c.clone(), i == BETA, false)
+                    .site_config(c.clone(), i == BETA, false, None)
                     .expect("site config")
             })
             .collect();

@@ -176,8 +176,10 @@ pub fn h2_connection(data: &[u8]) {
         sni_site: [None, Some(0), Some(1), Some(0)][usize::from((settings >> 2) & 3)],
         conn: conn_state.clone(),
         peer: std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
+        local: std::net::SocketAddr::from(([127, 0, 0, 1], 443)),
         overloaded: settings & 16 != 0,
         host_memo: Default::default(),
+        client_cert: None,
     };
     let run = run(&script.steps, svc, limits);
     assert_eq!(

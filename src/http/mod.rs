@@ -13,10 +13,12 @@
 //! [`Reply::Ready`], with no future allocated. Handlers that wait (the reverse proxy) return
 //! [`Reply::Later`], one boxed future per request.
 
+pub mod access;
 pub mod body;
 pub mod client;
 pub mod date;
 pub mod pages;
+pub mod proxy;
 pub mod redirect;
 pub mod request;
 pub mod static_files;
@@ -46,6 +48,8 @@ use static_files::StaticFiles;
 pub struct RouteHandler {
     prefix: String,
     kind: RouteKind,
+    /// Who may pass (the site's rules merged in); `None`: everyone.
+    access: Option<Box<access::Access>>,
 }
 
 enum RouteKind {
@@ -55,6 +59,7 @@ enum RouteKind {
     },
     Respond(RespondSpec),
     Redirect(RedirectSpec),
+    Proxy(Arc<proxy::Proxy>),
 }
 
 /// A site's request side: routes and the headers added to every response.
@@ -69,6 +74,11 @@ pub struct SiteHandler {
     host_less: String,
     headers: Vec<(HeaderName, HeaderValue)>,
     routes: Vec<RouteHandler>,
+    /// The site's own access rules: for requests no route matches.
+    access: Option<Box<access::Access>>,
+    /// The site verifies client certificates (`client_auth`): it is served only over
+    /// connections whose handshake used its TLS configuration.
+    client_auth: bool,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -94,7 +104,15 @@ pub struct Frontend {
 impl Frontend {
     /// Builds the request side from the validated config. Fails only when a static root cannot
     /// be opened (it was checked during validation, so this is a race with the file system).
-    pub fn new(config: &Config, https_port: u16, acme: Arc<Http01Tokens>) -> Result<Self, String> {
+    ///
+    /// Proxy routes start their tasks (health checks, pool expiry) on the current tokio
+    /// runtime; they end with `shutdown`.
+    pub fn new(
+        config: &Config,
+        https_port: u16,
+        acme: Arc<Http01Tokens>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Self, String> {
         let mut sites = Vec::new();
         let mut hosts = NameTable::default();
         for (i, site) in config.sites.iter().enumerate() {
@@ -121,16 +139,20 @@ impl Frontend {
                     }
                     Handler::Respond(r) => RouteKind::Respond(r.clone()),
                     Handler::Redirect(r) => RouteKind::Redirect(r.clone()),
-                    Handler::Proxy(_) => {
-                        return Err(format!(
-                            "site {:?}: route {:?}: proxy routes are not served by this build yet",
-                            site.name, r.prefix
-                        ))
-                    }
+                    Handler::Proxy(p) => RouteKind::Proxy(Arc::new(
+                        proxy::Proxy::new(
+                            p,
+                            &r.prefix,
+                            config.limits.max_body_bytes,
+                            shutdown.clone(),
+                        )
+                        .map_err(|e| format!("site {:?}, route {}: {e}", site.name, r.prefix))?,
+                    )),
                 };
                 routes.push(RouteHandler {
                     prefix: r.prefix.clone(),
                     kind,
+                    access: r.access.within(&site.access).compile(),
                 });
             }
             let own_name = site.hosts.iter().find_map(|h| match h {
@@ -153,6 +175,8 @@ impl Frontend {
                 host_less,
                 headers: site.headers.clone(),
                 routes,
+                access: site.access.compile(),
+                client_auth: site.client_auth.is_some(),
             });
         }
         Ok(Frontend {
@@ -266,10 +290,14 @@ pub struct HttpsService {
     pub conn: Arc<ConnState>,
     /// The client's address (after a PROXY protocol header, the one it names).
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     /// Over the connection limit: answer 503 to everything.
     pub overloaded: bool,
     /// The last host looked up and its site (see [`HostMemo`]).
     pub host_memo: std::cell::Cell<HostMemo>,
+    /// The verified client certificate of a mutual-TLS connection.
+    pub client_cert: Option<Arc<access::ClientCert>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -361,6 +389,9 @@ impl hyper::service::Service<Request<hyper::body::Incoming>> for HttpsService {
 enum Routed {
     /// The response, and whether it has the site's headers already (static files add them).
     Answer(Response<Body>, bool),
+    /// The reverse proxy of this route, the request's host, and whether its `Authorization`
+    /// goes on to the backend.
+    Proxy(Arc<proxy::Proxy>, String, bool),
 }
 
 /// What finishing a response needs to know of its request.
@@ -375,7 +406,7 @@ impl HttpsService {
     /// Serves one request, whatever its protocol.
     pub fn handle(&self, req: Request<RequestBody>) -> Reply {
         let guard = ActiveGuard::new(&self.conn);
-        let (parts, _body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         let (site, routed) = self.route(&parts);
         let exchange = Exchange {
             request_closes: parts.version <= Version::HTTP_11 && request_closes(&parts),
@@ -388,6 +419,31 @@ impl HttpsService {
                     self.log_access(&parts, site, &resp);
                 }
                 Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard)))
+            }
+            Routed::Proxy(proxy, host, forward_authorization) => {
+                let svc = self.clone();
+                let site = site.expect("a proxy route belongs to a site");
+                Reply::Later(Box::pin(async move {
+                    let ctx = proxy::Context {
+                        peer: svc.peer,
+                        local: svc.local,
+                        host,
+                        site_headers: &svc.front.sites[site].headers,
+                        early: svc.conn.early.load(Ordering::Relaxed),
+                        client_auth: svc.front.sites[site].client_auth,
+                        client_cert: svc.client_cert.as_deref(),
+                        forward_authorization,
+                    };
+                    let log = svc
+                        .front
+                        .access_log
+                        .then(|| (parts.method.clone(), parts.uri.clone()));
+                    let resp = proxy.serve(parts, body, ctx).await;
+                    if let Some((method, uri)) = log {
+                        tracing::info!(target: "access", %method, %uri, version = ?exchange.version, status = resp.status().as_u16(), site = svc.front.sites[site].name.as_str());
+                    }
+                    svc.finish(&exchange, Some(site), resp, false, guard)
+                }))
             }
         }
     }
@@ -554,6 +610,13 @@ impl HttpsService {
                             Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
                         );
                     }
+                } else if site != self.front.default_site && self.front.sites[site].client_auth {
+                    // Without SNI the default site's TLS configuration made the handshake: a
+                    // site that verifies client certificates did not see this client's.
+                    return (
+                        None,
+                        Routed::Answer(pages::error(StatusCode::MISDIRECTED_REQUEST), false),
+                    );
                 }
                 (site, host)
             }
@@ -570,29 +633,49 @@ impl HttpsService {
                 )
             }
         };
-        if let Some(len) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > self.front.max_body {
-                let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return (Some(site), Routed::Answer(r, false));
-            }
-        }
-        (Some(site), serve_site(&self.front.sites[site], parts, host))
+        (
+            Some(site),
+            serve_site(&self.front.sites[site], parts, host, self),
+        )
     }
 }
 
 /// A site's answer, and whether it has the site's headers already.
-fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> Routed {
+fn serve_site(
+    site: &SiteHandler,
+    parts: &http::request::Parts,
+    host: &str,
+    svc: &HttpsService,
+) -> Routed {
     let path = parts.uri.path();
-    let Some(route) = site.routes.iter().find(|r| prefix_matches(&r.prefix, path)) else {
+    let route = site.routes.iter().find(|r| prefix_matches(&r.prefix, path));
+    // Who may pass, before any handler (a refused client does not learn what exists).
+    if let Some(rules) = route.map_or(&site.access, |r| &r.access) {
+        let cert = svc.client_cert.as_deref();
+        if let Err(refusal) = rules.check(svc.peer.ip(), cert, &parts.headers) {
+            return Routed::Answer(refusal, false);
+        }
+    }
+    let Some(route) = route else {
         return Routed::Answer(pages::error(StatusCode::NOT_FOUND), false);
     };
+    let limit = match &route.kind {
+        RouteKind::Proxy(p) => p.max_body(),
+        _ => svc.front.max_body,
+    };
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            let mut r = pages::error(StatusCode::PAYLOAD_TOO_LARGE);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Routed::Answer(r, false);
+        }
+    }
     let resp = match &route.kind {
         RouteKind::Respond(spec) => {
             let mut r = Response::new(Body::full(spec.body.clone()));
@@ -631,6 +714,10 @@ fn serve_site(site: &SiteHandler, parts: &http::request::Parts, host: &str) -> R
                 path
             };
             return Routed::Answer(files.serve(parts, lookup), true);
+        }
+        RouteKind::Proxy(proxy) => {
+            let forward_authorization = access::forwards_authorization(route.access.as_deref());
+            return Routed::Proxy(proxy.clone(), host.to_owned(), forward_authorization);
         }
     };
     Routed::Answer(resp, false)

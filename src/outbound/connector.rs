@@ -5,7 +5,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -311,7 +310,7 @@ fn connect_error(backend: &Arc<str>, e: io::Error) -> UpstreamError {
     }
 }
 
-fn unix_error(backend: &Arc<str>, path: &Path, e: io::Error) -> UpstreamError {
+fn unix_error(backend: &Arc<str>, path: &std::path::Path, e: io::Error) -> UpstreamError {
     match e.kind() {
         io::ErrorKind::NotFound => UpstreamError::Connect {
             backend: backend.clone(),

@@ -427,13 +427,18 @@ pub async fn serve_tls(
         return;
     }
     let config = state.tls.configs[site].clone();
-    let svc = |conn| HttpsService {
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let svc = |conn, client_cert| HttpsService {
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
         conn,
         peer,
+        local,
         overloaded,
         host_memo: Default::default(),
+        client_cert,
     };
     if config.max_early_data_size > 0 {
         let established = Box::pin(establish_early(
@@ -447,7 +452,8 @@ pub async fn serve_tls(
         let Some((io, conn_state, h2)) = established.await else {
             return;
         };
-        let svc = svc(conn_state);
+        // No client certificate: the configuration refuses early data with client_auth.
+        let svc = svc(conn_state, None);
         drop(sni);
         serve_https(io, h2, svc, &ctx, shutdown, peer).await;
         return;
@@ -464,6 +470,14 @@ pub async fn serve_tls(
         return;
     };
     let tls = io.as_mut().inner_mut().get_mut();
+    // Verified by the site's client_auth during the handshake (or carried by the resumed
+    // session); parsed once for all requests of the connection.
+    let client_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| Arc::new(crate::http::access::ClientCert::from_der(c)));
     // The session ticket(s) go out with the first response (or SETTINGS frame).
     tls.get_mut().0.release(conn_state.clone());
     if !h2 {
@@ -515,7 +529,7 @@ pub async fn serve_tls(
             }
         }
     }
-    let svc = svc(conn_state);
+    let svc = svc(conn_state, client_cert);
     drop(sni);
     serve_https(io, h2, svc, &ctx, shutdown, peer).await;
 }

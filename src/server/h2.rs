@@ -1229,8 +1229,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 /// only `trailers`, pseudo-fields first and known).
 fn request(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
     let method = pseudo.method?;
-    if pseudo.status.is_some() || pseudo.protocol.is_some() || method == Method::CONNECT {
-        // No response fields in a request; CONNECT (plain or extended) is not served.
+    if pseudo.status.is_some() {
+        // No response fields in a request.
+        return None;
+    }
+    // RFC 8441 §4: an extended CONNECT names its protocol (a WebSocket, for the reverse
+    // proxy) and has the fields of a request; a plain CONNECT (a forward proxy's) is not served.
+    let protocol = match (method == Method::CONNECT, pseudo.protocol) {
+        (true, Some(p)) => Some(hyper::ext::Protocol::from(p.as_str())),
+        (false, None) => None,
+        _ => return None,
+    };
+    if protocol.is_some() && pseudo.authority.is_none() {
         return None;
     }
     let scheme = pseudo.scheme?;
@@ -1253,6 +1263,9 @@ fn request(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_2;
     *req.headers_mut() = fields;
+    if let Some(protocol) = protocol {
+        req.extensions_mut().insert(protocol);
+    }
     Some(req)
 }
 

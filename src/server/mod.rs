@@ -302,7 +302,12 @@ impl Server {
             };
             configs.push(
                 shared
-                    .site_config(serving, site.early_data, site.require_post_quantum)
+                    .site_config(
+                        serving,
+                        site.early_data,
+                        site.require_post_quantum,
+                        site.client_auth.as_ref().map(|c| c.verifier.clone()),
+                    )
                     .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
             );
             certs.push(resolver);
@@ -371,7 +376,24 @@ impl Server {
             on_demand,
         };
 
-        let mut front = Frontend::new(&config, https_port, challenges.http01.clone())?;
+        // Proxy routes run their health checks and pool upkeep on a thread of their own.
+        let upstreams = if config.sites.iter().any(|s| {
+            s.routes
+                .iter()
+                .any(|r| matches!(r.handler, crate::config::model::Handler::Proxy(_)))
+        }) {
+            Some(upstream_runtime(shutdown_rx.clone())?)
+        } else {
+            None
+        };
+        let entered = upstreams.as_ref().map(|h| h.enter());
+        let mut front = Frontend::new(
+            &config,
+            https_port,
+            challenges.http01.clone(),
+            shutdown_rx.clone(),
+        )?;
+        drop(entered);
         front.on_demand = named;
         let front = Arc::new(front);
         let (placement, inboxes) = placement::Placement::new(config.workers);
@@ -861,6 +883,29 @@ fn renew_local_leaves(
 
 /// For housekeeping threads: waits an hour, looking at `shutdown` every second; `false` when
 /// the server is stopping.
+/// A thread with a tokio runtime for the reverse proxy's background tasks (active health
+/// checks, idle-connection expiry, re-resolution), alive until `shutdown`.
+fn upstream_runtime(mut shutdown: watch::Receiver<bool>) -> Result<tokio::runtime::Handle, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the upstream runtime: {e}"))?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("portcullis-upstreams".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .map_err(|e| format!("cannot start the upstream thread: {e}"))?;
+    Ok(handle)
+}
+
 pub fn hourly_wait(shutdown: &watch::Receiver<bool>) -> bool {
     for _ in 0..3600 {
         if *shutdown.borrow() {

@@ -80,6 +80,9 @@ pub struct TlsShared {
     early_cache: Option<Arc<dyn StoresServerSessions>>,
     alpn: Vec<Vec<u8>>,
     server_order: bool,
+    /// For the resumption state of sites with client authentication (see `site_config`).
+    ticket_rotation_secs: u32,
+    session_cache_size: usize,
 }
 
 /// Settings for [`TlsShared::new`].
@@ -127,6 +130,8 @@ impl TlsShared {
             }),
             alpn,
             server_order: opts.prefer_server_order,
+            ticket_rotation_secs: opts.ticket_rotation_secs,
+            session_cache_size: opts.session_cache_size,
         })
     }
 
@@ -138,7 +143,7 @@ impl TlsShared {
         certs: Arc<dyn rustls::server::ResolvesServerCert>,
         alpn: &[Vec<u8>],
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let mut cfg = Arc::unwrap_or_clone(self.site_config(certs, false, false)?);
+        let mut cfg = Arc::unwrap_or_clone(self.site_config(certs, false, false, None)?);
         cfg.alpn_protocols = alpn.to_vec();
         Ok(Arc::new(cfg))
     }
@@ -147,16 +152,28 @@ impl TlsShared {
     ///
     /// With `early_data`, the site accepts 0-RTT: rustls does so only with stateful resumption,
     /// so its sessions live in the early-data cache (never in tickets) and are single-use.
+    ///
+    /// With `client_auth`, handshakes ask for a client certificate and verify it. Such a site
+    /// gets resumption state of its own (ticket keys and session cache): a session carries
+    /// the client certificate of its full handshake, and one made with another site's
+    /// configuration (another CA, or none) cannot be resumed here, whatever the client sends.
+    /// rustls refuses a session whose SNI differs already; this also covers names that change
+    /// sites (on-demand names) and clients without SNI.
     pub fn site_config(
         &self,
         certs: Arc<dyn rustls::server::ResolvesServerCert>,
         early_data: bool,
         require_post_quantum: bool,
+        client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
-        let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(self.profile.versions())?
-            .with_no_client_auth()
-            .with_cert_resolver(certs);
+        let builder = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(self.profile.versions())?;
+        let own_sessions = client_auth.is_some();
+        let mut cfg = match client_auth {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        }
+        .with_cert_resolver(certs);
         cfg.alpn_protocols = self.alpn.clone();
         cfg.ignore_client_order = self.server_order;
         // A TLS 1.3 client that lists X25519MLKEM768 first but sent only an X25519 (or P-256)
@@ -186,6 +203,17 @@ impl TlsShared {
             cfg.max_early_data_size = MAX_EARLY_DATA;
             // Answers to early requests go out right after the server's Finished.
             cfg.send_half_rtt_data = true;
+        }
+        // (The configuration refuses early data with client authentication.)
+        if own_sessions && !early_data {
+            cfg.session_storage = if self.session_cache_size > 0 {
+                ServerSessionMemoryCache::new(self.session_cache_size)
+            } else {
+                Arc::new(rustls::server::NoServerSessionStorage {})
+            };
+            if self.ticketer.is_some() {
+                cfg.ticketer = tickets::rotating_ticketer(self.ticket_rotation_secs)?;
+            }
         }
         Ok(Arc::new(cfg))
     }
