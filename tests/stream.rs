@@ -621,6 +621,78 @@ async fn proxy_protocol_accepted_from_trusted_addresses_only() {
     }
 }
 
+/// An HTTP backend that answers each request with the `X-Forwarded-For` it got.
+async fn forwarded_for_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let xff = text(&head)
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("x-forwarded-for")
+                            .then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xff}",
+                    xff.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// The client a load balancer's header names is the client from then on: the reverse proxy
+/// forwards it in `X-Forwarded-For`.
+#[tokio::test]
+async fn the_client_named_by_the_proxy_header_is_forwarded_to_backends() {
+    let backend = forwarded_for_backend().await;
+    let srv = start(&format!(
+        r#"proxy_protocol = {{ from = ["127.0.0.1"] }}
+[[site]]
+name = "app"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://{backend}"] }}
+"#
+    ));
+    for v in [Version::V1, Version::V2] {
+        let tcp = proxied_tcp(srv.https, Some(header(v))).await;
+        assert_eq!(https_get(tcp).await.unwrap(), "200 203.0.113.9", "{v:?}");
+    }
+    // Without the load balancer in front (other addresses), the connection's own peer.
+    let srv = start(&format!(
+        r#"proxy_protocol = {{ from = ["10.0.0.0/8"] }}
+[[site]]
+name = "app"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["http://{backend}"] }}
+"#
+    ));
+    let tcp = proxied_tcp(srv.https, None).await;
+    assert_eq!(https_get(tcp).await.unwrap(), "200 127.0.0.1");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config errors: each names the file and line.
 
