@@ -693,6 +693,52 @@ proxy = {{ upstreams = ["http://{backend}"] }}
     assert_eq!(https_get(tcp).await.unwrap(), "200 127.0.0.1");
 }
 
+/// `portcullis certs` and `pins` list stream certificates beside the sites'.
+#[test]
+fn certs_and_pins_list_stream_certificates() {
+    let env = TestEnv::new();
+    let path = env.write_config(&format!(
+        r#"{TWO_SITES}
+[[stream]]
+name = "imaps"
+listen = ["127.0.0.1:0"]
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+upstream = "127.0.0.1:143"
+
+[[stream.route]]
+sni = ["mail.test"]
+upstream = "127.0.0.1:1143"
+"#
+    ));
+    let run = |cmd: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([cmd, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let certs = run("certs");
+    assert!(
+        certs
+            .lines()
+            .any(|l| l.starts_with("stream \"imaps\": file ") && l.contains("alpha.pem")),
+        "{certs}"
+    );
+    assert!(
+        certs
+            .lines()
+            .any(|l| l.starts_with("stream \"imaps\" route 1: local CA")),
+        "{certs}"
+    );
+    let pins = run("pins");
+    assert!(pins.lines().any(|l| l == "stream \"imaps\":"), "{pins}");
+    assert!(pins.lines().any(|l| l == "site alpha:"), "{pins}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Config errors: each names the file and line.
 
