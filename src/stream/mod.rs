@@ -27,14 +27,10 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::StartHandshake;
 
 use crate::config::stream::{Stream, StreamMode, StreamRoute, Upstream};
+use crate::server::conn::{
+    linger_close, SyncIo, ALERT_DECODE_ERROR, ALERT_INTERNAL_ERROR, ALERT_UNRECOGNIZED_NAME,
+};
 use crate::tls::resolver::SiteCerts;
-
-/// A fatal `unrecognized_name` alert (no route for the name).
-const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-/// A fatal `internal_error` alert (the route's certificate is still being obtained).
-const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
-/// A fatal `decode_error` alert (a ClientHello larger than [`MAX_HELLO`]).
-const ALERT_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
 
 /// Most ClientHello bytes read before routing (rustls's own limit for a handshake message).
 const MAX_HELLO: usize = 64 * 1024;
@@ -118,8 +114,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
     drop(alpn);
     let Some(i) = picked else {
         tracing::debug!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "no route for this name: sending unrecognized_name");
-        let mut tcp = tcp;
-        let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+        let _ = SyncIo(&tcp).write(&ALERT_UNRECOGNIZED_NAME);
+        linger_close(&tcp).await;
         return;
     };
     let local = tcp.local_addr().ok();
@@ -148,8 +144,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
             drop(bytes);
             if certs.is_empty() {
                 tracing::warn!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
-                let mut tcp = tcp;
-                let _ = tcp.write_all(&ALERT_INTERNAL_ERROR).await;
+                let _ = SyncIo(&tcp).write(&ALERT_INTERNAL_ERROR);
+                linger_close(&tcp).await;
                 return;
             }
             let handshake = StartHandshake::from_parts(*accepted, tcp).into_stream(config.clone());
@@ -214,14 +210,16 @@ async fn read_hello(
         };
         if bytes.len() + n > MAX_HELLO {
             tracing::debug!(stream = name, %peer, "ClientHello too large");
-            let _ = SyncWrite(tcp).write(&ALERT_DECODE_ERROR);
+            let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
+            linger_close(tcp).await;
             return None;
         }
         bytes.extend_from_slice(&chunk[..n]);
         let mut rd = &chunk[..n];
         while !rd.is_empty() {
             if acceptor.read_tls(&mut rd).is_err() {
-                let _ = SyncWrite(tcp).write(&ALERT_DECODE_ERROR);
+                let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
+                linger_close(tcp).await;
                 return None;
             }
         }
@@ -230,22 +228,11 @@ async fn read_hello(
             Ok(None) => {}
             Err((e, mut alert)) => {
                 tracing::debug!(stream = name, %peer, error = %e, "not a valid ClientHello");
-                let _ = alert.write(&mut SyncWrite(tcp));
+                let _ = alert.write(&mut SyncIo(tcp));
+                linger_close(tcp).await;
                 return None;
             }
         }
-    }
-}
-
-/// `std::io::Write` over a non-blocking socket, for alerts (a few bytes into an empty buffer).
-struct SyncWrite<'a>(&'a TcpStream);
-
-impl Write for SyncWrite<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
