@@ -144,6 +144,24 @@ pub enum RawSize {
     Text(String),
 }
 
+impl fmt::Display for RawStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawStatus::Code(c) => write!(f, "{c}"),
+            RawStatus::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+impl fmt::Display for RawSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RawSize::Bytes(n) => write!(f, "{n}"),
+            RawSize::Text(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for RawUpstream {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -618,7 +636,7 @@ pub fn spec(cx: &mut Cx<'_>, raw: &Spanned<RawProxy>) -> Option<ProxySpec> {
             let loc = cx.loc(m);
             cx.err(
                 loc,
-                format!("max_body = {:?} is not a size", m.get_ref()),
+                format!("max_body = {} is not a size", m.get_ref()),
                 "write bytes (1048576) or a size with a unit: \"512KiB\", \"10MB\", \"1GiB\"",
             );
         }
@@ -965,7 +983,7 @@ fn health(cx: &mut Cx<'_>, raw: &Spanned<RawHealth>) -> HealthSpec {
                 let l = cx.loc(s);
                 cx.err(
                     l,
-                    format!("health.status = {:?} is not a status or class", s.get_ref()),
+                    format!("health.status = {} is not a status or class", s.get_ref()),
                     "write a code such as 200 or a class such as \"2xx\"",
                 );
                 StatusMatch::Exact(200)

@@ -5,10 +5,11 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
@@ -112,7 +113,6 @@ pub struct Target {
 
 struct Resolved {
     addrs: Arc<[SocketAddr]>,
-    at: Option<Instant>,
     /// Rotates the first address tried among several.
     next: usize,
 }
@@ -136,11 +136,7 @@ impl Target {
         }
         Target {
             addr,
-            resolved: Mutex::new(Resolved {
-                addrs,
-                at: None,
-                next: 0,
-            }),
+            resolved: Mutex::new(Resolved { addrs, next: 0 }),
             proxy_protocol,
             server_name,
         }
@@ -167,15 +163,15 @@ impl Target {
         }
         let mut r = lock(&self.resolved);
         r.addrs = found.into();
-        r.at = Some(Instant::now());
         Ok(())
     }
 
-    fn addrs(&self) -> (Arc<[SocketAddr]>, usize, bool) {
+    /// The addresses to try and where to start among them (rotating, so that requests
+    /// spread over a name's addresses).
+    fn addrs(&self) -> (Arc<[SocketAddr]>, usize) {
         let mut r = lock(&self.resolved);
-        let stale = r.at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
         r.next = r.next.wrapping_add(1);
-        (r.addrs.clone(), r.next, stale)
+        (r.addrs.clone(), r.next)
     }
 }
 
@@ -230,10 +226,12 @@ impl Connector {
                 UpstreamScheme::Http,
             ),
             UpstreamAddr::Tcp { scheme, .. } => {
-                let (mut addrs, mut start, stale) = target.addrs();
-                if addrs.is_empty() || (stale && target.is_name()) {
+                // Names are refreshed in the background (every RESOLVE_EVERY); a request
+                // resolves only when there is no address yet (start, or lookups failing).
+                let (mut addrs, mut start) = target.addrs();
+                if addrs.is_empty() {
                     match target.resolve().await {
-                        Ok(()) => (addrs, start, _) = target.addrs(),
+                        Ok(()) => (addrs, start) = target.addrs(),
                         Err(e) if addrs.is_empty() => {
                             return Err(UpstreamError::Connect {
                                 backend: backend.clone(),
@@ -310,7 +308,7 @@ fn connect_error(backend: &Arc<str>, e: io::Error) -> UpstreamError {
     }
 }
 
-fn unix_error(backend: &Arc<str>, path: &std::path::Path, e: io::Error) -> UpstreamError {
+fn unix_error(backend: &Arc<str>, path: &Path, e: io::Error) -> UpstreamError {
     match e.kind() {
         io::ErrorKind::NotFound => UpstreamError::Connect {
             backend: backend.clone(),

@@ -203,7 +203,7 @@ impl TlsFailure {
                     presented,
                 } => TlsFailure::NameMismatch {
                     expected: server_name_text(expected),
-                    presented: presented.clone(),
+                    presented: presented.iter().map(|p| presented_name(p)).collect(),
                 },
                 CertificateError::UnknownIssuer => TlsFailure::UntrustedIssuer,
                 CertificateError::Revoked => TlsFailure::Revoked,
@@ -215,6 +215,35 @@ impl TlsFailure {
             }
             other => TlsFailure::Other(other.to_string()),
         }
+    }
+}
+
+impl TlsFailure {
+    /// A TLS alert from the backend that reached us only as text: h2 keeps an I/O error's
+    /// message, not the error, so a refusal after the handshake (TLS 1.3 client certificates)
+    /// arrives as "received fatal alert: CertificateRequired".
+    pub(crate) fn from_alert_text(text: &str) -> Option<TlsFailure> {
+        const KNOWN: [AlertDescription; 13] = [
+            AlertDescription::CertificateRequired,
+            AlertDescription::BadCertificate,
+            AlertDescription::UnknownCA,
+            AlertDescription::CertificateUnknown,
+            AlertDescription::CertificateExpired,
+            AlertDescription::CertificateRevoked,
+            AlertDescription::UnsupportedCertificate,
+            AlertDescription::AccessDenied,
+            AlertDescription::HandshakeFailure,
+            AlertDescription::ProtocolVersion,
+            AlertDescription::UnrecognisedName,
+            AlertDescription::NoApplicationProtocol,
+            AlertDescription::DecryptError,
+        ];
+        let name = text.split("received fatal alert: ").nth(1)?;
+        let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+        KNOWN
+            .into_iter()
+            .find(|a| format!("{a:?}") == name)
+            .map(|a| TlsFailure::Refused(alert_words(a)))
     }
 }
 
@@ -239,6 +268,17 @@ fn alert_words(a: AlertDescription) -> String {
         AlertDescription::NoApplicationProtocol => "no common application protocol (ALPN)".into(),
         other => format!("alert {other:?}"),
     }
+}
+
+/// rustls lists presented names as `DnsName("a.example")` / `IpAddress(10.0.0.1)`: the name
+/// alone reads better in a log line.
+fn presented_name(p: &str) -> String {
+    for prefix in ["DnsName(", "IpAddress(", "UniformResourceIdentifier("] {
+        if let Some(rest) = p.strip_prefix(prefix).and_then(|r| r.strip_suffix(')')) {
+            return rest.trim_matches('"').to_string();
+        }
+    }
+    p.to_string()
 }
 
 fn server_name_text(n: &rustls::pki_types::ServerName<'_>) -> String {
@@ -294,6 +334,14 @@ mod tests {
             .contains("untrusted issuer"));
         let e = rustls::Error::InvalidCertificate(CertificateError::Expired);
         assert!(TlsFailure::from_rustls(&e).to_string().contains("expired"));
+        assert_eq!(presented_name("DnsName(\"a.example\")"), "a.example");
+        assert_eq!(presented_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        let t = TlsFailure::from_alert_text("connection error: received fatal alert: UnknownCA");
+        assert!(t
+            .unwrap()
+            .to_string()
+            .contains("did not accept our client certificate"));
+        assert_eq!(TlsFailure::from_alert_text("connection reset"), None);
         let e = rustls::Error::AlertReceived(AlertDescription::CertificateRequired);
         assert!(TlsFailure::from_rustls(&e)
             .to_string()

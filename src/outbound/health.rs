@@ -274,7 +274,7 @@ mod tests {
             h.record_failure(&p, 40_000);
         }
         assert_eq!(h.record_failure(&p, 40_000), Some(Duration::from_secs(10)));
-        assert_eq!(h.failures.load(Ordering::Relaxed), 9);
+        assert_eq!(h.failures.load(Ordering::Relaxed), 11);
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! * [`health`]: active checks and passive ejection;
 //! * [`error`]: what failed, in words, and the status for the client.
 //!
-//! Retries: a request that never reached a backend (connect failure, TLS failure, busy pool,
-//! a pooled connection found closed before anything was written) is always tried on another
-//! backend. One that reached a backend is retried only when its method is idempotent (or
-//! `retry_non_idempotent`) and its body was empty from the start (the retry sends an empty
-//! body). Never after response headers arrived. At most `retries` other backends.
+//! Retries: a request that never reached a backend (connect failure, TLS failure, busy pool)
+//! is always tried on another backend (each backend once), whatever `retries` says. One that
+//! reached a backend is retried only when its method is idempotent (or `retry_non_idempotent`)
+//! and its body was empty from the start (the retry sends an empty body), on at most
+//! `retries` other backends. Never after response headers arrived. A pooled connection that
+//! turns out closed by the backend is not the backend's fault: the request goes again to the
+//! same backend on another connection (up to 3 times, not counted as retries) when nothing
+//! was written yet, or when it was and the request could be resent anyway.
 //!
 //! Not here: the header policy, request body limits, WebSocket tunnelling and error pages are
 //! the HTTP request path's.
@@ -92,6 +95,28 @@ pub struct Exchange {
     pub upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// Earlier attempts that failed (each on another backend), for the log.
     pub retried: Vec<UpstreamError>,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("status", &self.response.status())
+            .field("backend", &self.backend)
+            .field("connect_time", &self.connect_time)
+            .field("upstream_time", &self.upstream_time)
+            .field("set_cookie", &self.set_cookie)
+            .field("upgrade", &self.upgrade.is_some())
+            .field("retried", &self.retried)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The state of one backend, for metrics and the status page.
@@ -295,18 +320,18 @@ impl UpstreamGroup {
             let mut lease = match lease {
                 Ok(l) => l,
                 Err(e) => {
+                    // Nothing was sent: always worth another backend (each is tried once).
                     self.failed(b, &e);
                     tried.push(index);
                     failed.push(e);
-                    if failed.len() as u32 > self.retries {
-                        return Err(self.give_up(failed, None));
-                    }
                     continue;
                 }
             };
             // The last attempt (or one that cannot be repeated) takes the request itself;
             // others send a copy.
-            let may_resend = resend_ok && (failed.len() as u32) < self.retries;
+            let resent = failed.iter().filter(|e| !e.never_reached_backend()).count();
+            let may_resend = resend_ok
+                && ((resent as u32) < self.retries || (lease.reused && stale_retries < 3));
             let p = match (&parts, may_resend) {
                 (Some(p), true) => copy_parts(p),
                 _ => parts.take().unwrap_or_else(|| {
@@ -384,6 +409,7 @@ impl UpstreamGroup {
                         // request again (a pooled connection closed by the backend while idle
                         // is normal; a backend that went away fails at connect next time).
                         drop(in_flight);
+                        b.requests.fetch_sub(1, Ordering::Relaxed);
                         let (p, bd) = req.into_parts();
                         parts = Some(p);
                         body = Some(bd);
@@ -397,9 +423,6 @@ impl UpstreamGroup {
                         self.failed(b, &e);
                         tried.push(index);
                         failed.push(e);
-                        if failed.len() as u32 > self.retries {
-                            return Err(self.give_up(failed, None));
-                        }
                         continue;
                     }
                     classify(&b.label, e.into_error())
@@ -414,9 +437,22 @@ impl UpstreamGroup {
                 },
             };
             drop(in_flight);
+            if lease.reused
+                && may_resend
+                && stale_retries < 3
+                && matches!(e, UpstreamError::ClosedEarly { .. })
+            {
+                // A pooled connection the backend closed just as the request went out (the
+                // race every keep-alive client has): the backend is not at fault; the same
+                // backend gets the request again on another connection.
+                stale_retries += 1;
+                continue;
+            }
             self.failed(b, &e);
             tried.push(index);
-            let retry = may_resend && !matches!(e, UpstreamError::RequestBody { .. });
+            let retry = may_resend
+                && (resent as u32) < self.retries
+                && !matches!(e, UpstreamError::RequestBody { .. });
             failed.push(e);
             if !retry {
                 let last = failed.pop();
@@ -516,35 +552,38 @@ impl UpstreamGroup {
     /// Sets what the backend's protocol needs: HTTP/1.1 in origin form with a `Host`;
     /// HTTP/2 with scheme and authority in the URI (from `Host`, which HTTP/2 does not carry).
     fn prepare(&self, b: &Backend, mut req: Request<ReqBody>, h2: bool) -> Request<ReqBody> {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        if h2 {
+        if !h2 {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                let origin = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                if let Ok(uri) = origin.parse::<Uri>() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            if !req.headers().contains_key(http::header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(&b.host_header()) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+            }
+        } else {
             *req.version_mut() = Version::HTTP_2;
             let authority = req
                 .headers_mut()
                 .remove(http::header::HOST)
                 .and_then(|h| h.to_str().ok().map(str::to_string))
                 .unwrap_or_else(|| b.host_header());
+            let path = req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             if let Ok(uri) = Uri::builder()
                 .scheme(b.uri_scheme())
                 .authority(authority.as_str())
-                .path_and_query(path.as_str())
+                .path_and_query(path)
                 .build()
             {
                 *req.uri_mut() = uri;
-            }
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            if let Ok(uri) = path.parse::<Uri>() {
-                *req.uri_mut() = uri;
-            }
-            if !req.headers().contains_key(http::header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(&b.host_header()) {
-                    req.headers_mut().insert(http::header::HOST, v);
-                }
             }
         }
         req
@@ -558,8 +597,20 @@ async fn maintain(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tick = (idle_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let mut last_resolve = Instant::now();
+    // Names are resolved at once, then every RESOLVE_EVERY.
+    let mut last_resolve: Option<Instant> = None;
     loop {
+        if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+            last_resolve = Some(Instant::now());
+            let Some(g) = group.upgrade() else { return };
+            for b in &g.backends {
+                if b.target.is_name() {
+                    if let Err(e) = b.target.resolve().await {
+                        tracing::warn!(backend = %b.label, "cannot resolve the upstream's name (keeping its last addresses, if any): {e}");
+                    }
+                }
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
@@ -570,16 +621,6 @@ async fn maintain(
         let Some(g) = group.upgrade() else { return };
         for b in &g.backends {
             b.pool.sweep();
-        }
-        if last_resolve.elapsed() >= RESOLVE_EVERY {
-            last_resolve = Instant::now();
-            for b in &g.backends {
-                if b.target.is_name() {
-                    if let Err(e) = b.target.resolve().await {
-                        tracing::warn!(backend = %b.label, "cannot resolve the upstream's name again (keeping its last addresses): {e}");
-                    }
-                }
-            }
         }
     }
 }
@@ -732,8 +773,21 @@ fn classify(backend: &Arc<str>, e: hyper::Error) -> UpstreamError {
     if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
         return UpstreamError::ClosedEarly { backend };
     }
+    let detail = error_chain(&e);
+    if let Some(reason) = error::TlsFailure::from_alert_text(&detail) {
+        return UpstreamError::Tls { backend, reason };
+    }
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
     while let Some(s) = src {
+        // TLS 1.3 clients finish their handshake before the server has checked their
+        // certificate: a refusal (no or unaccepted client certificate) arrives as an alert on
+        // the first read, i.e. here.
+        if let Some(tls) = rustls_error_in(s) {
+            return UpstreamError::Tls {
+                backend,
+                reason: error::TlsFailure::from_rustls(tls),
+            };
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
@@ -756,6 +810,16 @@ fn classify(backend: &Arc<str>, e: hyper::Error) -> UpstreamError {
         backend,
         detail: error_chain(&e),
     }
+}
+
+/// The TLS error inside an I/O error (tokio-rustls) or an HTTP/2 error (h2 keeps the I/O
+/// error out of its `source()`).
+fn rustls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let io = match e.downcast_ref::<h2::Error>() {
+        Some(h2) => h2.get_io(),
+        None => e.downcast_ref::<std::io::Error>(),
+    }?;
+    io.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 /// An error and its sources on one line.

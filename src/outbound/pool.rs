@@ -25,7 +25,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::connector::{Connected, Connector, Target};
@@ -40,6 +40,13 @@ pub type ReqBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>
 /// Streams one HTTP/2 connection carries before another is opened (the usual
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`; a backend allowing fewer makes hyper queue the rest).
 pub const H2_STREAMS_PER_CONN: usize = 100;
+
+/// HTTP/2 connections are pinged this often (busy or idle), and closed when a ping is not
+/// answered within [`H2_PING_TIMEOUT`]: every request to the backend shares the connection,
+/// so one that died silently (a backend host gone without closing) must not hold them all
+/// until their response-header timeouts.
+pub const H2_PING_EVERY: Duration = Duration::from_secs(20);
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections of one backend.
 pub struct Pool {
@@ -61,6 +68,20 @@ struct IdleH1 {
     sender: http1::SendRequest<ReqBody>,
     since: Instant,
     client: Option<ClientAddrs>,
+    /// The thread whose runtime drives the connection (see [`thread_key`]).
+    thread: u64,
+}
+
+/// This thread's key. A connection's task runs on the worker that opened it (each worker has
+/// a runtime of its own), so a request reuses only idle connections of its own worker: one of
+/// another worker would be driven across threads, every read and write of it a cross-thread
+/// wake-up. Each worker keeps its own idle connections (up to `max_idle_per_backend` in all).
+fn thread_key() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    KEY.with(|k| *k)
 }
 
 struct H2Conn {
@@ -170,13 +191,32 @@ impl Pool {
             });
         }
         if !h1_only && self.h2_hint.load(Ordering::Relaxed) {
-            let _dialing = self.dial_h2.lock().await;
+            // Waiting for another request's dial counts against this one's connect timeout,
+            // so requests queued behind a dial that hangs fail together, not one after another.
+            let start = Instant::now();
+            let Ok(_dialing) = tokio::time::timeout(connect_timeout, self.dial_h2.lock()).await
+            else {
+                return Err(UpstreamError::ConnectTimeout {
+                    backend: backend.clone(),
+                    after: connect_timeout,
+                });
+            };
             if let Some(l) = self.shared_h2(client) {
                 return Ok(l);
             }
+            let left = connect_timeout.saturating_sub(start.elapsed());
             return self
-                .dial(connector, target, backend, client, h1_only, connect_timeout)
-                .await;
+                .dial(connector, target, backend, client, h1_only, left)
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::ConnectTimeout { backend, .. } => {
+                        UpstreamError::ConnectTimeout {
+                            backend,
+                            after: connect_timeout,
+                        }
+                    }
+                    e => e,
+                });
         }
         self.dial(connector, target, backend, client, h1_only, connect_timeout)
             .await
@@ -200,8 +240,12 @@ impl Pool {
     }
 
     fn idle_h1(&self, client: Option<&ClientAddrs>) -> Option<http1::SendRequest<ReqBody>> {
+        let me = thread_key();
         let mut list = lock(&self.idle);
-        while let Some(pos) = list.iter().rposition(|c| c.client.as_ref() == client) {
+        while let Some(pos) = list
+            .iter()
+            .rposition(|c| c.client.as_ref() == client && c.thread == me)
+        {
             let c = list.remove(pos);
             if c.since.elapsed() < self.spec.idle_timeout && c.sender.is_ready() {
                 return Some(c.sender);
@@ -254,6 +298,10 @@ impl Pool {
             if h2 {
                 self.h2_hint.store(true, Ordering::Relaxed);
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(H2_PING_EVERY)
+                    .keep_alive_timeout(H2_PING_TIMEOUT)
+                    .keep_alive_while_idle(true)
                     .handshake(io)
                     .await
                     .map_err(handshake_err)?;
@@ -310,6 +358,7 @@ impl Pool {
             if sender.ready().await.is_err() {
                 return;
             }
+            let thread = thread_key();
             let mut list = lock(&idle);
             if list.len() >= max {
                 list.remove(0);
@@ -318,6 +367,7 @@ impl Pool {
                 sender,
                 since: Instant::now(),
                 client,
+                thread,
             });
         });
     }
