@@ -263,7 +263,8 @@ pub struct ProxySpec {
     pub max_body: Option<u64>,
     /// Pass WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) (default true).
     pub websocket: bool,
-    /// Compress compressible responses (gzip/br/zstd by Accept-Encoding) (default false).
+    /// Compress compressible responses (gzip/br/zstd by Accept-Encoding) (default false); what
+    /// and how: [`crate::http::compress`].
     pub compress: bool,
     /// Remove the route's prefix from the path sent upstream (default false).
     pub strip_prefix: bool,

@@ -16,6 +16,7 @@
 pub mod access;
 pub mod body;
 pub mod client;
+pub mod compress;
 pub mod date;
 pub mod pages;
 pub mod proxy;

@@ -69,6 +69,7 @@ use rustix::fs::{Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use super::body::Body;
+use super::compress::AcceptEncoding;
 
 /// Files up to this size are read into memory in one go and sent as [`Body::Full`].
 pub const SMALL_FILE_MAX: u64 = 64 * 1024;
@@ -1307,60 +1308,7 @@ impl Encoding {
     }
 }
 
-/// A parsed `Accept-Encoding`: codings (lower-cased) with q-values in thousandths.
-#[derive(Debug, Default)]
-struct AcceptEncoding {
-    entries: Vec<(String, u16)>,
-}
-
 impl AcceptEncoding {
-    /// Parses every `Accept-Encoding` value; malformed elements are skipped.
-    fn parse(headers: &HeaderMap) -> Self {
-        let mut entries = Vec::new();
-        for value in headers.get_all(header::ACCEPT_ENCODING) {
-            let Ok(value) = value.to_str() else { continue };
-            for element in value.split(',') {
-                let mut parts = element.split(';');
-                let coding = parts.next().unwrap_or("").trim();
-                if coding.is_empty() || !coding.bytes().all(is_tchar) {
-                    continue;
-                }
-                let mut q = Some(1000);
-                for param in parts {
-                    let Some((name, val)) = param.split_once('=') else {
-                        q = None;
-                        break;
-                    };
-                    if name.trim().eq_ignore_ascii_case("q") {
-                        q = parse_qvalue(val.trim());
-                    }
-                }
-                if let Some(q) = q {
-                    entries.push((coding.to_ascii_lowercase(), q));
-                }
-            }
-        }
-        AcceptEncoding { entries }
-    }
-
-    /// The explicitly listed q-value of `coding` (highest if listed twice).
-    fn explicit(&self, coding: &str) -> Option<u16> {
-        self.entries
-            .iter()
-            .filter(|(c, _)| c == coding)
-            .map(|(_, q)| *q)
-            .max()
-    }
-
-    /// The q-value for a content coding: explicit entry, else `*`, else 0 (not acceptable).
-    fn q(&self, coding: &str) -> u16 {
-        let explicit = match coding {
-            "gzip" => self.explicit("gzip").max(self.explicit("x-gzip")),
-            other => self.explicit(other),
-        };
-        explicit.or_else(|| self.explicit("*")).unwrap_or(0)
-    }
-
     /// Picks the variant to send among the existing ones: the acceptable (q > 0) coding with
     /// the highest q, `br` winning ties; `None` (identity) if none is acceptable or the client
     /// explicitly rates `identity` higher than the best coding.
@@ -1379,28 +1327,6 @@ impl AcceptEncoding {
             Some(identity) if identity > q => None,
             _ => Some(best),
         }
-    }
-}
-
-/// RFC 9110 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// Parses a `qvalue` (`0[.ddd]` or `1[.000]`) into thousandths.
-fn parse_qvalue(s: &str) -> Option<u16> {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut thousandths: u16 = 0;
-    for (i, b) in frac.bytes().enumerate() {
-        thousandths += u16::from(b - b'0') * [100, 10, 1][i];
-    }
-    match int {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
-        _ => None,
     }
 }
 
@@ -1524,6 +1450,8 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::pin::Pin;
     use std::task::Waker;
+
+    use crate::http::compress::parse_qvalue;
 
     use http_body::Body as _;
 

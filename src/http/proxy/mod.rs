@@ -20,6 +20,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 
 use super::body::Body;
+use super::compress;
 use super::RequestBody;
 use crate::config::proxy::{HostMode, ProxySpec};
 use crate::outbound::{BalanceKey, ClientAddrs, UpstreamError, UpstreamGroup};
@@ -86,6 +87,11 @@ impl Proxy {
         ctx: Context<'_>,
     ) -> Response<Body> {
         let id = request_id();
+        // `Some` on a compressing route: the coding this client takes, if any.
+        let coding = self
+            .spec
+            .compress
+            .then(|| compress::negotiate(&parts.headers));
         let h1_ws = tunnel::is_h1_websocket(&parts);
         let h2_ws = tunnel::is_h2_websocket(&parts);
         if h2_ws && !self.spec.websocket {
@@ -314,7 +320,11 @@ impl Proxy {
             inner: rbody,
             id: id.clone(),
         });
-        Response::from_parts(rparts, body)
+        let resp = Response::from_parts(rparts, body);
+        match coding {
+            Some(coding) => compress::apply(&parts.method, resp, coding),
+            None => resp,
+        }
     }
 
     /// The path and query sent upstream (origin form), without the route's prefix when so
