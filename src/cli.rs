@@ -467,6 +467,17 @@ fn check(a: ServeArgs) -> i32 {
                     crate::config::model::SiteCertSource::Files(_) => {}
                 }
             }
+            for c in config.streams.iter().flat_map(|s| &s.certs) {
+                match c.certs {
+                    crate::config::model::SiteCertSource::LocalCa => {
+                        eprintln!("{label}: note: {}: its certificate will be issued by the local CA ({})", c.name, local_ca::root_cert_path(&config.data_dir).display());
+                    }
+                    crate::config::model::SiteCertSource::Acme => {
+                        eprintln!("{label}: note: {}: its certificate will be obtained from the ACME CA {} (HTTP-01 on port 80)", c.name, config.acme.directory);
+                    }
+                    crate::config::model::SiteCertSource::Files(_) => {}
+                }
+            }
             let certs: usize = config
                 .sites
                 .iter()
@@ -584,10 +595,10 @@ fn pins(a: ServeArgs) -> i32 {
     };
     let storage = crate::storage::FileStorage::new(config.data_dir.clone());
     let mut status = 0;
-    for site in &config.sites {
-        println!("site {}:", site.name);
+    for site in cert_holders(&config) {
+        println!("{}:", site.label);
         let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
-        match &site.certs {
+        match site.certs {
             SiteCertSource::Files(list) => {
                 for c in list {
                     let pin = c.certified.cert.first().and_then(|d| cert_pin(d));
@@ -642,7 +653,7 @@ fn pins(a: ServeArgs) -> i32 {
                         config.acme.key_type.as_str()
                     ),
                     Err(e) => {
-                        eprintln!("portcullis: site {}: next key: {e}", site.name);
+                        eprintln!("portcullis: {}: next key: {e}", site.label);
                         status = 1;
                     }
                 }
@@ -650,6 +661,36 @@ fn pins(a: ServeArgs) -> i32 {
         }
     }
     status
+}
+
+/// What holds a certificate, for `pins` and `certs`: each site, then each stream certificate.
+struct CertHolder<'a> {
+    /// `alpha`, or `stream "imaps"`.
+    name: String,
+    /// `site alpha`, or `stream "imaps"`.
+    label: String,
+    hosts: &'a [crate::tls::names::HostPattern],
+    certs: &'a crate::config::model::SiteCertSource,
+}
+
+fn cert_holders(config: &config::Config) -> Vec<CertHolder<'_>> {
+    let sites = config.sites.iter().map(|s| CertHolder {
+        name: s.name.clone(),
+        label: format!("site {}", s.name),
+        hosts: &s.hosts,
+        certs: &s.certs,
+    });
+    let streams = config
+        .streams
+        .iter()
+        .flat_map(|s| &s.certs)
+        .map(|c| CertHolder {
+            name: c.name.clone(),
+            label: c.name.clone(),
+            hosts: &c.hosts,
+            certs: &c.certs,
+        });
+    sites.chain(streams).collect()
 }
 
 fn certs(a: ServeArgs) -> i32 {
@@ -677,9 +718,9 @@ fn certs(a: ServeArgs) -> i32 {
         )
     };
     let storage = crate::storage::FileStorage::new(config.data_dir.clone());
-    for site in &config.sites {
+    for site in cert_holders(&config) {
         let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
-        match &site.certs {
+        match site.certs {
             SiteCertSource::Files(list) => {
                 for c in list {
                     println!(

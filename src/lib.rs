@@ -6,6 +6,9 @@
 //! * [`http`] — what a request meets: routing by host and path, security headers, static files,
 //!   fixed responses, redirects, and the port-80 redirector;
 //! * [`server`] — listeners, worker threads, connection lifecycle and limits;
+//! * [`stream`] — TLS for any TCP service (`[[stream]]`): termination or passthrough by SNI;
+//! * [`proxy_protocol`] — PROXY protocol v1/v2 headers, read from load balancers and sent to
+//!   backends;
 //! * [`acme`] — automatic certificates (the HTTP-01 hook so far);
 //! * [`outbound`] — the reverse proxy's upstream side: backend connections, pools, balancing,
 //!   health, retries;
@@ -23,6 +26,8 @@ pub mod fuzzing;
 pub mod http;
 pub mod ops;
 pub mod outbound;
+pub mod proxy_protocol;
 pub mod server;
 pub mod storage;
+pub mod stream;
 pub mod tls;

@@ -29,6 +29,10 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// Index into `sites` for clients without SNI.
     pub default_site: usize,
+    /// TLS for other TCP services (`[[stream]]`).
+    pub streams: Vec<super::stream::Stream>,
+    /// `[listen] proxy_protocol`: load balancers whose PROXY protocol headers are believed.
+    pub proxy_accept: Option<super::stream::ProxyAccept>,
 }
 
 /// On-demand TLS: which names may get a certificate at their first handshake, and the abuse

@@ -35,6 +35,9 @@ pub struct RawConfig {
     pub on_demand: Option<RawOnDemand>,
     #[serde(default, rename = "site")]
     pub sites: Vec<RawSite>,
+    /// TLS for other TCP services (`[[stream]]`, see `super::stream`).
+    #[serde(default, rename = "stream")]
+    pub streams: Vec<super::stream::RawStream>,
 }
 
 /// `[listen]`: socket addresses.
@@ -47,6 +50,8 @@ pub struct RawListen {
     pub http: Option<Spanned<Vec<Spanned<String>>>>,
     /// HTTPS port to put into redirects when it differs from the listener's (e.g. behind NAT).
     pub public_https_port: Option<Spanned<u16>>,
+    /// PROXY protocol headers accepted from these load balancers (see `super::stream`).
+    pub proxy_protocol: Option<Spanned<super::stream::RawProxyAccept>>,
 }
 
 /// `[tls]`: handshake policy shared by all sites.

@@ -47,8 +47,8 @@ pub type Validated = Result<(Config, Vec<Problem>), Vec<Problem>>;
 pub(super) struct Ctx<'a> {
     source: &'a Source,
     base: PathBuf,
-    problems: Vec<Problem>,
-    mode: Mode,
+    pub(super) problems: Vec<Problem>,
+    pub(super) mode: Mode,
     extra_roots: Vec<Vec<u8>>,
     /// `acme.dns_hook` is set: wildcard names can get ACME certificates (DNS-01).
     dns01: bool,
@@ -78,7 +78,7 @@ impl Ctx<'_> {
             self.base.join(p)
         }
     }
-    fn duration(
+    pub(super) fn duration(
         &mut self,
         v: &Option<Spanned<String>>,
         key: &str,
@@ -174,6 +174,8 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let acme = acme_settings(&mut cx, &raw.acme);
     cx.dns01 = acme.dns_hook.is_some();
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
+    let proxy_accept = super::stream::proxy_accept(&mut cx, raw.listen.proxy_protocol.as_ref());
+    let streams = super::stream::streams(&mut cx, raw.streams, &listen);
     let on_demand = raw
         .on_demand
         .as_ref()
@@ -213,6 +215,8 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         on_demand,
         sites,
         default_site,
+        streams,
+        proxy_accept,
     };
     Ok((config, cx.problems))
 }
@@ -1005,7 +1009,7 @@ fn site(
     })
 }
 
-fn site_certs(
+pub(super) fn site_certs(
     cx: &mut Ctx<'_>,
     rs: &RawSite,
     name: &str,

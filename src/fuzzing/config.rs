@@ -97,6 +97,30 @@ fn check_model(c: &Config) {
         assert!((65_535..=(1 << 31) - 1).contains(&w), "HTTP/2 window {w}");
     }
     assert!((1024..=1 << 20).contains(&c.limits.max_header_bytes));
+    for stream in &c.streams {
+        assert!(
+            !stream.listen.is_empty(),
+            "stream {:?} without listeners",
+            stream.name
+        );
+        assert!(
+            !stream.routes.is_empty(),
+            "stream {:?} without routes",
+            stream.name
+        );
+        for route in &stream.routes {
+            if let crate::config::stream::StreamMode::Terminate { cert, .. } = route.mode {
+                assert!(
+                    cert < stream.certs.len(),
+                    "stream {:?}: certificate index",
+                    stream.name
+                );
+            }
+        }
+        for cert in &stream.certs {
+            assert!(!cert.hosts.is_empty(), "{} without names", cert.name);
+        }
+    }
     for site in &c.sites {
         assert!(!site.hosts.is_empty(), "site {:?} without hosts", site.name);
         for (name, _) in &site.headers {

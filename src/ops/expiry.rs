@@ -32,13 +32,15 @@ pub fn level(days_left: i64, lifetime_days: i64) -> Option<i64> {
 /// on-demand ones included.
 pub fn served(state: &ServerState) -> Vec<(String, String, i64, i64)> {
     let mut out = Vec::new();
-    let site_name = |i: usize| {
-        state
-            .front
-            .sites
-            .get(i)
-            .map(|s| s.name.clone())
-            .unwrap_or_default()
+    // Sites' certificates first, then the streams'.
+    let sites = state.front.sites.len();
+    let site_name = |i: usize| match state.front.sites.get(i) {
+        Some(s) => s.name.clone(),
+        None => state
+            .stream_cert_names
+            .get(i - sites)
+            .cloned()
+            .unwrap_or_default(),
     };
     let on_demand = state.front.on_demand.iter().flat_map(|(i, named)| {
         named

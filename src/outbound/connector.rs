@@ -266,7 +266,6 @@ impl Connector {
             }
         };
         if let Some(version) = target.proxy_protocol {
-            // merge: use crate::proxy_protocol::encode when merged
             let header = encode_proxy_header(version, client);
             io.write_all(&header).await.map_err(conn_err)?;
         }
@@ -449,75 +448,16 @@ impl ServerCertVerifier for NoVerify {
 
 /// The PROXY protocol header (v1 text or v2 binary) for a connection made on behalf of
 /// `client`; without a client (health checks) v1 says `UNKNOWN` and v2 uses the LOCAL command,
-/// which backends take as "the proxy's own connection".
-// merge: use crate::proxy_protocol::encode when merged
+/// which backends take as "the proxy's own connection". Mixed families (an IPv4 client on an
+/// IPv6 listener) are written as IPv6, the IPv4 address mapped.
 pub fn encode_proxy_header(version: ProxyProtocol, client: Option<&ClientAddrs>) -> Vec<u8> {
-    // Mixed families (an IPv4 client on an IPv6 listener) are written as IPv6, the IPv4
-    // address mapped (::ffff:a.b.c.d), since both addresses share one family in the header.
-    let addrs = client.map(|c| {
-        let (src, dst) = (c.peer, c.local);
-        match (src.ip(), dst.ip()) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (src, dst),
-            _ => (to_v6(src), to_v6(dst)),
-        }
-    });
-    match version {
-        ProxyProtocol::V1 => match addrs {
-            None => b"PROXY UNKNOWN\r\n".to_vec(),
-            Some((src, dst)) => {
-                let fam = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-                format!(
-                    "PROXY {fam} {} {} {} {}\r\n",
-                    src.ip(),
-                    dst.ip(),
-                    src.port(),
-                    dst.port()
-                )
-                .into_bytes()
-            }
-        },
-        ProxyProtocol::V2 => {
-            const SIG: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-            let mut out = Vec::with_capacity(16 + 36);
-            out.extend_from_slice(&SIG);
-            match addrs {
-                None => out.extend_from_slice(&[0x20, 0x00, 0, 0]),
-                Some((src, dst)) => {
-                    out.push(0x21);
-                    match (src.ip(), dst.ip()) {
-                        (IpAddr::V4(s), IpAddr::V4(d)) => {
-                            out.push(0x11);
-                            out.extend_from_slice(&12u16.to_be_bytes());
-                            out.extend_from_slice(&s.octets());
-                            out.extend_from_slice(&d.octets());
-                        }
-                        (s, d) => {
-                            out.push(0x21);
-                            out.extend_from_slice(&36u16.to_be_bytes());
-                            out.extend_from_slice(&v6_octets(s));
-                            out.extend_from_slice(&v6_octets(d));
-                        }
-                    }
-                    out.extend_from_slice(&src.port().to_be_bytes());
-                    out.extend_from_slice(&dst.port().to_be_bytes());
-                }
-            }
-            out
-        }
-    }
-}
-
-fn to_v6(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
-        IpAddr::V6(_) => a,
-    }
-}
-
-fn v6_octets(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
+    let version = match version {
+        ProxyProtocol::V1 => crate::proxy_protocol::Version::V1,
+        ProxyProtocol::V2 => crate::proxy_protocol::Version::V2,
+    };
+    match client {
+        Some(c) => crate::proxy_protocol::encode(version, c.peer, c.local),
+        None => crate::proxy_protocol::encode_local(version),
     }
 }
 

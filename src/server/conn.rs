@@ -23,10 +23,10 @@ use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
 
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
-const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+pub(crate) const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
 /// A fatal `internal_error` alert: the site has no certificate yet (ACME order under way).
-const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
+pub(crate) const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50];
 
 /// Unix time of the last "certificate pending" warning (one per minute at most, however many
 /// clients knock).
@@ -36,13 +36,13 @@ static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
 
 /// A fatal `decode_error` alert: a ClientHello larger than the 64 KiB rustls buffers.
-const ALERT_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+pub(crate) const ALERT_DECODE_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
 
 /// Closes a refused connection so that its alert arrives: the write side is shut (FIN after
 /// the alert), and what the client still sends is read and dropped for a moment. Closing
 /// with unread input instead makes the kernel answer with a reset, which can discard the
 /// alert before the client reads it ("connection reset" instead of the alert's reason).
-async fn linger_close(tcp: &TcpStream) {
+pub(crate) async fn linger_close(tcp: &TcpStream) {
     let _ = rustix::net::shutdown(tcp, rustix::net::Shutdown::Write);
     let drain = async {
         let mut buf = [0u8; 4096];
@@ -64,7 +64,7 @@ async fn linger_close(tcp: &TcpStream) {
 
 /// `std::io` adapters over a non-blocking tokio socket, for rustls (readiness is handled by
 /// tokio: `try_read`/`try_write` clear it on `WouldBlock`, and a short read clears it too).
-pub(super) struct SyncIo<'a>(pub(super) &'a TcpStream);
+pub(crate) struct SyncIo<'a>(pub(crate) &'a TcpStream);
 
 impl Read for SyncIo<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

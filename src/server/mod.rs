@@ -27,12 +27,15 @@ use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
 
 use crate::acme::{self, TlsAlpnChallenges};
-use crate::config::model::{Limits, SiteCertSource, UnknownSni};
+use crate::config::model::{Limits, OcspStapleFile, SiteCertSource, UnknownSni};
+use crate::config::stream::ProxyAccept;
 use crate::config::{Config, Problem};
 use crate::http::Frontend;
 use crate::storage::{FileStorage, Storage};
+use crate::stream::StreamService;
 use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
+use crate::tls::names::HostPattern;
 use crate::tls::names::NameTable;
 use crate::tls::resolver::{NamedCerts, SiteCerts, WithNamed};
 use crate::tls::stapler::{self, RenewRequests, StapleSite, Stapler};
@@ -58,6 +61,13 @@ pub struct ServerState {
     pub limits: Limits,
     /// Which workers take new connections (no more than the CPUs they may run on).
     pub placement: placement::Placement,
+    /// `[listen] proxy_protocol`: whose PROXY protocol headers the HTTPS and HTTP listeners
+    /// read. `None`: no connection is looked at for one.
+    pub proxy_accept: Option<ProxyAccept>,
+    /// `[[stream]]` services, in configuration order.
+    pub streams: Vec<Arc<StreamService>>,
+    /// Names of the certificates in `tls.certs` after the sites' (the streams').
+    pub stream_cert_names: Vec<String>,
     open: AtomicUsize,
     drained: Notify,
 }
@@ -78,6 +88,9 @@ impl ServerState {
             tls_alpn,
             limits,
             placement: placement::Placement::new(1).0,
+            proxy_accept: None,
+            streams: Vec::new(),
+            stream_cert_names: Vec::new(),
             open: AtomicUsize::new(0),
             drained: Notify::new(),
         })
@@ -146,6 +159,8 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     https_addrs: Vec<SocketAddr>,
     http_addrs: Vec<SocketAddr>,
+    /// Per stream (configuration order): its bound addresses.
+    stream_addrs: Vec<Vec<SocketAddr>>,
     shutdown_timeout: Duration,
     /// Where the local CA's root is, when a site uses it.
     pub local_ca_root: Option<std::path::PathBuf>,
@@ -178,6 +193,19 @@ impl Server {
                 }
             }
         }
+        // Stream listeners: every address of every stream, remembering whose it is.
+        let mut streams_l: Vec<(usize, Vec<TcpListener>)> = Vec::new();
+        for (i, stream) in config.streams.iter().enumerate() {
+            for &addr in &stream.listen {
+                let group = listener::bind_group(
+                    addr,
+                    &format!("stream {:?}", stream.name),
+                    config.workers,
+                )
+                .map_err(|e| e.to_string())?;
+                streams_l.push((i, group));
+            }
+        }
         let first_addrs = |groups: &[Vec<TcpListener>]| -> Vec<SocketAddr> {
             groups
                 .iter()
@@ -186,6 +214,12 @@ impl Server {
         };
         let https_addrs = first_addrs(&https);
         let http_addrs = first_addrs(&http);
+        let mut stream_addrs = vec![Vec::new(); config.streams.len()];
+        for (i, group) in &streams_l {
+            if let Some(a) = group.first().and_then(|l| l.local_addr().ok()) {
+                stream_addrs[*i].push(a);
+            }
+        }
         let https_port = config
             .listen
             .public_https_port
@@ -198,8 +232,20 @@ impl Server {
         let mut local_ca: Option<LocalCa> = None;
         let mut local_ca_root = None;
         let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
-        for site in &config.sites {
-            match &site.certs {
+        // Sites' certificates, then streams' (same sources, renewals and monitoring).
+        let owners = cert_owners(&config);
+        // A stream whose ACME names are an earlier holder's exactly (a mail service beside its
+        // webmail site) shares that holder's certificate: one order, one renewal.
+        let mut shares: Vec<Option<usize>> = vec![None; owners.len()];
+        for (i, site) in owners.iter().enumerate() {
+            if matches!(site.certs, SiteCertSource::Acme) {
+                shares[i] = owners[..i]
+                    .iter()
+                    .position(|o| matches!(o.certs, SiteCertSource::Acme) && o.hosts == site.hosts);
+            }
+        }
+        for (i, site) in owners.iter().enumerate() {
+            match site.certs {
                 SiteCertSource::Files(list) => site_certs.push(list.clone()),
                 SiteCertSource::LocalCa => {
                     if local_ca.is_none() {
@@ -208,10 +254,11 @@ impl Server {
                     }
                     let ca = local_ca.as_ref().ok_or("local CA unavailable")?;
                     let leaf = ca
-                        .leaf_for(&site.hosts)
-                        .map_err(|e| format!("site {:?}: local CA: {e}", site.name))?;
+                        .leaf_for(site.hosts)
+                        .map_err(|e| format!("{}: local CA: {e}", site.name))?;
                     site_certs.push(vec![leaf]);
                 }
+                SiteCertSource::Acme if shares[i].is_some() => site_certs.push(Vec::new()),
                 SiteCertSource::Acme => {
                     let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
                     let stored = acme::manager::stored(storage.as_ref(), &names);
@@ -267,6 +314,33 @@ impl Server {
             for h in &site.hosts {
                 sni.insert(h, i);
             }
+        }
+        // Streams: their certificates' resolvers follow the sites' in `certs`; each route
+        // gets a config of its own (its ALPN), on its certificate's resolver.
+        let mut stream_services = Vec::new();
+        let mut next = config.sites.len();
+        for stream in &config.streams {
+            let base = next;
+            for _ in &stream.certs {
+                certs.push(match shares[next] {
+                    Some(j) => certs[j].clone(),
+                    None => Arc::new(SiteCerts::new(
+                        site_certs[next]
+                            .iter()
+                            .map(|l| l.certified.clone())
+                            .collect(),
+                    )),
+                });
+                next += 1;
+            }
+            let svc = StreamService::new(stream, |cert, alpn| {
+                let resolver = certs[base + cert].clone();
+                let config = shared
+                    .stream_config(resolver.clone(), alpn)
+                    .map_err(|e| format!("stream {:?}: TLS set-up failed: {e}", stream.name))?;
+                Ok((config, resolver))
+            })?;
+            stream_services.push(Arc::new(svc));
         }
         let challenges = acme::Challenges {
             dns: config.acme.dns_hook.as_ref().map(|h| {
@@ -329,6 +403,12 @@ impl Server {
             tls_alpn: challenges.tls_alpn.clone(),
             limits: config.limits.clone(),
             placement,
+            proxy_accept: config.proxy_accept.clone(),
+            streams: stream_services,
+            stream_cert_names: owners[config.sites.len()..]
+                .iter()
+                .map(|o| o.name.clone())
+                .collect(),
             open: AtomicUsize::new(0),
             drained: Notify::new(),
         });
@@ -340,15 +420,29 @@ impl Server {
             groups.iter_mut().filter_map(|g| g.pop()).collect()
         };
         for (n, inbox) in inboxes.into_iter().enumerate() {
-            let https = take_own(&mut https);
-            let http = take_own(&mut http);
+            let mut listeners: Vec<(ListenerKind, TcpListener)> = Vec::new();
+            listeners.extend(
+                take_own(&mut https)
+                    .into_iter()
+                    .map(|l| (ListenerKind::Https, l)),
+            );
+            listeners.extend(
+                take_own(&mut http)
+                    .into_iter()
+                    .map(|l| (ListenerKind::Http, l)),
+            );
+            for (i, group) in &mut streams_l {
+                if let Some(l) = group.pop() {
+                    listeners.push((ListenerKind::Stream(*i), l));
+                }
+            }
             let state = state.clone();
             let rx = shutdown_rx.clone();
             let ctx = Arc::new(WorkerCtx::new(&config));
             let shutdown_timeout = config.limits.shutdown_timeout;
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-w{n}"))
-                .spawn(move || worker(n, https, http, inbox, state, ctx, rx, shutdown_timeout))
+                .spawn(move || worker(n, listeners, inbox, state, ctx, rx, shutdown_timeout))
                 .map_err(|e| format!("cannot start worker thread: {e}"))?;
             workers.push(handle);
         }
@@ -361,10 +455,10 @@ impl Server {
                 .into_iter()
                 .map(|(i, names, stored)| {
                     let site = acme::manager::AcmeSite {
-                        name: config.sites[i].name.clone(),
+                        name: owners[i].name.clone(),
                         names,
                         certs: state.tls.certs[i].clone(),
-                        profile: config.sites[i].acme_profile.clone(),
+                        profile: owners[i].acme_profile.clone(),
                     };
                     (site, stored)
                 })
@@ -381,10 +475,10 @@ impl Server {
         }
 
         // 6. OCSP: staple a verified response for every certificate that names a responder.
-        let mut staple_sites: Vec<StapleSite> = config
-            .sites
+        let mut staple_sites: Vec<StapleSite> = owners
             .iter()
             .enumerate()
+            .filter(|(i, _)| shares[*i].is_none())
             .map(|(i, site)| StapleSite {
                 name: site.name.clone(),
                 certs: state.tls.certs[i].clone(),
@@ -408,7 +502,7 @@ impl Server {
         // responder or requiring a staple, and no staple files (saves ~1.5 MiB of RSS).
         let may_staple = !acme_names.is_empty()
             || state.front.on_demand.is_some()
-            || config.sites.iter().enumerate().any(|(i, site)| {
+            || owners.iter().enumerate().any(|(i, site)| {
                 !site.ocsp_staples.is_empty()
                     || state.tls.certs[i].current().iter().any(|ck| {
                         ck.cert.first().is_some_and(|leaf| {
@@ -432,10 +526,9 @@ impl Server {
         // 8. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {
             let state = state.clone();
-            let hosts: Vec<_> = config
-                .sites
+            let hosts: Vec<_> = owners
                 .iter()
-                .map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.clone()))
+                .map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.to_vec()))
                 .collect();
             let rx = shutdown_rx.clone();
             std::thread::Builder::new()
@@ -450,6 +543,7 @@ impl Server {
             workers,
             https_addrs,
             http_addrs,
+            stream_addrs,
             shutdown_timeout: config.limits.shutdown_timeout,
             local_ca_root,
             notes,
@@ -464,6 +558,15 @@ impl Server {
     /// Bound plain-HTTP addresses.
     pub fn http_addrs(&self) -> &[SocketAddr] {
         &self.http_addrs
+    }
+
+    /// Bound addresses of the `[[stream]]` named `name` (empty for no such stream).
+    pub fn stream_addrs(&self, name: &str) -> &[SocketAddr] {
+        self.state
+            .streams
+            .iter()
+            .position(|s| s.name == name)
+            .map_or(&[], |i| &self.stream_addrs[i])
     }
 
     /// Shared state (for status and tests).
@@ -487,11 +590,20 @@ impl Server {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a listening socket serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// HTTPS (TLS, then HTTP/1.1 or HTTP/2).
+    Https,
+    /// Plain HTTP (redirects, ACME HTTP-01).
+    Http,
+    /// The `[[stream]]` at this index of `ServerState::streams`.
+    Stream(usize),
+}
+
 fn worker(
     me: usize,
-    https: Vec<TcpListener>,
-    http: Vec<TcpListener>,
+    listeners: Vec<(ListenerKind, TcpListener)>,
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<placement::Handoff>,
     state: Arc<ServerState>,
     ctx: Arc<WorkerCtx>,
@@ -512,20 +624,18 @@ fn worker(
     rt.block_on(async move {
         let accept = {
             let (state, shutdown) = (state.clone(), shutdown.clone());
-            move |listener: TcpListener, tls: bool, home: usize| {
+            move |listener: TcpListener, kind: ListenerKind, home: usize| {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        let at = Accepting { tls, home, me };
+                        let at = Accepting { kind, home, me };
                         tokio::spawn(accept_loop(l, at, state.clone(), ctx.clone(), shutdown.clone()));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot register listener"),
                 }
             }
         };
-        for (listeners, tls) in [(https, true), (http, false)] {
-            for l in listeners {
-                accept(l, tls, me);
-            }
+        for (kind, l) in listeners {
+            accept(l, kind, me);
         }
         // Sockets of workers that do not accept now (see `placement`).
         {
@@ -536,7 +646,7 @@ fn worker(
                         biased;
                         _ = shutdown.wait_for(|stop| *stop) => return,
                         h = inbox.recv() => match h {
-                            Some(h) => accept(h.listener, h.tls, h.home),
+                            Some(h) => accept(h.listener, h.kind, h.home),
                             None => return,
                         },
                     }
@@ -566,8 +676,7 @@ fn worker(
 /// One listening socket in the worker that accepts from it.
 #[derive(Clone, Copy)]
 struct Accepting {
-    /// HTTPS (TLS) or plain HTTP.
-    tls: bool,
+    kind: ListenerKind,
     /// The worker the socket was bound for.
     home: usize,
     /// The worker accepting from it now.
@@ -581,7 +690,7 @@ async fn accept_loop(
     ctx: Arc<WorkerCtx>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Accepting { tls, home, me } = at;
+    let Accepting { kind, home, me } = at;
     let max = state.limits.max_connections;
     let mut last_warn: Option<Instant> = None;
     loop {
@@ -594,29 +703,62 @@ async fn accept_loop(
             Ok((tcp, peer)) => {
                 let (guard, n) = ConnGuard::new(&state);
                 // Above the limit: a 503 for a while (cheap to tell), then plain refusal.
-                if n > max.saturating_mul(2) || (!tls && n > max) {
+                if n > max.saturating_mul(2) || (kind != ListenerKind::Https && n > max) {
                     drop(tcp);
                     continue;
                 }
-                if tls {
-                    tokio::spawn(conn::serve_tls(
-                        tcp,
-                        peer,
-                        state.clone(),
-                        ctx.clone(),
-                        shutdown.clone(),
-                        n > max,
-                        guard,
-                    ));
-                } else {
-                    tokio::spawn(conn::serve_http(
-                        tcp,
-                        peer,
-                        state.clone(),
-                        ctx.clone(),
-                        shutdown.clone(),
-                        guard,
-                    ));
+                match kind {
+                    // A load balancer in front: its header says whom the connection is from.
+                    ListenerKind::Https | ListenerKind::Http
+                        if state
+                            .proxy_accept
+                            .as_ref()
+                            .is_some_and(|pa| pa.trusts(peer.ip())) =>
+                    {
+                        tokio::spawn(serve_proxied(
+                            tcp,
+                            peer,
+                            kind,
+                            state.clone(),
+                            ctx.clone(),
+                            shutdown.clone(),
+                            n > max,
+                            guard,
+                        ));
+                    }
+                    ListenerKind::Https => {
+                        tokio::spawn(conn::serve_tls(
+                            tcp,
+                            peer,
+                            state.clone(),
+                            ctx.clone(),
+                            shutdown.clone(),
+                            n > max,
+                            guard,
+                        ));
+                    }
+                    ListenerKind::Http => {
+                        tokio::spawn(conn::serve_http(
+                            tcp,
+                            peer,
+                            state.clone(),
+                            ctx.clone(),
+                            shutdown.clone(),
+                            guard,
+                        ));
+                    }
+                    ListenerKind::Stream(i) => {
+                        let Some(slot) = state.streams[i].admit() else {
+                            tracing::debug!(stream = state.streams[i].name, %peer, "max_connections reached: closing");
+                            drop(tcp);
+                            continue;
+                        };
+                        let timeout = state.limits.handshake_timeout;
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            crate::stream::serve(tcp, peer, slot, timeout).await;
+                        });
+                    }
                 }
                 // Fewer workers accept now, or this socket's own worker accepts again: move.
                 let placement = &state.placement;
@@ -625,7 +767,7 @@ async fn accept_loop(
                     match listener.into_std() {
                         Ok(listener) => placement.hand_over(placement::Handoff {
                             listener,
-                            tls,
+                            kind,
                             home,
                         }),
                         Err(e) => {
@@ -644,6 +786,73 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// What holds a certificate: a site, or a stream (or one of its routes).
+struct CertOwner<'a> {
+    /// For logs: the site's name, or `stream "NAME"`.
+    name: String,
+    hosts: &'a [HostPattern],
+    certs: &'a SiteCertSource,
+    ocsp_staples: &'a [OcspStapleFile],
+    acme_profile: Option<String>,
+}
+
+/// Every certificate holder: sites first (their index is the site's), then streams'.
+fn cert_owners(config: &Config) -> Vec<CertOwner<'_>> {
+    let sites = config.sites.iter().map(|s| CertOwner {
+        name: s.name.clone(),
+        hosts: &s.hosts,
+        certs: &s.certs,
+        ocsp_staples: &s.ocsp_staples,
+        acme_profile: s.acme_profile.clone(),
+    });
+    let streams = config
+        .streams
+        .iter()
+        .flat_map(|s| &s.certs)
+        .map(|c| CertOwner {
+            name: c.name.clone(),
+            hosts: &c.hosts,
+            certs: &c.certs,
+            ocsp_staples: &[],
+            acme_profile: None,
+        });
+    sites.chain(streams).collect()
+}
+
+/// A connection from a trusted load balancer: reads its PROXY protocol header, then serves
+/// the connection as from the client the header names.
+#[allow(clippy::too_many_arguments)]
+async fn serve_proxied(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    state: Arc<ServerState>,
+    ctx: Arc<WorkerCtx>,
+    shutdown: watch::Receiver<bool>,
+    overloaded: bool,
+    guard: ConnGuard,
+) {
+    let required = state.proxy_accept.as_ref().is_some_and(|pa| pa.required);
+    let read = crate::proxy_protocol::read_header(&tcp, required);
+    let client = match tokio::time::timeout(state.limits.header_timeout, read).await {
+        Ok(Ok(Some(header))) => header.source.unwrap_or(peer),
+        Ok(Ok(None)) => peer,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection from a trusted proxy refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "connection from a trusted proxy refused: no PROXY protocol header in time");
+            return;
+        }
+    };
+    if kind == ListenerKind::Https {
+        conn::serve_tls(tcp, client, state, ctx, shutdown, overloaded, guard).await;
+    } else {
+        conn::serve_http(tcp, client, state, ctx, shutdown, guard).await;
     }
 }
 

@@ -135,6 +135,19 @@ impl TlsShared {
         })
     }
 
+    /// A server config for a `[[stream]]` route: as a site's (same versions, suites, tickets
+    /// and session cache), offering `alpn` only (no HTTP protocols unless configured), no
+    /// early data.
+    pub fn stream_config(
+        &self,
+        certs: Arc<dyn rustls::server::ResolvesServerCert>,
+        alpn: &[Vec<u8>],
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut cfg = Arc::unwrap_or_clone(self.site_config(certs, false, false, None)?);
+        cfg.alpn_protocols = alpn.to_vec();
+        Ok(Arc::new(cfg))
+    }
+
     /// A server config answering with `certs` (one per site; all share tickets and cache).
     ///
     /// With `early_data`, the site accepts 0-RTT: rustls does so only with stateful resumption,

@@ -1,0 +1,323 @@
+//! `[[stream]]` services: TLS for any TCP service.
+//!
+//! A connection's ClientHello is read (bytes kept), a route is picked by SNI and ALPN
+//! ([`route`]), and then either
+//! * TLS is terminated with the route's certificate (held by the same resolvers, renewals and
+//!   ACME manager as sites' certificates) and the plaintext is piped to the backend, or
+//! * the ClientHello and everything after it go to the backend untouched (passthrough).
+//!
+//! Either way a PROXY protocol header may go first, and [`pipe`] moves the bytes with
+//! half-close and an idle timeout. Not here: accepting (the workers' accept loops in
+//! `server`), certificates (`server::Server::start`).
+
+pub mod pipe;
+pub mod route;
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::server::{Accepted, Acceptor};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::StartHandshake;
+
+use crate::config::stream::{Stream, StreamMode, StreamRoute, Upstream};
+use crate::server::conn::{
+    linger_close, SyncIo, ALERT_DECODE_ERROR, ALERT_INTERNAL_ERROR, ALERT_UNRECOGNIZED_NAME,
+};
+use crate::tls::resolver::SiteCerts;
+
+/// Most ClientHello bytes read before routing (rustls's own limit for a handshake message).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// One running stream service.
+pub struct StreamService {
+    pub name: String,
+    routes: Vec<StreamRoute>,
+    /// Per route: for terminating routes, the TLS config (with the route's ALPN) and its
+    /// certificates.
+    tls: Vec<Option<(Arc<rustls::ServerConfig>, Arc<SiteCerts>)>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    open: AtomicUsize,
+}
+
+impl StreamService {
+    /// `tls(cert, alpn)` gives the TLS config for the stream's certificate `cert` offering
+    /// `alpn`, and that certificate's resolver.
+    pub fn new<F>(stream: &Stream, mut tls: F) -> Result<Self, String>
+    where
+        F: FnMut(usize, &[Vec<u8>]) -> Result<(Arc<rustls::ServerConfig>, Arc<SiteCerts>), String>,
+    {
+        let mut configs = Vec::new();
+        for r in &stream.routes {
+            configs.push(match &r.mode {
+                StreamMode::Terminate { cert, alpn } => Some(tls(*cert, alpn)?),
+                StreamMode::Passthrough => None,
+            });
+        }
+        Ok(StreamService {
+            name: stream.name.clone(),
+            routes: stream.routes.clone(),
+            tls: configs,
+            connect_timeout: stream.connect_timeout,
+            idle_timeout: stream.idle_timeout,
+            max_connections: stream.max_connections,
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes a connection slot, or `None` at `max_connections`.
+    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
+        let n = self.open.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(self.clone());
+        (n < self.max_connections).then_some(slot)
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection counted against its stream's `max_connections` while it lives.
+pub struct Slot(Arc<StreamService>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted connection of `slot`'s stream from `peer` to its end.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeout: Duration) {
+    let svc = &*slot.0;
+    let read = tokio::time::timeout(handshake_timeout, read_hello(&tcp, peer, &svc.name));
+    let (bytes, accepted) = match Box::pin(read).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!(stream = svc.name, %peer, "no ClientHello in time: closing");
+            return;
+        }
+    };
+    let hello = accepted.client_hello();
+    let sni = hello.server_name().map(str::to_owned);
+    let alpn: Vec<&[u8]> = hello.alpn().map(|a| a.collect()).unwrap_or_default();
+    let picked = route::pick(&svc.routes, sni.as_deref(), &alpn);
+    drop(alpn);
+    let Some(i) = picked else {
+        tracing::debug!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "no route for this name: sending unrecognized_name");
+        let _ = SyncIo(&tcp).write(&ALERT_UNRECOGNIZED_NAME);
+        linger_close(&tcp).await;
+        return;
+    };
+    let local = tcp.local_addr().ok();
+    let route = &svc.routes[i];
+    match &svc.tls[i] {
+        None => {
+            drop(accepted);
+            let Some(mut upstream) = connect(svc, route, peer, local).await else {
+                return;
+            };
+            // The ClientHello as it came, then everything after it.
+            if let Err(e) = upstream.write_all(&bytes).await {
+                tracing::info!(stream = svc.name, %peer, upstream = %route.upstream, error = %e, "backend closed before taking the ClientHello");
+                return;
+            }
+            drop(bytes);
+            let mut tcp = tcp;
+            finish(
+                svc,
+                peer,
+                route,
+                pipe::pipe(&mut tcp, &mut upstream, svc.idle_timeout).await,
+            );
+        }
+        Some((config, certs)) => {
+            drop(bytes);
+            if certs.is_empty() {
+                tracing::warn!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
+                let _ = SyncIo(&tcp).write(&ALERT_INTERNAL_ERROR);
+                linger_close(&tcp).await;
+                return;
+            }
+            let handshake = StartHandshake::from_parts(*accepted, tcp).into_stream(config.clone());
+            let mut tls = match tokio::time::timeout(handshake_timeout, handshake).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(stream = svc.name, %peer, "TLS handshake timeout");
+                    return;
+                }
+            };
+            let Some(mut upstream) = connect(svc, route, peer, local).await else {
+                // close_notify, so the client sees an orderly end rather than a reset.
+                let _ = tls.shutdown().await;
+                return;
+            };
+            finish(
+                svc,
+                peer,
+                route,
+                pipe::pipe(&mut tls, &mut upstream, svc.idle_timeout).await,
+            );
+        }
+    }
+}
+
+fn finish(svc: &StreamService, peer: SocketAddr, route: &StreamRoute, r: io::Result<pipe::Ended>) {
+    match r {
+        Ok(pipe::Ended::Closed(up, down)) => {
+            tracing::debug!(stream = svc.name, %peer, upstream = %route.upstream, up, down, "connection closed")
+        }
+        Ok(pipe::Ended::Idle(up, down)) => {
+            tracing::debug!(stream = svc.name, %peer, upstream = %route.upstream, up, down, "idle timeout: connection closed")
+        }
+        Err(e) => {
+            tracing::debug!(stream = svc.name, %peer, upstream = %route.upstream, error = %e, "connection ended with an error")
+        }
+    }
+}
+
+/// Reads until the ClientHello is complete: the bytes as they came (for passthrough) and
+/// rustls's view of them. `None`: the peer went away or sent no valid ClientHello (an alert
+/// has been sent where one applies).
+async fn read_hello(
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    name: &str,
+) -> Option<(Vec<u8>, Box<Accepted>)> {
+    let mut acceptor = Acceptor::default();
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        tcp.readable().await.ok()?;
+        let n = match tcp.try_read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        };
+        if bytes.len() + n > MAX_HELLO {
+            tracing::debug!(stream = name, %peer, "ClientHello too large");
+            let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
+            linger_close(tcp).await;
+            return None;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        let mut rd = &chunk[..n];
+        while !rd.is_empty() {
+            if acceptor.read_tls(&mut rd).is_err() {
+                let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
+                linger_close(tcp).await;
+                return None;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Some((bytes, Box::new(accepted))),
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                tracing::debug!(stream = name, %peer, error = %e, "not a valid ClientHello");
+                let _ = alert.write(&mut SyncIo(tcp));
+                linger_close(tcp).await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Connects to the route's backend within the connect timeout and sends the PROXY header.
+/// Failures are logged with what failed.
+async fn connect(
+    svc: &StreamService,
+    route: &StreamRoute,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Option<Backend> {
+    let attempt = async {
+        match &route.upstream {
+            Upstream::Addr(a) => TcpStream::connect(a).await.map(Backend::Tcp),
+            Upstream::Host(h, p) => TcpStream::connect((h.as_str(), *p)).await.map(Backend::Tcp),
+            Upstream::Unix(path) => UnixStream::connect(path).await.map(Backend::Unix),
+        }
+    };
+    let mut backend = match tokio::time::timeout(svc.connect_timeout, attempt).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::warn!(stream = svc.name, %peer, upstream = %route.upstream, error = %e, "cannot connect to the backend");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(stream = svc.name, %peer, upstream = %route.upstream, timeout = ?svc.connect_timeout, "connecting to the backend timed out");
+            return None;
+        }
+    };
+    if let Backend::Tcp(t) = &backend {
+        let _ = t.set_nodelay(true);
+    }
+    if let Some(version) = route.proxy_protocol {
+        let header = match local {
+            Some(local) => crate::proxy_protocol::encode(version, peer, local),
+            None => crate::proxy_protocol::encode_local(version),
+        };
+        if let Err(e) = backend.write_all(&header).await {
+            tracing::warn!(stream = svc.name, %peer, upstream = %route.upstream, error = %e, "backend closed before taking the PROXY header");
+            return None;
+        }
+    }
+    Some(backend)
+}
+
+/// A backend connection.
+enum Backend {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Backend {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Backend::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Backend {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Backend::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Backend::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Backend::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Backend::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Backend::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
