@@ -1,7 +1,8 @@
 //! The response body type shared by every handler.
 //!
 //! One concrete enum instead of a boxed trait object: fixed responses and error pages are a
-//! `Bytes` clone (no allocation), files stream in bounded chunks.
+//! `Bytes` clone (no allocation), files stream in bounded chunks. Only bodies made elsewhere (a
+//! backend's response, a tunnel: [`Body::Stream`]) are boxed.
 
 use std::io;
 use std::pin::Pin;

@@ -2,12 +2,24 @@
 //!
 //! hyper's HTTP/2 server runs every stream as its own future with its own waker, behind h2's
 //! shared stream store (an `Arc<Mutex>` locked per operation, per-stream send queues and a
-//! priority scheduler), because a response may take any time to produce. Ours never does: a
-//! request is answered synchronously from memory or the page cache ([`crate::http`]). So this
-//! connection is one state machine on one task: each HEADERS frame read is answered at once,
-//! its HEADERS and DATA frames go into the write buffer, and everything answered during one
-//! read leaves in one flush. Only a body larger than the flow-control windows (a large file)
-//! keeps a stream open; it is sent as the client's WINDOW_UPDATEs allow, round robin.
+//! priority scheduler). Most of our answers need none of that: a request for a static file,
+//! a fixed response or a redirect is answered synchronously from memory or the page cache
+//! ([`crate::http`], [`crate::http::Reply::Ready`]). So this connection is one state machine
+//! on one task: each HEADERS frame read is answered at once when its reply is ready, its
+//! HEADERS and DATA frames go into the write buffer, and everything answered during one read
+//! leaves in one flush. A body larger than the flow-control windows (a large file) keeps a
+//! stream open; it is sent as the client's WINDOW_UPDATEs allow, round robin.
+//!
+//! Replies that take time (the reverse proxy, [`crate::http::Reply::Later`]) are futures kept
+//! with their stream and polled by this same task with the connection's waker, beside the
+//! ready ones (no task or lock per stream). A request body goes to its handler through a
+//! [`BodyPipe`]: DATA is pushed as it arrives, and its window (the stream's and the
+//! connection's) is given back only as the handler takes the data, so the client's sending
+//! is paced by the backend's reading and a stream buffers at most its window. A body nobody
+//! reads (a static file answered to a POST) is counted and dropped, its window given back at
+//! once. Response trailers (gRPC's status) end a stream as a HEADERS frame; request trailers
+//! reach the handler's body. Extended CONNECT (RFC 8441, announced in SETTINGS) carries
+//! WebSockets: the request body and the response body are the tunnel's two directions.
 //!
 //! What is h2's and what is ours: h2's [`Codec`] reads and writes frames (frame sizes, padding,
 //! HPACK decoding, CONTINUATION assembly and its flood limit, header-list size, and the field
@@ -20,9 +32,8 @@
 //! and limits against abusive peers (refused streams, error resets, empty frames, streams the
 //! client resets: "rapid reset", CVE-2023-44487).
 //!
-//! Request bodies are not used by any handler: their DATA is counted, checked against the
-//! windows and `content-length`, and discarded, its window given back at once. A response that
-//! is complete before the request's body ends is followed by `RST_STREAM(NO_ERROR)` (§8.1).
+//! A response that is complete before the request's body ends is followed by
+//! `RST_STREAM(NO_ERROR)` (§8.1).
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future as _};
