@@ -474,7 +474,7 @@ proxy = { upstreams = ["http://127.0.0.1:8080"], host = "www.example.com", max_b
     assert!(d.websocket && !d.via && d.health.is_none());
     assert_eq!(d.passive.max_fails, 3);
     assert_eq!(d.timeouts.connect, Duration::from_secs(5));
-    assert_eq!(d.pool.max_idle_per_backend, 64);
+    assert_eq!(d.pool.max_idle_per_backend, 1024);
 }
 
 #[test]
