@@ -15,14 +15,13 @@ pub mod route;
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+
 use std::time::Duration;
 
 use rustls::server::{Accepted, Acceptor};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::StartHandshake;
 
@@ -278,46 +277,5 @@ async fn connect(
     Some(backend)
 }
 
-/// A backend connection.
-enum Backend {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Backend {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Backend::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Backend::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Backend {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Backend::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Backend::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Backend::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Backend::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Backend::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Backend::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// A backend connection: the reverse proxy's byte stream to a backend (TCP or Unix here).
+use crate::outbound::Io as Backend;
