@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -16,7 +16,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Location, Problem, Source};
+use super::validate::Ctx;
+use super::{Location, Problem};
 
 // =============================================================================================
 // Raw: the TOML as written
@@ -518,38 +519,39 @@ impl ProxySpec {
 // Checks: raw -> model
 // =============================================================================================
 
-/// What the checks need from the surrounding validation.
-pub struct Cx<'a> {
-    pub source: &'a Source,
-    /// Relative paths are relative to this directory.
-    pub base: &'a Path,
-    pub problems: &'a mut Vec<Problem>,
+/// The surrounding validation's context, with the site and route a proxy table belongs to:
+/// messages name both, locations, paths and durations are the validation's own.
+pub(super) struct Cx<'a, 'b> {
+    pub(super) ctx: &'a mut Ctx<'b>,
     /// The site's name, for messages.
-    pub site: &'a str,
+    pub(super) site: &'a str,
     /// The route's prefix, for messages.
-    pub route: &'a str,
+    pub(super) route: &'a str,
 }
 
-impl Cx<'_> {
+impl Cx<'_, '_> {
     fn loc<T>(&self, s: &Spanned<T>) -> Location {
-        self.source.locate(s.span(), "")
+        self.ctx.loc(s, "")
+    }
+    fn prefixed(&self, msg: impl fmt::Display) -> String {
+        format!("site {:?}: route {:?}: proxy.{msg}", self.site, self.route)
     }
     fn err(&mut self, loc: Location, msg: impl fmt::Display, fix: impl Into<String>) {
-        let msg = format!("site {:?}: route {:?}: proxy.{msg}", self.site, self.route);
-        self.problems.push(Problem::error(loc, msg).fix(fix));
+        let msg = self.prefixed(msg);
+        self.ctx.err(loc, msg, fix);
     }
     fn warn(&mut self, loc: Location, msg: impl fmt::Display, fix: impl Into<String>) {
-        let msg = format!("site {:?}: route {:?}: proxy.{msg}", self.site, self.route);
-        self.problems.push(Problem::warning(loc, msg).fix(fix));
+        let msg = self.prefixed(msg);
+        self.ctx.problems.push(Problem::warning(loc, msg).fix(fix));
     }
     fn path(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
+        self.ctx.path(p)
     }
+    fn error_count(&self) -> usize {
+        self.ctx.error_count()
+    }
+    /// The validation's duration check, on the value with surrounding blanks removed (proxy
+    /// durations have always allowed them), its messages naming the site and route.
     fn duration(
         &mut self,
         v: &Option<Spanned<String>>,
@@ -558,38 +560,17 @@ impl Cx<'_> {
         min: Duration,
         max: Duration,
     ) -> Duration {
-        let Some(s) = v else { return default };
-        let loc = self.loc(s);
-        match humantime::parse_duration(s.get_ref().trim()) {
-            Ok(d) if d >= min && d <= max => d,
-            Ok(_) => {
-                let fix = format!(
-                    "use a value between {} and {}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
-                );
-                self.err(
-                    loc,
-                    format!("{key} = {:?} is out of range", s.get_ref()),
-                    fix,
-                );
-                default
-            }
-            Err(e) => {
-                self.err(
-                    loc,
-                    format!("{key} = {:?} is not a duration: {e}", s.get_ref()),
-                    "write durations like \"500ms\", \"10s\" or \"5m\"",
-                );
-                default
-            }
-        }
+        let trimmed = v
+            .as_ref()
+            .map(|s| Spanned::new(s.span(), s.get_ref().trim().to_owned()));
+        let key = self.prefixed(key);
+        self.ctx.duration(&trimmed, &key, default, min, max)
     }
 }
 
 /// Checks a `proxy` table; `None` after reporting its errors to `cx.problems`.
-pub fn spec(cx: &mut Cx<'_>, raw: &Spanned<RawProxy>) -> Option<ProxySpec> {
-    let errors_before = cx.problems.iter().filter(|p| p.is_error()).count();
+pub(super) fn spec(cx: &mut Cx<'_, '_>, raw: &Spanned<RawProxy>) -> Option<ProxySpec> {
+    let errors_before = cx.error_count();
     let r = raw.get_ref();
     let upstreams = upstreams(cx, &r.upstreams);
     let policy = r
@@ -648,7 +629,7 @@ pub fn spec(cx: &mut Cx<'_>, raw: &Spanned<RawProxy>) -> Option<ProxySpec> {
         }
         parsed
     });
-    let errors = cx.problems.iter().filter(|p| p.is_error()).count();
+    let errors = cx.error_count();
     if errors > errors_before {
         return None;
     }
@@ -675,7 +656,7 @@ pub fn spec(cx: &mut Cx<'_>, raw: &Spanned<RawProxy>) -> Option<ProxySpec> {
     })
 }
 
-fn upstreams(cx: &mut Cx<'_>, list: &Spanned<Vec<Spanned<RawUpstream>>>) -> Vec<UpstreamSpec> {
+fn upstreams(cx: &mut Cx<'_, '_>, list: &Spanned<Vec<Spanned<RawUpstream>>>) -> Vec<UpstreamSpec> {
     if list.get_ref().is_empty() {
         let loc = cx.loc(list);
         cx.err(
@@ -811,7 +792,7 @@ pub fn parse_upstream_url(url: &str) -> Result<UpstreamAddr, String> {
     })
 }
 
-fn policy(cx: &mut Cx<'_>, p: &Spanned<String>) -> Policy {
+fn policy(cx: &mut Cx<'_, '_>, p: &Spanned<String>) -> Policy {
     let s = p.get_ref().as_str();
     let parsed = match s {
         "round_robin" => Some(Policy::RoundRobin),
@@ -849,7 +830,7 @@ fn is_cookie_name_byte(b: u8) -> bool {
 }
 
 fn tls(
-    cx: &mut Cx<'_>,
+    cx: &mut Cx<'_, '_>,
     raw: Option<&Spanned<RawUpstreamTls>>,
     upstreams: &[UpstreamSpec],
 ) -> UpstreamTlsSpec {
@@ -878,7 +859,7 @@ fn tls(
         insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
         ..Default::default()
     };
-    let file = |cx: &mut Cx<'_>, v: &Spanned<String>, key: &str| -> Option<PathBuf> {
+    let file = |cx: &mut Cx<'_, '_>, v: &Spanned<String>, key: &str| -> Option<PathBuf> {
         let p = cx.path(v.get_ref());
         match std::fs::metadata(&p) {
             Ok(m) if m.is_file() => Some(p),
@@ -943,7 +924,7 @@ fn tls(
             "give the backend's CA with tls.ca instead",
         );
     }
-    let errors = cx.problems.iter().any(|p| p.is_error());
+    let errors = cx.error_count() > 0;
     if !errors {
         // Loads the files as serving will: unreadable PEM, a key that does not fit its
         // certificate, an empty CA file are reported here, not at the first request.
@@ -954,7 +935,7 @@ fn tls(
     spec
 }
 
-fn health(cx: &mut Cx<'_>, raw: &Spanned<RawHealth>) -> HealthSpec {
+fn health(cx: &mut Cx<'_, '_>, raw: &Spanned<RawHealth>) -> HealthSpec {
     let h = raw.get_ref();
     let path = match &h.path {
         None => "/".to_string(),
@@ -1024,7 +1005,7 @@ fn health(cx: &mut Cx<'_>, raw: &Spanned<RawHealth>) -> HealthSpec {
             );
         }
     }
-    let count = |cx: &mut Cx<'_>, v: &Option<Spanned<u32>>, key: &str, default: u32| match v {
+    let count = |cx: &mut Cx<'_, '_>, v: &Option<Spanned<u32>>, key: &str, default: u32| match v {
         None => default,
         Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref(),
         Some(n) => {
@@ -1063,7 +1044,7 @@ fn health(cx: &mut Cx<'_>, raw: &Spanned<RawHealth>) -> HealthSpec {
     }
 }
 
-fn passive(cx: &mut Cx<'_>, raw: &Spanned<RawPassive>) -> PassiveSpec {
+fn passive(cx: &mut Cx<'_, '_>, raw: &Spanned<RawPassive>) -> PassiveSpec {
     let p = raw.get_ref();
     let max_fails = p
         .max_fails
@@ -1100,7 +1081,7 @@ fn passive(cx: &mut Cx<'_>, raw: &Spanned<RawPassive>) -> PassiveSpec {
     }
 }
 
-fn timeouts(cx: &mut Cx<'_>, raw: &Spanned<RawTimeouts>) -> TimeoutSpec {
+fn timeouts(cx: &mut Cx<'_, '_>, raw: &Spanned<RawTimeouts>) -> TimeoutSpec {
     let t = raw.get_ref();
     let day = Duration::from_secs(86400);
     TimeoutSpec {
@@ -1135,7 +1116,7 @@ fn timeouts(cx: &mut Cx<'_>, raw: &Spanned<RawTimeouts>) -> TimeoutSpec {
     }
 }
 
-fn pool(cx: &mut Cx<'_>, raw: &Spanned<RawPool>) -> PoolSpec {
+fn pool(cx: &mut Cx<'_, '_>, raw: &Spanned<RawPool>) -> PoolSpec {
     let p = raw.get_ref();
     let max_idle = p
         .max_idle_per_backend
@@ -1168,7 +1149,7 @@ fn pool(cx: &mut Cx<'_>, raw: &Spanned<RawPool>) -> PoolSpec {
     }
 }
 
-fn cidr(cx: &mut Cx<'_>, s: &Spanned<String>) -> Option<IpNet> {
+fn cidr(cx: &mut Cx<'_, '_>, s: &Spanned<String>) -> Option<IpNet> {
     let t = s.get_ref().trim();
     let parsed = t
         .parse::<IpNet>()
@@ -1185,7 +1166,7 @@ fn cidr(cx: &mut Cx<'_>, s: &Spanned<String>) -> Option<IpNet> {
     parsed.map(|n| n.trunc())
 }
 
-fn host_mode(cx: &mut Cx<'_>, h: &Spanned<String>) -> HostMode {
+fn host_mode(cx: &mut Cx<'_, '_>, h: &Spanned<String>) -> HostMode {
     match h.get_ref().as_str() {
         "pass" => HostMode::Pass,
         "upstream" => HostMode::Upstream,
@@ -1206,10 +1187,10 @@ fn host_mode(cx: &mut Cx<'_>, h: &Spanned<String>) -> HostMode {
     }
 }
 
-fn header_edits(cx: &mut Cx<'_>, raw: &Spanned<RawHeaderEdits>, key: &str) -> HeaderEdits {
+fn header_edits(cx: &mut Cx<'_, '_>, raw: &Spanned<RawHeaderEdits>, key: &str) -> HeaderEdits {
     let e = raw.get_ref();
     let mut out = HeaderEdits::default();
-    let pairs = |cx: &mut Cx<'_>,
+    let pairs = |cx: &mut Cx<'_, '_>,
                  map: &std::collections::BTreeMap<String, Spanned<String>>,
                  what: &str|
      -> Vec<(HeaderName, HeaderValue)> {

@@ -1569,11 +1569,8 @@ fn routes(
         } else if let Some(r) = &rr.redirect {
             redirect_spec(cx, r, name).map(Handler::Redirect)
         } else if let Some(p) = &rr.proxy {
-            let base = cx.base.clone();
             let mut pcx = super::proxy::Cx {
-                source: cx.source,
-                base: &base,
-                problems: &mut cx.problems,
+                ctx: cx,
                 site: name,
                 route: &prefix,
             };
