@@ -270,15 +270,6 @@ fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
     (v6(a), v6(b))
 }
 
-/// An address as the client's: IPv4-mapped IPv6 (a dual-stack socket's view of an IPv4
-/// client) becomes plain IPv4, so that it matches IPv4 lists and logs as people expect.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

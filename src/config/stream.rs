@@ -90,7 +90,7 @@ pub struct ProxyAccept {
 impl ProxyAccept {
     /// Whether headers from `ip` are believed (IPv4-mapped IPv6 counts as IPv4).
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = crate::proxy_protocol::canonical(ip);
+        let ip = ip.to_canonical();
         self.from.iter().any(|n| n.contains(&ip))
     }
 }

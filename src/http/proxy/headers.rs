@@ -75,17 +75,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// Whether `peer` is one of the proxies whose forwarding headers are believed.
 pub fn trusted(peer: IpAddr, proxies: &[IpNet]) -> bool {
-    let peer = canonical(peer);
+    // An IPv4-mapped address (a dual-stack socket's view of an IPv4 client) as IPv4.
+    let peer = peer.to_canonical();
     proxies.iter().any(|n| n.contains(&peer))
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket's view of an IPv4
-/// client) as the IPv4 address it is.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The forwarding fields (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`): from a trusted
@@ -98,7 +90,7 @@ pub fn forwarding(
     host: &str,
     trusted: bool,
 ) {
-    let ip = canonical(peer.ip());
+    let ip = peer.ip().to_canonical();
     let ip_text = ip.to_string();
     let joined = |name: &HeaderName| -> Option<String> {
         let values: Vec<&str> = client
