@@ -472,7 +472,7 @@ impl HttpsService {
         let resp = finish(&exchange.method, resp);
         let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
-            && (exchange.request_closes || has_token(resp.headers(), "close"));
+            && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));
         self.conn.closing.store(closing, Ordering::Relaxed);
         resp.map(|inner| TrackedBody {
             inner,
@@ -481,8 +481,10 @@ impl HttpsService {
     }
 }
 
-fn has_token(h: &http::HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
+/// Whether a comma-separated field (`Connection`, `Upgrade`, `TE`) lists `token`, in any of its
+/// lines, ignoring case.
+pub(crate) fn has_token(h: &http::HeaderMap, name: &HeaderName, token: &str) -> bool {
+    h.get_all(name).iter().any(|v| {
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
     })
@@ -493,8 +495,9 @@ fn has_token(h: &http::HeaderMap, token: &str) -> bool {
 /// response's `Connection: close`, this mirrors hyper's decision; a wrong answer only costs the
 /// coalescing (the cork sends what it holds before the connection waits for another request).
 fn request_closes(parts: &http::request::Parts) -> bool {
-    has_token(&parts.headers, "close")
-        || (parts.version < Version::HTTP_11 && !has_token(&parts.headers, "keep-alive"))
+    has_token(&parts.headers, &header::CONNECTION, "close")
+        || (parts.version < Version::HTTP_11
+            && !has_token(&parts.headers, &header::CONNECTION, "keep-alive"))
 }
 
 /// RFC 8470's `Early-Data` request field (a constant: no name parsing per request).

@@ -51,12 +51,7 @@ pub fn end_to_end(from: &HeaderMap) -> HeaderMap {
         }
         out.append(name.clone(), value.clone());
     }
-    let trailers = from.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let trailers = crate::http::has_token(from, &header::TE, "trailers");
     if trailers {
         out.insert(header::TE, HeaderValue::from_static("trailers"));
     }

@@ -8,14 +8,14 @@ use std::task::{Context, Poll};
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderValue;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWriteExt as _, ReadBuf, ReadHalf};
 
-use crate::http::RequestBody;
+use crate::http::{has_token, RequestBody};
 
 /// The GUID of RFC 6455 §1.3.
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -24,8 +24,8 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub fn is_h1_websocket(parts: &http::request::Parts) -> bool {
     parts.method == http::Method::GET
         && parts.version == http::Version::HTTP_11
-        && has_token(&parts.headers, http::header::CONNECTION, "upgrade")
-        && has_token(&parts.headers, http::header::UPGRADE, "websocket")
+        && has_token(&parts.headers, &http::header::CONNECTION, "upgrade")
+        && has_token(&parts.headers, &http::header::UPGRADE, "websocket")
 }
 
 /// Whether an HTTP/2 request is an extended CONNECT for a WebSocket (RFC 8441 §4).
@@ -35,13 +35,6 @@ pub fn is_h2_websocket(parts: &http::request::Parts) -> bool {
             .extensions
             .get::<hyper::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
-}
-
-fn has_token(h: &HeaderMap, name: http::header::HeaderName, token: &str) -> bool {
-    h.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// A fresh `Sec-WebSocket-Key` (16 random bytes, base64) for the upgrade to the backend that
