@@ -100,6 +100,11 @@ pub struct Frontend {
     pub acme: Arc<Http01Tokens>,
     /// On-demand TLS: the site serving names obtained on demand, and those names.
     pub on_demand: Option<(usize, Arc<crate::tls::resolver::NamedCerts>)>,
+    /// A newer configuration serves new connections: HTTP/1.x connections of this one close
+    /// after their next response (`Connection: close`), so a keep-alive client moves to the
+    /// new configuration without ever finding its idle connection closed under a request it
+    /// just sent (HAProxy's `idle-close-on-response`).
+    pub retired: std::sync::atomic::AtomicBool,
 }
 
 impl Frontend {
@@ -195,6 +200,7 @@ impl Frontend {
             },
             acme,
             on_demand: None,
+            retired: Default::default(),
         })
     }
 
@@ -469,7 +475,11 @@ impl HttpsService {
             let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
             add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
         }
-        let resp = finish(&exchange.method, resp);
+        let mut resp = finish(&exchange.method, resp);
+        if exchange.version <= Version::HTTP_11 && self.front.retired.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
             && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));

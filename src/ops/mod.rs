@@ -1,7 +1,9 @@
 //! Operations: logging and certificate-expiry monitoring; metrics, reload and the status page
 //! later.
 
+pub mod control;
 pub mod expiry;
+pub mod reload;
 
 use std::io::IsTerminal;
 

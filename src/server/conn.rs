@@ -455,7 +455,7 @@ pub async fn serve_tls(
         // No client certificate: the configuration refuses early data with client_auth.
         let svc = svc(conn_state, None);
         drop(sni);
-        serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+        serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
         return;
     }
     let established = Box::pin(establish(
@@ -531,23 +531,27 @@ pub async fn serve_tls(
     }
     let svc = svc(conn_state, client_cert);
     drop(sni);
-    serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+    serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 over an established TLS stream until the connection ends.
+/// `shutdown`: the server stops (HTTP/1.1 closes idle connections and after the current
+/// response); `retire`: the connection's configuration is retired (HTTP/2 says GOAWAY, and
+/// the service marks HTTP/1.1's next response as the last).
 async fn serve_https<T>(
     io: Pin<Box<TimedIo<T>>>,
     h2: bool,
     svc: HttpsService,
     ctx: &WorkerCtx,
     mut shutdown: watch::Receiver<bool>,
+    retire: watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     if h2 {
         // Our own HTTP/2 connection (server::h2); it handles the shutdown signal itself.
-        if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, shutdown).await {
+        if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, retire).await {
             tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
         }
         return;
