@@ -2,6 +2,9 @@
 //! later.
 
 pub mod expiry;
+pub mod limits;
+
+pub use limits::limits_dropped;
 
 use std::io::IsTerminal;
 

@@ -13,6 +13,7 @@ pub mod early;
 pub mod h2;
 pub mod hpack;
 pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod placement;
 
@@ -68,6 +69,9 @@ pub struct ServerState {
     pub streams: Vec<Arc<StreamService>>,
     /// Names of the certificates in `tls.certs` after the sites' (the streams').
     pub stream_cert_names: Vec<String>,
+    /// `[limits.per_client]` and its client table. Reload: carry the old generation's over
+    /// with [`limits::ClientLimits::carry_over`] (clients keep their counts).
+    pub client_limits: Arc<limits::ClientLimits>,
     open: AtomicUsize,
     drained: Notify,
 }
@@ -86,6 +90,7 @@ impl ServerState {
             front,
             tls,
             tls_alpn,
+            client_limits: limits::ClientLimits::new(&limits.per_client),
             limits,
             placement: placement::Placement::new(1).0,
             proxy_accept: None,
@@ -108,20 +113,45 @@ impl ServerState {
     }
 }
 
-/// Counts a connection while it lives.
-pub struct ConnGuard(Arc<ServerState>);
+/// Counts a connection while it lives (and in its client's concurrent connections, once
+/// admitted by the per-client limits).
+pub struct ConnGuard {
+    state: Arc<ServerState>,
+    client: Option<limits::ClientSlot>,
+}
 
 impl ConnGuard {
     fn new(state: &Arc<ServerState>) -> (Self, usize) {
         let n = state.open.fetch_add(1, Ordering::Relaxed) + 1;
-        (ConnGuard(state.clone()), n)
+        let guard = ConnGuard {
+            state: state.clone(),
+            client: None,
+        };
+        (guard, n)
+    }
+
+    /// The per-client limits for a connection from `client`: `false` (counted and logged)
+    /// when it is to be closed.
+    fn admit(&mut self, client: std::net::IpAddr) -> bool {
+        match self.state.client_limits.admit(client) {
+            Ok(slot) => {
+                self.client = slot;
+                true
+            }
+            Err(refused) => {
+                tracing::debug!(%client, limit = refused.kind(), "connection refused: per-client limit");
+                crate::ops::limits_dropped(refused.kind());
+                false
+            }
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
+        self.client = None;
+        if self.state.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.drained.notify_waiters();
         }
     }
 }
@@ -402,6 +432,7 @@ impl Server {
             tls,
             tls_alpn: challenges.tls_alpn.clone(),
             limits: config.limits.clone(),
+            client_limits: limits::ClientLimits::new(&config.limits.per_client),
             placement,
             proxy_accept: config.proxy_accept.clone(),
             streams: stream_services,
@@ -701,20 +732,27 @@ async fn accept_loop(
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let (guard, n) = ConnGuard::new(&state);
+                let (mut guard, n) = ConnGuard::new(&state);
                 // Above the limit: a 503 for a while (cheap to tell), then plain refusal.
                 if n > max.saturating_mul(2) || (kind != ListenerKind::Https && n > max) {
+                    crate::ops::limits_dropped("max_connections");
+                    drop(tcp);
+                    continue;
+                }
+                // A load balancer in front: its header says whom the connection is from (the
+                // per-client limits apply to that client, once the header is read).
+                let proxied = matches!(kind, ListenerKind::Https | ListenerKind::Http)
+                    && state
+                        .proxy_accept
+                        .as_ref()
+                        .is_some_and(|pa| pa.trusts(peer.ip()));
+                // Over a per-client limit: closed before anything is read or sent.
+                if !proxied && !guard.admit(peer.ip()) {
                     drop(tcp);
                     continue;
                 }
                 match kind {
-                    // A load balancer in front: its header says whom the connection is from.
-                    ListenerKind::Https | ListenerKind::Http
-                        if state
-                            .proxy_accept
-                            .as_ref()
-                            .is_some_and(|pa| pa.trusts(peer.ip())) =>
-                    {
+                    ListenerKind::Https | ListenerKind::Http if proxied => {
                         tokio::spawn(serve_proxied(
                             tcp,
                             peer,
@@ -833,7 +871,7 @@ async fn serve_proxied(
     ctx: Arc<WorkerCtx>,
     shutdown: watch::Receiver<bool>,
     overloaded: bool,
-    guard: ConnGuard,
+    mut guard: ConnGuard,
 ) {
     let required = state.proxy_accept.as_ref().is_some_and(|pa| pa.required);
     let read = crate::proxy_protocol::read_header(&tcp, required);
@@ -849,6 +887,9 @@ async fn serve_proxied(
             return;
         }
     };
+    if !guard.admit(client.ip()) {
+        return;
+    }
     if kind == ListenerKind::Https {
         conn::serve_tls(tcp, client, state, ctx, shutdown, overloaded, guard).await;
     } else {
