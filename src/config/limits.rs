@@ -32,7 +32,10 @@ pub struct RawPerClient {
 
 /// A rate as written: `{ rate = "COUNT/PERIOD", burst = N }`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rate table like { rate = \"20/s\", burst = 40 }"
+)]
 pub struct RawRate {
     pub rate: Spanned<String>,
     pub burst: Option<Spanned<u32>>,
@@ -62,7 +65,7 @@ impl PerClient {
     /// HTTP/1.1, one over HTTP/2) even behind a large NAT, and low enough that one address
     /// cannot take every slot.
     pub const DEFAULT_CONCURRENT: u32 = 1000;
-    /// Default tracked clients: about 64 bytes each, 4 MiB at most.
+    /// Default tracked clients: at most ~200 bytes each, 12.25 MiB.
     pub const DEFAULT_MAX_CLIENTS: usize = 65_536;
     const MIN_MAX_CLIENTS: usize = 1024;
     const MAX_MAX_CLIENTS: usize = 16 * 1024 * 1024;
@@ -188,7 +191,7 @@ pub(super) fn per_client(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawPerClient>>) 
                 loc,
                 format!("limits.per_client.max_clients = {v} is out of range"),
                 format!(
-                    "use {} to {} (default {}; about 64 bytes per client)",
+                    "use {} to {} (default {}; up to 200 bytes per client)",
                     PerClient::MIN_MAX_CLIENTS,
                     PerClient::MAX_MAX_CLIENTS,
                     PerClient::DEFAULT_MAX_CLIENTS
