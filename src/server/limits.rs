@@ -356,14 +356,14 @@ impl ClientLimits {
             return Ok(None);
         }
         let key = ClientKey::of(ip);
-        if let Some(max) = self.settings.concurrent_connections {
-            // Looked at before the rate, so that a refused connection does not use up rate.
-            let shard = self.table.shard(&key);
-            if shard.get(&key).is_some_and(|e| e.open >= max) {
-                return Err(Refused::ConcurrentConnections);
-            }
-        }
         if let Some(l) = &self.new_connections {
+            if let Some(max) = self.settings.concurrent_connections {
+                // Looked at before the rate, so that a refused connection uses up no rate.
+                let shard = self.table.shard(&key);
+                if shard.get(&key).is_some_and(|e| e.open >= max) {
+                    return Err(Refused::ConcurrentConnections);
+                }
+            }
             if l.check_key(&key).is_err() {
                 return Err(Refused::ConnectionRate);
             }
