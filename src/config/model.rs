@@ -213,6 +213,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// `[limits.per_client]`.
+    pub per_client: super::limits::PerClient,
 }
 
 impl Default for Limits {
@@ -226,6 +228,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
+            per_client: Default::default(),
         }
     }
 }

@@ -305,6 +305,9 @@ pub struct HttpsService {
     pub host_memo: std::cell::Cell<HostMemo>,
     /// The verified client certificate of a mutual-TLS connection.
     pub client_cert: Option<Arc<access::ClientCert>>,
+    /// The per-client limits that count this connection's requests (`None`: requests are not
+    /// limited, or the client is trusted).
+    pub client_limits: Option<Arc<crate::server::limits::ClientLimits>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -510,6 +513,22 @@ fn request_closes(parts: &http::request::Parts) -> bool {
             && !has_token(&parts.headers, &header::CONNECTION, "keep-alive"))
 }
 
+/// A request over its client's request rate: 429 with `Retry-After` in whole seconds (at
+/// least 1), counted and logged rate-limited. The connection stays open (as nginx's
+/// `limit_req`): closing it would only make the client reconnect, which costs more.
+fn too_many(refused: crate::server::limits::Refused) -> Response<Body> {
+    crate::ops::limits_dropped(refused.kind());
+    let wait = match refused {
+        crate::server::limits::Refused::RequestRate(wait) => wait,
+        _ => std::time::Duration::ZERO,
+    };
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = pages::error(StatusCode::TOO_MANY_REQUESTS);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
+}
+
 /// RFC 8470's `Early-Data` request field (a constant: no name parsing per request).
 const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 
@@ -571,6 +590,11 @@ impl HttpsService {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (self.sni_site, Routed::Answer(r, false));
+        }
+        if let Some(limits) = &self.client_limits {
+            if let Err(refused) = limits.request(self.peer.ip()) {
+                return (self.sni_site, Routed::Answer(too_many(refused), false));
+            }
         }
         if !is_safe(&parts.method)
             && (self.conn.early.load(Ordering::Relaxed)

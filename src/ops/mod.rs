@@ -3,7 +3,10 @@
 
 pub mod control;
 pub mod expiry;
+pub mod limits;
 pub mod reload;
+
+pub use limits::limits_dropped;
 
 use std::io::IsTerminal;
 

@@ -406,6 +406,15 @@ pub async fn serve_tls(
         .await;
         return;
     }
+    // Over the client's handshake rate: closed before the server's first flight (an ACME
+    // validation above is never refused: the CA's validators share addresses).
+    if let Err(refused) = state.client_limits.handshake(peer.ip()) {
+        drop(accepted);
+        tracing::debug!(%peer, "TLS handshake refused: per-client handshake rate");
+        crate::ops::limits_dropped(refused.kind());
+        Box::pin(linger_close(&tcp)).await;
+        return;
+    }
     let mut on_demand = false;
     if let (Some(od), Some(name), false) = (&state.tls.on_demand, &sni, listed) {
         // On-demand TLS: an approved name gets its certificate now.
@@ -430,6 +439,7 @@ pub async fn serve_tls(
     let local = tcp
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_limits = state.client_limits.for_requests(peer.ip());
     let svc = |conn, client_cert| HttpsService {
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
@@ -439,6 +449,7 @@ pub async fn serve_tls(
         overloaded,
         host_memo: Default::default(),
         client_cert,
+        client_limits: client_limits.clone(),
     };
     if config.max_early_data_size > 0 {
         let established = Box::pin(establish_early(

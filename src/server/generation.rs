@@ -36,6 +36,8 @@ pub(super) struct Inputs<'a> {
     pub listeners: Vec<(u64, ListenerKind)>,
     /// The running generation's shared TLS state, if any.
     pub prev: Option<&'a SharedTls>,
+    /// The running generation's per-client table, if any.
+    pub prev_limits: Option<&'a Arc<crate::server::limits::ClientLimits>>,
     /// Where the local CA's root is written, when a site uses it.
     pub local_ca_root: &'a mut Option<std::path::PathBuf>,
 }
@@ -63,6 +65,7 @@ fn build_inner(
         workers,
         listeners,
         prev,
+        prev_limits,
         local_ca_root,
     } = inputs;
     let prev = prev.map(|p| (&p.1, p));
@@ -263,6 +266,12 @@ fn build_inner(
         listeners,
         ctxs,
         tls_shared: Some(tls_shared.clone()),
+        client_limits: match prev_limits {
+            Some(old) => {
+                crate::server::limits::ClientLimits::carry_over(old, &config.limits.per_client)
+            }
+            None => crate::server::limits::ClientLimits::new(&config.limits.per_client),
+        },
     });
 
     // 5. ACME: order missing certificates, renew all, swap them in as they come.

@@ -14,6 +14,7 @@ mod generation;
 pub mod h2;
 pub mod hpack;
 pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod placement;
 
@@ -82,6 +83,9 @@ pub struct ServerState {
     /// Ticket keys and session caches, handed to the next generation when its TLS settings
     /// are the same.
     tls_shared: Option<generation::SharedTls>,
+    /// `[limits.per_client]` and its client table, carried over by a reload with the same
+    /// settings (clients keep their counts).
+    pub client_limits: Arc<limits::ClientLimits>,
 }
 
 impl ServerState {
@@ -98,6 +102,7 @@ impl ServerState {
             front,
             tls,
             tls_alpn,
+            client_limits: limits::ClientLimits::new(&limits.per_client),
             limits,
             placement: Arc::new(placement::Placement::new(1).0),
             proxy_accept: None,
@@ -154,20 +159,45 @@ pub struct Conns {
     drained: Notify,
 }
 
-/// Counts a connection while it lives.
-pub struct ConnGuard(Arc<Conns>);
+/// Counts a connection while it lives (and in its client's concurrent connections, once
+/// admitted by the per-client limits).
+pub struct ConnGuard {
+    conns: Arc<Conns>,
+    client: Option<limits::ClientSlot>,
+}
 
 impl ConnGuard {
     fn new(conns: &Arc<Conns>) -> (Self, usize) {
         let n = conns.open.fetch_add(1, Ordering::Relaxed) + 1;
-        (ConnGuard(conns.clone()), n)
+        let guard = ConnGuard {
+            conns: conns.clone(),
+            client: None,
+        };
+        (guard, n)
+    }
+
+    /// The per-client limits for a connection from `client`: `false` (counted and logged)
+    /// when it is to be closed.
+    fn admit(&mut self, state: &ServerState, client: std::net::IpAddr) -> bool {
+        match state.client_limits.admit(client) {
+            Ok(slot) => {
+                self.client = slot;
+                true
+            }
+            Err(refused) => {
+                tracing::debug!(%client, limit = refused.kind(), "connection refused: per-client limit");
+                crate::ops::limits_dropped(refused.kind());
+                false
+            }
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
+        self.client = None;
+        if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns.drained.notify_waiters();
         }
     }
 }
@@ -387,6 +417,7 @@ impl Server {
                 workers,
                 listeners: kinds,
                 prev: None,
+                prev_limits: None,
                 local_ca_root: &mut local_ca_root,
             },
         )?;
@@ -480,6 +511,7 @@ impl Server {
                 workers: rt.workers,
                 listeners: kinds.clone(),
                 prev: old.tls_shared.as_ref(),
+                prev_limits: Some(&old.client_limits),
                 local_ca_root: &mut local_ca_root,
             },
         )?;
@@ -764,21 +796,28 @@ async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<R
                     return;
                 };
                 let max = state.limits.max_connections;
-                let (guard, n) = ConnGuard::new(&state.conns);
+                let (mut guard, n) = ConnGuard::new(&state.conns);
                 // Above the limit: a 503 for a while (cheap to tell), then plain refusal.
                 if n > max.saturating_mul(2) || (kind != ListenerKind::Https && n > max) {
+                    crate::ops::limits_dropped("max_connections");
+                    drop(tcp);
+                    continue;
+                }
+                // A load balancer in front: its header says whom the connection is from (the
+                // per-client limits apply to that client, once the header is read).
+                let proxied = matches!(kind, ListenerKind::Https | ListenerKind::Http)
+                    && state
+                        .proxy_accept
+                        .as_ref()
+                        .is_some_and(|pa| pa.trusts(peer.ip()));
+                // Over a per-client limit: closed before anything is read or sent.
+                if !proxied && !guard.admit(&state, peer.ip()) {
                     drop(tcp);
                     continue;
                 }
                 let shutdown = stop.clone();
                 match kind {
-                    // A load balancer in front: its header says whom the connection is from.
-                    ListenerKind::Https | ListenerKind::Http
-                        if state
-                            .proxy_accept
-                            .as_ref()
-                            .is_some_and(|pa| pa.trusts(peer.ip())) =>
-                    {
+                    ListenerKind::Https | ListenerKind::Http if proxied => {
                         tokio::spawn(serve_proxied(
                             tcp,
                             peer,
@@ -895,7 +934,7 @@ async fn serve_proxied(
     ctx: Arc<WorkerCtx>,
     shutdown: watch::Receiver<bool>,
     overloaded: bool,
-    guard: ConnGuard,
+    mut guard: ConnGuard,
 ) {
     let required = state.proxy_accept.as_ref().is_some_and(|pa| pa.required);
     let read = crate::proxy_protocol::read_header(&tcp, required);
@@ -911,6 +950,9 @@ async fn serve_proxied(
             return;
         }
     };
+    if !guard.admit(&state, client.ip()) {
+        return;
+    }
     if kind == ListenerKind::Https {
         conn::serve_tls(tcp, client, state, ctx, shutdown, overloaded, guard).await;
     } else {
