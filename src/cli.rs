@@ -398,17 +398,20 @@ fn serve(a: ServeArgs) -> i32 {
     signals.wait();
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown();
+    crate::ops::logfile::flush_all(std::time::Duration::from_secs(5));
     tracing::info!("stopped");
     0
 }
 
-/// SIGTERM/SIGINT/SIGHUP handlers, installed before the server starts so that a signal that
-/// arrives during start-up is a graceful stop, not the default "killed".
+/// SIGTERM/SIGINT/SIGHUP/SIGUSR1 handlers, installed before the server starts so that a signal
+/// that arrives during start-up is a graceful stop, not the default "killed".
 struct Signals {
     rt: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// Reopen the log files (logrotate).
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -423,8 +426,15 @@ impl Signals {
         let term = signal(SignalKind::terminate()).map_err(err)?;
         let int = signal(SignalKind::interrupt()).map_err(err)?;
         let hup = signal(SignalKind::hangup()).map_err(err)?;
+        let usr1 = signal(SignalKind::user_defined1()).map_err(err)?;
         drop(_guard);
-        Ok(Signals { rt, term, int, hup })
+        Ok(Signals {
+            rt,
+            term,
+            int,
+            hup,
+            usr1,
+        })
     }
 
     /// Blocks until SIGTERM or SIGINT.
@@ -435,6 +445,10 @@ impl Signals {
                     _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
                     _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
                     _ = self.hup.recv() => { tracing::warn!("SIGHUP received: live reload is not supported yet; restart portcullis to apply config changes"); }
+                    _ = self.usr1.recv() => {
+                        tracing::info!("SIGUSR1 received: reopening the log files");
+                        crate::ops::logfile::reopen_all();
+                    }
                 }
             }
         });

@@ -25,7 +25,18 @@ fn text_page(status: StatusCode, why: &str) -> Response<Body> {
         text.push_str(why);
         text.push('\n');
     }
+    // With the access log on, the page names the request's id, as its log line does.
+    let id = crate::ops::access::current_request_id();
+    if let Some(id) = &id {
+        text.push_str("Request id: ");
+        text.push_str(id.to_str().unwrap_or(""));
+        text.push('\n');
+    }
     let mut r = Response::new(Body::full(text));
+    if let Some(id) = id {
+        r.headers_mut()
+            .insert(super::proxy::headers::X_REQUEST_ID, id);
+    }
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

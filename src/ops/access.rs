@@ -96,6 +96,37 @@ pub struct Upstream {
     pub time: Option<Duration>,
 }
 
+/// What the access log takes from a request's head.
+#[derive(Clone, Copy)]
+pub struct Head<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    pub version: Version,
+    pub headers: &'a http::HeaderMap,
+}
+
+impl<'a> From<&'a http::request::Parts> for Head<'a> {
+    fn from(p: &'a http::request::Parts) -> Self {
+        Head {
+            method: &p.method,
+            uri: &p.uri,
+            version: p.version,
+            headers: &p.headers,
+        }
+    }
+}
+
+impl<'a, B> From<&'a http::Request<B>> for Head<'a> {
+    fn from(r: &'a http::Request<B>) -> Self {
+        Head {
+            method: r.method(),
+            uri: r.uri(),
+            version: r.version(),
+            headers: r.headers(),
+        }
+    }
+}
+
 /// A request on its way to the access log: filled while it is served, written when its
 /// response body is done ([`Record::finish`]).
 pub struct Record {
@@ -129,7 +160,7 @@ impl Record {
     pub fn new(
         log: Arc<AccessLog>,
         start: Instant,
-        parts: &http::request::Parts,
+        parts: Head<'_>,
         client: SocketAddr,
         scheme: &'static str,
         site: Arc<str>,

@@ -226,6 +226,18 @@ impl Server {
             .or_else(|| https_addrs.first().map(|a| a.port()))
             .unwrap_or(443);
 
+        // Logs: the TLS event log (process-wide, for the background tasks too) and the budget
+        // of lines clients can cause. Access logs open with the Frontend.
+        crate::ops::limit::set_lines_per_second(config.log.lines_per_second);
+        let events = match &config.log.tls_events {
+            Some(t) => Some(
+                crate::ops::logfile::open(t)
+                    .map_err(|e| format!("cannot open the TLS event log {t}: {e}"))?,
+            ),
+            None => None,
+        };
+        crate::ops::events::install(events);
+
         // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(config.data_dir.clone()));
         let mut acme_sites = Vec::new();
@@ -268,6 +280,25 @@ impl Server {
                     site_certs.push(stored.iter().cloned().collect());
                     acme_sites.push((site_certs.len() - 1, names, stored));
                 }
+            }
+        }
+
+        for (site, loaded) in owners.iter().zip(&site_certs) {
+            let source = match site.certs {
+                SiteCertSource::Files(_) => crate::ops::events::CertSource::File,
+                SiteCertSource::LocalCa => crate::ops::events::CertSource::LocalCa,
+                SiteCertSource::Acme => crate::ops::events::CertSource::Acme,
+            };
+            for l in loaded {
+                let mut names = l.info.dns_names.clone();
+                names.extend(l.info.ips.iter().map(|ip| ip.to_string()));
+                crate::ops::events::certificate_loaded(
+                    &site.name,
+                    source,
+                    &names,
+                    l.info.not_after,
+                    false,
+                );
             }
         }
 

@@ -10,7 +10,7 @@ pub mod tunnel;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -52,6 +52,10 @@ pub struct Context<'a> {
     /// The `Authorization` field goes on to the backend (see
     /// [`crate::http::access::Access::forwards_authorization`]).
     pub forward_authorization: bool,
+    /// The request's id when the access log gave it one (else the proxy makes one).
+    pub request_id: Option<HeaderValue>,
+    /// Access log (hook): where the backend and its time go, when the log is on.
+    pub upstream: Option<&'a mut crate::ops::access::Upstream>,
 }
 
 impl Proxy {
@@ -84,9 +88,9 @@ impl Proxy {
         &self,
         mut parts: http::request::Parts,
         body: RequestBody,
-        ctx: Context<'_>,
+        mut ctx: Context<'_>,
     ) -> Response<Body> {
-        let id = request_id();
+        let id = ctx.request_id.take().unwrap_or_else(request_id);
         // `Some` on a compressing route: the coding this client takes, if any.
         let coding = self
             .spec
@@ -228,6 +232,11 @@ impl Proxy {
         }
         let (mut rparts, rbody) = exchange.response.into_parts();
         let backend = exchange.backend.clone();
+        if let Some(u) = ctx.upstream.as_deref_mut() {
+            // Access log (hook).
+            u.backend = Some(backend.clone());
+            u.time = Some(exchange.connect_time + exchange.upstream_time);
+        }
 
         if ws && rparts.status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(backend_upgrade) = exchange.upgrade else {
@@ -392,19 +401,9 @@ fn page(status: StatusCode, why: &str, id: &HeaderValue) -> Response<Body> {
     r
 }
 
-/// A request id: unique in this process and unlikely to repeat across restarts (a random
-/// prefix per process, then a counter). 16 hex digits.
+/// A request id (see [`crate::ops::access::new_request_id`]): 16 hex digits.
 pub fn request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut b = [0u8; 4];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        u32::from_be_bytes(b)
-    });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:08x}{:08x}", n as u32);
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    crate::ops::access::new_request_id()
 }
 
 /// The client's request body on its way upstream, cut off with an error past the limit.
