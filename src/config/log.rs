@@ -193,10 +193,7 @@ fn access_log(
         RawAccessLog::Bool(true) => ("json", None),
         RawAccessLog::Word(w) if w == "off" => return Some(None),
         RawAccessLog::Word(w) => (w.as_str(), None),
-        RawAccessLog::Table(t) => (
-            t.format.as_deref().unwrap_or("json"),
-            t.file.as_deref(),
-        ),
+        RawAccessLog::Table(t) => (t.format.as_deref().unwrap_or("json"), t.file.as_deref()),
     };
     let format = match format {
         "json" => AccessFormat::Json,
@@ -219,12 +216,7 @@ fn access_log(
 
 /// A log file path: relative to the config file's directory; its directory must exist and an
 /// existing file must be a file we may append to (checked without creating anything).
-fn log_file(
-    cx: &mut Ctx<'_>,
-    path: &str,
-    loc: super::Location,
-    what: &str,
-) -> Option<LogTarget> {
+fn log_file(cx: &mut Ctx<'_>, path: &str, loc: super::Location, what: &str) -> Option<LogTarget> {
     if path.is_empty() {
         cx.err(
             loc,
@@ -238,10 +230,7 @@ fn log_file(
     if !dir.is_dir() {
         cx.err(
             loc,
-            format!(
-                "{what}: the directory of {} does not exist",
-                full.display()
-            ),
+            format!("{what}: the directory of {} does not exist", full.display()),
             format!("create {} or choose another file", dir.display()),
         );
         return None;

@@ -229,7 +229,10 @@ impl Frontend {
         request_id: Option<HeaderValue>,
     ) -> Option<Box<Record>> {
         let (log, name) = match site {
-            Some(s) => (self.sites[s].access_log.as_ref()?, self.sites[s].log_name.clone()),
+            Some(s) => (
+                self.sites[s].access_log.as_ref()?,
+                self.sites[s].log_name.clone(),
+            ),
             None => (self.access_log.as_ref()?, Arc::from("-")),
         };
         Some(Record::new(
@@ -524,9 +527,8 @@ impl HttpsService {
                 let svc = self.clone();
                 let site = site.expect("a proxy route belongs to a site");
                 Reply::Later(Box::pin(async move {
-                    let mut log = log_id.and_then(|(start, id)| {
-                        svc.record(Some(site), start, &parts, 0, id)
-                    });
+                    let mut log =
+                        log_id.and_then(|(start, id)| svc.record(Some(site), start, &parts, 0, id));
                     let ctx = proxy::Context {
                         peer: svc.peer,
                         local: svc.local,
@@ -558,9 +560,15 @@ impl HttpsService {
         status: u16,
         id: HeaderValue,
     ) -> Option<Box<Record>> {
-        let mut r =
-            self.front
-                .access_record(site, start, parts.into(), self.peer, "https", status, Some(id))?;
+        let mut r = self.front.access_record(
+            site,
+            start,
+            parts.into(),
+            self.peer,
+            "https",
+            status,
+            Some(id),
+        )?;
         r.tls = self.tls.clone();
         r.early_data = self.conn.early.load(Ordering::Relaxed);
         Some(r)

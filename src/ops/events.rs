@@ -188,14 +188,26 @@ impl fmt::Display for HandshakeFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use HandshakeFailure::*;
         match self {
-            NoSharedVersion => f.write_str("no shared TLS version: the client offers none this server accepts"),
+            NoSharedVersion => {
+                f.write_str("no shared TLS version: the client offers none this server accepts")
+            }
             NoSharedCipherSuite => f.write_str("no shared cipher suite"),
             NoSharedGroup => f.write_str("no shared key-exchange group"),
-            NoSharedSignatureScheme => f.write_str("no shared signature scheme for the certificate"),
+            NoSharedSignatureScheme => {
+                f.write_str("no shared signature scheme for the certificate")
+            }
             UnknownSni => f.write_str("unknown SNI name: no site serves it"),
             CertificatePending => f.write_str("the site's certificate is still being obtained"),
-            ClientRejectedCertificate(a) => write!(f, "the client rejected our certificate (alert {})", alert_name(*a)),
-            ClientAlert(a) => write!(f, "the client ended the handshake (alert {})", alert_name(*a)),
+            ClientRejectedCertificate(a) => write!(
+                f,
+                "the client rejected our certificate (alert {})",
+                alert_name(*a)
+            ),
+            ClientAlert(a) => write!(
+                f,
+                "the client ended the handshake (alert {})",
+                alert_name(*a)
+            ),
             ClientCertificateMissing => f.write_str("client certificate missing"),
             ClientCertificateInvalid(why) => write!(f, "client certificate invalid: {why}"),
             NoClientHello => f.write_str("timeout: no ClientHello"),
@@ -315,7 +327,8 @@ pub fn parse_offered(raw: &[u8]) -> Option<Offered> {
             self.take(1).map(|b| usize::from(b[0]))
         }
         fn u16(&mut self) -> Option<usize> {
-            self.take(2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            self.take(2)
+                .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
         }
         fn vec8(&mut self) -> Option<&'a [u8]> {
             let n = self.u8()?;
@@ -466,21 +479,39 @@ fn report_suppressed(cause: &'static str, count: u64, seconds: u64) {
 /// One budget per reason (see [`LABELS`]).
 static LIMITS: [LineLimit; 18] = [
     LineLimit::new("handshake_failed: no_shared_version", report_suppressed),
-    LineLimit::new("handshake_failed: no_shared_cipher_suite", report_suppressed),
+    LineLimit::new(
+        "handshake_failed: no_shared_cipher_suite",
+        report_suppressed,
+    ),
     LineLimit::new("handshake_failed: no_shared_group", report_suppressed),
-    LineLimit::new("handshake_failed: no_shared_signature_scheme", report_suppressed),
+    LineLimit::new(
+        "handshake_failed: no_shared_signature_scheme",
+        report_suppressed,
+    ),
     LineLimit::new("handshake_failed: unknown_sni", report_suppressed),
     LineLimit::new("handshake_failed: certificate_pending", report_suppressed),
-    LineLimit::new("handshake_failed: client_rejected_certificate", report_suppressed),
+    LineLimit::new(
+        "handshake_failed: client_rejected_certificate",
+        report_suppressed,
+    ),
     LineLimit::new("handshake_failed: client_alert", report_suppressed),
-    LineLimit::new("handshake_failed: client_certificate_missing", report_suppressed),
-    LineLimit::new("handshake_failed: client_certificate_invalid", report_suppressed),
+    LineLimit::new(
+        "handshake_failed: client_certificate_missing",
+        report_suppressed,
+    ),
+    LineLimit::new(
+        "handshake_failed: client_certificate_invalid",
+        report_suppressed,
+    ),
     LineLimit::new("handshake_failed: no_client_hello", report_suppressed),
     LineLimit::new("handshake_failed: handshake_timeout", report_suppressed),
     LineLimit::new("handshake_failed: client_closed", report_suppressed),
     LineLimit::new("handshake_failed: not_tls", report_suppressed),
     LineLimit::new("handshake_failed: plain_http", report_suppressed),
-    LineLimit::new("handshake_failed: client_hello_too_large", report_suppressed),
+    LineLimit::new(
+        "handshake_failed: client_hello_too_large",
+        report_suppressed,
+    ),
     LineLimit::new("handshake_failed: protocol_error", report_suppressed),
     LineLimit::new("handshake_failed: other", report_suppressed),
 ];
@@ -622,7 +653,12 @@ mod tests {
         let labels: Vec<_> = all.iter().map(|f| f.label()).collect();
         assert_eq!(
             labels,
-            ["no_shared_version", "client_rejected_certificate", "plain_http", "other"]
+            [
+                "no_shared_version",
+                "client_rejected_certificate",
+                "plain_http",
+                "other"
+            ]
         );
         let mut sorted = LABELS.to_vec();
         sorted.sort();
@@ -638,18 +674,25 @@ mod tests {
     fn rustls_errors_map_to_reasons() {
         let r = |e: rustls::Error| HandshakeFailure::from_rustls(&e).label();
         assert_eq!(
-            r(rustls::Error::PeerIncompatible(PeerIncompatible::NoCipherSuitesInCommon)),
+            r(rustls::Error::PeerIncompatible(
+                PeerIncompatible::NoCipherSuitesInCommon
+            )),
             "no_shared_cipher_suite"
         );
         assert_eq!(
-            r(rustls::Error::AlertReceived(AlertDescription::BadCertificate)),
+            r(rustls::Error::AlertReceived(
+                AlertDescription::BadCertificate
+            )),
             "client_rejected_certificate"
         );
         assert_eq!(
             r(rustls::Error::AlertReceived(AlertDescription::UserCanceled)),
             "client_alert"
         );
-        assert_eq!(r(rustls::Error::NoCertificatesPresented), "client_certificate_missing");
+        assert_eq!(
+            r(rustls::Error::NoCertificatesPresented),
+            "client_certificate_missing"
+        );
     }
 
     #[test]
@@ -657,7 +700,9 @@ mod tests {
         // A TLS 1.3 ClientHello: supported_versions [GREASE, 1.3, 1.2], groups [x25519, P-256],
         // ALPN [h2].
         let mut exts = Vec::new();
-        exts.extend([0x00, 0x2b, 0x00, 0x07, 0x06, 0x3a, 0x3a, 0x03, 0x04, 0x03, 0x03]);
+        exts.extend([
+            0x00, 0x2b, 0x00, 0x07, 0x06, 0x3a, 0x3a, 0x03, 0x04, 0x03, 0x03,
+        ]);
         exts.extend([0x00, 0x0a, 0x00, 0x06, 0x00, 0x04, 0x00, 0x1d, 0x00, 0x17]);
         exts.extend([0x00, 0x10, 0x00, 0x05, 0x00, 0x03, 0x02, b'h', b'2']);
         let mut body = vec![0x03, 0x03];

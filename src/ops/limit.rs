@@ -97,7 +97,10 @@ impl LineLimit {
                 self.summary_at.store(now, Ordering::Relaxed);
             }
             if !self.listed.swap(true, Ordering::Relaxed) {
-                sweeper().lock().unwrap_or_else(|e| e.into_inner()).push(self);
+                sweeper()
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(self);
             }
         }
         false
@@ -135,10 +138,8 @@ fn sweeper() -> &'static Mutex<Vec<&'static LineLimit>> {
             .name("portcullis-log-summary".into())
             .spawn(|| loop {
                 std::thread::sleep(Duration::from_secs(1));
-                let list: Vec<&'static LineLimit> = sweeper()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
+                let list: Vec<&'static LineLimit> =
+                    sweeper().lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let now = now_secs();
                 for l in list {
                     l.sweep(now);

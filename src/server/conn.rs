@@ -280,10 +280,16 @@ fn https_url(head: &[u8], local: Option<SocketAddr>, port_suffix: &str) -> Strin
         .take_while(|l| !l.is_empty())
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.trim().eq_ignore_ascii_case("host").then(|| value.trim())
+            name.trim()
+                .eq_ignore_ascii_case("host")
+                .then(|| value.trim())
         })
         .map(|h| match h.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().map(|a| format!("[{a}]")).unwrap_or_default(),
+            Some(v6) => v6
+                .split(']')
+                .next()
+                .map(|a| format!("[{a}]"))
+                .unwrap_or_default(),
             None => h.split(':').next().unwrap_or("").to_owned(),
         })
         .filter(|h| {
@@ -328,7 +334,7 @@ pub(crate) fn read_hello_step<T: Read + Write>(
         Ok(None) => Ok(HelloRead::More),
         Err((err, mut alert)) => {
             let _ = peer; // the failure is logged by the caller, who knows more
-            // Best effort: the alert is a few bytes, the socket buffer is empty.
+                          // Best effort: the alert is a few bytes, the socket buffer is empty.
             let _ = alert.write(io);
             Ok(HelloRead::Refused(err))
         }
@@ -372,7 +378,12 @@ struct Who<'a> {
 
 /// An established connection: its stream, request state, whether HTTP/2 was negotiated, and
 /// its TLS facts when an access log wants them.
-type Ready<T> = (Pin<Box<TimedIo<T>>>, Arc<ConnState>, bool, Option<Arc<TlsFacts>>);
+type Ready<T> = (
+    Pin<Box<TimedIo<T>>>,
+    Arc<ConnState>,
+    bool,
+    Option<Arc<TlsFacts>>,
+);
 
 /// Completes the handshake and puts the stream into its TimedIo (a separate, boxed future: the
 /// handshake's state is freed as soon as it is done). `facts`: read the connection's TLS facts
@@ -622,7 +633,12 @@ pub async fn serve_tls(
     };
     if !on_demand && state.tls.certs[site].is_empty() {
         drop(accepted);
-        events::handshake_failed(peer, who.sni, &HandshakeFailure::CertificatePending, who.raw);
+        events::handshake_failed(
+            peer,
+            who.sni,
+            &HandshakeFailure::CertificatePending,
+            who.raw,
+        );
         Box::pin(refuse_pending(tcp, peer, &state, site, sni.as_deref())).await;
         return;
     }
@@ -681,24 +697,25 @@ pub async fn serve_tls(
         };
         // A read that finds nothing also lets rustls release its receive buffer (patched
         // rustls, vendor/rustls/PORTCULLIS.md): the connection waits without it.
-        let buffered = buffered || {
-            let (cork, conn) = tls.get_mut();
-            match conn.read_tls(&mut SyncIo(cork.get_ref())) {
-                Ok(0) => return,
-                Ok(_) => {
-                    // Processed here: the stream's first read would not process what is
-                    // already in rustls's buffer.
-                    if let Err(e) = conn.process_new_packets() {
-                        limited!(AFTER_HANDSHAKE, debug, %peer, error = %e, "TLS error after the handshake");
-                        let _ = conn.write_tls(&mut SyncIo(cork.get_ref())); // the alert
-                        return;
+        let buffered = buffered
+            || {
+                let (cork, conn) = tls.get_mut();
+                match conn.read_tls(&mut SyncIo(cork.get_ref())) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        // Processed here: the stream's first read would not process what is
+                        // already in rustls's buffer.
+                        if let Err(e) = conn.process_new_packets() {
+                            limited!(AFTER_HANDSHAKE, debug, %peer, error = %e, "TLS error after the handshake");
+                            let _ = conn.write_tls(&mut SyncIo(cork.get_ref())); // the alert
+                            return;
+                        }
+                        true
                     }
-                    true
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(_) => return,
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(_) => return,
-            }
-        };
+            };
         if !buffered {
             // Nothing is held while waiting for the peer (a TLS 1.2 client waits for our
             // Finished).
