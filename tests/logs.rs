@@ -54,12 +54,12 @@ fn json_lines(path: &Path, n: usize) -> Vec<Value> {
 fn events_with(path: &Path, key: &str, what: &str) -> Vec<Value> {
     let lines = lines_when(path, |l| {
         l.iter()
-            .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v[key] == Value::from(what)))
+            .any(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v[key] == what))
     });
     lines
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v[key] == Value::from(what))
+        .filter(|v| v[key] == what)
         .collect()
 }
 
@@ -362,7 +362,7 @@ proxy = {{ upstreams = [{{ url = "{}" }}] }}
         }
         let up = slow["upstream_time"].as_f64().unwrap();
         let total = slow["request_time"].as_f64().unwrap();
-        assert!(up >= 0.15 && up < 5.0, "upstream_time {up}");
+        assert!((0.15..5.0).contains(&up), "upstream_time {up}");
         assert!(total >= up, "request_time {total} < upstream_time {up}");
         assert_eq!(slow["bytes"], 4);
         assert_eq!(
