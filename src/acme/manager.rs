@@ -8,7 +8,6 @@
 //! Tests shorten the first retry with the environment variable `PORTCULLIS_ACME_RETRY_MIN`
 //! (a duration such as `1s`); it is meant for tests only, production keeps the 1-minute start.
 
-use crate::ops::events::{self, CertSource};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use super::client::{forget_account, AcmeClient, OrderOptions};
 use super::pins;
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
+use crate::ops::events::{self, CertSource};
 use crate::storage::Storage;
 use crate::tls::certs::{self, LoadedCert};
 use crate::tls::resolver::SiteCerts;

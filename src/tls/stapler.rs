@@ -14,7 +14,6 @@
 //!   silently. Must-Staple certificates without a valid staple are reported loudly, since
 //!   browsers refuse them.
 
-use crate::ops::events;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
+use crate::ops::events;
 use crate::storage::Storage;
 use crate::tls::certs::{fmt_time, unix_now};
 use crate::tls::ocsp::{self, CertState, Verified};

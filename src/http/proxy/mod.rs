@@ -214,7 +214,7 @@ impl Proxy {
             Ok(x) => x,
             Err(e) => {
                 if limit.load(Ordering::Relaxed) {
-                    tracing::info!(request_id = %id.to_str().unwrap_or(""), limit = self.max_body, "request body over the proxy's limit: 413");
+                    crate::limited!(OVER_LIMIT, info, request_id = %id.to_str().unwrap_or(""), limit = self.max_body, "request body over the proxy's limit: 413");
                     let mut r = page(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "The request body is larger than this site accepts.",
@@ -362,7 +362,7 @@ impl Proxy {
         uri: &Uri,
     ) -> Response<Body> {
         let status = e.status();
-        tracing::warn!(request_id = %id.to_str().unwrap_or(""), %method, %uri, status = status.as_u16(), "proxy: {e}");
+        crate::limited!(FAILED, warn, request_id = %id.to_str().unwrap_or(""), %method, %uri, status = status.as_u16(), "proxy: {e}");
         let why = match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 "No server behind this site is available right now. Try again shortly."
@@ -378,6 +378,14 @@ impl Proxy {
         r
     }
 }
+
+/// Budgets of the lines clients can cause by their requests (see [`crate::ops::limit`]).
+static OVER_LIMIT: crate::ops::limit::LineLimit = crate::ops::limit::LineLimit::new(
+    "proxy: request body over the limit",
+    crate::ops::limit::report_to_log,
+);
+static FAILED: crate::ops::limit::LineLimit =
+    crate::ops::limit::LineLimit::new("proxy: backend failure", crate::ops::limit::report_to_log);
 
 const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
