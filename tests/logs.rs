@@ -442,6 +442,44 @@ async fn unknown_sni_event_names_what_the_client_offered() {
         .unwrap()
         .iter()
         .any(|c| c == "TLS13_AES_128_GCM_SHA256"));
+    // The certificates served from the start are events too.
+    let loaded = &events_with(&srv.env.path("logs/tls.log"), "event", "certificate_loaded")[0];
+    assert_eq!(loaded["site"], "alpha");
+    assert_eq!(loaded["source"], "file");
+    assert_eq!(
+        loaded["names"],
+        serde_json::json!(["alpha.test", "www.alpha.test"])
+    );
+    assert!(loaded["not_after"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn static_file_error_pages_show_the_request_id_too() {
+    let env = env_with_logs();
+    env.write("www/index.html", "hi");
+    let srv = env.start(
+        r#"
+[log]
+access_log = { file = "logs/access.log" }
+
+[[site]]
+name = "alpha"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+root = "www"
+"#,
+    );
+    let r = get(srv.https, Some("alpha.test"), "/missing.html", "h2").await;
+    assert_eq!(r.status, 404);
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_eq!(r.text(), format!("404 Not Found\nRequest id: {id}\n"));
+    let l = &json_lines(&srv.env.path("logs/access.log"), 1)[0];
+    assert_eq!(
+        (l["request_id"].as_str(), &l["status"]),
+        (Some(id.as_str()), &Value::from(404))
+    );
+    assert_eq!(l["bytes"], r.body.len());
 }
 
 #[tokio::test]
