@@ -504,6 +504,70 @@ async fn no_shared_version_event() {
 }
 
 #[tokio::test]
+async fn no_shared_cipher_suite_event() {
+    let srv = env_with_logs().start(&events_config(""));
+    // TLS 1.2 with RSA key exchange suites only, against an ECDSA certificate.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites =
+        vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().root_der.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    request(
+        srv.https,
+        std::sync::Arc::new(cfg),
+        Some("alpha.test"),
+        Req::get("alpha.test", "/"),
+    )
+    .await
+    .unwrap_err();
+    let ev = &events_with(
+        &srv.env.path("logs/tls.log"),
+        "reason",
+        "no_shared_cipher_suite",
+    )[0];
+    assert_eq!(ev["detail"], "no shared cipher suite");
+    assert_eq!(
+        ev["offered_cipher_suites"],
+        serde_json::json!([
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"
+        ])
+    );
+    assert_eq!(ev["offered_versions"], serde_json::json!(["TLSv1.2"]));
+}
+
+#[tokio::test]
+async fn missing_client_certificate_event() {
+    let srv = env_with_logs().start(&format!(
+        "[log]\ntls_events = \"logs/tls.log\"\n{}",
+        common::ONE_SITE.replace(
+            "key = \"certs/alpha.key\"",
+            "key = \"certs/alpha.key\"\nclient_auth = { mode = \"required\", ca = [\"certs/root.pem\"] }"
+        )
+    ));
+    let cfg = ClientOpts::default().tls13().build();
+    let _ = request(
+        srv.https,
+        cfg,
+        Some("alpha.test"),
+        Req::get("alpha.test", "/"),
+    )
+    .await;
+    let ev = &events_with(
+        &srv.env.path("logs/tls.log"),
+        "reason",
+        "client_certificate_missing",
+    )[0];
+    assert_eq!(ev["detail"], "client certificate missing");
+    assert_eq!(ev["sni"], "alpha.test");
+}
+
+#[tokio::test]
 async fn client_rejecting_our_certificate_is_logged_with_its_alert() {
     let srv = env_with_logs().start(&events_config(""));
     // A client that trusts another root: it refuses the chain with an alert.
@@ -675,6 +739,9 @@ async fn a_flood_of_bad_handshakes_yields_bounded_lines_and_a_count() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    eprintln!(
+        "{FLOOD} bad handshakes in about {flood_secs} s: {lines} lines, {suppressed} suppressed"
+    );
     assert_eq!(
         lines + suppressed,
         FLOOD,
