@@ -373,6 +373,7 @@ proxy = {{ upstreams = [{{ url = "{}" }}] }}
         assert_eq!(headers["bytes"], r.body.len());
     }
     // A backend that is gone: the proxy's 502 page and the log line share the id.
+    let backend_addr = b.addr.unwrap().to_string();
     drop(b);
     let cfg = ClientOpts::default().build();
     let r = request(
@@ -388,6 +389,11 @@ proxy = {{ upstreams = [{{ url = "{}" }}] }}
     assert!(r.text().contains(&id));
     let lines = json_lines(&srv.env.path("logs/access.log"), 5);
     assert_eq!(lines[4]["request_id"], id.as_str());
+    assert_eq!(
+        lines[4]["backend"],
+        backend_addr.as_str(),
+        "the backend that failed"
+    );
     assert_eq!(lines[4]["status"], r.status);
 }
 

@@ -213,6 +213,10 @@ impl Proxy {
         let exchange = match self.group.send(req, &key).await {
             Ok(x) => x,
             Err(e) => {
+                if let Some(u) = ctx.upstream.as_deref_mut() {
+                    // Access log (hook): the backend that failed, if one was tried.
+                    u.backend = e.backend().map(Arc::from);
+                }
                 if limit.load(Ordering::Relaxed) {
                     crate::limited!(OVER_LIMIT, info, request_id = %id.to_str().unwrap_or(""), limit = self.max_body, "request body over the proxy's limit: 413");
                     let mut r = page(
