@@ -517,7 +517,9 @@ static LIMITS: [LineLimit; 18] = [
 ];
 
 /// A failed handshake: an event (when the event log is on) and a debug line, both limited per
-/// reason. `hello`: the raw ClientHello, when it was kept (event log on).
+/// reason. `hello`: the raw ClientHello, when it was kept (event log on). Every failed
+/// handshake of the HTTPS listeners and of `[[stream]]` services passes here: the one place
+/// to count failures by [`HandshakeFailure::label`] (before the early return below).
 pub fn handshake_failed(
     peer: SocketAddr,
     sni: Option<&str>,
