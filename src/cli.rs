@@ -427,6 +427,7 @@ fn serve(a: ServeArgs) -> i32 {
         tracing::info!("shutting down: finishing in-flight requests");
         server.shutdown();
     }
+    crate::ops::logfile::flush_all(std::time::Duration::from_secs(5));
     tracing::info!("stopped");
     0
 }
@@ -481,7 +482,7 @@ fn data_dir_of(a: &ServeArgs) -> PathBuf {
     crate::storage::default_data_dir()
 }
 
-/// SIGTERM/SIGINT/SIGHUP/SIGUSR2 handlers, installed before the server starts so that a
+/// SIGTERM/SIGINT/SIGHUP/SIGUSR1/SIGUSR2 handlers, installed before the server starts so that a
 /// signal that arrives during start-up is a graceful stop, not the default "killed".
 struct Signals {
     rt: tokio::runtime::Runtime,
@@ -489,6 +490,8 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
+    /// Reopen the log files (logrotate).
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -504,6 +507,7 @@ impl Signals {
         let int = signal(SignalKind::interrupt()).map_err(err)?;
         let hup = signal(SignalKind::hangup()).map_err(err)?;
         let usr2 = signal(SignalKind::user_defined2()).map_err(err)?;
+        let usr1 = signal(SignalKind::user_defined1()).map_err(err)?;
         drop(_guard);
         Ok(Signals {
             rt,
@@ -511,6 +515,7 @@ impl Signals {
             int,
             hup,
             usr2,
+            usr1,
         })
     }
 
@@ -542,6 +547,10 @@ impl Signals {
                             Ok(Err(e)) => tracing::error!("binary upgrade failed: {e}"),
                             Err(e) => tracing::error!("binary upgrade failed: {e}"),
                         }
+                    }
+                    _ = self.usr1.recv() => {
+                        tracing::info!("SIGUSR1 received: reopening the log files");
+                        crate::ops::logfile::reopen_all();
                     }
                 }
             }

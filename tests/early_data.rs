@@ -17,7 +17,8 @@ fn config(env: &TestEnv, extra_tls: &str) -> std::path::PathBuf {
     env.write_config_raw(&format!(
         r#"workers = 2
 data_dir = "data"
-access_log = true
+[log]
+access_log = {{ file = "access.log" }}
 [listen]
 https = ["127.0.0.1:0"]
 http = []
@@ -149,12 +150,23 @@ fn connect_early(
     (conn, tcp, flight)
 }
 
-fn access_lines(p: &mut ServeProcess) -> Vec<String> {
+/// The access log's lines so far (after a moment for the last ones), each as
+/// `path=… status=… early_data=… protocol=…`.
+fn access_lines(p: &mut ServeProcess, env: &TestEnv) -> Vec<String> {
     p.drain(Duration::from_millis(500));
-    p.stderr
-        .iter()
-        .filter(|l| l.contains("method=") && l.contains("status="))
-        .cloned()
+    std::fs::read_to_string(env.path("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!(
+                "path={} status={} early_data={} protocol={}",
+                v["path"].as_str().unwrap(),
+                v["status"],
+                v["early_data"],
+                v["protocol"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -181,7 +193,7 @@ fn a_get_in_early_data_is_answered_before_the_clients_finished() {
     let resp = read_response(&mut conn, &mut tcp, true).unwrap();
     assert_eq!(resp.status, 200, "a POST after the handshake is served");
 
-    let lines = access_lines(&mut p);
+    let lines = access_lines(&mut p, &env);
     let early = lines
         .iter()
         .find(|l| l.contains("/e"))
@@ -213,7 +225,7 @@ fn an_unsafe_method_in_early_data_gets_425_too_early() {
         .unwrap();
     let resp = read_response(&mut conn, &mut tcp, true).unwrap();
     assert_eq!(resp.status, 200);
-    let lines = access_lines(&mut p);
+    let lines = access_lines(&mut p, &env);
     let buys: Vec<_> = lines.iter().filter(|l| l.contains("/buy")).collect();
     assert_eq!(buys.len(), 2, "{lines:?}");
     assert!(buys[0].contains("status=425") && buys[0].contains("early_data=true"));
@@ -257,7 +269,7 @@ fn a_replayed_first_flight_gets_no_answer_from_early_data() {
         }
         assert!(!got.is_empty(), "the server answers the ClientHello");
     }
-    let lines = access_lines(&mut p);
+    let lines = access_lines(&mut p, &env);
     let once: Vec<_> = lines.iter().filter(|l| l.contains("/once")).collect();
     assert_eq!(once.len(), 1, "the replays were served: {lines:?}");
 }
@@ -452,7 +464,7 @@ fn http2_requests_in_early_data_are_answered_before_the_clients_finished() {
     assert_eq!(headers.first(), Some(&0x88), ":status 200 (HPACK index 8)");
     assert_eq!(body, b"alpha");
     assert!(conn.wants_write(), "the client's Finished was not sent yet");
-    let lines = access_lines(&mut p);
+    let lines = access_lines(&mut p, &env);
     assert!(
         lines
             .iter()

@@ -18,6 +18,7 @@ use super::client::{forget_account, AcmeClient, OrderOptions};
 use super::pins;
 use super::Challenges;
 use crate::config::model::{AcmeKeyType, AcmeSettings};
+use crate::ops::events::{self, CertSource};
 use crate::storage::Storage;
 use crate::tls::certs::{self, LoadedCert};
 use crate::tls::resolver::SiteCerts;
@@ -664,6 +665,17 @@ async fn obtain(
                     }
                 }
                 tracing::info!(site = st.site.name, expires = %certs::fmt_time(c.info.not_after), issuer = c.info.issuer, "ACME: certificate installed");
+                let replaced = st.current.is_some();
+                events::certificate_loaded(
+                    &st.site.name,
+                    CertSource::Acme,
+                    &names,
+                    c.info.not_after,
+                    replaced,
+                );
+                if replaced {
+                    events::renewal(&st.site.name, CertSource::Acme, true, "renewed");
+                }
                 install(st, c);
                 st.issuer_ca = Some(client.directory().to_string());
                 st.backoff = st.first_backoff;
@@ -672,12 +684,24 @@ async fn obtain(
             }
             Err(e) => {
                 tracing::error!(site = st.site.name, problem = %e, "ACME: the CA's certificate is unusable");
+                events::renewal(
+                    &st.site.name,
+                    CertSource::Acme,
+                    false,
+                    &format!("the CA's certificate is unusable: {e}"),
+                );
                 st.last_error = Some(e);
                 Outcome::Failed
             }
         },
         Err(e) => {
             tracing::error!(site = st.site.name, error = %e, "ACME: order failed");
+            events::renewal(
+                &st.site.name,
+                CertSource::Acme,
+                false,
+                &format!("order failed: {e}"),
+            );
             st.last_error = Some(e.to_string());
             if e.is_unknown_account() {
                 Outcome::UnknownAccount

@@ -276,6 +276,13 @@ impl Issuer {
             Ok(c) => {
                 od.certs.insert(&name, c.certified.clone());
                 tracing::info!(name, expires = %fmt_time(c.info.not_after), issuer = c.info.issuer, "on-demand: certificate obtained");
+                crate::ops::events::certificate_loaded(
+                    &name,
+                    crate::ops::events::CertSource::OnDemand,
+                    &names,
+                    c.info.not_after,
+                    false,
+                );
                 od.finish(&name, Phase::Ready, &tx, 0);
             }
             Err(e) => {
@@ -375,9 +382,24 @@ impl Issuer {
                 Ok(c) => {
                     self.od.certs.insert(&name, c.certified.clone());
                     tracing::info!(name, expires = %fmt_time(c.info.not_after), "on-demand: certificate renewed");
+                    let source = crate::ops::events::CertSource::OnDemand;
+                    crate::ops::events::certificate_loaded(
+                        &name,
+                        source,
+                        std::slice::from_ref(&name),
+                        c.info.not_after,
+                        true,
+                    );
+                    crate::ops::events::renewal(&name, source, true, "renewed");
                 }
                 Err(e) => {
-                    tracing::error!(name, error = %e, "on-demand: renewal failed; retrying within the hour")
+                    tracing::error!(name, error = %e, "on-demand: renewal failed; retrying within the hour");
+                    crate::ops::events::renewal(
+                        &name,
+                        crate::ops::events::CertSource::OnDemand,
+                        false,
+                        &e.to_string(),
+                    );
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod limits;
+pub mod log;
 pub mod model;
 pub mod proxy;
 pub mod raw;

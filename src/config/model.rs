@@ -19,7 +19,8 @@ pub struct Config {
     pub workers: usize,
     pub data_dir: PathBuf,
     pub log_level: String,
-    pub access_log: bool,
+    /// `[log]`: the default access log, the TLS event log.
+    pub log: super::log::LogSettings,
     pub listen: Listen,
     pub tls: TlsSettings,
     pub http: HttpSettings,
@@ -258,6 +259,8 @@ pub struct Site {
     pub client_auth: Option<super::access::ClientAuth>,
     /// Routes, longest prefix first.
     pub routes: Vec<Route>,
+    /// This site's own access log setting (`None`: the `[log]` default).
+    pub access_log: super::log::SiteAccessLog,
 }
 
 /// A DER OCSP response file kept current by the operator, and the certificate it staples.

@@ -19,8 +19,10 @@ pub struct RawConfig {
     pub data_dir: Option<Spanned<String>>,
     /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter).
     pub log_level: Option<Spanned<String>>,
-    /// Log one line per request (off by default: it costs per request).
-    pub access_log: Option<bool>,
+    /// Older spelling of `[log] access_log = "json"` (true) or `"off"` (false).
+    pub access_log: Option<Spanned<bool>>,
+    /// `[log]`: access log default, TLS event log (see `super::log`).
+    pub log: Option<super::log::RawLog>,
     #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
@@ -203,6 +205,8 @@ pub struct RawSite {
     pub basic_auth: Option<Spanned<super::access::RawBasicAuth>>,
     /// Mutual TLS: ask clients for a certificate and verify it.
     pub client_auth: Option<Spanned<super::access::RawClientAuth>>,
+    /// This site's access log (see `super::log`); default: `[log] access_log`.
+    pub access_log: Option<Spanned<super::log::RawAccessLog>>,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
 }
@@ -302,6 +306,7 @@ impl Default for RawSite {
             access: None,
             basic_auth: None,
             client_auth: None,
+            access_log: None,
             routes: Vec::new(),
         }
     }

@@ -167,6 +167,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         );
     }
 
+    let log = super::log::settings(&mut cx, raw.log.as_ref(), raw.access_log.as_ref());
     let listen = listen(&mut cx, &raw.listen, overrides);
     let tls = tls_settings(&mut cx, &raw.tls);
     let http = http_settings(&mut cx, &raw.http);
@@ -206,7 +207,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         workers,
         data_dir,
         log_level,
-        access_log: raw.access_log.unwrap_or(false),
+        log,
         listen,
         tls,
         http,
@@ -989,6 +990,7 @@ fn site(
     let early_data = rs.early_data.unwrap_or(false);
     let require_post_quantum = rs.require_post_quantum.unwrap_or(false);
     let (access, client_auth) = super::access::site(cx, &rs, name);
+    let access_log = super::log::site(cx, rs.access_log.as_ref(), name);
     let routes = routes(cx, rs.routes, rs.root, name);
 
     let after = cx.problems.iter().filter(|p| p.is_error()).count();
@@ -1007,6 +1009,7 @@ fn site(
         access,
         client_auth,
         routes,
+        access_log,
     })
 }
 

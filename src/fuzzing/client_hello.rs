@@ -74,7 +74,7 @@ pub fn client_hello(data: &[u8]) {
         match read_hello_step(&mut acceptor, &mut wire, PEER) {
             Ok(HelloRead::Complete(accepted)) => break accepted,
             Ok(HelloRead::More) => continue,
-            Ok(HelloRead::Gone | HelloRead::Refused) => {
+            Ok(HelloRead::Gone | HelloRead::Refused(_)) => {
                 check_records(&wire.out);
                 return;
             }

@@ -40,6 +40,7 @@ use http_body::{Frame, SizeHint};
 use crate::acme::Http01Tokens;
 use crate::config::model::{Handler, RedirectKind, RedirectSpec, RespondSpec};
 use crate::config::Config;
+use crate::ops::access::{new_request_id, with_request_id, AccessLog, Record, TlsFacts};
 use crate::tls::names::{host_from_authority, HostPattern, NameTable};
 use body::Body;
 pub use request::RequestBody;
@@ -80,6 +81,10 @@ pub struct SiteHandler {
     /// The site verifies client certificates (`client_auth`): it is served only over
     /// connections whose handshake used its TLS configuration.
     client_auth: bool,
+    /// The site's access log, if on.
+    access_log: Option<Arc<AccessLog>>,
+    /// The site's name as access-log records share it.
+    log_name: Arc<str>,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -92,7 +97,10 @@ pub struct Frontend {
     pub max_header_bytes: usize,
     /// The site answering clients without SNI; its headers go on site-less error responses.
     pub default_site: usize,
-    pub access_log: bool,
+    /// The access log of requests no site answers, and of port 80 (`[log] access_log`).
+    pub access_log: Option<Arc<AccessLog>>,
+    /// Some access log is on: requests get an id and connections their TLS facts.
+    pub logs_on: bool,
     pub redirect: RedirectKind,
     /// `""` when HTTPS is on 443, else `":PORT"`, for port-80 redirects.
     pub https_port_suffix: String,
@@ -121,6 +129,7 @@ impl Frontend {
     ) -> Result<Self, String> {
         let mut sites = Vec::new();
         let mut hosts = NameTable::default();
+        let default_log = open_access_log(config.log.access_log.as_ref())?;
         for (i, site) in config.sites.iter().enumerate() {
             for h in &site.hosts {
                 hosts.insert(h, i);
@@ -183,15 +192,23 @@ impl Frontend {
                 routes,
                 access: site.access.compile(),
                 client_auth: site.client_auth.is_some(),
+                access_log: match &site.access_log {
+                    None => default_log.clone(),
+                    Some(own) => open_access_log(own.as_ref())
+                        .map_err(|e| format!("site {:?}: {e}", site.name))?,
+                },
+                log_name: site.name.as_str().into(),
             });
         }
+        let logs_on = default_log.is_some() || sites.iter().any(|s| s.access_log.is_some());
         Ok(Frontend {
+            logs_on,
             sites,
             hosts,
             max_body: config.limits.max_body_bytes,
             max_header_bytes: config.limits.max_header_bytes,
             default_site: config.default_site,
-            access_log: config.access_log,
+            access_log: default_log,
             redirect: config.http.redirect,
             https_port_suffix: if https_port == 443 {
                 String::new()
@@ -202,6 +219,38 @@ impl Frontend {
             on_demand: None,
             retired: Default::default(),
         })
+    }
+
+    /// A record for the access log of a request answered by `site` (`None`: no site), if
+    /// that log is on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn access_record(
+        &self,
+        site: Option<usize>,
+        start: std::time::Instant,
+        head: crate::ops::access::Head<'_>,
+        client: SocketAddr,
+        scheme: &'static str,
+        status: u16,
+        request_id: Option<HeaderValue>,
+    ) -> Option<Box<Record>> {
+        let (log, name) = match site {
+            Some(s) => (
+                self.sites[s].access_log.as_ref()?,
+                self.sites[s].log_name.clone(),
+            ),
+            None => (self.access_log.as_ref()?, Arc::from("-")),
+        };
+        Some(Record::new(
+            log.clone(),
+            start,
+            head,
+            client,
+            scheme,
+            name,
+            status,
+            request_id,
+        ))
     }
 
     /// The site answering for `host` (a `Host` header's name): the configured ones, then names
@@ -220,6 +269,19 @@ impl Frontend {
             .contains(&crate::tls::names::normalize(host))
             .then_some(*site)
     }
+}
+
+/// Opens an access log's file (shared with every other log of the same destination).
+fn open_access_log(
+    spec: Option<&crate::config::log::AccessLogSpec>,
+) -> Result<Option<Arc<AccessLog>>, String> {
+    let Some(spec) = spec else { return Ok(None) };
+    let file = crate::ops::logfile::open(&spec.target)
+        .map_err(|e| format!("cannot open the access log {}: {e}", spec.target))?;
+    Ok(Some(Arc::new(AccessLog {
+        format: spec.format,
+        file,
+    })))
 }
 
 /// Per-connection counters shared between the service and the connection's I/O timer.
@@ -257,10 +319,32 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The body hyper sends: our [`Body`] plus the guard that marks the request finished.
+/// The body hyper sends: our [`Body`] plus the guard that marks the request finished, and the
+/// request's access-log record (written when the body is done or dropped).
 pub struct TrackedBody {
     inner: Body,
     _guard: ActiveGuard,
+    log: Option<Box<Record>>,
+}
+
+impl TrackedBody {
+    /// A body with its guard and access-log record.
+    pub(crate) fn new(inner: Body, guard: ActiveGuard, log: Option<Box<Record>>) -> Self {
+        TrackedBody {
+            inner,
+            _guard: guard,
+            log,
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // Access log (hook): the line, with the bytes sent, once the body is done.
+        if let Some(record) = self.log.take() {
+            record.finish();
+        }
+    }
 }
 
 impl http_body::Body for TrackedBody {
@@ -271,7 +355,14 @@ impl http_body::Body for TrackedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Some(record), Poll::Ready(Some(Ok(f)))) = (&mut this.log, &frame) {
+            if let Some(data) = f.data_ref() {
+                record.bytes += data.len() as u64;
+            }
+        }
+        frame
     }
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
@@ -308,6 +399,8 @@ pub struct HttpsService {
     /// The per-client limits that count this connection's requests (`None`: requests are not
     /// limited, or the client is trusted).
     pub client_limits: Option<Arc<crate::server::limits::ClientLimits>>,
+    /// What the connection's handshake settled, for the access log (`None` when it is off).
+    pub tls: Option<Arc<TlsFacts>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -417,7 +510,16 @@ impl HttpsService {
     pub fn handle(&self, req: Request<RequestBody>) -> Reply {
         let guard = ActiveGuard::new(&self.conn);
         let (parts, body) = req.into_parts();
-        let (site, routed) = self.route(&parts);
+        // Access log (hook): when a log is on, the request gets an id, which error pages made
+        // while routing show too.
+        let log_id = self
+            .front
+            .logs_on
+            .then(|| (std::time::Instant::now(), new_request_id()));
+        let (site, routed) = match &log_id {
+            None => self.route(&parts),
+            Some((_, id)) => with_request_id(id, || self.route(&parts)),
+        };
         let exchange = Exchange {
             request_closes: parts.version <= Version::HTTP_11 && request_closes(&parts),
             method: parts.method.clone(),
@@ -425,15 +527,17 @@ impl HttpsService {
         };
         match routed {
             Routed::Answer(resp, headed) => {
-                if self.front.access_log {
-                    self.log_access(&parts, site, &resp);
-                }
-                Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard)))
+                let log = log_id.and_then(|(start, id)| {
+                    self.record(site, start, &parts, resp.status().as_u16(), id)
+                });
+                Reply::Ready(Some(self.finish(&exchange, site, resp, headed, guard, log)))
             }
             Routed::Proxy(proxy, host, forward_authorization) => {
                 let svc = self.clone();
                 let site = site.expect("a proxy route belongs to a site");
                 Reply::Later(Box::pin(async move {
+                    let mut log =
+                        log_id.and_then(|(start, id)| svc.record(Some(site), start, &parts, 0, id));
                     let ctx = proxy::Context {
                         peer: svc.peer,
                         local: svc.local,
@@ -443,23 +547,40 @@ impl HttpsService {
                         client_auth: svc.front.sites[site].client_auth,
                         client_cert: svc.client_cert.as_deref(),
                         forward_authorization,
+                        request_id: log.as_ref().and_then(|r| r.request_id.clone()),
+                        upstream: log.as_mut().map(|r| &mut r.upstream),
                     };
-                    let log = svc
-                        .front
-                        .access_log
-                        .then(|| (parts.method.clone(), parts.uri.clone()));
                     let resp = proxy.serve(parts, body, ctx).await;
-                    if let Some((method, uri)) = log {
-                        tracing::info!(target: "access", %method, %uri, version = ?exchange.version, status = resp.status().as_u16(), site = svc.front.sites[site].name.as_str());
+                    if let Some(r) = &mut log {
+                        r.status = resp.status().as_u16();
                     }
-                    svc.finish(&exchange, Some(site), resp, false, guard)
+                    svc.finish(&exchange, Some(site), resp, false, guard, log)
                 }))
             }
         }
     }
 
-    fn log_access(&self, parts: &http::request::Parts, site: Option<usize>, resp: &Response<Body>) {
-        tracing::info!(target: "access", method = %parts.method, early_data = self.conn.early.load(Ordering::Relaxed), uri = %parts.uri, version = ?parts.version, status = resp.status().as_u16(), site = site.map(|s| self.front.sites[s].name.as_str()).unwrap_or("-"));
+    /// The access-log record of a request of this connection, if its site's log is on.
+    fn record(
+        &self,
+        site: Option<usize>,
+        start: std::time::Instant,
+        parts: &http::request::Parts,
+        status: u16,
+        id: HeaderValue,
+    ) -> Option<Box<Record>> {
+        let mut r = self.front.access_record(
+            site,
+            start,
+            parts.into(),
+            self.peer,
+            "https",
+            status,
+            Some(id),
+        )?;
+        r.tls = self.tls.clone();
+        r.early_data = self.conn.early.load(Ordering::Relaxed);
+        Some(r)
     }
 
     /// The site's headers (errors before a site is known, such as an unknown Host or no SNI,
@@ -473,6 +594,7 @@ impl HttpsService {
         mut resp: Response<Body>,
         headed: bool,
         guard: ActiveGuard,
+        log: Option<Box<Record>>,
     ) -> Response<TrackedBody> {
         if !headed {
             let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
@@ -487,10 +609,7 @@ impl HttpsService {
             && resp.body().is_complete()
             && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));
         self.conn.closing.store(closing, Ordering::Relaxed);
-        resp.map(|inner| TrackedBody {
-            inner,
-            _guard: guard,
-        })
+        resp.map(|inner| TrackedBody::new(inner, guard, log))
     }
 }
 

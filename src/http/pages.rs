@@ -25,13 +25,28 @@ fn text_page(status: StatusCode, why: &str) -> Response<Body> {
         text.push_str(why);
         text.push('\n');
     }
+    let id = request_id_line(&mut text);
     let mut r = Response::new(Body::full(text));
+    if let Some(id) = id {
+        r.headers_mut()
+            .insert(super::proxy::headers::X_REQUEST_ID, id);
+    }
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// With the access log on, an error page names the request's id, as its log line does: adds
+/// the line to `text` and returns the id (for an `X-Request-Id` field).
+pub(crate) fn request_id_line(text: &mut String) -> Option<HeaderValue> {
+    let id = crate::ops::access::current_request_id()?;
+    text.push_str("Request id: ");
+    text.push_str(id.to_str().unwrap_or(""));
+    text.push('\n');
+    Some(id)
 }
 
 /// A redirect to `location` (which has been checked to be a valid header value by the caller,

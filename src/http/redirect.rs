@@ -22,6 +22,8 @@ pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 pub struct RedirectService {
     pub front: Arc<Frontend>,
     pub conn: Arc<ConnState>,
+    /// The client's address (for the access log).
+    pub peer: std::net::SocketAddr,
 }
 
 impl<B> hyper::service::Service<Request<B>> for RedirectService {
@@ -31,15 +33,20 @@ impl<B> hyper::service::Service<Request<B>> for RedirectService {
 
     fn call(&self, req: Request<B>) -> Self::Future {
         let guard = ActiveGuard::new(&self.conn);
+        let start = std::time::Instant::now();
         let resp = self.respond(&req);
-        if self.front.access_log {
-            tracing::info!(target: "access", scheme = "http", method = %req.method(), uri = %req.uri(), status = resp.status().as_u16());
-        }
+        // Access log (hook): port 80 requests go to the `[log]` default log.
+        let log = self.front.access_record(
+            None,
+            start,
+            (&req).into(),
+            self.peer,
+            "http",
+            resp.status().as_u16(),
+            None,
+        );
         let resp = super::finish(req.method(), resp);
-        ready(Ok(resp.map(|inner| TrackedBody {
-            inner,
-            _guard: guard,
-        })))
+        ready(Ok(resp.map(|inner| TrackedBody::new(inner, guard, log))))
     }
 }
 

@@ -242,7 +242,7 @@ impl StaticFiles {
         let target = match parse_path(path, self.cfg.hidden_files) {
             Ok(target) => target,
             Err(status) => {
-                tracing::debug!(path, %status, "static: rejected request path");
+                crate::limited!(REJECTED, debug, path, %status, "static: rejected request path");
                 return (error_response(status, head), false);
             }
         };
@@ -1360,12 +1360,22 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// A short `text/plain` error page such as `404 Not Found\n` (empty body for HEAD, same
 /// headers).
+/// Budgets of the lines clients can cause by their requests (see [`crate::ops::limit`]).
+static REJECTED: crate::ops::limit::LineLimit = crate::ops::limit::LineLimit::new(
+    "static: rejected request path",
+    crate::ops::limit::report_to_log,
+);
+static NOT_FOUND: crate::ops::limit::LineLimit =
+    crate::ops::limit::LineLimit::new("static: not found", crate::ops::limit::report_to_log);
+
+/// An error page (with the request id when the access log is on).
 fn error_response(status: StatusCode, head: bool) -> Response<Body> {
-    let text = format!(
+    let mut text = format!(
         "{} {}\n",
         status.as_str(),
         status.canonical_reason().unwrap_or("Error")
     );
+    let id = super::pages::request_id_line(&mut text);
     let len = text.len() as u64;
     let mut resp = Response::new(if head { Body::Empty } else { Body::full(text) });
     *resp.status_mut() = status;
@@ -1375,6 +1385,9 @@ fn error_response(status: StatusCode, head: bool) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Some(id) = id {
+        h.insert(super::proxy::headers::X_REQUEST_ID, id);
+    }
     resp
 }
 
@@ -1383,7 +1396,7 @@ fn error_response(status: StatusCode, head: bool) -> Response<Body> {
 fn open_failed(err: Errno, path: &str, head: bool) -> Response<Body> {
     match err {
         Errno::XDEV | Errno::LOOP => {
-            tracing::debug!(path, error = %err, "static: refused path resolving outside the root");
+            crate::limited!(NOT_FOUND, debug, path, error = %err, "static: refused path resolving outside the root");
             error_response(StatusCode::NOT_FOUND, head)
         }
         Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::IO => {
@@ -1391,7 +1404,7 @@ fn open_failed(err: Errno, path: &str, head: bool) -> Response<Body> {
             error_response(StatusCode::INTERNAL_SERVER_ERROR, head)
         }
         _ => {
-            tracing::debug!(path, error = %err, "static: not found");
+            crate::limited!(NOT_FOUND, debug, path, error = %err, "static: not found");
             error_response(StatusCode::NOT_FOUND, head)
         }
     }

@@ -90,8 +90,10 @@ pub fn spawn(state: Arc<ServerState>, shutdown: watch::Receiver<bool>) -> std::i
                 };
                 if lvl == 0 {
                     tracing::error!(site, subject, expired = %fmt_time(not_after), "certificate has EXPIRED: clients refuse it");
+                    super::events::expiry_warning(&site, &subject, days, not_after);
                 } else if warned.get(&(site.clone(), subject.clone())) != Some(&lvl) {
                     tracing::warn!(site, subject, expires = %fmt_time(not_after), days_left = days, "certificate expires soon");
+                    super::events::expiry_warning(&site, &subject, days, not_after);
                     warned.insert((site, subject), lvl);
                 }
             }

@@ -1,9 +1,13 @@
-//! Operations: logging and certificate-expiry monitoring; metrics, reload and the status page
-//! later.
+//! Operations: logging (the server's own log, the access log, the TLS event log, their files)
+//! and certificate-expiry monitoring; metrics, reload and the status page later.
 
+pub mod access;
 pub mod control;
+pub mod events;
 pub mod expiry;
+pub mod limit;
 pub mod limits;
+pub mod logfile;
 pub mod reload;
 
 pub use limits::limits_dropped;

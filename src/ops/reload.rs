@@ -189,6 +189,10 @@ impl Reloader {
                 }
             }
         };
+        crate::ops::events::reload_event(
+            outcome.applied,
+            &format!("{cause}: {}", outcome.lines.join("; ")),
+        );
         if outcome.applied {
             for l in &outcome.lines {
                 tracing::warn!("{l}");

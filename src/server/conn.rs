@@ -21,6 +21,10 @@ use crate::acme::{TlsAlpnChallenges, ACME_TLS_ALPN};
 use crate::config::model::{Limits, UnknownSni};
 use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
+use crate::limited;
+use crate::ops::access::TlsFacts;
+use crate::ops::events::{self, HandshakeFailure};
+use crate::ops::limit::{report_to_log, LineLimit};
 
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
 pub(crate) const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
@@ -31,6 +35,14 @@ pub(crate) const ALERT_INTERNAL_ERROR: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 
 /// Unix time of the last "certificate pending" warning (one per minute at most, however many
 /// clients knock).
 static PENDING_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Budgets of the lines any client can cause (see [`crate::ops::limit`]).
+static AFTER_HANDSHAKE: LineLimit = LineLimit::new("TLS error after the handshake", report_to_log);
+static NO_REQUEST: LineLimit = LineLimit::new("no request after the handshake", report_to_log);
+static H2_ERROR: LineLimit = LineLimit::new("HTTP/2 connection error", report_to_log);
+static H1_ERROR: LineLimit = LineLimit::new("HTTP/1.1 connection error", report_to_log);
+static HTTP_ERROR: LineLimit = LineLimit::new("port 80 connection error", report_to_log);
+static ACME_ALPN: LineLimit = LineLimit::new("TLS-ALPN-01 handshake", report_to_log);
 
 /// A fatal `no_application_protocol` alert (for `acme-tls/1` with no pending challenge).
 const ALERT_NO_APPLICATION_PROTOCOL: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x78];
@@ -95,35 +107,203 @@ impl Write for SyncIo<'_> {
     }
 }
 
-/// Reads until a complete ClientHello is in. `Ok(None)`: the peer went away or sent garbage
-/// (an alert has been sent where one applies).
+/// Reads until a complete ClientHello is in; returns it with its raw bytes when the TLS event
+/// log keeps them. `Ok(None)`: the peer went away, sent garbage (an alert has been sent where
+/// one applies) or spoke plain HTTP (answered with a 400); the failure is logged.
+/// `https_port_suffix`: `""` or `":PORT"`, for the https:// address a plain-HTTP client is
+/// shown.
 pub(crate) async fn read_client_hello(
     tcp: &TcpStream,
     peer: SocketAddr,
-) -> io::Result<Option<Box<Accepted>>> {
+    https_port_suffix: &str,
+) -> io::Result<Option<(Box<Accepted>, Option<Box<[u8]>>)>> {
     let mut acceptor = Acceptor::default();
+    let mut io = Sniff::new(tcp, events::enabled());
     loop {
         tcp.readable().await?;
-        match read_hello_step(&mut acceptor, &mut SyncIo(tcp), peer) {
-            Ok(HelloRead::Complete(accepted)) => return Ok(Some(accepted)),
+        let step = read_hello_step(&mut acceptor, &mut io, peer);
+        if let Some(first) = io.plain.take() {
+            answer_plain_http(tcp, peer, first, https_port_suffix).await;
+            return Ok(None);
+        }
+        let failure = match step {
+            Ok(HelloRead::Complete(accepted)) => return Ok(Some((accepted, io.captured()))),
             Ok(HelloRead::More) => continue,
-            Ok(HelloRead::Gone) => return Ok(None),
-            Ok(HelloRead::Refused) => {
-                linger_close(tcp).await;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(HelloRead::Gone) => {
+                events::handshake_failed(peer, None, &HandshakeFailure::ClientClosed, None);
                 return Ok(None);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Ok(HelloRead::Refused(e)) => {
+                linger_close(tcp).await;
+                if io.first != Some(0x16) {
+                    HandshakeFailure::NotTls
+                } else {
+                    HandshakeFailure::from_rustls(&e)
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 // rustls's buffer is full: a ClientHello over 64 KiB (its limit, and far
                 // beyond any real client's).
-                tracing::debug!(%peer, error = %e, "TLS handshake refused: ClientHello too large");
                 let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
                 linger_close(tcp).await;
-                return Ok(None);
+                HandshakeFailure::ClientHelloTooLarge
             }
             Err(e) => return Err(e),
+        };
+        let raw = io.captured();
+        events::handshake_failed(peer, None, &failure, raw.as_deref());
+        return Ok(None);
+    }
+}
+
+/// The longest ClientHello prefix kept for the TLS event log (the offers are near the start).
+const CAPTURE_MAX: usize = 4096;
+
+/// The socket as the ClientHello reader sees it, watching the first bytes: a client that
+/// speaks plain HTTP to the HTTPS port is caught before rustls reads it (the first byte of a
+/// TLS record is 0x16, never a capital letter), and with the TLS event log on, the
+/// ClientHello's bytes are kept to tell what the client offered if the handshake fails.
+struct Sniff<'a> {
+    io: SyncIo<'a>,
+    /// The first byte read.
+    first: Option<u8>,
+    /// What a plain-HTTP client sent first (the read that showed it).
+    plain: Option<Vec<u8>>,
+    capture: Option<Vec<u8>>,
+}
+
+impl<'a> Sniff<'a> {
+    fn new(tcp: &'a TcpStream, capture: bool) -> Self {
+        Sniff {
+            io: SyncIo(tcp),
+            first: None,
+            plain: None,
+            capture: capture.then(Vec::new),
         }
     }
+
+    fn captured(&mut self) -> Option<Box<[u8]>> {
+        self.capture.take().map(Vec::into_boxed_slice)
+    }
+}
+
+impl Read for Sniff<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.io.read(buf)?;
+        if self.first.is_none() && n > 0 {
+            self.first = Some(buf[0]);
+            if buf[0].is_ascii_uppercase() {
+                // `GET /`, `POST /`…: plain HTTP. Not handed to rustls.
+                self.plain = Some(buf[..n].to_vec());
+                return Err(io::Error::other("plain HTTP on the HTTPS port"));
+            }
+        }
+        if let Some(c) = &mut self.capture {
+            let room = CAPTURE_MAX.saturating_sub(c.len());
+            c.extend_from_slice(&buf[..n.min(room)]);
+        }
+        Ok(n)
+    }
+}
+
+impl Write for Sniff<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.io.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Answers plain HTTP sent to the HTTPS port with a short `400 Bad Request` that names the
+/// https:// address to use (as nginx's 497 does), instead of a TLS alert the user never sees.
+/// `first`: what the client sent first; the rest of its request head is read for a moment to
+/// learn the host.
+async fn answer_plain_http(tcp: &TcpStream, peer: SocketAddr, first: Vec<u8>, port_suffix: &str) {
+    let mut head = first;
+    let read_head = async {
+        let mut buf = [0u8; 2048];
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_head).await;
+    let local = tcp.local_addr().ok();
+    let url = https_url(&head, local, port_suffix);
+    let body = format!(
+        "400 Bad Request\nThis port speaks HTTPS: the request was sent as plain HTTP.\nUse {url} instead.\n"
+    );
+    let resp = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = resp.as_bytes();
+    while !out.is_empty() {
+        if tcp.writable().await.is_err() {
+            break;
+        }
+        match tcp.try_write(out) {
+            Ok(n) => out = &out[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    linger_close(tcp).await;
+    events::handshake_failed(peer, None, &HandshakeFailure::PlainHttp, None);
+}
+
+/// `https://host:port/path` for a plain-HTTP request head: the host from `Host` (only host
+/// characters; else the address connected to), the path when it is a plain origin-form path.
+fn https_url(head: &[u8], local: Option<SocketAddr>, port_suffix: &str) -> String {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let path = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .filter(|p| {
+            p.starts_with('/')
+                && p.len() <= 256
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\"<>\\^`{|}".contains(&b))
+        })
+        .unwrap_or("/");
+    let host = lines
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("host")
+                .then(|| value.trim())
+        })
+        .map(|h| match h.strip_prefix('[') {
+            Some(v6) => v6
+                .split(']')
+                .next()
+                .map(|a| format!("[{a}]"))
+                .unwrap_or_default(),
+            None => h.split(':').next().unwrap_or("").to_owned(),
+        })
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
+        });
+    let host = host.unwrap_or_else(|| match local.map(|a| a.ip().to_canonical()) {
+        Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        Some(ip) => ip.to_string(),
+        None => "localhost".into(),
+    });
+    format!("https://{host}{port_suffix}{path}")
 }
 
 /// What one read towards the ClientHello gave.
@@ -134,9 +314,9 @@ pub(crate) enum HelloRead {
     More,
     /// The peer closed.
     Gone,
-    /// The peer sent something that is not a valid ClientHello: the alert has been written to
-    /// the stream, which is to be closed with [`linger_close`] (over a socket).
-    Refused,
+    /// The peer sent something that is not a valid ClientHello (rustls's error): the alert has
+    /// been written to the stream, which is to be closed with [`linger_close`] (over a socket).
+    Refused(rustls::Error),
 }
 
 /// Reads what `io` has into the acceptor and tries to complete the ClientHello. A `WouldBlock`
@@ -153,10 +333,10 @@ pub(crate) fn read_hello_step<T: Read + Write>(
         Ok(Some(accepted)) => Ok(HelloRead::Complete(Box::new(accepted))),
         Ok(None) => Ok(HelloRead::More),
         Err((err, mut alert)) => {
-            tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
-            // Best effort: the alert is a few bytes, the socket buffer is empty.
+            let _ = peer; // the failure is logged by the caller, who knows more
+                          // Best effort: the alert is a few bytes, the socket buffer is empty.
             let _ = alert.write(io);
-            Ok(HelloRead::Refused)
+            Ok(HelloRead::Refused(err))
         }
     }
 }
@@ -172,7 +352,7 @@ async fn answer_tls_alpn_01(
     timeout: std::time::Duration,
 ) {
     let Some(config) = challenge else {
-        tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "acme-tls/1 handshake without a pending challenge");
+        limited!(ACME_ALPN, debug, %peer, sni = sni.as_deref().unwrap_or(""), "acme-tls/1 handshake without a pending challenge");
         let _ = tcp.write_all(&ALERT_NO_APPLICATION_PROTOCOL).await;
         return;
     };
@@ -182,32 +362,51 @@ async fn answer_tls_alpn_01(
             tracing::info!(%peer, sni = sni.as_deref().unwrap_or(""), "answered a TLS-ALPN-01 validation");
             let _ = tls.shutdown().await;
         }
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS-ALPN-01 handshake failed"),
-        Err(_) => tracing::debug!(%peer, "TLS-ALPN-01 handshake timeout"),
+        Ok(Err(e)) => limited!(ACME_ALPN, debug, %peer, error = %e, "TLS-ALPN-01 handshake failed"),
+        Err(_) => limited!(ACME_ALPN, debug, %peer, "TLS-ALPN-01 handshake timeout"),
     }
 }
 
-/// The TLS stream of an established connection, in the TimedIo it is served through.
-type Established = Pin<Box<TimedIo<tokio_rustls::server::TlsStream<CorkIo>>>>;
+/// What a failed handshake is logged with: the client, its SNI name and, with the TLS event
+/// log on, its raw ClientHello.
+#[derive(Clone, Copy)]
+struct Who<'a> {
+    peer: SocketAddr,
+    sni: Option<&'a str>,
+    raw: Option<&'a [u8]>,
+}
+
+/// An established connection: its stream, request state, whether HTTP/2 was negotiated, and
+/// its TLS facts when an access log wants them.
+type Ready<T> = (
+    Pin<Box<TimedIo<T>>>,
+    Arc<ConnState>,
+    bool,
+    Option<Arc<TlsFacts>>,
+);
 
 /// Completes the handshake and puts the stream into its TimedIo (a separate, boxed future: the
-/// handshake's state is freed as soon as it is done). Returns the stream, the connection's
-/// request state and whether HTTP/2 was negotiated.
+/// handshake's state is freed as soon as it is done). `facts`: read the connection's TLS facts
+/// for the access log.
 async fn establish(
     accepted: Box<Accepted>,
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     limits: &Limits,
-    peer: SocketAddr,
-    sni: Option<&str>,
-) -> Option<(Established, Arc<ConnState>, bool)> {
+    who: Who<'_>,
+    facts: bool,
+) -> Option<Ready<tokio_rustls::server::TlsStream<CorkIo>>> {
     let handshake = tokio::time::timeout(
         limits.handshake_timeout,
         StartHandshake::from_parts(*accepted, CorkIo::new(tcp)).into_stream(config),
     );
-    let tls = handshake_done(handshake.await, peer, sni)?;
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    Some(timed(tls, h2, Arc::new(ConnState::default()), limits))
+    let tls = handshake_done(handshake.await, who)?;
+    let conn = tls.get_ref().1;
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    // Access log (hook): the TLS facts, once per connection.
+    let facts = facts.then(|| TlsFacts::of(conn, who.sni));
+    let (io, state, h2) = timed(tls, h2, Arc::new(ConnState::default()), limits);
+    Some((io, state, h2, facts))
 }
 
 /// The established stream in its TimedIo, with the timeouts of its protocol. One allocation per
@@ -229,20 +428,15 @@ fn timed<T>(
 /// The outcome of a handshake run under the handshake timeout; failures are logged.
 fn handshake_done<T>(
     outcome: Result<io::Result<T>, tokio::time::error::Elapsed>,
-    peer: SocketAddr,
-    sni: Option<&str>,
+    who: Who<'_>,
 ) -> Option<T> {
-    match outcome {
-        Ok(Ok(t)) => Some(t),
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout");
-            None
-        }
-    }
+    let failure = match outcome {
+        Ok(Ok(t)) => return Some(t),
+        Ok(Err(e)) => HandshakeFailure::from_io(&e),
+        Err(_) => HandshakeFailure::HandshakeTimeout,
+    };
+    events::handshake_failed(who.peer, who.sni, &failure, who.raw);
+    None
 }
 
 /// [`establish`] for a site that accepts 0-RTT: the stream is ready once the handshake is
@@ -252,23 +446,27 @@ async fn establish_early(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
     limits: &Limits,
-    peer: SocketAddr,
-    sni: Option<&str>,
-) -> Option<(Pin<Box<TimedIo<EarlyTls>>>, Arc<ConnState>, bool)> {
+    who: Who<'_>,
+    facts: bool,
+) -> Option<Ready<EarlyTls>> {
     let conn = match accepted.into_connection(config) {
         Ok(c) => c,
         Err((e, mut alert)) => {
-            tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
             let _ = alert.write(&mut SyncIo(&tcp));
+            let failure = HandshakeFailure::from_rustls(&e);
+            events::handshake_failed(who.peer, who.sni, &failure, who.raw);
             return None;
         }
     };
     let conn_state = Arc::new(ConnState::default());
     let mut tls = EarlyTls::new(tcp, conn, conn_state.clone());
     let started = tokio::time::timeout(limits.handshake_timeout, tls.start()).await;
-    handshake_done(started, peer, sni)?;
+    handshake_done(started, who)?;
     let h2 = tls.connection().alpn_protocol() == Some(b"h2");
-    Some(timed(tls, h2, conn_state, limits))
+    // Access log (hook): the TLS facts, once per connection.
+    let facts = facts.then(|| TlsFacts::of(tls.connection(), who.sni));
+    let (io, state, h2) = timed(tls, h2, conn_state, limits);
+    Some((io, state, h2, facts))
 }
 
 /// What the ClientHello decides.
@@ -282,6 +480,8 @@ pub(crate) struct Hello {
     pub(crate) acme: Option<Option<Arc<rustls::ServerConfig>>>,
     /// The SNI name is one a site lists (or there is none).
     pub(crate) listed: bool,
+    /// The raw ClientHello, kept for the TLS event log (when it is on).
+    pub(crate) raw: Option<Box<[u8]>>,
 }
 
 /// Reads the ClientHello and picks the site (or the ACME challenge) it is for.
@@ -290,10 +490,13 @@ async fn read_hello(
     peer: SocketAddr,
     state: &ServerState,
 ) -> io::Result<Option<Hello>> {
-    let Some(accepted) = read_client_hello(tcp, peer).await? else {
+    let hello = read_client_hello(tcp, peer, &state.front.https_port_suffix).await?;
+    let Some((accepted, raw)) = hello else {
         return Ok(None);
     };
-    Ok(Some(hello_for(accepted, &state.tls, &state.tls_alpn)))
+    let mut hello = hello_for(accepted, &state.tls, &state.tls_alpn);
+    hello.raw = raw;
+    Ok(Some(hello))
 }
 
 /// Picks the site (or the ACME challenge) a ClientHello is for.
@@ -325,6 +528,7 @@ pub(crate) fn hello_for(
         site,
         acme,
         listed,
+        raw: None,
     }
 }
 
@@ -381,17 +585,23 @@ pub async fn serve_tls(
         site,
         acme,
         listed,
+        raw,
     } = match hello.await {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection failed before ClientHello");
+            events::handshake_failed(peer, None, &HandshakeFailure::from_io(&e), None);
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
+            events::handshake_failed(peer, None, &HandshakeFailure::NoClientHello, None);
             return;
         }
+    };
+    let who = Who {
+        peer,
+        sni: sni.as_deref(),
+        raw: raw.as_deref(),
     };
     let mut site = site;
     if let Some(challenge) = acme {
@@ -425,13 +635,19 @@ pub async fn serve_tls(
     }
     let Some(site) = site else {
         drop(accepted);
-        tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
+        events::handshake_failed(peer, who.sni, &HandshakeFailure::UnknownSni, who.raw);
         let mut tcp = tcp;
         let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
         return;
     };
     if !on_demand && state.tls.certs[site].is_empty() {
         drop(accepted);
+        events::handshake_failed(
+            peer,
+            who.sni,
+            &HandshakeFailure::CertificatePending,
+            who.raw,
+        );
         Box::pin(refuse_pending(tcp, peer, &state, site, sni.as_deref())).await;
         return;
     }
@@ -440,9 +656,10 @@ pub async fn serve_tls(
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let client_limits = state.client_limits.for_requests(peer.ip());
-    let svc = |conn, client_cert| HttpsService {
+    let sni_site = sni.as_ref().map(|_| site);
+    let svc = |conn, client_cert, tls| HttpsService {
         front: state.front.clone(),
-        sni_site: sni.as_ref().map(|_| site),
+        sni_site,
         conn,
         peer,
         local,
@@ -450,36 +667,26 @@ pub async fn serve_tls(
         host_memo: Default::default(),
         client_cert,
         client_limits: client_limits.clone(),
+        tls,
     };
+    let facts = state.front.logs_on;
     if config.max_early_data_size > 0 {
-        let established = Box::pin(establish_early(
-            accepted,
-            tcp,
-            config,
-            limits,
-            peer,
-            sni.as_deref(),
-        ));
-        let Some((io, conn_state, h2)) = established.await else {
+        let established = Box::pin(establish_early(accepted, tcp, config, limits, who, facts));
+        let Some((io, conn_state, h2, tls)) = established.await else {
             return;
         };
         // No client certificate: the configuration refuses early data with client_auth.
-        let svc = svc(conn_state, None);
+        let svc = svc(conn_state, None, tls);
+        drop(raw);
         drop(sni);
         serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
         return;
     }
-    let established = Box::pin(establish(
-        accepted,
-        tcp,
-        config,
-        limits,
-        peer,
-        sni.as_deref(),
-    ));
-    let Some((mut io, conn_state, h2)) = established.await else {
+    let established = Box::pin(establish(accepted, tcp, config, limits, who, facts));
+    let Some((mut io, conn_state, h2, tls_facts)) = established.await else {
         return;
     };
+    drop(raw);
     let tls = io.as_mut().inner_mut().get_mut();
     // Verified by the site's client_auth during the handshake (or carried by the resumed
     // session); parsed once for all requests of the connection.
@@ -501,24 +708,25 @@ pub async fn serve_tls(
         };
         // A read that finds nothing also lets rustls release its receive buffer (patched
         // rustls, vendor/rustls/PORTCULLIS.md): the connection waits without it.
-        let buffered = buffered || {
-            let (cork, conn) = tls.get_mut();
-            match conn.read_tls(&mut SyncIo(cork.get_ref())) {
-                Ok(0) => return,
-                Ok(_) => {
-                    // Processed here: the stream's first read would not process what is
-                    // already in rustls's buffer.
-                    if let Err(e) = conn.process_new_packets() {
-                        tracing::debug!(%peer, error = %e, "TLS error after the handshake");
-                        let _ = conn.write_tls(&mut SyncIo(cork.get_ref())); // the alert
-                        return;
+        let buffered = buffered
+            || {
+                let (cork, conn) = tls.get_mut();
+                match conn.read_tls(&mut SyncIo(cork.get_ref())) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        // Processed here: the stream's first read would not process what is
+                        // already in rustls's buffer.
+                        if let Err(e) = conn.process_new_packets() {
+                            limited!(AFTER_HANDSHAKE, debug, %peer, error = %e, "TLS error after the handshake");
+                            let _ = conn.write_tls(&mut SyncIo(cork.get_ref())); // the alert
+                            return;
+                        }
+                        true
                     }
-                    true
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(_) => return,
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                Err(_) => return,
-            }
-        };
+            };
         if !buffered {
             // Nothing is held while waiting for the peer (a TLS 1.2 client waits for our
             // Finished).
@@ -532,7 +740,7 @@ pub async fn serve_tls(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
-                        tracing::debug!(%peer, "no request after the handshake: closing");
+                        limited!(NO_REQUEST, debug, %peer, "no request after the handshake: closing");
                         return;
                     }
                 },
@@ -540,7 +748,7 @@ pub async fn serve_tls(
             }
         }
     }
-    let svc = svc(conn_state, client_cert);
+    let svc = svc(conn_state, client_cert, tls_facts);
     drop(sni);
     serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
 }
@@ -563,7 +771,7 @@ async fn serve_https<T>(
     if h2 {
         // Our own HTTP/2 connection (server::h2); it handles the shutdown signal itself.
         if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, retire).await {
-            tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+            limited!(H2_ERROR, debug, %peer, error = %e, "HTTP/2 connection ended with an error");
         }
         return;
     }
@@ -576,7 +784,7 @@ async fn serve_https<T>(
         _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        limited!(H1_ERROR, debug, %peer, error = %e, "connection ended with an error");
     }
 }
 
@@ -596,6 +804,7 @@ pub async fn serve_http(
     let svc = RedirectService {
         front: state.front.clone(),
         conn: conn_state,
+        peer,
     };
     let conn = ctx.h1.serve_connection(io, svc);
     tokio::pin!(conn);
@@ -604,6 +813,6 @@ pub async fn serve_http(
         _ = shutdown.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
     };
     if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "http connection ended with an error");
+        limited!(HTTP_ERROR, debug, %peer, error = %e, "http connection ended with an error");
     }
 }

@@ -69,6 +69,15 @@ fn build_inner(
         local_ca_root,
     } = inputs;
     let prev = prev.map(|p| (&p.1, p));
+    // Logs: the TLS event log is opened now and installed (process-wide) once the whole
+    // generation stands. Access logs open with the Frontend.
+    let events = match &config.log.tls_events {
+        Some(t) => Some(
+            crate::ops::logfile::open(t)
+                .map_err(|e| format!("cannot open the TLS event log {t}: {e}"))?,
+        ),
+        None => None,
+    };
     // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(config.data_dir.clone()));
     let mut acme_sites = Vec::new();
@@ -112,6 +121,23 @@ fn build_inner(
             }
         }
     }
+
+    let loaded_events: Vec<_> = owners
+        .iter()
+        .zip(&site_certs)
+        .flat_map(|(site, loaded)| {
+            let source = match site.certs {
+                SiteCertSource::Files(_) => crate::ops::events::CertSource::File,
+                SiteCertSource::LocalCa => crate::ops::events::CertSource::LocalCa,
+                SiteCertSource::Acme => crate::ops::events::CertSource::Acme,
+            };
+            loaded.iter().map(move |l| {
+                let mut names = l.info.dns_names.clone();
+                names.extend(l.info.ips.iter().map(|ip| ip.to_string()));
+                (site.name.clone(), source, names, l.info.not_after)
+            })
+        })
+        .collect();
 
     // 3. TLS configs.
     let options = TlsOptions {
@@ -364,5 +390,10 @@ fn build_inner(
             .map_err(|e| format!("cannot start renewal thread: {e}"))?;
     }
 
+    crate::ops::limit::set_lines_per_second(config.log.lines_per_second);
+    crate::ops::events::install(events);
+    for (site, source, names, not_after) in loaded_events {
+        crate::ops::events::certificate_loaded(&site, source, &names, not_after, false);
+    }
     Ok(state)
 }

@@ -58,6 +58,13 @@ use super::hpack::Encoder as Hpack;
 use super::io::{LINGER, LINGER_BYTES};
 use crate::http::request::{BodyPipe, RequestBody};
 use crate::http::{is_connection_specific, HttpsService, TrackedBody, CONNECTION_SPECIFIC};
+use crate::ops::limit::{report_to_log, LineLimit};
+
+/// Budgets of the lines any client can cause (see [`crate::ops::limit`]).
+static H2_GOAWAY: LineLimit = LineLimit::new("HTTP/2 connection error", report_to_log);
+static H2_LIMIT: LineLimit = LineLimit::new("HTTP/2 client over a limit", report_to_log);
+static H2_RESET: LineLimit = LineLimit::new("HTTP/2 stream error", report_to_log);
+static H2_CLIENT_GOAWAY: LineLimit = LineLimit::new("HTTP/2 client GOAWAY", report_to_log);
 
 /// The client connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -575,7 +582,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         }
         if error {
             if reason != Reason::NO_ERROR {
-                tracing::debug!(reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
+                crate::limited!(H2_GOAWAY, debug, reason = ?reason, "HTTP/2 connection error: sending GOAWAY");
             }
             self.streams.clear();
             self.queue.clear();
@@ -600,13 +607,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
     /// Closes the connection of a client that exceeded a limit (GOAWAY ENHANCE_YOUR_CALM).
     fn calm_down(&mut self, why: &'static [u8]) {
-        tracing::debug!(why = %String::from_utf8_lossy(why), "HTTP/2 client over a limit: closing");
+        crate::limited!(H2_LIMIT, debug, why = %String::from_utf8_lossy(why), "HTTP/2 client over a limit: closing");
         self.go_away_with(Reason::ENHANCE_YOUR_CALM, true, Bytes::from_static(why));
     }
 
     /// Resets a stream for one of the client's stream errors (§5.4.2).
     fn stream_error(&mut self, id: u32, reason: Reason) {
-        tracing::debug!(stream = id, reason = ?reason, "HTTP/2 stream error: sending RST_STREAM");
+        crate::limited!(H2_RESET, debug, stream = id, reason = ?reason, "HTTP/2 stream error: sending RST_STREAM");
         self.error_resets += 1;
         if self.error_resets > MAX_ERROR_RESETS {
             self.calm_down(b"too many stream errors");
@@ -761,7 +768,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             }
             Frame::GoAway(g) => {
                 if g.reason() != Reason::NO_ERROR {
-                    tracing::debug!(reason = ?g.reason(), "HTTP/2 client sent GOAWAY with an error");
+                    crate::limited!(H2_CLIENT_GOAWAY, debug, reason = ?g.reason(), "HTTP/2 client sent GOAWAY with an error");
                 }
                 self.peer_goaway = true;
             }

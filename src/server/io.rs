@@ -223,7 +223,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
                 continue; // fired for an older deadline, or time to look again: re-arm
             }
             if let Due::Header(_) = due {
-                tracing::debug!("request header timeout: sending 408");
+                crate::limited!(HEADER_TIMEOUT, debug, "request header timeout: sending 408");
                 *this.sending_408 = Some(0);
                 return self.poll_send_408(cx);
             }
@@ -313,3 +313,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
         self.on_write(cx, res, false)
     }
 }
+
+/// The budget of the 408 lines (any client can cause them; see [`crate::ops::limit`]).
+static HEADER_TIMEOUT: crate::ops::limit::LineLimit =
+    crate::ops::limit::LineLimit::new("request header timeout", crate::ops::limit::report_to_log);

@@ -26,6 +26,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::StartHandshake;
 
 use crate::config::stream::{Stream, StreamMode, StreamRoute, Upstream};
+use crate::ops::events::{self, HandshakeFailure};
+use crate::ops::limit::{report_to_log, LineLimit};
 use crate::server::conn::{
     linger_close, SyncIo, ALERT_DECODE_ERROR, ALERT_INTERNAL_ERROR, ALERT_UNRECOGNIZED_NAME,
 };
@@ -102,7 +104,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
         Ok(Some(x)) => x,
         Ok(None) => return,
         Err(_) => {
-            tracing::debug!(stream = svc.name, %peer, "no ClientHello in time: closing");
+            events::handshake_failed(peer, None, &HandshakeFailure::NoClientHello, None);
             return;
         }
     };
@@ -112,7 +114,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
     let picked = route::pick(&svc.routes, sni.as_deref(), &alpn);
     drop(alpn);
     let Some(i) = picked else {
-        tracing::debug!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "no route for this name: sending unrecognized_name");
+        let failure = HandshakeFailure::UnknownSni;
+        events::handshake_failed(peer, sni.as_deref(), &failure, Some(&bytes));
         let _ = SyncIo(&tcp).write(&ALERT_UNRECOGNIZED_NAME);
         linger_close(&tcp).await;
         return;
@@ -140,9 +143,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
             );
         }
         Some((config, certs)) => {
-            drop(bytes);
+            // Kept for the TLS event log only.
+            let raw = events::enabled().then_some(bytes);
+            let raw = raw.as_deref();
             if certs.is_empty() {
-                tracing::warn!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
+                let failure = HandshakeFailure::CertificatePending;
+                events::handshake_failed(peer, sni.as_deref(), &failure, raw);
+                crate::limited!(PENDING, warn, stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), "handshake refused (internal_error alert): the certificate is still being obtained; progress: `portcullis certs` and the ACME log lines");
                 let _ = SyncIo(&tcp).write(&ALERT_INTERNAL_ERROR);
                 linger_close(&tcp).await;
                 return;
@@ -151,11 +158,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
             let mut tls = match tokio::time::timeout(handshake_timeout, handshake).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
-                    tracing::debug!(stream = svc.name, %peer, sni = sni.as_deref().unwrap_or(""), error = %e, "TLS handshake failed");
+                    let failure = HandshakeFailure::from_io(&e);
+                    events::handshake_failed(peer, sni.as_deref(), &failure, raw);
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(stream = svc.name, %peer, "TLS handshake timeout");
+                    let failure = HandshakeFailure::HandshakeTimeout;
+                    events::handshake_failed(peer, sni.as_deref(), &failure, raw);
                     return;
                 }
             };
@@ -174,6 +183,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, slot: Slot, handshake_timeo
     }
 }
 
+/// A stream's certificate not obtained yet: its warning, limited.
+static PENDING: LineLimit = LineLimit::new("stream certificate pending", report_to_log);
+static ENDED: LineLimit = LineLimit::new("stream connection ended", report_to_log);
+
 fn finish(svc: &StreamService, peer: SocketAddr, route: &StreamRoute, r: io::Result<pipe::Ended>) {
     match r {
         Ok(pipe::Ended::Closed(up, down)) => {
@@ -183,7 +196,7 @@ fn finish(svc: &StreamService, peer: SocketAddr, route: &StreamRoute, r: io::Res
             tracing::debug!(stream = svc.name, %peer, upstream = %route.upstream, up, down, "idle timeout: connection closed")
         }
         Err(e) => {
-            tracing::debug!(stream = svc.name, %peer, upstream = %route.upstream, error = %e, "connection ended with an error")
+            crate::limited!(ENDED, debug, stream = svc.name, %peer, upstream = %route.upstream, error = %e, "connection ended with an error")
         }
     }
 }
@@ -208,7 +221,9 @@ async fn read_hello(
             Err(_) => return None,
         };
         if bytes.len() + n > MAX_HELLO {
-            tracing::debug!(stream = name, %peer, "ClientHello too large");
+            let _ = name;
+            let failure = HandshakeFailure::ClientHelloTooLarge;
+            events::handshake_failed(peer, None, &failure, None);
             let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
             linger_close(tcp).await;
             return None;
@@ -216,7 +231,9 @@ async fn read_hello(
         bytes.extend_from_slice(&chunk[..n]);
         let mut rd = &chunk[..n];
         while !rd.is_empty() {
-            if acceptor.read_tls(&mut rd).is_err() {
+            if let Err(e) = acceptor.read_tls(&mut rd) {
+                let failure = HandshakeFailure::ProtocolError(e.to_string());
+                events::handshake_failed(peer, None, &failure, Some(&bytes));
                 let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
                 linger_close(tcp).await;
                 return None;
@@ -226,7 +243,12 @@ async fn read_hello(
             Ok(Some(accepted)) => return Some((bytes, Box::new(accepted))),
             Ok(None) => {}
             Err((e, mut alert)) => {
-                tracing::debug!(stream = name, %peer, error = %e, "not a valid ClientHello");
+                let failure = if bytes.first() != Some(&0x16) {
+                    HandshakeFailure::NotTls
+                } else {
+                    HandshakeFailure::from_rustls(&e)
+                };
+                events::handshake_failed(peer, None, &failure, Some(&bytes));
                 let _ = alert.write(&mut SyncIo(tcp));
                 linger_close(tcp).await;
                 return None;

@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{watch, Notify};
 
+use crate::ops::events;
 use crate::storage::Storage;
 use crate::tls::certs::{fmt_time, unix_now};
 use crate::tls::ocsp::{self, CertState, Verified};
@@ -314,9 +315,11 @@ impl Stapler {
                     } else {
                         tracing::debug!(site = site.name, key = e.key, responder = url, valid_until = %fmt_time(v.next_update), "OCSP: response refreshed");
                     }
+                    events::ocsp_refresh(&site.name, &e.key, true, "good");
                     e.last = Some((v, der));
                 }
                 CertState::Revoked { at, reason } => {
+                    events::ocsp_refresh(&site.name, &e.key, false, "the certificate is revoked");
                     tracing::error!(
                         site = site.name, key = e.key,
                         responder = url,
@@ -333,6 +336,12 @@ impl Stapler {
                     e.last = Some((v, der));
                 }
                 CertState::Unknown => {
+                    events::ocsp_refresh(
+                        &site.name,
+                        &e.key,
+                        false,
+                        "the responder does not know this certificate",
+                    );
                     tracing::warn!(
                         site = site.name,
                         key = e.key,
@@ -346,6 +355,7 @@ impl Stapler {
             },
             Err(err) => {
                 let kept = e.staple(now).is_some();
+                events::ocsp_refresh(&site.name, &e.key, false, &err.to_string());
                 tracing::warn!(
                     site = site.name, key = e.key,
                     responder = url,

@@ -10,7 +10,7 @@ pub mod tunnel;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -52,6 +52,10 @@ pub struct Context<'a> {
     /// The `Authorization` field goes on to the backend (see
     /// [`crate::http::access::Access::forwards_authorization`]).
     pub forward_authorization: bool,
+    /// The request's id when the access log gave it one (else the proxy makes one).
+    pub request_id: Option<HeaderValue>,
+    /// Access log (hook): where the backend and its time go, when the log is on.
+    pub upstream: Option<&'a mut crate::ops::access::Upstream>,
 }
 
 impl Proxy {
@@ -84,9 +88,9 @@ impl Proxy {
         &self,
         mut parts: http::request::Parts,
         body: RequestBody,
-        ctx: Context<'_>,
+        mut ctx: Context<'_>,
     ) -> Response<Body> {
-        let id = request_id();
+        let id = ctx.request_id.take().unwrap_or_else(request_id);
         // `Some` on a compressing route: the coding this client takes, if any.
         let coding = self
             .spec
@@ -209,8 +213,12 @@ impl Proxy {
         let exchange = match self.group.send(req, &key).await {
             Ok(x) => x,
             Err(e) => {
+                if let Some(u) = ctx.upstream.as_deref_mut() {
+                    // Access log (hook): the backend that failed, if one was tried.
+                    u.backend = e.backend().map(Arc::from);
+                }
                 if limit.load(Ordering::Relaxed) {
-                    tracing::info!(request_id = %id.to_str().unwrap_or(""), limit = self.max_body, "request body over the proxy's limit: 413");
+                    crate::limited!(OVER_LIMIT, info, request_id = %id.to_str().unwrap_or(""), limit = self.max_body, "request body over the proxy's limit: 413");
                     let mut r = page(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "The request body is larger than this site accepts.",
@@ -228,6 +236,11 @@ impl Proxy {
         }
         let (mut rparts, rbody) = exchange.response.into_parts();
         let backend = exchange.backend.clone();
+        if let Some(u) = ctx.upstream.as_deref_mut() {
+            // Access log (hook).
+            u.backend = Some(backend.clone());
+            u.time = Some(exchange.connect_time + exchange.upstream_time);
+        }
 
         if ws && rparts.status == StatusCode::SWITCHING_PROTOCOLS {
             let Some(backend_upgrade) = exchange.upgrade else {
@@ -353,7 +366,7 @@ impl Proxy {
         uri: &Uri,
     ) -> Response<Body> {
         let status = e.status();
-        tracing::warn!(request_id = %id.to_str().unwrap_or(""), %method, %uri, status = status.as_u16(), "proxy: {e}");
+        crate::limited!(FAILED, warn, request_id = %id.to_str().unwrap_or(""), %method, %uri, status = status.as_u16(), "proxy: {e}");
         let why = match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 "No server behind this site is available right now. Try again shortly."
@@ -369,6 +382,14 @@ impl Proxy {
         r
     }
 }
+
+/// Budgets of the lines clients can cause by their requests (see [`crate::ops::limit`]).
+static OVER_LIMIT: crate::ops::limit::LineLimit = crate::ops::limit::LineLimit::new(
+    "proxy: request body over the limit",
+    crate::ops::limit::report_to_log,
+);
+static FAILED: crate::ops::limit::LineLimit =
+    crate::ops::limit::LineLimit::new("proxy: backend failure", crate::ops::limit::report_to_log);
 
 const EARLY_DATA: HeaderName = HeaderName::from_static("early-data");
 const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
@@ -392,19 +413,9 @@ fn page(status: StatusCode, why: &str, id: &HeaderValue) -> Response<Body> {
     r
 }
 
-/// A request id: unique in this process and unlikely to repeat across restarts (a random
-/// prefix per process, then a counter). 16 hex digits.
+/// A request id (see [`crate::ops::access::new_request_id`]): 16 hex digits.
 pub fn request_id() -> HeaderValue {
-    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut b = [0u8; 4];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        u32::from_be_bytes(b)
-    });
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:08x}{:08x}", n as u32);
-    HeaderValue::from_str(&id).expect("hex is a valid header value")
+    crate::ops::access::new_request_id()
 }
 
 /// The client's request body on its way upstream, cut off with an error past the limit.
