@@ -80,6 +80,8 @@ pub struct SiteHandler {
     /// The site verifies client certificates (`client_auth`): it is served only over
     /// connections whose handshake used its TLS configuration.
     client_auth: bool,
+    /// The site's number in the metrics (by name: the same across reloads).
+    pub metrics_id: crate::ops::metrics::SiteId,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -178,6 +180,7 @@ impl Frontend {
                 routes,
                 access: site.access.compile(),
                 client_auth: site.client_auth.is_some(),
+                metrics_id: crate::ops::metrics::site_id(&site.name),
             });
         }
         Ok(Frontend {
@@ -205,6 +208,20 @@ impl Frontend {
             return Some(s);
         }
         self.on_demand_site(host)
+    }
+
+    /// Every reverse-proxy route: its site's name, its path prefix and the proxy (for the
+    /// admin listener's backend health and latency).
+    pub fn proxies(&self) -> Vec<(&str, &str, &Arc<proxy::Proxy>)> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            for r in &site.routes {
+                if let RouteKind::Proxy(p) = &r.kind {
+                    out.push((site.name.as_str(), r.prefix.as_str(), p));
+                }
+            }
+        }
+        out
     }
 
     /// The on-demand site, when `host` got a certificate on demand.
@@ -470,6 +487,18 @@ impl HttpsService {
             add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
         }
         let resp = finish(&exchange.method, resp);
+        // metrics: one response (site, status class, protocol).
+        crate::ops::metrics::request(
+            site.map_or(crate::ops::metrics::SITE_NONE, |s| {
+                self.front.sites[s].metrics_id
+            }),
+            resp.status().as_u16(),
+            if exchange.version == Version::HTTP_2 {
+                crate::ops::metrics::RequestProtocol::H2
+            } else {
+                crate::ops::metrics::RequestProtocol::Http1
+            },
+        );
         let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
             && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));

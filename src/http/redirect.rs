@@ -36,6 +36,12 @@ impl<B> hyper::service::Service<Request<B>> for RedirectService {
             tracing::info!(target: "access", scheme = "http", method = %req.method(), uri = %req.uri(), status = resp.status().as_u16());
         }
         let resp = super::finish(req.method(), resp);
+        // metrics: one port-80 response.
+        crate::ops::metrics::request(
+            crate::ops::metrics::SITE_PORT80,
+            resp.status().as_u16(),
+            crate::ops::metrics::RequestProtocol::PlainHttp,
+        );
         ready(Ok(resp.map(|inner| TrackedBody {
             inner,
             _guard: guard,

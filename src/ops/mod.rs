@@ -1,7 +1,9 @@
-//! Operations: logging and certificate-expiry monitoring; metrics, reload and the status page
-//! later.
+//! Operations: logging, certificate-expiry monitoring, metrics and the admin listener (status
+//! page, running config, health).
 
+pub mod admin;
 pub mod expiry;
+pub mod metrics;
 
 use std::io::IsTerminal;
 

@@ -21,6 +21,7 @@ use crate::acme::{TlsAlpnChallenges, ACME_TLS_ALPN};
 use crate::config::model::{Limits, UnknownSni};
 use crate::http::redirect::RedirectService;
 use crate::http::{ConnState, HttpsService};
+use crate::ops::metrics::{self, ConnKind};
 
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
 pub(crate) const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
@@ -117,6 +118,7 @@ pub(crate) async fn read_client_hello(
                 // rustls's buffer is full: a ClientHello over 64 KiB (its limit, and far
                 // beyond any real client's).
                 tracing::debug!(%peer, error = %e, "TLS handshake refused: ClientHello too large");
+                metrics::handshake_failed("error", peer, None, &"ClientHello too large"); // metrics
                 let _ = SyncIo(tcp).write(&ALERT_DECODE_ERROR);
                 linger_close(tcp).await;
                 return Ok(None);
@@ -154,7 +156,8 @@ pub(crate) fn read_hello_step<T: Read + Write>(
         Ok(None) => Ok(HelloRead::More),
         Err((err, mut alert)) => {
             tracing::debug!(%peer, error = %err, "TLS handshake failed before ClientHello was complete");
-            // Best effort: the alert is a few bytes, the socket buffer is empty.
+            metrics::handshake_failed("error", peer, None, &err); // metrics
+                                                                  // Best effort: the alert is a few bytes, the socket buffer is empty.
             let _ = alert.write(io);
             Ok(HelloRead::Refused)
         }
@@ -236,10 +239,12 @@ fn handshake_done<T>(
         Ok(Ok(t)) => Some(t),
         Ok(Err(e)) => {
             tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            metrics::handshake_failed("error", peer, sni, &e); // metrics
             None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timeout");
+            metrics::handshake_failed("timeout", peer, sni, &"handshake not complete in time"); // metrics
             None
         }
     }
@@ -259,6 +264,7 @@ async fn establish_early(
         Ok(c) => c,
         Err((e, mut alert)) => {
             tracing::debug!(%peer, sni = sni.unwrap_or(""), error = %e, "TLS handshake failed");
+            metrics::handshake_failed("error", peer, sni, &e); // metrics
             let _ = alert.write(&mut SyncIo(&tcp));
             return None;
         }
@@ -371,6 +377,9 @@ pub async fn serve_tls(
     // `Accepted`) is boxed and freed when done, and the TLS stream goes into its (boxed)
     // TimedIo right after the handshake: an idle connection's task holds pointers only.
     let limits = &state.limits;
+    // metrics: handshake duration from here; the connection counts as handshaking.
+    let started = std::time::Instant::now();
+    let mut open = metrics::OpenConn::new(ConnKind::TlsHandshaking);
     let hello = Box::pin(tokio::time::timeout(
         limits.handshake_timeout,
         read_hello(&tcp, peer, &state),
@@ -390,6 +399,7 @@ pub async fn serve_tls(
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timeout (no ClientHello)");
+            metrics::handshake_failed("timeout", peer, None, &"no ClientHello in time"); // metrics
             return;
         }
     };
@@ -417,12 +427,24 @@ pub async fn serve_tls(
     let Some(site) = site else {
         drop(accepted);
         tracing::debug!(%peer, sni = sni.as_deref().unwrap_or(""), "unknown SNI name: sending unrecognized_name");
+        metrics::handshake_failed(
+            "unknown_sni",
+            peer,
+            sni.as_deref(),
+            &"no site has this name",
+        ); // metrics
         let mut tcp = tcp;
         let _ = tcp.write_all(&ALERT_UNRECOGNIZED_NAME).await;
         return;
     };
     if !on_demand && state.tls.certs[site].is_empty() {
         drop(accepted);
+        metrics::handshake_failed(
+            "certificate_pending",
+            peer,
+            sni.as_deref(),
+            &"the site's certificate is still being obtained",
+        ); // metrics
         Box::pin(refuse_pending(tcp, peer, &state, site, sni.as_deref())).await;
         return;
     }
@@ -452,7 +474,8 @@ pub async fn serve_tls(
         let Some((io, conn_state, h2)) = established.await else {
             return;
         };
-        // No client certificate: the configuration refuses early data with client_auth.
+        handshake_metrics(io.get_ref().connection(), started, h2, &mut open); // metrics
+                                                                              // No client certificate: the configuration refuses early data with client_auth.
         let svc = svc(conn_state, None);
         drop(sni);
         serve_https(io, h2, svc, &ctx, shutdown, peer).await;
@@ -469,6 +492,7 @@ pub async fn serve_tls(
     let Some((mut io, conn_state, h2)) = established.await else {
         return;
     };
+    handshake_metrics(io.get_ref().get_ref().1, started, h2, &mut open); // metrics
     let tls = io.as_mut().inner_mut().get_mut();
     // Verified by the site's client_auth during the handshake (or carried by the resumed
     // session); parsed once for all requests of the connection.
@@ -534,6 +558,19 @@ pub async fn serve_tls(
     serve_https(io, h2, svc, &ctx, shutdown, peer).await;
 }
 
+/// metrics: a completed handshake (version, full or resumed, time since `started`), and the
+/// connection now counts as HTTP/1.1 or HTTP/2.
+fn handshake_metrics(
+    conn: &rustls::ServerConnection,
+    started: std::time::Instant,
+    h2: bool,
+    open: &mut metrics::OpenConn,
+) {
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    metrics::handshake_done(conn.protocol_version(), resumed, started.elapsed());
+    open.become_(if h2 { ConnKind::H2 } else { ConnKind::Http1 });
+}
+
 /// Serves HTTP/1.1 or HTTP/2 over an established TLS stream until the connection ends.
 async fn serve_https<T>(
     io: Pin<Box<TimedIo<T>>>,
@@ -575,6 +612,7 @@ pub async fn serve_http(
     _guard: ConnGuard,
 ) {
     let limits = &state.limits;
+    let _open = metrics::OpenConn::new(ConnKind::PlainHttp); // metrics
     let conn_state = Arc::new(ConnState::default());
     let timeouts = Timeouts::new(limits, true);
     let io = TokioIo::new(Box::pin(TimedIo::new(tcp, conn_state.clone(), timeouts)));

@@ -166,6 +166,8 @@ pub struct Server {
     pub local_ca_root: Option<std::path::PathBuf>,
     /// Things worth telling the operator at start (e.g. a skipped IPv6 listener).
     pub notes: Vec<Problem>,
+    /// The admin listener (metrics, status page), unless off or its address was taken.
+    admin: Option<crate::ops::admin::AdminHandle>,
 }
 
 impl Server {
@@ -537,6 +539,21 @@ impl Server {
                 .map_err(|e| format!("cannot start renewal thread: {e}"))?;
         }
 
+        // 9. The admin listener: a server without one still serves (a warning says why).
+        let admin = match &config.admin.listen {
+            crate::config::admin::AdminListen::Off => None,
+            _ => {
+                let generation = crate::ops::admin::Generation::new(&config, state.clone());
+                match crate::ops::admin::start(&config.admin, generation) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        notes.push(Problem::warning(crate::config::Location::Flag("admin.listen".into()), format!("{e}; serving without metrics and status page")).fix("free the address, choose another admin.listen, or set admin.listen = \"off\""));
+                        None
+                    }
+                }
+            }
+        };
+
         Ok(Server {
             state,
             shutdown_tx,
@@ -547,6 +564,7 @@ impl Server {
             shutdown_timeout: config.limits.shutdown_timeout,
             local_ca_root,
             notes,
+            admin,
         })
     }
 
@@ -574,9 +592,18 @@ impl Server {
         &self.state
     }
 
+    /// The admin listener, when one runs (a reload publishes its new generation there, and
+    /// sets its [`crate::ops::admin::Control`]).
+    pub fn admin(&self) -> Option<&crate::ops::admin::AdminHandle> {
+        self.admin.as_ref()
+    }
+
     /// Stops accepting, lets in-flight requests finish up to the shutdown timeout, and returns
     /// once every worker has stopped (or the deadline passed).
     pub fn shutdown(self) {
+        if let Some(a) = &self.admin {
+            a.shutting_down();
+        }
         let _ = self.shutdown_tx.send(true);
         let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
         for w in self.workers {
@@ -586,6 +613,9 @@ impl Server {
             if w.is_finished() {
                 let _ = w.join();
             }
+        }
+        if let Some(a) = &self.admin {
+            a.stop();
         }
     }
 }
@@ -756,6 +786,9 @@ async fn accept_loop(
                         let timeout = state.limits.handshake_timeout;
                         tokio::spawn(async move {
                             let _guard = guard;
+                            let _open = crate::ops::metrics::OpenConn::new(
+                                crate::ops::metrics::ConnKind::Stream,
+                            ); // metrics
                             crate::stream::serve(tcp, peer, slot, timeout).await;
                         });
                     }
