@@ -62,6 +62,8 @@ pub struct AdminSettings {
     /// Bearer token for `POST /reload` and `POST /upgrade` over TCP (the unix socket needs
     /// none). Without one, those routes answer 403 over TCP.
     pub token: Option<Token>,
+    /// `admin.listen` was written (not the default): failing to bind it is worth a warning.
+    pub explicit: bool,
     /// `admin.public`: a non-loopback address was allowed, and requests may name any `Host`.
     pub public: bool,
     /// The configuration file with its secrets replaced, as `GET /config` shows it.
@@ -73,6 +75,7 @@ impl Default for AdminSettings {
         AdminSettings {
             listen: AdminListen::Off,
             token: None,
+            explicit: false,
             public: false,
             running_config: Arc::from(""),
         }
@@ -161,6 +164,7 @@ pub(super) fn admin(
     AdminSettings {
         listen,
         token,
+        explicit: r.listen.is_some(),
         public,
         running_config: running_config(source).into(),
     }

@@ -546,8 +546,14 @@ impl Server {
                 let generation = crate::ops::admin::Generation::new(&config, state.clone());
                 match crate::ops::admin::start(&config.admin, generation) {
                     Ok(h) => Some(h),
-                    Err(e) => {
+                    Err(e) if config.admin.explicit => {
                         notes.push(Problem::warning(crate::config::Location::Flag("admin.listen".into()), format!("{e}; serving without metrics and status page")).fix("free the address, choose another admin.listen, or set admin.listen = \"off\""));
+                        None
+                    }
+                    Err(e) => {
+                        // The default address, taken (most often by another server on this
+                        // machine): said, but not as a warning about this configuration.
+                        tracing::info!("{e}; serving without metrics and status page (set [admin] listen to choose another address)");
                         None
                     }
                 }
