@@ -332,6 +332,9 @@ fn handle<B>(admin: &Admin, peer: Peer, req: Request<B>) -> Answer {
             "text/javascript; charset=utf-8",
             status::PAGE_JS,
         ),
+        "/favicon.svg" | "/favicon.ico" if get => {
+            answer(StatusCode::OK, "image/svg+xml", status::FAVICON)
+        }
         "/status.json" if get => {
             let current = admin.current.load();
             let json = status::json(

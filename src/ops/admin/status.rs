@@ -19,6 +19,7 @@ use crate::storage::Storage;
 pub const PAGE_HTML: &str = include_str!("assets/status.html");
 pub const PAGE_CSS: &str = include_str!("assets/status.css");
 pub const PAGE_JS: &str = include_str!("assets/status.js");
+pub const FAVICON: &str = include_str!("assets/favicon.svg");
 
 /// A certificate holder (site, or stream) of one configuration.
 #[derive(Debug, Clone)]
