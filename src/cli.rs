@@ -414,6 +414,9 @@ fn serve(a: ServeArgs) -> i32 {
             root.display()
         );
     }
+    if let Some(admin) = server.admin() {
+        admin.set_control(reloader.control());
+    }
     // A process started by `portcullis upgrade` tells its predecessor that it serves now.
     crate::ops::reload::notify_upgraded();
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -527,14 +530,13 @@ impl Signals {
         reloader: &std::sync::Arc<crate::ops::reload::Reloader>,
         data_dir: &Path,
     ) -> bool {
-        let exit = std::sync::Arc::new(tokio::sync::Notify::new());
         self.rt.block_on(async {
-            crate::ops::control::serve(reloader.clone(), data_dir, exit.clone()).await;
+            crate::ops::control::serve(reloader.clone(), data_dir).await;
             loop {
                 tokio::select! {
                     _ = self.term.recv() => { tracing::info!("SIGTERM received"); return false; }
                     _ = self.int.recv() => { tracing::info!("SIGINT received"); return false; }
-                    _ = exit.notified() => return true,
+                    _ = reloader.handed_over.notified() => return true,
                     _ = self.hup.recv() => {
                         let r = reloader.clone();
                         let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;

@@ -12,7 +12,7 @@
 //! * [`acme`] — automatic certificates (the HTTP-01 hook so far);
 //! * [`outbound`] — the reverse proxy's upstream side: backend connections, pools, balancing,
 //!   health, retries;
-//! * [`ops`] — logging;
+//! * [`ops`] — logging, metrics and the admin listener (status page, health);
 //! * [`cli`] — the `portcullis` command.
 
 #![forbid(unsafe_code)]

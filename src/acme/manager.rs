@@ -655,6 +655,7 @@ async fn obtain(
     let result = client
         .issue_trying(&names, challenges, key_type, options, ORDER_TIMEOUT)
         .await;
+    let renewal = st.current.is_some(); // metrics
     let outcome = match result {
         Ok(issued) => match store_issued(storage, &names, &issued, true) {
             Ok(c) => {
@@ -711,6 +712,7 @@ async fn obtain(
         }
     };
     drop(lock);
+    crate::ops::metrics::acme_order(renewal, matches!(outcome, Outcome::Done)); // metrics
     if let Outcome::Done = outcome {
         write_status(storage, st);
     }

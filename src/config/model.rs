@@ -34,6 +34,8 @@ pub struct Config {
     pub streams: Vec<super::stream::Stream>,
     /// `[listen] proxy_protocol`: load balancers whose PROXY protocol headers are believed.
     pub proxy_accept: Option<super::stream::ProxyAccept>,
+    /// `[admin]`: metrics, status page, running config, health.
+    pub admin: super::admin::AdminSettings,
 }
 
 /// On-demand TLS: which names may get a certificate at their first handshake, and the abuse

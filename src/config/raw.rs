@@ -40,6 +40,8 @@ pub struct RawConfig {
     /// TLS for other TCP services (`[[stream]]`, see `super::stream`).
     #[serde(default, rename = "stream")]
     pub streams: Vec<super::stream::RawStream>,
+    /// The admin listener (`[admin]`, see `super::admin`).
+    pub admin: Option<Spanned<super::admin::RawAdmin>>,
 }
 
 /// `[listen]`: socket addresses.

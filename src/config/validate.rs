@@ -177,6 +177,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let (sites, default_site) = sites(&mut cx, raw.sites, &raw.tls.default_site);
     let proxy_accept = super::stream::proxy_accept(&mut cx, raw.listen.proxy_protocol.as_ref());
     let streams = super::stream::streams(&mut cx, raw.streams, &listen);
+    let admin = super::admin::admin(&mut cx, raw.admin.as_ref(), source);
     let on_demand = raw
         .on_demand
         .as_ref()
@@ -218,6 +219,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         default_site,
         streams,
         proxy_accept,
+        admin,
     };
     Ok((config, cx.problems))
 }

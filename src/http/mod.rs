@@ -85,6 +85,8 @@ pub struct SiteHandler {
     access_log: Option<Arc<AccessLog>>,
     /// The site's name as access-log records share it.
     log_name: Arc<str>,
+    /// The site's number in the metrics (by name: the same across reloads).
+    pub metrics_id: crate::ops::metrics::SiteId,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -198,6 +200,7 @@ impl Frontend {
                         .map_err(|e| format!("site {:?}: {e}", site.name))?,
                 },
                 log_name: site.name.as_str().into(),
+                metrics_id: crate::ops::metrics::site_id(&site.name),
             });
         }
         let logs_on = default_log.is_some() || sites.iter().any(|s| s.access_log.is_some());
@@ -260,6 +263,20 @@ impl Frontend {
             return Some(s);
         }
         self.on_demand_site(host)
+    }
+
+    /// Every reverse-proxy route: its site's name, its path prefix and the proxy (for the
+    /// admin listener's backend health and latency).
+    pub fn proxies(&self) -> Vec<(&str, &str, &Arc<proxy::Proxy>)> {
+        let mut out = Vec::new();
+        for site in &self.sites {
+            for r in &site.routes {
+                if let RouteKind::Proxy(p) = &r.kind {
+                    out.push((site.name.as_str(), r.prefix.as_str(), p));
+                }
+            }
+        }
+        out
     }
 
     /// The on-demand site, when `host` got a certificate on demand.
@@ -605,6 +622,18 @@ impl HttpsService {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // metrics: one response (site, status class, protocol).
+        crate::ops::metrics::request(
+            site.map_or(crate::ops::metrics::SITE_NONE, |s| {
+                self.front.sites[s].metrics_id
+            }),
+            resp.status().as_u16(),
+            if exchange.version == Version::HTTP_2 {
+                crate::ops::metrics::RequestProtocol::H2
+            } else {
+                crate::ops::metrics::RequestProtocol::Http1
+            },
+        );
         let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
             && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));

@@ -46,6 +46,12 @@ impl<B> hyper::service::Service<Request<B>> for RedirectService {
             None,
         );
         let resp = super::finish(req.method(), resp);
+        // metrics: one port-80 response.
+        crate::ops::metrics::request(
+            crate::ops::metrics::SITE_PORT80,
+            resp.status().as_u16(),
+            crate::ops::metrics::RequestProtocol::PlainHttp,
+        );
         ready(Ok(resp.map(|inner| TrackedBody::new(inner, guard, log))))
     }
 }

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
 
 use super::reload::Reloader;
 
@@ -21,11 +20,10 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("control.sock")
 }
 
-/// Binds the control socket and serves it on the current tokio runtime. `exit` is notified
-/// once an upgrade has handed the server over (this process is to stop). A socket left by a
+/// Binds the control socket and serves it on the current tokio runtime. A socket left by a
 /// process that is gone is replaced; one a running server answers on is left alone (a
 /// warning), unless this process was started by that server's upgrade.
-pub async fn serve(reloader: Arc<Reloader>, data_dir: &Path, exit: Arc<Notify>) {
+pub async fn serve(reloader: Arc<Reloader>, data_dir: &Path) {
     let path = socket_path(data_dir);
     let upgraded = std::env::var_os(super::reload::UPGRADE_NOTIFY_ENV).is_some();
     if path.exists() {
@@ -52,11 +50,8 @@ pub async fn serve(reloader: Arc<Reloader>, data_dir: &Path, exit: Arc<Notify>) 
                 continue;
             };
             let reloader = reloader.clone();
-            let exit = exit.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    answer(req, reloader.clone(), exit.clone())
-                });
+                let svc = hyper::service::service_fn(move |req| answer(req, reloader.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -77,7 +72,6 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
 async fn answer(
     req: Request<Incoming>,
     reloader: Arc<Reloader>,
-    exit: Arc<Notify>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let text = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -102,16 +96,10 @@ async fn answer(
         }
         (&Method::POST, "/upgrade") => {
             let r = reloader.clone();
-            match tokio::task::spawn_blocking(move || r.upgrade()).await {
-                Ok(Ok(pid)) => {
-                    exit.notify_one();
-                    text(
-                        StatusCode::OK,
-                        format!(
-                            "portcullis: upgraded: process {pid} serves now; process {} finishes its connections and exits\n",
-                            std::process::id()
-                        ),
-                    )
+            match tokio::task::spawn_blocking(move || r.upgrade_and_hand_over()).await {
+                Ok(Ok(report)) => {
+                    reloader.hand_over_soon(std::time::Duration::from_millis(300));
+                    text(StatusCode::OK, report)
                 }
                 Ok(Err(e)) => text(
                     StatusCode::INTERNAL_SERVER_ERROR,

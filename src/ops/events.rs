@@ -526,6 +526,7 @@ pub fn handshake_failed(
     failure: &HandshakeFailure,
     hello: Option<&[u8]>,
 ) {
+    crate::ops::metrics::handshake_failed(failure.label(), peer, sni, failure);
     let events = EVENTS.load();
     let debug = tracing::enabled!(tracing::Level::DEBUG);
     if events.is_none() && !debug {

@@ -1,13 +1,16 @@
-//! Operations: logging (the server's own log, the access log, the TLS event log, their files)
-//! and certificate-expiry monitoring; metrics, reload and the status page later.
+//! Operations: logging (the server's own log, the access log, the TLS event log, their files),
+//! certificate-expiry monitoring, metrics and the admin listener (status page, running config,
+//! health), reload and binary upgrade.
 
 pub mod access;
+pub mod admin;
 pub mod control;
 pub mod events;
 pub mod expiry;
 pub mod limit;
 pub mod limits;
 pub mod logfile;
+pub mod metrics;
 pub mod reload;
 
 pub use limits::limits_dropped;

@@ -78,6 +78,8 @@ pub struct Reloader {
     args: Vec<OsString>,
     /// One upgrade at a time.
     upgrading: Mutex<()>,
+    /// Notified once an upgrade has handed the server over: this process is to stop.
+    pub handed_over: tokio::sync::Notify,
 }
 
 /// What identifies a file's content without reading it.
@@ -143,7 +145,38 @@ impl Reloader {
             exe: std::env::current_exe().ok(),
             args: std::env::args_os().skip(1).collect(),
             upgrading: Mutex::new(()),
+            handed_over: tokio::sync::Notify::new(),
         })
+    }
+
+    /// [`Reloader::upgrade`]; on success, [`Reloader::hand_over_soon`] is to be called once
+    /// the answer is out. The answer in words.
+    pub fn upgrade_and_hand_over(&self) -> Result<String, String> {
+        let pid = self.upgrade()?;
+        Ok(format!(
+            "portcullis: upgraded: process {pid} serves now; process {} finishes its connections and exits\n",
+            std::process::id()
+        ))
+    }
+
+    /// Tells whoever waits on `handed_over` (the process then stops), after `delay` for the
+    /// answer to the request that asked for the upgrade to go out.
+    pub fn hand_over_soon(self: &Arc<Self>, delay: Duration) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-handover".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                me.handed_over.notify_one();
+            });
+        if spawned.is_err() {
+            self.handed_over.notify_one();
+        }
+    }
+
+    /// The admin listener's way in (`POST /reload`, `POST /upgrade` there).
+    pub fn control(self: &Arc<Self>) -> Box<dyn crate::ops::admin::Control> {
+        Box::new(AdminControl(Arc::downgrade(self)))
     }
 
     pub fn server(&self) -> &Arc<Server> {
@@ -364,5 +397,27 @@ pub fn notify_upgraded() {
     });
     if let Err(e) = sent {
         tracing::warn!(error = %e, "cannot tell the previous process that this one serves; it keeps serving too");
+    }
+}
+
+/// [`crate::ops::admin::Control`] over a reloader (weak: the admin listener outlives nothing).
+struct AdminControl(std::sync::Weak<Reloader>);
+
+impl crate::ops::admin::Control for AdminControl {
+    fn reload(&self) -> Result<String, String> {
+        let r = self.0.upgrade().ok_or("the server is stopping")?;
+        let outcome = r.reload("POST /reload (admin listener)");
+        if outcome.applied {
+            Ok(outcome.report())
+        } else {
+            Err(outcome.report())
+        }
+    }
+
+    fn upgrade(&self) -> Result<String, String> {
+        let r = self.0.upgrade().ok_or("the server is stopping")?;
+        let answer = r.upgrade_and_hand_over()?;
+        r.hand_over_soon(Duration::from_millis(300));
+        Ok(answer)
     }
 }

@@ -152,6 +152,8 @@ struct Backend {
     pool: Pool,
     in_flight: AtomicUsize,
     requests: AtomicU64,
+    /// Time from sending a request to its response head (the admin listener's metrics).
+    latency: crate::ops::metrics::hist::SharedHistogram,
 }
 
 impl Backend {
@@ -238,6 +240,7 @@ impl UpstreamGroup {
                     pool: Pool::new(spec.pool, h2c),
                     in_flight: AtomicUsize::new(0),
                     requests: AtomicU64::new(0),
+                    latency: Default::default(),
                 })
             })
             .collect();
@@ -362,6 +365,7 @@ impl UpstreamGroup {
                 Ok(Ok(mut response)) => {
                     b.health.record_success();
                     let upstream_time = sent_at.elapsed();
+                    b.latency.observe(upstream_time); // metrics
                     let upgrade = (response.status() == StatusCode::SWITCHING_PROTOCOLS)
                         .then(|| hyper::upgrade::on(&mut response));
                     let stream = match lease.sender {
@@ -483,6 +487,11 @@ impl UpstreamGroup {
                 }
             })
             .collect()
+    }
+
+    /// Each backend's response-time histogram, in config order (as [`Self::snapshot`]).
+    pub fn latencies(&self) -> Vec<crate::ops::metrics::hist::Snapshot> {
+        self.backends.iter().map(|b| b.latency.snapshot()).collect()
     }
 
     /// A backend for the request: primaries first, backups when no primary is available.

@@ -25,6 +25,7 @@ use crate::limited;
 use crate::ops::access::TlsFacts;
 use crate::ops::events::{self, HandshakeFailure};
 use crate::ops::limit::{report_to_log, LineLimit};
+use crate::ops::metrics::{self, ConnKind};
 
 /// A fatal `unrecognized_name` alert record (TLS 1.2 record header; valid for 1.3 too).
 pub(crate) const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
@@ -246,6 +247,8 @@ async fn answer_plain_http(tcp: &TcpStream, peer: SocketAddr, first: Vec<u8>, po
         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    // Counted before the answer goes out: whoever reads the answer finds it counted.
+    events::handshake_failed(peer, None, &HandshakeFailure::PlainHttp, None);
     let mut out = resp.as_bytes();
     while !out.is_empty() {
         if tcp.writable().await.is_err() {
@@ -258,7 +261,6 @@ async fn answer_plain_http(tcp: &TcpStream, peer: SocketAddr, first: Vec<u8>, po
         }
     }
     linger_close(tcp).await;
-    events::handshake_failed(peer, None, &HandshakeFailure::PlainHttp, None);
 }
 
 /// `https://host:port/path` for a plain-HTTP request head: the host from `Host` (only host
@@ -575,6 +577,9 @@ pub async fn serve_tls(
     // `Accepted`) is boxed and freed when done, and the TLS stream goes into its (boxed)
     // TimedIo right after the handshake: an idle connection's task holds pointers only.
     let limits = &state.limits;
+    // metrics: handshake duration from here; the connection counts as handshaking.
+    let started = std::time::Instant::now();
+    let mut open = metrics::OpenConn::new(ConnKind::TlsHandshaking);
     let hello = Box::pin(tokio::time::timeout(
         limits.handshake_timeout,
         read_hello(&tcp, peer, &state),
@@ -675,7 +680,8 @@ pub async fn serve_tls(
         let Some((io, conn_state, h2, tls)) = established.await else {
             return;
         };
-        // No client certificate: the configuration refuses early data with client_auth.
+        handshake_metrics(io.get_ref().connection(), started, h2, &mut open); // metrics
+                                                                              // No client certificate: the configuration refuses early data with client_auth.
         let svc = svc(conn_state, None, tls);
         drop(raw);
         drop(sni);
@@ -686,6 +692,7 @@ pub async fn serve_tls(
     let Some((mut io, conn_state, h2, tls_facts)) = established.await else {
         return;
     };
+    handshake_metrics(io.get_ref().get_ref().1, started, h2, &mut open); // metrics
     drop(raw);
     let tls = io.as_mut().inner_mut().get_mut();
     // Verified by the site's client_auth during the handshake (or carried by the resumed
@@ -753,6 +760,19 @@ pub async fn serve_tls(
     serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
 }
 
+/// metrics: a completed handshake (version, full or resumed, time since `started`), and the
+/// connection now counts as HTTP/1.1 or HTTP/2.
+fn handshake_metrics(
+    conn: &rustls::ServerConnection,
+    started: std::time::Instant,
+    h2: bool,
+    open: &mut metrics::OpenConn,
+) {
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    metrics::handshake_done(conn.protocol_version(), resumed, started.elapsed());
+    open.become_(if h2 { ConnKind::H2 } else { ConnKind::Http1 });
+}
+
 /// Serves HTTP/1.1 or HTTP/2 over an established TLS stream until the connection ends.
 /// `shutdown`: the server stops (HTTP/1.1 closes idle connections and after the current
 /// response); `retire`: the connection's configuration is retired (HTTP/2 says GOAWAY, and
@@ -798,6 +818,7 @@ pub async fn serve_http(
     _guard: ConnGuard,
 ) {
     let limits = &state.limits;
+    let _open = metrics::OpenConn::new(ConnKind::PlainHttp); // metrics
     let conn_state = Arc::new(ConnState::default());
     let timeouts = Timeouts::new(limits, true);
     let io = TokioIo::new(Box::pin(TimedIo::new(tcp, conn_state.clone(), timeouts)));

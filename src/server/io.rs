@@ -175,6 +175,7 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TimedIo<T> {
         let before = buf.filled().len();
         if let Poll::Ready(r) = this.inner.poll_read(cx, buf) {
             if buf.filled().len() > before {
+                crate::ops::metrics::bytes_in(buf.filled().len() - before); // metrics
                 let now = coarse_ms();
                 *this.last_activity = now;
                 *this.fresh = false;
@@ -283,6 +284,9 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write(cx, buf);
         let progress = matches!(res, Poll::Ready(Ok(n)) if n > 0);
+        if let Poll::Ready(Ok(n)) = res {
+            crate::ops::metrics::bytes_out(n); // metrics
+        }
         self.on_write(cx, res, progress)
     }
 
@@ -293,6 +297,9 @@ impl<T: AsyncRead + AsyncWrite> AsyncWrite for TimedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let res = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
         let progress = matches!(res, Poll::Ready(Ok(n)) if n > 0);
+        if let Poll::Ready(Ok(n)) = res {
+            crate::ops::metrics::bytes_out(n); // metrics
+        }
         self.on_write(cx, res, progress)
     }
 

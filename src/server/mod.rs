@@ -383,6 +383,11 @@ pub struct Server {
     pub local_ca_root: Option<std::path::PathBuf>,
     /// Things worth telling the operator at start (e.g. a skipped IPv6 listener).
     pub notes: Vec<Problem>,
+    /// The admin listener (metrics, status page), unless off or its address was taken; and
+    /// the settings it was started with (a reload that changes them says they wait for a
+    /// restart).
+    admin: Option<crate::ops::admin::AdminHandle>,
+    admin_settings: String,
 }
 
 impl Server {
@@ -453,11 +458,39 @@ impl Server {
                 })?;
             threads.push(handle);
         }
+        // 4. The admin listener: a server without one still serves (a warning says why).
+        let admin = match &config.admin.listen {
+            crate::config::admin::AdminListen::Off => None,
+            _ => {
+                let generation = crate::ops::admin::Generation::new(&config, state.clone());
+                match crate::ops::admin::start(&config.admin, generation) {
+                    Ok(h) => Some(h),
+                    Err(e) if config.admin.explicit => {
+                        notes.push(
+                            Problem::warning(
+                                crate::config::Location::Flag("admin.listen".into()),
+                                format!("{e}; serving without metrics and status page"),
+                            )
+                            .fix("free the address, choose another admin.listen, or set admin.listen = \"off\""),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        // The default address, taken (most often by another server on this
+                        // machine): said, but not as a warning about this configuration.
+                        tracing::info!("{e}; serving without metrics and status page (set [admin] listen to choose another address)");
+                        None
+                    }
+                }
+            }
+        };
         Ok(Server {
             rt,
             workers: Mutex::new(threads),
             local_ca_root,
             notes,
+            admin,
+            admin_settings: format!("{:?}", config.admin),
         })
     }
 
@@ -530,7 +563,16 @@ impl Server {
                 return Err(e);
             }
         };
+        if format!("{:?}", config.admin) != self.admin_settings {
+            notes.push(Problem::warning(
+                crate::config::Location::None,
+                "[admin] changes take effect at the next start or binary upgrade; the admin listener keeps its settings",
+            ));
+        }
         // The switch: new connections get the new generation from here on.
+        if let Some(admin) = &self.admin {
+            admin.publish(crate::ops::admin::Generation::new(&config, state.clone()));
+        }
         rt.current.store(state);
         for h in handoffs {
             rt.process.placement.hand_over(h);
@@ -615,9 +657,18 @@ impl Server {
         self.shutdown();
     }
 
+    /// The admin listener, when one runs (a reload publishes its new generation there, and
+    /// sets its [`crate::ops::admin::Control`]).
+    pub fn admin(&self) -> Option<&crate::ops::admin::AdminHandle> {
+        self.admin.as_ref()
+    }
+
     /// Stops accepting, lets in-flight requests finish up to the shutdown timeout, and returns
     /// once every worker has stopped (or the deadline passed).
     pub fn shutdown(&self) {
+        if let Some(a) = &self.admin {
+            a.shutting_down();
+        }
         let _ = self.rt.stop.send(true);
         // The duplicates kept for upgrades: the addresses are free once the workers let go.
         self.rt
@@ -636,6 +687,9 @@ impl Server {
             if w.is_finished() {
                 let _ = w.join();
             }
+        }
+        if let Some(a) = &self.admin {
+            a.stop();
         }
     }
 }
@@ -859,6 +913,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<R
                         let timeout = state.limits.handshake_timeout;
                         tokio::spawn(async move {
                             let _guard = guard;
+                            let _open = crate::ops::metrics::OpenConn::new(
+                                crate::ops::metrics::ConnKind::Stream,
+                            ); // metrics
                             crate::stream::serve(tcp, peer, slot, timeout).await;
                         });
                     }

@@ -321,7 +321,7 @@ fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
     }
 }
 
-fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
+pub(crate) fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
     let mut dns = Vec::new();
     let mut ips = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
