@@ -2,6 +2,7 @@
 //! later.
 
 pub mod expiry;
+pub mod hsts;
 
 use std::io::IsTerminal;
 

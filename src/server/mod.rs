@@ -395,6 +395,7 @@ impl Server {
         )?;
         drop(entered);
         front.on_demand = named;
+        front.open_hsts_ramps(&config, &storage);
         let front = Arc::new(front);
         let (placement, inboxes) = placement::Placement::new(config.workers);
         let state = Arc::new(ServerState {
@@ -522,6 +523,10 @@ impl Server {
         // 7. Warn before any served certificate expires.
         crate::ops::expiry::spawn(state.clone(), shutdown_rx.clone())
             .map_err(|e| format!("cannot start the expiry monitor: {e}"))?;
+
+        // 7b. Staged HSTS: advance each ramp while its site's certificates are fine.
+        crate::ops::hsts::spawn(state.clone(), shutdown_rx.clone())
+            .map_err(|e| format!("cannot start the HSTS ramp thread: {e}"))?;
 
         // 8. Keep local-CA leaves fresh without a restart.
         if let Some(ca) = local_ca {

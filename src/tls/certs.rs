@@ -278,6 +278,25 @@ pub fn load_pem(
     ))
 }
 
+/// What a served leaf (DER) says of itself, for checks after loading: subject, issuer,
+/// validity and names. The key kind and file are not known from the certificate alone
+/// (`KeyKind::Other("")`, an empty path).
+pub fn leaf_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, leaf) = X509Certificate::from_der(der).ok()?;
+    let (dns_names, ips) = sans(&leaf);
+    Some(CertInfo {
+        subject: subject_of(&leaf),
+        issuer: leaf.issuer().to_string(),
+        not_before: leaf.validity().not_before.timestamp(),
+        not_after: leaf.validity().not_after.timestamp(),
+        dns_names,
+        ips,
+        key: KeyKind::Other(String::new()),
+        chain_len: 1,
+        cert_path: PathBuf::new(),
+    })
+}
+
 /// "CN=…" or the whole subject when there is no CN.
 fn subject_of(cert: &X509Certificate<'_>) -> String {
     match cert
