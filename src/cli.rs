@@ -395,7 +395,9 @@ fn serve(a: ServeArgs) -> i32 {
             root.display()
         );
     }
+    crate::ops::systemd::ready();
     signals.wait();
+    crate::ops::systemd::stopping();
     tracing::info!("shutting down: finishing in-flight requests");
     server.shutdown();
     tracing::info!("stopped");

@@ -1110,6 +1110,11 @@ pub(super) fn site_certs(
         match certs::load_pair(&cp, &kp, now, &cx.extra_roots) {
             Err(f) => cx.err(loc, format!("site {name:?}: {}", f.message), f.fix),
             Ok((lc, findings)) => {
+                if let Some((wrong, fix)) = certs::key_file_exposure(&kp) {
+                    let kloc = cx.loc(k, "--key");
+                    cx.problems
+                        .push(Problem::warning(kloc, format!("site {name:?}: {wrong}")).fix(fix));
+                }
                 for f in findings {
                     let expiry =
                         f.message.contains("expired") || f.message.contains("not valid before");

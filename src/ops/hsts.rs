@@ -213,9 +213,9 @@ impl Ramp {
             since: now,
             checked: now,
         };
-        let state = match storage.load(&key) {
+        let loaded = match storage.load(&key) {
             Ok(Some(bytes)) => match serde_json::from_slice::<Stored>(&bytes) {
-                Ok(s) => RampState {
+                Ok(s) => Some(RampState {
                     stage: spec
                         .stages
                         .iter()
@@ -223,18 +223,19 @@ impl Ramp {
                         .unwrap_or(0),
                     since: s.since,
                     checked: s.checked,
-                },
+                }),
                 Err(e) => {
                     tracing::warn!(site, key, "HSTS ramp: stored state unreadable ({e}); starting at the first stage");
-                    fresh
+                    None
                 }
             },
-            Ok(None) => fresh,
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(site, key, "HSTS ramp: cannot read the stored state ({e}); starting at the first stage");
-                fresh
+                None
             }
         };
+        let state = loaded.unwrap_or(fresh);
         let values: Vec<HeaderValue> = (0..spec.stages.len()).map(|i| spec.value(i)).collect();
         Arc::new(Ramp {
             site: site.to_string(),
@@ -245,7 +246,8 @@ impl Ramp {
             key,
             inner: Mutex::new(Inner {
                 state,
-                stored_checked: state.checked,
+                // A fresh ramp is stored at its first check.
+                stored_checked: if loaded.is_some() { state.checked } else { 0 },
                 problem: None,
             }),
             storage,

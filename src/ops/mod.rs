@@ -3,6 +3,7 @@
 
 pub mod expiry;
 pub mod hsts;
+pub mod systemd;
 
 use std::io::IsTerminal;
 
