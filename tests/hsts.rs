@@ -148,11 +148,11 @@ async fn a_stored_stage_is_resumed_and_advances_when_served_long_enough() {
     assert!(now() - st.since < 60, "the new stage starts now: {st:?}");
 }
 
-/// The last stage, with a certificate that has expired (served anyway, with a warning):
-/// back to the first stage, and the problem is named.
+/// The last stage, with a certificate three days from its end (its renewal has failed):
+/// back to the first stage, and the problem is named; ten days from its end is no problem.
 #[tokio::test]
 async fn a_certificate_problem_sends_the_ramp_back_to_the_first_stage() {
-    let env = env_with(&pki().expired_leaf(&[NAME]));
+    let env = env_with(&pki().leaf_expiring_in(&[NAME], 3));
     store(&env, 3, 31_536_000, now() - 30 * 86_400);
     let srv = env.start(&site("true"));
     wait_for(&srv, "max-age=300; includeSubDomains").await;
@@ -160,5 +160,38 @@ async fn a_certificate_problem_sends_the_ramp_back_to_the_first_stage() {
     let st = &srv.server.as_ref().unwrap().state().front.hsts_ramps()[0];
     assert_eq!(st.stage, 0);
     let why = st.problem.as_deref().unwrap_or_default();
-    assert!(why.contains("expired"), "{why:?}");
+    assert!(why.contains("days and has not been renewed"), "{why:?}");
+
+    let env = env_with(&pki().leaf_expiring_in(&[NAME], 10));
+    store(&env, 3, 31_536_000, now() - 30 * 86_400);
+    let srv = env.start(&site("true"));
+    let st = wait_checked(&srv).await;
+    assert_eq!((st.stage, st.problem), (3, None));
+    assert_eq!(hsts(&srv).await, "max-age=31536000; includeSubDomains");
+}
+
+/// An expired certificate (served anyway, with a loud warning) drops the ramp too.
+#[tokio::test]
+async fn an_expired_certificate_sends_the_ramp_back_to_the_first_stage() {
+    let env = env_with(&pki().expired_leaf(&[NAME]));
+    store(&env, 2, 604_800, now() - 3 * 86_400);
+    let srv = env.start(&site("true"));
+    let st = wait_checked(&srv).await;
+    assert_eq!(st.stage, 0);
+    let why = st.problem.as_deref().unwrap_or_default();
+    assert!(why.contains("has expired"), "{why:?}");
+    assert_eq!(wait_stored(&srv.env, 0).await["max_age"], 300);
+}
+
+/// The ramp's status once the first check has run (it stores the check time).
+async fn wait_checked(srv: &TestServer) -> portcullis::ops::hsts::RampStatus {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = stored(&srv.env);
+        if v["checked"].as_u64().is_some_and(|c| c + 20 > now()) {
+            return srv.server.as_ref().unwrap().state().front.hsts_ramps()[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no check stored: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

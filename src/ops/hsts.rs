@@ -236,6 +236,7 @@ impl Ramp {
             }
         };
         let state = loaded.unwrap_or(fresh);
+        tracing::debug!(site, stage = state.stage, "HSTS ramp opened");
         let values: Vec<HeaderValue> = (0..spec.stages.len()).map(|i| spec.value(i)).collect();
         Arc::new(Ramp {
             site: site.to_string(),
@@ -246,8 +247,8 @@ impl Ramp {
             key,
             inner: Mutex::new(Inner {
                 state,
-                // A fresh ramp is stored at its first check.
-                stored_checked: if loaded.is_some() { state.checked } else { 0 },
+                // Stored at the first check (a fresh ramp, and the time of this start).
+                stored_checked: 0,
                 problem: None,
             }),
             storage,
