@@ -794,39 +794,76 @@ fn full_chain_from_a_private_root_is_not_called_incomplete() {
 #[test]
 fn bad_hsts_ramps_are_errors_naming_the_line() {
     for (hsts, needles) in [
-        (r#"ramp = ["1d", "5m"]"#, &["hsts.ramp", "\"5m\"", "not longer"][..]),
-        (r#"ramp = ["5m", "soon"]"#, &["hsts.ramp", "\"soon\"", "not a duration"]),
-        (r#"ramp = ["0s"]"#, &["hsts.ramp", "shorter than one second"]),
+        (
+            r#"ramp = ["1d", "5m"]"#,
+            &["hsts.ramp", "\"5m\"", "not longer"][..],
+        ),
+        (
+            r#"ramp = ["5m", "soon"]"#,
+            &["hsts.ramp", "\"soon\"", "not a duration"],
+        ),
+        (
+            r#"ramp = ["0s"]"#,
+            &["hsts.ramp", "shorter than one second"],
+        ),
         (r#"ramp = 5"#, &["hsts.ramp = 5", "neither"]),
         (r#"ramp = []"#, &["hsts.ramp = []", "neither"]),
-        ("ramp = [\"5m\", \"1y\"]\nmax_age = 600", &["max_age", "ramp", "final max-age"]),
-        ("ramp = true\nmax_age = 600", &["max_age = 600", "third stage"]),
-        ("ramp = true\nenabled = false", &["hsts.ramp", "enabled = false"]),
-        ("ramp = [\"5m\", \"1d\"]\npreload = true\ninclude_subdomains = true", &["preload", "31536000"]),
+        (
+            "ramp = [\"5m\", \"1y\"]\nmax_age = 600",
+            &["max_age", "ramp", "final max-age"],
+        ),
+        (
+            "ramp = true\nmax_age = 600",
+            &["max_age = 600", "third stage"],
+        ),
+        (
+            "ramp = true\nenabled = false",
+            &["hsts.ramp", "enabled = false"],
+        ),
+        (
+            "ramp = [\"5m\", \"1d\"]\npreload = true\ninclude_subdomains = true",
+            &["preload", "31536000"],
+        ),
     ] {
         let env = TestEnv::new();
         let text = format!(
             "{}{}",
             TestEnv::prelude(),
-            ONE_SITE.replace("[[site.route]]", &format!("[site.hsts]\n{hsts}\n[[site.route]]"))
+            ONE_SITE.replace(
+                "[[site.route]]",
+                &format!("[site.hsts]\n{hsts}\n[[site.route]]")
+            )
         );
         let (path, p) = refused(&env, &text, Mode::Serve);
         let msg = find(&p, needles);
         let first = hsts.lines().next().unwrap();
-        let line = if needles[0] == "preload" { "preload = true" } else { first };
-        assert!(msg.starts_with(&loc(&path, line_of(&text, line))), "{hsts}: {msg}");
+        let line = if needles[0] == "preload" {
+            "preload = true"
+        } else {
+            first
+        };
+        assert!(
+            msg.starts_with(&loc(&path, line_of(&text, line))),
+            "{hsts}: {msg}"
+        );
     }
 }
 
 #[test]
 fn a_site_mixing_public_and_local_names_is_warned_about_hsts() {
     let env = TestEnv::new();
-    env.write_chain("mixed", &pki().leaf(&["example.com", "localhost"], Alg::Ecdsa));
+    env.write_chain(
+        "mixed",
+        &pki().leaf(&["example.com", "localhost"], Alg::Ecdsa),
+    );
     let text = format!(
         "{}{}",
         TestEnv::prelude(),
         ONE_SITE
-            .replace("\"alpha.test\", \"www.alpha.test\"", "\"example.com\", \"localhost\"")
+            .replace(
+                "\"alpha.test\", \"www.alpha.test\"",
+                "\"example.com\", \"localhost\""
+            )
             .replace("certs/alpha", "certs/mixed")
     );
     let path = env.write_config_raw(&text);
@@ -863,21 +900,36 @@ fn key_files_readable_by_others_or_owned_by_another_user_are_warned_about() {
     };
     assert_eq!(warned(&env), Vec::<String>::new(), "mode 0600");
 
-    for (mode, who) in [(0o644, "its group and all other users"), (0o640, "its group"), (0o604, "all other users")] {
+    for (mode, who) in [
+        (0o644, "its group and all other users"),
+        (0o640, "its group"),
+        (0o604, "all other users"),
+    ] {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
         let w = warned(&env);
         assert_eq!(w.len(), 1, "{w:?}");
         let line = format!("{}:{}: warning:", path.display(), line_of(&text, "key = "));
         assert!(w[0].starts_with(&line), "{}", w[0]);
-        assert!(w[0].contains(&format!("readable by {who} (mode {mode:04o})")), "{}", w[0]);
-        assert!(w[0].contains(&format!("chmod 600 {}", key.display())), "{}", w[0]);
+        assert!(
+            w[0].contains(&format!("readable by {who} (mode {mode:04o})")),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains(&format!("chmod 600 {}", key.display())),
+            "{}",
+            w[0]
+        );
         assert!(!w[0].contains('\n'), "one line: {}", w[0]);
     }
 
     // `portcullis check` shows it and still passes (a warning).
     let (ok, out) = check_config(&path);
     assert!(ok, "{out}");
-    assert!(out.contains(&format!("chmod 600 {}", key.display())), "{out}");
+    assert!(
+        out.contains(&format!("chmod 600 {}", key.display())),
+        "{out}"
+    );
 
     // Owned by another user (only root can give a file away).
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -886,8 +938,16 @@ fn key_files_readable_by_others_or_owned_by_another_user_are_warned_about() {
         std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
         let w = warned(&env);
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("belongs to user id 65534, not to the server's user (id 0)"), "{}", w[0]);
-        assert!(w[0].contains(&format!("chown 0 {}", key.display())), "{}", w[0]);
+        assert!(
+            w[0].contains("belongs to user id 65534, not to the server's user (id 0)"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains(&format!("chown 0 {}", key.display())),
+            "{}",
+            w[0]
+        );
     } else {
         eprintln!("not root: the ownership case is not tested");
     }

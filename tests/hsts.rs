@@ -94,7 +94,10 @@ async fn wait_for(srv: &TestServer, want: &str) {
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "HSTS stays {got:?}, expected {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "HSTS stays {got:?}, expected {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -111,7 +114,10 @@ async fn wait_stored(env: &TestEnv, stage: u64) -> serde_json::Value {
         if v["stage"] == stage {
             return v;
         }
-        assert!(Instant::now() < deadline, "stored state {v}, expected stage {stage}");
+        assert!(
+            Instant::now() < deadline,
+            "stored state {v}, expected stage {stage}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -146,7 +146,10 @@ async fn hsts_is_on_by_default_for_public_names_and_off_for_local_ones() {
             .await
             .unwrap();
         assert_eq!(r.status, 421);
-        assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
         let local = get(srv.https, Some(BETA), "/", alpn).await;
         assert_eq!(local.status, 200);
         assert_eq!(local.header("strict-transport-security"), None, "{alpn}");
@@ -171,7 +174,10 @@ async fn explicit_hsts_applies_to_local_names() {
         1,
     ));
     let r = get(srv.https, Some(ALPHA), "/hello", "h2").await;
-    assert_eq!(r.header("strict-transport-security"), Some("max-age=31536000"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
     let r = get(srv.https, Some(BETA), "/", "h2").await;
     assert_eq!(r.header("strict-transport-security"), None);
 }

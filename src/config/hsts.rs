@@ -153,7 +153,11 @@ fn ramp_stages(
     name: &str,
 ) -> Option<Vec<Duration>> {
     let loc = cx.loc(r, "");
-    let secs = |s: &[u64]| s.iter().map(|&n| Duration::from_secs(n)).collect::<Vec<_>>();
+    let secs = |s: &[u64]| {
+        s.iter()
+            .map(|&n| Duration::from_secs(n))
+            .collect::<Vec<_>>()
+    };
     let stages = match r.get_ref() {
         toml::Value::Boolean(false) => return None,
         toml::Value::Boolean(true) => {

@@ -112,8 +112,7 @@ pub fn problem(chains: &[Arc<CertifiedKey>], hosts: &[HostPattern], now: i64) ->
         }
         let days_left = (info.not_after - now).div_euclid(86_400);
         let lifetime = (info.not_after - info.not_before) / 86_400;
-        if crate::ops::expiry::level(days_left, lifetime)
-            .is_some_and(|l| l <= RENEWAL_OVERDUE_DAYS)
+        if crate::ops::expiry::level(days_left, lifetime).is_some_and(|l| l <= RENEWAL_OVERDUE_DAYS)
         {
             return Some(format!(
                 "certificate {subject} expires in {days_left} days and has not been renewed"
@@ -225,13 +224,21 @@ impl Ramp {
                     checked: s.checked,
                 }),
                 Err(e) => {
-                    tracing::warn!(site, key, "HSTS ramp: stored state unreadable ({e}); starting at the first stage");
+                    tracing::warn!(
+                        site,
+                        key,
+                        "HSTS ramp: stored state unreadable ({e}); starting at the first stage"
+                    );
                     None
                 }
             },
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(site, key, "HSTS ramp: cannot read the stored state ({e}); starting at the first stage");
+                tracing::warn!(
+                    site,
+                    key,
+                    "HSTS ramp: cannot read the stored state ({e}); starting at the first stage"
+                );
                 None
             }
         };
@@ -283,7 +290,11 @@ impl Ramp {
             let max_age = self.spec.stages[after.stage].as_secs();
             match &problem {
                 Some(why) => {
-                    tracing::warn!(site = self.site, max_age, "HSTS ramp back to the first stage: {why}")
+                    tracing::warn!(
+                        site = self.site,
+                        max_age,
+                        "HSTS ramp back to the first stage: {why}"
+                    )
                 }
                 None => tracing::info!(
                     site = self.site,
@@ -317,7 +328,11 @@ impl Ramp {
             match self.storage.store(&self.key, &json, false) {
                 Ok(()) => inner.stored_checked = now,
                 Err(e) => {
-                    tracing::warn!(site = self.site, key = self.key, "HSTS ramp: cannot store the state ({e}); a restart would forget it")
+                    tracing::warn!(
+                        site = self.site,
+                        key = self.key,
+                        "HSTS ramp: cannot store the state ({e}); a restart would forget it"
+                    )
                 }
             }
         }
@@ -431,7 +446,14 @@ mod tests {
             checked: t0 - 60,
         };
         let st = step(&stages(), st, t0, Some("expired"));
-        assert_eq!(st, RampState { stage: 0, since: t0, checked: t0 });
+        assert_eq!(
+            st,
+            RampState {
+                stage: 0,
+                since: t0,
+                checked: t0
+            }
+        );
         // Held while the problem lasts, however long.
         let st = run(st, t0 + 60, 2 * DAY, Some("expired"));
         assert_eq!((st.stage, st.since), (0, st.checked));
@@ -453,13 +475,19 @@ mod tests {
             checked: t0 - 3 * DAY,
         };
         let st = step(&stages(), st, t0, None);
-        assert_eq!(st.stage, 2, "three days of downtime do not complete the week");
+        assert_eq!(
+            st.stage, 2,
+            "three days of downtime do not complete the week"
+        );
         assert_eq!(st.since, t0 - 3 * DAY);
         // A short gap (a restart) counts.
         let st2 = step(&stages(), st, t0 + 10 * 60, None);
         assert_eq!(st2.since, st.since);
         // A clock set back does not advance or panic.
         let back = step(&stages(), st, t0 - DAY, None);
-        assert!(back.since <= t0 - DAY && back.checked == t0 - DAY, "{back:?}");
+        assert!(
+            back.since <= t0 - DAY && back.checked == t0 - DAY,
+            "{back:?}"
+        );
     }
 }
