@@ -465,6 +465,58 @@ mod tests {
         assert_eq!(st.stage, 1);
     }
 
+    /// A self-signed leaf for `names`, valid from `from` to `to` (Unix times).
+    fn leaf(names: &[&str], from: i64, to: i64) -> Arc<CertifiedKey> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(from).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(to).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&der).unwrap();
+        Arc::new(CertifiedKey::new(vec![cert.der().clone()], signer))
+    }
+
+    #[test]
+    fn certificate_problems() {
+        let now = 1_800_000_000;
+        let d = 86_400;
+        let hosts = [
+            HostPattern::parse("example.com").unwrap(),
+            HostPattern::parse("www.example.com").unwrap(),
+        ];
+        let both = &["example.com", "www.example.com"][..];
+        let fine = leaf(both, now - 10 * d, now + 80 * d);
+        assert_eq!(problem(&[fine.clone()], &hosts, now), None);
+        assert_eq!(
+            problem(&[], &hosts, now).as_deref(),
+            Some("no certificate yet")
+        );
+        let why = |certs: &[Arc<CertifiedKey>]| problem(certs, &hosts, now).unwrap_or_default();
+        assert!(why(&[leaf(both, now - 90 * d, now - 1)]).ends_with("has expired"));
+        assert!(why(&[leaf(both, now + 60, now + 90 * d)]).ends_with("is not valid yet"));
+        // A 90-day certificate: 8 days left is fine, 6 days left means its renewal failed.
+        assert_eq!(
+            problem(&[leaf(both, now - 82 * d, now + 8 * d + 60)], &hosts, now),
+            None
+        );
+        assert!(why(&[leaf(both, now - 84 * d, now + 6 * d + 60)])
+            .ends_with("expires in 6 days and has not been renewed"));
+        // A 7-day certificate (local CA): only its last day counts.
+        assert_eq!(
+            problem(&[leaf(both, now - 4 * d, now + 3 * d)], &hosts, now),
+            None
+        );
+        assert!(why(&[leaf(both, now - 7 * d + 3600, now + 3600)]).contains("expires in 0 days"));
+        // Every chain must cover every name: a client may get any of them.
+        let www_only = leaf(&["www.example.com"], now - d, now + 80 * d);
+        assert!(why(&[fine, www_only]).ends_with("does not cover example.com"));
+        let wild = leaf(&["*.example.com", "example.com"], now - d, now + 80 * d);
+        assert_eq!(problem(&[wild], &hosts, now), None);
+    }
+
     #[test]
     fn time_not_served_does_not_count() {
         let t0 = 9_000_000;
