@@ -489,7 +489,7 @@ mod tests {
         ];
         let both = &["example.com", "www.example.com"][..];
         let fine = leaf(both, now - 10 * d, now + 80 * d);
-        assert_eq!(problem(&[fine.clone()], &hosts, now), None);
+        assert_eq!(problem(std::slice::from_ref(&fine), &hosts, now), None);
         assert_eq!(
             problem(&[], &hosts, now).as_deref(),
             Some("no certificate yet")
