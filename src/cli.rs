@@ -32,7 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Validate everything `serve` would load, print each problem with a fix; exit 0 when clean.
     Check(ServeArgs),
-    /// Install the local CA's root into the system trust store (or print it).
+    /// Install the local CA's root into the system trust store and the browsers' own
+    /// (Firefox, Chromium/Chrome; needs certutil), or remove it, or print it.
     Trust(TrustArgs),
     /// List every site's certificates: names, issuer, expiry, next renewal, last ACME error.
     Certs(ServeArgs),
@@ -120,6 +121,13 @@ struct TrustArgs {
     /// Only print the root certificate (PEM) to stdout.
     #[arg(long)]
     print: bool,
+    /// Remove the root from the system trust store and the browsers' instead.
+    #[arg(long, conflicts_with = "print")]
+    uninstall: bool,
+    /// Only the browsers' stores (Firefox profiles, Chromium/Chrome) of this user ($HOME), not
+    /// the system store (which needs root).
+    #[arg(long, conflicts_with = "print")]
+    browsers_only: bool,
     /// Data directory holding the local CA.
     #[arg(long, value_name = "DIR", env = "PORTCULLIS_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -421,12 +429,14 @@ fn serve(a: ServeArgs) -> i32 {
     crate::ops::reload::notify_upgraded();
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     reloader.watch_files(watching.clone());
+    crate::ops::systemd::ready();
     let handed_over = signals.run(&reloader, &data_dir);
     watching.store(true, std::sync::atomic::Ordering::Relaxed);
     if handed_over {
         tracing::info!("handed over to the new process: finishing in-flight requests");
         server.hand_over();
     } else {
+        crate::ops::systemd::stopping();
         tracing::info!("shutting down: finishing in-flight requests");
         server.shutdown();
     }
@@ -636,11 +646,28 @@ fn check(a: ServeArgs) -> i32 {
 
 fn trust(a: TrustArgs) -> i32 {
     let data_dir = a.data_dir.unwrap_or_else(crate::storage::default_data_dir);
-    let ca = match LocalCa::open_or_create(&data_dir) {
-        Ok(ca) => ca,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return 1;
+    let ca = if a.uninstall {
+        match LocalCa::open(&data_dir) {
+            Ok(Some(ca)) => ca,
+            Ok(None) => {
+                eprintln!(
+                    "portcullis: no local CA in {}: nothing to remove",
+                    data_dir.display()
+                );
+                return 0;
+            }
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return 1;
+            }
+        }
+    } else {
+        match LocalCa::open_or_create(&data_dir) {
+            Ok(ca) => ca,
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return 1;
+            }
         }
     };
     let root = local_ca::root_cert_path(&data_dir);
@@ -649,6 +676,17 @@ fn trust(a: TrustArgs) -> i32 {
         return 0;
     }
     eprintln!("portcullis: local CA root: {}", root.display());
+    let mut ok = true;
+    if !a.browsers_only {
+        ok &= trust_system(ca.root_pem(), &root, a.uninstall);
+    }
+    ok &= trust_browsers(ca.root_pem(), &root, a.uninstall);
+    i32::from(!ok)
+}
+
+/// The system trust store (Debian/Ubuntu, Fedora/RHEL): copies the root in (or removes it)
+/// and runs the store's update command. Says what it did; false on failure.
+fn trust_system(pem: &str, root: &Path, uninstall: bool) -> bool {
     let stores: [(&str, &str, &[&str]); 2] = [
         (
             "/usr/local/share/ca-certificates",
@@ -666,30 +704,119 @@ fn trust(a: TrustArgs) -> i32 {
             continue;
         }
         let target = Path::new(dir).join(file);
-        if let Err(e) = std::fs::write(&target, ca.root_pem()) {
-            eprintln!("portcullis: cannot write {}: {e}; run `sudo portcullis trust`, or trust {} by hand", target.display(), root.display());
-            return 1;
-        }
-        match std::process::Command::new(cmd[0]).args(&cmd[1..]).status() {
-            Ok(s) if s.success() => {
-                eprintln!("portcullis: installed into the system trust store ({}); browsers with their own store (Firefox) need it imported separately", target.display());
-                return 0;
+        let done = if uninstall {
+            if !target.exists() {
+                eprintln!(
+                    "portcullis: system trust store: not installed ({} absent)",
+                    target.display()
+                );
+                return true;
             }
-            Ok(s) => eprintln!(
-                "portcullis: {} failed ({s}); the root was copied to {}",
-                cmd[0],
+            if let Err(e) = std::fs::remove_file(&target) {
+                eprintln!("portcullis: system trust store: cannot remove {}: {e}; run `sudo portcullis trust --uninstall`", target.display());
+                return false;
+            }
+            format!("removed from the system trust store ({})", target.display())
+        } else {
+            if let Err(e) = std::fs::write(&target, pem) {
+                eprintln!("portcullis: system trust store: cannot write {}: {e}; run `sudo portcullis trust`, or trust {} by hand", target.display(), root.display());
+                return false;
+            }
+            format!(
+                "installed into the system trust store ({})",
                 target.display()
-            ),
-            Err(e) => eprintln!(
-                "portcullis: cannot run {}: {e}; the root was copied to {}",
-                cmd[0],
-                target.display()
-            ),
-        }
-        return 1;
+            )
+        };
+        return match std::process::Command::new(cmd[0]).args(&cmd[1..]).status() {
+            Ok(s) if s.success() => {
+                eprintln!("portcullis: {done}");
+                true
+            }
+            Ok(s) => {
+                eprintln!(
+                    "portcullis: system trust store: {} failed ({s}) after {}",
+                    cmd[0],
+                    target.display()
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "portcullis: system trust store: cannot run {}: {e} after {}",
+                    cmd[0],
+                    target.display()
+                );
+                false
+            }
+        };
+    }
+    if uninstall {
+        eprintln!("portcullis: no known system trust store here: nothing to remove");
+        return true;
     }
     eprintln!("portcullis: no known system trust store here; trust {} by hand (e.g. curl --cacert {}), or print it with `portcullis trust --print`", root.display(), root.display());
-    1
+    false
+}
+
+/// The browsers' NSS databases under `$HOME` (see [`crate::tls::nss`]): one line per database
+/// saying what was done. False when one failed.
+fn trust_browsers(pem: &str, root: &Path, uninstall: bool) -> bool {
+    use crate::tls::nss::{self, Outcome};
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        eprintln!(
+            "portcullis: browsers: HOME is not set; their certificate stores were not looked for"
+        );
+        return !uninstall;
+    };
+    let dbs = nss::databases(&home);
+    if dbs.is_empty() {
+        eprintln!(
+            "portcullis: browsers: no Firefox or Chromium/Chrome certificate database under {} (a browser never started has none yet)",
+            home.display()
+        );
+        return true;
+    }
+    let Some(certutil) = nss::certutil() else {
+        eprintln!(
+            "portcullis: browsers: {} certificate database(s) under {} ({}), but no certutil to {} them: install libnss3-tools (Debian/Ubuntu) or nss-tools (Fedora) and run this again",
+            dbs.len(),
+            home.display(),
+            dbs.iter().map(|d| d.owner).collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>().join(", "),
+            if uninstall { "update" } else { "fill" }
+        );
+        return false;
+    };
+    if rustix::process::geteuid().is_root() && std::env::var_os("SUDO_USER").is_some() {
+        eprintln!("portcullis: browsers: looking under {} (root's HOME); for your own browsers run `portcullis trust --browsers-only` without sudo", home.display());
+    }
+    let nick = nss::nickname(pem);
+    let mut ok = true;
+    for db in &dbs {
+        let res = if uninstall {
+            nss::uninstall(&certutil, db, &nick)
+        } else {
+            nss::install(&certutil, db, &nick, root)
+        };
+        let what = match res {
+            Ok(Outcome::Installed) => "installed".to_string(),
+            Ok(Outcome::AlreadyThere) => "already installed".to_string(),
+            Ok(Outcome::Removed) => "removed".to_string(),
+            Ok(Outcome::NotThere) => "not installed".to_string(),
+            Err(e) => {
+                ok = false;
+                format!("FAILED: {e}")
+            }
+        };
+        eprintln!(
+            "portcullis: {} {}: {what} (\"{nick}\")",
+            db.owner,
+            db.dir.display()
+        );
+    }
+    if ok && !uninstall {
+        eprintln!("portcullis: restart the browsers to pick the root up");
+    }
+    ok
 }
 
 /// The validated config for tools that act on it (`certs`, `revoke`): warnings are not shown,

@@ -790,3 +790,165 @@ fn full_chain_from_a_private_root_is_not_called_incomplete() {
         "{w}"
     );
 }
+
+#[test]
+fn bad_hsts_ramps_are_errors_naming_the_line() {
+    for (hsts, needles) in [
+        (
+            r#"ramp = ["1d", "5m"]"#,
+            &["hsts.ramp", "\"5m\"", "not longer"][..],
+        ),
+        (
+            r#"ramp = ["5m", "soon"]"#,
+            &["hsts.ramp", "\"soon\"", "not a duration"],
+        ),
+        (
+            r#"ramp = ["0s"]"#,
+            &["hsts.ramp", "shorter than one second"],
+        ),
+        (r#"ramp = 5"#, &["hsts.ramp = 5", "neither"]),
+        (r#"ramp = []"#, &["hsts.ramp = []", "neither"]),
+        (
+            "ramp = [\"5m\", \"1y\"]\nmax_age = 600",
+            &["max_age", "ramp", "final max-age"],
+        ),
+        (
+            "ramp = true\nmax_age = 600",
+            &["max_age = 600", "third stage"],
+        ),
+        (
+            "ramp = true\nenabled = false",
+            &["hsts.ramp", "enabled = false"],
+        ),
+        (
+            "ramp = [\"5m\", \"1d\"]\npreload = true\ninclude_subdomains = true",
+            &["preload", "31536000"],
+        ),
+    ] {
+        let env = TestEnv::new();
+        let text = format!(
+            "{}{}",
+            TestEnv::prelude(),
+            ONE_SITE.replace(
+                "[[site.route]]",
+                &format!("[site.hsts]\n{hsts}\n[[site.route]]")
+            )
+        );
+        let (path, p) = refused(&env, &text, Mode::Serve);
+        let msg = find(&p, needles);
+        let first = hsts.lines().next().unwrap();
+        let line = if needles[0] == "preload" {
+            "preload = true"
+        } else {
+            first
+        };
+        assert!(
+            msg.starts_with(&loc(&path, line_of(&text, line))),
+            "{hsts}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn a_site_mixing_public_and_local_names_is_warned_about_hsts() {
+    let env = TestEnv::new();
+    env.write_chain(
+        "mixed",
+        &pki().leaf(&["example.com", "localhost"], Alg::Ecdsa),
+    );
+    let text = format!(
+        "{}{}",
+        TestEnv::prelude(),
+        ONE_SITE
+            .replace(
+                "\"alpha.test\", \"www.alpha.test\"",
+                "\"example.com\", \"localhost\""
+            )
+            .replace("certs/alpha", "certs/mixed")
+    );
+    let path = env.write_config_raw(&text);
+    let (_, warnings) = env.load(&path).expect("loads with a warning");
+    let w: Vec<String> = warnings.iter().map(|p| p.to_string()).collect();
+    find(&w, &["HSTS", "localhost", "any port"]);
+    // Saying so explicitly silences it.
+    let path = env.write_config_raw(&text.replace(
+        "[[site.route]]",
+        "[site.hsts]\nenabled = true\n[[site.route]]",
+    ));
+    let (_, warnings) = env.load(&path).expect("loads");
+    assert!(
+        warnings.iter().all(|p| !p.to_string().contains("HSTS")),
+        "{warnings:?}"
+    );
+}
+
+/// A private key other users can read, or that belongs to another user, is a warning naming
+/// the file and the command that fixes it; a private one is not.
+#[test]
+fn key_files_readable_by_others_or_owned_by_another_user_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    let key = env.path("certs/alpha.key");
+    let text = format!("{}{ONE_SITE}", TestEnv::prelude());
+    let path = env.write_config_raw(&text);
+    let warned = |env: &TestEnv| -> Vec<String> {
+        let (_, w) = env.load(&path).expect("loads");
+        w.iter()
+            .map(|p| p.to_string())
+            .filter(|p| p.contains("private key"))
+            .collect()
+    };
+    assert_eq!(warned(&env), Vec::<String>::new(), "mode 0600");
+
+    for (mode, who) in [
+        (0o644, "its group and all other users"),
+        (0o640, "its group"),
+        (0o604, "all other users"),
+    ] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let w = warned(&env);
+        assert_eq!(w.len(), 1, "{w:?}");
+        let line = format!("{}:{}: warning:", path.display(), line_of(&text, "key = "));
+        assert!(w[0].starts_with(&line), "{}", w[0]);
+        assert!(
+            w[0].contains(&format!("readable by {who} (mode {mode:04o})")),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains(&format!("chmod 600 {}", key.display())),
+            "{}",
+            w[0]
+        );
+        assert!(!w[0].contains('\n'), "one line: {}", w[0]);
+    }
+
+    // `portcullis check` shows it and still passes (a warning).
+    let (ok, out) = check_config(&path);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("chmod 600 {}", key.display())),
+        "{out}"
+    );
+
+    // Owned by another user (only root can give a file away).
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let me = rustix::process::geteuid().as_raw();
+    if me == 0 {
+        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+        let w = warned(&env);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("belongs to user id 65534, not to the server's user (id 0)"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[0].contains(&format!("chown 0 {}", key.display())),
+            "{}",
+            w[0]
+        );
+    } else {
+        eprintln!("not root: the ownership case is not tested");
+    }
+}

@@ -49,7 +49,9 @@ fn with_big_route(body: &str) -> String {
     )
 }
 
-/// The four default security headers, with their default values.
+/// The four default security headers, with their default values. HSTS is sent by default to
+/// sites with public names only: the `alpha.test` and `beta.test` of most tests are local
+/// names and get none ([`assert_security_headers`]); `example.com` tests have it.
 const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("strict-transport-security", "max-age=31536000"),
     ("x-content-type-options", "nosniff"),
@@ -57,14 +59,127 @@ const SECURITY_HEADERS: [(&str, &str); 4] = [
     ("x-frame-options", "SAMEORIGIN"),
 ];
 
+/// The default security headers of a site with local names only: no HSTS.
 fn assert_security_headers(what: &str, get: impl Fn(&str) -> Option<String>) {
-    for (name, value) in SECURITY_HEADERS {
+    assert_eq!(
+        get(SECURITY_HEADERS[0].0),
+        None,
+        "{what}: HSTS on a local name without [site.hsts]"
+    );
+    for (name, value) in &SECURITY_HEADERS[1..] {
         assert_eq!(
             get(name).as_deref(),
-            Some(value),
+            Some(*value),
             "{what}: header {name} missing or wrong"
         );
     }
+}
+
+/// A public name (`example.com`, a test-PKI certificate): fixed response at `/hello`, static
+/// files at `/files` (`small.txt`), a redirect at `/old`; `beta.test` beside it.
+const PUBLIC: &str = "example.com";
+
+fn public_env() -> TestEnv {
+    let env = TestEnv::new();
+    env.write_chain("example", &pki().leaf(&[PUBLIC], Alg::Ecdsa));
+    env.write("www/small.txt", "small file");
+    env
+}
+
+fn public_site(hsts: &str) -> String {
+    format!(
+        r#"
+[[site]]
+name = "public"
+hosts = ["{PUBLIC}"]
+cert = "certs/example.pem"
+key = "certs/example.key"
+{hsts}
+[[site.route]]
+path = "/hello"
+respond = {{ status = 200, body = "hello" }}
+[[site.route]]
+path = "/files"
+files = {{ root = "www", strip_prefix = true }}
+[[site.route]]
+path = "/old"
+redirect = {{ to = "https://{PUBLIC}/new", status = 308 }}
+
+[[site]]
+name = "beta"
+hosts = ["beta.test"]
+cert = "certs/beta.pem"
+key = "certs/beta.key"
+[[site.route]]
+path = "/"
+respond = {{ status = 200, body = "beta" }}
+"#
+    )
+}
+
+/// A site with a public name sends HSTS by default on every kind of HTTPS response (fixed,
+/// static file from the cached head, redirect, 404, 421 for another site's Host), over both
+/// protocols; the local site beside it sends none, and port 80 never does.
+#[tokio::test]
+async fn hsts_is_on_by_default_for_public_names_and_off_for_local_ones() {
+    let srv = public_env().start(&public_site(""));
+    for alpn in ["http/1.1", "h2"] {
+        for (path, status) in [
+            ("/hello", 200),
+            ("/files/small.txt", 200),
+            ("/files/small.txt", 200),
+            ("/old", 308),
+            ("/nothing", 404),
+        ] {
+            let r = get(srv.https, Some(PUBLIC), path, alpn).await;
+            assert_eq!(r.status, status, "{path} over {alpn}");
+            for (name, value) in SECURITY_HEADERS {
+                assert_eq!(
+                    r.header(name),
+                    Some(value),
+                    "{path} over {alpn}: header {name}"
+                );
+            }
+        }
+        let cfg = ClientOpts::default().alpn(&[alpn]).build();
+        let r = request(srv.https, cfg, Some(PUBLIC), Req::get(BETA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 421);
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=31536000")
+        );
+        let local = get(srv.https, Some(BETA), "/", alpn).await;
+        assert_eq!(local.status, 200);
+        assert_eq!(local.header("strict-transport-security"), None, "{alpn}");
+        assert_eq!(local.header("x-content-type-options"), Some("nosniff"));
+    }
+    let r = raw_tcp(
+        srv.http(),
+        b"GET / HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("strict-transport-security"), None, "port 80");
+}
+
+/// Explicit HSTS configuration wins for local names.
+#[tokio::test]
+async fn explicit_hsts_applies_to_local_names() {
+    let srv = start(&SITES.replacen(
+        "[[site.route]]",
+        "[site.hsts]\nenabled = true\n[[site.route]]",
+        1,
+    ));
+    let r = get(srv.https, Some(ALPHA), "/hello", "h2").await;
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    let r = get(srv.https, Some(BETA), "/", "h2").await;
+    assert_eq!(r.header("strict-transport-security"), None);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +472,8 @@ name = "alpha"
 hosts = ["alpha.test"]
 cert = "certs/alpha.pem"
 key = "certs/alpha.key"
+[site.hsts]
+max_age = 600
 [site.headers]
 "X-Site" = "alpha"
 [[site.route]]
@@ -378,7 +495,7 @@ respond = { body = "b" }
     let a = get(srv.https, Some(ALPHA), "/", "http/1.1").await;
     let b = get(srv.https, Some(BETA), "/", "http/1.1").await;
     assert_eq!(a.header("x-site"), Some("alpha"));
-    assert!(a.header("strict-transport-security").is_some());
+    assert_eq!(a.header("strict-transport-security"), Some("max-age=600"));
     assert_eq!(b.header("x-site"), None);
     assert_eq!(
         b.header("strict-transport-security"),

@@ -1798,18 +1798,33 @@ async fn via_is_added_both_ways_when_asked() {
 
 /// The site's security headers (HSTS among them) are on proxied responses; a backend's own
 /// HSTS loses by default and wins with backend_headers_win = true, and then the site's value
-/// still fills in when the backend sends none.
+/// still fills in when the backend sends none. The same for the current stage of an HSTS ramp.
+/// (alpha.test is a local name: its HSTS is configured explicitly.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_ways() {
+    for (hsts_config, site_value) in [
+        ("enabled = true", "max-age=31536000"),
+        ("ramp = true", "max-age=300"),
+    ] {
+        site_hsts_on_proxied_responses(hsts_config, site_value).await;
+    }
+}
+
+async fn site_hsts_on_proxied_responses(hsts_config: &str, site_value: &'static str) {
     let b = Backend::h1("b");
-    let srv = start(&sites(&[
+    let config = sites(&[
         ("/site", &ups(&[&b])),
         (
             "/backend",
             &format!("{}, backend_headers_win = true", ups(&[&b])),
         ),
-    ]));
-    const SITE: &str = "max-age=31536000";
+    ])
+    .replacen(
+        "[[site.route]]",
+        &format!("[site.hsts]\n{hsts_config}\n[[site.route]]"),
+        1,
+    );
+    let srv = start(&config);
     let own = "set?Strict-Transport-Security=max-age%3D60";
     for alpn in ["http/1.1", "h2"] {
         let mut c = Client::new(srv.https, alpn);
@@ -1820,10 +1835,10 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
                 .map(|v| v.to_str().unwrap().to_string())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(hsts(&c.get("/site/name").await), [SITE], "{alpn}");
+        assert_eq!(hsts(&c.get("/site/name").await), [site_value], "{alpn}");
         assert_eq!(
             hsts(&c.get(&format!("/site/{own}")).await),
-            [SITE],
+            [site_value],
             "{alpn}"
         );
         assert_eq!(
@@ -1838,7 +1853,7 @@ async fn site_hsts_applies_to_proxied_responses_and_backend_headers_win_both_way
         );
         assert_eq!(
             hsts(&c.get("/backend/name").await),
-            [SITE],
+            [site_value],
             "{alpn}: backend_headers_win dropped the site's HSTS where the backend sent none"
         );
     }

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod hsts;
 pub mod limits;
 pub mod log;
 pub mod model;

@@ -250,6 +250,9 @@ pub struct Site {
     pub acme_profile: Option<String>,
     /// Headers added to every HTTPS response of this site (HSTS, security headers, custom).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `hsts.ramp`: the Strict-Transport-Security header grows stage by stage (it is then not
+    /// in `headers`; see [`crate::ops::hsts`]).
+    pub hsts_ramp: Option<super::hsts::HstsRamp>,
     /// TLS 1.3 early data (0-RTT) is accepted, with single-use session tickets.
     pub early_data: bool,
     /// TLS 1.3 asks a client that supports X25519MLKEM768 but sent only a classical key share

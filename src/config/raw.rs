@@ -231,6 +231,8 @@ pub struct RawHsts {
     pub max_age: Option<Spanned<u64>>,
     pub include_subdomains: Option<bool>,
     pub preload: Option<Spanned<bool>>,
+    /// Staged max-age (`true`, or a list of durations): see [`super::hsts`].
+    pub ramp: Option<Spanned<toml::Value>>,
 }
 
 /// One `[[site.route]]`: a path prefix and exactly one handler.

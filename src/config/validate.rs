@@ -988,7 +988,8 @@ fn site(
         }
         profile_name(cx, p, &format!("site {name:?}: profile"))
     });
-    let headers = headers(cx, &rs, name);
+    let hsts = super::hsts::policy(cx, &rs, name, &hosts);
+    let headers = headers(cx, &rs, name, &hsts);
     let early_data = rs.early_data.unwrap_or(false);
     let require_post_quantum = rs.require_post_quantum.unwrap_or(false);
     let (access, client_auth) = super::access::site(cx, &rs, name);
@@ -1006,6 +1007,10 @@ fn site(
         ocsp_staples,
         acme_profile,
         headers,
+        hsts_ramp: match hsts {
+            super::hsts::HstsPolicy::Ramp(r) => Some(r),
+            _ => None,
+        },
         early_data,
         require_post_quantum,
         access,
@@ -1111,6 +1116,11 @@ pub(super) fn site_certs(
         match certs::load_pair(&cp, &kp, now, &cx.extra_roots) {
             Err(f) => cx.err(loc, format!("site {name:?}: {}", f.message), f.fix),
             Ok((lc, findings)) => {
+                if let Some((wrong, fix)) = certs::key_file_exposure(&kp) {
+                    let kloc = cx.loc(k, "--key");
+                    cx.problems
+                        .push(Problem::warning(kloc, format!("site {name:?}: {wrong}")).fix(fix));
+                }
                 for f in findings {
                     let expiry =
                         f.message.contains("expired") || f.message.contains("not valid before");
@@ -1401,36 +1411,15 @@ fn header_value(cx: &mut Ctx<'_>, v: &Spanned<String>, what: &str) -> Option<Hea
     }
 }
 
-fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, HeaderValue)> {
+fn headers(
+    cx: &mut Ctx<'_>,
+    rs: &RawSite,
+    name: &str,
+    hsts: &super::hsts::HstsPolicy,
+) -> Vec<(HeaderName, HeaderValue)> {
     let mut out: Vec<(HeaderName, HeaderValue)> = Vec::new();
-    let hsts = &rs.hsts;
-    if hsts.enabled.unwrap_or(true) {
-        let max_age = hsts
-            .max_age
-            .as_ref()
-            .map(|m| *m.get_ref())
-            .unwrap_or(31_536_000);
-        let sub = hsts.include_subdomains.unwrap_or(false);
-        let preload = hsts.preload.as_ref().map(|p| *p.get_ref()).unwrap_or(false);
-        if preload && (!sub || max_age < 31_536_000) {
-            let loc = hsts
-                .preload
-                .as_ref()
-                .map(|p| cx.loc(p, ""))
-                .unwrap_or(Location::None);
-            cx.err(loc, format!("site {name:?}: hsts.preload needs include_subdomains = true and max_age ≥ 31536000 (the preload list refuses anything less)"), "set include_subdomains = true and max_age = 31536000 or more, or drop preload");
-        }
-        let mut v = format!("max-age={max_age}");
-        if sub {
-            v.push_str("; includeSubDomains");
-        }
-        if preload {
-            v.push_str("; preload");
-        }
-        out.push((
-            http::header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("max-age=31536000")),
-        ));
+    if let super::hsts::HstsPolicy::Fixed(v) = hsts {
+        out.push((http::header::STRICT_TRANSPORT_SECURITY, v.clone()));
     }
     out.push((
         http::header::X_CONTENT_TYPE_OPTIONS,
@@ -1492,6 +1481,19 @@ fn headers(cx: &mut Ctx<'_>, rs: &RawSite, name: &str) -> Vec<(HeaderName, Heade
                     "use letters, digits and '-'",
                 );
             }
+        }
+    }
+    if let (super::hsts::HstsPolicy::Ramp(_), Some(r)) = (hsts, &rs.hsts.ramp) {
+        if out
+            .iter()
+            .any(|(n, _)| *n == http::header::STRICT_TRANSPORT_SECURITY)
+        {
+            let loc = cx.loc(r, "");
+            cx.err(
+                loc,
+                format!("site {name:?}: hsts.ramp and a Strict-Transport-Security entry in headers both set the header"),
+                "remove one of them",
+            );
         }
     }
     out

@@ -87,6 +87,8 @@ pub struct SiteHandler {
     log_name: Arc<str>,
     /// The site's number in the metrics (by name: the same across reloads).
     pub metrics_id: crate::ops::metrics::SiteId,
+    /// `hsts.ramp`: the Strict-Transport-Security header, which is then not in `headers`.
+    pub hsts_ramp: Option<Arc<crate::ops::hsts::Ramp>>,
 }
 
 /// Everything request handling needs, shared by all connections and workers.
@@ -201,6 +203,7 @@ impl Frontend {
                 },
                 log_name: site.name.as_str().into(),
                 metrics_id: crate::ops::metrics::site_id(&site.name),
+                hsts_ramp: None,
             });
         }
         let logs_on = default_log.is_some() || sites.iter().any(|s| s.access_log.is_some());
@@ -254,6 +257,25 @@ impl Frontend {
             status,
             request_id,
         ))
+    }
+
+    /// Gives the sites with `hsts.ramp` their ramps, resumed from `storage` (see
+    /// [`crate::ops::hsts`]).
+    pub fn open_hsts_ramps(&mut self, config: &Config, storage: &Arc<dyn crate::storage::Storage>) {
+        let now = u64::try_from(crate::tls::certs::unix_now()).unwrap_or(0);
+        for (handler, site) in self.sites.iter_mut().zip(&config.sites) {
+            handler.hsts_ramp = site.hsts_ramp.as_ref().map(|spec| {
+                crate::ops::hsts::Ramp::open(&site.name, &site.hosts, spec, storage.clone(), now)
+            });
+        }
+    }
+
+    /// Where each ramped site's HSTS stands (for the status page).
+    pub fn hsts_ramps(&self) -> Vec<crate::ops::hsts::RampStatus> {
+        self.sites
+            .iter()
+            .filter_map(|s| Some(s.hsts_ramp.as_ref()?.status()))
+            .collect()
     }
 
     /// The site answering for `host` (a `Host` header's name): the configured ones, then names
@@ -560,6 +582,7 @@ impl HttpsService {
                         local: svc.local,
                         host,
                         site_headers: &svc.front.sites[site].headers,
+                        hsts: svc.front.sites[site].hsts_ramp.as_ref().map(|r| r.value()),
                         early: svc.conn.early.load(Ordering::Relaxed),
                         client_auth: svc.front.sites[site].client_auth,
                         client_cert: svc.client_cert.as_deref(),
@@ -613,9 +636,17 @@ impl HttpsService {
         guard: ActiveGuard,
         log: Option<Box<Record>>,
     ) -> Response<TrackedBody> {
+        let policy = &self.front.sites[site.or(self.sni_site).unwrap_or(self.front.default_site)];
         if !headed {
-            let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
-            add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
+            add_missing(resp.headers_mut(), &policy.headers);
+        }
+        if let Some(ramp) = &policy.hsts_ramp {
+            // A cached head shared with HTTP/2's encoder cannot take the header: such a
+            // response gets a copy (what HTTP/1.1 always gets).
+            if resp.body().ready_head().is_some() {
+                resp = unshare_head(resp);
+            }
+            ramp.add_to(resp.headers_mut());
         }
         let mut resp = finish(&exchange.method, resp);
         if exchange.version <= Version::HTTP_11 && self.front.retired.load(Ordering::Relaxed) {
@@ -640,6 +671,21 @@ impl HttpsService {
         self.conn.closing.store(closing, Ordering::Relaxed);
         resp.map(|inner| TrackedBody::new(inner, guard, log))
     }
+}
+
+/// A response with a shared cached head ([`Body::Ready`]) as one with its own header map.
+fn unshare_head(resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let Body::Ready(data, head) = body else {
+        return Response::from_parts(parts, body);
+    };
+    parts.headers = http::HeaderMap::clone(&head);
+    if let Some((name, date)) = parts.headers.iter_mut().next() {
+        if name == header::DATE {
+            *date = date::now();
+        }
+    }
+    Response::from_parts(parts, data.map_or(Body::Empty, Body::full))
 }
 
 /// Whether a comma-separated field (`Connection`, `Upgrade`, `TE`) lists `token`, in any of its

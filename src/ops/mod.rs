@@ -7,11 +7,13 @@ pub mod admin;
 pub mod control;
 pub mod events;
 pub mod expiry;
+pub mod hsts;
 pub mod limit;
 pub mod limits;
 pub mod logfile;
 pub mod metrics;
 pub mod reload;
+pub mod systemd;
 
 pub use limits::limits_dropped;
 

@@ -186,6 +186,7 @@ impl Reloader {
     /// Re-reads, validates and applies the configuration; `cause` is for the log.
     pub fn reload(&self, cause: &str) -> Outcome {
         tracing::info!(cause, "reloading the configuration");
+        crate::ops::systemd::reloading();
         let outcome = match (self.load)() {
             Err(problems) => Outcome {
                 applied: false,

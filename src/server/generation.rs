@@ -271,6 +271,7 @@ fn build_inner(
     )?;
     drop(entered);
     front.on_demand = named;
+    front.open_hsts_ramps(config, &storage);
     let front = Arc::new(front);
     let ctxs = (0..workers)
         .map(|_| Arc::new(WorkerCtx::new(config)))
@@ -375,6 +376,10 @@ fn build_inner(
     // 7. Warn before any served certificate expires.
     crate::ops::expiry::spawn(state.clone(), retire_rx.clone())
         .map_err(|e| format!("cannot start the expiry monitor: {e}"))?;
+
+    // 7b. Staged HSTS: advance each ramp while its site's certificates are fine.
+    crate::ops::hsts::spawn(state.clone(), retire_rx.clone())
+        .map_err(|e| format!("cannot start the HSTS ramp thread: {e}"))?;
 
     // 8. Keep local-CA leaves fresh without a restart.
     if let Some(ca) = local_ca {

@@ -281,6 +281,63 @@ pub fn load_pem(
     ))
 }
 
+/// A private key file that other users can read (group or others have read permission), or
+/// that belongs to another user than the one running this process: what is wrong, and the
+/// command that fixes it. `None` when the file is private (or cannot be examined: reading it
+/// reports that).
+pub fn key_file_exposure(path: &Path) -> Option<(String, String)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o777;
+    let me = rustix::process::geteuid().as_raw();
+    let shown = path.display();
+    let mut wrong = Vec::new();
+    let mut fix = Vec::new();
+    if mode & 0o044 != 0 {
+        let who = match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and all other users",
+            (true, false) => "its group",
+            _ => "all other users",
+        };
+        wrong.push(format!("is readable by {who} (mode {mode:04o})"));
+        fix.push(format!("chmod 600 {shown}"));
+    }
+    if meta.uid() != me {
+        wrong.push(format!(
+            "belongs to user id {}, not to the server's user (id {me})",
+            meta.uid()
+        ));
+        fix.push(format!("chown {me} {shown}"));
+    }
+    if wrong.is_empty() {
+        return None;
+    }
+    Some((
+        format!("private key {shown} {}", wrong.join(" and ")),
+        fix.join("; "),
+    ))
+}
+
+/// What a served leaf (DER) says of itself, for checks after loading: subject, issuer,
+/// validity and names. The key kind and file are not known from the certificate alone
+/// (`KeyKind::Other("")`, an empty path).
+pub fn leaf_info(der: &[u8]) -> Option<CertInfo> {
+    let (_, leaf) = X509Certificate::from_der(der).ok()?;
+    let (dns_names, ips) = sans(&leaf);
+    Some(CertInfo {
+        subject: subject_of(&leaf),
+        issuer: leaf.issuer().to_string(),
+        not_before: leaf.validity().not_before.timestamp(),
+        not_after: leaf.validity().not_after.timestamp(),
+        dns_names,
+        ips,
+        key: KeyKind::Other(String::new()),
+        chain_len: 1,
+        cert_path: PathBuf::new(),
+        key_path: PathBuf::new(),
+    })
+}
+
 /// "CN=…" or the whole subject when there is no CN.
 fn subject_of(cert: &X509Certificate<'_>) -> String {
     match cert

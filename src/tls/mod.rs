@@ -8,6 +8,7 @@ pub mod certs;
 mod hkdf;
 pub mod local_ca;
 pub mod names;
+pub mod nss;
 pub mod ocsp;
 pub mod resolver;
 pub mod stapler;

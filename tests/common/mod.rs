@@ -345,8 +345,11 @@ impl TestEnv {
 
     /// `certs/<name>.pem` (leaf + intermediate) and `certs/<name>.key`.
     pub fn write_chain(&self, name: &str, leaf: &Leaf) {
+        use std::os::unix::fs::PermissionsExt;
         self.write(&format!("certs/{name}.pem"), pki().chain_pem(leaf));
-        self.write(&format!("certs/{name}.key"), &leaf.key_pem);
+        let key = self.write(&format!("certs/{name}.key"), &leaf.key_pem);
+        // Readable by its owner only, as `check` wants private keys.
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

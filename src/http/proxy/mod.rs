@@ -43,6 +43,9 @@ pub struct Context<'a> {
     pub host: String,
     /// The site's security headers.
     pub site_headers: &'a [(HeaderName, HeaderValue)],
+    /// The site's Strict-Transport-Security value of the moment, with `hsts.ramp` (then it is
+    /// not among `site_headers`).
+    pub hsts: Option<HeaderValue>,
     /// The request came in TLS 1.3 early data (only safe methods get here then).
     pub early: bool,
     /// The site verifies client certificates: the backend is told who the client is.
@@ -326,6 +329,11 @@ impl Proxy {
             // The site's security headers win over the backend's (the default).
             for (name, value) in ctx.site_headers {
                 rparts.headers.insert(name.clone(), value.clone());
+            }
+            if let Some(hsts) = ctx.hsts {
+                rparts
+                    .headers
+                    .insert(header::STRICT_TRANSPORT_SECURITY, hsts);
             }
         }
         rparts.version = Version::HTTP_11;
