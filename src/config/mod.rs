@@ -8,6 +8,7 @@ pub mod access;
 pub mod model;
 pub mod proxy;
 pub mod raw;
+pub mod slow;
 pub mod stream;
 pub mod validate;
 

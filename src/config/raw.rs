@@ -104,6 +104,8 @@ pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<usize>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<usize>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub min_body_rate: Option<Spanned<String>>,
 }
 
 /// `[on_demand]`: obtain a certificate at the first handshake for a name no site lists, when
