@@ -242,3 +242,182 @@ fn slowloris_flood_keeps_latency_and_memory_comes_back() {
         assert_eq!(r.expect("request after the flood").status, 200);
     });
 }
+
+// =============================================================================================
+// Request bodies that stall or trickle (limits.body_timeout, limits.min_body_rate)
+// =============================================================================================
+
+/// A proxy route to `backend` with a 1 s body window and 1 KiB/s minimum.
+fn paced_proxy(backend: &common::backends::Backend) -> TestServer {
+    TestEnv::new().start(&format!(
+        r#"[limits]
+body_timeout = "1s"
+min_body_rate = "1KiB/s"
+
+[[site]]
+name = "alpha"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[[site.route]]
+path = "/"
+proxy = {{ upstreams = ["{}"] }}
+"#,
+        backend.url()
+    ))
+}
+
+/// Sends an HTTP/1.1 POST /sink (the backend reads the whole body, then answers with its
+/// length) announcing `len` bytes, then `chunk` bytes every `every`
+/// until the server answers or the body is complete; returns the response, how long it took,
+/// and whether the connection was closed after it.
+async fn h1_post_paced(
+    srv: &TestServer,
+    len: usize,
+    chunk: usize,
+    every: Duration,
+) -> (RawResp, Duration, bool) {
+    let cfg = ClientOpts::default().build();
+    let tls = tls_connect(srv.https, Some(ALPHA), cfg)
+        .await
+        .expect("connect");
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let started = Instant::now();
+    let head = format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: {len}\r\n\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    wr.flush().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.min(len - sent);
+            if chunk > 0 {
+                if wr.write_all(&vec![b'x'; n]).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+                sent += n;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Keep the write side open: the server decides when the connection ends.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(wr);
+    });
+    let mut buf = Vec::new();
+    let resp = read_response(&mut rd, &mut buf, false)
+        .await
+        .expect("a response to the paced POST");
+    let took = started.elapsed();
+    let (_, end) = read_until_close(&mut rd, Duration::from_secs(3)).await;
+    writer.abort();
+    (resp, took, !matches!(end, Closed::StillOpen))
+}
+
+/// HTTP/1.1, proxied: a body that stops after 10 of 100 bytes, and one trickled at 20 B/s, get
+/// 408 about one body window after they slow down, and the connection closes; a body at
+/// 2 KiB/s (above the 1 KiB/s minimum) for 3 s goes through whole.
+#[tokio::test]
+async fn h1_stalled_or_trickled_body_gets_408_and_a_steady_one_goes_through() {
+    let backend = common::backends::Backend::h1("b");
+    let srv = paced_proxy(&backend);
+
+    let (resp, took, closed) = h1_post_paced(&srv, 100, 10, Duration::from_secs(60)).await;
+    assert_eq!(resp.status, 408, "stalled body: {}", resp.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "stalled body answered after {took:?}"
+    );
+    assert!(closed, "connection still open after the 408");
+
+    let (resp, took, closed) = h1_post_paced(&srv, 1000, 2, Duration::from_millis(100)).await;
+    assert_eq!(resp.status, 408, "trickled body: {}", resp.text());
+    assert!(
+        took < Duration::from_secs(4),
+        "trickled body answered after {took:?}"
+    );
+    assert!(closed, "connection still open after the 408");
+
+    let (resp, took, _) = h1_post_paced(&srv, 6000, 200, Duration::from_millis(100)).await;
+    assert_eq!(resp.status, 200, "steady body: {}", resp.text());
+    assert_eq!(
+        resp.text(),
+        "6000",
+        "the bytes the backend got of the steady body"
+    );
+    assert!(
+        took >= Duration::from_millis(2500),
+        "steady body took only {took:?}"
+    );
+}
+
+/// HTTP/2, proxied: a stream whose body stops after 10 bytes gets 408 about a body window
+/// later, while another stream on the same connection, opened after it, is answered at once.
+#[tokio::test]
+async fn h2_stream_with_a_stalled_body_gets_408_while_other_streams_are_served() {
+    use http_body_util::BodyExt as _;
+    let backend = common::backends::Backend::h1("b");
+    let srv = paced_proxy(&backend);
+    let cfg = ClientOpts::default().alpn(&["h2"]).build();
+    let tls = tls_connect(srv.https, Some(ALPHA), cfg)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(4);
+    tx.send(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+        b"0123456789",
+    ))))
+    .await
+    .unwrap();
+    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+    let req = http::Request::post("https://alpha.test/sink")
+        .header("content-length", "100")
+        .body(body)
+        .unwrap();
+    let started = Instant::now();
+    let stalled = send.send_request(req);
+    let stalled = tokio::spawn(stalled);
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    send.ready().await.expect("connection still usable");
+    let get = http::Request::get("https://alpha.test/name")
+        .body(http_body_util::StreamBody::new(tokio_stream_from(
+            tokio::sync::mpsc::channel(1).1,
+        )))
+        .unwrap();
+    let other = send
+        .send_request(get)
+        .await
+        .expect("the other stream's response");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the other stream waited"
+    );
+    assert_eq!(other.status(), 200);
+
+    let resp = stalled
+        .await
+        .unwrap()
+        .expect("a response to the stalled stream");
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 408);
+    let _ = resp.into_body().collect().await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "stalled stream answered after {took:?}"
+    );
+    drop(tx);
+}
+
+/// A stream of the frames an mpsc receiver gets.
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
