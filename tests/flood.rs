@@ -421,3 +421,165 @@ fn tokio_stream_from<T>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+// =============================================================================================
+// HTTP/1.1 framing tricks (raw bytes over TLS) in front of a proxied route
+// =============================================================================================
+
+/// Sends `bytes` on a fresh TLS connection and reads until the server closes (or 5 s pass);
+/// returns every response status found, in order, and whether the connection was closed.
+async fn raw_framing(srv: &TestServer, bytes: &[u8]) -> (Vec<u16>, bool, String) {
+    let cfg = ClientOpts::default().build();
+    let mut tls = tls_connect(srv.https, Some(ALPHA), cfg)
+        .await
+        .expect("connect");
+    let _ = tls.write_all(bytes).await;
+    let _ = tls.flush().await;
+    let (out, end) = read_until_close(&mut tls, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let statuses = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text.get(i + 9..i + 12)?.parse().ok())
+        .collect();
+    (statuses, !matches!(end, Closed::StillOpen), text)
+}
+
+/// Requests whose framing is ambiguous or broken — conflicting Content-Lengths, bad chunk sizes, endless chunk extensions, obs-fold, an oversized
+/// request line or header line, too many fields — each followed by a second request that a
+/// server reading the framing differently would serve ("smuggled"): every one is answered 400
+/// (431/414 for sizes) and the connection closed, no second response, and the backend behind
+/// the route never sees a request.
+#[tokio::test]
+async fn h1_framing_tricks_get_400_and_nothing_is_smuggled() {
+    let backend = common::backends::Backend::h1("b");
+    let srv = paced_proxy(&backend);
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: alpha.test\r\n\r\n";
+    let long = "a".repeat(20_000);
+    let many: String = (0..200).map(|i| format!("X-{i}: v\r\n")).collect();
+    let ext = ";e=".to_string() + &"x".repeat(100_000);
+    let cases: Vec<(&str, String, &[u16])> = vec![
+        (
+            "two different Content-Lengths",
+            format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 5\r\nContent-Length: 45\r\n\r\nhello{smuggled}"),
+            &[400],
+        ),
+        (
+            "a chunk size that is not hex",
+            format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+        (
+            "a chunk size that overflows",
+            format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+        (
+            "100 KB of chunk extensions",
+            format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n5{ext}\r\nhello\r\n0\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+        (
+            "Transfer-Encoding other than chunked",
+            format!("POST /sink HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: gzip\r\n\r\n{smuggled}"),
+            &[400, 501],
+        ),
+        (
+            "obs-fold",
+            format!("GET /name HTTP/1.1\r\nHost: alpha.test\r\nX-Folded: a\r\n b\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+        (
+            "a 20 KB request line",
+            format!("GET /{long} HTTP/1.1\r\nHost: alpha.test\r\n\r\n{smuggled}"),
+            &[400, 414, 431],
+        ),
+        (
+            "a 20 KB header line",
+            format!("GET /name HTTP/1.1\r\nHost: alpha.test\r\nX-Long: {long}\r\n\r\n{smuggled}"),
+            &[431],
+        ),
+        (
+            "200 header fields",
+            format!("GET /name HTTP/1.1\r\nHost: alpha.test\r\n{many}\r\n{smuggled}"),
+            &[431],
+        ),
+        (
+            "a space before the colon",
+            format!("GET /name HTTP/1.1\r\nHost: alpha.test\r\nContent-Length : 45\r\n\r\n{smuggled}"),
+            &[400],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, bytes, allowed) in &cases {
+        let (statuses, closed, text) = raw_framing(&srv, bytes.as_bytes()).await;
+        let ok = statuses.len() == 1 && allowed.contains(&statuses[0]) && closed;
+        if !ok {
+            failures.push(format!(
+                "{what}: statuses {statuses:?}, closed: {closed}, answer: {:?}",
+                text.chars().take(300).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+    assert_eq!(
+        backend.requests(),
+        0,
+        "the backend saw requests from malformed framing"
+    );
+}
+
+/// Content-Length with Transfer-Encoding: chunked (RFC 9112 §6.3): the chunked framing is
+/// the one read (hyper drops the Content-Length), the request is answered and the connection
+/// closed after it, as the RFC requires, so the request hidden behind the body that the
+/// Content-Length would have implied is never served, nor sent to the backend.
+#[tokio::test]
+async fn h1_content_length_with_chunked_closes_after_one_request() {
+    let backend = common::backends::Backend::h1("b");
+    let srv = paced_proxy(&backend);
+    let (statuses, closed, text) = raw_framing(
+        &srv,
+        b"POST /sink HTTP/1.1\r\nHost: alpha.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    )
+    .await;
+    assert!(
+        statuses.len() == 1 && closed,
+        "CL + TE: {statuses:?}, closed {closed}: {text:?}"
+    );
+    assert!(
+        backend.requests() <= 1,
+        "the smuggled request reached the backend"
+    );
+}
+
+/// Bare LF line endings (RFC 9112 §2.2 lets a recipient accept them): a head with bare LFs
+/// is read as one request — the backend sees exactly the requests the client framed, never
+/// a second one hidden in it — and a chunked body whose chunk lines end in bare LF is refused.
+#[tokio::test]
+async fn h1_bare_lf_is_read_one_way_and_never_smuggles() {
+    let backend = common::backends::Backend::h1("b");
+    let srv = paced_proxy(&backend);
+    let (statuses, _, text) = raw_framing(
+        &srv,
+        b"GET /name HTTP/1.1\nHost: alpha.test\nConnection: close\n\n",
+    )
+    .await;
+    assert!(
+        statuses == [200] || statuses == [400],
+        "bare-LF head: {statuses:?} {text:?}"
+    );
+    let before = backend.requests();
+    let (statuses, closed, text) = raw_framing(
+        &srv,
+        b"POST /sink HTTP/1.1\r\nHost: alpha.test\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\nGET /smuggled HTTP/1.1\r\nHost: alpha.test\r\n\r\n",
+    )
+    .await;
+    assert!(
+        statuses == [400] && closed,
+        "bare-LF chunk lines: {statuses:?}, closed {closed}: {text:?}"
+    );
+    assert_eq!(
+        backend.requests(),
+        before,
+        "a bare-LF chunked body reached the backend"
+    );
+}
