@@ -583,3 +583,78 @@ async fn h1_bare_lf_is_read_one_way_and_never_smuggles() {
         "a bare-LF chunked body reached the backend"
     );
 }
+
+// =============================================================================================
+// A stalled connection in every state before a request is dropped within its timeout
+// =============================================================================================
+
+/// Reads until the server closes; `Some(elapsed since start)` when it did within 6 s.
+async fn closed_after<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    start: Instant,
+) -> Option<Duration> {
+    match read_until_close(s, Duration::from_secs(6)).await {
+        (_, Closed::StillOpen) => None,
+        _ => Some(start.elapsed()),
+    }
+}
+
+/// With 1 s timeouts, connections that stall before a ClientHello, in the middle of one,
+/// after the handshake (HTTP/1.1 and HTTP/2) and in the middle of a request head are all
+/// closed about 1 s after they stalled (the half head with a 408).
+#[tokio::test]
+async fn stalled_connections_in_every_state_are_dropped_in_time() {
+    let srv = TestEnv::new().start(&format!(
+        "[limits]\nhandshake_timeout = \"1s\"\nheader_timeout = \"1s\"\nidle_timeout = \"1s\"\n{ONE_SITE}"
+    ));
+    let addr = srv.https;
+    let hello = client_hello();
+    let h1 = ClientOpts::default().build();
+    let h2 = ClientOpts::default().alpn(&["h2"]).build();
+    let (silent, half_hello, h1_idle, h2_idle, half_head) = tokio::join!(
+        async {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            closed_after(&mut tcp, Instant::now()).await
+        },
+        async {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(&hello[..hello.len() / 2]).await.unwrap();
+            closed_after(&mut tcp, Instant::now()).await
+        },
+        async {
+            let mut tls = tls_connect(addr, Some(ALPHA), h1).await.unwrap();
+            closed_after(&mut tls, Instant::now()).await
+        },
+        async {
+            let mut tls = tls_connect(addr, Some(ALPHA), h2).await.unwrap();
+            closed_after(&mut tls, Instant::now()).await
+        },
+        async {
+            let cfg = ClientOpts::default().build();
+            let mut tls = tls_connect(addr, Some(ALPHA), cfg).await.unwrap();
+            let start = Instant::now();
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: alpha.test\r\nX-Half: ")
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            let (out, end) = read_until_close(&mut tls, Duration::from_secs(6)).await;
+            let ok = String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408");
+            (!matches!(end, Closed::StillOpen) && ok).then(|| start.elapsed())
+        },
+    );
+    let all = [
+        ("no ClientHello", silent),
+        ("half a ClientHello", half_hello),
+        ("HTTP/1.1, no request", h1_idle),
+        ("HTTP/2, no preface", h2_idle),
+        ("half a request head (408)", half_head),
+    ];
+    eprintln!("{all:?}");
+    for (what, t) in all {
+        let t = t.unwrap_or_else(|| panic!("{what}: not closed within 6 s"));
+        assert!(
+            t >= Duration::from_millis(800) && t < Duration::from_secs(4),
+            "{what}: closed after {t:?}, expected about 1 s"
+        );
+    }
+}
