@@ -101,9 +101,17 @@ pub(crate) async fn read_client_hello(
     tcp: &TcpStream,
     peer: SocketAddr,
 ) -> io::Result<Option<Box<Accepted>>> {
+    // The acceptor (rustls's connection state and, once bytes come, its receive buffer) is
+    // made when the first bytes are there: a connection that sends nothing holds only its
+    // socket and task until the handshake timeout.
+    tcp.readable().await?;
     let mut acceptor = Acceptor::default();
+    let mut first = true;
     loop {
-        tcp.readable().await?;
+        if !first {
+            tcp.readable().await?;
+        }
+        first = false;
         match read_hello_step(&mut acceptor, &mut SyncIo(tcp), peer) {
             Ok(HelloRead::Complete(accepted)) => return Ok(Some(accepted)),
             Ok(HelloRead::More) => continue,
