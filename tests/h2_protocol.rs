@@ -2593,3 +2593,46 @@ async fn response_held_by_a_closed_window_is_cut_off_after_the_send_timeout() {
     c.expect_eof().await;
     good.get_small(3).await;
 }
+
+/// HPACK table games: a block that opens with 1,000 table size updates (each within the
+/// limit) is decoded in bounded time, answered or refused with COMPRESSION_ERROR, never
+/// left hanging; 200 requests each inserting a 4,000-byte field into the dynamic table
+/// (evicting the one before: the table stays within its 4,096 bytes) are all answered. The
+/// other connection is served meanwhile.
+#[tokio::test]
+async fn hpack_table_size_games_stay_bounded() {
+    let srv = start_static("");
+    let mut good = Conn::start(&srv, &[]).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    let updates: Vec<u8> = (0..1000)
+        .flat_map(|i| size_update(if i % 2 == 0 { 0 } else { 4096 }))
+        .collect();
+    c.send_block(1, &request_block(&updates, &[]), "1000 table size updates")
+        .await;
+    let f = c.recv("the answer to 1000 size updates").await;
+    match f.ty {
+        HEADERS => assert_eq!(status_of(f.header_block()), Ok(200), "{}", c.trace_text()),
+        GOAWAY => assert_eq!(f.error_code(), COMPRESSION_ERROR, "{}", c.trace_text()),
+        _ => c.fail(&format!("unexpected answer {f:?}")),
+    }
+    good.get_small(1).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    let value = "v".repeat(4000);
+    for i in 0..200u32 {
+        let mut after = Vec::new();
+        hpack_indexed_literal(&mut after, "x-big", &value);
+        let id = 2 * i + 1;
+        c.send_block(id, &request_block(&[], &after), "a 4000-byte field indexed")
+            .await;
+        let (status, body) = c.expect_response(id).await;
+        assert_eq!(
+            (status, &body[..]),
+            (200, SMALL),
+            "request {i}: {}",
+            c.trace_text()
+        );
+    }
+    good.get_small(3).await;
+}
