@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::*;
+use http_body::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -350,7 +352,8 @@ async fn h1_stalled_or_trickled_body_gets_408_and_a_steady_one_goes_through() {
 }
 
 /// HTTP/2, proxied: a stream whose body stops after 10 bytes gets 408 about a body window
-/// later, while another stream on the same connection, opened after it, is answered at once.
+/// later, while another stream on the same connection, opened after it, is answered at once;
+/// then a stream whose body trickles at 20 B/s gets 408 too.
 #[tokio::test]
 async fn h2_stream_with_a_stalled_body_gets_408_while_other_streams_are_served() {
     use http_body_util::BodyExt as _;
@@ -413,6 +416,35 @@ async fn h2_stream_with_a_stalled_body_gets_408_while_other_streams_are_served()
         "stalled stream answered after {took:?}"
     );
     drop(tx);
+
+    // A body trickled at 20 B/s (below the 1 KiB/s minimum) on the same connection: 408 too.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            let chunk = Frame::data(Bytes::from_static(b"xx"));
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    send.ready().await.expect("connection still usable");
+    let req = http::Request::post("https://alpha.test/sink")
+        .header("content-length", "200")
+        .body(http_body_util::StreamBody::new(tokio_stream_from(rx)))
+        .unwrap();
+    let started = Instant::now();
+    let resp = send
+        .send_request(req)
+        .await
+        .expect("a response to the trickled stream");
+    assert_eq!(resp.status(), 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "trickled stream answered after {:?}",
+        started.elapsed()
+    );
+    trickle.abort();
 }
 
 /// A stream of the frames an mpsc receiver gets.
