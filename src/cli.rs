@@ -44,6 +44,12 @@ enum Command {
     /// Read a password from stdin (its first line) and print its argon2id hash, for
     /// `basic_auth` users and htpasswd files.
     HashPassword,
+    /// Tell the running server to re-read its configuration (as SIGHUP does) and print what
+    /// it found: applied, or refused with every problem (the old configuration keeps serving).
+    Reload(ServeArgs),
+    /// Replace the running server by the binary on disk without dropping a connection: the
+    /// new process takes over the listening sockets, the old one finishes its connections.
+    Upgrade(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -136,6 +142,8 @@ pub fn main() -> i32 {
         Command::Revoke(a) => revoke(a),
         Command::Pins(a) => pins(a),
         Command::HashPassword => hash_password(),
+        Command::Reload(a) => control(a, "/reload"),
+        Command::Upgrade(a) => control(a, "/upgrade"),
     }
 }
 
@@ -355,13 +363,24 @@ fn serve(a: ServeArgs) -> i32 {
             return 1;
         }
     };
+    let watched = crate::ops::reload::cert_files(&config);
+    let data_dir = config.data_dir.clone();
     let server = match Server::start(config) {
-        Ok(s) => s,
+        Ok(s) => std::sync::Arc::new(s),
         Err(e) => {
             eprintln!("portcullis: {e}");
             return 1;
         }
     };
+    let load_args = a.clone();
+    let reloader = crate::ops::reload::Reloader::new(
+        server.clone(),
+        watched,
+        Box::new(move || {
+            let (raw, source) = load_raw(&load_args).map_err(|p| vec![p])?;
+            validate::validate(raw, &source, &overrides(&load_args), Mode::Serve)
+        }),
+    );
     for n in &server.notes {
         tracing::warn!("{n}");
     }
@@ -395,20 +414,81 @@ fn serve(a: ServeArgs) -> i32 {
             root.display()
         );
     }
-    signals.wait();
-    tracing::info!("shutting down: finishing in-flight requests");
-    server.shutdown();
+    // A process started by `portcullis upgrade` tells its predecessor that it serves now.
+    crate::ops::reload::notify_upgraded();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    reloader.watch_files(watching.clone());
+    let handed_over = signals.run(&reloader, &data_dir);
+    watching.store(true, std::sync::atomic::Ordering::Relaxed);
+    if handed_over {
+        tracing::info!("handed over to the new process: finishing in-flight requests");
+        server.hand_over();
+    } else {
+        tracing::info!("shutting down: finishing in-flight requests");
+        server.shutdown();
+    }
     tracing::info!("stopped");
     0
 }
 
-/// SIGTERM/SIGINT/SIGHUP handlers, installed before the server starts so that a signal that
-/// arrives during start-up is a graceful stop, not the default "killed".
+/// `portcullis reload` / `portcullis upgrade`: asks the running server through its control
+/// socket and prints its answer. Exit codes: 0 done, 1 refused or failed, 3 no server answered.
+fn control(a: ServeArgs, path: &str) -> i32 {
+    let data_dir = data_dir_of(&a);
+    match crate::ops::control::request(&data_dir, path) {
+        Ok((status, report)) => {
+            eprint!("{report}");
+            if status.is_success() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            3
+        }
+    }
+}
+
+/// The data directory `serve` with these arguments uses (flag, the config's `data_dir`
+/// relative to the config file, or the default), without validating the rest: a reload must
+/// reach the server even when the config on disk is broken (the server reports why).
+fn data_dir_of(a: &ServeArgs) -> PathBuf {
+    if let Some(d) = &a.data_dir {
+        return d.clone();
+    }
+    if let Some(path) = &a.config {
+        // Only `data_dir` is read, leniently: the rest may be what the server will refuse.
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let from_toml = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("data_dir")?.as_str().map(str::to_owned));
+        let from_line = || {
+            text.lines().find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                (k.trim() == "data_dir").then(|| v.trim().trim_matches('"').to_owned())
+            })
+        };
+        if let Some(d) = from_toml.or_else(from_line) {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                return d;
+            }
+            return path.parent().unwrap_or(Path::new(".")).join(d);
+        }
+    }
+    crate::storage::default_data_dir()
+}
+
+/// SIGTERM/SIGINT/SIGHUP/SIGUSR2 handlers, installed before the server starts so that a
+/// signal that arrives during start-up is a graceful stop, not the default "killed".
 struct Signals {
     rt: tokio::runtime::Runtime,
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -423,21 +503,49 @@ impl Signals {
         let term = signal(SignalKind::terminate()).map_err(err)?;
         let int = signal(SignalKind::interrupt()).map_err(err)?;
         let hup = signal(SignalKind::hangup()).map_err(err)?;
+        let usr2 = signal(SignalKind::user_defined2()).map_err(err)?;
         drop(_guard);
-        Ok(Signals { rt, term, int, hup })
+        Ok(Signals {
+            rt,
+            term,
+            int,
+            hup,
+            usr2,
+        })
     }
 
-    /// Blocks until SIGTERM or SIGINT.
-    fn wait(mut self) {
+    /// Serves the control socket and the signals until the server is to stop: SIGTERM or
+    /// SIGINT (`false`), or a binary upgrade (SIGUSR2 or `portcullis upgrade`) whose new
+    /// process serves (`true`). SIGHUP reloads.
+    fn run(
+        mut self,
+        reloader: &std::sync::Arc<crate::ops::reload::Reloader>,
+        data_dir: &Path,
+    ) -> bool {
+        let exit = std::sync::Arc::new(tokio::sync::Notify::new());
         self.rt.block_on(async {
+            crate::ops::control::serve(reloader.clone(), data_dir, exit.clone()).await;
             loop {
                 tokio::select! {
-                    _ = self.term.recv() => { tracing::info!("SIGTERM received"); return; }
-                    _ = self.int.recv() => { tracing::info!("SIGINT received"); return; }
-                    _ = self.hup.recv() => { tracing::warn!("SIGHUP received: live reload is not supported yet; restart portcullis to apply config changes"); }
+                    _ = self.term.recv() => { tracing::info!("SIGTERM received"); return false; }
+                    _ = self.int.recv() => { tracing::info!("SIGINT received"); return false; }
+                    _ = exit.notified() => return true,
+                    _ = self.hup.recv() => {
+                        let r = reloader.clone();
+                        let _ = tokio::task::spawn_blocking(move || r.reload("SIGHUP")).await;
+                    }
+                    _ = self.usr2.recv() => {
+                        tracing::info!("SIGUSR2 received: binary upgrade");
+                        let r = reloader.clone();
+                        match tokio::task::spawn_blocking(move || r.upgrade()).await {
+                            Ok(Ok(_)) => return true,
+                            Ok(Err(e)) => tracing::error!("binary upgrade failed: {e}"),
+                            Err(e) => tracing::error!("binary upgrade failed: {e}"),
+                        }
+                    }
                 }
             }
-        });
+        })
     }
 }
 

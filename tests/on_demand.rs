@@ -299,7 +299,7 @@ fn on_demand_certificates_are_in_the_expiry_monitor() {
     let server = portcullis::server::Server::start(config).unwrap();
     let port = server.https_addrs()[0].port();
     assert!(s.curl("watched.shops.test", port).status.success());
-    let served = portcullis::ops::expiry::served(server.state());
+    let served = portcullis::ops::expiry::served(&server.state());
     assert!(
         served.iter().any(
             |(site, _, not_before, not_after)| site == "shops (on demand)"

@@ -5,6 +5,7 @@
 //! line, or the command-line flag) and a fix, and are all reported at once, not one per run.
 
 pub mod access;
+pub mod limits;
 pub mod model;
 pub mod proxy;
 pub mod raw;

@@ -215,6 +215,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// The request body's minimum pace (`body_timeout`, `min_body_rate`).
     pub body_pace: BodyPace,
+    /// `[limits.per_client]`.
+    pub per_client: super::limits::PerClient,
 }
 
 /// How slowly a request body may arrive: while the server waits for it, every `window` of
@@ -249,6 +251,7 @@ impl Default for Limits {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
             body_pace: BodyPace::default(),
+            per_client: Default::default(),
         }
     }
 }

@@ -106,6 +106,8 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<usize>>,
     pub body_timeout: Option<Spanned<String>>,
     pub min_body_rate: Option<Spanned<String>>,
+    /// `[limits.per_client]` (see `config::limits`).
+    pub per_client: Option<Spanned<super::limits::RawPerClient>>,
 }
 
 /// `[on_demand]`: obtain a certificate at the first handshake for a name no site lists, when

@@ -839,6 +839,7 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
         ),
         ..d
     };
+    l.per_client = super::limits::per_client(cx, raw.per_client.as_ref());
     if let Some(v) = &raw.max_header_bytes {
         if (1024..=1024 * 1024).contains(v.get_ref()) {
             l.max_header_bytes = *v.get_ref();

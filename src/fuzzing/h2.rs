@@ -181,6 +181,7 @@ pub fn h2_connection(data: &[u8]) {
         overloaded: settings & 16 != 0,
         host_memo: Default::default(),
         client_cert: None,
+        client_limits: None,
     };
     let run = run(&script.steps, svc, limits);
     assert_eq!(

@@ -101,6 +101,11 @@ pub struct Frontend {
     pub acme: Arc<Http01Tokens>,
     /// On-demand TLS: the site serving names obtained on demand, and those names.
     pub on_demand: Option<(usize, Arc<crate::tls::resolver::NamedCerts>)>,
+    /// A newer configuration serves new connections: HTTP/1.x connections of this one close
+    /// after their next response (`Connection: close`), so a keep-alive client moves to the
+    /// new configuration without ever finding its idle connection closed under a request it
+    /// just sent (HAProxy's `idle-close-on-response`).
+    pub retired: std::sync::atomic::AtomicBool,
 }
 
 impl Frontend {
@@ -197,6 +202,7 @@ impl Frontend {
             },
             acme,
             on_demand: None,
+            retired: Default::default(),
         })
     }
 
@@ -301,6 +307,9 @@ pub struct HttpsService {
     pub host_memo: std::cell::Cell<HostMemo>,
     /// The verified client certificate of a mutual-TLS connection.
     pub client_cert: Option<Arc<access::ClientCert>>,
+    /// The per-client limits that count this connection's requests (`None`: requests are not
+    /// limited, or the client is trusted).
+    pub client_limits: Option<Arc<crate::server::limits::ClientLimits>>,
 }
 
 /// A connection's last `Host`/`:authority` host and the site it names: the requests of one
@@ -471,7 +480,11 @@ impl HttpsService {
             let policy = site.or(self.sni_site).unwrap_or(self.front.default_site);
             add_missing(resp.headers_mut(), &self.front.sites[policy].headers);
         }
-        let resp = finish(&exchange.method, resp);
+        let mut resp = finish(&exchange.method, resp);
+        if exchange.version <= Version::HTTP_11 && self.front.retired.load(Ordering::Relaxed) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let closing = exchange.version <= Version::HTTP_11
             && resp.body().is_complete()
             && (exchange.request_closes || has_token(resp.headers(), &header::CONNECTION, "close"));
@@ -500,6 +513,22 @@ fn request_closes(parts: &http::request::Parts) -> bool {
     has_token(&parts.headers, &header::CONNECTION, "close")
         || (parts.version < Version::HTTP_11
             && !has_token(&parts.headers, &header::CONNECTION, "keep-alive"))
+}
+
+/// A request over its client's request rate: 429 with `Retry-After` in whole seconds (at
+/// least 1), counted and logged rate-limited. The connection stays open (as nginx's
+/// `limit_req`): closing it would only make the client reconnect, which costs more.
+fn too_many(refused: crate::server::limits::Refused) -> Response<Body> {
+    crate::ops::limits_dropped(refused.kind());
+    let wait = match refused {
+        crate::server::limits::Refused::RequestRate(wait) => wait,
+        _ => std::time::Duration::ZERO,
+    };
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut r = pages::error(StatusCode::TOO_MANY_REQUESTS);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    r
 }
 
 /// RFC 8470's `Early-Data` request field (a constant: no name parsing per request).
@@ -563,6 +592,11 @@ impl HttpsService {
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return (self.sni_site, Routed::Answer(r, false));
+        }
+        if let Some(limits) = &self.client_limits {
+            if let Err(refused) = limits.request(self.peer.ip()) {
+                return (self.sni_site, Routed::Answer(too_many(refused), false));
+            }
         }
         if !is_safe(&parts.method)
             && (self.conn.early.load(Ordering::Relaxed)

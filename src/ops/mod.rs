@@ -1,7 +1,12 @@
 //! Operations: logging and certificate-expiry monitoring; metrics, reload and the status page
 //! later.
 
+pub mod control;
 pub mod expiry;
+pub mod limits;
+pub mod reload;
+
+pub use limits::limits_dropped;
 
 use std::io::IsTerminal;
 

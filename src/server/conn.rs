@@ -414,6 +414,15 @@ pub async fn serve_tls(
         .await;
         return;
     }
+    // Over the client's handshake rate: closed before the server's first flight (an ACME
+    // validation above is never refused: the CA's validators share addresses).
+    if let Err(refused) = state.client_limits.handshake(peer.ip()) {
+        drop(accepted);
+        tracing::debug!(%peer, "TLS handshake refused: per-client handshake rate");
+        crate::ops::limits_dropped(refused.kind());
+        Box::pin(linger_close(&tcp)).await;
+        return;
+    }
     let mut on_demand = false;
     if let (Some(od), Some(name), false) = (&state.tls.on_demand, &sni, listed) {
         // On-demand TLS: an approved name gets its certificate now.
@@ -438,6 +447,7 @@ pub async fn serve_tls(
     let local = tcp
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let client_limits = state.client_limits.for_requests(peer.ip());
     let svc = |conn, client_cert| HttpsService {
         front: state.front.clone(),
         sni_site: sni.as_ref().map(|_| site),
@@ -447,6 +457,7 @@ pub async fn serve_tls(
         overloaded,
         host_memo: Default::default(),
         client_cert,
+        client_limits: client_limits.clone(),
     };
     if config.max_early_data_size > 0 {
         let established = Box::pin(establish_early(
@@ -463,7 +474,7 @@ pub async fn serve_tls(
         // No client certificate: the configuration refuses early data with client_auth.
         let svc = svc(conn_state, None);
         drop(sni);
-        serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+        serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
         return;
     }
     let established = Box::pin(establish(
@@ -539,23 +550,27 @@ pub async fn serve_tls(
     }
     let svc = svc(conn_state, client_cert);
     drop(sni);
-    serve_https(io, h2, svc, &ctx, shutdown, peer).await;
+    serve_https(io, h2, svc, &ctx, shutdown, state.retired(), peer).await;
 }
 
 /// Serves HTTP/1.1 or HTTP/2 over an established TLS stream until the connection ends.
+/// `shutdown`: the server stops (HTTP/1.1 closes idle connections and after the current
+/// response); `retire`: the connection's configuration is retired (HTTP/2 says GOAWAY, and
+/// the service marks HTTP/1.1's next response as the last).
 async fn serve_https<T>(
     io: Pin<Box<TimedIo<T>>>,
     h2: bool,
     svc: HttpsService,
     ctx: &WorkerCtx,
     mut shutdown: watch::Receiver<bool>,
+    retire: watch::Receiver<bool>,
     peer: SocketAddr,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     if h2 {
         // Our own HTTP/2 connection (server::h2); it handles the shutdown signal itself.
-        if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, shutdown).await {
+        if let Err(e) = super::h2::serve(io, svc, ctx.h2_limits, retire).await {
             tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
         }
         return;

@@ -267,17 +267,30 @@ where
         poll_fn(|cx| conn.poll_flush_all(cx)).await?;
         conn.codec.get_mut().read_exact(&mut preface).await
     };
-    tokio::select! {
-        r = start => match r {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                // Nothing from the client within the first-request timeout.
-                conn.idle_close();
-                return poll_fn(|cx| conn.poll(cx)).await;
+    // A shutdown (or a reload) while the preface is on its way does not drop the connection:
+    // the client may have sent its first request already. It gets the graceful GOAWAY once
+    // the preface is in (bounded by the first-request timeout).
+    let mut start = std::pin::pin!(start);
+    let mut stopping = false;
+    let started = loop {
+        tokio::select! {
+            r = &mut start => break r,
+            r = shutdown.changed(), if !stopping => {
+                stopping = true;
+                if r.is_err() {
+                    return Ok(());
+                }
             }
-            Err(e) => return Err(e),
-        },
-        _ = shutdown.changed() => return Ok(()),
+        }
+    };
+    match started {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            // Nothing from the client within the first-request timeout.
+            conn.idle_close();
+            return poll_fn(|cx| conn.poll(cx)).await;
+        }
+        Err(e) => return Err(e),
     }
     if &preface != PREFACE {
         return Err(io::Error::new(
@@ -285,12 +298,13 @@ where
             "not an HTTP/2 connection preface",
         ));
     }
-    let mut poll = poll_fn(|cx| conn.poll_observed(cx, &mut observe));
-    tokio::select! {
-        r = &mut poll => return r,
-        _ = shutdown.changed() => {}
+    if !stopping {
+        let mut poll = poll_fn(|cx| conn.poll_observed(cx, &mut observe));
+        tokio::select! {
+            r = &mut poll => return r,
+            _ = shutdown.changed() => {}
+        }
     }
-    drop(poll);
     // Graceful shutdown in two steps (RFC 9113 §6.8): a GOAWAY that still admits every stream,
     // with a PING; once the PING is answered (or after a second), the streams the client
     // opened meanwhile have arrived, and the final GOAWAY names the last one.

@@ -154,3 +154,88 @@ mod tests {
         assert!(a.nodelay().unwrap());
     }
 }
+
+/// The environment variable that tells a new binary which of the sockets it was given
+/// (systemd's `LISTEN_FDS` protocol: descriptors 3, 4, …) belong to which listener:
+/// `KEY=I,J;KEY=K`, indexes counted from 0, keys as `server::Bound` has them
+/// (`https@127.0.0.1:443#0`).
+pub const INHERITED_ENV: &str = "PORTCULLIS_INHERITED";
+
+/// Listening sockets handed over by the process that started this one (a binary upgrade), or
+/// by systemd socket activation, by the address they serve. A configuration takes those it
+/// names; the rest close when this is dropped.
+#[derive(Default)]
+pub struct Inherited {
+    /// By key ([`INHERITED_ENV`]).
+    keyed: Vec<(String, Vec<TcpListener>)>,
+    /// By bound address (systemd socket activation).
+    by_addr: Vec<(SocketAddr, Vec<TcpListener>)>,
+}
+
+impl Inherited {
+    /// Reads `LISTEN_FDS` (and [`INHERITED_ENV`]) once; later calls find nothing. Sockets
+    /// passed without [`INHERITED_ENV`] (systemd) are known by their bound address.
+    pub fn from_env() -> Inherited {
+        static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Inherited::default();
+        }
+        let mut fds = listenfd::ListenFd::from_env();
+        let count = fds.len();
+        if count == 0 {
+            return Inherited::default();
+        }
+        let mut take = |i: usize| -> Option<TcpListener> {
+            match fds.take_tcp_listener(i) {
+                Ok(Some(l)) => {
+                    // Not passed on to programs this one starts (DNS hooks).
+                    let _ = rustix::io::fcntl_setfd(&l, rustix::io::FdFlags::CLOEXEC);
+                    Some(l)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(index = i, error = %e, "ignoring a passed file descriptor that is not a TCP listening socket");
+                    None
+                }
+            }
+        };
+        let mut out = Inherited::default();
+        match std::env::var(INHERITED_ENV) {
+            Ok(map) => {
+                for entry in map.split(';').filter(|e| !e.is_empty()) {
+                    let Some((key, idx)) = entry.rsplit_once('=') else {
+                        continue;
+                    };
+                    let sockets: Vec<TcpListener> = idx
+                        .split(',')
+                        .filter_map(|i| i.parse().ok())
+                        .filter_map(&mut take)
+                        .collect();
+                    if !sockets.is_empty() {
+                        out.keyed.push((key.to_owned(), sockets));
+                    }
+                }
+            }
+            Err(_) => {
+                for i in 0..count {
+                    let Some(l) = take(i) else { continue };
+                    let Ok(addr) = l.local_addr() else { continue };
+                    match out.by_addr.iter_mut().find(|(a, _)| *a == addr) {
+                        Some((_, g)) => g.push(l),
+                        None => out.by_addr.push((addr, vec![l])),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The sockets passed for the listener `key` (or, from systemd, bound to `addr`).
+    pub fn take(&mut self, key: &str, addr: SocketAddr) -> Option<Vec<TcpListener>> {
+        if let Some(i) = self.keyed.iter().position(|(k, _)| k == key) {
+            return Some(self.keyed.swap_remove(i).1);
+        }
+        let i = self.by_addr.iter().position(|(a, _)| *a == addr)?;
+        Some(self.by_addr.swap_remove(i).1)
+    }
+}

@@ -10,18 +10,21 @@
 pub mod conn;
 pub mod cork;
 pub mod early;
+mod generation;
 pub mod h2;
 pub mod hpack;
 pub mod io;
+pub mod limits;
 pub mod listener;
 pub mod placement;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hyper_util::rt::TokioTimer;
 use rustls::ServerConfig;
 use tokio::sync::{watch, Notify};
@@ -31,15 +34,11 @@ use crate::config::model::{Limits, OcspStapleFile, SiteCertSource, UnknownSni};
 use crate::config::stream::ProxyAccept;
 use crate::config::{Config, Problem};
 use crate::http::Frontend;
-use crate::storage::{FileStorage, Storage};
 use crate::stream::StreamService;
-use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
 use crate::tls::names::HostPattern;
 use crate::tls::names::NameTable;
-use crate::tls::resolver::{NamedCerts, SiteCerts, WithNamed};
-use crate::tls::stapler::{self, RenewRequests, StapleSite, Stapler};
-use crate::tls::{TlsOptions, TlsShared};
+use crate::tls::resolver::SiteCerts;
 
 /// The TLS side of the runtime: one rustls config per site and the SNI table.
 pub struct TlsFront {
@@ -52,15 +51,18 @@ pub struct TlsFront {
     pub on_demand: Option<Arc<acme::on_demand::OnDemand>>,
 }
 
-/// Shared by every worker and connection.
+/// Shared by every worker and connection of one configuration. A reload builds the next
+/// generation beside the running one ([`generation`]) and swaps it in; connections keep the
+/// generation they were accepted in.
 pub struct ServerState {
     pub front: Arc<Frontend>,
     pub tls: TlsFront,
     /// TLS-ALPN-01 challenge answers, consulted for `acme-tls/1` handshakes.
     pub tls_alpn: Arc<TlsAlpnChallenges>,
     pub limits: Limits,
-    /// Which workers take new connections (no more than the CPUs they may run on).
-    pub placement: placement::Placement,
+    /// Which workers take new connections (no more than the CPUs they may run on); the same
+    /// for every generation.
+    pub placement: Arc<placement::Placement>,
     /// `[listen] proxy_protocol`: whose PROXY protocol headers the HTTPS and HTTP listeners
     /// read. `None`: no connection is looked at for one.
     pub proxy_accept: Option<ProxyAccept>,
@@ -68,8 +70,22 @@ pub struct ServerState {
     pub streams: Vec<Arc<StreamService>>,
     /// Names of the certificates in `tls.certs` after the sites' (the streams').
     pub stream_cert_names: Vec<String>,
-    open: AtomicUsize,
-    drained: Notify,
+    /// Open connections of every generation.
+    conns: Arc<Conns>,
+    /// Set when a newer generation takes over or the server stops: the background tasks of
+    /// this one end, and its HTTP/2 connections say GOAWAY (its HTTP/1.1 connections close
+    /// after their next response, see `Frontend::retired`).
+    retire: watch::Sender<bool>,
+    /// Listener id → what it serves in this generation.
+    listeners: Vec<(u64, ListenerKind)>,
+    /// Per worker: its protocol builders with this generation's limits.
+    ctxs: Vec<Arc<WorkerCtx>>,
+    /// Ticket keys and session caches, handed to the next generation when its TLS settings
+    /// are the same.
+    tls_shared: Option<generation::SharedTls>,
+    /// `[limits.per_client]` and its client table, carried over by a reload with the same
+    /// settings (clients keep their counts).
+    pub client_limits: Arc<limits::ClientLimits>,
 }
 
 impl ServerState {
@@ -86,47 +102,108 @@ impl ServerState {
             front,
             tls,
             tls_alpn,
+            client_limits: limits::ClientLimits::new(&limits.per_client),
             limits,
-            placement: placement::Placement::new(1).0,
+            placement: Arc::new(placement::Placement::new(1).0),
             proxy_accept: None,
             streams: Vec::new(),
             stream_cert_names: Vec::new(),
-            open: AtomicUsize::new(0),
-            drained: Notify::new(),
+            conns: Arc::default(),
+            retire: watch::channel(false).0,
+            listeners: Vec::new(),
+            ctxs: Vec::new(),
+            tls_shared: None,
         })
     }
 
     /// Counts a connection while the guard lives (what the accept loop does).
     #[doc(hidden)]
     pub fn count_connection(self: &Arc<Self>) -> ConnGuard {
-        ConnGuard::new(self).0
+        ConnGuard::new(&self.conns).0
     }
 
-    /// Connections currently open (TLS and plain).
+    /// Connections currently open (TLS and plain, of every generation).
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.conns.open.load(Ordering::Relaxed)
+    }
+
+    /// A receiver that changes when this generation is retired (already marked changed when
+    /// it has been).
+    pub fn retired(&self) -> watch::Receiver<bool> {
+        let mut rx = self.retire.subscribe();
+        if *rx.borrow() {
+            rx.mark_changed();
+        }
+        rx
+    }
+
+    /// What the listener `id` serves in this generation (`None`: it is gone).
+    fn kind_of(&self, id: u64) -> Option<ListenerKind> {
+        self.listeners
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, kind)| *kind)
+    }
+
+    /// Retires this generation (see `retire`).
+    fn retire(&self) {
+        self.front.retired.store(true, Ordering::Relaxed);
+        let _ = self.retire.send(true);
     }
 }
 
-/// Counts a connection while it lives.
-pub struct ConnGuard(Arc<ServerState>);
+/// The connection count, shared by all generations.
+#[derive(Default)]
+pub struct Conns {
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+/// Counts a connection while it lives (and in its client's concurrent connections, once
+/// admitted by the per-client limits).
+pub struct ConnGuard {
+    conns: Arc<Conns>,
+    client: Option<limits::ClientSlot>,
+}
 
 impl ConnGuard {
-    fn new(state: &Arc<ServerState>) -> (Self, usize) {
-        let n = state.open.fetch_add(1, Ordering::Relaxed) + 1;
-        (ConnGuard(state.clone()), n)
+    fn new(conns: &Arc<Conns>) -> (Self, usize) {
+        let n = conns.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let guard = ConnGuard {
+            conns: conns.clone(),
+            client: None,
+        };
+        (guard, n)
+    }
+
+    /// The per-client limits for a connection from `client`: `false` (counted and logged)
+    /// when it is to be closed.
+    fn admit(&mut self, state: &ServerState, client: std::net::IpAddr) -> bool {
+        match state.client_limits.admit(client) {
+            Ok(slot) => {
+                self.client = slot;
+                true
+            }
+            Err(refused) => {
+                tracing::debug!(%client, limit = refused.kind(), "connection refused: per-client limit");
+                crate::ops::limits_dropped(refused.kind());
+                false
+            }
+        }
     }
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
+        self.client = None;
+        if self.conns.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.conns.drained.notify_waiters();
         }
     }
 }
 
-/// Per-worker protocol builders (built once, used for every connection of the worker).
+/// Per-worker protocol builders (built once per generation, used for every connection of the
+/// worker).
 pub struct WorkerCtx {
     pub h1: hyper::server::conn::http1::Builder,
     /// HTTP/2 is ours (server::h2); these are its limits.
@@ -153,16 +230,156 @@ impl WorkerCtx {
     }
 }
 
+/// What outlives a configuration: which workers accept, and the connection count.
+pub(crate) struct Process {
+    pub(crate) placement: Arc<placement::Placement>,
+    pub(crate) conns: Arc<Conns>,
+}
+
+/// A listening address with its sockets (one per worker).
+struct Bound {
+    id: u64,
+    /// The address as configured, with its role (`https@127.0.0.1:0#0`: `127.0.0.1:0` stays
+    /// that, whatever port it got): a reload or an upgrade that names it again keeps the
+    /// sockets.
+    key: String,
+    /// The address it is bound to.
+    local: SocketAddr,
+    /// Duplicates of the workers' sockets, passed to a new binary on upgrade.
+    dups: Vec<TcpListener>,
+}
+
+/// A group bound for a new configuration, not yet handed to the workers.
+struct NewGroup {
+    id: u64,
+    key: String,
+    local: SocketAddr,
+    sockets: Vec<TcpListener>,
+}
+
+/// The running server's process-wide side: the current generation, the listeners and the
+/// stop signal.
+struct Runtime {
+    current: ArcSwap<ServerState>,
+    process: Process,
+    stop: watch::Sender<bool>,
+    /// Cleared when a new binary has taken the listening sockets over: the accept loops end.
+    accepting: watch::Sender<bool>,
+    /// Bumped when listeners are removed (their accept loops end).
+    listeners_changed: watch::Sender<u64>,
+    bound: Mutex<Vec<Bound>>,
+    next_id: AtomicU64,
+    /// Worker threads (fixed for the process's life).
+    workers: usize,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+/// Listener id → what it serves, for one generation.
+type Kinds = Vec<(u64, ListenerKind)>;
+
+/// Every address a configuration listens on, with what it serves there and its key (see
+/// [`Bound::key`]).
+fn wanted(config: &Config) -> Vec<(SocketAddr, ListenerKind, String, String)> {
+    let mut out: Vec<(SocketAddr, ListenerKind, String, String)> = Vec::new();
+    let mut add = |a: SocketAddr, kind, what: String, role: &str| {
+        let n = out
+            .iter()
+            .filter(|(b, _, _, key)| *b == a && key.starts_with(&format!("{role}@")))
+            .count();
+        out.push((a, kind, what, format!("{role}@{a}#{n}")));
+    };
+    for &a in &config.listen.https {
+        add(a, ListenerKind::Https, "https".to_owned(), "https");
+    }
+    for &a in &config.listen.http {
+        add(a, ListenerKind::Http, "http".to_owned(), "http");
+    }
+    for (i, stream) in config.streams.iter().enumerate() {
+        for &a in &stream.listen {
+            let role = format!("stream:{}", stream.name.replace(['@', '=', ';', ','], "_"));
+            add(
+                a,
+                ListenerKind::Stream(i),
+                format!("stream {:?}", stream.name),
+                &role,
+            );
+        }
+    }
+    out
+}
+
+/// Which of `bound` a configuration keeps, and new groups for the addresses it adds (taken
+/// from the sockets an upgrading parent passed, or bound now). Nothing is changed on error:
+/// the groups bound so far close when dropped.
+fn reconcile(
+    config: &Config,
+    bound: &[Bound],
+    next_id: &AtomicU64,
+    workers: usize,
+    inherited: &mut listener::Inherited,
+    notes: &mut Vec<Problem>,
+) -> Result<(Kinds, Vec<NewGroup>), String> {
+    let mut kinds = Vec::new();
+    let mut groups: Vec<NewGroup> = Vec::new();
+    for (addr, kind, what, key) in wanted(config) {
+        if let Some(b) = bound.iter().find(|b| b.key == key) {
+            kinds.push((b.id, kind));
+            continue;
+        }
+        let sockets = match inherited.take(&key, addr) {
+            Some(s) => s,
+            None => match listener::bind_group(addr, &what, workers) {
+                Ok(s) => s,
+                Err(e) if config.listen.ipv6_optional && e.is_no_ipv6() => {
+                    notes.push(Problem::warning(
+                        crate::config::Location::None,
+                        format!("IPv6 is not available here; not listening on {addr}"),
+                    ));
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+        };
+        let local = sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .unwrap_or(addr);
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        kinds.push((id, kind));
+        groups.push(NewGroup {
+            id,
+            key,
+            local,
+            sockets,
+        });
+    }
+    Ok((kinds, groups))
+}
+
+/// The port HTTPS is reached on (for redirects): configured, or the first HTTPS listener's.
+fn https_port(
+    config: &Config,
+    kinds: &[(u64, ListenerKind)],
+    local: impl Fn(u64) -> Option<SocketAddr>,
+) -> u16 {
+    config
+        .listen
+        .public_https_port
+        .or_else(|| {
+            kinds
+                .iter()
+                .find(|(_, k)| *k == ListenerKind::Https)
+                .and_then(|(id, _)| local(*id))
+                .map(|a| a.port())
+        })
+        .unwrap_or(443)
+}
+
 /// A started server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
-    state: Arc<ServerState>,
-    shutdown_tx: watch::Sender<bool>,
-    workers: Vec<JoinHandle<()>>,
-    https_addrs: Vec<SocketAddr>,
-    http_addrs: Vec<SocketAddr>,
-    /// Per stream (configuration order): its bound addresses.
-    stream_addrs: Vec<Vec<SocketAddr>>,
-    shutdown_timeout: Duration,
+    rt: Arc<Runtime>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
     /// Where the local CA's root is, when a site uses it.
     pub local_ca_root: Option<std::path::PathBuf>,
     /// Things worth telling the operator at start (e.g. a skipped IPv6 listener).
@@ -170,417 +387,250 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener, prepares certificates and starts the workers. Nothing is served
+    /// Binds every listener (or takes them over from the process that started this one for a
+    /// binary upgrade), prepares certificates and starts the workers. Nothing is served
     /// unless everything could be set up (no half-started server).
     pub fn start(config: Config) -> Result<Server, String> {
         let mut notes = Vec::new();
+        let workers = config.workers.max(1);
         // 1. Listeners first: the most common failure, and nothing else is touched yet.
-        let mut https = Vec::new();
-        let mut http = Vec::new();
-        for (addrs, out, what) in [
-            (&config.listen.https, &mut https, "https"),
-            (&config.listen.http, &mut http, "http"),
-        ] {
-            for &addr in addrs {
-                match listener::bind_group(addr, what, config.workers) {
-                    Ok(group) => out.push(group),
-                    Err(e) if config.listen.ipv6_optional && e.is_no_ipv6() => {
-                        notes.push(Problem::warning(
-                            crate::config::Location::None,
-                            format!("IPv6 is not available here; not listening on {addr}"),
-                        ));
-                    }
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-        }
-        // Stream listeners: every address of every stream, remembering whose it is.
-        let mut streams_l: Vec<(usize, Vec<TcpListener>)> = Vec::new();
-        for (i, stream) in config.streams.iter().enumerate() {
-            for &addr in &stream.listen {
-                let group = listener::bind_group(
-                    addr,
-                    &format!("stream {:?}", stream.name),
-                    config.workers,
-                )
-                .map_err(|e| e.to_string())?;
-                streams_l.push((i, group));
-            }
-        }
-        let first_addrs = |groups: &[Vec<TcpListener>]| -> Vec<SocketAddr> {
-            groups
-                .iter()
-                .filter_map(|g| g.first()?.local_addr().ok())
-                .collect()
-        };
-        let https_addrs = first_addrs(&https);
-        let http_addrs = first_addrs(&http);
-        let mut stream_addrs = vec![Vec::new(); config.streams.len()];
-        for (i, group) in &streams_l {
-            if let Some(a) = group.first().and_then(|l| l.local_addr().ok()) {
-                stream_addrs[*i].push(a);
-            }
-        }
-        let https_port = config
-            .listen
-            .public_https_port
-            .or_else(|| https_addrs.first().map(|a| a.port()))
-            .unwrap_or(443);
+        let next_id = AtomicU64::new(0);
+        let mut inherited = listener::Inherited::from_env();
+        let (kinds, groups) =
+            reconcile(&config, &[], &next_id, workers, &mut inherited, &mut notes)?;
+        // Sockets passed for addresses this configuration no longer has close here.
+        drop(inherited);
+        let local = |id: u64| groups.iter().find(|g| g.id == id).map(|g| g.local);
+        let https_port = https_port(&config, &kinds, local);
 
-        // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(config.data_dir.clone()));
-        let mut acme_sites = Vec::new();
-        let mut local_ca: Option<LocalCa> = None;
+        // 2. The generation: certificates, TLS, the request side, background tasks.
+        let (placement, inboxes) = placement::Placement::new(workers);
+        let process = Process {
+            placement: Arc::new(placement),
+            conns: Arc::default(),
+        };
         let mut local_ca_root = None;
-        let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
-        // Sites' certificates, then streams' (same sources, renewals and monitoring).
-        let owners = cert_owners(&config);
-        // A stream whose ACME names are an earlier holder's exactly (a mail service beside its
-        // webmail site) shares that holder's certificate: one order, one renewal.
-        let mut shares: Vec<Option<usize>> = vec![None; owners.len()];
-        for (i, site) in owners.iter().enumerate() {
-            if matches!(site.certs, SiteCertSource::Acme) {
-                shares[i] = owners[..i]
-                    .iter()
-                    .position(|o| matches!(o.certs, SiteCertSource::Acme) && o.hosts == site.hosts);
-            }
-        }
-        for (i, site) in owners.iter().enumerate() {
-            match site.certs {
-                SiteCertSource::Files(list) => site_certs.push(list.clone()),
-                SiteCertSource::LocalCa => {
-                    if local_ca.is_none() {
-                        local_ca = Some(LocalCa::open_or_create(&config.data_dir)?);
-                        local_ca_root = Some(local_ca::root_cert_path(&config.data_dir));
-                    }
-                    let ca = local_ca.as_ref().ok_or("local CA unavailable")?;
-                    let leaf = ca
-                        .leaf_for(site.hosts)
-                        .map_err(|e| format!("{}: local CA: {e}", site.name))?;
-                    site_certs.push(vec![leaf]);
-                }
-                SiteCertSource::Acme if shares[i].is_some() => site_certs.push(Vec::new()),
-                SiteCertSource::Acme => {
-                    let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
-                    let stored = acme::manager::stored(storage.as_ref(), &names);
-                    if stored.is_none() {
-                        tracing::info!(site = site.name, "no certificate yet: ordering one from the ACME CA; handshakes for it fail until then");
-                    }
-                    site_certs.push(stored.iter().cloned().collect());
-                    acme_sites.push((site_certs.len() - 1, names, stored));
-                }
-            }
-        }
-
-        // 3. TLS configs.
-        let shared = TlsShared::new(&TlsOptions {
-            profile: config.tls.profile,
-            session_tickets: config.tls.session_tickets,
-            ticket_rotation_secs: config.tls.ticket_rotation.as_secs().min(u32::MAX as u64) as u32,
-            session_cache_size: config.tls.session_cache_size,
-            http2: config.http.http2,
-            prefer_server_order: config.tls.prefer_server_order,
-            early_data: config.sites.iter().any(|s| s.early_data),
-        })
-        .map_err(|e| format!("TLS set-up failed: {e}"))?;
-        let mut configs = Vec::new();
-        let mut certs = Vec::new();
-        let mut sni = NameTable::default();
-        let named = config
-            .on_demand
-            .as_ref()
-            .map(|od| (od.site, Arc::new(NamedCerts::default())));
-        for (i, (site, loaded)) in config.sites.iter().zip(&site_certs).enumerate() {
-            let resolver = Arc::new(SiteCerts::new(
-                loaded.iter().map(|l| l.certified.clone()).collect(),
-            ));
-            let serving: Arc<dyn rustls::server::ResolvesServerCert> = match &named {
-                Some((s, named)) if *s == i => Arc::new(WithNamed {
-                    named: named.clone(),
-                    site: resolver.clone(),
-                }),
-                _ => resolver.clone(),
-            };
-            configs.push(
-                shared
-                    .site_config(
-                        serving,
-                        site.early_data,
-                        site.require_post_quantum,
-                        site.client_auth.as_ref().map(|c| c.verifier.clone()),
-                    )
-                    .map_err(|e| format!("site {:?}: TLS set-up failed: {e}", site.name))?,
-            );
-            certs.push(resolver);
-            for h in &site.hosts {
-                sni.insert(h, i);
-            }
-        }
-        // Streams: their certificates' resolvers follow the sites' in `certs`; each route
-        // gets a config of its own (its ALPN), on its certificate's resolver.
-        let mut stream_services = Vec::new();
-        let mut next = config.sites.len();
-        for stream in &config.streams {
-            let base = next;
-            for _ in &stream.certs {
-                certs.push(match shares[next] {
-                    Some(j) => certs[j].clone(),
-                    None => Arc::new(SiteCerts::new(
-                        site_certs[next]
-                            .iter()
-                            .map(|l| l.certified.clone())
-                            .collect(),
-                    )),
-                });
-                next += 1;
-            }
-            let svc = StreamService::new(stream, |cert, alpn| {
-                let resolver = certs[base + cert].clone();
-                let config = shared
-                    .stream_config(resolver.clone(), alpn)
-                    .map_err(|e| format!("stream {:?}: TLS set-up failed: {e}", stream.name))?;
-                Ok((config, resolver))
-            })?;
-            stream_services.push(Arc::new(svc));
-        }
-        let challenges = acme::Challenges {
-            dns: config.acme.dns_hook.as_ref().map(|h| {
-                Arc::new(acme::dns::DnsHook {
-                    command: h.command.clone(),
-                    propagation: h.propagation,
-                    timeout: h.timeout,
-                })
-            }),
-            ..Default::default()
-        };
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let on_demand = match (&config.on_demand, &named) {
-            (Some(settings), Some((_, named))) => Some(
-                acme::on_demand::spawn(
-                    settings.clone(),
-                    named.clone(),
-                    config.acme.clone(),
-                    storage.clone(),
-                    challenges.clone(),
-                    shutdown_rx.clone(),
-                )
-                .map_err(|e| format!("cannot start the on-demand TLS thread: {e}"))?,
-            ),
-            _ => None,
-        };
-        let tls = TlsFront {
-            configs,
-            certs,
-            sni,
-            default_site: config.default_site,
-            unknown_sni: config.tls.unknown_sni,
-            on_demand,
-        };
-
-        // Proxy routes run their health checks and pool upkeep on a thread of their own.
-        let upstreams = if config.sites.iter().any(|s| {
-            s.routes
-                .iter()
-                .any(|r| matches!(r.handler, crate::config::model::Handler::Proxy(_)))
-        }) {
-            Some(upstream_runtime(shutdown_rx.clone())?)
-        } else {
-            None
-        };
-        let entered = upstreams.as_ref().map(|h| h.enter());
-        let mut front = Frontend::new(
+        let state = generation::build(
             &config,
-            https_port,
-            challenges.http01.clone(),
-            shutdown_rx.clone(),
+            generation::Inputs {
+                https_port,
+                process: &process,
+                workers,
+                listeners: kinds,
+                prev: None,
+                prev_limits: None,
+                local_ca_root: &mut local_ca_root,
+            },
         )?;
-        drop(entered);
-        front.on_demand = named;
-        let front = Arc::new(front);
-        let (placement, inboxes) = placement::Placement::new(config.workers);
-        let state = Arc::new(ServerState {
-            front,
-            tls,
-            tls_alpn: challenges.tls_alpn.clone(),
-            limits: config.limits.clone(),
-            placement,
-            proxy_accept: config.proxy_accept.clone(),
-            streams: stream_services,
-            stream_cert_names: owners[config.sites.len()..]
-                .iter()
-                .map(|o| o.name.clone())
-                .collect(),
-            open: AtomicUsize::new(0),
-            drained: Notify::new(),
+        let (stop, _) = watch::channel(false);
+        let rt = Arc::new(Runtime {
+            current: ArcSwap::new(state.clone()),
+            process,
+            stop,
+            accepting: watch::channel(true).0,
+            listeners_changed: watch::channel(0).0,
+            bound: Mutex::new(Vec::new()),
+            next_id,
+            workers,
+            reloading: Mutex::new(()),
         });
 
-        // 4. Workers.
-        let mut workers = Vec::new();
-        // Each worker takes its own socket of every address's group.
-        let take_own = |groups: &mut Vec<Vec<TcpListener>>| -> Vec<TcpListener> {
-            groups.iter_mut().filter_map(|g| g.pop()).collect()
-        };
-        for (n, inbox) in inboxes.into_iter().enumerate() {
-            let mut listeners: Vec<(ListenerKind, TcpListener)> = Vec::new();
-            listeners.extend(
-                take_own(&mut https)
-                    .into_iter()
-                    .map(|l| (ListenerKind::Https, l)),
-            );
-            listeners.extend(
-                take_own(&mut http)
-                    .into_iter()
-                    .map(|l| (ListenerKind::Http, l)),
-            );
-            for (i, group) in &mut streams_l {
-                if let Some(l) = group.pop() {
-                    listeners.push((ListenerKind::Stream(*i), l));
-                }
-            }
-            let state = state.clone();
-            let rx = shutdown_rx.clone();
-            let ctx = Arc::new(WorkerCtx::new(&config));
-            let shutdown_timeout = config.limits.shutdown_timeout;
+        // 3. Workers: each takes its own socket of every address's group.
+        let mut own: Vec<Vec<(u64, TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let bound = bind_groups(groups, &mut |id, j, socket| {
+            own[j % workers].push((id, socket))
+        })
+        .inspect_err(|_| state.retire())?;
+        *rt.bound.lock().unwrap_or_else(|p| p.into_inner()) = bound;
+        let mut threads = Vec::new();
+        for (n, (inbox, listeners)) in inboxes.into_iter().zip(own).enumerate() {
+            let rt = rt.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("portcullis-w{n}"))
-                .spawn(move || worker(n, listeners, inbox, state, ctx, rx, shutdown_timeout))
-                .map_err(|e| format!("cannot start worker thread: {e}"))?;
-            workers.push(handle);
+                .spawn(move || worker(n, listeners, inbox, rt))
+                .map_err(|e| {
+                    state.retire();
+                    format!("cannot start worker thread: {e}")
+                })?;
+            threads.push(handle);
         }
-
-        // 5. ACME: order missing certificates, renew all, swap them in as they come.
-        let renew = Arc::new(RenewRequests::default());
-        let acme_names: Vec<usize> = acme_sites.iter().map(|(i, _, _)| *i).collect();
-        if !acme_sites.is_empty() {
-            let sites = acme_sites
-                .into_iter()
-                .map(|(i, names, stored)| {
-                    let site = acme::manager::AcmeSite {
-                        name: owners[i].name.clone(),
-                        names,
-                        certs: state.tls.certs[i].clone(),
-                        profile: owners[i].acme_profile.clone(),
-                    };
-                    (site, stored)
-                })
-                .collect();
-            acme::manager::spawn(
-                config.acme.clone(),
-                storage.clone(),
-                sites,
-                challenges.clone(),
-                renew.clone(),
-                shutdown_rx.clone(),
-            )
-            .map_err(|e| format!("cannot start the ACME thread: {e}"))?;
-        }
-
-        // 6. OCSP: staple a verified response for every certificate that names a responder.
-        let mut staple_sites: Vec<StapleSite> = owners
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| shares[*i].is_none())
-            .map(|(i, site)| StapleSite {
-                name: site.name.clone(),
-                certs: state.tls.certs[i].clone(),
-                staple_files: site
-                    .ocsp_staples
-                    .iter()
-                    .map(|f| (f.leaf.clone(), f.path.clone()))
-                    .collect(),
-                renew: acme_names.contains(&i).then(|| renew.clone()),
-            })
-            .collect();
-        if let Some((site, named)) = &state.front.on_demand {
-            staple_sites.push(StapleSite {
-                name: format!("{} (on demand)", config.sites[*site].name),
-                certs: named.clone(),
-                staple_files: Vec::new(),
-                renew: None,
-            });
-        }
-        // No thread when nothing can ever be stapled: only file certificates, none naming a
-        // responder or requiring a staple, and no staple files (saves ~1.5 MiB of RSS).
-        let may_staple = !acme_names.is_empty()
-            || state.front.on_demand.is_some()
-            || owners.iter().enumerate().any(|(i, site)| {
-                !site.ocsp_staples.is_empty()
-                    || state.tls.certs[i].current().iter().any(|ck| {
-                        ck.cert.first().is_some_and(|leaf| {
-                            let info = crate::tls::ocsp::leaf_ocsp(leaf);
-                            info.must_staple || (info.url.is_some() && config.tls.ocsp_stapling)
-                        })
-                    })
-            });
-        if may_staple {
-            stapler::spawn(
-                Stapler::new(staple_sites, storage.clone(), config.tls.ocsp_stapling),
-                shutdown_rx.clone(),
-            )
-            .map_err(|e| format!("cannot start the OCSP stapler: {e}"))?;
-        }
-
-        // 7. Warn before any served certificate expires.
-        crate::ops::expiry::spawn(state.clone(), shutdown_rx.clone())
-            .map_err(|e| format!("cannot start the expiry monitor: {e}"))?;
-
-        // 8. Keep local-CA leaves fresh without a restart.
-        if let Some(ca) = local_ca {
-            let state = state.clone();
-            let hosts: Vec<_> = owners
-                .iter()
-                .map(|s| matches!(s.certs, SiteCertSource::LocalCa).then(|| s.hosts.to_vec()))
-                .collect();
-            let rx = shutdown_rx.clone();
-            std::thread::Builder::new()
-                .name("portcullis-localca".into())
-                .spawn(move || renew_local_leaves(ca, hosts, state, rx))
-                .map_err(|e| format!("cannot start renewal thread: {e}"))?;
-        }
-
         Ok(Server {
-            state,
-            shutdown_tx,
-            workers,
-            https_addrs,
-            http_addrs,
-            stream_addrs,
-            shutdown_timeout: config.limits.shutdown_timeout,
+            rt,
+            workers: Mutex::new(threads),
             local_ca_root,
             notes,
         })
     }
 
+    /// Applies a new configuration without a restart. Everything is prepared first (new
+    /// listeners bound, certificates and TLS configs built, background tasks started); only
+    /// then does the new generation take new connections, and the old one is retired: its
+    /// connections finish what they are doing on it (HTTP/1.1: the next response closes the
+    /// connection; HTTP/2: GOAWAY), its background tasks stop, listeners it alone had close.
+    /// On error nothing has changed. Returns warnings (settings that need a restart).
+    pub fn reload(&self, config: Config) -> Result<Vec<Problem>, String> {
+        let rt = &self.rt;
+        let _one = rt.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut notes = Vec::new();
+        if config.workers.max(1) != rt.workers {
+            notes.push(Problem::warning(
+                crate::config::Location::None,
+                format!(
+                    "workers = {} takes effect at the next start or binary upgrade; {} workers keep serving",
+                    config.workers, rt.workers
+                ),
+            ));
+        }
+        let old = rt.current.load_full();
+        let (kinds, groups) = {
+            let bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(
+                &config,
+                &bound,
+                &rt.next_id,
+                rt.workers,
+                &mut listener::Inherited::default(),
+                &mut notes,
+            )?
+        };
+        let https_port = {
+            let bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
+            https_port(&config, &kinds, |id| {
+                bound
+                    .iter()
+                    .find(|b| b.id == id)
+                    .map(|b| b.local)
+                    .or_else(|| groups.iter().find(|g| g.id == id).map(|g| g.local))
+            })
+        };
+        let mut local_ca_root = None;
+        let state = generation::build(
+            &config,
+            generation::Inputs {
+                https_port,
+                process: &rt.process,
+                workers: rt.workers,
+                listeners: kinds.clone(),
+                prev: old.tls_shared.as_ref(),
+                prev_limits: Some(&old.client_limits),
+                local_ca_root: &mut local_ca_root,
+            },
+        )?;
+        let mut handoffs = Vec::new();
+        let added = bind_groups(groups, &mut |id, j, listener| {
+            handoffs.push(placement::Handoff {
+                listener,
+                id,
+                home: j % rt.workers,
+            })
+        });
+        let added = match added {
+            Ok(a) => a,
+            Err(e) => {
+                state.retire();
+                return Err(e);
+            }
+        };
+        // The switch: new connections get the new generation from here on.
+        rt.current.store(state);
+        for h in handoffs {
+            rt.process.placement.hand_over(h);
+        }
+        {
+            let mut bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
+            bound.extend(added);
+            bound.retain(|b| kinds.iter().any(|(id, _)| *id == b.id));
+        }
+        old.retire();
+        rt.listeners_changed.send_modify(|n| *n += 1);
+        Ok(notes)
+    }
+
+    /// Duplicates of every listening socket, with its key (role and address as configured),
+    /// for a new binary to take over (see `ops::reload`).
+    pub fn listening_sockets(&self) -> Vec<(String, Vec<TcpListener>)> {
+        let bound = self.rt.bound.lock().unwrap_or_else(|p| p.into_inner());
+        bound
+            .iter()
+            .map(|b| {
+                let dups = b.dups.iter().filter_map(|s| s.try_clone().ok()).collect();
+                (b.key.clone(), dups)
+            })
+            .collect()
+    }
+
+    /// Bound addresses of the current generation's listeners of one kind.
+    fn addrs_where(&self, pick: impl Fn(ListenerKind) -> bool) -> Vec<SocketAddr> {
+        let state = self.rt.current.load();
+        let bound = self.rt.bound.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .listeners
+            .iter()
+            .filter(|(_, k)| pick(*k))
+            .filter_map(|(id, _)| bound.iter().find(|b| b.id == *id).map(|b| b.local))
+            .collect()
+    }
+
     /// Bound HTTPS addresses (with the real port when 0 was configured).
-    pub fn https_addrs(&self) -> &[SocketAddr] {
-        &self.https_addrs
+    pub fn https_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_where(|k| k == ListenerKind::Https)
     }
 
     /// Bound plain-HTTP addresses.
-    pub fn http_addrs(&self) -> &[SocketAddr] {
-        &self.http_addrs
+    pub fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_where(|k| k == ListenerKind::Http)
     }
 
     /// Bound addresses of the `[[stream]]` named `name` (empty for no such stream).
-    pub fn stream_addrs(&self, name: &str) -> &[SocketAddr] {
-        self.state
-            .streams
-            .iter()
-            .position(|s| s.name == name)
-            .map_or(&[], |i| &self.stream_addrs[i])
+    pub fn stream_addrs(&self, name: &str) -> Vec<SocketAddr> {
+        let state = self.rt.current.load_full();
+        let Some(i) = state.streams.iter().position(|s| s.name == name) else {
+            return Vec::new();
+        };
+        self.addrs_where(|k| k == ListenerKind::Stream(i))
     }
 
-    /// Shared state (for status and tests).
-    pub fn state(&self) -> &Arc<ServerState> {
-        &self.state
+    /// The current generation's shared state (for status and tests).
+    pub fn state(&self) -> Arc<ServerState> {
+        self.rt.current.load_full()
+    }
+
+    /// Hands over to the new binary of an upgrade, which accepts from the same sockets now:
+    /// stops accepting, retires the current configuration so that every connection ends
+    /// after its exchange in progress (HTTP/1.1: the next response says `Connection: close`,
+    /// also on connections that have not sent their first request yet; HTTP/2: GOAWAY), waits
+    /// for them up to the shutdown timeout, then shuts down.
+    pub fn hand_over(&self) {
+        let _ = self.rt.accepting.send(false);
+        self.rt
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let current = self.rt.current.load_full();
+        current.retire();
+        let deadline = Instant::now() + current.limits.shutdown_timeout;
+        while self.rt.process.conns.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shutdown();
     }
 
     /// Stops accepting, lets in-flight requests finish up to the shutdown timeout, and returns
     /// once every worker has stopped (or the deadline passed).
-    pub fn shutdown(self) {
-        let _ = self.shutdown_tx.send(true);
-        let deadline = Instant::now() + self.shutdown_timeout + Duration::from_secs(1);
-        for w in self.workers {
+    pub fn shutdown(&self) {
+        let _ = self.rt.stop.send(true);
+        // The duplicates kept for upgrades: the addresses are free once the workers let go.
+        self.rt
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let current = self.rt.current.load_full();
+        current.retire();
+        let deadline = Instant::now() + current.limits.shutdown_timeout + Duration::from_secs(1);
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
             while !w.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -589,6 +639,38 @@ impl Server {
             }
         }
     }
+}
+
+/// Turns new groups into [`Bound`] entries (keeping a duplicate of each socket for upgrades)
+/// and gives each socket to `place` with its index in the group.
+fn bind_groups(
+    groups: Vec<NewGroup>,
+    place: &mut dyn FnMut(u64, usize, TcpListener),
+) -> Result<Vec<Bound>, String> {
+    let mut out = Vec::new();
+    let mut placed = Vec::new();
+    for g in groups {
+        let mut dups = Vec::new();
+        for s in &g.sockets {
+            dups.push(
+                s.try_clone()
+                    .map_err(|e| format!("cannot duplicate the socket of {}: {e}", g.local))?,
+            );
+        }
+        placed.push((g.id, g.sockets));
+        out.push(Bound {
+            id: g.id,
+            key: g.key,
+            local: g.local,
+            dups,
+        });
+    }
+    for (id, sockets) in placed {
+        for (j, s) in sockets.into_iter().enumerate() {
+            place(id, j, s);
+        }
+    }
+    Ok(out)
 }
 
 /// What a listening socket serves.
@@ -604,68 +686,69 @@ pub enum ListenerKind {
 
 fn worker(
     me: usize,
-    listeners: Vec<(ListenerKind, TcpListener)>,
+    listeners: Vec<(u64, TcpListener)>,
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<placement::Handoff>,
-    state: Arc<ServerState>,
-    ctx: Arc<WorkerCtx>,
-    mut shutdown: watch::Receiver<bool>,
-    shutdown_timeout: Duration,
+    rt: Arc<Runtime>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start worker runtime");
             return;
         }
     };
-    state.placement.register(me);
-    rt.block_on(async move {
+    rt.process.placement.register(me);
+    runtime.block_on(async move {
         let accept = {
-            let (state, shutdown) = (state.clone(), shutdown.clone());
-            move |listener: TcpListener, kind: ListenerKind, home: usize| {
+            let rt = rt.clone();
+            move |listener: TcpListener, id: u64, home: usize| {
                 match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
-                        let at = Accepting { kind, home, me };
-                        tokio::spawn(accept_loop(l, at, state.clone(), ctx.clone(), shutdown.clone()));
+                        let at = Accepting { id, home, me };
+                        tokio::spawn(accept_loop(l, at, rt.clone()));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot register listener"),
                 }
             }
         };
-        for (kind, l) in listeners {
-            accept(l, kind, me);
+        for (id, l) in listeners {
+            accept(l, id, me);
         }
-        // Sockets of workers that do not accept now (see `placement`).
+        // Sockets of workers that do not accept now (see `placement`), and listeners a reload
+        // added.
+        let mut stop = rt.stop.subscribe();
         {
-            let mut shutdown = shutdown.clone();
+            let mut stop = stop.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        _ = stop.wait_for(|stop| *stop) => return,
                         h = inbox.recv() => match h {
-                            Some(h) => accept(h.listener, h.kind, h.home),
+                            Some(h) => accept(h.listener, h.id, h.home),
                             None => return,
                         },
                     }
                 }
             });
         }
-        let _ = shutdown.wait_for(|stop| *stop).await;
+        let _ = stop.wait_for(|stop| *stop).await;
         // Drain: in-flight requests finish; hyper closes idle keep-alive connections.
-        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        let timeout = rt.current.load().limits.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conns = &rt.process.conns;
         loop {
-            let notified = state.drained.notified();
-            if state.open_connections() == 0 {
+            let notified = conns.drained.notified();
+            if conns.open.load(Ordering::Relaxed) == 0 {
                 break;
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(open = state.open_connections(), "shutdown deadline reached; closing remaining connections");
+                    tracing::warn!(open = conns.open.load(Ordering::Relaxed), "shutdown deadline reached; closing remaining connections");
                     break;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -677,52 +760,72 @@ fn worker(
 /// One listening socket in the worker that accepts from it.
 #[derive(Clone, Copy)]
 struct Accepting {
-    kind: ListenerKind,
+    /// The listener (what it serves is the current generation's word).
+    id: u64,
     /// The worker the socket was bound for.
     home: usize,
     /// The worker accepting from it now.
     me: usize,
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    at: Accepting,
-    state: Arc<ServerState>,
-    ctx: Arc<WorkerCtx>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let Accepting { kind, home, me } = at;
-    let max = state.limits.max_connections;
+async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<Runtime>) {
+    let Accepting { id, home, me } = at;
+    let mut stop = rt.stop.subscribe();
+    let mut accepting = rt.accepting.subscribe();
+    let mut changed = rt.listeners_changed.subscribe();
     let mut last_warn: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = accepting.wait_for(|on| !*on) => return,
+            r = changed.changed() => {
+                if r.is_err() || rt.current.load().kind_of(id).is_none() {
+                    return; // removed by a reload: the socket closes
+                }
+                continue;
+            }
             r = listener.accept() => r,
         };
         match accepted {
             Ok((tcp, peer)) => {
-                let (guard, n) = ConnGuard::new(&state);
+                let state = rt.current.load_full();
+                let Some(kind) = state.kind_of(id) else {
+                    return;
+                };
+                let Some(ctx) = state.ctxs.get(me).or(state.ctxs.last()).cloned() else {
+                    return;
+                };
+                let max = state.limits.max_connections;
+                let (mut guard, n) = ConnGuard::new(&state.conns);
                 // Above the limit: a 503 for a while (cheap to tell), then plain refusal.
                 if n > max.saturating_mul(2) || (kind != ListenerKind::Https && n > max) {
+                    crate::ops::limits_dropped("max_connections");
                     drop(tcp);
                     continue;
                 }
+                // A load balancer in front: its header says whom the connection is from (the
+                // per-client limits apply to that client, once the header is read).
+                let proxied = matches!(kind, ListenerKind::Https | ListenerKind::Http)
+                    && state
+                        .proxy_accept
+                        .as_ref()
+                        .is_some_and(|pa| pa.trusts(peer.ip()));
+                // Over a per-client limit: closed before anything is read or sent.
+                if !proxied && !guard.admit(&state, peer.ip()) {
+                    drop(tcp);
+                    continue;
+                }
+                let shutdown = stop.clone();
                 match kind {
-                    // A load balancer in front: its header says whom the connection is from.
-                    ListenerKind::Https | ListenerKind::Http
-                        if state
-                            .proxy_accept
-                            .as_ref()
-                            .is_some_and(|pa| pa.trusts(peer.ip())) =>
-                    {
+                    ListenerKind::Https | ListenerKind::Http if proxied => {
                         tokio::spawn(serve_proxied(
                             tcp,
                             peer,
                             kind,
                             state.clone(),
-                            ctx.clone(),
-                            shutdown.clone(),
+                            ctx,
+                            shutdown,
                             n > max,
                             guard,
                         ));
@@ -732,8 +835,8 @@ async fn accept_loop(
                             tcp,
                             peer,
                             state.clone(),
-                            ctx.clone(),
-                            shutdown.clone(),
+                            ctx,
+                            shutdown,
                             n > max,
                             guard,
                         ));
@@ -743,8 +846,8 @@ async fn accept_loop(
                             tcp,
                             peer,
                             state.clone(),
-                            ctx.clone(),
-                            shutdown.clone(),
+                            ctx,
+                            shutdown,
                             guard,
                         ));
                     }
@@ -762,15 +865,13 @@ async fn accept_loop(
                     }
                 }
                 // Fewer workers accept now, or this socket's own worker accepts again: move.
-                let placement = &state.placement;
+                let placement = &rt.process.placement;
                 placement.after_accept();
                 if placement.host_of(home) != me {
                     match listener.into_std() {
-                        Ok(listener) => placement.hand_over(placement::Handoff {
-                            listener,
-                            kind,
-                            home,
-                        }),
+                        Ok(listener) => {
+                            placement.hand_over(placement::Handoff { listener, id, home })
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot move a listening socket to another worker")
                         }
@@ -834,7 +935,7 @@ async fn serve_proxied(
     ctx: Arc<WorkerCtx>,
     shutdown: watch::Receiver<bool>,
     overloaded: bool,
-    guard: ConnGuard,
+    mut guard: ConnGuard,
 ) {
     let required = state.proxy_accept.as_ref().is_some_and(|pa| pa.required);
     let read = crate::proxy_protocol::read_header(&tcp, required);
@@ -850,6 +951,9 @@ async fn serve_proxied(
             return;
         }
     };
+    if !guard.admit(&state, client.ip()) {
+        return;
+    }
     if kind == ListenerKind::Https {
         conn::serve_tls(tcp, client, state, ctx, shutdown, overloaded, guard).await;
     } else {

@@ -51,8 +51,8 @@ pub const LOAD_WINDOW_MAX_MS: u64 = 2000;
 /// A listening socket on its way to the worker that is to accept from it.
 pub struct Handoff {
     pub listener: std::net::TcpListener,
-    /// What the socket serves.
-    pub kind: super::ListenerKind,
+    /// The listener (its id in the server's listener table).
+    pub id: u64,
     /// The worker the socket was bound for, where it returns when that worker accepts again.
     pub home: usize,
 }

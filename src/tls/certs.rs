@@ -48,8 +48,10 @@ pub struct CertInfo {
     pub key: KeyKind,
     /// Certificates in the served chain (leaf included).
     pub chain_len: usize,
-    /// Where it came from (for messages).
+    /// Where it came from (for messages, and watched for changes).
     pub cert_path: PathBuf,
+    /// Where its key came from (watched for changes).
+    pub key_path: PathBuf,
 }
 
 /// The leaf's public key type.
@@ -268,6 +270,7 @@ pub fn load_pem(
         key: key_kind,
         chain_len: chain.len(),
         cert_path: cert_path.to_path_buf(),
+        key_path: key_path.to_path_buf(),
     };
     Ok((
         LoadedCert {

@@ -86,7 +86,7 @@ pub struct TlsShared {
 }
 
 /// Settings for [`TlsShared::new`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     pub profile: Profile,
     pub session_tickets: bool,
