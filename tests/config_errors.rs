@@ -952,3 +952,26 @@ fn key_files_readable_by_others_or_owned_by_another_user_are_warned_about() {
         eprintln!("not root: the ownership case is not tested");
     }
 }
+
+/// `limits.min_body_rate` that is not a rate, and a `limits.body_timeout` out of range, are
+/// reported at their lines with what to write instead.
+#[test]
+fn bad_body_pace_settings_are_reported() {
+    let env = TestEnv::new();
+    let text = format!(
+        "{}\n[limits]\nmin_body_rate = \"fast\"\nbody_timeout = \"2h\"\n",
+        site("certs/alpha.pem", "certs/alpha.key", "[\"alpha.test\"]")
+    );
+    let (path, p) = refused(&env, &text, Mode::Serve);
+    let msg = find(&p, &["limits.min_body_rate", "fast"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "min_body_rate"))),
+        "{msg}"
+    );
+    assert!(msg.contains("1KiB/s"), "suggests a rate: {msg}");
+    let msg = find(&p, &["limits.body_timeout"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "body_timeout"))),
+        "{msg}"
+    );
+}

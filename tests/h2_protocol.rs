@@ -2433,3 +2433,207 @@ root = "www"
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abuse: CONTINUATION, control-frame and WINDOW_UPDATE floods, huge header lists, closed
+// windows. Each offending connection is closed (or its stream refused) while another
+// connection, opened before, goes on being served.
+// ---------------------------------------------------------------------------------------------
+
+/// A HEADERS frame (no END_HEADERS) whose block ends in a field value announced as 1 MiB long,
+/// then `frames` CONTINUATION frames of `frame_len` bytes of that value: a header block that
+/// never ends. The server closes with GOAWAY(ENHANCE_YOUR_CALM) after a few frames
+/// (CVE-2024-27316 and kin), whether the frames are tiny or full-size, holding at most a few
+/// frames of it; the other connection is served after each flood.
+#[tokio::test]
+async fn continuation_floods_are_goaway_enhance_your_calm() {
+    let srv = start_static("");
+    let mut good = Conn::start(&srv, &[]).await;
+    let mut next_good = 1;
+    for (what, frames, frame_len) in [("tiny", 2000, 1), ("full-size", 12, MAX_FRAME)] {
+        let mut c = Conn::start(&srv, &[]).await;
+        let mut block = hpack_block(&request_fields("GET", "/small.txt"));
+        block.push(0x00);
+        hpack_str(&mut block, "x-flood");
+        hpack_int(&mut block, 1 << 20, 7, 0x00);
+        c.write(HEADERS, END_STREAM, 1, &block).await;
+        let flood: Vec<u8> = (0..frames)
+            .flat_map(|_| frame_bytes(CONTINUATION, 0, 1, &vec![b'a'; frame_len]))
+            .collect();
+        c.trace.push(format!(
+            "-> {frames} CONTINUATION frames of {frame_len} bytes"
+        ));
+        // The server may have closed before all of it is written.
+        let _ = c.tls.write_all(&flood).await;
+        let _ = c.tls.flush().await;
+        let g = c.expect_goaway().await;
+        assert!(
+            [ENHANCE_YOUR_CALM, COMPRESSION_ERROR].contains(&g.error_code()),
+            "{what}: {g:?}\n{}",
+            c.trace_text()
+        );
+        assert_eq!(g.last_stream_id(), 0, "{what}: the stream never opened");
+        good.get_small(next_good).await;
+        next_good += 2;
+    }
+}
+
+/// A header list over SETTINGS_MAX_HEADER_LIST_SIZE (16 KiB by default) in HEADERS +
+/// CONTINUATION is answered 431 and the connection serves its next stream (RFC 9113 §10.5.1);
+/// the other connection is served meanwhile.
+#[tokio::test]
+async fn huge_header_list_is_431_and_the_connection_lives_on() {
+    let srv = start_static("");
+    let mut good = Conn::start(&srv, &[]).await;
+    let mut c = Conn::start(&srv, &[]).await;
+    let big = "a".repeat(20_000);
+    let mut fields = request_fields("GET", "/small.txt");
+    fields.push(("x-big", &big));
+    let block = hpack_block(&fields);
+    let (first, rest) = block.split_at(MAX_FRAME);
+    c.write(HEADERS, END_STREAM, 1, first).await;
+    c.write(CONTINUATION, END_HEADERS, 1, rest).await;
+    let (status, _) = c.expect_response(1).await;
+    assert_eq!(status, 431, "{}", c.trace_text());
+    good.get_small(1).await;
+    c.get_small(3).await;
+}
+
+/// A client that sends PINGs or empty SETTINGS without end and reads none of the
+/// acknowledgements: the server stops reading once the acknowledgements fill its buffers (the
+/// client can write only so much: memory stays bounded), and the connection is closed once the
+/// client has not read for the send timeout; the other connection is served meanwhile.
+#[tokio::test]
+async fn unread_ping_or_settings_floods_are_bounded_and_cut_off() {
+    let srv = start_static("[limits]\nsend_timeout = \"2s\"\n");
+    let mut good = Conn::start(&srv, &[]).await;
+    let mut next_good = 1;
+    for (what, frame) in [
+        ("PING", frame_bytes(PING, 0, 0, &[1; 8])),
+        ("SETTINGS", frame_bytes(SETTINGS, 0, 0, &[])),
+    ] {
+        let Conn { tls, .. } = Conn::start(&srv, &[]).await;
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let batch = frame.repeat(1000);
+        let started = Instant::now();
+        let writer = tokio::spawn(async move {
+            let mut written = 0usize;
+            while written < 64 << 20 {
+                match tokio::time::timeout(Duration::from_millis(500), wr.write_all(&batch)).await {
+                    Ok(Ok(())) => written += batch.len(),
+                    _ => break, // blocked (the server reads no more) or closed
+                }
+            }
+            (written, wr)
+        });
+        let (written, _wr) = writer.await.unwrap();
+        assert!(
+            written < 64 << 20,
+            "{what}: the server took {written} bytes of a flood whose answers nobody reads"
+        );
+        good.get_small(next_good).await;
+        next_good += 2;
+        // Not reading for the send timeout ends the connection: what the client reads then
+        // ends (after some acknowledgements) with a close or a reset, not with more waiting.
+        tokio::time::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed())).await;
+        let ended = loop {
+            let mut chunk = [0u8; 64 * 1024];
+            match tokio::time::timeout(FRAME_TIMEOUT, rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break started.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("{what}: the flooding connection is still open"),
+            }
+        };
+        eprintln!("{what} flood: {written} bytes taken, connection ended after {ended:?}");
+        good.get_small(next_good).await;
+        next_good += 2;
+    }
+}
+
+/// 100,000 WINDOW_UPDATEs of 1 on the connection (far from overflowing it) cost little and
+/// change nothing: the PING after them is answered, and both connections serve requests.
+#[tokio::test]
+async fn window_update_flood_is_absorbed() {
+    let srv = start_static("");
+    let mut good = Conn::start(&srv, &[]).await;
+    let mut c = Conn::start(&srv, &[]).await;
+    let flood: Vec<u8> = (0..100_000)
+        .flat_map(|_| frame_bytes(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes()))
+        .collect();
+    c.trace.push("-> 100000 WINDOW_UPDATE(0, 1)".into());
+    let started = Instant::now();
+    c.write_raw(&flood).await;
+    c.ping([5; 8]).await;
+    c.expect_ping_ack([5; 8]).await;
+    good.get_small(1).await;
+    c.get_small(1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A client that keeps its window at 0 while a response waits for it holds that response (and
+/// its connection) until the send timeout: then GOAWAY(ENHANCE_YOUR_CALM) and the close. The
+/// other connection is served meanwhile.
+#[tokio::test]
+async fn response_held_by_a_closed_window_is_cut_off_after_the_send_timeout() {
+    let srv = start_static("[limits]\nsend_timeout = \"1s\"\n");
+    let mut good = Conn::start(&srv, &[]).await;
+    let started = Instant::now();
+    let mut c = Conn::with_stream_1_held(&srv).await;
+    good.get_small(1).await;
+    let g = c.expect_goaway().await;
+    let after = started.elapsed();
+    assert_eq!(g.error_code(), ENHANCE_YOUR_CALM, "{}", c.trace_text());
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(4),
+        "GOAWAY after {after:?}, expected about the 1 s send timeout"
+    );
+    c.expect_eof().await;
+    good.get_small(3).await;
+}
+
+/// HPACK table games: a block that opens with 1,000 table size updates (each within the
+/// limit) is decoded in bounded time, answered or refused with COMPRESSION_ERROR, never
+/// left hanging; 200 requests each inserting a 4,000-byte field into the dynamic table
+/// (evicting the one before: the table stays within its 4,096 bytes) are all answered. The
+/// other connection is served meanwhile.
+#[tokio::test]
+async fn hpack_table_size_games_stay_bounded() {
+    let srv = start_static("");
+    let mut good = Conn::start(&srv, &[]).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    let updates: Vec<u8> = (0..1000)
+        .flat_map(|i| size_update(if i % 2 == 0 { 0 } else { 4096 }))
+        .collect();
+    c.send_block(1, &request_block(&updates, &[]), "1000 table size updates")
+        .await;
+    let f = c.recv("the answer to 1000 size updates").await;
+    match f.ty {
+        HEADERS => assert_eq!(status_of(f.header_block()), Ok(200), "{}", c.trace_text()),
+        GOAWAY => assert_eq!(f.error_code(), COMPRESSION_ERROR, "{}", c.trace_text()),
+        _ => c.fail(&format!("unexpected answer {f:?}")),
+    }
+    good.get_small(1).await;
+
+    let mut c = Conn::start(&srv, &[]).await;
+    let value = "v".repeat(4000);
+    for i in 0..200u32 {
+        let mut after = Vec::new();
+        hpack_indexed_literal(&mut after, "x-big", &value);
+        let id = 2 * i + 1;
+        c.send_block(id, &request_block(&[], &after), "a 4000-byte field indexed")
+            .await;
+        let (status, body) = c.expect_response(id).await;
+        assert_eq!(
+            (status, &body[..]),
+            (200, SMALL),
+            "request {i}: {}",
+            c.trace_text()
+        );
+    }
+    good.get_small(3).await;
+}

@@ -12,6 +12,7 @@ pub mod log;
 pub mod model;
 pub mod proxy;
 pub mod raw;
+pub mod slow;
 pub mod stream;
 pub mod validate;
 

@@ -216,8 +216,30 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub max_connections: usize,
+    /// The request body's minimum pace (`body_timeout`, `min_body_rate`).
+    pub body_pace: BodyPace,
     /// `[limits.per_client]`.
     pub per_client: super::limits::PerClient,
+}
+
+/// How slowly a request body may arrive: while the server waits for it, every `window` of
+/// waiting must bring at least `min_rate` bytes per second of it (0: any pace, but a body that
+/// stalls for a whole window still ends). See [`crate::http::pace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// `limits.body_timeout` (default 10 s).
+    pub window: Duration,
+    /// `limits.min_body_rate` in bytes per second (default 1 KiB/s).
+    pub min_rate: u64,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        BodyPace {
+            window: Duration::from_secs(10),
+            min_rate: 1024,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -231,6 +253,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 10_000,
+            body_pace: BodyPace::default(),
             per_client: Default::default(),
         }
     }

@@ -108,6 +108,8 @@ pub struct RawLimits {
     pub max_header_bytes: Option<Spanned<usize>>,
     pub max_body_bytes: Option<Spanned<u64>>,
     pub max_connections: Option<Spanned<usize>>,
+    pub body_timeout: Option<Spanned<String>>,
+    pub min_body_rate: Option<Spanned<String>>,
     /// `[limits.per_client]` (see `config::limits`).
     pub per_client: Option<Spanned<super::limits::RawPerClient>>,
 }

@@ -858,6 +858,7 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
     if let Some(v) = &raw.max_body_bytes {
         l.max_body_bytes = *v.get_ref();
     }
+    l.body_pace = super::slow::body_pace(cx, &raw.body_timeout, &raw.min_body_rate);
     if let Some(v) = &raw.max_connections {
         if *v.get_ref() >= 1 {
             l.max_connections = *v.get_ref();

@@ -167,6 +167,7 @@ pub fn h2_connection(data: &[u8]) {
         stream_window: input.pick(&[65_535, 100_000, 1 << 20, (1 << 31) - 1]),
         connection_window: input.pick(&[65_535, 1 << 20, (1 << 31) - 1]),
         max_header_list: input.pick(&[1024, 4096, 16_384]),
+        send_timeout: std::time::Duration::from_secs(60),
     };
     let script = Script::parse(&mut input, settings & 1 == 0);
     let conn_state = Arc::new(ConnState::default());

@@ -18,6 +18,7 @@ pub mod body;
 pub mod client;
 pub mod compress;
 pub mod date;
+pub mod pace;
 pub mod pages;
 pub mod proxy;
 pub mod redirect;
@@ -165,6 +166,7 @@ impl Frontend {
                             config.limits.max_body_bytes,
                             shutdown.clone(),
                         )
+                        .map(|p| p.with_body_pace(config.limits.body_pace))
                         .map_err(|e| format!("site {:?}, route {}: {e}", site.name, r.prefix))?,
                     )),
                 };

@@ -118,10 +118,18 @@ pub(crate) async fn read_client_hello(
     peer: SocketAddr,
     https_port_suffix: &str,
 ) -> io::Result<Option<(Box<Accepted>, Option<Box<[u8]>>)>> {
+    // The acceptor (rustls's connection state and, once bytes come, its receive buffer) is
+    // made when the first bytes are there: a connection that sends nothing holds only its
+    // socket and task until the handshake timeout.
+    tcp.readable().await?;
     let mut acceptor = Acceptor::default();
     let mut io = Sniff::new(tcp, events::enabled());
+    let mut first = true;
     loop {
-        tcp.readable().await?;
+        if !first {
+            tcp.readable().await?;
+        }
+        first = false;
         let step = read_hello_step(&mut acceptor, &mut io, peer);
         if let Some(first) = io.plain.take() {
             answer_plain_http(tcp, peer, first, https_port_suffix).await;

@@ -99,6 +99,14 @@ const MAX_EMPTY_FRAMES: u32 = 1024;
 /// SETTINGS_MAX_CONCURRENT_STREAMS, at least this many. See [`Conn::on_client_reset`].
 const MIN_RESET_BUDGET: u32 = 128;
 
+/// PING and SETTINGS acknowledgements that may wait in our queue, behind a full codec buffer and
+/// socket, before a client that sends more of them is closed with ENHANCE_YOUR_CALM: one that
+/// floods control frames and reads none of the answers (Netty's
+/// `maxOutstandingControlFrames`), instead of leaving it to the send timeout. (Over TLS the
+/// stream usually stops reading earlier, while its own output waits for the socket: then the
+/// send timeout ends the connection.)
+const MAX_QUEUED_ACKS: usize = 16;
+
 /// The payload of the PING sent with the first GOAWAY of a graceful shutdown.
 const GRACEFUL_PING: [u8; 8] = *b"shutdown";
 
@@ -115,6 +123,10 @@ pub struct H2Limits {
     pub connection_window: u32,
     /// SETTINGS_MAX_HEADER_LIST_SIZE (larger header lists get 431).
     pub max_header_list: u32,
+    /// How long a response may wait for the client's flow-control window (`limits.send_timeout`)
+    /// before the connection is closed with ENHANCE_YOUR_CALM: a client that opens no window
+    /// would otherwise hold the response, and the connection, forever.
+    pub send_timeout: std::time::Duration,
 }
 
 /// A stream whose response is not complete yet: its handler is still working (the reverse
@@ -209,6 +221,9 @@ struct Conn<T> {
     /// Our side is closed and the client's input is being dropped: until this timer fires, or
     /// after this many more bytes (see [`Conn::poll_linger`]).
     linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+    /// Armed while a response waits for flow-control window (none is made otherwise); reset
+    /// by every WINDOW_UPDATE. See [`H2Limits::send_timeout`].
+    window_stall: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Serves one HTTP/2 connection until it ends. `shutdown` begins a graceful shutdown (GOAWAY,
@@ -341,6 +356,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             read_closed: false,
             io_error: None,
             linger: None,
+            window_stall: None,
         };
         let mut settings = Settings::default();
         settings.set_max_concurrent_streams(Some(limits.max_concurrent_streams));
@@ -399,6 +415,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             progress |= self.send_bodies(cx);
             progress |= self.drain(cx);
             if self.io_error.is_some() {
+                continue;
+            }
+            if !progress && self.poll_window_stall(cx) {
+                self.calm_down(b"flow-control window closed past the send timeout");
                 continue;
             }
             if self.queue.is_empty() {
@@ -480,6 +500,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             return Poll::Pending;
         }
         self.codec.flush(cx)
+    }
+
+    /// Whether a response has waited for the client's window for the whole send timeout. The
+    /// timer is made when a stream with data to send finds no window, and dropped when none
+    /// waits (or a WINDOW_UPDATE came, see [`Conn::on_window_update`]).
+    fn poll_window_stall(&mut self, cx: &mut Context<'_>) -> bool {
+        let conn_window = self.send_window;
+        let blocked = !self.goaway_error()
+            && self.streams.iter().any(|s| {
+                matches!(s.reply, Replying::Body(_))
+                    && !s.pending.is_empty()
+                    && (s.send_window <= 0 || conn_window <= 0)
+            });
+        if !blocked {
+            self.window_stall = None;
+            return false;
+        }
+        let timeout = self.limits.send_timeout;
+        let timer = self
+            .window_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.window_stall = None;
+            return true;
+        }
+        false
     }
 
     /// Nothing left to do on this connection.
@@ -749,6 +795,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             Frame::Settings(s) => self.on_settings(s),
             Frame::Ping(p) => {
                 if !p.is_ack() {
+                    if self.acks_piled_up() {
+                        return;
+                    }
                     self.send(Ping::pong(p.into_payload()).into());
                 } else if self.announced && *p.payload() == GRACEFUL_PING {
                     // The client has seen the first GOAWAY of a graceful shutdown.
@@ -780,7 +829,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 
     fn on_settings(&mut self, s: Settings) {
-        if s.is_ack() {
+        if s.is_ack() || self.acks_piled_up() {
             return;
         }
         if let Some(size) = s.header_table_size() {
@@ -792,6 +841,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
             self.max_send_frame = size as usize;
         }
         if let Some(window) = s.initial_window_size() {
+            self.window_stall = None;
             // §6.9.2: open streams' windows move by the difference, possibly below zero.
             let delta = i64::from(window) - self.peer_initial_window;
             self.peer_initial_window = i64::from(window);
@@ -806,7 +856,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         self.send(Settings::ack().into());
     }
 
+    /// The client sends PINGs or SETTINGS and reads none of our acknowledgements: more than
+    /// [`MAX_QUEUED_ACKS`] of them wait behind a full socket. Closes the connection (GOAWAY
+    /// ENHANCE_YOUR_CALM) and returns `true` then.
+    fn acks_piled_up(&mut self) -> bool {
+        if self.queue.len() < MAX_QUEUED_ACKS {
+            return false;
+        }
+        let acks = self
+            .queue
+            .iter()
+            .filter(|f| match f {
+                Frame::Ping(p) => p.is_ack(),
+                Frame::Settings(s) => s.is_ack(),
+                _ => false,
+            })
+            .count();
+        if acks < MAX_QUEUED_ACKS {
+            return false;
+        }
+        self.calm_down(b"too many PING/SETTINGS frames whose answers go unread");
+        true
+    }
+
     fn on_window_update(&mut self, w: WindowUpdate) {
+        // The client opens window: a response waiting for it is not stalled.
+        self.window_stall = None;
         let id = u32::from(w.stream_id());
         let inc = i64::from(w.size_increment());
         if id == 0 {

@@ -224,6 +224,7 @@ impl WorkerCtx {
             stream_window: config.http.h2_stream_window,
             connection_window: config.http.h2_connection_window,
             max_header_list: config.limits.max_header_bytes as u32,
+            send_timeout: config.limits.send_timeout,
         };
         WorkerCtx { h1, h2_limits }
     }

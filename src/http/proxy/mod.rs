@@ -21,7 +21,9 @@ use http_body::{Frame, SizeHint};
 
 use super::body::Body;
 use super::compress;
+use super::pace::PacedBody;
 use super::RequestBody;
+use crate::config::model::BodyPace;
 use crate::config::proxy::{HostMode, ProxySpec};
 use crate::outbound::{BalanceKey, ClientAddrs, UpstreamError, UpstreamGroup};
 
@@ -33,6 +35,8 @@ pub struct Proxy {
     prefix: String,
     /// Request body limit.
     max_body: u64,
+    /// How slowly a request body may come (`limits.body_timeout`, `limits.min_body_rate`).
+    body_pace: BodyPace,
 }
 
 /// What the proxy needs to know of the request's connection and site.
@@ -73,7 +77,14 @@ impl Proxy {
             spec: spec.clone(),
             prefix: prefix.to_owned(),
             max_body: spec.max_body.unwrap_or(default_max_body),
+            body_pace: BodyPace::default(),
         })
+    }
+
+    /// The pace request bodies must keep (default: [`BodyPace::default`]).
+    pub fn with_body_pace(mut self, pace: BodyPace) -> Self {
+        self.body_pace = pace;
+        self
     }
 
     /// The request body limit of this route.
@@ -195,14 +206,16 @@ impl Proxy {
         *req.headers_mut() = headers;
         let mut tunnel_body = None;
         let limit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if h2_ws && ws {
             // The stream's DATA is the tunnel's, not the upgrade request's body.
             tunnel_body = Some(body);
         } else {
             *req.body_mut() = LimitedBody {
-                inner: body,
+                inner: PacedBody::new(body, self.body_pace),
                 left: self.max_body,
                 over: Some(limit.clone()),
+                slow: Some(slow.clone()),
             };
         }
 
@@ -225,6 +238,17 @@ impl Proxy {
                     let mut r = page(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "The request body is larger than this site accepts.",
+                        &id,
+                    );
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return r;
+                }
+                if slow.load(Ordering::Relaxed) {
+                    tracing::info!(request_id = %id.to_str().unwrap_or(""), "request body too slow (limits.body_timeout, limits.min_body_rate): 408");
+                    let mut r = page(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body did not arrive in time.",
                         &id,
                     );
                     r.headers_mut()
@@ -426,13 +450,26 @@ pub fn request_id() -> HeaderValue {
     crate::ops::access::new_request_id()
 }
 
-/// The client's request body on its way upstream, cut off with an error past the limit.
-#[derive(Default)]
+/// The client's request body on its way upstream, cut off with an error past the limit or
+/// when it comes too slowly.
 pub struct LimitedBody {
-    inner: RequestBody,
+    inner: PacedBody<RequestBody>,
     left: u64,
     /// Set when the limit was hit (the proxy answers 413 then).
     over: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set when the body came too slowly (the proxy answers 408 then).
+    slow: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Default for LimitedBody {
+    fn default() -> Self {
+        LimitedBody {
+            inner: PacedBody::new(RequestBody::Empty, BodyPace::default()),
+            left: 0,
+            over: None,
+            slow: None,
+        }
+    }
 }
 
 impl http_body::Body for LimitedBody {
@@ -445,6 +482,11 @@ impl http_body::Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(Err(e)), Some(slow)) = (&frame, &this.slow) {
+            if e.kind() == io::ErrorKind::TimedOut {
+                slow.store(true, Ordering::Relaxed);
+            }
+        }
         if let Some(Ok(f)) = &frame {
             if let Some(data) = f.data_ref() {
                 let n = data.len() as u64;
