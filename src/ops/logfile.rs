@@ -45,6 +45,9 @@ impl std::fmt::Display for LogTarget {
 /// holds a few MiB, seconds of a busy server's lines.
 pub const QUEUE_LINES: usize = 16 * 1024;
 
+/// How long the writer lets lines gather while the server is busy.
+const BATCH: Duration = Duration::from_millis(10);
+
 /// How often a file's thread wakes up when nothing comes (to report dropped lines).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -219,15 +222,31 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 
 /// A destination's thread: writes what comes, flushes whenever the queue is empty (so a line
 /// is on disk as soon as the server is idle for a moment), reports dropped lines.
+///
+/// Under load it does not wait on the queue for each line: after a batch it sleeps for
+/// [`BATCH`] and takes what came meanwhile. A worker's `send` wakes this thread only when it
+/// waits in `recv` (idle), so a busy server pays no cross-thread wake-up (a futex call on
+/// both sides) per request, and the file gets one write per batch.
 fn run(mut out: Output, rx: Receiver<Msg>, file: Weak<LogFile>) {
     let mut reported = 0u64;
     let mut failed = false;
+    let mut busy = false;
     loop {
-        let first = match rx.recv_timeout(TICK) {
-            Ok(m) => Some(m),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => break,
+        let first = if busy {
+            std::thread::sleep(BATCH);
+            match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv_timeout(TICK) {
+                Ok(m) => Some(m),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
         };
+        busy = first.is_some();
         let mut next = first;
         while let Some(msg) = next {
             match msg {

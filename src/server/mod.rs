@@ -644,6 +644,17 @@ impl Server {
     /// for them up to the shutdown timeout, then shuts down.
     pub fn hand_over(&self) {
         let _ = self.rt.accepting.send(false);
+        let current = self.let_go();
+        let deadline = Instant::now() + current.limits.shutdown_timeout;
+        while self.rt.process.conns.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shutdown();
+    }
+
+    /// Drops the socket duplicates kept for upgrades (the addresses are free once the workers
+    /// let go of theirs) and retires the current generation, which it returns.
+    fn let_go(&self) -> Arc<ServerState> {
         self.rt
             .bound
             .lock()
@@ -651,11 +662,7 @@ impl Server {
             .clear();
         let current = self.rt.current.load_full();
         current.retire();
-        let deadline = Instant::now() + current.limits.shutdown_timeout;
-        while self.rt.process.conns.open.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.shutdown();
+        current
     }
 
     /// The admin listener, when one runs (a reload publishes its new generation there, and
@@ -671,14 +678,7 @@ impl Server {
             a.shutting_down();
         }
         let _ = self.rt.stop.send(true);
-        // The duplicates kept for upgrades: the addresses are free once the workers let go.
-        self.rt
-            .bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let current = self.rt.current.load_full();
-        current.retire();
+        let current = self.let_go();
         let deadline = Instant::now() + current.limits.shutdown_timeout + Duration::from_secs(1);
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
         for w in workers {
