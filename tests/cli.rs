@@ -238,9 +238,11 @@ fn sigterm_right_after_the_listening_line_exits_0() {
         );
         p.wait_for_line("listening on https://", START);
         p.signal("TERM");
+        // What counts is how it exits (gracefully, not killed); the bound is for a machine
+        // busy with the whole suite in parallel.
         let status = p
-            .wait_exit(Duration::from_secs(5))
-            .unwrap_or_else(|| panic!("try {i}: still running 5 s after SIGTERM"));
+            .wait_exit(Duration::from_secs(15))
+            .unwrap_or_else(|| panic!("try {i}: still running 15 s after SIGTERM"));
         if status.code() != Some(0) {
             killed.push(format!(
                 "try {i}: exit code {:?}, killed by signal {:?}",

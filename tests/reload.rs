@@ -220,7 +220,7 @@ async fn h2_client(addr: Arc<Mutex<SocketAddr>>, tally: Arc<Tally>, stop: Arc<At
         let outcome = |r: Result<http::Response<hyper::body::Incoming>, hyper::Error>| async move {
             match r {
                 Ok(r) => Some(body_of(r).await),
-                Err(e) if e.is_canceled() || e.to_string().contains("refused") => None,
+                Err(e) if e.is_canceled() || unprocessed(&e) => None,
                 Err(e) => Some(Err(format!("request: {e}"))),
             }
         };
@@ -240,6 +240,23 @@ async fn h2_client(addr: Arc<Mutex<SocketAddr>>, tally: Arc<Tally>, stop: Arc<At
             Err(_) => tally.record("h2", Err("timeout".into())),
         }
     }
+}
+
+/// Whether HTTP/2 says the server did not process the stream: refused (REFUSED_STREAM), or
+/// above the last stream id of a graceful GOAWAY (NO_ERROR) — RFC 9113 §8.7: safe to retry,
+/// and clients do.
+fn unprocessed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (h2.is_go_away()
+                    && h2.is_remote()
+                    && h2.reason() == Some(h2::Reason::NO_ERROR));
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Starts the three clients; they run until `stop`.
