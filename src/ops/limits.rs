@@ -36,7 +36,7 @@ static LOGGED_AT: [AtomicU64; 5] = [ZERO; 5];
 /// Counts one refusal of `kind` (one of [`KINDS`]; another name is a bug: ignored, and a panic
 /// in debug builds) and logs it, rate-limited.
 ///
-/// Metrics: the exporter reads [`dropped_counts`] (process-wide counters).
+/// Metrics: `portcullis_rate_limited_total` is [`dropped_counts`] (`ops::metrics::totals`).
 pub fn limits_dropped(kind: &'static str) {
     let Some(i) = KINDS.iter().position(|k| *k == kind) else {
         debug_assert!(false, "unknown limit kind {kind:?}");

@@ -100,6 +100,17 @@ fn stamp(path: &std::path::Path) -> Option<Stamp> {
     })
 }
 
+/// Each file with what it looks like now.
+fn stamped(files: Vec<PathBuf>) -> Vec<(PathBuf, Option<Stamp>)> {
+    files
+        .into_iter()
+        .map(|p| {
+            let s = stamp(&p);
+            (p, s)
+        })
+        .collect()
+}
+
 /// The certificate, key and staple files a configuration loads (watched for changes).
 pub fn cert_files(config: &Config) -> Vec<PathBuf> {
     use crate::config::model::SiteCertSource;
@@ -131,13 +142,7 @@ pub fn cert_files(config: &Config) -> Vec<PathBuf> {
 impl Reloader {
     /// `files`: [`cert_files`] of the configuration the server was started with.
     pub fn new(server: Arc<Server>, files: Vec<PathBuf>, load: Box<Load>) -> Arc<Reloader> {
-        let watched = files
-            .into_iter()
-            .map(|p| {
-                let s = stamp(&p);
-                (p, s)
-            })
-            .collect();
+        let watched = stamped(files);
         Arc::new(Reloader {
             server,
             load,
@@ -200,13 +205,7 @@ impl Reloader {
                 let files = cert_files(&config);
                 match self.server.reload(config) {
                     Ok(notes) => {
-                        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = files
-                            .into_iter()
-                            .map(|p| {
-                                let s = stamp(&p);
-                                (p, s)
-                            })
-                            .collect();
+                        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = stamped(files);
                         Outcome {
                             applied: true,
                             lines: warnings

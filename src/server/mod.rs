@@ -515,26 +515,24 @@ impl Server {
             ));
         }
         let old = rt.current.load_full();
-        let (kinds, groups) = {
+        let (kinds, groups, https_port) = {
             let bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
-            reconcile(
+            let (kinds, groups) = reconcile(
                 &config,
                 &bound,
                 &rt.next_id,
                 rt.workers,
                 &mut listener::Inherited::default(),
                 &mut notes,
-            )?
-        };
-        let https_port = {
-            let bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
-            https_port(&config, &kinds, |id| {
+            )?;
+            let port = https_port(&config, &kinds, |id| {
                 bound
                     .iter()
                     .find(|b| b.id == id)
                     .map(|b| b.local)
                     .or_else(|| groups.iter().find(|g| g.id == id).map(|g| g.local))
-            })
+            });
+            (kinds, groups, port)
         };
         let mut local_ca_root = None;
         let state = generation::build(

@@ -159,7 +159,6 @@ type SiteChunk = [[[AtomicU64; 3]; 5]; CHUNK];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Labelled {
     HandshakeFailure,
-    RateLimited,
 }
 
 /// One thread's counters (see the module's documentation).
@@ -297,11 +296,6 @@ pub fn handshake_failed(
 ) {
     with_shard(|s| s.add_labelled(Labelled::HandshakeFailure, reason));
     remember_failure(reason, peer, sni, detail);
-}
-
-/// A connection, handshake or request was refused by a rate limit of `kind`.
-pub fn rate_limited(kind: &'static str) {
-    with_shard(|s| s.add_labelled(Labelled::RateLimited, kind));
 }
 
 static ACME: [[AtomicU64; 2]; 2] = [
@@ -447,7 +441,6 @@ pub fn totals() -> Totals {
         for (what, label, n) in s.labelled.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             match what {
                 Labelled::HandshakeFailure => add_to(&mut t.handshake_failures, label, *n),
-                Labelled::RateLimited => add_to(&mut t.rate_limited, label, *n),
             }
         }
     }
@@ -458,6 +451,11 @@ pub fn totals() -> Totals {
         .map(|(i, r)| (i as SiteId, r))
         .collect();
     t.handshake_failures.sort();
+    // Refusals are counted once, where they are logged (process-wide, rare).
+    t.rate_limited = crate::ops::limits::dropped_counts()
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect();
     t.rate_limited.sort();
     for (o, a) in t.acme_orders.iter_mut().zip(&ACME) {
         for (o, a) in o.iter_mut().zip(a) {
@@ -491,7 +489,7 @@ mod tests {
                     request(site, 503, RequestProtocol::Http1);
                     bytes_out(10);
                     let _c = OpenConn::new(ConnKind::Stream);
-                    rate_limited("unit_test");
+                    crate::ops::limits_dropped("request_rate");
                 })
             })
             .collect();
@@ -506,7 +504,7 @@ mod tests {
         let drops = |t: &Totals| {
             t.rate_limited
                 .iter()
-                .find(|(l, _)| *l == "unit_test")
+                .find(|(l, _)| *l == "request_rate")
                 .map_or(0, |(_, n)| *n)
         };
         assert_eq!(drops(&after) - drops(&before), 4);
