@@ -204,6 +204,21 @@ pub struct HttpSettings {
     pub h2_max_concurrent_streams: u32,
     pub h2_stream_window: u32,
     pub h2_connection_window: u32,
+    /// HTTP/3 over QUIC (see [`crate::server::quic`]).
+    pub http3: bool,
+    pub h3_max_concurrent_streams: u32,
+    pub h3_retry: H3Retry,
+    pub h3_retry_threshold: usize,
+}
+
+/// When a new QUIC client must first prove it receives at its address (a Retry round trip):
+/// the answer to spoofed-source floods (RFC 9000 §8.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H3Retry {
+    /// When more handshakes than the threshold are in progress.
+    UnderLoad,
+    /// Every new connection.
+    Always,
 }
 
 #[derive(Debug, Clone)]
@@ -278,6 +293,8 @@ pub struct Site {
     pub hsts_ramp: Option<super::hsts::HstsRamp>,
     /// TLS 1.3 early data (0-RTT) is accepted, with single-use session tickets.
     pub early_data: bool,
+    /// Served over HTTP/3 too (when `[http] http3` is on).
+    pub http3: bool,
     /// TLS 1.3 asks a client that supports X25519MLKEM768 but sent only a classical key share
     /// for an ML-KEM share (HelloRetryRequest) instead of using the share it sent.
     pub require_post_quantum: bool,

@@ -94,6 +94,17 @@ pub struct RawHttp {
     pub h2_stream_window: Option<Spanned<u32>>,
     /// HTTP/2: per-connection receive window in bytes (default 1 MiB).
     pub h2_connection_window: Option<Spanned<u32>>,
+    /// HTTP/3 over QUIC on UDP at every HTTPS listener's port, advertised with `Alt-Svc`.
+    /// Default true.
+    pub http3: Option<bool>,
+    /// HTTP/3: concurrent request streams per connection (default 100).
+    pub h3_max_concurrent_streams: Option<Spanned<u32>>,
+    /// HTTP/3: when new clients must prove their address with a QUIC Retry first:
+    /// `"under_load"` (default: above `h3_retry_threshold` handshakes in progress) or
+    /// `"always"`.
+    pub h3_retry: Option<Spanned<String>>,
+    /// HTTP/3: QUIC handshakes in progress above which Retry is used (default 256).
+    pub h3_retry_threshold: Option<Spanned<u32>>,
 }
 
 /// `[limits]`: timeouts and sizes.
@@ -200,6 +211,9 @@ pub struct RawSite {
     /// Accept TLS 1.3 early data (0-RTT) from resuming clients: GET/HEAD/OPTIONS requests are
     /// answered one round trip sooner; other methods get 425 Too Early. Off by default.
     pub early_data: Option<bool>,
+    /// Serve this site over HTTP/3 too (when `[http] http3` is on): `Alt-Svc` on its TCP
+    /// responses, its names accepted over QUIC. Default true.
+    pub http3: Option<bool>,
     /// Insist on the post-quantum X25519MLKEM768 key exchange with every client that supports
     /// it: one that sent only a classical key share is asked for an ML-KEM one (a
     /// HelloRetryRequest, one more round trip). Off by default: such a client's share is used.
@@ -308,6 +322,7 @@ impl Default for RawSite {
             remove_headers: Vec::new(),
             csp_upgrade_insecure_requests: None,
             early_data: None,
+            http3: None,
             require_post_quantum: None,
             access: None,
             basic_auth: None,

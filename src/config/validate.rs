@@ -758,6 +758,19 @@ fn http_settings(cx: &mut Ctx<'_>, raw: &RawHttp) -> HttpSettings {
             RedirectKind::Permanent
         }
     };
+    let h3_retry = match raw.h3_retry.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "under_load")) => H3Retry::UnderLoad,
+        Some((_, "always")) => H3Retry::Always,
+        Some((s, other)) => {
+            let loc = cx.loc(s, "");
+            cx.err(
+                loc,
+                format!("http.h3_retry = {other:?} is unknown"),
+                "use \"under_load\" (Retry above h3_retry_threshold handshakes in progress) or \"always\"",
+            );
+            H3Retry::UnderLoad
+        }
+    };
     let mut ranged =
         |v: &Option<Spanned<u32>>, key: &str, default: u32, min: u32, max: u32| -> u32 {
             match v {
@@ -775,6 +788,22 @@ fn http_settings(cx: &mut Ctx<'_>, raw: &RawHttp) -> HttpSettings {
             }
         };
     HttpSettings {
+        http3: raw.http3.unwrap_or(true),
+        h3_retry,
+        h3_max_concurrent_streams: ranged(
+            &raw.h3_max_concurrent_streams,
+            "h3_max_concurrent_streams",
+            100,
+            1,
+            10_000,
+        ),
+        h3_retry_threshold: ranged(
+            &raw.h3_retry_threshold,
+            "h3_retry_threshold",
+            256,
+            0,
+            1_000_000,
+        ) as usize,
         http2: raw.http2.unwrap_or(true),
         redirect,
         h2_max_concurrent_streams: ranged(
@@ -992,6 +1021,7 @@ fn site(
     let hsts = super::hsts::policy(cx, &rs, name, &hosts);
     let headers = headers(cx, &rs, name, &hsts);
     let early_data = rs.early_data.unwrap_or(false);
+    let http3 = rs.http3.unwrap_or(true);
     let require_post_quantum = rs.require_post_quantum.unwrap_or(false);
     let (access, client_auth) = super::access::site(cx, &rs, name);
     let access_log = super::log::site(cx, rs.access_log.as_ref(), name);
@@ -1013,6 +1043,7 @@ fn site(
             _ => None,
         },
         early_data,
+        http3,
         require_post_quantum,
         access,
         client_auth,

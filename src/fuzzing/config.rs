@@ -58,6 +58,7 @@ pub fn config(data: &[u8]) {
             if let Err(e) = Frontend::new(
                 &config,
                 443,
+                None,
                 Default::default(),
                 tokio::sync::watch::channel(false).1,
             ) {

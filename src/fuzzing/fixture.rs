@@ -176,6 +176,7 @@ pub(crate) fn frontend() -> &'static Arc<Frontend> {
             Frontend::new(
                 config(),
                 443,
+                None,
                 Default::default(),
                 tokio::sync::watch::channel(false).1,
             )

@@ -129,15 +129,26 @@ impl Frontend {
     pub fn new(
         config: &Config,
         https_port: u16,
+        h3_port: Option<u16>,
         acme: Arc<Http01Tokens>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Self, String> {
         let mut sites = Vec::new();
         let mut hosts = NameTable::default();
         let default_log = open_access_log(config.log.access_log.as_ref())?;
+        // HTTP/3 is advertised (RFC 7838) by the sites served over it, once its socket is bound.
+        let alt_svc = h3_port.and_then(|port| {
+            HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400")).ok()
+        });
         for (i, site) in config.sites.iter().enumerate() {
             for h in &site.hosts {
                 hosts.insert(h, i);
+            }
+            let mut site_headers = site.headers.clone();
+            if let Some(v) = &alt_svc {
+                if site.http3 && site.client_auth.is_none() {
+                    site_headers.push((header::ALT_SVC, v.clone()));
+                }
             }
             let mut routes = Vec::new();
             for r in &site.routes {
@@ -151,7 +162,7 @@ impl Frontend {
                                     f.files.root.display()
                                 )
                             })?
-                            .with_site_headers(site.headers.clone());
+                            .with_site_headers(site_headers.clone());
                         RouteKind::Files {
                             files,
                             strip_prefix: f.strip_prefix,
@@ -194,7 +205,7 @@ impl Frontend {
                 name: site.name.clone(),
                 own_name,
                 host_less,
-                headers: site.headers.clone(),
+                headers: site_headers,
                 routes,
                 access: site.access.compile(),
                 client_auth: site.client_auth.is_some(),
@@ -661,10 +672,10 @@ impl HttpsService {
                 self.front.sites[s].metrics_id
             }),
             resp.status().as_u16(),
-            if exchange.version == Version::HTTP_2 {
-                crate::ops::metrics::RequestProtocol::H2
-            } else {
-                crate::ops::metrics::RequestProtocol::Http1
+            match exchange.version {
+                Version::HTTP_2 => crate::ops::metrics::RequestProtocol::H2,
+                Version::HTTP_3 => crate::ops::metrics::RequestProtocol::H3,
+                _ => crate::ops::metrics::RequestProtocol::Http1,
             },
         );
         let closing = exchange.version <= Version::HTTP_11

@@ -27,6 +27,90 @@ pub enum RequestBody {
     Empty,
     H1(Incoming),
     Pipe(PipeReader),
+    /// An HTTP/3 request stream's receiving half: QUIC's stream flow control is the
+    /// back-pressure (what is not read is not credited back to the client).
+    H3(Box<H3Body>),
+}
+
+/// The body of an HTTP/3 request: DATA frames, then trailers, from h3's request stream.
+pub struct H3Body {
+    stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+    /// `Content-Length`, when the request has one.
+    pub length: Option<u64>,
+    read: u64,
+    /// DATA read before the body was handed over (see `server::quic::h3`).
+    first: Option<Bytes>,
+    /// DATA is over (trailers, if any, are next).
+    data_done: bool,
+    done: bool,
+}
+
+impl H3Body {
+    pub fn new(
+        stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
+        length: Option<u64>,
+        first: Option<Bytes>,
+    ) -> Self {
+        H3Body {
+            stream,
+            length,
+            first,
+            read: 0,
+            data_done: false,
+            done: false,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        use bytes::Buf;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(data) = self.first.take() {
+            self.read += data.len() as u64;
+            crate::ops::metrics::bytes_in(data.len()); // metrics
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if !self.data_done {
+            match self.stream.poll_recv_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    let data = buf.copy_to_bytes(buf.remaining());
+                    self.read += data.len() as u64;
+                    crate::ops::metrics::bytes_in(data.len()); // metrics
+                    if self.length.is_some_and(|n| self.read > n) {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "request body: more data than its content-length",
+                        ))));
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Ok(None)) => {
+                    self.data_done = true;
+                    if self.length.is_some_and(|n| self.read != n) {
+                        self.done = true;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "request body: shorter than its content-length",
+                        ))));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(io::Error::other(format!("request body: {e}")))));
+                }
+            }
+        }
+        let trailers = std::task::ready!(self.stream.poll_recv_trailers(cx));
+        self.done = true;
+        match trailers {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(io::Error::other(format!("request trailers: {e}"))))),
+        }
+    }
 }
 
 impl RequestBody {
@@ -36,6 +120,7 @@ impl RequestBody {
             RequestBody::Empty => true,
             RequestBody::H1(b) => http_body::Body::is_end_stream(b),
             RequestBody::Pipe(p) => p.length == Some(0),
+            RequestBody::H3(b) => b.length == Some(0),
         }
     }
 }
@@ -54,6 +139,7 @@ impl http_body::Body for RequestBody {
                 .poll_frame(cx)
                 .map_err(|e| io::Error::other(format!("request body: {e}"))),
             RequestBody::Pipe(p) => p.poll_frame(cx),
+            RequestBody::H3(b) => b.poll_frame(cx),
         }
     }
 
@@ -62,6 +148,7 @@ impl http_body::Body for RequestBody {
             RequestBody::Empty => true,
             RequestBody::H1(b) => b.is_end_stream(),
             RequestBody::Pipe(p) => p.is_end_stream(),
+            RequestBody::H3(b) => b.done,
         }
     }
 
@@ -71,6 +158,10 @@ impl http_body::Body for RequestBody {
             RequestBody::H1(b) => b.size_hint(),
             RequestBody::Pipe(p) => match p.length {
                 Some(n) => SizeHint::with_exact(n.saturating_sub(p.read)),
+                None => SizeHint::default(),
+            },
+            RequestBody::H3(b) => match b.length {
+                Some(n) => SizeHint::with_exact(n.saturating_sub(b.read)),
                 None => SizeHint::default(),
             },
         }

@@ -223,7 +223,7 @@ impl fmt::Display for HandshakeFailure {
 }
 
 /// Alerts by which a client says it does not accept the certificate it was shown.
-fn is_certificate_alert(a: AlertDescription) -> bool {
+pub fn is_certificate_alert(a: AlertDescription) -> bool {
     matches!(
         a,
         AlertDescription::BadCertificate

@@ -30,6 +30,8 @@ pub type SharedTls = Arc<(TlsShared, TlsOptions)>;
 /// What a generation is built from besides its configuration.
 pub(super) struct Inputs<'a> {
     pub https_port: u16,
+    /// The UDP port HTTP/3 is advertised on (`Alt-Svc`), when an HTTP/3 socket is bound.
+    pub h3_port: Option<u16>,
     pub process: &'a Process,
     pub workers: usize,
     /// Listener id → what it serves in this generation.
@@ -61,6 +63,7 @@ fn build_inner(
 ) -> Result<Arc<ServerState>, String> {
     let Inputs {
         https_port,
+        h3_port,
         process,
         workers,
         listeners,
@@ -162,6 +165,8 @@ fn build_inner(
     let mut configs = Vec::new();
     let mut certs = Vec::new();
     let mut sni = NameTable::default();
+    // HTTP/3: per site, the certificates QUIC handshakes use (`None`: not served over QUIC).
+    let mut quic_sites: Vec<Option<Arc<dyn rustls::server::ResolvesServerCert>>> = Vec::new();
     let named = config
         .on_demand
         .as_ref()
@@ -177,6 +182,9 @@ fn build_inner(
             }),
             _ => resolver.clone(),
         };
+        quic_sites.push(
+            (site.http3 && site.client_auth.is_none()).then(|| serving.clone()),
+        );
         configs.push(
             shared_tls
                 .site_config(
@@ -243,6 +251,32 @@ fn build_inner(
         ),
         _ => None,
     };
+    let quic = match h3_port {
+        Some(_) if config.http.http3 => {
+            let early = config
+                .sites
+                .iter()
+                .zip(&quic_sites)
+                .any(|(s, q)| s.early_data && q.is_some());
+            let certs = Arc::new(crate::tls::quic::QuicCerts {
+                sni: sni.clone(),
+                sites: quic_sites,
+                default_site: config.default_site,
+                unknown_to_default: config.tls.unknown_sni == crate::config::model::UnknownSni::DefaultSite,
+                on_demand: named.clone(),
+            });
+            let tls = shared_tls
+                .quic_config(certs.clone(), early)
+                .map_err(|e| format!("HTTP/3: TLS set-up failed: {e}"))?;
+            Some(crate::server::quic::QuicFront::new(
+                config,
+                &process.quic,
+                tls,
+                certs,
+            )?)
+        }
+        _ => None,
+    };
     let tls = TlsFront {
         configs,
         certs,
@@ -266,6 +300,7 @@ fn build_inner(
     let mut front = Frontend::new(
         config,
         https_port,
+        quic.as_ref().and(h3_port),
         challenges.http01.clone(),
         retire_rx.clone(),
     )?;
@@ -279,6 +314,7 @@ fn build_inner(
     let state = Arc::new(ServerState {
         front,
         tls,
+        quic,
         tls_alpn: challenges.tls_alpn.clone(),
         limits: config.limits.clone(),
         placement: process.placement.clone(),

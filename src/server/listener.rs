@@ -75,6 +75,86 @@ fn bind_one(addr: SocketAddr, what: &str, reuse_port: bool) -> Result<Socket, Bi
     Ok(socket)
 }
 
+/// The UDP socket buffers HTTP/3 asks for: a burst of QUIC packets at line rate must not
+/// overflow the receive queue before the worker reads it (quinn's own advice; Caddy/quic-go
+/// warn below 7 MiB).
+pub const UDP_BUFFER: usize = 7 * 1024 * 1024;
+
+/// Binds `count` UDP sockets on one address for HTTP/3, one per worker, with `SO_REUSEPORT`:
+/// the kernel hashes each datagram's source address and port to one socket of the group, so
+/// every packet of a QUIC connection reaches the worker whose endpoint holds it (the server
+/// turns active connection migration off, which would change the hash). As for TCP, the
+/// address is first claimed without `SO_REUSEPORT`, so another server's socket there is an
+/// "in use" error, not a silent share.
+///
+/// Receive and send buffers are raised to [`UDP_BUFFER`] (beyond `net.core.rmem_max` /
+/// `wmem_max` where the process may: `SO_RCVBUFFORCE`); the second value says when the kernel
+/// granted less, for the operator.
+pub fn bind_udp_group(
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<std::net::UdpSocket>, Option<String>), BindError> {
+    let what = "HTTP/3 (UDP)";
+    let wrap = |e: io::Error| BindError::new(addr, what, e);
+    let new = |reuse_port: bool| -> Result<Socket, BindError> {
+        let socket =
+            Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(wrap)?;
+        if reuse_port {
+            socket.set_reuse_port(true).map_err(wrap)?;
+        }
+        if addr.is_ipv6() {
+            socket.set_only_v6(true).map_err(wrap)?;
+        }
+        socket.set_nonblocking(true).map_err(wrap)?;
+        Ok(socket)
+    };
+    let claim = new(false)?;
+    claim.bind(&addr.into()).map_err(wrap)?;
+    let addr = claim
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    drop(claim);
+    let mut sockets = Vec::new();
+    let mut note = None;
+    for _ in 0..count.max(1) {
+        let socket = new(true)?;
+        let (rcv, snd) = raise_buffers(&socket);
+        if note.is_none() && (rcv < UDP_BUFFER || snd < UDP_BUFFER) {
+            note = Some(format!(
+                "HTTP/3 on {addr}: UDP buffers are {} KiB receive / {} KiB send, below the {} KiB asked for, so bursts may drop packets; raise them with sysctl -w net.core.rmem_max={UDP_BUFFER} net.core.wmem_max={UDP_BUFFER}",
+                rcv / 1024,
+                snd / 1024,
+                UDP_BUFFER / 1024
+            ));
+        }
+        socket.bind(&addr.into()).map_err(wrap)?;
+        sockets.push(std::net::UdpSocket::from(socket));
+    }
+    Ok((sockets, note))
+}
+
+/// Raises a UDP socket's buffers to [`UDP_BUFFER`] as far as allowed; returns what the kernel
+/// granted (it reports twice the usable size: bookkeeping, so half is compared).
+fn raise_buffers(socket: &Socket) -> (usize, usize) {
+    use rustix::net::sockopt;
+    if socket.recv_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER {
+        if sockopt::set_socket_recv_buffer_size_force(socket, UDP_BUFFER).is_err() {
+            let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+        }
+    }
+    if socket.send_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER {
+        if sockopt::set_socket_send_buffer_size_force(socket, UDP_BUFFER).is_err() {
+            let _ = socket.set_send_buffer_size(UDP_BUFFER);
+        }
+    }
+    (
+        socket.recv_buffer_size().unwrap_or(0) / 2,
+        socket.send_buffer_size().unwrap_or(0) / 2,
+    )
+}
+
 /// A listener that could not be bound.
 #[derive(Debug)]
 pub struct BindError {

@@ -17,6 +17,7 @@ pub mod io;
 pub mod limits;
 pub mod listener;
 pub mod placement;
+pub mod quic;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -86,6 +87,8 @@ pub struct ServerState {
     /// `[limits.per_client]` and its client table, carried over by a reload with the same
     /// settings (clients keep their counts).
     pub client_limits: Arc<limits::ClientLimits>,
+    /// HTTP/3, when on and its UDP socket is bound.
+    pub quic: Option<quic::QuicFront>,
 }
 
 impl ServerState {
@@ -113,6 +116,7 @@ impl ServerState {
             listeners: Vec::new(),
             ctxs: Vec::new(),
             tls_shared: None,
+            quic: None,
         })
     }
 
@@ -234,6 +238,14 @@ impl WorkerCtx {
 pub(crate) struct Process {
     pub(crate) placement: Arc<placement::Placement>,
     pub(crate) conns: Arc<Conns>,
+    /// HTTP/3's keys and handshake count.
+    pub(crate) quic: quic::QuicProcess,
+}
+
+/// A listening socket: TCP (HTTPS, HTTP, streams) or UDP (HTTP/3).
+pub enum Listening {
+    Tcp(TcpListener),
+    Udp(std::net::UdpSocket),
 }
 
 /// A listening address with its sockets (one per worker).
@@ -245,7 +257,8 @@ struct Bound {
     key: String,
     /// The address it is bound to.
     local: SocketAddr,
-    /// Duplicates of the workers' sockets, passed to a new binary on upgrade.
+    /// Duplicates of the workers' sockets, passed to a new binary on upgrade (TCP only: a
+    /// new binary binds its own UDP sockets into the `SO_REUSEPORT` group).
     dups: Vec<TcpListener>,
 }
 
@@ -254,7 +267,7 @@ struct NewGroup {
     id: u64,
     key: String,
     local: SocketAddr,
-    sockets: Vec<TcpListener>,
+    sockets: Vec<Listening>,
 }
 
 /// The running server's process-wide side: the current generation, the listeners and the
@@ -295,6 +308,11 @@ fn wanted(config: &Config) -> Vec<(SocketAddr, ListenerKind, String, String)> {
     for &a in &config.listen.http {
         add(a, ListenerKind::Http, "http".to_owned(), "http");
     }
+    if config.http.http3 {
+        for &a in &config.listen.https {
+            add(a, ListenerKind::Quic, "HTTP/3 (UDP)".to_owned(), "h3");
+        }
+    }
     for (i, stream) in config.streams.iter().enumerate() {
         for &a in &stream.listen {
             let role = format!("stream:{}", stream.name.replace(['@', '=', ';', ','], "_"));
@@ -327,6 +345,45 @@ fn reconcile(
             kinds.push((b.id, kind));
             continue;
         }
+        if kind == ListenerKind::Quic {
+            // HTTP/3 on the port number its HTTPS listener got (`h3@A#n` beside `https@A#n`).
+            let tcp_key = key.replacen("h3@", "https@", 1);
+            let port = bound
+                .iter()
+                .find(|b| b.key == tcp_key)
+                .map(|b| b.local.port())
+                .or_else(|| groups.iter().find(|g| g.key == tcp_key).map(|g| g.local.port()));
+            let Some(port) = port else { continue };
+            let at = SocketAddr::new(addr.ip(), port);
+            match listener::bind_udp_group(at, workers) {
+                Ok((sockets, note)) => {
+                    if let Some(note) = note {
+                        tracing::warn!("{note}");
+                    }
+                    let local = sockets
+                        .first()
+                        .and_then(|s| s.local_addr().ok())
+                        .unwrap_or(at);
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    kinds.push((id, kind));
+                    groups.push(NewGroup {
+                        id,
+                        key,
+                        local,
+                        sockets: sockets.into_iter().map(Listening::Udp).collect(),
+                    });
+                }
+                // Not fatal: HTTPS serves, without `Alt-Svc` (browsers never try HTTP/3).
+                Err(e) => notes.push(
+                    Problem::warning(
+                        crate::config::Location::None,
+                        format!("{e}; HTTP/3 is not served or advertised there"),
+                    )
+                    .fix("free the UDP port, or set [http] http3 = false"),
+                ),
+            }
+            continue;
+        }
         let sockets = match inherited.take(&key, addr) {
             Some(s) => s,
             None => match listener::bind_group(addr, &what, workers) {
@@ -351,7 +408,7 @@ fn reconcile(
             id,
             key,
             local,
-            sockets,
+            sockets: sockets.into_iter().map(Listening::Tcp).collect(),
         });
     }
     Ok((kinds, groups))
@@ -374,6 +431,20 @@ fn https_port(
                 .map(|a| a.port())
         })
         .unwrap_or(443)
+}
+
+/// The UDP port HTTP/3 is advertised on: the public HTTPS port when configured (a port
+/// mapping in front), else the first HTTP/3 socket's; `None` without one.
+fn h3_port(
+    config: &Config,
+    kinds: &[(u64, ListenerKind)],
+    local: impl Fn(u64) -> Option<SocketAddr>,
+) -> Option<u16> {
+    let bound = kinds
+        .iter()
+        .find(|(_, k)| *k == ListenerKind::Quic)
+        .and_then(|(id, _)| local(*id))?;
+    Some(config.listen.public_https_port.unwrap_or(bound.port()))
 }
 
 /// A started server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -407,18 +478,21 @@ impl Server {
         drop(inherited);
         let local = |id: u64| groups.iter().find(|g| g.id == id).map(|g| g.local);
         let https_port = https_port(&config, &kinds, local);
+        let h3_port = h3_port(&config, &kinds, local);
 
         // 2. The generation: certificates, TLS, the request side, background tasks.
         let (placement, inboxes) = placement::Placement::new(workers);
         let process = Process {
             placement: Arc::new(placement),
             conns: Arc::default(),
+            quic: quic::QuicProcess::new()?,
         };
         let mut local_ca_root = None;
         let state = generation::build(
             &config,
             generation::Inputs {
                 https_port,
+                h3_port,
                 process: &process,
                 workers,
                 listeners: kinds,
@@ -441,7 +515,7 @@ impl Server {
         });
 
         // 3. Workers: each takes its own socket of every address's group.
-        let mut own: Vec<Vec<(u64, TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut own: Vec<Vec<(u64, Listening)>> = (0..workers).map(|_| Vec::new()).collect();
         let bound = bind_groups(groups, &mut |id, j, socket| {
             own[j % workers].push((id, socket))
         })
@@ -515,7 +589,7 @@ impl Server {
             ));
         }
         let old = rt.current.load_full();
-        let (kinds, groups, https_port) = {
+        let (kinds, groups, https_port, h3_port) = {
             let bound = rt.bound.lock().unwrap_or_else(|p| p.into_inner());
             let (kinds, groups) = reconcile(
                 &config,
@@ -525,20 +599,23 @@ impl Server {
                 &mut listener::Inherited::default(),
                 &mut notes,
             )?;
-            let port = https_port(&config, &kinds, |id| {
+            let local = |id: u64| {
                 bound
                     .iter()
                     .find(|b| b.id == id)
                     .map(|b| b.local)
                     .or_else(|| groups.iter().find(|g| g.id == id).map(|g| g.local))
-            });
-            (kinds, groups, port)
+            };
+            let port = https_port(&config, &kinds, local);
+            let h3 = h3_port(&config, &kinds, local);
+            (kinds, groups, port, h3)
         };
         let mut local_ca_root = None;
         let state = generation::build(
             &config,
             generation::Inputs {
                 https_port,
+                h3_port,
                 process: &rt.process,
                 workers: rt.workers,
                 listeners: kinds.clone(),
@@ -614,6 +691,11 @@ impl Server {
     /// Bound HTTPS addresses (with the real port when 0 was configured).
     pub fn https_addrs(&self) -> Vec<SocketAddr> {
         self.addrs_where(|k| k == ListenerKind::Https)
+    }
+
+    /// Bound HTTP/3 (UDP) addresses.
+    pub fn h3_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs_where(|k| k == ListenerKind::Quic)
     }
 
     /// Bound plain-HTTP addresses.
@@ -697,17 +779,19 @@ impl Server {
 /// and gives each socket to `place` with its index in the group.
 fn bind_groups(
     groups: Vec<NewGroup>,
-    place: &mut dyn FnMut(u64, usize, TcpListener),
+    place: &mut dyn FnMut(u64, usize, Listening),
 ) -> Result<Vec<Bound>, String> {
     let mut out = Vec::new();
     let mut placed = Vec::new();
     for g in groups {
         let mut dups = Vec::new();
         for s in &g.sockets {
-            dups.push(
-                s.try_clone()
-                    .map_err(|e| format!("cannot duplicate the socket of {}: {e}", g.local))?,
-            );
+            if let Listening::Tcp(s) = s {
+                dups.push(
+                    s.try_clone()
+                        .map_err(|e| format!("cannot duplicate the socket of {}: {e}", g.local))?,
+                );
+            }
         }
         placed.push((g.id, g.sockets));
         out.push(Bound {
@@ -734,11 +818,13 @@ pub enum ListenerKind {
     Http,
     /// The `[[stream]]` at this index of `ServerState::streams`.
     Stream(usize),
+    /// HTTP/3 over QUIC (UDP), beside an HTTPS listener.
+    Quic,
 }
 
 fn worker(
     me: usize,
-    listeners: Vec<(u64, TcpListener)>,
+    listeners: Vec<(u64, Listening)>,
     mut inbox: tokio::sync::mpsc::UnboundedReceiver<placement::Handoff>,
     rt: Arc<Runtime>,
 ) {
@@ -756,13 +842,16 @@ fn worker(
     runtime.block_on(async move {
         let accept = {
             let rt = rt.clone();
-            move |listener: TcpListener, id: u64, home: usize| {
-                match tokio::net::TcpListener::from_std(listener) {
+            move |listener: Listening, id: u64, home: usize| match listener {
+                Listening::Tcp(listener) => match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => {
                         let at = Accepting { id, home, me };
                         tokio::spawn(accept_loop(l, at, rt.clone()));
                     }
                     Err(e) => tracing::error!(error = %e, "cannot register listener"),
+                },
+                Listening::Udp(socket) => {
+                    tokio::spawn(quic::endpoint_loop(socket, id, rt.clone()));
                 }
             }
         };
@@ -903,6 +992,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<R
                             guard,
                         ));
                     }
+                    // (UDP sockets are never given to a TCP accept loop.)
+                    ListenerKind::Quic => return,
                     ListenerKind::Stream(i) => {
                         let Some(slot) = state.streams[i].admit() else {
                             tracing::debug!(stream = state.streams[i].name, %peer, "max_connections reached: closing");
@@ -925,7 +1016,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<R
                 if placement.host_of(home) != me {
                     match listener.into_std() {
                         Ok(listener) => {
-                            placement.hand_over(placement::Handoff { listener, id, home })
+                            placement.hand_over(placement::Handoff {
+                                listener: Listening::Tcp(listener),
+                                id,
+                                home,
+                            })
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "cannot move a listening socket to another worker")

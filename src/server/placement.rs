@@ -50,7 +50,7 @@ pub const LOAD_WINDOW_MAX_MS: u64 = 2000;
 
 /// A listening socket on its way to the worker that is to accept from it.
 pub struct Handoff {
-    pub listener: std::net::TcpListener,
+    pub listener: super::Listening,
     /// The listener (its id in the server's listener table).
     pub id: u64,
     /// The worker the socket was bound for, where it returns when that worker accepts again.

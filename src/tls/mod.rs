@@ -10,6 +10,7 @@ pub mod local_ca;
 pub mod names;
 pub mod nss;
 pub mod ocsp;
+pub mod quic;
 pub mod resolver;
 pub mod stapler;
 pub mod tickets;
@@ -146,6 +147,47 @@ impl TlsShared {
     ) -> Result<Arc<ServerConfig>, rustls::Error> {
         let mut cfg = Arc::unwrap_or_clone(self.site_config(certs, false, false, None)?);
         cfg.alpn_protocols = alpn.to_vec();
+        Ok(Arc::new(cfg))
+    }
+
+    /// The configuration of every QUIC handshake (see [`quic`]): TLS 1.3 only (QUIC has no
+    /// other), ALPN `h3`, the same suites, groups, ticket keys and session cache as TCP.
+    ///
+    /// With `early_data` (some site served over HTTP/3 accepts 0-RTT), sessions are kept by
+    /// the server and single-use, as for TCP early data; QUIC requires the early-data limit to
+    /// be unbounded (`u32::MAX`: QUIC's own flow control bounds 0-RTT data).
+    pub fn quic_config(
+        &self,
+        certs: Arc<dyn rustls::server::ResolvesServerCert>,
+        early_data: bool,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut cfg = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+        cfg.alpn_protocols = vec![b"h3".to_vec()];
+        cfg.ignore_client_order = self.server_order;
+        cfg.prefer_sent_key_share = true;
+        cfg.session_storage = self.session_cache.clone();
+        cfg.send_tls13_tickets = 1;
+        cfg.max_tls13_tickets = 4;
+        cfg.max_early_data_size = 0;
+        match (&self.early_cache, early_data) {
+            (Some(cache), true) => {
+                cfg.session_storage = cache.clone();
+                cfg.max_early_data_size = u32::MAX;
+            }
+            (None, true) => {
+                return Err(rustls::Error::General(
+                    "early data needs the session cache (tls.session_cache_size > 0)".into(),
+                ))
+            }
+            (_, false) => {
+                if let Some(t) = &self.ticketer {
+                    cfg.ticketer = t.clone();
+                }
+            }
+        }
         Ok(Arc::new(cfg))
     }
 

@@ -193,7 +193,7 @@ pub fn json(g: &Generation, uptime: Duration, shutting_down: bool) -> String {
         })
         .collect();
     let mut requests = Vec::new();
-    let mut by_protocol = [0u64; 3];
+    let mut by_protocol = [0u64; 4];
     for (site, row) in &t.requests {
         let name = metrics::site_name(*site);
         for (class, per) in STATUS_CLASSES.iter().zip(row) {

@@ -258,6 +258,14 @@ impl Collector for Exporter {
             Counter(*n).encode(m.encode_family(&[("kind", *kind)])?)?;
         }
 
+        let m = enc.encode_descriptor(
+            "quic_retries",
+            "QUIC Retry packets sent: new HTTP/3 clients asked to prove their address (h3_retry).",
+            None,
+            MetricType::Counter,
+        )?;
+        Counter(super::QUIC_RETRIES.load(std::sync::atomic::Ordering::Relaxed)).encode(m)?;
+
         let backend_labels = |b: &BackendFact| {
             [
                 ("site", b.site.clone()),

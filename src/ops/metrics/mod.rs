@@ -91,15 +91,18 @@ pub enum RequestProtocol {
     H2 = 1,
     /// Plain HTTP on the port-80 listener.
     PlainHttp = 2,
+    /// HTTP/3 over QUIC.
+    H3 = 3,
 }
 
 impl RequestProtocol {
-    pub const ALL: [RequestProtocol; 3] = [Self::Http1, Self::H2, Self::PlainHttp];
+    pub const ALL: [RequestProtocol; 4] = [Self::Http1, Self::H2, Self::PlainHttp, Self::H3];
     pub fn label(self) -> &'static str {
         match self {
             Self::Http1 => "http1",
             Self::H2 => "h2",
             Self::PlainHttp => "plain_http",
+            Self::H3 => "h3",
         }
     }
 }
@@ -122,15 +125,18 @@ pub enum ConnKind {
     PlainHttp = 3,
     /// A `[[stream]]` connection.
     Stream = 4,
+    /// A QUIC connection (HTTP/3), handshake complete.
+    H3 = 5,
 }
 
 impl ConnKind {
-    pub const ALL: [ConnKind; 5] = [
+    pub const ALL: [ConnKind; 6] = [
         Self::TlsHandshaking,
         Self::Http1,
         Self::H2,
         Self::PlainHttp,
         Self::Stream,
+        Self::H3,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -139,6 +145,7 @@ impl ConnKind {
             Self::H2 => "h2",
             Self::PlainHttp => "plain_http",
             Self::Stream => "stream",
+            Self::H3 => "h3",
         }
     }
 }
@@ -154,7 +161,7 @@ pub const HANDSHAKE_KINDS: [(&str, &str); 4] = [
 // ---------------------------------------------------------------------------------------------
 // Shards.
 
-type SiteChunk = [[[AtomicU64; 3]; 5]; CHUNK];
+type SiteChunk = [[[AtomicU64; 4]; 5]; CHUNK];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Labelled {
@@ -164,7 +171,7 @@ enum Labelled {
 /// One thread's counters (see the module's documentation).
 #[derive(Debug)]
 struct Shard {
-    conns: [AtomicI64; 5],
+    conns: [AtomicI64; 6],
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     handshakes: [LocalHistogram; 4],
@@ -209,7 +216,7 @@ impl Default for Shard {
 }
 
 impl Shard {
-    fn site_row(&self, site: SiteId) -> &[[AtomicU64; 3]; 5] {
+    fn site_row(&self, site: SiteId) -> &[[AtomicU64; 4]; 5] {
         let i = (site as usize).min(MAX_SITES - 1);
         let chunk = self.sites[i / CHUNK]
             .get_or_init(|| Box::new(std::array::from_fn(|_| Default::default())));
@@ -276,6 +283,15 @@ impl Drop for OpenConn {
     fn drop(&mut self) {
         with_shard(|s| bump_signed(&s.conns[self.0 as usize], -1));
     }
+}
+
+/// QUIC Retry packets sent (rare: only under load or with `h3_retry = "always"`, so one
+/// process-wide counter).
+pub static QUIC_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A QUIC Retry was sent.
+pub fn quic_retry() {
+    QUIC_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A handshake completed after `took` (from the accepted connection to the handshake's end).
@@ -381,13 +397,13 @@ pub fn recent_failures() -> Vec<Failure> {
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
     /// Open connections per [`ConnKind`] (index = discriminant).
-    pub conns: [i64; 5],
+    pub conns: [i64; 6],
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// Per [`HANDSHAKE_KINDS`].
     pub handshakes: [Snapshot; 4],
     /// Per site that has any: status class × protocol.
-    pub requests: Vec<(SiteId, [[u64; 3]; 5])>,
+    pub requests: Vec<(SiteId, [[u64; 4]; 5])>,
     pub handshake_failures: Vec<(&'static str, u64)>,
     pub rate_limited: Vec<(&'static str, u64)>,
     /// `[first, renewal][issued, failed]`.
@@ -411,7 +427,7 @@ fn add_to(list: &mut Vec<(&'static str, u64)>, label: &'static str, n: u64) {
 pub fn totals() -> Totals {
     let shards: Vec<Arc<Shard>> = shards().lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut t = Totals::default();
-    let mut requests: Vec<[[u64; 3]; 5]> = Vec::new();
+    let mut requests: Vec<[[u64; 4]; 5]> = Vec::new();
     for s in &shards {
         for (o, c) in t.conns.iter_mut().zip(&s.conns) {
             *o += c.load(Ordering::Relaxed);
@@ -430,7 +446,7 @@ pub fn totals() -> Totals {
                         let n = c.load(Ordering::Relaxed);
                         if n > 0 {
                             if requests.len() <= id {
-                                requests.resize(id + 1, [[0; 3]; 5]);
+                                requests.resize(id + 1, [[0; 4]; 5]);
                             }
                             requests[id][k][p] += n;
                         }
@@ -478,7 +494,7 @@ mod tests {
             t.requests
                 .iter()
                 .find(|(s, _)| *s == site)
-                .map_or([[0; 3]; 5], |(_, r)| *r)
+                .map_or([[0; 4]; 5], |(_, r)| *r)
         };
         let threads: Vec<_> = (0..4)
             .map(|_| {
