@@ -150,6 +150,9 @@ pub struct H3Opts {
     pub stream_window: Option<u32>,
     /// The client's receive window for the whole connection (quinn's default: unlimited).
     pub conn_window: Option<u32>,
+    /// Key exchange groups offered (`None`: the provider's, X25519MLKEM768 first, whose key
+    /// share makes the ClientHello span two Initial datagrams).
+    pub kx: Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>>,
 }
 
 impl Default for H3Opts {
@@ -161,6 +164,7 @@ impl Default for H3Opts {
             idle_timeout: IO_TIMEOUT,
             stream_window: None,
             conn_window: None,
+            kx: None,
         }
     }
 }
@@ -183,6 +187,7 @@ impl H3Client {
         let tls = ClientOpts {
             root: opts.root.clone(),
             check_name: opts.check_name,
+            kx: opts.kx.clone(),
             ..ClientOpts::default()
         }
         .tls13()
@@ -317,17 +322,10 @@ impl H3Conn {
         let both = async { tokio::join!(sending, reading) };
         match tokio::time::timeout(IO_TIMEOUT * 3, both).await {
             Err(_) => Err("request timed out".into()),
-            Ok((sent, read)) => {
-                let resp = read?;
-                // The server may answer before it has read the body (e.g. 425 on a POST)
-                // and stop our stream: the response is what counts.
-                if let Err(e) = sent {
-                    if resp.status < 400 {
-                        return Err(format!("{e} (after {} response)", resp.status));
-                    }
-                }
-                Ok(resp)
-            }
+            // The server may answer before it has read the whole body and stop the request
+            // stream (RFC 9114 §4.1): a complete response is what counts, and a body that
+            // did not get through shows in what the server answers.
+            Ok((_sent, read)) => read,
         }
     }
 
