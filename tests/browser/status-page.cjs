@@ -45,7 +45,8 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE);
     const failureBars = await page.$$eval('#failure-chart rect.bar', (els) => els.length);
     check(failureBars >= 1, `failure chart bars: ${failureBars}`);
     const protocolBars = await page.$$eval('#protocol-chart rect.bar', (els) => els.length);
-    check(protocolBars === 3, `protocol chart bars: ${protocolBars}`);
+    // One bar per protocol: http1, h2, plain_http, h3.
+    check(protocolBars === 4, `protocol chart bars: ${protocolBars}`);
     const errors = await page.$$eval('#errors tbody tr', (rows) => rows.map((r) => r.textContent));
     check(errors.some((e) => e.includes(process.env.EXPECT_SNI) && e.includes('unknown_sni')), `recent errors: ${errors}`);
     const backends = await page.$eval('#backends tbody', (t) => t.textContent);
