@@ -53,7 +53,9 @@ struct PageFiles {
 /// Writes `www/`: index.html loading /app.js and /pic.png.
 fn write_site(env: &TestEnv) -> PageFiles {
     let mut rng = fastrand::Rng::with_seed(21);
-    let rgb: Vec<u8> = (0..IMAGE_WIDTH * IMAGE_HEIGHT * 3).map(|_| rng.u8(..)).collect();
+    let rgb: Vec<u8> = (0..IMAGE_WIDTH * IMAGE_HEIGHT * 3)
+        .map(|_| rng.u8(..))
+        .collect();
     let png = png_rgb(IMAGE_WIDTH, IMAGE_HEIGHT, &rgb);
     let pixel = |x: u32, y: u32| {
         let i = ((y * IMAGE_WIDTH + x) * 3) as usize;
