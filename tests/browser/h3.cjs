@@ -8,6 +8,8 @@
 //   PIXELS        image pixels to read back, "x,y;x,y;..."
 //   CHROMIUM      the browser binary; PLAYWRIGHT_CORE the playwright-core directory
 //   HOME          where chromium finds its NSS database (~/.pki/nssdb) with the CA it trusts
+//   NETLOG_DIR    optional: write chromium's net log there (chromium-PID.json), to see why QUIC
+//                 was or was not used
 // Prints one JSON object: { version, args, loads: [...], error }.
 'use strict';
 const fs = require('fs');
@@ -24,6 +26,10 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE);
     '--disable-component-update', '--disable-sync', '--disable-default-apps',
     `--host-resolver-rules=MAP ${url.hostname} 127.0.0.1`,
     ...(process.env.QUIC_ARGS || '').split(' ').filter(Boolean)];
+  if (process.env.NETLOG_DIR) {
+    report.args.push(`--log-net-log=${path.join(process.env.NETLOG_DIR, `chromium-${process.pid}.json`)}`,
+      '--net-log-capture-mode=Everything');
+  }
   let ctx = null;
   try {
     ctx = await chromium.launchPersistentContext(userDataDir, {
