@@ -8,7 +8,7 @@
 //!   not hold it back: the first page's own subresource requests already start a QUIC
 //!   connection beside the h2 one (Chromium's alternative job), and the next navigation finds
 //!   it in the pool.
-//! - With QUIC forced for the origin, the page, a 590 KB image and a 300 KB script arrive whole
+//! - With QUIC forced for the origin, the page, a 620 KB image and a 300 KB script arrive whole
 //!   over `h3` on the first load.
 //!
 //! Chromium accepts a QUIC certificate only from a root of its own root store ("known root"),
@@ -17,7 +17,7 @@
 //! `ERR_QUIC_CERT_ROOT_NOT_KNOWN` when `!cert_verify_result.is_issued_by_known_root &&
 //! !ShouldAllowUnknownRootForHost(hostname)`, and `IsKnownRoot` is membership in the Chrome Root
 //! Store (net/cert/internal/system_trust_store.cc). A local CA is never in it, so without help
-//! every Alt-Svc attempt fails ("certificate unknown", alternative service marked broken) and
+//! every QUIC attempt from Alt-Svc fails (Chromium closes it: "certificate unknown") and
 //! the page stays on h2. The only exemption is the host list `ShouldAllowUnknownRootForHost`
 //! reads: the HOST names of `--origin-to-force-quic-on` (`HostsFromOrigins` in
 //! net/quic/quic_session_pool.cc keeps `origin.host()` and drops the port), while forcing QUIC
@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use common::*;
 
-/// The test image: random RGB noise (it does not compress), so its PNG is ~590 KB.
+/// The test image: random RGB noise (it does not compress), so its PNG is ~620 KB.
 const IMAGE_WIDTH: u32 = 512;
 const IMAGE_HEIGHT: u32 = 384;
 /// Characters of the string literal in the test script (~300 KB of script).
