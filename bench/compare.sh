@@ -8,6 +8,10 @@
 #   bench/compare.sh -r 2 -o /tmp/x  any run.sh option is passed through; later ones win
 #   bench/compare.sh -l hs13,h1      only some workloads
 #   bench/compare.sh -l px1,px2,pxbulk,pxlat   the reverse-proxy workloads
+#   bench/compare.sh -l h3,h3bulk,h3hs         HTTP/3 (portcullis serves it on UDP at the same
+#                    port by default; run.sh builds its quinn load generator; of the Debian
+#                    anchors only caddy speaks HTTP/3, the others' h3 rows stay empty)
+#   bench/h3idle.py HOST PORT PID [N]           memory per idle HTTP/3 connection (aioquic)
 #
 # What it does:
 #   1. cargo build --release in the repo root (target dir: $CARGO_TARGET_DIR, default

@@ -975,3 +975,41 @@ fn bad_body_pace_settings_are_reported() {
         "{msg}"
     );
 }
+
+#[test]
+fn http3_settings_out_of_range_or_unknown_are_reported_with_their_line() {
+    let env = TestEnv::new();
+    let base = site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#);
+    let text = base.replacen(
+        "http = []\n",
+        "http = []\n[http]\nh3_retry = \"sometimes\"\nh3_max_concurrent_streams = 0\n",
+        1,
+    );
+    let (path, p) = refused(&env, &text, Mode::Check);
+    let msg = find(&p, &["h3_retry", "sometimes"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "h3_retry ="))),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("under_load") && msg.contains("always"),
+        "{msg}"
+    );
+    let msg = find(&p, &["h3_max_concurrent_streams", "out of range"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "h3_max_concurrent_streams"))),
+        "{msg}"
+    );
+    // A site key of the wrong type is refused at its line.
+    let text = base.replacen(
+        "name = \"alpha\"\n",
+        "name = \"alpha\"\nhttp3 = \"yes\"\n",
+        1,
+    );
+    let (path, p) = refused(&env, &text, Mode::Check);
+    let msg = find(&p, &["expected a boolean"]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, "http3 ="))),
+        "{msg}"
+    );
+}

@@ -16,24 +16,11 @@ use std::time::Duration;
 use common::backends::Backend;
 use common::*;
 
-fn playwright_core() -> PathBuf {
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/browser/node_modules/playwright-core");
-    match std::env::var_os("PLAYWRIGHT_CORE") {
-        Some(p) => PathBuf::from(p),
-        None if local.is_dir() => local,
-        None => panic!(
-            "playwright-core is missing: run `npm install --prefix tests/browser playwright-core` (as .ci/run does) or set PLAYWRIGHT_CORE"
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_in_chromium() {
-    let chromium =
-        std::env::var_os("CHROMIUM").map_or_else(|| require_tool("chromium"), PathBuf::from);
+    let chromium = browser::chromium();
     let node = require_tool("node");
-    let playwright = playwright_core();
+    let playwright = browser::playwright_core();
     let api = Backend::h1("api");
     let srv = start(&format!(
         r#"

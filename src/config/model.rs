@@ -209,6 +209,8 @@ pub struct HttpSettings {
     pub h3_max_concurrent_streams: u32,
     pub h3_retry: H3Retry,
     pub h3_retry_threshold: usize,
+    /// One QUIC endpoint per worker, or one for the process.
+    pub h3_shared_endpoint: bool,
 }
 
 /// When a new QUIC client must first prove it receives at its address (a Retry round trip):

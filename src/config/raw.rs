@@ -105,6 +105,10 @@ pub struct RawHttp {
     pub h3_retry: Option<Spanned<String>>,
     /// HTTP/3: QUIC handshakes in progress above which Retry is used (default 256).
     pub h3_retry_threshold: Option<Spanned<u32>>,
+    /// HTTP/3 endpoints: `"per_worker"` (default: one UDP socket and QUIC endpoint per
+    /// worker, no connection migration) or `"shared"` (one socket and endpoint for the
+    /// process, connections spread over the workers; clients may migrate).
+    pub h3_endpoints: Option<Spanned<String>>,
 }
 
 /// `[limits]`: timeouts and sizes.

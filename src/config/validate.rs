@@ -771,6 +771,19 @@ fn http_settings(cx: &mut Ctx<'_>, raw: &RawHttp) -> HttpSettings {
             H3Retry::UnderLoad
         }
     };
+    let h3_shared_endpoint = match raw.h3_endpoints.as_ref().map(|s| (s, s.get_ref().as_str())) {
+        None | Some((_, "per_worker")) => false,
+        Some((_, "shared")) => true,
+        Some((s, other)) => {
+            let loc = cx.loc(s, "");
+            cx.err(
+                loc,
+                format!("http.h3_endpoints = {other:?} is unknown"),
+                "use \"per_worker\" (one QUIC endpoint per worker) or \"shared\" (one for the process; clients may migrate)",
+            );
+            false
+        }
+    };
     let mut ranged =
         |v: &Option<Spanned<u32>>, key: &str, default: u32, min: u32, max: u32| -> u32 {
             match v {
@@ -789,6 +802,7 @@ fn http_settings(cx: &mut Ctx<'_>, raw: &RawHttp) -> HttpSettings {
         };
     HttpSettings {
         http3: raw.http3.unwrap_or(true),
+        h3_shared_endpoint,
         h3_retry,
         h3_max_concurrent_streams: ranged(
             &raw.h3_max_concurrent_streams,

@@ -137,9 +137,8 @@ impl Frontend {
         let mut hosts = NameTable::default();
         let default_log = open_access_log(config.log.access_log.as_ref())?;
         // HTTP/3 is advertised (RFC 7838) by the sites served over it, once its socket is bound.
-        let alt_svc = h3_port.and_then(|port| {
-            HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400")).ok()
-        });
+        let alt_svc = h3_port
+            .and_then(|port| HeaderValue::try_from(format!("h3=\":{port}\"; ma=86400")).ok());
         for (i, site) in config.sites.iter().enumerate() {
             for h in &site.hosts {
                 hosts.insert(h, i);

@@ -61,7 +61,10 @@ impl H3Body {
         }
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         use bytes::Buf;
         if self.done {
             return Poll::Ready(None);
@@ -108,7 +111,9 @@ impl H3Body {
         match trailers {
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(io::Error::other(format!("request trailers: {e}"))))),
+            Err(e) => Poll::Ready(Some(Err(io::Error::other(format!(
+                "request trailers: {e}"
+            ))))),
         }
     }
 }

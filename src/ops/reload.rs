@@ -317,7 +317,7 @@ impl Reloader {
             for s in sockets {
                 idx.push(mappings.len().to_string());
                 mappings.push(FdMapping {
-                    parent_fd: s.into(),
+                    parent_fd: s,
                     child_fd: 3 + mappings.len() as i32,
                 });
             }

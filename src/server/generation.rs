@@ -182,9 +182,7 @@ fn build_inner(
             }),
             _ => resolver.clone(),
         };
-        quic_sites.push(
-            (site.http3 && site.client_auth.is_none()).then(|| serving.clone()),
-        );
+        quic_sites.push((site.http3 && site.client_auth.is_none()).then(|| serving.clone()));
         configs.push(
             shared_tls
                 .site_config(
@@ -262,7 +260,8 @@ fn build_inner(
                 sni: sni.clone(),
                 sites: quic_sites,
                 default_site: config.default_site,
-                unknown_to_default: config.tls.unknown_sni == crate::config::model::UnknownSni::DefaultSite,
+                unknown_to_default: config.tls.unknown_sni
+                    == crate::config::model::UnknownSni::DefaultSite,
                 on_demand: named.clone(),
             });
             let tls = shared_tls

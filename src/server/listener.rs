@@ -97,8 +97,8 @@ pub fn bind_udp_group(
     let what = "HTTP/3 (UDP)";
     let wrap = |e: io::Error| BindError::new(addr, what, e);
     let new = |reuse_port: bool| -> Result<Socket, BindError> {
-        let socket =
-            Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(wrap)?;
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(wrap)?;
         if reuse_port {
             socket.set_reuse_port(true).map_err(wrap)?;
         }
@@ -139,15 +139,15 @@ pub fn bind_udp_group(
 /// granted (it reports twice the usable size: bookkeeping, so half is compared).
 fn raise_buffers(socket: &Socket) -> (usize, usize) {
     use rustix::net::sockopt;
-    if socket.recv_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER {
-        if sockopt::set_socket_recv_buffer_size_force(socket, UDP_BUFFER).is_err() {
-            let _ = socket.set_recv_buffer_size(UDP_BUFFER);
-        }
+    if socket.recv_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER
+        && sockopt::set_socket_recv_buffer_size_force(socket, UDP_BUFFER).is_err()
+    {
+        let _ = socket.set_recv_buffer_size(UDP_BUFFER);
     }
-    if socket.send_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER {
-        if sockopt::set_socket_send_buffer_size_force(socket, UDP_BUFFER).is_err() {
-            let _ = socket.set_send_buffer_size(UDP_BUFFER);
-        }
+    if socket.send_buffer_size().unwrap_or(0) / 2 < UDP_BUFFER
+        && sockopt::set_socket_send_buffer_size_force(socket, UDP_BUFFER).is_err()
+    {
+        let _ = socket.set_send_buffer_size(UDP_BUFFER);
     }
     (
         socket.recv_buffer_size().unwrap_or(0) / 2,
@@ -250,6 +250,8 @@ pub struct Inherited {
     keyed: Vec<(String, Vec<TcpListener>)>,
     /// By bound address (systemd socket activation).
     by_addr: Vec<(SocketAddr, Vec<TcpListener>)>,
+    /// HTTP/3 UDP sockets by key (`h3@…`; binary upgrades only).
+    udp: Vec<(String, Vec<std::net::UdpSocket>)>,
 }
 
 impl Inherited {
@@ -265,7 +267,7 @@ impl Inherited {
         if count == 0 {
             return Inherited::default();
         }
-        let mut take = |i: usize| -> Option<TcpListener> {
+        let take = |fds: &mut listenfd::ListenFd, i: usize| -> Option<TcpListener> {
             match fds.take_tcp_listener(i) {
                 Ok(Some(l)) => {
                     // Not passed on to programs this one starts (DNS hooks).
@@ -286,10 +288,28 @@ impl Inherited {
                     let Some((key, idx)) = entry.rsplit_once('=') else {
                         continue;
                     };
+                    if key.starts_with("h3@") {
+                        let sockets: Vec<std::net::UdpSocket> = idx
+                            .split(',')
+                            .filter_map(|i| i.parse().ok())
+                            .filter_map(|i| match fds.take_udp_socket(i) {
+                                Ok(Some(s)) => {
+                                    let _ =
+                                        rustix::io::fcntl_setfd(&s, rustix::io::FdFlags::CLOEXEC);
+                                    Some(s)
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        if !sockets.is_empty() {
+                            out.udp.push((key.to_owned(), sockets));
+                        }
+                        continue;
+                    }
                     let sockets: Vec<TcpListener> = idx
                         .split(',')
                         .filter_map(|i| i.parse().ok())
-                        .filter_map(&mut take)
+                        .filter_map(|i| take(&mut fds, i))
                         .collect();
                     if !sockets.is_empty() {
                         out.keyed.push((key.to_owned(), sockets));
@@ -298,7 +318,7 @@ impl Inherited {
             }
             Err(_) => {
                 for i in 0..count {
-                    let Some(l) = take(i) else { continue };
+                    let Some(l) = take(&mut fds, i) else { continue };
                     let Ok(addr) = l.local_addr() else { continue };
                     match out.by_addr.iter_mut().find(|(a, _)| *a == addr) {
                         Some((_, g)) => g.push(l),
@@ -308,6 +328,12 @@ impl Inherited {
             }
         }
         out
+    }
+
+    /// The UDP sockets passed for the HTTP/3 listener `key`.
+    pub fn take_udp(&mut self, key: &str) -> Option<Vec<std::net::UdpSocket>> {
+        let i = self.udp.iter().position(|(k, _)| k == key)?;
+        Some(self.udp.swap_remove(i).1)
     }
 
     /// The sockets passed for the listener `key` (or, from systemd, bound to `addr`).

@@ -257,9 +257,8 @@ struct Bound {
     key: String,
     /// The address it is bound to.
     local: SocketAddr,
-    /// Duplicates of the workers' sockets, passed to a new binary on upgrade (TCP only: a
-    /// new binary binds its own UDP sockets into the `SO_REUSEPORT` group).
-    dups: Vec<TcpListener>,
+    /// Duplicates of the workers' sockets, passed to a new binary on upgrade.
+    dups: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A group bound for a new configuration, not yet handed to the workers.
@@ -286,6 +285,9 @@ struct Runtime {
     workers: usize,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Each worker's runtime, once started (a shared QUIC endpoint spreads its connections
+    /// over them).
+    handles: Mutex<Vec<Option<tokio::runtime::Handle>>>,
 }
 
 /// Listener id → what it serves, for one generation.
@@ -352,10 +354,26 @@ fn reconcile(
                 .iter()
                 .find(|b| b.key == tcp_key)
                 .map(|b| b.local.port())
-                .or_else(|| groups.iter().find(|g| g.key == tcp_key).map(|g| g.local.port()));
+                .or_else(|| {
+                    groups
+                        .iter()
+                        .find(|g| g.key == tcp_key)
+                        .map(|g| g.local.port())
+                });
             let Some(port) = port else { continue };
             let at = SocketAddr::new(addr.ip(), port);
-            match listener::bind_udp_group(at, workers) {
+            // A binary upgrade passes the same sockets: the new process reads from them
+            // beside the old one, which stops taking new connections; a packet of one of its
+            // connections read here is lost (the stateless reset it draws is keyed by this
+            // process and ignored), not fatal, and is sent again.
+            let taken = inherited.take_udp(&key).map(|s| (s, None));
+            // A shared endpoint has one socket (its worker reads every packet).
+            let count = if config.http.h3_shared_endpoint {
+                1
+            } else {
+                workers
+            };
+            match taken.map_or_else(|| listener::bind_udp_group(at, count), Ok) {
                 Ok((sockets, note)) => {
                     if let Some(note) = note {
                         tracing::warn!("{note}");
@@ -512,6 +530,7 @@ impl Server {
             next_id,
             workers,
             reloading: Mutex::new(()),
+            handles: Mutex::new(vec![None; workers]),
         });
 
         // 3. Workers: each takes its own socket of every address's group.
@@ -665,7 +684,7 @@ impl Server {
 
     /// Duplicates of every listening socket, with its key (role and address as configured),
     /// for a new binary to take over (see `ops::reload`).
-    pub fn listening_sockets(&self) -> Vec<(String, Vec<TcpListener>)> {
+    pub fn listening_sockets(&self) -> Vec<(String, Vec<std::os::fd::OwnedFd>)> {
         let bound = self.rt.bound.lock().unwrap_or_else(|p| p.into_inner());
         bound
             .iter()
@@ -786,12 +805,11 @@ fn bind_groups(
     for g in groups {
         let mut dups = Vec::new();
         for s in &g.sockets {
-            if let Listening::Tcp(s) = s {
-                dups.push(
-                    s.try_clone()
-                        .map_err(|e| format!("cannot duplicate the socket of {}: {e}", g.local))?,
-                );
-            }
+            let dup = match s {
+                Listening::Tcp(s) => s.try_clone().map(Into::into),
+                Listening::Udp(s) => s.try_clone().map(Into::into),
+            };
+            dups.push(dup.map_err(|e| format!("cannot duplicate the socket of {}: {e}", g.local))?);
         }
         placed.push((g.id, g.sockets));
         out.push(Bound {
@@ -839,6 +857,14 @@ fn worker(
         }
     };
     rt.process.placement.register(me);
+    if let Some(h) = rt
+        .handles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get_mut(me)
+    {
+        *h = Some(runtime.handle().clone());
+    }
     runtime.block_on(async move {
         let accept = {
             let rt = rt.clone();
@@ -1015,13 +1041,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, at: Accepting, rt: Arc<R
                 placement.after_accept();
                 if placement.host_of(home) != me {
                     match listener.into_std() {
-                        Ok(listener) => {
-                            placement.hand_over(placement::Handoff {
-                                listener: Listening::Tcp(listener),
-                                id,
-                                home,
-                            })
-                        }
+                        Ok(listener) => placement.hand_over(placement::Handoff {
+                            listener: Listening::Tcp(listener),
+                            id,
+                            home,
+                        }),
                         Err(e) => {
                             tracing::error!(error = %e, "cannot move a listening socket to another worker")
                         }

@@ -47,9 +47,7 @@ impl QuicCerts {
             None => Some(self.default_site),
             Some(name) => self.sni.get(name).copied().or_else(|| {
                 let named = self.on_demand.as_ref().and_then(|(site, named)| {
-                    named
-                        .contains(&name.to_ascii_lowercase())
-                        .then_some(*site)
+                    named.contains(&name.to_ascii_lowercase()).then_some(*site)
                 });
                 named.or(self.unknown_to_default.then_some(self.default_site))
             }),

@@ -44,8 +44,9 @@ const { chromium } = require(process.env.PLAYWRIGHT_CORE);
     check(bars >= 2, `days-left bars: ${bars}`);
     const failureBars = await page.$$eval('#failure-chart rect.bar', (els) => els.length);
     check(failureBars >= 1, `failure chart bars: ${failureBars}`);
+    // One bar per protocol: HTTP/1.1, HTTP/2, port 80, HTTP/3.
     const protocolBars = await page.$$eval('#protocol-chart rect.bar', (els) => els.length);
-    check(protocolBars === 3, `protocol chart bars: ${protocolBars}`);
+    check(protocolBars === 4, `protocol chart bars: ${protocolBars}`);
     const errors = await page.$$eval('#errors tbody tr', (rows) => rows.map((r) => r.textContent));
     check(errors.some((e) => e.includes(process.env.EXPECT_SNI) && e.includes('unknown_sni')), `recent errors: ${errors}`);
     const backends = await page.$eval('#backends tbody', (t) => t.textContent);

@@ -9,6 +9,7 @@
 
 pub mod acme_proxy;
 pub mod backends;
+pub mod browser;
 pub mod h3client;
 pub mod pebble;
 

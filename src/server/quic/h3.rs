@@ -19,7 +19,9 @@ use tokio::sync::watch;
 
 use crate::config::model::Limits;
 use crate::http::request::H3Body;
-use crate::http::{is_connection_specific, HttpsService, RequestBody, TrackedBody, CONNECTION_SPECIFIC};
+use crate::http::{
+    is_connection_specific, HttpsService, RequestBody, TrackedBody, CONNECTION_SPECIFIC,
+};
 use crate::limited;
 use crate::ops::limit::{report_to_log, LineLimit};
 

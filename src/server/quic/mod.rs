@@ -13,6 +13,13 @@
 //! reconnects, as it would after a server restart. nginx makes the same trade without its
 //! eBPF steering.
 //!
+//! `h3_endpoints = "shared"` is the other design, kept to be measured against this one and
+//! for deployments whose clients move between networks: one socket and one endpoint for the
+//! process, on the first worker, which reads every packet and hands each connection's to the
+//! worker running it (quinn's endpoint driver passes them over channels; the connection's
+//! driver and its requests run on one worker, chosen round robin when it is accepted). Migration
+//! is on then. The figures are in BENCHMARKS.md.
+//!
 //! quinn-udp uses UDP GSO (one `sendmsg` for a train of datagrams) and GRO where the kernel
 //! has them, and ECN.
 //!
@@ -62,6 +69,8 @@ pub struct QuicFront {
     pub site_early: Vec<bool>,
     /// The largest request head (QPACK field section) accepted.
     pub max_field_section: u64,
+    /// One endpoint for the process (`h3_endpoints = "shared"`).
+    pub shared: bool,
 }
 
 /// What outlives a generation: the Retry token key (a token issued before a reload still
@@ -79,7 +88,8 @@ impl QuicProcess {
         let mut secret = [0u8; 32];
         aws_lc_rs::rand::SecureRandom::fill(&rng, &mut secret)
             .map_err(|_| "cannot draw the QUIC token key: no system randomness".to_string())?;
-        let token_key = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(&secret);
+        let token_key =
+            aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, &[]).extract(&secret);
         aws_lc_rs::rand::SecureRandom::fill(&rng, &mut secret)
             .map_err(|_| "cannot draw the QUIC reset key: no system randomness".to_string())?;
         let reset_key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret);
@@ -130,8 +140,10 @@ impl QuicFront {
             // the unidirectional streams of extensions it may open (grease, unused by us).
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(8))
             .max_idle_timeout(Some(
-                quinn::IdleTimeout::try_from(config.limits.idle_timeout.min(Duration::from_secs(600)))
-                    .map_err(|e| format!("limits.idle_timeout: {e}"))?,
+                quinn::IdleTimeout::try_from(
+                    config.limits.idle_timeout.min(Duration::from_secs(600)),
+                )
+                .map_err(|e| format!("limits.idle_timeout: {e}"))?,
             ))
             // The HTTP/2 window settings serve HTTP/3 too: per stream, and for the connection
             // several streams' worth.
@@ -144,7 +156,7 @@ impl QuicFront {
         let mut server = quinn::ServerConfig::new(Arc::new(crypto), process.token_key.clone());
         server
             .transport_config(Arc::new(transport))
-            .migration(false)
+            .migration(config.http.h3_shared_endpoint)
             .retry_token_lifetime(Duration::from_secs(15))
             .max_incoming(config.limits.max_connections.clamp(64, 1 << 16));
         Ok(QuicFront {
@@ -154,6 +166,7 @@ impl QuicFront {
             retry_threshold: config.http.h3_retry_threshold,
             site_early: config.sites.iter().map(|s| s.early_data).collect(),
             max_field_section: config.limits.max_header_bytes as u64,
+            shared: config.http.h3_shared_endpoint,
         })
     }
 }
@@ -169,12 +182,16 @@ pub(super) async fn endpoint_loop(socket: std::net::UdpSocket, id: u64, rt: Arc<
         return;
     };
     let endpoint_config = quinn::EndpointConfig::new(rt.process.quic.reset_key.clone());
-    let endpoint = match quinn::Endpoint::new(
-        endpoint_config,
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    ) {
+    let spread = state
+        .quic
+        .as_ref()
+        .is_some_and(|q| q.shared)
+        .then(|| Arc::new(Spread::new(rt.clone())));
+    let runtime: Arc<dyn quinn::Runtime> = match &spread {
+        Some(s) => s.clone(),
+        None => Arc::new(quinn::TokioRuntime),
+    };
+    let endpoint = match quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(%local, error = %e, "cannot start the HTTP/3 endpoint; HTTP/3 is not served there");
@@ -207,7 +224,7 @@ pub(super) async fn endpoint_loop(socket: std::net::UdpSocket, id: u64, rt: Arc<
                 endpoint.set_server_config(Some((*q.config).clone()));
             }
         }
-        admit(incoming, &state, &rt, local, &stop);
+        admit(incoming, &state, &rt, local, &stop, spread.as_deref());
     }
     // New connections are refused from here; the open ones finish (the endpoint's driver
     // lives while they do).
@@ -221,6 +238,7 @@ fn admit(
     rt: &Arc<Runtime>,
     local: SocketAddr,
     stop: &watch::Receiver<bool>,
+    spread: Option<&Spread>,
 ) {
     let Some(q) = &state.quic else {
         incoming.refuse();
@@ -257,7 +275,7 @@ fn admit(
     }
     match incoming.accept_with(q.config.clone()) {
         Ok(connecting) => {
-            tokio::spawn(serve(
+            let conn = serve(
                 connecting,
                 state.clone(),
                 rt.clone(),
@@ -265,7 +283,12 @@ fn admit(
                 peer,
                 local,
                 stop.clone(),
-            ));
+            );
+            match spread.and_then(Spread::last) {
+                // Beside the connection's driver, which quinn just spawned there.
+                Some(h) => drop(h.spawn(conn)),
+                None => drop(tokio::spawn(conn)),
+            }
         }
         Err(e) => {
             limited!(QUIC_ERROR, debug, %peer, error = %e, "QUIC connection not accepted");
@@ -289,20 +312,21 @@ async fn serve(
     let mut open = metrics::OpenConn::new(ConnKind::TlsHandshaking); // metrics
     let handshaking = Handshaking::new(&rt.process.quic.handshaking);
     // The ClientHello is read: its SNI names the site.
-    let sni = match tokio::time::timeout(limits.handshake_timeout, connecting.handshake_data()).await {
-        Ok(Ok(data)) => data
-            .downcast::<quinn::crypto::rustls::HandshakeData>()
-            .ok()
-            .and_then(|d| d.server_name),
-        Ok(Err(e)) => {
-            failed(peer, None, &e);
-            return;
-        }
-        Err(_) => {
-            events::handshake_failed(peer, None, &HandshakeFailure::NoClientHello, None);
-            return;
-        }
-    };
+    let sni =
+        match tokio::time::timeout(limits.handshake_timeout, connecting.handshake_data()).await {
+            Ok(Ok(data)) => data
+                .downcast::<quinn::crypto::rustls::HandshakeData>()
+                .ok()
+                .and_then(|d| d.server_name),
+            Ok(Err(e)) => {
+                failed(peer, None, &e);
+                return;
+            }
+            Err(_) => {
+                events::handshake_failed(peer, None, &HandshakeFailure::NoClientHello, None);
+                return;
+            }
+        };
     let Some(site) = q.certs.site_of(sni.as_deref()) else {
         // The resolver refused the handshake already (unrecognized name).
         events::handshake_failed(peer, sni.as_deref(), &HandshakeFailure::UnknownSni, None);
@@ -378,7 +402,76 @@ async fn serve(
         client_limits: state.client_limits.for_requests(peer.ip()),
         tls,
     };
-    h3::serve(conn, svc, q.max_field_section, limits, stop, state.retired()).await;
+    h3::serve(
+        conn,
+        svc,
+        q.max_field_section,
+        limits,
+        stop,
+        state.retired(),
+    )
+    .await;
+}
+
+/// quinn's runtime for a shared endpoint: the endpoint's own driver runs on the worker that
+/// made it, each connection's driver on the next worker in turn.
+struct Spread {
+    rt: Arc<Runtime>,
+    next: AtomicUsize,
+    /// The worker given the last connection (its requests go there too).
+    last: std::sync::Mutex<Option<tokio::runtime::Handle>>,
+}
+
+impl Spread {
+    fn new(rt: Arc<Runtime>) -> Self {
+        Spread {
+            rt,
+            next: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn last(&self) -> Option<tokio::runtime::Handle> {
+        self.last.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spread").finish_non_exhaustive()
+    }
+}
+
+impl quinn::Runtime for Spread {
+    fn new_timer(&self, i: Instant) -> std::pin::Pin<Box<dyn quinn::AsyncTimer>> {
+        quinn::TokioRuntime.new_timer(i)
+    }
+
+    fn spawn(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let handle = {
+            let handles = self.rt.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let up: Vec<_> = handles.iter().flatten().collect();
+            // The first spawn is the endpoint's driver: it stays here.
+            (n > 0 && !up.is_empty()).then(|| up[n % up.len()].clone())
+        };
+        match handle {
+            Some(h) => {
+                h.spawn(future);
+                if let Ok(mut last) = self.last.lock() {
+                    *last = Some(h);
+                }
+            }
+            None => drop(tokio::spawn(future)),
+        }
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        t: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn quinn::AsyncUdpSocket>> {
+        quinn::TokioRuntime.wrap_udp_socket(t)
+    }
 }
 
 /// Logs a failed QUIC handshake with its reason.
@@ -415,5 +508,7 @@ pub fn failure(e: &quinn::ConnectionError) -> HandshakeFailure {
 /// The TLS alert a QUIC `CRYPTO_ERROR` code carries (0x0100–0x01ff, RFC 9001 §4.8).
 fn crypto_alert(code: quinn::TransportErrorCode) -> Option<u8> {
     let code = u64::from(code);
-    (0x100..=0x1ff).contains(&code).then(|| (code - 0x100) as u8)
+    (0x100..=0x1ff)
+        .contains(&code)
+        .then(|| (code - 0x100) as u8)
 }
