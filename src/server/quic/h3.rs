@@ -10,12 +10,14 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Response, StatusCode};
 use http_body::Body as _;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::model::Limits;
 use crate::http::request::H3Body;
@@ -55,7 +57,14 @@ pub async fn serve(
     };
     let header_timeout = limits.header_timeout;
     let mut closing = false;
+    let tasks = Arc::new(Tasks::default());
     loop {
+        // After our GOAWAY, the connection closes once the requests it let in are done (h3's
+        // `accept` ends only after the client's GOAWAY).
+        let drained = tasks.drained.notified();
+        if closing && tasks.open.load(Ordering::Acquire) == 0 {
+            break;
+        }
         tokio::select! {
             biased;
             _ = async { let _ = stop.wait_for(|s| *s).await; }, if !closing => {
@@ -66,11 +75,17 @@ pub async fn serve(
                 closing = true;
                 let _ = h3c.shutdown(0).await;
             }
+            _ = drained, if closing => {}
             accepted = h3c.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    tokio::spawn(request(resolver, svc.clone(), header_timeout));
+                    let open = TaskGuard::new(&tasks);
+                    let svc = svc.clone();
+                    tokio::spawn(async move {
+                        let _open = open;
+                        request(resolver, svc, header_timeout).await;
+                    });
                 }
-                // After GOAWAY: every accepted request has finished.
+                // The client said GOAWAY, and every accepted request has finished.
                 Ok(None) => break,
                 Err(e) => {
                     if !e.is_h3_no_error() {
@@ -82,6 +97,32 @@ pub async fn serve(
         }
     }
     conn.close(quinn::VarInt::from_u32(super::H3_NO_ERROR), b"");
+}
+
+/// The connection's request tasks still running.
+#[derive(Default)]
+struct Tasks {
+    open: AtomicUsize,
+    /// Told when the last one ends.
+    drained: Notify,
+}
+
+/// Counts a request task while it lives.
+struct TaskGuard(Arc<Tasks>);
+
+impl TaskGuard {
+    fn new(tasks: &Arc<Tasks>) -> Self {
+        tasks.open.fetch_add(1, Ordering::AcqRel);
+        TaskGuard(tasks.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 /// One request stream: its head, the handler's answer, the answer sent.
