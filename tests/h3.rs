@@ -548,10 +548,13 @@ async fn h3_retry_always_sends_one_retry_per_connection_and_still_serves() {
         let mut conn = client.connect(relay.addr, ALPHA).await.unwrap();
         let r = conn.send(&Req::get(ALPHA, "/")).await.unwrap();
         assert_eq!(r.text(), "hello from alpha");
-        assert_eq!(
-            relay.counts.server(PacketType::Retry),
-            i,
-            "Retry packets from the server after {i} connection(s)"
+        // One Retry per Initial datagram without a token: a post-quantum ClientHello fills
+        // two, and the second may reach the server before the client has taken the Retry
+        // (Retry is stateless, RFC 9000 §8.1.2), so one or two per connection.
+        let retries = relay.counts.server(PacketType::Retry);
+        assert!(
+            (i..=2 * i).contains(&retries),
+            "{retries} Retry packets from the server after {i} connection(s)"
         );
         conn.quic.close(0u32.into(), b"done");
     }

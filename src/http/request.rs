@@ -45,16 +45,6 @@ pub struct H3Body {
     done: bool,
 }
 
-impl Drop for H3Body {
-    fn drop(&mut self) {
-        // A body left unread (the handler answered without it): the client is asked to stop
-        // sending with H3_NO_ERROR, as RFC 9114 §4.1 has it, not quinn's default code 0.
-        if !self.data_done {
-            self.stream.stop_sending(h3::error::Code::H3_NO_ERROR);
-        }
-    }
-}
-
 impl H3Body {
     pub fn new(
         stream: h3::server::RequestStream<h3_quinn::RecvStream, Bytes>,
