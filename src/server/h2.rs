@@ -1376,9 +1376,15 @@ fn request(pseudo: Pseudo, fields: HeaderMap) -> Option<Request<()>> {
     Some(req)
 }
 
-/// Makes a response head valid for HTTP/2 (as hyper does): no connection-specific fields
-/// (§8.2.2), a `date`, and `content-length` when the body's length is known.
-fn clean_response_headers(h: &mut HeaderMap, status: StatusCode, head: bool, body: &TrackedBody) {
+/// Makes a response head valid for HTTP/2 (as hyper does) and HTTP/3 (RFC 9114 §4.2, the
+/// same rules): no connection-specific fields (§8.2.2), a `date`, and `content-length` when the
+/// body's length is known.
+pub(crate) fn clean_response_headers(
+    h: &mut HeaderMap,
+    status: StatusCode,
+    head: bool,
+    body: &TrackedBody,
+) {
     // One pass of name comparisons (no hashing): our handlers rarely add any of these.
     if h.keys().any(is_connection_specific) {
         for name in CONNECTION_SPECIFIC {

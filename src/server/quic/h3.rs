@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Response, StatusCode};
+use http::{header, Method, Response};
 use http_body::Body as _;
 use tokio::sync::{watch, Notify};
 
@@ -192,7 +192,7 @@ async fn respond(
         parts.headers = fields.clone();
         parts.headers.insert(header::DATE, crate::http::date::now());
     }
-    clean_response_headers(&mut parts.headers, parts.status, head, &body);
+    crate::server::h2::clean_response_headers(&mut parts.headers, parts.status, head, &body);
     send.send_response(Response::from_parts(parts, ())).await?;
     loop {
         let frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
@@ -226,33 +226,4 @@ async fn respond(
         }
     }
     send.finish().await
-}
-
-/// Makes a response head valid for HTTP/3 (RFC 9114 §4.2, as for HTTP/2): no
-/// connection-specific fields, a `date`, and `content-length` when the body's length is known.
-fn clean_response_headers(
-    h: &mut http::HeaderMap,
-    status: StatusCode,
-    head: bool,
-    body: &TrackedBody,
-) {
-    if h.keys().any(is_connection_specific) {
-        for name in CONNECTION_SPECIFIC {
-            h.remove(name);
-        }
-    }
-    if let header::Entry::Vacant(slot) = h.entry(header::DATE) {
-        slot.insert(crate::http::date::now());
-    }
-    if !head
-        && !status.is_informational()
-        && status != StatusCode::NO_CONTENT
-        && status != StatusCode::NOT_MODIFIED
-    {
-        if let (header::Entry::Vacant(slot), Some(len)) =
-            (h.entry(header::CONTENT_LENGTH), body.size_hint().exact())
-        {
-            slot.insert(HeaderValue::from(len));
-        }
-    }
 }
