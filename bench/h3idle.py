@@ -3,7 +3,8 @@
 GET and then stays open and idle; prints the server's RSS before, with them open, and after
 they are closed (the server's PID is given).
 
-usage: h3idle.py HOST PORT PID [N] [PATH]
+usage: h3idle.py HOST PORT PID [N] [PATH] [SETTLE_SECS]
+(SETTLE_SECS, default 3: how long after the connections close the last RSS is read.)
 Needs aioquic (the acceptance oracles' venv: /tmp/tls-oracles/venv-h3/bin/python).
 Compare with run.sh's idle2 (HTTP/2 after the preface) in the same sitting.
 """
@@ -20,6 +21,7 @@ from aioquic.quic.configuration import QuicConfiguration
 host, port, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 1000
 path = sys.argv[5] if len(sys.argv) > 5 else "/hello"
+settle = float(sys.argv[6]) if len(sys.argv) > 6 else 3
 
 
 def rss_kib():
@@ -77,7 +79,7 @@ async def main():
     during = rss_kib()
     release.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(3)
+    await asyncio.sleep(settle)
     after = rss_kib()
     per = (during - before) / max(len(opened), 1)
     print(f"h3idle conns={len(opened)} rss_before_kib={before} rss_open_kib={during} "
