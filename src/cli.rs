@@ -51,6 +51,31 @@ enum Command {
     /// Replace the running server by the binary on disk without dropping a connection: the
     /// new process takes over the listening sockets, the old one finishes its connections.
     Upgrade(ServeArgs),
+    /// Diagnose an HTTPS endpoint: DNS, TCP, the TLS handshake and the certificate chain, each
+    /// with the browser error it causes, the likely cause and the fix. Exit code 0: good,
+    /// 1: warnings, 2: errors, 3: could not connect.
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// `https://host[:port]`, `host` or `host:port`.
+    target: String,
+    /// Connect to this address instead of resolving the name.
+    #[arg(long, value_name = "ADDR")]
+    ip: Option<std::net::IpAddr>,
+    /// The name to send as SNI (default: the target's host).
+    #[arg(long, value_name = "NAME")]
+    sni: Option<String>,
+    /// Trust the roots in this PEM file instead of the public ones (a private CA).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Every fact and check as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Time allowed for each step (DNS, connect, handshake).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    timeout: humantime::Duration,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -152,11 +177,50 @@ pub fn main() -> i32 {
         Command::HashPassword => hash_password(),
         Command::Reload(a) => control(a, "/reload"),
         Command::Upgrade(a) => control(a, "/upgrade"),
+        Command::Probe(a) => probe(a),
     }
 }
 
 /// `portcullis hash-password`: the first line of stdin (without its line ending) hashed with
 /// argon2id, printed as a PHC string.
+fn probe(a: ProbeArgs) -> i32 {
+    let opts = crate::probe::Options {
+        target: a.target,
+        ip: a.ip,
+        sni: a.sni,
+        ca: a.ca,
+        timeout: a.timeout.into(),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis probe: cannot start: {e}");
+            return 3;
+        }
+    };
+    match rt.block_on(crate::probe::run(&opts)) {
+        Ok(report) => {
+            if a.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => eprintln!("portcullis probe: {e}"),
+                }
+            } else {
+                use std::io::IsTerminal;
+                print!("{}", report.render(std::io::stdout().is_terminal()));
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            eprintln!("portcullis probe: {e}");
+            3
+        }
+    }
+}
+
 fn hash_password() -> i32 {
     use std::io::{BufRead, IsTerminal};
     let stdin = std::io::stdin();

@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod ops;
 pub mod outbound;
+pub mod probe;
 pub mod proxy_protocol;
 pub mod server;
 pub mod storage;

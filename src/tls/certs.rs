@@ -359,7 +359,7 @@ fn is_ca(cert: &X509Certificate<'_>) -> bool {
         .unwrap_or(false)
 }
 
-fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
+pub(crate) fn key_kind(cert: &X509Certificate<'_>) -> KeyKind {
     match cert.public_key().parsed() {
         Ok(PublicKey::EC(point)) => match point.key_size() {
             256 => KeyKind::EcdsaP256,

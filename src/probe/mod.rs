@@ -1,0 +1,240 @@
+//! `portcullis probe`: diagnose an HTTPS endpoint the way an admin troubleshoots one — name
+//! resolution, the TCP connection, the TLS handshake, the certificate chain — each check with
+//! the browser error a user would see, the likely cause and the fix.
+//!
+//! The steps run in the order a browser takes them and stop where a browser would: nothing
+//! after a refused connection, no certificate checks without a handshake.
+
+pub mod report;
+mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use report::{Check, Report};
+
+/// What to probe and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `https://host[:port][/path]`, `host` or `host:port`.
+    pub target: String,
+    /// Connect to this address instead of resolving the name.
+    pub ip: Option<IpAddr>,
+    /// The SNI name to send (default: the host, unless it is an IP address).
+    pub sni: Option<String>,
+    /// Trust these roots (PEM) instead of the built-in public ones (Mozilla's, as browsers).
+    pub ca: Option<PathBuf>,
+    /// Per step.
+    pub timeout: Duration,
+}
+
+/// A parsed target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl Target {
+    /// `https://host[:port][/path]`, `host`, `host:port`, `[v6]:port`.
+    pub fn parse(s: &str) -> Result<Target, String> {
+        let rest = match s.split_once("://") {
+            Some(("https", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "{s}: only https:// targets can be probed (not {scheme}://)"
+                ))
+            }
+            None => s,
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let uri: http::uri::Authority = authority
+            .parse()
+            .map_err(|e| format!("{s}: not a host name or host:port ({e})"))?;
+        let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("{s}: no host name"));
+        }
+        Ok(Target {
+            host: host.to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(443),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Probes one endpoint.
+pub async fn run(opts: &Options) -> Result<Report, String> {
+    let started = Instant::now();
+    let target = Target::parse(&opts.target)?;
+    let mut report = Report::new(format!("{}:{}", target.host, target.port));
+    let addrs = match resolve(&target, opts, &mut report).await {
+        Some(a) => a,
+        None => {
+            report.unreachable = true;
+            report.took_ms = started.elapsed().as_millis() as u64;
+            return Ok(report);
+        }
+    };
+    report.addresses = addrs.iter().map(|a| a.to_string()).collect();
+    let Some((tcp, addr)) = connect(&addrs, opts, &mut report).await else {
+        report.unreachable = true;
+        report.took_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    };
+    report.fact("address", addr.to_string());
+    let sni = opts.sni.clone().or_else(|| {
+        target
+            .host
+            .parse::<IpAddr>()
+            .is_err()
+            .then(|| target.host.clone())
+    });
+    tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await;
+    report.took_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the
+/// system's resolver settings and hosts file).
+async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option<Vec<SocketAddr>> {
+    if let Some(ip) = opts.ip {
+        report.push(Check::ok("dns", format!("connecting to {ip} (--ip)")));
+        return Some(vec![SocketAddr::new(ip, target.port)]);
+    }
+    if let Ok(ip) = target.host.parse::<IpAddr>() {
+        return Some(vec![SocketAddr::new(ip, target.port)]);
+    }
+    let resolver = match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+        Ok(r) => r,
+        Err(e) => {
+            report.push(
+                Check::error("dns", format!("cannot read the system's DNS settings: {e}"))
+                    .fix("check /etc/resolv.conf, or give the address with --ip"),
+            );
+            return None;
+        }
+    };
+    let lookup = tokio::time::timeout(opts.timeout, resolver.lookup_ip(target.host.as_str())).await;
+    let ips: Vec<IpAddr> = match lookup {
+        Ok(Ok(l)) => l.iter().collect(),
+        Ok(Err(e)) => {
+            report.push(
+                Check::error("dns", format!("{} does not resolve: {e}", target.host))
+                    .browser("DNS_PROBE_FINISHED_NXDOMAIN")
+                    .cause("no A or AAAA record for the name (a typo, or the record is missing or not propagated yet)")
+                    .fix(format!("add an A (IPv4) and/or AAAA (IPv6) record for {} at your DNS provider", target.host)),
+            );
+            return None;
+        }
+        Err(_) => {
+            report.push(
+                Check::error(
+                    "dns",
+                    format!(
+                        "no DNS answer for {} within {:?}",
+                        target.host, opts.timeout
+                    ),
+                )
+                .browser("DNS_PROBE_FINISHED_NO_INTERNET")
+                .fix("check the resolver in /etc/resolv.conf, or give the address with --ip"),
+            );
+            return None;
+        }
+    };
+    let v4 = ips.iter().filter(|i| i.is_ipv4()).count();
+    let v6 = ips.len() - v4;
+    report.fact("dns_ipv4", v4);
+    report.fact("dns_ipv6", v6);
+    report.push(Check::ok(
+        "dns",
+        format!(
+            "{} resolves to {} ({v4} IPv4, {v6} IPv6)",
+            target.host,
+            ips.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+    Some(
+        ips.into_iter()
+            .map(|ip| SocketAddr::new(ip, target.port))
+            .collect(),
+    )
+}
+
+/// Connects to the first address that answers; one check per address tried.
+async fn connect(
+    addrs: &[SocketAddr],
+    opts: &Options,
+    report: &mut Report,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    let first = report.checks.len();
+    for &addr in addrs {
+        let t = Instant::now();
+        match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                // Addresses that failed before this one cost browsers time (they fall back),
+                // not the connection: warnings.
+                for c in &mut report.checks[first..] {
+                    c.verdict = report::Verdict::Warning;
+                    c.summary.push_str(" (browsers fall back to the next address, after a delay)");
+                }
+                report.push(Check::ok(
+                    "tcp",
+                    format!("TCP {addr}: open ({} ms)", t.elapsed().as_millis()),
+                ));
+                return Some((tcp, addr));
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.push(
+                Check::error("tcp", format!("TCP {addr}: connection refused"))
+                    .browser("ERR_CONNECTION_REFUSED")
+                    .cause("nothing listening there: the server is not running, or listens on another port or address")
+                    .fix(format!("start the server, or check that it listens on port {} of {} (ss -ltnp 'sport = :{}')", addr.port(), addr.ip(), addr.port())),
+            ),
+            Ok(Err(e)) => report.push(
+                Check::error("tcp", format!("TCP {addr}: {e}"))
+                    .browser("ERR_CONNECTION_FAILED")
+                    .fix("check the route to the address (ip route get) and the server's network settings"),
+            ),
+            Err(_) => report.push(
+                Check::error("tcp", format!("TCP {addr}: no answer within {:?} (filtered)", opts.timeout))
+                    .browser("ERR_CONNECTION_TIMED_OUT")
+                    .cause("a firewall or security group drops the packets (nothing answers, not even a refusal), or the server's accept queue is full")
+                    .fix(format!("open TCP port {} in the firewall / security group, and check the server is not overloaded", addr.port())),
+            ),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn targets_parse_in_every_written_form() {
+        let t = |s: &str| Target::parse(s).unwrap();
+        assert_eq!(
+            t("https://Example.com:8443/a?b"),
+            Target {
+                host: "example.com".into(),
+                port: 8443,
+                path: "/a?b".into()
+            }
+        );
+        assert_eq!(t("example.com").port, 443);
+        assert_eq!(t("example.com:444").port, 444);
+        assert_eq!(t("[::1]:8443").host, "::1");
+        assert_eq!(t("127.0.0.1").host, "127.0.0.1");
+        assert!(Target::parse("http://example.com").is_err());
+        assert!(Target::parse("https://").is_err());
+        assert!(Target::parse("exa mple.com").is_err());
+    }
+}

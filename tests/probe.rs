@@ -1,0 +1,260 @@
+//! `portcullis probe` against deliberately broken servers on loopback: each must get the right
+//! diagnosis (check, browser error) and exit code.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A TLS server (rustls) that sends `chain` (PEM, in the order given) with `key`, and
+/// completes handshakes until the test ends.
+async fn tls_server(chain_pem: &str, key_pem: &str) -> SocketAddr {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let mut buf = [0u8; 1024];
+                    let _ = tls.read(&mut buf).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `portcullis probe --json` on `target` with `args`; returns the exit code and report.
+async fn probe(target: &str, args: &[&str]) -> (i32, Value) {
+    let env = TestEnv::new();
+    let root = env.write("root.pem", &pki().root_pem);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    cmd.arg("probe")
+        .arg(target)
+        .arg("--json")
+        .arg("--ca")
+        .arg(&root)
+        .arg("--timeout")
+        .arg("3s")
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
+/// The checks with `id`.
+fn checks<'a>(report: &'a Value, id: &str) -> Vec<&'a Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["id"] == id)
+        .collect()
+}
+
+/// The one check with `id`, which must have `verdict`.
+fn check<'a>(report: &'a Value, id: &str, verdict: &str) -> &'a Value {
+    let found = checks(report, id);
+    let c = found
+        .first()
+        .unwrap_or_else(|| panic!("no {id} check in {report:#}"));
+    assert_eq!(c["verdict"], verdict, "{id}: {c:#}\nreport: {report:#}");
+    c
+}
+
+/// `alpha.test` at `addr` (no DNS: --ip).
+fn at(addr: SocketAddr) -> (String, String) {
+    (
+        format!("https://{ALPHA}:{}", addr.port()),
+        addr.ip().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_healthy_server_gets_exit_code_0_and_every_check_ok() {
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    let addr = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 0, "{r:#}");
+    assert!(r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["verdict"] == "ok"));
+    assert_eq!(r["facts"]["tls_version"], "TLSv1.3");
+    assert_eq!(r["facts"]["alpn"], "h2");
+    assert_eq!(r["facts"]["chain_length"], 2);
+    check(&r, "cert.trust", "ok");
+    check(&r, "cert.order", "ok");
+}
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_certificates_are_date_invalid() {
+    let p = pki();
+    let leaf = p.expired_leaf(&[ALPHA]);
+    let addr = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "cert.expiry", "error");
+    assert_eq!(c["browser_error"], "NET::ERR_CERT_DATE_INVALID");
+    assert!(c["summary"].as_str().unwrap().contains("expired"), "{c}");
+
+    let leaf = p.leaf_not_yet_valid(&[ALPHA], 3);
+    let addr = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "cert.expiry", "error");
+    assert_eq!(c["browser_error"], "NET::ERR_CERT_DATE_INVALID");
+    assert!(
+        c["summary"].as_str().unwrap().contains("not valid yet"),
+        "{c}"
+    );
+
+    // Expiring soon: a warning, exit code 1.
+    let leaf = p.leaf_expiring_in(&[ALPHA], 5);
+    let addr = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 1, "{r:#}");
+    check(&r, "cert.expiry", "warning");
+}
+
+#[tokio::test]
+async fn a_certificate_for_other_names_is_common_name_invalid_and_lists_its_names() {
+    let p = pki();
+    let leaf = p.leaf(&[BETA], Alg::Ecdsa);
+    let addr = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "cert.name", "error");
+    assert_eq!(c["browser_error"], "NET::ERR_CERT_COMMON_NAME_INVALID");
+    let s = c["summary"].as_str().unwrap();
+    assert!(s.contains(ALPHA) && s.contains(BETA), "{s}");
+}
+
+#[tokio::test]
+async fn a_missing_intermediate_is_named_and_an_unordered_chain_is_a_warning() {
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    // The leaf alone.
+    let addr = tls_server(&leaf.cert_pem, &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "cert.trust", "error");
+    assert_eq!(c["browser_error"], "NET::ERR_CERT_AUTHORITY_INVALID");
+    let s = c["summary"].as_str().unwrap();
+    assert!(
+        s.contains("incomplete chain") && s.contains(INTER_CN),
+        "{s}"
+    );
+    assert!(c["fix"].as_str().unwrap().contains("full chain"), "{c}");
+
+    // Leaf, root, intermediate: verifies (clients sort it out) but is out of order.
+    let chain = format!("{}{}{}", leaf.cert_pem, p.root_pem, p.inter_pem);
+    let addr = tls_server(&chain, &leaf.key_pem).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 1, "{r:#}");
+    check(&r, "cert.trust", "ok");
+    check(&r, "cert.order", "warning");
+}
+
+#[tokio::test]
+async fn a_self_signed_certificate_is_authority_invalid() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![ALPHA.to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, ALPHA);
+    let cert = params.self_signed(&key).unwrap();
+    let addr = tls_server(&cert.pem(), &key.serialize_pem()).await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "cert.trust", "error");
+    assert_eq!(c["browser_error"], "NET::ERR_CERT_AUTHORITY_INVALID");
+    assert!(
+        c["summary"].as_str().unwrap().contains("self-signed"),
+        "{c}"
+    );
+}
+
+#[tokio::test]
+async fn plain_http_on_the_tls_port_is_said_so() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 2);
+    let c = check(&r, "tls", "error");
+    assert_eq!(c["browser_error"], "ERR_SSL_PROTOCOL_ERROR");
+    assert!(c["summary"].as_str().unwrap().contains("not TLS"), "{c}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_exit_code_3_connection_refused() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (code, r) = probe(&format!("127.0.0.1:{port}"), &[]).await;
+    assert_eq!(code, 3, "{r:#}");
+    assert_eq!(r["unreachable"], true);
+    let c = check(&r, "tcp", "error");
+    assert_eq!(c["browser_error"], "ERR_CONNECTION_REFUSED");
+}
+
+#[tokio::test]
+async fn a_running_portcullis_gets_exit_code_0() {
+    let srv = start(ONE_SITE);
+    let addr = srv.https;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["facts"]["group"], "X25519MLKEM768");
+}
