@@ -34,9 +34,31 @@ async fn tls_server(chain_pem: &str, key_pem: &str) -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                if let Ok(mut tls) = acceptor.accept(tcp).await {
-                    let mut buf = [0u8; 1024];
-                    let _ = tls.read(&mut buf).await;
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    // A page with the headers a healthy site sends.
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .header("strict-transport-security", "max-age=31536000")
+                                .header("x-content-type-options", "nosniff")
+                                .header("referrer-policy", "no-referrer")
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    });
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    if h2 {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, svc)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, svc)
+                            .await;
+                    }
                 }
             });
         }
@@ -251,10 +273,75 @@ async fn nothing_listening_is_exit_code_3_connection_refused() {
 
 #[tokio::test]
 async fn a_running_portcullis_gets_exit_code_0() {
-    let srv = start(ONE_SITE);
+    let srv = start(&format!("{ONE_SITE}[site.hsts]\nenabled = true\n"));
     let addr = srv.https;
     let (target, ip) = at(addr);
     let (code, r) = probe(&target, &["--ip", &ip]).await;
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["facts"]["group"], "X25519MLKEM768");
+}
+
+#[tokio::test]
+async fn a_missing_hsts_header_is_a_warning() {
+    // alpha.test is a local name: no HSTS by default.
+    let srv = start(ONE_SITE);
+    let (target, ip) = at(srv.https);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 1, "{r:#}");
+    let c = check(&r, "http.hsts", "warning");
+    assert!(
+        c["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no Strict-Transport-Security"),
+        "{c}"
+    );
+}
+
+const REDIRECTS: &str = r#"
+[[site]]
+name = "alpha"
+hosts = ["alpha.test"]
+cert = "certs/alpha.pem"
+key = "certs/alpha.key"
+[site.hsts]
+enabled = true
+[[site.route]]
+path = "/a"
+redirect = { to = "/b" }
+[[site.route]]
+path = "/b"
+redirect = { to = "/a" }
+[[site.route]]
+path = "/down"
+redirect = { to = "http://alpha.test/" }
+[[site.route]]
+path = "/ok"
+redirect = { to = "/" }
+[[site.route]]
+path = "/"
+respond = { body = "home" }
+"#;
+
+#[tokio::test]
+async fn redirect_loops_and_downgrades_to_http_are_errors_and_a_redirect_that_lands_is_fine() {
+    let srv = start(REDIRECTS);
+    let port = srv.https.port();
+    let ip = srv.https.ip().to_string();
+    let (code, r) = probe(&format!("https://{ALPHA}:{port}/a"), &["--ip", &ip]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let c = check(&r, "http.redirects", "error");
+    assert_eq!(c["browser_error"], "ERR_TOO_MANY_REDIRECTS");
+    let s = c["summary"].as_str().unwrap();
+    assert!(s.contains("/a → ") && s.contains("/b"), "{s}");
+
+    let (code, r) = probe(&format!("https://{ALPHA}:{port}/down"), &["--ip", &ip]).await;
+    assert_eq!(code, 2, "{r:#}");
+    let c = check(&r, "http.redirects", "error");
+    assert!(c["summary"].as_str().unwrap().contains("plain HTTP"), "{c}");
+
+    let (code, r) = probe(&format!("https://{ALPHA}:{port}/ok"), &["--ip", &ip]).await;
+    assert_eq!(code, 0, "{r:#}");
+    let c = check(&r, "http.redirects", "ok");
+    assert!(c["summary"].as_str().unwrap().contains("1 redirect"), "{c}");
 }

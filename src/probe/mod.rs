@@ -5,6 +5,7 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod http;
 pub mod report;
 mod tls;
 
@@ -53,7 +54,7 @@ impl Target {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let uri: http::uri::Authority = authority
+        let uri: ::http::uri::Authority = authority
             .parse()
             .map_err(|e| format!("{s}: not a host name or host:port ({e})"))?;
         let host = uri.host().trim_start_matches('[').trim_end_matches(']');
@@ -95,9 +96,148 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .is_err()
             .then(|| target.host.clone())
     });
-    tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await;
+    if let Some(established) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
+        http_checks(established, &target, opts, &mut report).await;
+    }
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// `host` or `host:port` (443 left out), as a Host header and in URLs.
+fn authority(host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Where a `Location` leads from `base` (absolute, or relative to its origin).
+fn next_url(base: &Target, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    let origin = format!("https://{}", authority(&base.host, base.port));
+    if location.starts_with('/') {
+        format!("{origin}{location}")
+    } else {
+        let dir = base.path.rsplit_once('/').map_or("", |(d, _)| d);
+        format!("{origin}{dir}/{location}")
+    }
+}
+
+/// The page's answer (HSTS, headers), then its redirects: loops and HTTPS → HTTP downgrades.
+async fn http_checks(
+    first: tls::Established,
+    target: &Target,
+    opts: &Options,
+    report: &mut Report,
+) {
+    let (stream, h2) = first;
+    let mut answer = match http::get(
+        stream,
+        h2,
+        &authority(&target.host, target.port),
+        &target.path,
+        opts,
+    )
+    .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            report.push(
+                Check::error("http", format!("GET {}: {e}", target.path))
+                    .browser("ERR_EMPTY_RESPONSE"),
+            );
+            return;
+        }
+    };
+    report.push(Check::ok(
+        "http",
+        format!("GET {}: {}", target.path, answer.status),
+    ));
+    http::answer_checks(&answer, report);
+    let mut here = target.clone();
+    let mut chain = vec![format!(
+        "https://{}{}",
+        authority(&here.host, here.port),
+        here.path
+    )];
+    while answer.status.is_redirection() {
+        let Some(location) = answer
+            .headers
+            .get(::http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            break;
+        };
+        let next = next_url(&here, location);
+        if next.starts_with("http://") {
+            chain.push(next.clone());
+            report.push(
+                Check::error("http.redirects", format!("redirect from HTTPS to plain HTTP: {}", chain.join(" → ")))
+                    .cause("the redirect target is written with http://, so the visit leaves HTTPS (and HSTS browsers refuse it)")
+                    .fix("redirect to the https:// URL"),
+            );
+            return;
+        }
+        if chain.contains(&next) || chain.len() > http::MAX_REDIRECTS {
+            chain.push(next);
+            report.push(
+                Check::error("http.redirects", format!("redirect loop: {}", chain.join(" → ")))
+                    .browser("ERR_TOO_MANY_REDIRECTS")
+                    .cause("the redirects lead back to a page already visited (often: a proxy in front sends http:// to the server, which redirects to https:// again)")
+                    .fix("make the last redirect lead to a page that answers; behind a proxy, trust its X-Forwarded-Proto"),
+            );
+            return;
+        }
+        chain.push(next.clone());
+        let Ok(t) = Target::parse(&next) else { break };
+        let addr = match (opts.ip, t.host == target.host) {
+            (Some(ip), true) => Some(SocketAddr::new(ip, t.port)),
+            _ => tokio::net::lookup_host((t.host.as_str(), t.port))
+                .await
+                .ok()
+                .and_then(|mut a| a.next()),
+        };
+        let hop = async {
+            let addr = addr.ok_or_else(|| format!("{} does not resolve", t.host))?;
+            let tcp = tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("{addr}: no answer"))?
+                .map_err(|e| format!("{addr}: {e}"))?;
+            let (s, h2) = tls::open(tcp, &t.host, opts).await?;
+            http::get(s, h2, &authority(&t.host, t.port), &t.path, opts).await
+        };
+        match hop.await {
+            Ok(a) => answer = a,
+            Err(e) => {
+                report.push(Check::error(
+                    "http.redirects",
+                    format!("redirect to {next} fails: {e}"),
+                ));
+                return;
+            }
+        }
+        here = t;
+    }
+    if chain.len() > 1 {
+        report.fact("redirects", chain.clone());
+        report.push(Check::ok(
+            "http.redirects",
+            format!(
+                "{} redirect(s), ending with {}: {}",
+                chain.len() - 1,
+                answer.status,
+                chain.join(" → ")
+            ),
+        ));
+    }
 }
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the

@@ -77,35 +77,64 @@ impl ServerCertVerifier for Keep {
     }
 }
 
-/// The handshake (TLS 1.3 and 1.2, ALPN h2 and http/1.1), then the chain's checks.
+/// An established TLS connection and whether it speaks HTTP/2.
+pub(super) type Established = (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, bool);
+
+/// A client configuration (TLS 1.3 and 1.2, ALPN h2 and http/1.1) whose verifier keeps the
+/// chain and accepts it (the verdict is [`certificate_checks`]'s).
+fn client(keep: Arc<Keep>) -> Result<rustls::ClientConfig, String> {
+    let mut config = rustls::ClientConfig::builder_with_provider(keep.provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| format!("TLS client set-up failed: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(keep)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn keeper() -> Arc<Keep> {
+    Arc::new(Keep {
+        chain: Mutex::new(Vec::new()),
+        provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    })
+}
+
+/// A TLS connection for a redirect's next hop (its chain is not judged again).
+pub(super) async fn open(
+    tcp: tokio::net::TcpStream,
+    host: &str,
+    opts: &Options,
+) -> Result<Established, String> {
+    let config = client(keeper())?;
+    let name = ServerName::try_from(host.to_owned())
+        .map_err(|_| format!("{host:?} is not a valid server name"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let s = tokio::time::timeout(opts.timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("no TLS handshake with {host} within {:?}", opts.timeout))?
+        .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
+    let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+    Ok((s, h2))
+}
+
+/// The handshake (TLS 1.3 and 1.2, ALPN h2 and http/1.1), then the chain's checks; the
+/// connection, for the HTTP checks.
 pub(super) async fn probe(
     tcp: tokio::net::TcpStream,
     target: &Target,
     sni: Option<&str>,
     opts: &Options,
     report: &mut Report,
-) {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let keep = Arc::new(Keep {
-        chain: Mutex::new(Vec::new()),
-        provider: provider.clone(),
-    });
-    let mut config = match rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    {
-        Ok(b) => b
-            .dangerous()
-            .with_custom_certificate_verifier(keep.clone())
-            .with_no_client_auth(),
+) -> Option<Established> {
+    let keep = keeper();
+    let config = match client(keep.clone()) {
+        Ok(c) => c,
         Err(e) => {
-            report.push(Check::error(
-                "tls",
-                format!("TLS client set-up failed: {e}"),
-            ));
-            return;
+            report.push(Check::error("tls", e));
+            return None;
         }
     };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (name, sent_sni) = match sni {
         Some(n) => match ServerName::try_from(n.to_owned()) {
             Ok(s) => (s, true),
@@ -114,7 +143,7 @@ pub(super) async fn probe(
                     "tls",
                     format!("{n:?} is not a valid server name"),
                 ));
-                return;
+                return None;
             }
         },
         // An IP address: no SNI is sent (as browsers do).
@@ -122,7 +151,7 @@ pub(super) async fn probe(
             Ok(ip) => (ServerName::IpAddress(ip.into()), false),
             Err(_) => {
                 report.push(Check::error("tls", "no server name to send"));
-                return;
+                return None;
             }
         },
     };
@@ -133,7 +162,7 @@ pub(super) async fn probe(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             report.push(handshake_failure(&e));
-            return;
+            return None;
         }
         Err(_) => {
             report.push(
@@ -142,7 +171,7 @@ pub(super) async fn probe(
                     .cause("the port accepts connections but nothing answers the ClientHello (a TLS server stuck, or something that is not a TLS server)")
                     .fix("check the server's logs and that this port serves TLS"),
             );
-            return;
+            return None;
         }
     };
     let (_, conn) = stream.get_ref();
@@ -184,6 +213,8 @@ pub(super) async fn probe(
     }
     let chain = keep.chain.lock().map(|c| c.clone()).unwrap_or_default();
     certificate_checks(&chain, &name, sni, opts, report);
+    let h2 = alpn.as_deref() == Some("h2");
+    Some((stream, h2))
 }
 
 /// Why a handshake failed, in the words a user would need.
