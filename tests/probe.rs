@@ -16,6 +16,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A TLS server (rustls) that sends `chain` (PEM, in the order given) with `key`, and
 /// completes handshakes until the test ends.
 async fn tls_server(chain_pem: &str, key_pem: &str) -> SocketAddr {
+    tls_server_with(chain_pem, key_pem, &[], true).await
+}
+
+/// [`tls_server`] with extra response headers, and without session resumption when
+/// `resumption` is false.
+async fn tls_server_with(
+    chain_pem: &str,
+    key_pem: &str,
+    headers: &[(&'static str, String)],
+    resumption: bool,
+) -> SocketAddr {
+    let headers: Arc<Vec<(&'static str, String)>> = Arc::new(headers.to_vec());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<_, _>>()
         .unwrap();
@@ -27,24 +39,35 @@ async fn tls_server(chain_pem: &str, key_pem: &str) -> SocketAddr {
         .with_single_cert(chain, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if !resumption {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let headers = headers.clone();
             tokio::spawn(async move {
                 if let Ok(tls) = acceptor.accept(tcp).await {
                     // A page with the headers a healthy site sends.
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
+                    let svc = hyper::service::service_fn(move |_req| {
+                        let headers = headers.clone();
+                        async move {
+                            let mut b = hyper::Response::builder()
                                 .header("strict-transport-security", "max-age=31536000")
                                 .header("x-content-type-options", "nosniff")
-                                .header("referrer-policy", "no-referrer")
-                                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
-                                .unwrap(),
-                        )
+                                .header("referrer-policy", "no-referrer");
+                            for (k, v) in headers.iter() {
+                                b = b.header(*k, v.as_str());
+                            }
+                            Ok::<_, std::convert::Infallible>(
+                                b.body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                                    .unwrap(),
+                            )
+                        }
                     });
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                     let io = hyper_util::rt::TokioIo::new(tls);
@@ -279,6 +302,37 @@ async fn a_running_portcullis_gets_exit_code_0() {
     let (code, r) = probe(&target, &["--ip", &ip]).await;
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["facts"]["group"], "X25519MLKEM768");
+    // Tickets resume, and the HTTP/3 it advertises answers over QUIC.
+    check(&r, "tls.resumption", "ok");
+    check(&r, "http3", "ok");
+}
+
+#[tokio::test]
+async fn no_resumption_and_http3_advertised_but_not_served_are_warnings() {
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    // A UDP port nothing listens on.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let free = udp.local_addr().unwrap().port();
+    drop(udp);
+    let addr = tls_server_with(
+        &p.chain_pem(&leaf),
+        &leaf.key_pem,
+        &[("alt-svc", format!("h3=\":{free}\"; ma=86400"))],
+        false,
+    )
+    .await;
+    let (target, ip) = at(addr);
+    let (code, r) = probe(&target, &["--ip", &ip]).await;
+    assert_eq!(code, 1, "{r:#}");
+    check(&r, "tls.resumption", "warning");
+    let c = check(&r, "http3", "warning");
+    assert!(
+        c["summary"].as_str().unwrap().contains(&free.to_string()),
+        "{c}"
+    );
+    assert_eq!(r["facts"]["resumption"], false);
+    assert_eq!(r["facts"]["http3"], false);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod extra;
 mod http;
 pub mod report;
 mod tls;
@@ -96,8 +97,14 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .is_err()
             .then(|| target.host.clone())
     });
-    if let Some(established) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
-        http_checks(established, &target, opts, &mut report).await;
+    if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
+        let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
+        // After the page was read: the first connection's session ticket has arrived.
+        extra::resumption(session.config, addr, session.name, opts, &mut report).await;
+        if let Some(port) = alt_svc.as_deref().and_then(extra::h3_port) {
+            let name = sni.as_deref().unwrap_or(target.host.as_str());
+            extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
+        }
     }
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
@@ -132,12 +139,13 @@ fn next_url(base: &Target, location: &str) -> String {
 }
 
 /// The page's answer (HSTS, headers), then its redirects: loops and HTTPS → HTTP downgrades.
+/// Returns the first answer's `Alt-Svc`.
 async fn http_checks(
     first: tls::Established,
     target: &Target,
     opts: &Options,
     report: &mut Report,
-) {
+) -> Option<String> {
     let (stream, h2) = first;
     let mut answer = match http::get(
         stream,
@@ -154,13 +162,18 @@ async fn http_checks(
                 Check::error("http", format!("GET {}: {e}", target.path))
                     .browser("ERR_EMPTY_RESPONSE"),
             );
-            return;
+            return None;
         }
     };
     report.push(Check::ok(
         "http",
         format!("GET {}: {}", target.path, answer.status),
     ));
+    let alt_svc = answer
+        .headers
+        .get(::http::header::ALT_SVC)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     http::answer_checks(&answer, report);
     let mut here = target.clone();
     let mut chain = vec![format!(
@@ -184,7 +197,7 @@ async fn http_checks(
                     .cause("the redirect target is written with http://, so the visit leaves HTTPS (and HSTS browsers refuse it)")
                     .fix("redirect to the https:// URL"),
             );
-            return;
+            return alt_svc;
         }
         if chain.contains(&next) || chain.len() > http::MAX_REDIRECTS {
             chain.push(next);
@@ -194,7 +207,7 @@ async fn http_checks(
                     .cause("the redirects lead back to a page already visited (often: a proxy in front sends http:// to the server, which redirects to https:// again)")
                     .fix("make the last redirect lead to a page that answers; behind a proxy, trust its X-Forwarded-Proto"),
             );
-            return;
+            return alt_svc;
         }
         chain.push(next.clone());
         let Ok(t) = Target::parse(&next) else { break };
@@ -221,7 +234,7 @@ async fn http_checks(
                     "http.redirects",
                     format!("redirect to {next} fails: {e}"),
                 ));
-                return;
+                return alt_svc;
             }
         }
         here = t;
@@ -238,6 +251,7 @@ async fn http_checks(
             ),
         ));
     }
+    alt_svc
 }
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the

@@ -80,6 +80,18 @@ impl ServerCertVerifier for Keep {
 /// An established TLS connection and whether it speaks HTTP/2.
 pub(super) type Established = (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, bool);
 
+/// The first handshake's connection, and what a second one needs to resume its session.
+pub(super) struct Session {
+    pub established: Established,
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: ServerName<'static>,
+}
+
+/// A verifier that accepts any chain (for connections whose chain is judged elsewhere).
+pub(super) fn accept_any() -> Arc<dyn ServerCertVerifier> {
+    keeper()
+}
+
 /// A client configuration (TLS 1.3 and 1.2, ALPN h2 and http/1.1) whose verifier keeps the
 /// chain and accepts it (the verdict is [`certificate_checks`]'s).
 fn client(keep: Arc<Keep>) -> Result<rustls::ClientConfig, String> {
@@ -126,10 +138,10 @@ pub(super) async fn probe(
     sni: Option<&str>,
     opts: &Options,
     report: &mut Report,
-) -> Option<Established> {
+) -> Option<Session> {
     let keep = keeper();
     let config = match client(keep.clone()) {
-        Ok(c) => c,
+        Ok(c) => Arc::new(c),
         Err(e) => {
             report.push(Check::error("tls", e));
             return None;
@@ -155,7 +167,7 @@ pub(super) async fn probe(
             }
         },
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
     let t = std::time::Instant::now();
     let handshake = tokio::time::timeout(opts.timeout, connector.connect(name.clone(), tcp)).await;
     let stream = match handshake {
@@ -214,7 +226,11 @@ pub(super) async fn probe(
     let chain = keep.chain.lock().map(|c| c.clone()).unwrap_or_default();
     certificate_checks(&chain, &name, sni, opts, report);
     let h2 = alpn.as_deref() == Some("h2");
-    Some((stream, h2))
+    Some(Session {
+        established: (stream, h2),
+        config,
+        name,
+    })
 }
 
 /// Why a handshake failed, in the words a user would need.
