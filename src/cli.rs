@@ -76,6 +76,10 @@ struct ProbeArgs {
     /// Time allowed for each step (DNS, connect, handshake).
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     timeout: humantime::Duration,
+    /// The plain-HTTP port whose redirects to HTTPS are checked (default: 80 when the target
+    /// is on port 443).
+    #[arg(long, value_name = "PORT")]
+    http_port: Option<u16>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -190,6 +194,7 @@ fn probe(a: ProbeArgs) -> i32 {
         sni: a.sni,
         ca: a.ca,
         timeout: a.timeout.into(),
+        http_port: a.http_port,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -399,3 +399,45 @@ async fn redirect_loops_and_downgrades_to_http_are_errors_and_a_redirect_that_la
     let c = check(&r, "http.redirects", "ok");
     assert!(c["summary"].as_str().unwrap().contains("1 redirect"), "{c}");
 }
+
+#[tokio::test]
+async fn port_80_must_redirect_to_the_same_page_over_https() {
+    let srv = start(&format!("{ONE_SITE}[site.hsts]\nenabled = true\n"));
+    let ip = srv.https.ip().to_string();
+    let http_port = srv.http().port().to_string();
+    let target = format!("https://{ALPHA}:{}/some/page?x=1", srv.https.port());
+    let (code, r) = probe(&target, &["--ip", &ip, "--http-port", &http_port]).await;
+    assert_eq!(code, 0, "{r:#}");
+    let c = check(&r, "http80", "ok");
+    assert!(
+        c["summary"].as_str().unwrap().contains("/some/page?x=1"),
+        "{c}"
+    );
+
+    // A plain-HTTP port that serves the page instead of redirecting: a warning.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap().port().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let (code, r) = probe(&target, &["--ip", &ip, "--http-port", &plain]).await;
+    assert_eq!(code, 1, "{r:#}");
+    let c = check(&r, "http80", "warning");
+    assert!(
+        c["summary"]
+            .as_str()
+            .unwrap()
+            .contains("instead of redirecting"),
+        "{c}"
+    );
+}

@@ -29,6 +29,9 @@ pub struct Options {
     pub ca: Option<PathBuf>,
     /// Per step.
     pub timeout: Duration,
+    /// The plain-HTTP port whose redirects are checked (default: 80 when the target is on
+    /// 443; none otherwise).
+    pub http_port: Option<u16>,
 }
 
 /// A parsed target.
@@ -101,6 +104,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
         let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
         extra::resumption(session.config, addr, session.name, opts, &mut report).await;
+        let http_port = opts.http_port.or((target.port == 443).then_some(80));
+        if let Some(port) = http_port {
+            port80(SocketAddr::new(addr.ip(), port), &target, opts, &mut report).await;
+        }
         if let Some(port) = alt_svc.as_deref().and_then(extra::h3_port) {
             let name = sni.as_deref().unwrap_or(target.host.as_str());
             extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
@@ -108,6 +115,78 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     }
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// The plain-HTTP port: it should redirect to the same URL over HTTPS.
+async fn port80(addr: SocketAddr, target: &Target, opts: &Options, report: &mut Report) {
+    let tcp = match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(_)) | Err(_) => {
+            report.push(
+                Check::warning("http80", format!("nothing answers plain HTTP on {addr}"))
+                    .cause("users who type the name without https:// (and whose browser has no HSTS for it yet) get an error instead of the site")
+                    .fix(format!("listen on port {} and redirect to https:// (portcullis does by default)", addr.port())),
+            );
+            return;
+        }
+    };
+    let host = match addr.port() {
+        80 => authority(&target.host, 443),
+        p => format!("{}:{p}", authority(&target.host, 443)),
+    };
+    let answer = match http::get(tcp, false, &host, &target.path, opts).await {
+        Ok(a) => a,
+        Err(e) => {
+            report.push(Check::warning(
+                "http80",
+                format!("plain HTTP on {addr}: {e}"),
+            ));
+            return;
+        }
+    };
+    let want = format!(
+        "https://{}{}",
+        authority(&target.host, target.port),
+        target.path
+    );
+    let location = answer
+        .headers
+        .get(::http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    report.fact("http80_status", answer.status.as_u16());
+    if !answer.status.is_redirection() {
+        report.push(
+            Check::warning(
+                "http80",
+                format!(
+                    "plain HTTP on {addr} answers {} instead of redirecting to HTTPS",
+                    answer.status
+                ),
+            )
+            .cause("the site is served unencrypted on port 80 too")
+            .fix("redirect every plain-HTTP request to https:// (301/308)"),
+        );
+    } else if location.starts_with("http://") {
+        report.push(
+            Check::error(
+                "http80",
+                format!("plain HTTP on {addr} redirects to plain HTTP: {location}"),
+            )
+            .fix("redirect to the https:// URL"),
+        );
+    } else if location != want {
+        report.push(
+            Check::warning("http80", format!("plain HTTP on {addr} redirects to {location}, not to the same page ({want})"))
+                .cause("the redirect drops the path or query (or goes elsewhere): links to inner pages land on the wrong page")
+                .fix("redirect to https://HOST plus the request's path and query"),
+        );
+    } else {
+        report.push(Check::ok(
+            "http80",
+            format!("plain HTTP on {addr}: {} to {location}", answer.status),
+        ));
+    }
 }
 
 /// `host` or `host:port` (443 left out), as a Host header and in URLs.
