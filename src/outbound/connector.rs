@@ -14,7 +14,7 @@ use std::time::Duration;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
@@ -348,29 +348,7 @@ pub fn tls_client_config(spec: &UpstreamTlsSpec) -> Result<ClientConfig, String>
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
     } else {
-        let mut roots = RootCertStore::empty();
-        match &spec.ca {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("cannot read ca {}: {e}", path.display()))?;
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("ca {}: malformed PEM: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "ca {} holds no certificate (PEM \"BEGIN CERTIFICATE\" blocks)",
-                        path.display()
-                    ));
-                }
-                for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("ca {}: unusable certificate: {e}", path.display()))?;
-                }
-            }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        }
-        builder.with_root_certificates(roots)
+        builder.with_root_certificates(crate::tls::server_roots(spec.ca.as_deref(), "ca")?)
     };
     match &spec.client_cert {
         None => Ok(builder.with_no_client_auth()),

@@ -349,7 +349,7 @@ fn certificate_checks(
     }
 
     // Trust, as a browser decides it.
-    let roots = match roots(opts) {
+    let roots = match crate::tls::server_roots(opts.ca.as_deref(), "--ca") {
         Ok(r) => r,
         Err(e) => {
             report.push(Check::error("cert.trust", e));
@@ -475,29 +475,4 @@ fn certificate_checks(
             );
         }
     }
-}
-
-/// Mozilla's roots, as browsers have them, or `--ca`.
-fn roots(opts: &Options) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &opts.ca {
-        Some(path) => {
-            use rustls::pki_types::pem::PemObject;
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read --ca {}: {e}", path.display()))?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("--ca {}: not PEM certificates: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("--ca {} holds no certificate", path.display()));
-            }
-            for c in certs {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("--ca {}: unusable certificate: {e}", path.display()))?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    Ok(roots)
 }

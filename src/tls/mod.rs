@@ -21,6 +21,39 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::ServerConfig;
 
+/// Roots for verifying servers: the PEM certificates of `ca`, or Mozilla's (as browsers have
+/// them). `what` names the setting in errors (`ca`, `--ca`).
+pub fn server_roots(
+    ca: Option<&std::path::Path>,
+    what: &str,
+) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{what} {}: malformed PEM: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "{what} {} holds no certificate (PEM \"BEGIN CERTIFICATE\" blocks)",
+                    path.display()
+                ));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{what} {}: unusable certificate: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    Ok(roots)
+}
+
 /// A Mozilla-style TLS profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
