@@ -12,6 +12,7 @@ pub mod backends;
 pub mod browser;
 pub mod h3client;
 pub mod pebble;
+pub mod probe;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
