@@ -212,37 +212,25 @@ fn probe(a: ProbeArgs) -> i32 {
             return 3;
         }
     };
-    let colour = std::io::stdout().is_terminal();
-    fn json<T: serde::Serialize>(v: &T) {
-        match serde_json::to_string_pretty(v) {
-            Ok(j) => println!("{j}"),
-            Err(e) => eprintln!("portcullis probe: {e}"),
-        }
-    }
-    if let Some(path) = &a.config {
-        return match rt.block_on(crate::probe::sites::run(path, &opts)) {
-            Ok(report) => {
-                if a.json {
-                    json(&report);
-                } else {
-                    print!("{}", report.render(colour));
-                }
-                report.exit_code()
-            }
-            Err(e) => {
-                eprintln!("portcullis probe: {e}");
-                3
-            }
-        };
-    }
-    match rt.block_on(crate::probe::run(&opts)) {
-        Ok(report) => {
+    let outcome: Result<Box<dyn crate::probe::Outcome>, String> = match &a.config {
+        Some(path) => rt
+            .block_on(crate::probe::sites::run(path, &opts))
+            .map(|r| Box::new(r) as Box<dyn crate::probe::Outcome>),
+        None => rt
+            .block_on(crate::probe::run(&opts))
+            .map(|r| Box::new(r) as Box<dyn crate::probe::Outcome>),
+    };
+    match outcome {
+        Ok(o) => {
             if a.json {
-                json(&report);
+                match o.json() {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => eprintln!("portcullis probe: {e}"),
+                }
             } else {
-                print!("{}", report.render(colour));
+                print!("{}", o.render(std::io::stdout().is_terminal()));
             }
-            report.exit_code()
+            o.exit_code()
         }
         Err(e) => {
             eprintln!("portcullis probe: {e}");

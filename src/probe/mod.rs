@@ -18,6 +18,40 @@ use std::time::{Duration, Instant};
 
 use report::{Check, Report};
 
+/// What a probe prints: a report, or one per site of a config.
+pub trait Outcome {
+    /// For people; `colour` on a terminal.
+    fn render(&self, colour: bool) -> String;
+    /// Every check and fact.
+    fn json(&self) -> serde_json::Result<String>;
+    /// 0: good, 1: warnings, 2: errors, 3: could not connect.
+    fn exit_code(&self) -> i32;
+}
+
+impl Outcome for Report {
+    fn render(&self, colour: bool) -> String {
+        Report::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        Report::exit_code(self)
+    }
+}
+
+impl Outcome for sites::ConfigReport {
+    fn render(&self, colour: bool) -> String {
+        sites::ConfigReport::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        sites::ConfigReport::exit_code(self)
+    }
+}
+
 /// What to probe and how.
 #[derive(Debug, Clone)]
 pub struct Options {
