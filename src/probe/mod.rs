@@ -5,9 +5,11 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod content;
 mod extra;
 mod http;
 pub mod report;
+mod revocation;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -101,6 +103,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .then(|| target.host.clone())
     });
     if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
+        revocation::checks(&session.chain, &session.ocsp, opts, &mut report).await;
         let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
         extra::resumption(session.config, addr, session.name, opts, &mut report).await;
@@ -330,6 +333,7 @@ async fn http_checks(
             ),
         ));
     }
+    content::mixed_content(&answer, chain.last().map_or("", |u| u.as_str()), report);
     alt_svc
 }
 
