@@ -325,7 +325,7 @@ async fn a_revoked_certificate_is_cert_revoked_in_its_staple_and_at_the_responde
 }
 
 #[tokio::test]
-async fn an_expired_staple_is_an_error() {
+async fn an_expired_staple_or_one_for_another_certificate_is_an_error() {
     let o = ocsp_setup();
     let leaf = pki().leaf_with_ocsp(&[ALPHA], &o.responder.url, false);
     let id = o.cert_id(&leaf, "expired").await;
@@ -338,6 +338,20 @@ async fn an_expired_staple_is_an_error() {
     assert_eq!(r["facts"]["ocsp_staple"], "invalid");
     // The responder itself has a fresh answer.
     check(&r, "cert.revocation", "ok");
+
+    // A fresh staple, but about another certificate.
+    let other = pki().leaf_with_ocsp(&[ALPHA], &o.responder.url, false);
+    let staple = o.ask(&other, "other").await;
+    let (code, r) = stapling(&leaf, staple).await;
+    assert_eq!(code, 2, "{r:#}");
+    let c = check(&r, "cert.ocsp_staple", "error");
+    assert!(
+        c["summary"]
+            .as_str()
+            .unwrap()
+            .contains("another certificate"),
+        "{c}"
+    );
 }
 
 #[tokio::test]
