@@ -5,10 +5,12 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod content;
 mod extra;
 pub mod grade;
 mod http;
 pub mod report;
+mod revocation;
 pub mod sites;
 mod tls;
 
@@ -153,6 +155,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
     });
     step("TLS handshake");
     if let Some(session) = tls::probe(tcp, target, sni.as_deref(), opts, report).await {
+        step("revocation");
+        revocation::checks(&session.chain, &session.ocsp, opts, report).await;
         step("the page");
         let alt_svc = http_checks(session.established, target, opts, report).await;
         // After the page was read: the first connection's session ticket has arrived.
@@ -384,6 +388,7 @@ async fn http_checks(
             ),
         ));
     }
+    content::mixed_content(&answer, chain.last().map_or("", |u| u.as_str()), report);
     alt_svc
 }
 
