@@ -461,49 +461,92 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
     )
 }
 
-/// Connects to the first address that answers; one check per address tried.
+/// Connects to the first address that answers; one check per address tried. Once one
+/// answers, the remaining addresses of the other family (IPv6 when it was IPv4, and the other
+/// way round) are tried too: clients that prefer that family meet them first.
 async fn connect(
     addrs: &[SocketAddr],
     opts: &Options,
     report: &mut Report,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    let first = report.checks.len();
-    for &addr in addrs {
+    let mut failed: Vec<Check> = Vec::new();
+    for (i, &addr) in addrs.iter().enumerate() {
         let t = Instant::now();
-        match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => {
+        match tcp(addr, opts).await {
+            Ok(stream) => {
                 // Addresses that failed before this one cost browsers time (they fall back),
                 // not the connection: warnings.
-                for c in &mut report.checks[first..] {
+                for mut c in failed {
                     c.verdict = report::Verdict::Warning;
-                    c.summary.push_str(" (browsers fall back to the next address, after a delay)");
+                    c.summary
+                        .push_str(" (browsers fall back to the next address, after a delay)");
+                    report.push(c);
                 }
                 report.push(Check::ok(
                     "tcp",
                     format!("TCP {addr}: open ({} ms)", t.elapsed().as_millis()),
                 ));
-                return Some((tcp, addr));
+                let others: Vec<SocketAddr> = addrs[i + 1..]
+                    .iter()
+                    .filter(|a| a.is_ipv4() != addr.is_ipv4())
+                    .copied()
+                    .collect();
+                let mut tries = tokio::task::JoinSet::new();
+                for &other in &others {
+                    let opts = opts.clone();
+                    tries.spawn(async move { (other, tcp(other, &opts).await) });
+                }
+                let mut answers = tries.join_all().await;
+                answers.sort_by_key(|(a, _)| others.iter().position(|o| o == a));
+                for (other, answer) in answers {
+                    let family = if other.is_ipv4() { "IPv4" } else { "IPv6" };
+                    match answer {
+                        Ok(_) => report.push(Check::ok(
+                            "tcp",
+                            format!("TCP {other}: open too ({family})"),
+                        )),
+                        Err(mut c) => {
+                            c.verdict = report::Verdict::Warning;
+                            c.summary.push_str(&format!(
+                                " ({family} clients that try it first wait, then fall back; some never do)"
+                            ));
+                            report.push(c);
+                        }
+                    }
+                }
+                return Some((stream, addr));
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.push(
-                Check::error("tcp", format!("TCP {addr}: connection refused"))
-                    .browser("ERR_CONNECTION_REFUSED")
-                    .cause("nothing listening there: the server is not running, or listens on another port or address")
-                    .fix(format!("start the server, or check that it listens on port {} of {} (ss -ltnp 'sport = :{}')", addr.port(), addr.ip(), addr.port())),
-            ),
-            Ok(Err(e)) => report.push(
-                Check::error("tcp", format!("TCP {addr}: {e}"))
-                    .browser("ERR_CONNECTION_FAILED")
-                    .fix("check the route to the address (ip route get) and the server's network settings"),
-            ),
-            Err(_) => report.push(
-                Check::error("tcp", format!("TCP {addr}: no answer within {:?} (filtered)", opts.timeout))
-                    .browser("ERR_CONNECTION_TIMED_OUT")
-                    .cause("a firewall or security group drops the packets (nothing answers, not even a refusal), or the server's accept queue is full")
-                    .fix(format!("open TCP port {} in the firewall / security group, and check the server is not overloaded", addr.port())),
-            ),
+            Err(c) => failed.push(c),
         }
     }
+    for c in failed {
+        report.push(c);
+    }
     None
+}
+
+/// One TCP connection, or the error check that explains why there is none.
+async fn tcp(addr: SocketAddr, opts: &Options) -> Result<tokio::net::TcpStream, Check> {
+    match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(
+            Check::error("tcp", format!("TCP {addr}: connection refused"))
+                .browser("ERR_CONNECTION_REFUSED")
+                .cause("nothing listening there: the server is not running, or listens on another port or address")
+                .fix(format!("start the server, or check that it listens on port {} of {} (ss -ltnp 'sport = :{}')", addr.port(), addr.ip(), addr.port())),
+        ),
+        Ok(Err(e)) => Err(
+            Check::error("tcp", format!("TCP {addr}: {e}"))
+                .browser("ERR_CONNECTION_FAILED")
+                .fix("check the route to the address (ip route get) and the server's network settings"),
+        ),
+        Err(_) => Err(
+            Check::error("tcp", format!("TCP {addr}: no answer within {:?} (filtered)", opts.timeout))
+                .browser("ERR_CONNECTION_TIMED_OUT")
+                .cause("a firewall or security group drops the packets (nothing answers, not even a refusal), or the server's accept queue is full")
+                .fix(format!("open TCP port {} in the firewall / security group, and check the server is not overloaded", addr.port())),
+        ),
+    }
 }
 
 #[cfg(test)]
