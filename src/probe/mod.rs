@@ -5,8 +5,11 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+pub mod dns;
+mod early_data;
 mod extra;
 mod http;
+pub mod readiness;
 pub mod report;
 mod tls;
 
@@ -32,6 +35,11 @@ pub struct Options {
     /// The plain-HTTP port whose redirects are checked (default: 80 when the target is on
     /// 443; none otherwise).
     pub http_port: Option<u16>,
+    /// Nameservers for every lookup (`--dns`) instead of the system's resolver settings.
+    pub dns: Vec<SocketAddr>,
+    /// The ACME directory whose CA the CAA records must allow (default: portcullis's
+    /// default, Let's Encrypt production).
+    pub acme_directory: Option<String>,
 }
 
 /// A parsed target.
@@ -78,7 +86,8 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();
     let target = Target::parse(&opts.target)?;
     let mut report = Report::new(format!("{}:{}", target.host, target.port));
-    let addrs = match resolve(&target, opts, &mut report).await {
+    let resolver = dns::resolver(opts);
+    let addrs = match resolve(&target, opts, &resolver, &mut report).await {
         Some(a) => a,
         None => {
             report.unreachable = true;
@@ -101,9 +110,11 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .then(|| target.host.clone())
     });
     if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
-        let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
+        let alt_svc =
+            http_checks(session.established, &target, opts, &resolver, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
         extra::resumption(session.config, addr, session.name, opts, &mut report).await;
+        early_data::check(addr, sni.as_deref(), &target, opts, &mut report).await;
         let http_port = opts.http_port.or((target.port == 443).then_some(80));
         if let Some(port) = http_port {
             port80(SocketAddr::new(addr.ip(), port), &target, opts, &mut report).await;
@@ -113,6 +124,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
         }
     }
+    readiness::acme(&target, addr, opts, &resolver, &mut report).await;
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -223,6 +235,7 @@ async fn http_checks(
     first: tls::Established,
     target: &Target,
     opts: &Options,
+    resolver: &dns::Resolver,
     report: &mut Report,
 ) -> Option<String> {
     let (stream, h2) = first;
@@ -291,14 +304,11 @@ async fn http_checks(
         chain.push(next.clone());
         let Ok(t) = Target::parse(&next) else { break };
         let addr = match (opts.ip, t.host == target.host) {
-            (Some(ip), true) => Some(SocketAddr::new(ip, t.port)),
-            _ => tokio::net::lookup_host((t.host.as_str(), t.port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next()),
+            (Some(ip), true) => Ok(SocketAddr::new(ip, t.port)),
+            _ => dns::first_address(resolver, &t.host, t.port, opts).await,
         };
         let hop = async {
-            let addr = addr.ok_or_else(|| format!("{} does not resolve", t.host))?;
+            let addr = addr?;
             let tcp = tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(|_| format!("{addr}: no answer"))?
@@ -334,8 +344,13 @@ async fn http_checks(
 }
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the
-/// system's resolver settings and hosts file).
-async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option<Vec<SocketAddr>> {
+/// system's resolver settings and hosts file, or `--dns`).
+async fn resolve(
+    target: &Target,
+    opts: &Options,
+    resolver: &dns::Resolver,
+    report: &mut Report,
+) -> Option<Vec<SocketAddr>> {
     if let Some(ip) = opts.ip {
         report.push(Check::ok("dns", format!("connecting to {ip} (--ip)")));
         return Some(vec![SocketAddr::new(ip, target.port)]);
@@ -343,12 +358,12 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Some(vec![SocketAddr::new(ip, target.port)]);
     }
-    let resolver = match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+    let resolver = match resolver {
         Ok(r) => r,
         Err(e) => {
             report.push(
-                Check::error("dns", format!("cannot read the system's DNS settings: {e}"))
-                    .fix("check /etc/resolv.conf, or give the address with --ip"),
+                Check::error("dns", e.clone())
+                    .fix("check /etc/resolv.conf, give nameservers with --dns, or give the address with --ip"),
             );
             return None;
         }
@@ -375,7 +390,7 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
                     ),
                 )
                 .browser("DNS_PROBE_FINISHED_NO_INTERNET")
-                .fix("check the resolver in /etc/resolv.conf, or give the address with --ip"),
+                .fix(format!("check the resolver ({}), or give the address with --ip", dns::source(opts))),
             );
             return None;
         }
