@@ -28,12 +28,9 @@ const SHOP: &str = "shop.example.com";
 /// lines), answering on UDP and TCP at the same 127.0.0.1 port until the test ends. Being
 /// authoritative for the root, it answers every name: NXDOMAIN or no data outside `records`.
 async fn dns_server(records: &str) -> SocketAddr {
-    let zone = format!(
-        "$TTL 60\n. IN SOA ns.probe. hostmaster.probe. 1 3600 600 86400 60\n{records}\n"
-    );
-    let (origin, rrsets) = Parser::new(zone, None, Some(Name::root()))
-        .parse()
-        .unwrap();
+    let zone =
+        format!("$TTL 60\n. IN SOA ns.probe. hostmaster.probe. 1 3600 600 86400 60\n{records}\n");
+    let (origin, rrsets) = Parser::new(zone, None, Some(Name::root())).parse().unwrap();
     let zone = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
         origin.clone(),
         rrsets,
@@ -89,8 +86,11 @@ async fn the_whole_probe_goes_through_dns_and_caa_naming_the_ca_is_ok() {
     .await;
     let (code, r) = probe_shop(server, dns, &[]).await;
     assert_eq!(code, 0, "{r:#}");
-    assert!(summary(check(&r, "dns", "ok")).contains("127.0.0.1"), "{r:#}");
-    check(&r, "cert.name", "ok");
+    assert!(
+        summary(check(&r, "dns", "ok")).contains("127.0.0.1"),
+        "{r:#}"
+    );
+    check(&r, "cert.trust", "ok");
     check(&r, "http", "ok");
     check(&r, "acme.dns", "ok");
     let c = check(&r, "acme.caa", "ok");
@@ -288,7 +288,10 @@ redirect = {{ to = "https://www.example.com:1/" }}
     let dns = dns_server(&format!("{SHOP}. IN A 127.0.0.1")).await;
     let (_, r) = probe_shop(srv.https, dns, &[]).await;
     let c = check(&r, "http.redirects", "error");
-    assert!(summary(c).contains("www.example.com does not resolve"), "{c}");
+    assert!(
+        summary(c).contains("www.example.com does not resolve"),
+        "{c}"
+    );
 }
 
 #[tokio::test]
@@ -314,7 +317,10 @@ async fn ip_addresses_and_special_use_names_are_not_checked_for_acme() {
     let (code, r) = probe(&format!("https://127.0.0.1:{}", addr.port()), &[]).await;
     assert_eq!(code, 0, "{r:#}");
     for id in ["acme.dns", "acme.caa"] {
-        assert!(summary(check(&r, id, "ok")).contains("is an IP address"), "{r:#}");
+        assert!(
+            summary(check(&r, id, "ok")).contains("is an IP address"),
+            "{r:#}"
+        );
     }
     let (target, ip) = at(addr);
     let (code, r) = probe(&target, &["--ip", &ip]).await;

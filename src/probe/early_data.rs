@@ -71,7 +71,10 @@ pub(super) async fn check(
                 "0-RTT not offered (the session tickets allow no early data)",
             ));
         }
-        Ok(Ok(Found::Sent { accepted: true, status })) if status != ::http::StatusCode::TOO_EARLY => {
+        Ok(Ok(Found::Sent {
+            accepted: true,
+            status,
+        })) if status != ::http::StatusCode::TOO_EARLY => {
             report.fact("early_data", "accepted");
             report.push(Check::ok(
                 "tls.early_data",
@@ -135,7 +138,14 @@ async fn attempt(
         .await
         .map_err(|e| format!("TLS 1.3 handshake: {e}"))?;
     let alpn = first.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    http::get(first, alpn.as_deref() == Some(b"h2"), &host, &target.path, opts).await?;
+    http::get(
+        first,
+        alpn.as_deref() == Some(b"h2"),
+        &host,
+        &target.path,
+        opts,
+    )
+    .await?;
     // The early data is sent before the server's ALPN choice is known: offer only the
     // protocol the session was made with (the server takes early data only for that one).
     config.alpn_protocols = alpn.iter().cloned().collect();
@@ -238,10 +248,7 @@ impl AsyncWrite for Watched {
         r
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.note();
         r

@@ -110,8 +110,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .then(|| target.host.clone())
     });
     if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
-        let alt_svc =
-            http_checks(session.established, &target, opts, &resolver, &mut report).await;
+        let alt_svc = http_checks(session.established, &target, opts, &resolver, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
         extra::resumption(session.config, addr, session.name, opts, &mut report).await;
         early_data::check(addr, sni.as_deref(), &target, opts, &mut report).await;
@@ -390,7 +389,10 @@ async fn resolve(
                     ),
                 )
                 .browser("DNS_PROBE_FINISHED_NO_INTERNET")
-                .fix(format!("check the resolver ({}), or give the address with --ip", dns::source(opts))),
+                .fix(format!(
+                    "check the resolver ({}), or give the address with --ip",
+                    dns::source(opts)
+                )),
             );
             return None;
         }

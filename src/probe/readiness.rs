@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use hickory_resolver::proto::rr::rdata::caa::{read_issuer, CAA};
+use hickory_resolver::proto::rr::rdata::caa::{read_issuer, KeyValue, CAA};
 use hickory_resolver::proto::rr::{RData, RecordType};
 
 use super::dns::Resolver;
@@ -79,7 +79,9 @@ const SPECIAL_USE: &[&str] = &[
 /// Why a public CA would not issue for `host` at all (so readiness is not checked), if so.
 fn not_public(host: &str) -> Option<String> {
     if host.parse::<IpAddr>().is_ok() {
-        return Some(format!("{host} is an IP address (no A/AAAA or CAA records apply)"));
+        return Some(format!(
+            "{host} is an IP address (no A/AAAA or CAA records apply)"
+        ));
     }
     let name = host.trim_end_matches('.');
     if !name.contains('.') {
@@ -106,9 +108,9 @@ pub(super) async fn acme(
     let directory = directory(opts);
     let ca = caa_identity(directory);
     // A private ACME CA (unknown here) may well issue for internal names: check those too.
-    if let Some(why) = not_public(&target.host).filter(|_| {
-        ca.is_some() || target.host.parse::<IpAddr>().is_ok()
-    }) {
+    if let Some(why) =
+        not_public(&target.host).filter(|_| ca.is_some() || target.host.parse::<IpAddr>().is_ok())
+    {
         for id in ["acme.dns", "acme.caa"] {
             report.push(Check::ok(id, not_checked(id, &why)));
         }
@@ -132,9 +134,10 @@ pub(super) async fn acme(
     report.push(check);
     report.fact(
         "caa",
-        found.map_or(serde_json::Value::Null, |(name, records)| {
-            serde_json::json!({ "name": name, "records": records })
-        }),
+        found.map_or(
+            serde_json::Value::Null,
+            |(name, records)| serde_json::json!({ "name": name, "records": records }),
+        ),
     );
     report.fact("caa_allows", allows);
 }
@@ -455,7 +458,8 @@ fn decide(records: &[CAA], ca: &str, wildcard: bool) -> Decision {
             Ok((Some(name), params)) if name.eq_ignore_ascii_case(ca) => {
                 let params = params
                     .into_iter()
-                    .map(|(k, v)| match k.to_ascii_lowercase().as_str() {
+                    .map(|kv| (kv.key().to_ascii_lowercase(), kv.value().to_owned()))
+                    .map(|(k, v)| match k.as_str() {
                         "accounturi" => format!("only for the ACME account {v} (accounturi, RFC 8657)"),
                         "validationmethods" => format!(
                             "only with the validation methods {v} (validationmethods, RFC 8657; portcullis uses tls-alpn-01 and http-01, dns-01 with acme.dns_hook)"
@@ -482,7 +486,7 @@ fn decide(records: &[CAA], ca: &str, wildcard: bool) -> Decision {
 
 /// An `issue`/`issuewild` value: the issuer domain name (none for `";"`) and the parameters.
 /// Whitespace around the name is allowed (RFC 8659 §4.2) though hickory's parser wants none.
-fn issuer(r: &CAA) -> Result<(Option<String>, Vec<(String, String)>), String> {
+fn issuer(r: &CAA) -> Result<(Option<String>, Vec<KeyValue>), String> {
     let text = String::from_utf8_lossy(&r.value);
     let (name, rest) = text.split_once(';').unwrap_or((&text, ""));
     let name = name.trim();
@@ -494,17 +498,13 @@ fn issuer(r: &CAA) -> Result<(Option<String>, Vec<(String, String)>), String> {
     let (name, params) = read_issuer(value.as_bytes()).map_err(|e| e.to_string())?;
     Ok((
         name.map(|n| n.to_ascii().trim_end_matches('.').to_owned()),
-        params
-            .into_iter()
-            .map(|kv| (kv.key().to_owned(), kv.value().to_owned()))
-            .collect(),
+        params,
     ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::rr::rdata::caa::KeyValue;
     use hickory_resolver::proto::rr::Name;
 
     fn issue(ca: &str) -> CAA {
@@ -600,7 +600,10 @@ mod tests {
             false,
             Some(Name::from_ascii(le).unwrap()),
             vec![
-                KeyValue::new("accounturi", "https://acme-v02.api.letsencrypt.org/acme/acct/1"),
+                KeyValue::new(
+                    "accounturi",
+                    "https://acme-v02.api.letsencrypt.org/acme/acct/1",
+                ),
                 KeyValue::new("validationmethods", "dns-01"),
             ],
         );
