@@ -189,6 +189,50 @@ async fn the_relevant_caa_set_is_found_by_climbing_to_the_parents() {
 }
 
 #[tokio::test]
+async fn caa_follows_cnames_and_a_wildcard_certificate_is_judged_by_issuewild() {
+    let server = shop_server().await;
+    // The name is an alias: the CAA records at its target are the relevant set (they are
+    // where the record goes), the parent's are not consulted.
+    let dns = dns_server(&format!(
+        "{SHOP}. IN CNAME edge.example.net.\nedge.example.net. IN A 127.0.0.1\nedge.example.net. IN CAA 0 issue \"pki.goog\"\nexample.com. IN CAA 0 issue \"letsencrypt.org\""
+    ))
+    .await;
+    let (code, r) = probe_shop(server, dns, &[]).await;
+    assert_eq!(code, 1, "{r:#}");
+    let c = check(&r, "acme.caa", "warning");
+    assert_eq!(
+        c["fix"],
+        "add the DNS record: edge.example.net. CAA 0 issue \"letsencrypt.org\""
+    );
+    assert_eq!(r["facts"]["caa"]["name"], "edge.example.net");
+
+    // A server with a wildcard certificate: issuewild governs when there is one…
+    let p = pki();
+    let leaf = p.leaf(&["*.example.com"], Alg::Ecdsa);
+    let wild = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    let dns = dns_server(&format!(
+        "{SHOP}. IN A 127.0.0.1\nexample.com. IN CAA 0 issue \"letsencrypt.org\"\nexample.com. IN CAA 0 issuewild \"pki.goog\""
+    ))
+    .await;
+    let (code, r) = probe_shop(wild, dns, &[]).await;
+    assert_eq!(code, 1, "{r:#}");
+    let c = check(&r, "acme.caa", "warning");
+    assert!(summary(c).contains("*.example.com"), "{c}");
+    assert_eq!(
+        c["fix"],
+        "add the DNS record: example.com. CAA 0 issuewild \"letsencrypt.org\""
+    );
+    // … and issue when there is none.
+    let dns = dns_server(&format!(
+        "{SHOP}. IN A 127.0.0.1\nexample.com. IN CAA 0 issue \"letsencrypt.org\""
+    ))
+    .await;
+    let (code, r) = probe_shop(wild, dns, &[]).await;
+    assert_eq!(code, 0, "{r:#}");
+    check(&r, "acme.caa", "ok");
+}
+
+#[tokio::test]
 async fn an_empty_issuer_and_an_unknown_critical_property_forbid_issuance() {
     let server = shop_server().await;
     let dns = dns_server(&format!(

@@ -125,12 +125,19 @@ pub(super) async fn acme(
             return;
         }
     };
+    let issued = issued_name(&target.host, report);
     let (dns, caa) = tokio::join!(
         dns_check(&target.host, addr.ip(), opts, resolver),
-        caa_check(&target.host, ca, directory, opts, resolver)
+        caa_check(&issued, ca, directory, opts, resolver)
     );
     report.push(dns);
-    let (check, found, allows) = caa;
+    let (mut check, found, allows) = caa;
+    if issued != target.host {
+        check.summary.push_str(&format!(
+            " (the certificate served covers {} by the wildcard {issued}, whose renewal needs DNS-01)",
+            target.host
+        ));
+    }
     report.push(check);
     report.fact(
         "caa",
@@ -140,6 +147,31 @@ pub(super) async fn acme(
         ),
     );
     report.fact("caa_allows", allows);
+}
+
+/// The name a certificate for `host` is issued for: the wildcard `*.parent` when the
+/// certificate the server sent (fact `cert_names`) covers `host` only by that wildcard, so
+/// that CAA is judged as for its renewal (`issuewild`); else `host`.
+fn issued_name(host: &str, report: &Report) -> String {
+    let names: Vec<&str> = report
+        .facts
+        .get("cert_names")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    if names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+        return host.to_owned();
+    }
+    let Some((_, parent)) = host.split_once('.') else {
+        return host.to_owned();
+    };
+    names
+        .iter()
+        .find(|n| {
+            n.strip_prefix("*.")
+                .is_some_and(|p| p.eq_ignore_ascii_case(parent))
+        })
+        .map_or_else(|| host.to_owned(), |n| n.to_ascii_lowercase())
 }
 
 /// The summary of a readiness check that was not made.
