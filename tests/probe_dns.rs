@@ -409,6 +409,14 @@ async fn early_data_is_reported_accepted_or_not_offered() {
     check(&r, "tls.early_data", "ok");
     assert_eq!(r["facts"]["early_data"], "not offered", "{r:#}");
 
+    // TLS 1.2 only: no early data, said without trying.
+    let addr = tls12_server().await;
+    let (target, ip) = at(addr);
+    let (_, r) = probe(&target, &["--ip", &ip]).await;
+    let c = check(&r, "tls.early_data", "ok");
+    assert!(summary(c).contains("needs TLS 1.3"), "{c}");
+    assert_eq!(r["facts"]["early_data"], "not offered", "{r:#}");
+
     // A rustls server: tickets without early data, then no resumption at all.
     let p = pki();
     let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
@@ -425,4 +433,46 @@ async fn early_data_is_reported_accepted_or_not_offered() {
         };
         assert!(summary(c).contains(why), "{c}");
     }
+}
+
+/// A rustls server speaking only TLS 1.2 (ALPN http/1.1) that answers each connection's
+/// first request with a small page.
+async fn tls12_server() -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pki();
+    let leaf = p.leaf(&[ALPHA], Alg::Ecdsa);
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(p.chain_pem(&leaf).as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = [0u8; 4096];
+                let _ = tls.read(&mut buf).await;
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
 }

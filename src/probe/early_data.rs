@@ -47,6 +47,24 @@ pub(super) async fn check(
     opts: &Options,
     report: &mut Report,
 ) {
+    let version = report
+        .facts
+        .get("tls_version")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?")
+        .to_owned();
+    if version != "TLSv1.3" {
+        report.fact("early_data", "not offered");
+        report.push(Check::ok(
+            "tls.early_data",
+            format!("0-RTT not offered (early data needs TLS 1.3; the server spoke {version})"),
+        ));
+        return;
+    }
+    // The page could not be fetched (reported by the HTTP check): nothing to send early.
+    if !report.facts.contains_key("http_status") {
+        return;
+    }
     let name = sni.unwrap_or(target.host.as_str());
     let Ok(name) = ServerName::try_from(name.to_owned()) else {
         return;
