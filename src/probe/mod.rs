@@ -8,9 +8,11 @@
 pub mod dns;
 mod early_data;
 mod extra;
+pub mod grade;
 mod http;
 pub mod readiness;
 pub mod report;
+pub mod sites;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +20,40 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use report::{Check, Report};
+
+/// What a probe prints: a report, or one per site of a config.
+pub trait Outcome {
+    /// For people; `colour` on a terminal.
+    fn render(&self, colour: bool) -> String;
+    /// Every check and fact.
+    fn json(&self) -> serde_json::Result<String>;
+    /// 0: good, 1: warnings, 2: errors, 3: could not connect.
+    fn exit_code(&self) -> i32;
+}
+
+impl Outcome for Report {
+    fn render(&self, colour: bool) -> String {
+        Report::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        Report::exit_code(self)
+    }
+}
+
+impl Outcome for sites::ConfigReport {
+    fn render(&self, colour: bool) -> String {
+        sites::ConfigReport::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        sites::ConfigReport::exit_code(self)
+    }
+}
 
 /// What to probe and how.
 #[derive(Debug, Clone)]
@@ -35,6 +71,8 @@ pub struct Options {
     /// The plain-HTTP port whose redirects are checked (default: 80 when the target is on
     /// 443; none otherwise).
     pub http_port: Option<u16>,
+    /// Show what runs on a progress line (stderr, a terminal).
+    pub progress: bool,
     /// Nameservers for every lookup (`--dns`) instead of the system's resolver settings.
     pub dns: Vec<SocketAddr>,
     /// The ACME directory whose CA the CAA records must allow (default: portcullis's
@@ -86,20 +124,33 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();
     let target = Target::parse(&opts.target)?;
     let mut report = Report::new(format!("{}:{}", target.host, target.port));
-    let resolver = dns::resolver(opts);
-    let addrs = match resolve(&target, opts, &resolver, &mut report).await {
-        Some(a) => a,
-        None => {
-            report.unreachable = true;
-            report.took_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+    steps(&target, opts, &mut report).await;
+    if opts.progress {
+        // Clears the progress line.
+        eprint!("\r\x1b[2K");
+    }
+    report.finish(started.elapsed());
+    Ok(report)
+}
+
+/// Every step, in the order a browser takes them; returns where a browser would stop.
+async fn steps(target: &Target, opts: &Options, report: &mut Report) {
+    let step = |what: &str| {
+        if opts.progress {
+            eprint!("\r\x1b[2K{}:{} … {what}", target.host, target.port);
         }
     };
-    report.addresses = addrs.iter().map(|a| a.to_string()).collect();
-    let Some((tcp, addr)) = connect(&addrs, opts, &mut report).await else {
+    step("resolving the name");
+    let resolver = dns::resolver(opts);
+    let Some(addrs) = resolve(target, opts, &resolver, report).await else {
         report.unreachable = true;
-        report.took_ms = started.elapsed().as_millis() as u64;
-        return Ok(report);
+        return;
+    };
+    report.addresses = addrs.iter().map(|a| a.to_string()).collect();
+    step("connecting");
+    let Some((tcp, addr)) = connect(&addrs, opts, report).await else {
+        report.unreachable = true;
+        return;
     };
     report.fact("address", addr.to_string());
     let sni = opts.sni.clone().or_else(|| {
@@ -109,23 +160,28 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .is_err()
             .then(|| target.host.clone())
     });
-    if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
-        let alt_svc = http_checks(session.established, &target, opts, &resolver, &mut report).await;
+    step("TLS handshake");
+    if let Some(session) = tls::probe(tcp, target, sni.as_deref(), opts, report).await {
+        step("the page");
+        let alt_svc = http_checks(session.established, target, opts, &resolver, report).await;
         // After the page was read: the first connection's session ticket has arrived.
-        extra::resumption(session.config, addr, session.name, opts, &mut report).await;
-        early_data::check(addr, sni.as_deref(), &target, opts, &mut report).await;
+        step("session resumption");
+        extra::resumption(session.config, addr, session.name, opts, report).await;
+        step("0-RTT");
+        early_data::check(addr, sni.as_deref(), target, opts, report).await;
         let http_port = opts.http_port.or((target.port == 443).then_some(80));
         if let Some(port) = http_port {
-            port80(SocketAddr::new(addr.ip(), port), &target, opts, &mut report).await;
+            step("plain HTTP");
+            port80(SocketAddr::new(addr.ip(), port), target, opts, report).await;
         }
         if let Some(port) = alt_svc.as_deref().and_then(extra::h3_port) {
+            step("HTTP/3");
             let name = sni.as_deref().unwrap_or(target.host.as_str());
-            extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
+            extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, report).await;
         }
     }
-    readiness::acme(&target, addr, opts, &resolver, &mut report).await;
-    report.took_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    step("readiness for automatic certificates");
+    readiness::acme(target, addr, opts, &resolver, report).await;
 }
 
 /// The plain-HTTP port: it should redirect to the same URL over HTTPS.
@@ -343,7 +399,7 @@ async fn http_checks(
 }
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the
-/// system's resolver settings and hosts file, or `--dns`).
+/// system's resolver settings and hosts file).
 async fn resolve(
     target: &Target,
     opts: &Options,
