@@ -104,6 +104,16 @@ async fn the_whole_probe_goes_through_dns_and_caa_naming_the_ca_is_ok() {
     assert_eq!(r["facts"]["dns_ipv4"], 1);
     assert!(r["took_ms"].as_u64().unwrap() < 3000, "{r:#}");
 
+    // Allowed under conditions (RFC 8657): said.
+    let dns = dns_server(&format!(
+        "{SHOP}. IN A 127.0.0.1\n{SHOP}. IN CAA 0 issue \"letsencrypt.org; validationmethods=dns-01\""
+    ))
+    .await;
+    let (code, r) = probe_shop(server, dns, &[]).await;
+    assert_eq!(code, 0, "{r:#}");
+    let c = check(&r, "acme.caa", "ok");
+    assert!(summary(c).contains("validation methods dns-01"), "{c}");
+
     // No CAA anywhere: any CA may issue.
     let dns = dns_server(&format!("{SHOP}. IN A 127.0.0.1")).await;
     let (code, r) = probe_shop(server, dns, &[]).await;
