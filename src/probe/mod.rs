@@ -5,6 +5,7 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod content;
 pub mod dns;
 mod early_data;
 mod extra;
@@ -12,6 +13,7 @@ pub mod grade;
 mod http;
 pub mod readiness;
 pub mod report;
+mod revocation;
 pub mod sites;
 mod tls;
 
@@ -162,6 +164,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
     });
     step("TLS handshake");
     if let Some(session) = tls::probe(tcp, target, sni.as_deref(), opts, report).await {
+        step("revocation");
+        revocation::checks(&session.chain, &session.ocsp, opts, report).await;
         step("the page");
         let alt_svc = http_checks(session.established, target, opts, &resolver, report).await;
         // After the page was read: the first connection's session ticket has arrived.
@@ -395,6 +399,7 @@ async fn http_checks(
             ),
         ));
     }
+    content::mixed_content(&answer, chain.last().map_or("", |u| u.as_str()), report);
     alt_svc
 }
 
