@@ -6,9 +6,12 @@
 //! after a refused connection, no certificate checks without a handshake.
 
 mod content;
+pub mod dns;
+mod early_data;
 mod extra;
 pub mod grade;
 mod http;
+pub mod readiness;
 pub mod report;
 mod revocation;
 pub mod sites;
@@ -72,6 +75,11 @@ pub struct Options {
     pub http_port: Option<u16>,
     /// Show what runs on a progress line (stderr, a terminal).
     pub progress: bool,
+    /// Nameservers for every lookup (`--dns`) instead of the system's resolver settings.
+    pub dns: Vec<SocketAddr>,
+    /// The ACME directory whose CA the CAA records must allow (default: portcullis's
+    /// default, Let's Encrypt production).
+    pub acme_directory: Option<String>,
 }
 
 /// A parsed target.
@@ -135,7 +143,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
         }
     };
     step("resolving the name");
-    let Some(addrs) = resolve(target, opts, report).await else {
+    let resolver = dns::resolver(opts);
+    let Some(addrs) = resolve(target, opts, &resolver, report).await else {
         report.unreachable = true;
         return;
     };
@@ -158,10 +167,12 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
         step("revocation");
         revocation::checks(&session.chain, &session.ocsp, opts, report).await;
         step("the page");
-        let alt_svc = http_checks(session.established, target, opts, report).await;
+        let alt_svc = http_checks(session.established, target, opts, &resolver, report).await;
         // After the page was read: the first connection's session ticket has arrived.
         step("session resumption");
         extra::resumption(session.config, addr, session.name, opts, report).await;
+        step("0-RTT");
+        early_data::check(addr, sni.as_deref(), target, opts, report).await;
         let http_port = opts.http_port.or((target.port == 443).then_some(80));
         if let Some(port) = http_port {
             step("plain HTTP");
@@ -173,6 +184,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
             extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, report).await;
         }
     }
+    step("readiness for automatic certificates");
+    readiness::acme(target, addr, opts, &resolver, report).await;
 }
 
 /// The plain-HTTP port: it should redirect to the same URL over HTTPS.
@@ -281,6 +294,7 @@ async fn http_checks(
     first: tls::Established,
     target: &Target,
     opts: &Options,
+    resolver: &dns::Resolver,
     report: &mut Report,
 ) -> Option<String> {
     let (stream, h2) = first;
@@ -349,14 +363,11 @@ async fn http_checks(
         chain.push(next.clone());
         let Ok(t) = Target::parse(&next) else { break };
         let addr = match (opts.ip, t.host == target.host) {
-            (Some(ip), true) => Some(SocketAddr::new(ip, t.port)),
-            _ => tokio::net::lookup_host((t.host.as_str(), t.port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next()),
+            (Some(ip), true) => Ok(SocketAddr::new(ip, t.port)),
+            _ => dns::first_address(resolver, &t.host, t.port, opts).await,
         };
         let hop = async {
-            let addr = addr.ok_or_else(|| format!("{} does not resolve", t.host))?;
+            let addr = addr?;
             let tcp = tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(|_| format!("{addr}: no answer"))?
@@ -394,7 +405,12 @@ async fn http_checks(
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the
 /// system's resolver settings and hosts file).
-async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option<Vec<SocketAddr>> {
+async fn resolve(
+    target: &Target,
+    opts: &Options,
+    resolver: &dns::Resolver,
+    report: &mut Report,
+) -> Option<Vec<SocketAddr>> {
     if let Some(ip) = opts.ip {
         report.push(Check::ok("dns", format!("connecting to {ip} (--ip)")));
         return Some(vec![SocketAddr::new(ip, target.port)]);
@@ -402,12 +418,12 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Some(vec![SocketAddr::new(ip, target.port)]);
     }
-    let resolver = match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+    let resolver = match resolver {
         Ok(r) => r,
         Err(e) => {
             report.push(
-                Check::error("dns", format!("cannot read the system's DNS settings: {e}"))
-                    .fix("check /etc/resolv.conf, or give the address with --ip"),
+                Check::error("dns", e.clone())
+                    .fix("check /etc/resolv.conf, give nameservers with --dns, or give the address with --ip"),
             );
             return None;
         }
@@ -434,7 +450,10 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
                     ),
                 )
                 .browser("DNS_PROBE_FINISHED_NO_INTERNET")
-                .fix("check the resolver in /etc/resolv.conf, or give the address with --ip"),
+                .fix(format!(
+                    "check the resolver ({}), or give the address with --ip",
+                    dns::source(opts)
+                )),
             );
             return None;
         }
