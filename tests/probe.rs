@@ -432,6 +432,8 @@ async fn every_site_of_a_config_is_probed_and_wildcards_are_listed_as_not_probed
         "{text}"
     );
     assert!(text.contains("not probed: *.example.test"), "{text}");
+    // Piped: no colour codes (and the progress line is for terminals only).
+    assert!(!text.contains('\x1b'), "{text:?}");
     assert!(text.contains("grade: A\n    capped by: no HSTS"), "{text}");
 
     // A config that does not load is one clear error and exit code 3.
