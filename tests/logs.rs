@@ -607,7 +607,7 @@ async fn client_rejecting_our_certificate_is_logged_with_its_alert() {
 
 #[tokio::test]
 async fn not_tls_timeout_and_closed_events() {
-    let srv = env_with_logs().start(&events_config("[limits]\nhandshake_timeout = \"1s\""));
+    let srv = env_with_logs().start(&events_config("[limits]\nhandshake_timeout = \"2s\""));
     let log = srv.env.path("logs/tls.log");
     // Garbage that is not a TLS record.
     let mut tcp = TcpStream::connect(srv.https).await.unwrap();
