@@ -8,6 +8,7 @@
 mod extra;
 mod http;
 pub mod report;
+mod scan;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -100,7 +101,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .is_err()
             .then(|| target.host.clone())
     });
-    if let Some(session) = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await {
+    let session = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await;
+    // Whether or not rustls could shake hands: the scan is what explains a failure.
+    scan::run(addr, sni.as_deref(), opts, &mut report).await;
+    if let Some(session) = session {
         let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
         extra::resumption(session.config, addr, session.name, opts, &mut report).await;
