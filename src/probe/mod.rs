@@ -102,8 +102,7 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .then(|| target.host.clone())
     });
     let session = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await;
-    // Whether or not rustls could shake hands: the scan is what explains a failure.
-    scan::run(addr, sni.as_deref(), opts, &mut report).await;
+    let scan_at = report.checks.len();
     if let Some(session) = session {
         let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
         // After the page was read: the first connection's session ticket has arrived.
@@ -117,6 +116,10 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
         }
     }
+    // Whether or not rustls could shake hands (the scan is what explains a failure); last, when
+    // the other connections are closed (a server may serve one at a time), its checks listed
+    // after the handshake's.
+    scan::run(addr, sni.as_deref(), opts, &mut report, scan_at).await;
     report.took_ms = started.elapsed().as_millis() as u64;
     Ok(report)
 }

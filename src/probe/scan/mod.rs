@@ -42,9 +42,16 @@ use suites::{Group, Version, Weakness};
 /// not to look like a flood (or trip per-client connection limits).
 const CONCURRENCY: usize = 8;
 
-/// Scans `addr` and reports `tls.versions`, `tls.ciphers`, `tls.preference` and `tls.groups`.
-/// `sni` is sent in every hello (none for IP addresses).
-pub(super) async fn run(addr: SocketAddr, sni: Option<&str>, opts: &Options, report: &mut Report) {
+/// Scans `addr` and reports `tls.versions`, `tls.ciphers`, `tls.preference` and `tls.groups`,
+/// their checks inserted at index `at` of the report's. `sni` is sent in every hello (none
+/// for IP addresses).
+pub(super) async fn run(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    opts: &Options,
+    report: &mut Report,
+    at: usize,
+) {
     let asker = Arc::new(Asker {
         addr,
         sni: sni.map(str::to_owned),
@@ -52,7 +59,11 @@ pub(super) async fn run(addr: SocketAddr, sni: Option<&str>, opts: &Options, rep
         limit: tokio::sync::Semaphore::new(CONCURRENCY),
     });
     let scan = scan(&asker).await;
-    scan.report(report);
+    let mut found = Report::new(String::new());
+    scan.report(&mut found);
+    let at = at.min(report.checks.len());
+    report.checks.splice(at..at, found.checks);
+    report.facts.extend(found.facts);
 }
 
 /// Asks questions of one server.
@@ -75,7 +86,7 @@ enum Share {
 impl Asker {
     async fn ask(&self, version: Version, suites: &[u16], groups: &[u16], share: Share) -> Answer {
         let Ok(_permit) = self.limit.acquire().await else {
-            return Answer::NoAnswer;
+            return Answer::TimedOut;
         };
         let key_share = match (version, share) {
             (Version::Tls13, Share::X25519) => {
@@ -436,7 +447,7 @@ impl Scan {
         let mut weak: BTreeMap<Weakness, Vec<String>> = BTreeMap::new();
         for list in self.suites.values() {
             for &s in list {
-                if let Some(w) = suites::weakness(s) {
+                for w in suites::weaknesses(s) {
                     let name = suites::suite_name(s);
                     let entry = weak.entry(w).or_default();
                     if !entry.contains(&name) {
@@ -566,7 +577,7 @@ impl Scan {
         let weak_here = self
             .suites
             .get(&v)
-            .is_some_and(|l| l.iter().any(|s| suites::weakness(*s).is_some()));
+            .is_some_and(|l| l.iter().any(|s| !suites::weaknesses(*s).is_empty()));
         let check = if server {
             Check::ok(
                 "tls.preference",

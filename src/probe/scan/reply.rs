@@ -49,7 +49,7 @@ pub(crate) enum Answer {
     /// Something that is not TLS, or a TLS message other than a ServerHello first.
     NotTls(String),
     /// No answer within the timeout.
-    NoAnswer,
+    TimedOut,
     /// The TCP connection could not be made.
     NoConnection(String),
 }
@@ -65,7 +65,7 @@ impl Answer {
 
     /// The question went unanswered, so it says nothing about the server's TLS settings.
     pub(crate) fn untested(&self) -> bool {
-        matches!(self, Answer::NoAnswer | Answer::NoConnection(_))
+        matches!(self, Answer::TimedOut | Answer::NoConnection(_))
     }
 
     /// In words, for facts and summaries (`alert protocol_version`).
@@ -77,7 +77,7 @@ impl Answer {
             Answer::Closed => "refused: connection closed".into(),
             Answer::PlainHttp => "not TLS: plain HTTP answered".into(),
             Answer::NotTls(what) => format!("not TLS: {what}"),
-            Answer::NoAnswer => "not tested: no answer in time".into(),
+            Answer::TimedOut => "not tested: no answer in time".into(),
             Answer::NoConnection(e) => format!("not tested: {e}"),
         }
     }
@@ -100,7 +100,7 @@ pub(crate) async fn ask(addr: SocketAddr, hello: &ClientHello<'_>, timeout: Dura
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .unwrap_or(Answer::NoAnswer)
+        .unwrap_or(Answer::TimedOut)
 }
 
 /// Reads until the first answer is complete (or the peer closes).

@@ -120,30 +120,39 @@ pub(crate) enum Weakness {
     Cbc,
 }
 
-/// What is wrong with a suite, if anything.
-pub(crate) fn weakness(id: u16) -> Option<Weakness> {
-    let s = TlsCipherSuite::from_id(id)?;
-    if s.enc == TlsCipherEnc::Null {
-        return Some(Weakness::Broken("NULL (no encryption)"));
+/// What is wrong with a suite (nothing, one broken part, or no forward secrecy and/or CBC).
+pub(crate) fn weaknesses(id: u16) -> Vec<Weakness> {
+    let Some(s) = TlsCipherSuite::from_id(id) else {
+        return Vec::new();
+    };
+    let broken = if s.enc == TlsCipherEnc::Null {
+        Some("NULL (no encryption)")
+    } else if s.name.contains("EXPORT") {
+        Some("EXPORT (40-bit keys)")
+    } else if s.au == TlsCipherAu::Null {
+        Some("anonymous (no authentication)")
+    } else {
+        match s.enc {
+            TlsCipherEnc::Rc4 => Some("RC4"),
+            TlsCipherEnc::Des => Some("DES"),
+            TlsCipherEnc::TripleDes => Some("3DES (Sweet32)"),
+            TlsCipherEnc::Rc2 => Some("RC2"),
+            TlsCipherEnc::Idea => Some("IDEA (Sweet32)"),
+            _ => None,
+        }
+    };
+    // A broken suite is named for its worst part only.
+    if let Some(why) = broken {
+        return vec![Weakness::Broken(why)];
     }
-    if s.name.contains("EXPORT") {
-        return Some(Weakness::Broken("EXPORT (40-bit keys)"));
-    }
-    if s.au == TlsCipherAu::Null {
-        return Some(Weakness::Broken("anonymous (no authentication)"));
-    }
-    match s.enc {
-        TlsCipherEnc::Rc4 => return Some(Weakness::Broken("RC4")),
-        TlsCipherEnc::Des => return Some(Weakness::Broken("DES")),
-        TlsCipherEnc::TripleDes => return Some(Weakness::Broken("3DES (Sweet32)")),
-        TlsCipherEnc::Rc2 => return Some(Weakness::Broken("RC2")),
-        TlsCipherEnc::Idea => return Some(Weakness::Broken("IDEA (Sweet32)")),
-        _ => {}
-    }
+    let mut w = Vec::new();
     if matches!(s.kx, TlsCipherKx::Rsa | TlsCipherKx::Dh | TlsCipherKx::Ecdh) {
-        return Some(Weakness::NoForwardSecrecy);
+        w.push(Weakness::NoForwardSecrecy);
     }
-    (s.enc_mode == TlsCipherEncMode::Cbc).then_some(Weakness::Cbc)
+    if s.enc_mode == TlsCipherEncMode::Cbc {
+        w.push(Weakness::Cbc);
+    }
+    w
 }
 
 /// Whether current Chrome would negotiate this TLS 1.2 suite: ECDHE with AES-GCM,
@@ -272,16 +281,21 @@ mod tests {
                 s.name
             );
         }
-        assert_eq!(weakness(0xc02f), None);
-        assert_eq!(weakness(0x1301), None);
-        assert_eq!(weakness(0xc013), Some(Weakness::Cbc));
-        assert_eq!(weakness(0x009c), Some(Weakness::NoForwardSecrecy));
-        assert_eq!(weakness(0xc031), Some(Weakness::NoForwardSecrecy));
-        assert!(matches!(weakness(0x000a), Some(Weakness::Broken(_))));
-        assert!(matches!(weakness(0x0005), Some(Weakness::Broken(_))));
-        assert!(matches!(weakness(0x0003), Some(Weakness::Broken(_))));
-        assert!(matches!(weakness(0x00a6), Some(Weakness::Broken(_))));
-        assert!(matches!(weakness(0x003b), Some(Weakness::Broken(_))));
+        assert_eq!(weaknesses(0xc02f), []);
+        assert_eq!(weaknesses(0x1301), []);
+        assert_eq!(weaknesses(0xc013), [Weakness::Cbc]);
+        assert_eq!(weaknesses(0x009c), [Weakness::NoForwardSecrecy]);
+        assert_eq!(
+            weaknesses(0x0035),
+            [Weakness::NoForwardSecrecy, Weakness::Cbc]
+        );
+        assert_eq!(weaknesses(0xc031), [Weakness::NoForwardSecrecy]);
+        for broken in [0x000a, 0x0005, 0x0003, 0x00a6, 0x003b, 0x0007] {
+            assert!(
+                matches!(weaknesses(broken)[..], [Weakness::Broken(_)]),
+                "0x{broken:04x}"
+            );
+        }
         assert!(browser_tls12(0xc02b) && browser_tls12(0xc014));
         assert!(!browser_tls12(0x009c) && !browser_tls12(0x009e) && !browser_tls12(0xc0ac));
         assert_eq!(suite_name(0xc02f), "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256");
