@@ -60,7 +60,12 @@ enum Command {
 #[derive(Args, Debug)]
 struct ProbeArgs {
     /// `https://host[:port]`, `host` or `host:port`.
-    target: String,
+    #[arg(required_unless_present = "config", conflicts_with = "config")]
+    target: Option<String>,
+    /// Probe every site of this config (each name at the config's HTTPS port), as a check
+    /// after a deploy.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Connect to this address instead of resolving the name.
     #[arg(long, value_name = "ADDR")]
     ip: Option<std::net::IpAddr>,
@@ -185,16 +190,17 @@ pub fn main() -> i32 {
     }
 }
 
-/// `portcullis hash-password`: the first line of stdin (without its line ending) hashed with
-/// argon2id, printed as a PHC string.
+/// `portcullis probe`: one endpoint, or every site of a config.
 fn probe(a: ProbeArgs) -> i32 {
+    use std::io::IsTerminal;
     let opts = crate::probe::Options {
-        target: a.target,
+        target: a.target.unwrap_or_default(),
         ip: a.ip,
         sni: a.sni,
         ca: a.ca,
         timeout: a.timeout.into(),
         http_port: a.http_port,
+        progress: !a.json && std::io::stderr().is_terminal(),
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -206,18 +212,25 @@ fn probe(a: ProbeArgs) -> i32 {
             return 3;
         }
     };
-    match rt.block_on(crate::probe::run(&opts)) {
-        Ok(report) => {
+    let outcome: Result<Box<dyn crate::probe::Outcome>, String> = match &a.config {
+        Some(path) => rt
+            .block_on(crate::probe::sites::run(path, &opts))
+            .map(|r| Box::new(r) as Box<dyn crate::probe::Outcome>),
+        None => rt
+            .block_on(crate::probe::run(&opts))
+            .map(|r| Box::new(r) as Box<dyn crate::probe::Outcome>),
+    };
+    match outcome {
+        Ok(o) => {
             if a.json {
-                match serde_json::to_string_pretty(&report) {
+                match o.json() {
                     Ok(j) => println!("{j}"),
                     Err(e) => eprintln!("portcullis probe: {e}"),
                 }
             } else {
-                use std::io::IsTerminal;
-                print!("{}", report.render(std::io::stdout().is_terminal()));
+                print!("{}", o.render(std::io::stdout().is_terminal()));
             }
-            report.exit_code()
+            o.exit_code()
         }
         Err(e) => {
             eprintln!("portcullis probe: {e}");

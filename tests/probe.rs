@@ -5,6 +5,9 @@ mod common;
 
 use common::probe::*;
 use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -165,6 +168,10 @@ async fn a_running_portcullis_gets_exit_code_0() {
     let (target, ip) = at(addr);
     let (code, r) = probe(&target, &["--ip", &ip]).await;
     assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["grade"], "A+", "{r:#}");
+    assert_eq!(r["grade_reasons"], serde_json::json!([]));
+    // Everything, HTTP/3 and the second connection included, well under 3 s on loopback.
+    assert!(r["took_ms"].as_u64().unwrap() < 3000, "{r:#}");
     assert_eq!(r["facts"]["group"], "X25519MLKEM768");
     // Tickets resume, and the HTTP/3 it advertises answers over QUIC.
     check(&r, "tls.resumption", "ok");
@@ -304,4 +311,156 @@ async fn port_80_must_redirect_to_the_same_page_over_https() {
             .contains("instead of redirecting"),
         "{c}"
     );
+}
+
+#[tokio::test]
+async fn a_port_whose_listener_never_accepts_is_filtered_exit_code_3() {
+    // A listener with a backlog of 0 whose queue is full: the kernel drops further SYNs, as a
+    // firewall that drops packets does.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        if let Ok(Ok(t)) = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(t);
+        }
+    }
+    let (target, ip) = at(addr);
+    let started = std::time::Instant::now();
+    let (code, r) = probe(&target, &["--ip", &ip, "--timeout", "1s"]).await;
+    assert_eq!(code, 3, "{r:#}");
+    let c = check(&r, "tcp", "error");
+    assert_eq!(c["browser_error"], "ERR_CONNECTION_TIMED_OUT");
+    assert!(c["summary"].as_str().unwrap().contains("filtered"), "{c:#}");
+    assert!(c["cause"].as_str().unwrap().contains("firewall"), "{c:#}");
+    assert!(r["grade"].is_null(), "no grade without a connection: {r:#}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    drop(sock);
+}
+
+#[tokio::test]
+async fn every_site_of_a_config_is_probed_and_wildcards_are_listed_as_not_probed() {
+    let p = pki();
+    let env = TestEnv::new();
+    let sites = format!(
+        "{TWO_SITES}\n[[site]]\nname = \"gamma\"\nhosts = [\"*.example.test\"]\ncert = \"certs/wild.pem\"\nkey = \"certs/wild.key\"\n[site.hsts]\nenabled = true\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"gamma\" }}\n"
+    );
+    let srv = env.start(&sites);
+    let (https, http) = (srv.https.port(), srv.http.unwrap().port());
+    // The config as deployed: the same sites at fixed ports.
+    let config = srv.env.write(
+        "deployed.toml",
+        format!("data_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nhttp = [\"127.0.0.1:{http}\"]\n{sites}"),
+    );
+    let root = srv.env.write("root.pem", &p.root_pem);
+    let run = |args: Vec<String>| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .arg("probe")
+                .args(args)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let base = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--ip".to_owned(),
+        "127.0.0.1".to_owned(),
+        "--ca".to_owned(),
+        root.display().to_string(),
+        "--timeout".to_owned(),
+        "3s".to_owned(),
+    ];
+    let mut json = base.clone();
+    json.push("--json".to_owned());
+    let (code, text) = run(json).await;
+    let r: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let reports = r["reports"].as_array().unwrap();
+    let targets: Vec<&str> = reports
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            format!("alpha.test:{https}"),
+            format!("www.alpha.test:{https}"),
+            format!("beta.test:{https}")
+        ],
+        "{r:#}"
+    );
+    for report in reports {
+        check(report, "cert.trust", "ok");
+        check(report, "cert.name", "ok");
+        // The redirect from the config's plain-HTTP port keeps the page.
+        check(report, "http80", "ok");
+    }
+    assert_eq!(reports[0]["facts"]["site"], "alpha");
+    assert_eq!(reports[2]["facts"]["site"], "beta");
+    let skipped = r["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1, "{r:#}");
+    assert!(skipped[0].as_str().unwrap().contains("*.example.test"));
+    let worst = reports
+        .iter()
+        .map(|r| r["grade"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    // No HSTS on alpha and beta (.test names get none by default): warnings, grade A.
+    assert_eq!(worst, ["A", "A", "A"], "{r:#}");
+    assert_eq!(code, 1);
+    // The same for people: one report per name and the tally.
+    let (code, text) = run(base).await;
+    assert_eq!(code, 1);
+    assert!(
+        text.contains(
+            "3 name(s) probed: 0 good, 3 with warnings, 0 with errors, 0 could not connect"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("not probed: *.example.test"), "{text}");
+    assert!(text.contains("grade: A (no HSTS"), "{text}");
+
+    // A config that does not load is one clear error and exit code 3.
+    let broken = srv.env.write("broken.toml", "[listen]\nhttps = 5\n");
+    let (code, _) = run(vec!["--config".into(), broken.display().to_string()]).await;
+    assert_eq!(code, 3);
+}
+
+#[tokio::test]
+async fn a_local_ca_site_is_checked_against_the_local_ca_without_ca() {
+    let srv = start("[[site]]\nname = \"dev\"\nhosts = [\"localhost\"]\n[site.hsts]\nenabled = true\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"dev\" }\n");
+    let https = srv.https.port();
+    let config = srv.env.write(
+        "deployed.toml",
+        format!("data_dir = \"data\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nhttp = []\n[[site]]\nname = \"dev\"\nhosts = [\"localhost\"]\n[site.hsts]\nenabled = true\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"dev\" }}\n"),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["probe", "--json", "--ip", "127.0.0.1", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let report = &r["reports"][0];
+    check(report, "cert.trust", "ok");
+    assert_eq!(report["grade"], "A+", "{r:#}");
+    assert_eq!(out.status.code(), Some(0), "{r:#}");
 }

@@ -6,9 +6,11 @@
 //! after a refused connection, no certificate checks without a handshake.
 
 mod extra;
+pub mod grade;
 mod http;
 pub mod report;
 mod scan;
+pub mod sites;
 mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +18,40 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use report::{Check, Report};
+
+/// What a probe prints: a report, or one per site of a config.
+pub trait Outcome {
+    /// For people; `colour` on a terminal.
+    fn render(&self, colour: bool) -> String;
+    /// Every check and fact.
+    fn json(&self) -> serde_json::Result<String>;
+    /// 0: good, 1: warnings, 2: errors, 3: could not connect.
+    fn exit_code(&self) -> i32;
+}
+
+impl Outcome for Report {
+    fn render(&self, colour: bool) -> String {
+        Report::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        Report::exit_code(self)
+    }
+}
+
+impl Outcome for sites::ConfigReport {
+    fn render(&self, colour: bool) -> String {
+        sites::ConfigReport::render(self, colour)
+    }
+    fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+    fn exit_code(&self) -> i32 {
+        sites::ConfigReport::exit_code(self)
+    }
+}
 
 /// What to probe and how.
 #[derive(Debug, Clone)]
@@ -33,6 +69,8 @@ pub struct Options {
     /// The plain-HTTP port whose redirects are checked (default: 80 when the target is on
     /// 443; none otherwise).
     pub http_port: Option<u16>,
+    /// Show what runs on a progress line (stderr, a terminal).
+    pub progress: bool,
 }
 
 /// A parsed target.
@@ -79,19 +117,32 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
     let started = Instant::now();
     let target = Target::parse(&opts.target)?;
     let mut report = Report::new(format!("{}:{}", target.host, target.port));
-    let addrs = match resolve(&target, opts, &mut report).await {
-        Some(a) => a,
-        None => {
-            report.unreachable = true;
-            report.took_ms = started.elapsed().as_millis() as u64;
-            return Ok(report);
+    steps(&target, opts, &mut report).await;
+    if opts.progress {
+        // Clears the progress line.
+        eprint!("\r\x1b[2K");
+    }
+    report.finish(started.elapsed());
+    Ok(report)
+}
+
+/// Every step, in the order a browser takes them; returns where a browser would stop.
+async fn steps(target: &Target, opts: &Options, report: &mut Report) {
+    let step = |what: &str| {
+        if opts.progress {
+            eprint!("\r\x1b[2K{}:{} … {what}", target.host, target.port);
         }
     };
-    report.addresses = addrs.iter().map(|a| a.to_string()).collect();
-    let Some((tcp, addr)) = connect(&addrs, opts, &mut report).await else {
+    step("resolving the name");
+    let Some(addrs) = resolve(target, opts, report).await else {
         report.unreachable = true;
-        report.took_ms = started.elapsed().as_millis() as u64;
-        return Ok(report);
+        return;
+    };
+    report.addresses = addrs.iter().map(|a| a.to_string()).collect();
+    step("connecting");
+    let Some((tcp, addr)) = connect(&addrs, opts, report).await else {
+        report.unreachable = true;
+        return;
     };
     report.fact("address", addr.to_string());
     let sni = opts.sni.clone().or_else(|| {
@@ -101,27 +152,31 @@ pub async fn run(opts: &Options) -> Result<Report, String> {
             .is_err()
             .then(|| target.host.clone())
     });
-    let session = tls::probe(tcp, &target, sni.as_deref(), opts, &mut report).await;
+    step("TLS handshake");
+    let session = tls::probe(tcp, target, sni.as_deref(), opts, report).await;
     let scan_at = report.checks.len();
     if let Some(session) = session {
-        let alt_svc = http_checks(session.established, &target, opts, &mut report).await;
+        step("the page");
+        let alt_svc = http_checks(session.established, target, opts, report).await;
         // After the page was read: the first connection's session ticket has arrived.
-        extra::resumption(session.config, addr, session.name, opts, &mut report).await;
+        step("session resumption");
+        extra::resumption(session.config, addr, session.name, opts, report).await;
         let http_port = opts.http_port.or((target.port == 443).then_some(80));
         if let Some(port) = http_port {
-            port80(SocketAddr::new(addr.ip(), port), &target, opts, &mut report).await;
+            step("plain HTTP");
+            port80(SocketAddr::new(addr.ip(), port), target, opts, report).await;
         }
         if let Some(port) = alt_svc.as_deref().and_then(extra::h3_port) {
+            step("HTTP/3");
             let name = sni.as_deref().unwrap_or(target.host.as_str());
-            extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, &mut report).await;
+            extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, report).await;
         }
     }
     // Whether or not rustls could shake hands (the scan is what explains a failure); last, when
     // the other connections are closed (a server may serve one at a time), its checks listed
     // after the handshake's.
-    scan::run(addr, sni.as_deref(), opts, &mut report, scan_at).await;
-    report.took_ms = started.elapsed().as_millis() as u64;
-    Ok(report)
+    step("protocol versions, cipher suites and groups");
+    scan::run(addr, sni.as_deref(), opts, report, scan_at).await;
 }
 
 /// The plain-HTTP port: it should redirect to the same URL over HTTPS.

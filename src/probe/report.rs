@@ -87,6 +87,11 @@ pub struct Report {
     pub checks: Vec<Check>,
     /// Facts for scripts (negotiated version, cipher, ALPN, certificate names…).
     pub facts: serde_json::Map<String, serde_json::Value>,
+    /// The summary grade (README: "Diagnosing an HTTPS endpoint"); none when the endpoint
+    /// could not be reached.
+    pub grade: Option<super::grade::Grade>,
+    /// The rules that set the grade.
+    pub grade_reasons: Vec<&'static str>,
     /// How long the probe took, in milliseconds.
     pub took_ms: u64,
 }
@@ -99,6 +104,8 @@ impl Report {
             unreachable: false,
             checks: Vec::new(),
             facts: serde_json::Map::new(),
+            grade: None,
+            grade_reasons: Vec::new(),
             took_ms: 0,
         }
     }
@@ -109,6 +116,15 @@ impl Report {
 
     pub fn fact(&mut self, key: &str, value: impl Into<serde_json::Value>) {
         self.facts.insert(key.to_owned(), value.into());
+    }
+
+    /// Grades the checks made; the probe's last step.
+    pub fn finish(&mut self, took: std::time::Duration) {
+        self.took_ms = took.as_millis() as u64;
+        if let Some((grade, reasons)) = super::grade::grade(self) {
+            self.grade = Some(grade);
+            self.grade_reasons = reasons;
+        }
     }
 
     /// The worst verdict.
@@ -168,6 +184,18 @@ impl Report {
             2 => paint("31", "errors"),
             _ => paint("31", "could not connect"),
         };
+        if let Some(g) = self.grade {
+            let colour = match g {
+                super::grade::Grade::APlus | super::grade::Grade::A => "32",
+                super::grade::Grade::AMinus | super::grade::Grade::B => "33",
+                _ => "31",
+            };
+            out.push_str(&format!("grade: {}", paint(colour, g.as_str())));
+            if !self.grade_reasons.is_empty() {
+                out.push_str(&format!(" ({})", self.grade_reasons.join("; ")));
+            }
+            out.push('\n');
+        }
         out.push_str(&format!("result: {verdict} ({} ms)\n", self.took_ms));
         out
     }

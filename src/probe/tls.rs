@@ -15,7 +15,9 @@ use super::report::{Check, Report};
 use super::{Options, Target};
 use crate::tls::certs::{leaf_info, unix_now, KeyKind};
 
-/// Certificates expiring within this many days are flagged.
+/// Certificates expiring within this many days are flagged, or within the last third of
+/// their lifetime when that is shorter (short-lived certificates are renewed at two thirds,
+/// as ACME clients do).
 const EXPIRING_SOON_DAYS: i64 = 14;
 
 /// Keeps what the server sent; accepts it (the verdict comes from [`verify`]).
@@ -312,6 +314,7 @@ fn certificate_checks(
     // Validity period.
     let now = unix_now();
     let days_left = (info.not_after - now).div_euclid(86_400);
+    let soon = (EXPIRING_SOON_DAYS * 86_400).min((info.not_after - info.not_before) / 3);
     if info.not_after <= now {
         report.push(
             Check::error("cert.expiry", format!("certificate expired {} ({} days ago)", crate::tls::certs::fmt_time(info.not_after), -days_left))
@@ -326,7 +329,7 @@ fn certificate_checks(
                 .cause("the certificate was issued for the future, or this machine's or the server's clock is wrong")
                 .fix("check both clocks (timedatectl), or install a certificate valid now"),
         );
-    } else if days_left < EXPIRING_SOON_DAYS {
+    } else if info.not_after - now < soon {
         report.push(
             Check::warning(
                 "cert.expiry",
@@ -378,10 +381,16 @@ fn certificate_checks(
         _ => String::new(),
     });
     match verdict {
-        Ok(_) => report.push(Check::ok(
-            "cert.trust",
-            format!("chain verifies to a trusted root ({} certificates sent; issuer: {})", chain.len(), info.issuer),
-        )),
+        Ok(_) => {
+            report.push(Check::ok(
+                "cert.trust",
+                format!("chain verifies to a trusted root ({} certificates sent; issuer: {})", chain.len(), info.issuer),
+            ));
+            report.push(Check::ok(
+                "cert.name",
+                format!("the certificate covers {host}"),
+            ));
+        }
         Err(rustls::Error::InvalidCertificate(e)) => match e {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 report.push(

@@ -111,9 +111,10 @@ pub async fn probe(target: &str, args: &[&str]) -> (i32, Value) {
         .arg("--json")
         .arg("--ca")
         .arg(&root)
-        .arg("--timeout")
-        .arg("3s")
         .args(args);
+    if !args.contains(&"--timeout") {
+        cmd.args(["--timeout", "3s"]);
+    }
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
