@@ -142,9 +142,11 @@ impl Scan {
     fn ciphers(&self, report: &mut Report) {
         let mut fact = Map::new();
         let mut lines = Vec::new();
+        let mut counts = Vec::new();
         for (v, list) in &self.suites {
             let names: Vec<String> = list.iter().map(|s| suites::suite_name(*s)).collect();
             lines.push(format!("{}: {}", v.name(), names.join(", ")));
+            counts.push(format!("{}: {}", v.name(), names.len()));
             fact.insert(v.name().to_owned(), json!(names));
         }
         report.fact("ciphers", fact);
@@ -213,10 +215,11 @@ impl Scan {
                 lines.join("; ")
             )
         } else {
+            // The weak ones are named; every list is in the `ciphers` fact.
             format!(
-                "cipher suites: {} ({})",
+                "cipher suites: {} (accepted: {})",
                 problems.join("; "),
-                lines.join("; ")
+                counts.join(", ")
             )
         };
         if !self.incomplete.is_empty() {
