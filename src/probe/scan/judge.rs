@@ -390,3 +390,135 @@ fn list_or_none(names: &[&str]) -> String {
         names.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::reply::ServerHello;
+    use super::*;
+
+    /// A scan that found `versions` accepted with `suites` each (the rest refused by alert).
+    fn scan(found: &[(Version, &[u16])]) -> Scan {
+        let mut s = Scan::default();
+        for v in Version::ALL {
+            s.answers.insert(v, Answer::Alert(70));
+        }
+        for (v, list) in found {
+            s.answers.insert(
+                *v,
+                Answer::Hello(ServerHello {
+                    version: v.wire(),
+                    suite: list[0],
+                    group: None,
+                    retry: false,
+                }),
+            );
+            s.suites.insert(*v, list.to_vec());
+        }
+        s
+    }
+
+    fn judged(s: &Scan) -> Report {
+        let mut r = Report::new("example.com:443".into());
+        s.report(&mut r);
+        r
+    }
+
+    fn verdict(r: &Report, id: &str) -> Verdict {
+        r.checks
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap_or_else(|| panic!("no {id}: {r:?}"))
+            .verdict
+    }
+
+    const MODERN12: &[u16] = &[0xc02f, 0xc030];
+    const MODERN13: &[u16] = &[0x1301, 0x1302];
+
+    #[test]
+    fn legacy_versions_are_flagged_by_how_bad_they_are() {
+        let r = judged(&scan(&[
+            (Version::Ssl3, &[0x002f]),
+            (Version::Tls12, MODERN12),
+            (Version::Tls13, MODERN13),
+        ]));
+        assert_eq!(verdict(&r, "tls.versions"), Verdict::Error);
+        assert!(r.checks[0].cause.as_deref().unwrap().contains("POODLE"));
+
+        let r = judged(&scan(&[
+            (Version::Tls11, &[0xc013]),
+            (Version::Tls12, MODERN12),
+            (Version::Tls13, MODERN13),
+        ]));
+        assert_eq!(verdict(&r, "tls.versions"), Verdict::Warning);
+        assert_eq!(
+            r.facts["versions_accepted"],
+            json!(["TLSv1.1", "TLSv1.2", "TLSv1.3"])
+        );
+
+        let r = judged(&scan(&[
+            (Version::Tls12, MODERN12),
+            (Version::Tls13, MODERN13),
+        ]));
+        assert_eq!(verdict(&r, "tls.versions"), Verdict::Ok);
+        assert_eq!(verdict(&r, "tls.ciphers"), Verdict::Ok);
+    }
+
+    #[test]
+    fn broken_suites_are_errors_and_strong_ones_with_cbc_warnings() {
+        // RC4 and 3DES beside good suites: errors, named.
+        let r = judged(&scan(&[
+            (Version::Tls12, &[0xc02f, 0x0005, 0x000a]),
+            (Version::Tls13, MODERN13),
+        ]));
+        let c = r.checks.iter().find(|c| c.id == "tls.ciphers").unwrap();
+        assert_eq!(c.verdict, Verdict::Error);
+        assert!(
+            c.summary.contains("RC4: TLS_RSA_WITH_RC4_128_SHA"),
+            "{}",
+            c.summary
+        );
+        assert!(
+            c.summary
+                .contains("3DES (Sweet32): TLS_RSA_WITH_3DES_EDE_CBC_SHA"),
+            "{}",
+            c.summary
+        );
+        // Chrome still has a suite: not a mismatch.
+        assert_eq!(c.browser_error, None);
+
+        // ECDHE with CBC: a warning.
+        let r = judged(&scan(&[(Version::Tls12, &[0xc02f, 0xc013])]));
+        assert_eq!(verdict(&r, "tls.ciphers"), Verdict::Warning);
+    }
+
+    #[test]
+    fn client_order_is_a_warning_only_with_weak_suites() {
+        let mut s = scan(&[
+            (Version::Tls12, &[0xc02f, 0x002f]),
+            (Version::Tls13, MODERN13),
+        ]);
+        s.preference.insert(Version::Tls12, false);
+        s.preference.insert(Version::Tls13, false);
+        let r = judged(&s);
+        assert_eq!(verdict(&r, "tls.preference"), Verdict::Warning);
+        assert_eq!(r.facts["server_preference"], false);
+
+        let mut s = scan(&[(Version::Tls12, MODERN12), (Version::Tls13, MODERN13)]);
+        s.preference.insert(Version::Tls12, false);
+        assert_eq!(verdict(&judged(&s), "tls.preference"), Verdict::Ok);
+    }
+
+    #[test]
+    fn unanswered_questions_are_not_taken_for_refusals() {
+        let mut s = scan(&[(Version::Tls12, MODERN12), (Version::Tls13, MODERN13)]);
+        s.answers.insert(Version::Tls10, Answer::TimedOut);
+        let r = judged(&s);
+        let c = r.checks.iter().find(|c| c.id == "tls.versions").unwrap();
+        assert_eq!(c.verdict, Verdict::Warning);
+        assert!(
+            c.summary.contains("not tested (no answer): TLSv1.0"),
+            "{}",
+            c.summary
+        );
+    }
+}
