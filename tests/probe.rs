@@ -432,7 +432,7 @@ async fn every_site_of_a_config_is_probed_and_wildcards_are_listed_as_not_probed
         "{text}"
     );
     assert!(text.contains("not probed: *.example.test"), "{text}");
-    assert!(text.contains("grade: A (no HSTS"), "{text}");
+    assert!(text.contains("grade: A\n    capped by: no HSTS"), "{text}");
 
     // A config that does not load is one clear error and exit code 3.
     let broken = srv.env.write("broken.toml", "[listen]\nhttps = 5\n");

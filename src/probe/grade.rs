@@ -131,8 +131,12 @@ pub const RULES: &[Rule] = &[
         cap: Grade::AMinus,
         when: "any warning about TLS or the certificate: CBC suites, no server preference, chain out of order, expiring soon, no OCSP staple, no session resumption, no HTTP/2",
         applies: |r| {
+            // Not `cert.revocation`: an OCSP responder that cannot be reached is the CA's.
             warnings(r, |id| {
-                id == "alpn" || id.starts_with("tls") || id == "cert" || id.starts_with("cert.")
+                id == "alpn"
+                    || id.starts_with("tls")
+                    || id == "cert"
+                    || id.starts_with("cert.") && id != "cert.revocation"
             })
         },
     },
@@ -147,7 +151,7 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         cap: Grade::A,
-        when: "any other warning: security headers, port 80, HTTP/3 advertised but not served, passive mixed content",
+        when: "any other warning: security headers, port 80, HTTP/3 advertised but not served, passive mixed content, an OCSP responder that cannot be reached",
         applies: |r| r.checks.iter().any(|c| c.verdict == Verdict::Warning),
     },
 ];

@@ -15,10 +15,57 @@ pub(super) const MAX_REDIRECTS: usize = 20;
 /// HSTS max-age browsers' preload list asks for (one year).
 const HSTS_YEAR: u64 = 31_536_000;
 
-/// One response: status and headers (the body is drained).
+/// HTML bodies are kept up to this size for the page's checks (mixed content); the rest is
+/// not read.
+pub(super) const MAX_PAGE: usize = 2 * 1024 * 1024;
+
+/// One response: status, headers, and the body when it is HTML (other bodies are read up to
+/// [`MAX_PAGE`] and dropped).
 pub(super) struct Answer {
     pub status: StatusCode,
     pub headers: http::HeaderMap,
+    /// The first [`MAX_PAGE`] bytes of a `text/html` body.
+    pub html: Option<Bytes>,
+    /// The body was longer than [`MAX_PAGE`].
+    pub truncated: bool,
+}
+
+/// Whether `headers` announce an HTML body.
+fn is_html(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/html"))
+}
+
+/// Reads a response's body up to [`MAX_PAGE`]: kept when `keep`, dropped otherwise. An error
+/// mid-body ends it (what arrived is judged).
+async fn read_body(parts: http::response::Parts, mut body: hyper::body::Incoming) -> Answer {
+    let keep = is_html(&parts.headers);
+    let mut buf = bytes::BytesMut::new();
+    let mut read = 0usize;
+    let mut truncated = false;
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if keep {
+            let room = MAX_PAGE.saturating_sub(buf.len());
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        read += data.len();
+        if read > MAX_PAGE {
+            truncated = true;
+            break;
+        }
+    }
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        html: keep.then(|| buf.freeze()),
+        truncated,
+    }
 }
 
 /// Sends `GET path` for `host` over an established TLS stream.
@@ -58,11 +105,7 @@ where
                 .await
                 .map_err(|e| format!("HTTP/2: {e}"))?;
             let (parts, body) = resp.into_parts();
-            let _ = body.collect().await;
-            Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-            })
+            Ok(read_body(parts, body).await)
         } else {
             let (mut send, conn) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -79,11 +122,7 @@ where
                 .await
                 .map_err(|e| format!("HTTP/1.1: {e}"))?;
             let (parts, body) = resp.into_parts();
-            let _ = body.collect().await;
-            Ok(Answer {
-                status: parts.status,
-                headers: parts.headers,
-            })
+            Ok(read_body(parts, body).await)
         }
     };
     tokio::time::timeout(opts.timeout, work)

@@ -5,10 +5,12 @@
 //! The steps run in the order a browser takes them and stop where a browser would: nothing
 //! after a refused connection, no certificate checks without a handshake.
 
+mod content;
 mod extra;
 pub mod grade;
 mod http;
 pub mod report;
+mod revocation;
 mod scan;
 pub mod sites;
 mod tls;
@@ -154,8 +156,11 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
     });
     step("TLS handshake");
     let session = tls::probe(tcp, target, sni.as_deref(), opts, report).await;
-    let scan_at = report.checks.len();
+    let mut scan_at = report.checks.len();
     if let Some(session) = session {
+        step("revocation");
+        revocation::checks(&session.chain, &session.ocsp, opts, report).await;
+        scan_at = report.checks.len();
         step("the page");
         let alt_svc = http_checks(session.established, target, opts, report).await;
         // After the page was read: the first connection's session ticket has arrived.
@@ -392,6 +397,7 @@ async fn http_checks(
             ),
         ));
     }
+    content::mixed_content(&answer, chain.last().map_or("", |u| u.as_str()), report);
     alt_svc
 }
 

@@ -190,11 +190,10 @@ impl Report {
                 super::grade::Grade::AMinus | super::grade::Grade::B => "33",
                 _ => "31",
             };
-            out.push_str(&format!("grade: {}", paint(colour, g.as_str())));
-            if !self.grade_reasons.is_empty() {
-                out.push_str(&format!(" ({})", self.grade_reasons.join("; ")));
+            out.push_str(&format!("grade: {}\n", paint(colour, g.as_str())));
+            for reason in &self.grade_reasons {
+                out.push_str(&format!("    capped by: {reason}\n"));
             }
-            out.push('\n');
         }
         out.push_str(&format!("result: {verdict} ({} ms)\n", self.took_ms));
         out

@@ -24,6 +24,8 @@ const EXPIRING_SOON_DAYS: i64 = 14;
 #[derive(Debug)]
 struct Keep {
     chain: Mutex<Vec<CertificateDer<'static>>>,
+    /// The stapled OCSP response (empty: none).
+    ocsp: Mutex<Vec<u8>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -33,13 +35,16 @@ impl ServerCertVerifier for Keep {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
+        ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let mut chain = vec![end_entity.clone().into_owned()];
         chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
         if let Ok(mut c) = self.chain.lock() {
             *c = chain;
+        }
+        if let Ok(mut o) = self.ocsp.lock() {
+            *o = ocsp.to_vec();
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -87,6 +92,9 @@ pub(super) struct Session {
     pub established: Established,
     pub config: Arc<rustls::ClientConfig>,
     pub name: ServerName<'static>,
+    /// The chain as sent (leaf first) and the stapled OCSP response (empty: none).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub ocsp: Vec<u8>,
 }
 
 /// A verifier that accepts any chain (for connections whose chain is judged elsewhere).
@@ -110,6 +118,7 @@ fn client(keep: Arc<Keep>) -> Result<rustls::ClientConfig, String> {
 fn keeper() -> Arc<Keep> {
     Arc::new(Keep {
         chain: Mutex::new(Vec::new()),
+        ocsp: Mutex::new(Vec::new()),
         provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
     })
 }
@@ -227,11 +236,14 @@ pub(super) async fn probe(
     }
     let chain = keep.chain.lock().map(|c| c.clone()).unwrap_or_default();
     certificate_checks(&chain, &name, sni, opts, report);
+    let ocsp = keep.ocsp.lock().map(|o| o.clone()).unwrap_or_default();
     let h2 = alpn.as_deref() == Some("h2");
     Some(Session {
         established: (stream, h2),
         config,
         name,
+        chain,
+        ocsp,
     })
 }
 

@@ -27,6 +27,8 @@ use x509_parser::x509::AlgorithmIdentifier;
 const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
 const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
 const ID_PKIX_OCSP_BASIC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.48.1.1");
+/// The SignedCertificateTimestampList extension of a single OCSP response (RFC 6962 §3.3).
+const ID_OCSP_SCT_LIST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11129.2.4.5");
 /// id-pe-tlsfeature (RFC 7633); its value lists `status_request` (5) for Must-Staple.
 const OID_TLS_FEATURE: &str = "1.3.6.1.5.5.7.1.24";
 /// id-kp-OCSPSigning, required of a delegated responder certificate.
@@ -75,6 +77,9 @@ pub struct Verified {
     pub this_update: i64,
     /// `nextUpdate`, or `thisUpdate` + [`NO_NEXT_UPDATE_VALIDITY`] when absent.
     pub next_update: i64,
+    /// The single response's Certificate Transparency extension (RFC 6962 §3.3,
+    /// 1.3.6.1.4.1.11129.2.4.5), as its DER OCTET STRING: SCTs delivered with the staple.
+    pub sct_list: Option<Vec<u8>>,
 }
 
 impl Verified {
@@ -365,10 +370,17 @@ pub fn verify(
         },
         CertStatus::Unknown(_) => CertState::Unknown,
     };
+    let sct_list = single
+        .single_extensions
+        .iter()
+        .flatten()
+        .find(|e| e.extn_id == ID_OCSP_SCT_LIST)
+        .map(|e| e.extn_value.as_bytes().to_vec());
     Ok(Verified {
         state,
         this_update,
         next_update,
+        sct_list,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod acme_proxy;
 pub mod backends;
 pub mod browser;
 pub mod h3client;
+pub mod ocsp;
 pub mod pebble;
 pub mod probe;
 
@@ -271,6 +272,18 @@ impl Pki {
         self.issue_with(
             names,
             alg,
+            now - time::Duration::days(1),
+            now + time::Duration::days(90),
+            exts,
+        )
+    }
+
+    /// A 90-day ECDSA leaf for `names` with extra extensions (e.g. an SCT list).
+    pub fn leaf_with_extensions(&self, names: &[&str], exts: Vec<rcgen::CustomExtension>) -> Leaf {
+        let now = time::OffsetDateTime::now_utc();
+        self.issue_with(
+            names,
+            Alg::Ecdsa,
             now - time::Duration::days(1),
             now + time::Duration::days(90),
             exts,

@@ -36,6 +36,18 @@ pub async fn tls_server_page(
     body: &str,
     resumption: bool,
 ) -> SocketAddr {
+    tls_server_stapling(chain_pem, key_pem, headers, body, resumption, Vec::new()).await
+}
+
+/// [`tls_server_page`] stapling `ocsp` (a DER OCSP response; empty: none) to every handshake.
+pub async fn tls_server_stapling(
+    chain_pem: &str,
+    key_pem: &str,
+    headers: &[(&'static str, String)],
+    body: &str,
+    resumption: bool,
+    ocsp: Vec<u8>,
+) -> SocketAddr {
     let body = bytes::Bytes::from(body.to_owned());
     let headers: Arc<Vec<(&'static str, String)>> = Arc::new(headers.to_vec());
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
@@ -46,7 +58,7 @@ pub async fn tls_server_page(
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert_with_ocsp(chain, key, ocsp)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if !resumption {
