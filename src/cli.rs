@@ -85,6 +85,14 @@ struct ProbeArgs {
     /// is on port 443).
     #[arg(long, value_name = "PORT")]
     http_port: Option<u16>,
+    /// Look names up at these nameservers (UDP and TCP; port 53 unless given) instead of the
+    /// system's (/etc/resolv.conf); repeatable or comma-separated.
+    #[arg(long, value_name = "ADDR[:PORT]", value_delimiter = ',', value_parser = crate::probe::dns::parse_nameserver)]
+    dns: Vec<SocketAddr>,
+    /// The ACME CA whose issuance the CAA records must allow: "production", "staging" (Let's
+    /// Encrypt) or a directory URL, as acme.ca in the config (default: production).
+    #[arg(long, value_name = "URL", value_parser = crate::probe::readiness::parse_directory)]
+    acme_ca: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -201,6 +209,8 @@ fn probe(a: ProbeArgs) -> i32 {
         timeout: a.timeout.into(),
         http_port: a.http_port,
         progress: !a.json && std::io::stderr().is_terminal(),
+        dns: a.dns,
+        acme_directory: a.acme_ca,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -432,6 +432,8 @@ async fn every_site_of_a_config_is_probed_and_wildcards_are_listed_as_not_probed
         "{text}"
     );
     assert!(text.contains("not probed: *.example.test"), "{text}");
+    // Piped: no colour codes (and the progress line is for terminals only).
+    assert!(!text.contains('\x1b'), "{text:?}");
     assert!(text.contains("grade: A\n    capped by: no HSTS"), "{text}");
 
     // A config that does not load is one clear error and exit code 3.
@@ -463,4 +465,48 @@ async fn a_local_ca_site_is_checked_against_the_local_ca_without_ca() {
     check(report, "cert.trust", "ok");
     assert_eq!(report["grade"], "A+", "{r:#}");
     assert_eq!(out.status.code(), Some(0), "{r:#}");
+}
+
+#[tokio::test]
+async fn both_address_families_are_checked_once_one_answers() {
+    let p = pki();
+    let leaf = p.leaf(&["localhost"], Alg::Ecdsa);
+    let v4 = tls_server(&p.chain_pem(&leaf), &leaf.key_pem).await;
+    // `localhost` has both ::1 and 127.0.0.1 (hosts file): first the IPv6 side refuses.
+    let (code, r) = probe(&format!("https://localhost:{}", v4.port()), &[]).await;
+    assert_eq!(code, 1, "{r:#}");
+    let tcp = checks(&r, "tcp");
+    assert_eq!(tcp.len(), 2, "{r:#}");
+    let refused = tcp
+        .iter()
+        .find(|c| c["summary"].as_str().unwrap().contains("[::1]"))
+        .unwrap();
+    assert_eq!(refused["verdict"], "warning", "{r:#}");
+    assert_eq!(refused["browser_error"], "ERR_CONNECTION_REFUSED");
+    // Then the server answers on ::1 at that port too (relayed): both families open.
+    let v6 = tokio::net::TcpListener::bind(("::1", v4.port()))
+        .await
+        .expect("IPv6 loopback (::1) is needed for this test");
+    let relay = tokio::spawn(async move {
+        while let Ok((mut client, _)) = v6.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(v4).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let (code, r) = probe(&format!("https://localhost:{}", v4.port()), &[]).await;
+    let tcp = checks(&r, "tcp");
+    assert!(
+        tcp.iter().all(|c| c["verdict"] == "ok") && tcp.len() == 2,
+        "{r:#}"
+    );
+    assert!(
+        tcp.iter()
+            .any(|c| c["summary"].as_str().unwrap().contains("open too")),
+        "{r:#}"
+    );
+    assert_eq!(code, 0, "{r:#}");
+    relay.abort();
 }

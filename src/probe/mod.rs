@@ -6,9 +6,12 @@
 //! after a refused connection, no certificate checks without a handshake.
 
 mod content;
+pub mod dns;
+mod early_data;
 mod extra;
 pub mod grade;
 mod http;
+pub mod readiness;
 pub mod report;
 mod revocation;
 mod scan;
@@ -73,6 +76,11 @@ pub struct Options {
     pub http_port: Option<u16>,
     /// Show what runs on a progress line (stderr, a terminal).
     pub progress: bool,
+    /// Nameservers for every lookup (`--dns`) instead of the system's resolver settings.
+    pub dns: Vec<SocketAddr>,
+    /// The ACME directory whose CA the CAA records must allow (default: portcullis's
+    /// default, Let's Encrypt production).
+    pub acme_directory: Option<String>,
 }
 
 /// A parsed target.
@@ -136,7 +144,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
         }
     };
     step("resolving the name");
-    let Some(addrs) = resolve(target, opts, report).await else {
+    let resolver = dns::resolver(opts);
+    let Some(addrs) = resolve(target, opts, &resolver, report).await else {
         report.unreachable = true;
         return;
     };
@@ -162,10 +171,12 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
         revocation::checks(&session.chain, &session.ocsp, opts, report).await;
         scan_at = report.checks.len();
         step("the page");
-        let alt_svc = http_checks(session.established, target, opts, report).await;
+        let alt_svc = http_checks(session.established, target, opts, &resolver, report).await;
         // After the page was read: the first connection's session ticket has arrived.
         step("session resumption");
         extra::resumption(session.config, addr, session.name, opts, report).await;
+        step("0-RTT");
+        early_data::check(addr, sni.as_deref(), target, opts, report).await;
         let http_port = opts.http_port.or((target.port == 443).then_some(80));
         if let Some(port) = http_port {
             step("plain HTTP");
@@ -182,6 +193,8 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
     // after the handshake's.
     step("protocol versions, cipher suites and groups");
     scan::run(addr, sni.as_deref(), opts, report, scan_at).await;
+    step("readiness for automatic certificates");
+    readiness::acme(target, addr, opts, &resolver, report).await;
 }
 
 /// The plain-HTTP port: it should redirect to the same URL over HTTPS.
@@ -290,6 +303,7 @@ async fn http_checks(
     first: tls::Established,
     target: &Target,
     opts: &Options,
+    resolver: &dns::Resolver,
     report: &mut Report,
 ) -> Option<String> {
     let (stream, h2) = first;
@@ -358,14 +372,11 @@ async fn http_checks(
         chain.push(next.clone());
         let Ok(t) = Target::parse(&next) else { break };
         let addr = match (opts.ip, t.host == target.host) {
-            (Some(ip), true) => Some(SocketAddr::new(ip, t.port)),
-            _ => tokio::net::lookup_host((t.host.as_str(), t.port))
-                .await
-                .ok()
-                .and_then(|mut a| a.next()),
+            (Some(ip), true) => Ok(SocketAddr::new(ip, t.port)),
+            _ => dns::first_address(resolver, &t.host, t.port, opts).await,
         };
         let hop = async {
-            let addr = addr.ok_or_else(|| format!("{} does not resolve", t.host))?;
+            let addr = addr?;
             let tcp = tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr))
                 .await
                 .map_err(|_| format!("{addr}: no answer"))?
@@ -403,7 +414,12 @@ async fn http_checks(
 
 /// The addresses to try: `--ip`, an IP literal, or the name's A and AAAA records (with the
 /// system's resolver settings and hosts file).
-async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option<Vec<SocketAddr>> {
+async fn resolve(
+    target: &Target,
+    opts: &Options,
+    resolver: &dns::Resolver,
+    report: &mut Report,
+) -> Option<Vec<SocketAddr>> {
     if let Some(ip) = opts.ip {
         report.push(Check::ok("dns", format!("connecting to {ip} (--ip)")));
         return Some(vec![SocketAddr::new(ip, target.port)]);
@@ -411,12 +427,12 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Some(vec![SocketAddr::new(ip, target.port)]);
     }
-    let resolver = match hickory_resolver::TokioResolver::builder_tokio().and_then(|b| b.build()) {
+    let resolver = match resolver {
         Ok(r) => r,
         Err(e) => {
             report.push(
-                Check::error("dns", format!("cannot read the system's DNS settings: {e}"))
-                    .fix("check /etc/resolv.conf, or give the address with --ip"),
+                Check::error("dns", e.clone())
+                    .fix("check /etc/resolv.conf, give nameservers with --dns, or give the address with --ip"),
             );
             return None;
         }
@@ -443,7 +459,10 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
                     ),
                 )
                 .browser("DNS_PROBE_FINISHED_NO_INTERNET")
-                .fix("check the resolver in /etc/resolv.conf, or give the address with --ip"),
+                .fix(format!(
+                    "check the resolver ({}), or give the address with --ip",
+                    dns::source(opts)
+                )),
             );
             return None;
         }
@@ -470,49 +489,92 @@ async fn resolve(target: &Target, opts: &Options, report: &mut Report) -> Option
     )
 }
 
-/// Connects to the first address that answers; one check per address tried.
+/// Connects to the first address that answers; one check per address tried. Once one
+/// answers, the remaining addresses of the other family (IPv6 when it was IPv4, and the other
+/// way round) are tried too: clients that prefer that family meet them first.
 async fn connect(
     addrs: &[SocketAddr],
     opts: &Options,
     report: &mut Report,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-    let first = report.checks.len();
-    for &addr in addrs {
+    let mut failed: Vec<Check> = Vec::new();
+    for (i, &addr) in addrs.iter().enumerate() {
         let t = Instant::now();
-        match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => {
+        match tcp(addr, opts).await {
+            Ok(stream) => {
                 // Addresses that failed before this one cost browsers time (they fall back),
                 // not the connection: warnings.
-                for c in &mut report.checks[first..] {
+                for mut c in failed {
                     c.verdict = report::Verdict::Warning;
-                    c.summary.push_str(" (browsers fall back to the next address, after a delay)");
+                    c.summary
+                        .push_str(" (browsers fall back to the next address, after a delay)");
+                    report.push(c);
                 }
                 report.push(Check::ok(
                     "tcp",
                     format!("TCP {addr}: open ({} ms)", t.elapsed().as_millis()),
                 ));
-                return Some((tcp, addr));
+                let others: Vec<SocketAddr> = addrs[i + 1..]
+                    .iter()
+                    .filter(|a| a.is_ipv4() != addr.is_ipv4())
+                    .copied()
+                    .collect();
+                let mut tries = tokio::task::JoinSet::new();
+                for &other in &others {
+                    let opts = opts.clone();
+                    tries.spawn(async move { (other, tcp(other, &opts).await) });
+                }
+                let mut answers = tries.join_all().await;
+                answers.sort_by_key(|(a, _)| others.iter().position(|o| o == a));
+                for (other, answer) in answers {
+                    let family = if other.is_ipv4() { "IPv4" } else { "IPv6" };
+                    match answer {
+                        Ok(_) => report.push(Check::ok(
+                            "tcp",
+                            format!("TCP {other}: open too ({family})"),
+                        )),
+                        Err(mut c) => {
+                            c.verdict = report::Verdict::Warning;
+                            c.summary.push_str(&format!(
+                                " ({family} clients that try it first wait, then fall back; some never do)"
+                            ));
+                            report.push(c);
+                        }
+                    }
+                }
+                return Some((stream, addr));
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => report.push(
-                Check::error("tcp", format!("TCP {addr}: connection refused"))
-                    .browser("ERR_CONNECTION_REFUSED")
-                    .cause("nothing listening there: the server is not running, or listens on another port or address")
-                    .fix(format!("start the server, or check that it listens on port {} of {} (ss -ltnp 'sport = :{}')", addr.port(), addr.ip(), addr.port())),
-            ),
-            Ok(Err(e)) => report.push(
-                Check::error("tcp", format!("TCP {addr}: {e}"))
-                    .browser("ERR_CONNECTION_FAILED")
-                    .fix("check the route to the address (ip route get) and the server's network settings"),
-            ),
-            Err(_) => report.push(
-                Check::error("tcp", format!("TCP {addr}: no answer within {:?} (filtered)", opts.timeout))
-                    .browser("ERR_CONNECTION_TIMED_OUT")
-                    .cause("a firewall or security group drops the packets (nothing answers, not even a refusal), or the server's accept queue is full")
-                    .fix(format!("open TCP port {} in the firewall / security group, and check the server is not overloaded", addr.port())),
-            ),
+            Err(c) => failed.push(c),
         }
     }
+    for c in failed {
+        report.push(c);
+    }
     None
+}
+
+/// One TCP connection, or the error check that explains why there is none.
+async fn tcp(addr: SocketAddr, opts: &Options) -> Result<tokio::net::TcpStream, Check> {
+    match tokio::time::timeout(opts.timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(
+            Check::error("tcp", format!("TCP {addr}: connection refused"))
+                .browser("ERR_CONNECTION_REFUSED")
+                .cause("nothing listening there: the server is not running, or listens on another port or address")
+                .fix(format!("start the server, or check that it listens on port {} of {} (ss -ltnp 'sport = :{}')", addr.port(), addr.ip(), addr.port())),
+        ),
+        Ok(Err(e)) => Err(
+            Check::error("tcp", format!("TCP {addr}: {e}"))
+                .browser("ERR_CONNECTION_FAILED")
+                .fix("check the route to the address (ip route get) and the server's network settings"),
+        ),
+        Err(_) => Err(
+            Check::error("tcp", format!("TCP {addr}: no answer within {:?} (filtered)", opts.timeout))
+                .browser("ERR_CONNECTION_TIMED_OUT")
+                .cause("a firewall or security group drops the packets (nothing answers, not even a refusal), or the server's accept queue is full")
+                .fix(format!("open TCP port {} in the firewall / security group, and check the server is not overloaded", addr.port())),
+        ),
+    }
 }
 
 #[cfg(test)]

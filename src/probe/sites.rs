@@ -23,6 +23,8 @@ pub struct SiteProbe {
     /// Trust for it: `--ca`, or the local CA's root for sites it issues for.
     pub ca: Option<PathBuf>,
     pub http_port: Option<u16>,
+    /// The config's ACME directory (`acme.ca`), for the CAA check.
+    pub acme_directory: String,
 }
 
 /// What probing a config found.
@@ -130,6 +132,7 @@ pub fn plan(path: &Path, ca: Option<&Path>) -> Result<(Vec<SiteProbe>, Vec<Strin
                 target: format!("https://{authority}:{port}/"),
                 ca: site_ca.clone(),
                 http_port,
+                acme_directory: config.acme.directory.clone(),
             });
         }
     }
@@ -146,6 +149,7 @@ pub async fn run(path: &Path, base: &Options) -> Result<ConfigReport, String> {
             target: p.target,
             ca: p.ca,
             http_port: p.http_port,
+            acme_directory: base.acme_directory.clone().or(Some(p.acme_directory)),
             ..base.clone()
         };
         let mut report = super::run(&opts).await?;
