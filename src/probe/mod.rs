@@ -14,6 +14,7 @@ mod http;
 pub mod readiness;
 pub mod report;
 mod revocation;
+mod scan;
 pub mod sites;
 mod tls;
 
@@ -163,9 +164,12 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
             .then(|| target.host.clone())
     });
     step("TLS handshake");
-    if let Some(session) = tls::probe(tcp, target, sni.as_deref(), opts, report).await {
+    let session = tls::probe(tcp, target, sni.as_deref(), opts, report).await;
+    let mut scan_at = report.checks.len();
+    if let Some(session) = session {
         step("revocation");
         revocation::checks(&session.chain, &session.ocsp, opts, report).await;
+        scan_at = report.checks.len();
         step("the page");
         let alt_svc = http_checks(session.established, target, opts, &resolver, report).await;
         // After the page was read: the first connection's session ticket has arrived.
@@ -184,6 +188,11 @@ async fn steps(target: &Target, opts: &Options, report: &mut Report) {
             extra::h3_reachable(SocketAddr::new(addr.ip(), port), name, opts, report).await;
         }
     }
+    // Whether or not rustls could shake hands (the scan is what explains a failure); last, when
+    // the other connections are closed (a server may serve one at a time), its checks listed
+    // after the handshake's.
+    step("protocol versions, cipher suites and groups");
+    scan::run(addr, sni.as_deref(), opts, report, scan_at).await;
     step("readiness for automatic certificates");
     readiness::acme(target, addr, opts, &resolver, report).await;
 }
