@@ -275,8 +275,17 @@ fn handshake_failure(e: &std::io::Error) -> Check {
                 ),
                 _ => ("the server refused the handshake", "check the server's TLS configuration and logs"),
             };
+            // Chromium's mapping (net/ssl/openssl_ssl_util.cc): these two alerts are a
+            // version or cipher mismatch, the rest a protocol error.
+            let browser = match a {
+                rustls::AlertDescription::ProtocolVersion
+                | rustls::AlertDescription::InsufficientSecurity => {
+                    "ERR_SSL_VERSION_OR_CIPHER_MISMATCH"
+                }
+                _ => "ERR_SSL_PROTOCOL_ERROR",
+            };
             Check::error("tls", format!("TLS handshake refused by the server: alert {alert}"))
-                .browser("ERR_SSL_PROTOCOL_ERROR")
+                .browser(browser)
                 .cause(cause)
                 .fix(fix)
         }
