@@ -466,3 +466,100 @@ fn tls_with_a_private_ca_and_a_password() {
         "{e}"
     );
 }
+
+#[test]
+fn a_server_with_redis_storage_serves_its_files_and_keeps_staples_in_redis() {
+    use common::ocsp::{Mode, Responder};
+    use std::sync::atomic::Ordering;
+    require_tool("openssl");
+    let env = TestEnv::new();
+    let p = pki();
+    env.write("ca.pem", &p.inter_pem);
+    env.write("ca.key", p.inter_key_pem());
+    let responder = Responder::start(
+        env.dir.path(),
+        &env.path("ca.pem"),
+        (&env.path("ca.pem"), &env.path("ca.key")),
+        60,
+    );
+    env.write_chain("ocsp", &p.leaf_with_ocsp(&[ALPHA], &responder.url, false));
+    let redis = Redis::start(env.dir.path());
+    kek_file(env.dir.path(), "storage.kek");
+    let body = format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"edge:\"\nkey_encryption_key_file = \"storage.kek\"\n\n\
+         [[site]]\nname = \"alpha\"\nhosts = [\"{ALPHA}\"]\ncert = \"certs/ocsp.pem\"\nkey = \"certs/ocsp.key\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        redis.url()
+    );
+    let staple_of = |addr| {
+        let staple = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let opts = ClientOpts {
+            staple: Some(staple.clone()),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { tls_connect(addr, Some(ALPHA), opts.build()).await.unwrap() });
+        let der = staple.lock().unwrap().clone();
+        der
+    };
+
+    let mut server = env.start(&body);
+    // The responder is asked right after start; its answer is stored, then stapled.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cached = loop {
+        if let Some(k) = redis
+            .keys()
+            .into_iter()
+            .find(|k| k.starts_with("edge:ocsp/"))
+        {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no staple in Redis: {:?}",
+            redis.keys()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let staple = loop {
+        let s = staple_of(server.https);
+        if !s.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !staple.is_empty(),
+        "the file certificate is served with a staple"
+    );
+    assert_eq!(redis.get(&cached).unwrap(), staple);
+    let keys = redis.keys();
+    assert!(keys.contains(&"edge:.kek-id".to_string()), "{keys:?}");
+    assert!(
+        !server.env.path("data/ocsp").exists(),
+        "nothing of it in the data directory"
+    );
+
+    // Restarted with the responder down: the staple comes from Redis at once.
+    server.take().shutdown();
+    responder.set_mode(Mode::Down);
+    let hits = responder.hits.load(Ordering::SeqCst);
+    let path = server.env.path("portcullis.toml");
+    let (config, _) = server.env.load(&path).unwrap();
+    let again = portcullis::server::Server::start(config).unwrap();
+    assert_eq!(staple_of(again.https_addrs()[0]), staple);
+    assert_eq!(responder.hits.load(Ordering::SeqCst), hits);
+    again.shutdown();
+
+    // Redis unreachable at start: the server does not start, and says why.
+    drop(redis);
+    let (config, _) = server.env.load(&path).unwrap();
+    let e = match portcullis::server::Server::start(config) {
+        Ok(_) => panic!("started without its storage"),
+        Err(e) => e,
+    };
+    assert!(e.contains("[storage]") && e.contains("refused"), "{e}");
+}
