@@ -563,3 +563,74 @@ fn a_server_with_redis_storage_serves_its_files_and_keeps_staples_in_redis() {
     };
     assert!(e.contains("[storage]") && e.contains("refused"), "{e}");
 }
+
+#[test]
+fn acme_state_goes_to_redis_with_private_keys_encrypted() {
+    use common::pebble::*;
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
+    let redis = Redis::start(env.dir.path());
+    kek_file(env.dir.path(), "storage.kek");
+    let config = format!(
+        "{}\n[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"storage.kek\"\n",
+        pebbled_config(1, http_port, &pebble.directory, &test_ca, ""),
+        redis.url()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !curl_localhost(&root, port).status.success() {
+        assert!(Instant::now() < deadline, "no certificate after 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.shutdown();
+
+    let keys = redis.keys();
+    let find = |suffix: &str| {
+        keys.iter()
+            .find(|k| k.starts_with("portcullis:") && k.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix} in Redis: {keys:?}"))
+            .clone()
+    };
+    let chain = redis.get(&find("/chain.pem")).unwrap();
+    assert!(chain.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    for secret in [find("/key.pem"), find("/account.json")] {
+        let raw = redis.get(&secret).unwrap();
+        assert!(
+            !raw.windows(11).any(|w| w == b"PRIVATE KEY") && !raw.windows(5).any(|w| w == b"-----"),
+            "{secret} stored in clear"
+        );
+    }
+    for local in ["data/certs", "data/acme"] {
+        assert!(!env.path(local).exists(), "{local} written");
+    }
+
+    // The CLI reads the same store, and a restart serves the stored certificate at once.
+    let out = run_with_timeout(
+        Command::new(bin()).args(["certs", "--config"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pebbled: ACME") && stdout.contains("renews"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("restart");
+    let out = curl_localhost(&root, server.https_addrs()[0].port());
+    assert!(
+        out.status.success(),
+        "stored certificate not served right after restart: {}",
+        text(&out.stderr)
+    );
+    server.shutdown();
+}
