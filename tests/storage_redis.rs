@@ -16,7 +16,7 @@ use common::*;
 use portcullis::config::admin::Token;
 use portcullis::config::storage::RedisSettings;
 use portcullis::storage::crypt::Kek;
-use portcullis::storage::{RedisLock, RedisStorage, Storage};
+use portcullis::storage::{FileStorage, RedisLock, RedisStorage, Storage};
 
 const KEY_PEM: &[u8] = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
 
@@ -52,12 +52,8 @@ fn open_err(s: RedisSettings) -> String {
     }
 }
 
-#[test]
-fn store_load_list_delete_as_with_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start(dir.path());
-    let kek = kek_file(dir.path(), "kek");
-    let s = open(&redis, "portcullis:", Some(&kek));
+/// What every [`Storage`] does, files or Redis.
+fn contract(s: &dyn Storage) {
     assert_eq!(s.load("certs/a.example/cert.pem").unwrap(), None);
     s.store("certs/a.example/cert.pem", b"CERT", false).unwrap();
     s.store("certs/a.example/key.pem", KEY_PEM, true).unwrap();
@@ -85,9 +81,7 @@ fn store_load_list_delete_as_with_files() {
         vec!["certs/*.b.example/cert.pem"],
         "'*' in a key is matched literally"
     );
-    // The whole store: the bookkeeping (`.kek-id`, locks) is not listed.
-    let _lock = s.try_lock("order/a.example").unwrap().unwrap();
-    assert_eq!(s.list("").unwrap().len(), 4, "{:?}", s.list(""));
+    assert_eq!(s.list("nothing").unwrap(), Vec::<String>::new());
     s.store("certs/a.example/cert.pem", b"NEW", false).unwrap();
     assert_eq!(
         s.load("certs/a.example/cert.pem").unwrap().as_deref(),
@@ -96,6 +90,37 @@ fn store_load_list_delete_as_with_files() {
     s.delete("certs/a.example/cert.pem").unwrap();
     s.delete("certs/a.example/cert.pem").unwrap();
     assert_eq!(s.load("certs/a.example/cert.pem").unwrap(), None);
+    // A lock: exclusive, the plain fenced write for its holder, released on drop.
+    let held = s.try_lock("order/a.example").unwrap().expect("free");
+    s.store_fenced(&*held, "certs/a.example/cert.pem", b"FENCED", false)
+        .unwrap();
+    assert_eq!(
+        s.load("certs/a.example/cert.pem").unwrap().as_deref(),
+        Some(&b"FENCED"[..])
+    );
+    drop(held);
+    assert!(s.try_lock("order/a.example").unwrap().is_some());
+}
+
+#[test]
+fn store_load_list_delete_as_with_files() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(&FileStorage::new(dir.path().join("data")));
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let s = open(&redis, "portcullis:", Some(&kek));
+    contract(&s);
+    // The whole store: the bookkeeping (`.kek-id`, locks, fence counters) is not listed.
+    let _lock = s.try_lock("order/b.example").unwrap().unwrap();
+    assert_eq!(
+        s.list("").unwrap(),
+        vec![
+            "certs/*.b.example/cert.pem",
+            "certs/a.example/cert.pem",
+            "certs/a.example/key.pem",
+            "certsx/other"
+        ]
+    );
     assert!(redis.keys().iter().all(|k| k.starts_with("portcullis:")));
 }
 
