@@ -281,6 +281,10 @@ fn a_lock_is_exclusive_across_instances_until_dropped() {
     assert_eq!(b.lock_holders().unwrap().len(), 1);
 }
 
+/// The lease in the expiry tests: short, yet with a second of slack between renewals (every
+/// third of it) and its end, for a loaded machine.
+const TEST_LEASE: Duration = Duration::from_millis(2400);
+
 fn short_lease(redis: &Redis, kek: &Path, lease: Duration) -> RedisStorage {
     let mut s = settings(redis, "portcullis:", Some(kek));
     s.lock_lease = lease;
@@ -292,7 +296,7 @@ fn a_lease_is_renewed_while_held_and_runs_out_when_the_holder_stops() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Redis::start(dir.path());
     let kek = kek_file(dir.path(), "kek");
-    let lease = Duration::from_millis(1500);
+    let lease = TEST_LEASE;
     let a = short_lease(&redis, &kek, lease);
     let b = short_lease(&redis, &kek, lease);
     let old = a.try_lock("order/x").unwrap().unwrap();
@@ -358,7 +362,7 @@ fn lock_holder_child() {
         password: None,
         prefix: "portcullis:".into(),
         kek: Some(Arc::new(Kek::read(Path::new(&kek)).unwrap())),
-        lock_lease: Duration::from_millis(1500),
+        lock_lease: TEST_LEASE,
     })
     .unwrap();
     let lock = s.try_lock("order/killed").unwrap().expect("free");
@@ -394,7 +398,7 @@ fn a_killed_holder_leaves_a_lease_that_expires() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the child took the lock");
     let child_fence: u64 = line["HELD ".len()..].trim().parse().unwrap();
-    let lease = Duration::from_millis(1500);
+    let lease = TEST_LEASE;
     let me = short_lease(&redis, &kek, lease);
     // Alive, the child renews its lease: two leases long, it keeps the lock.
     let until = Instant::now() + lease * 2;
