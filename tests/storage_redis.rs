@@ -351,7 +351,7 @@ fn a_lease_is_renewed_while_held_and_runs_out_when_the_holder_stops() {
 /// Run by [`a_killed_holder_leaves_a_lease_that_expires`] in a child process: takes the lock,
 /// says so on stdout, and holds it until killed.
 #[test]
-#[ignore = "a helper process, started by a_killed_holder_leaves_a_lease_that_expires"]
+#[ignore = "a child process, started by a_killed_holder_leaves_a_lease_that_expires"]
 fn lock_holder_child() {
     let url = std::env::var("LOCK_CHILD_URL").expect("started by its parent test");
     let kek = std::env::var("LOCK_CHILD_KEK").unwrap();
