@@ -931,7 +931,13 @@ fn pins(a: ServeArgs) -> i32 {
     let Some(config) = load_quietly(&a) else {
         return 1;
     };
-    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
+    let storage = match crate::storage::open(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     let mut status = 0;
     for site in cert_holders(&config) {
         println!("{}:", site.label);
@@ -970,7 +976,7 @@ fn pins(a: ServeArgs) -> i32 {
                 }
             }
             SiteCertSource::Acme => {
-                match crate::acme::manager::stored(&storage, &names) {
+                match crate::acme::manager::stored(storage.as_ref(), &names) {
                     Some(c) => println!(
                         "  current {}  ({}, expires {})",
                         c.certified
@@ -983,7 +989,7 @@ fn pins(a: ServeArgs) -> i32 {
                     ),
                     None => println!("  current (no certificate yet)"),
                 }
-                match next_key(&storage, &names, config.acme.key_type)
+                match next_key(storage.as_ref(), &names, config.acme.key_type)
                     .and_then(|pem| key_pin(&pem).map_err(|e| e.to_string()))
                 {
                     Ok(pin) => println!(
@@ -1055,7 +1061,13 @@ fn certs(a: ServeArgs) -> i32 {
             c.info.key
         )
     };
-    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
+    let storage = match crate::storage::open(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
     for site in cert_holders(&config) {
         let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
         match site.certs {
@@ -1078,9 +1090,10 @@ fn certs(a: ServeArgs) -> i32 {
                 );
             }
             SiteCertSource::Acme => {
-                match crate::acme::manager::stored(&storage, &names) {
+                match crate::acme::manager::stored(storage.as_ref(), &names) {
                     Some(c) => {
-                        let (at, basis) = crate::acme::manager::next_renewal(&storage, &names, &c);
+                        let (at, basis) =
+                            crate::acme::manager::next_renewal(storage.as_ref(), &names, &c);
                         println!(
                             "{}: ACME {}: {}, renews {} ({basis})",
                             site.name,
@@ -1096,7 +1109,7 @@ fn certs(a: ServeArgs) -> i32 {
                         names.join(", ")
                     ),
                 }
-                if let Some(st) = crate::acme::manager::status(&storage, &names) {
+                if let Some(st) = crate::acme::manager::status(storage.as_ref(), &names) {
                     if let Some(err) = st.last_error {
                         println!(
                             "{}:   last attempt {} failed: {err}; next try {}",
@@ -1147,8 +1160,14 @@ fn revoke(a: RevokeArgs) -> i32 {
         return 1;
     }
     let names: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
-    let storage = crate::storage::FileStorage::new(config.data_dir.clone());
-    let Some(cert) = crate::acme::manager::stored(&storage, &names) else {
+    let storage = match crate::storage::open(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let Some(cert) = crate::acme::manager::stored(storage.as_ref(), &names) else {
         eprintln!("site {:?}: no stored ACME certificate to revoke", site.name);
         return 1;
     };
@@ -1167,7 +1186,7 @@ fn revoke(a: RevokeArgs) -> i32 {
     };
     let result = rt.block_on(async {
         let client = crate::acme::client::AcmeClient::open_with_eab(
-            &storage,
+            storage.as_ref(),
             &config.acme.directory,
             config.acme.ca_root.as_deref(),
             &config.acme.contact,
@@ -1180,7 +1199,7 @@ fn revoke(a: RevokeArgs) -> i32 {
         Ok(()) => {
             let dir = crate::acme::manager::cert_dir(&names);
             for f in ["chain.pem", "key.pem"] {
-                if let Err(e) = crate::storage::Storage::delete(&storage, &format!("{dir}/{f}")) {
+                if let Err(e) = storage.delete(&format!("{dir}/{f}")) {
                     eprintln!("portcullis: revoked, but cannot remove the stored {f}: {e}");
                 }
             }

@@ -1013,3 +1013,169 @@ fn http3_settings_out_of_range_or_unknown_are_reported_with_their_line() {
         "{msg}"
     );
 }
+
+/// The standard site with a `[storage]` table of `lines`.
+fn with_storage(lines: &str) -> String {
+    format!(
+        "{}\n[storage]\n{lines}\n",
+        site("certs/alpha.pem", "certs/alpha.key", r#"["alpha.test"]"#)
+    )
+}
+
+/// The one problem containing `needle`, checked to start at the line of `at` and to contain
+/// every one of `also`.
+fn storage_problem(env: &TestEnv, lines: &str, at: &str, needle: &str, also: &[&str]) {
+    let text = with_storage(lines);
+    let (path, p) = refused(env, &text, Mode::Check);
+    let msg = find(&p, &[needle]);
+    assert!(
+        msg.starts_with(&loc(&path, line_of(&text, at))),
+        "{msg}\n(expected at the line of {at:?})"
+    );
+    for a in also {
+        assert!(msg.contains(a), "{a:?} missing from: {msg}");
+    }
+}
+
+#[test]
+fn redis_storage_mistakes_are_reported_at_their_lines() {
+    let env = TestEnv::new();
+    env.write("kek", [7u8; 32]);
+    env.write("short.kek", [7u8; 31]);
+    env.write("pw", "redis-password\n");
+    let ok =
+        "kind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\nkey_encryption_key_file = \"kek\"";
+    // The valid table loads (check does not connect to Redis).
+    let path = env.write_config_raw(&with_storage(ok));
+    problems(&path, Mode::Check).expect("a valid [storage] loads");
+    let with = |from: &str, to: &str| ok.replacen(from, to, 1);
+
+    storage_problem(
+        &env,
+        &with("redis://127.0.0.1:6379/0", "127.0.0.1 6379"),
+        "url =",
+        "is not a URL",
+        &["fix: write redis://HOST:PORT/DB"],
+    );
+    storage_problem(
+        &env,
+        &with("redis://127.0.0.1:6379/0", "http://127.0.0.1:6379/"),
+        "url =",
+        "the scheme \"http\" is not redis or rediss",
+        &["fix: write redis://HOST:PORT/DB"],
+    );
+    storage_problem(
+        &env,
+        &with("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/cache"),
+        "url =",
+        "is not a database number",
+        &[],
+    );
+    storage_problem(
+        &env,
+        &with("redis://127.0.0.1", "redis://:hunter2@127.0.0.1"),
+        "url =",
+        "holds a password",
+        &["password_file or password_env"],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\npassword_file = \"no-such.pw\""),
+        "password_file =",
+        "storage.password_file",
+        &["no-such.pw", "cannot read it"],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\npassword_env = \"PORTCULLIS_TEST_UNSET_REDIS_PASSWORD\""),
+        "password_env =",
+        "PORTCULLIS_TEST_UNSET_REDIS_PASSWORD is not set",
+        &["fix:"],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\npassword_file = \"pw\"\npassword_env = \"HOME\""),
+        "password_env =",
+        "both set",
+        &[],
+    );
+    storage_problem(
+        &env,
+        &with("\"kek\"", "\"no-such.kek\""),
+        "key_encryption_key_file =",
+        "storage.key_encryption_key_file",
+        &["no-such.kek", "cannot read it", "head -c 32 /dev/urandom"],
+    );
+    storage_problem(
+        &env,
+        &with("\"kek\"", "\"short.kek\""),
+        "key_encryption_key_file =",
+        "holds 31 bytes, not a 32-byte key",
+        &["short.kek", "head -c 32 /dev/urandom"],
+    );
+    storage_problem(
+        &env,
+        &with("\nkey_encryption_key_file = \"kek\"", ""),
+        "kind =",
+        "without key_encryption_key_file",
+        &["head -c 32 /dev/urandom", "insecure_plaintext_keys = true"],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\nprefix = \"shop\""),
+        "prefix =",
+        "ending with ':'",
+        &[],
+    );
+    storage_problem(
+        &env,
+        "kind = \"file\"\nurl = \"redis://127.0.0.1/0\"",
+        "url =",
+        "storage.url is a Redis setting",
+        &["kind = \"redis\""],
+    );
+    storage_problem(
+        &env,
+        "kind = \"s3\"",
+        "kind =",
+        "is not a kind of storage",
+        &[],
+    );
+    // The explicit waiver stands in for the key.
+    let waived = with(
+        "key_encryption_key_file = \"kek\"",
+        "insecure_plaintext_keys = true",
+    );
+    let path = env.write_config_raw(&with_storage(&waived));
+    problems(&path, Mode::Check).expect("the waiver is accepted");
+    // A password from the environment, when it is set.
+    let path = env.write_config_raw(&with_storage(&format!("{ok}\npassword_env = \"HOME\"")));
+    problems(&path, Mode::Check).expect("a set password_env is accepted");
+}
+
+#[test]
+fn check_reports_redis_storage_mistakes_with_exit_1() {
+    let env = TestEnv::new();
+    let text = with_storage("kind = \"redis\"\nurl = \"redis:/\"\npassword_file = \"gone.pw\"");
+    let path = env.write_config_raw(&text);
+    let out = run_with_timeout(
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("PORTCULLIS_DATA_DIR", env.path("data")),
+        Duration::from_secs(30),
+    );
+    let stderr = text_of(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    for (needle, at) in [
+        ("storage.url", "url ="),
+        ("gone.pw", "password_file ="),
+        ("without key_encryption_key_file", "kind ="),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{stderr}"));
+        assert!(line.starts_with(&loc(&path, line_of(&text, at))), "{line}");
+    }
+}

@@ -657,7 +657,7 @@ async fn obtain(
         .await;
     let renewal = st.current.is_some(); // metrics
     let outcome = match result {
-        Ok(issued) => match store_issued(storage, &names, &issued, true) {
+        Ok(issued) => match store_issued(storage, Some(&*lock), &names, &issued, true) {
             Ok(c) => {
                 // The next key is in service now: pre-generate the one after it.
                 if options.key_pem.as_deref() == Some(issued.key_pem.as_str()) {
@@ -792,10 +792,12 @@ pub fn next_renewal(storage: &dyn Storage, names: &[String], cert: &LoadedCert) 
 }
 
 /// Checks the certificate the CA issued for `names` and stores it (with `keep_previous`, the one
-/// it replaces is kept under `previous/`). A storage failure is logged and the certificate
-/// returned anyway: serving it beats not serving it.
+/// it replaces is kept under `previous/`), through [`Storage::store_fenced`] when taken under
+/// `lock`. A storage failure (a lost lock too) is logged and the certificate returned anyway:
+/// serving it beats not serving it.
 pub fn store_issued(
     storage: &dyn Storage,
+    lock: Option<&dyn crate::storage::StorageLock>,
     names: &[String],
     issued: &super::client::Issued,
     keep_previous: bool,
@@ -818,15 +820,19 @@ pub fn store_issued(
             }
         }
     }
-    let saved = storage
-        .store(&format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true)
-        .and_then(|_| {
-            storage.store(
-                &format!("{dir}/chain.pem"),
-                issued.chain_pem.as_bytes(),
-                false,
-            )
-        });
+    // Under the order lock, the writes are fenced: a holder whose lease ran out while it
+    // ordered does not overwrite what the next holder stored.
+    let store = |key: String, value: &[u8], secret: bool| match lock {
+        Some(lock) => storage.store_fenced(lock, &key, value, secret),
+        None => storage.store(&key, value, secret),
+    };
+    let saved = store(format!("{dir}/key.pem"), issued.key_pem.as_bytes(), true).and_then(|_| {
+        store(
+            format!("{dir}/chain.pem"),
+            issued.chain_pem.as_bytes(),
+            false,
+        )
+    });
     if let Err(e) = saved {
         tracing::error!(dir, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
     }

@@ -355,7 +355,7 @@ impl Issuer {
             )
             .await
             .map_err(|e| e.to_string())?;
-        store_issued(self.storage.as_ref(), names, &issued, false)
+        store_issued(self.storage.as_ref(), None, names, &issued, false)
     }
 
     /// Renews on-demand certificates past two thirds of their lifetime (the old one is served

@@ -13,6 +13,7 @@ pub mod model;
 pub mod proxy;
 pub mod raw;
 pub mod slow;
+pub mod storage;
 pub mod stream;
 pub mod validate;
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub proxy_accept: Option<super::stream::ProxyAccept>,
     /// `[admin]`: metrics, status page, running config, health.
     pub admin: super::admin::AdminSettings,
+    /// `[storage]`: the data directory (default) or Redis.
+    pub storage: super::storage::StorageSettings,
 }
 
 /// On-demand TLS: which names may get a certificate at their first handshake, and the abuse

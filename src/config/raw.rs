@@ -42,6 +42,8 @@ pub struct RawConfig {
     pub streams: Vec<super::stream::RawStream>,
     /// The admin listener (`[admin]`, see `super::admin`).
     pub admin: Option<Spanned<super::admin::RawAdmin>>,
+    /// Where state is kept (`[storage]`, see `super::storage`).
+    pub storage: Option<Spanned<super::storage::RawStorage>>,
 }
 
 /// `[listen]`: socket addresses.

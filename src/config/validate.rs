@@ -178,6 +178,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
     let proxy_accept = super::stream::proxy_accept(&mut cx, raw.listen.proxy_protocol.as_ref());
     let streams = super::stream::streams(&mut cx, raw.streams, &listen);
     let admin = super::admin::admin(&mut cx, raw.admin.as_ref(), source);
+    let storage = super::storage::storage(&mut cx, raw.storage.as_ref());
     let on_demand = raw
         .on_demand
         .as_ref()
@@ -220,6 +221,7 @@ pub fn validate(raw: RawConfig, source: &Source, overrides: &Overrides, mode: Mo
         streams,
         proxy_accept,
         admin,
+        storage,
     };
     Ok((config, cx.problems))
 }

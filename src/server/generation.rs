@@ -14,7 +14,7 @@ use crate::acme::{self};
 use crate::config::model::SiteCertSource;
 use crate::config::Config;
 use crate::http::Frontend;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::stream::StreamService;
 use crate::tls::certs::LoadedCert;
 use crate::tls::local_ca::{self, LocalCa};
@@ -82,7 +82,7 @@ fn build_inner(
         None => None,
     };
     // 2. Certificates: files were loaded by validation; local names get a local-CA leaf.
-    let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(config.data_dir.clone()));
+    let storage: Arc<dyn Storage> = crate::storage::open(config)?;
     let mut acme_sites = Vec::new();
     let mut local_ca: Option<LocalCa> = None;
     let mut site_certs: Vec<Vec<LoadedCert>> = Vec::new();
@@ -323,6 +323,7 @@ fn build_inner(
             .iter()
             .map(|o| o.name.clone())
             .collect(),
+        storage: Some(storage.clone()),
         conns: process.conns.clone(),
         retire: retire_tx.clone(),
         listeners,

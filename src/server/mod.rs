@@ -71,6 +71,8 @@ pub struct ServerState {
     pub streams: Vec<Arc<StreamService>>,
     /// Names of the certificates in `tls.certs` after the sites' (the streams').
     pub stream_cert_names: Vec<String>,
+    /// Where certificates and state are kept (`[storage]`); `None` for a detached state.
+    pub(crate) storage: Option<Arc<dyn crate::storage::Storage>>,
     /// Open connections of every generation.
     conns: Arc<Conns>,
     /// Set when a newer generation takes over or the server stops: the background tasks of
@@ -111,6 +113,7 @@ impl ServerState {
             proxy_accept: None,
             streams: Vec::new(),
             stream_cert_names: Vec::new(),
+            storage: None,
             conns: Arc::default(),
             retire: watch::channel(false).0,
             listeners: Vec::new(),

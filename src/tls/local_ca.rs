@@ -248,7 +248,7 @@ fn new_root() -> Result<(String, String), rcgen::Error> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // aws-lc's DRBG; failure here means the system has no randomness at all.
     aws_lc_rs::rand::fill(&mut b).expect("system random number generator failed");

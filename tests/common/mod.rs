@@ -14,6 +14,7 @@ pub mod h3client;
 pub mod ocsp;
 pub mod pebble;
 pub mod probe;
+pub mod redis_server;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -65,7 +65,9 @@ impl Generation {
         Generation {
             owners: status::owners(config),
             running_config: config.admin.running_config.clone(),
-            storage: Arc::new(crate::storage::FileStorage::new(config.data_dir.clone())),
+            storage: state.storage.clone().unwrap_or_else(|| {
+                Arc::new(crate::storage::FileStorage::new(config.data_dir.clone()))
+            }),
             state,
         }
     }

@@ -1,0 +1,660 @@
+//! [`Storage`] in Redis: one store shared by several instances that serve as one front door.
+//!
+//! # Keys
+//! Every value lives at `PREFIX + key` (default prefix `portcullis:`), so several clusters can
+//! share one Redis. Names that [`check_key`] refuses (such as those starting with `.`) never
+//! come from callers, which leaves the project's own bookkeeping room beside the values:
+//!
+//! - `PREFIX.kek-id`: hex key id of the key-encryption key the secret values were sealed with,
+//!   written by the first instance that stores under the prefix and checked by every later
+//!   one at open, so a wrong KEK is an error at start rather than at the first renewal;
+//! - `PREFIX.lock:NAME`: a held lock; its value is the holder's token, `INSTANCE SINCE RANDOM
+//!   FENCE`, and it expires after the lease unless renewed;
+//! - `PREFIX.fence:NAME`: the lock's fence counter (INCR at each acquisition).
+//!
+//! Values are written with one `SET` (atomic). Secret values are sealed ([`super::crypt`])
+//! with the full Redis key name as associated data; other values (certificates, OCSP
+//! responses, JSON metadata) are stored as they are. [`Storage::list`] walks the prefix with
+//! `SCAN` (never `KEYS`, which blocks Redis while it runs).
+//!
+//! # Locks
+//! [`Storage::try_lock`] takes a lease: a Lua script sets the lock key only if it is absent, for
+//! `lock_lease` (default 30 s), and takes the next fence number. While the guard lives, a thread
+//! renews the lease every third of it (compare-and-`PEXPIRE`: only while the key still holds
+//! this guard's token); dropping the guard deletes the key, again only if it still holds the
+//! token. A holder that dies stops renewing and its lease runs out. [`Storage::store_fenced`]
+//! writes in one Lua script only while the lock key holds the writer's token, so a holder whose
+//! lease ran out (paused, partitioned) cannot overwrite a newer holder's result.
+//!
+//! # Threads and timeouts
+//! The [`Storage`] trait is synchronous and is called at start and reload, from the CLI, and
+//! from the certificate machinery's dedicated threads (ACME manager, on-demand issuer, OCSP
+//! stapler, HSTS ramp, admin listener, each a thread of its own with, where it has one, its own
+//! current-thread runtime); never from the workers' runtime that serves connections. Calls
+//! there already block (the file store's fsync), so this store uses redis-rs's *blocking*
+//! connection: no runtime to bridge into (`Handle::block_on` panics inside a runtime, which the
+//! start-up path can be), and each call is bounded by socket timeouts: 2 s to connect (TCP and
+//! TLS), 2 s for each command's write and read. An unreachable Redis fails a call within those
+//! bounds with an error naming the URL. Connections are kept in a small pool and a connection
+//! that failed is dropped; a pooled connection that turns out dead (Redis restarted) is
+//! replaced once, transparently.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use redis::{Client, Connection, IntoConnectionInfo, RedisError, Script};
+
+use super::crypt::{self, Kek, OpenError};
+use super::{check_key, instance_id, LockHolder, Storage, StorageLock};
+use crate::config::storage::RedisSettings;
+
+/// Bound on connecting (TCP, then TLS and AUTH).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on writing a command and on reading its answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Idle connections kept for the next call.
+const POOL_SIZE: usize = 4;
+
+/// Takes the lock if nobody has it: KEYS = lock, fence counter; ARGV = token without the
+/// fence, lease in ms. Returns the fence number, or nil.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. fence, 'PX', ARGV[2])
+return fence
+";
+/// Extends the lease while the lock holds the token: KEYS = lock; ARGV = token, lease in ms.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+/// Deletes the lock while it holds the token: KEYS = lock; ARGV = token.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+/// Stores while the lock holds the token: KEYS = lock, value key; ARGV = token, value.
+const STORE_FENCED: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// [`Storage`] in Redis (see the module's documentation).
+pub struct RedisStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    /// The URL as configured (never holds a password), for errors.
+    url: String,
+    prefix: String,
+    kek: Option<Arc<Kek>>,
+    lease: Duration,
+    instance: String,
+    idle: Mutex<Vec<Connection>>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    acquire: Script,
+    renew: Script,
+    release: Script,
+    store_fenced: Script,
+}
+
+impl fmt::Debug for RedisStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStorage")
+            .field("url", &self.inner.url)
+            .field("prefix", &self.inner.prefix)
+            .field("kek", &self.inner.kek)
+            .field("lease", &self.inner.lease)
+            .finish()
+    }
+}
+
+impl RedisStorage {
+    /// Connects to Redis as `settings` say and checks the key-encryption key against the one
+    /// the values under the prefix were stored with (recording it when it is the first).
+    pub fn open(settings: RedisSettings) -> io::Result<RedisStorage> {
+        let url = settings.url.clone();
+        let bad =
+            |e: RedisError| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}"));
+        let mut info = settings.url.as_str().into_connection_info().map_err(bad)?;
+        let mut redis = info.redis_settings().clone();
+        if let Some(user) = &settings.username {
+            redis = redis.set_username(user);
+        }
+        if let Some(password) = &settings.password {
+            redis = redis.set_password(&*password.0);
+        }
+        info = info.set_redis_settings(redis);
+        let client = match &settings.ca {
+            Some((_, pem)) => Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => Client::open(info),
+        }
+        .map_err(bad)?;
+        let storage = RedisStorage {
+            inner: Arc::new(Inner {
+                client,
+                url: settings.url,
+                prefix: settings.prefix,
+                kek: settings.kek,
+                lease: settings.lock_lease,
+                instance: instance_id(),
+                idle: Mutex::new(Vec::new()),
+                scripts: Scripts {
+                    acquire: Script::new(ACQUIRE),
+                    renew: Script::new(RENEW),
+                    release: Script::new(RELEASE),
+                    store_fenced: Script::new(STORE_FENCED),
+                },
+            }),
+        };
+        storage.check_kek()?;
+        Ok(storage)
+    }
+
+    /// The KEK matches the one recorded under the prefix; the first instance records its own.
+    fn check_kek(&self) -> io::Result<()> {
+        let inner = &self.inner;
+        let meta = format!("{}.kek-id", inner.prefix);
+        let recorded: Option<String> = match &inner.kek {
+            Some(kek) => {
+                let id = kek.id_hex();
+                inner.with_conn(|c| {
+                    let set: bool = redis::cmd("SET")
+                        .arg(&meta)
+                        .arg(&id)
+                        .arg("NX")
+                        .query::<Option<String>>(c)?
+                        .is_some();
+                    if set {
+                        Ok(None)
+                    } else {
+                        redis::cmd("GET").arg(&meta).query(c)
+                    }
+                })?
+            }
+            None => inner.with_conn(|c| redis::cmd("GET").arg(&meta).query(c))?,
+        };
+        match (&inner.kek, recorded) {
+            (Some(kek), Some(id)) if id != kek.id_hex() => Err(wrong_kek(kek)),
+            (None, Some(id)) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the private keys under {:?} in {} are encrypted (key id {id}), but [storage] has no key_encryption_key_file: set the key file the other instances use",
+                    inner.prefix, inner.url
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn name(&self, key: &str) -> io::Result<String> {
+        check_key(key)?;
+        Ok(format!("{}{key}", self.inner.prefix))
+    }
+}
+
+fn wrong_kek(kek: &Kek) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "key-encryption key does not match the one these values were stored with ({}): use the same key file on every instance sharing the prefix",
+            kek.path().display()
+        ),
+    )
+}
+
+impl Inner {
+    /// Runs `f` on a pooled connection (or a new one); a connection that fails is dropped, and
+    /// a pooled one that turns out dead is replaced once.
+    fn with_conn<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> io::Result<T> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        if let Some(mut c) = pooled {
+            match f(&mut c) {
+                Ok(v) => {
+                    self.put_back(c);
+                    return Ok(v);
+                }
+                Err(e) if !(e.is_io_error() || e.is_connection_dropped()) => {
+                    return Err(self.error(e));
+                }
+                Err(_) => {} // stale: Redis restarted or closed it; try a fresh one
+            }
+        }
+        let mut c = self.connect()?;
+        let v = f(&mut c).map_err(|e| self.error(e))?;
+        self.put_back(c);
+        Ok(v)
+    }
+
+    fn connect(&self) -> io::Result<Connection> {
+        let c = self
+            .client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .map_err(|e| self.error(e))?;
+        c.set_read_timeout(Some(COMMAND_TIMEOUT))
+            .and_then(|()| c.set_write_timeout(Some(COMMAND_TIMEOUT)))
+            .map_err(|e| self.error(e))?;
+        Ok(c)
+    }
+
+    fn put_back(&self, c: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_SIZE {
+            idle.push(c);
+        }
+    }
+
+    /// `e` as an `io::Error` naming the Redis URL.
+    fn error(&self, e: RedisError) -> io::Error {
+        let kind = if e.is_timeout() {
+            io::ErrorKind::TimedOut
+        } else if e.is_connection_refusal() {
+            io::ErrorKind::ConnectionRefused
+        } else {
+            io::ErrorKind::Other
+        };
+        io::Error::new(kind, format!("Redis {}: {e}", self.url))
+    }
+
+    fn lock_key(&self, name: &str) -> String {
+        format!("{}.lock:{name}", self.prefix)
+    }
+
+    /// Every key matching the glob `pattern` (SCAN, duplicates removed).
+    fn scan(&self, pattern: &str) -> io::Result<Vec<Vec<u8>>> {
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = self.with_conn(|c| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(c)
+            })?;
+            out.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// `s` with the glob characters of Redis' MATCH escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+impl Storage for RedisStorage {
+    fn load(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        let name = self.name(key)?;
+        let value: Option<Vec<u8>> = self
+            .inner
+            .with_conn(|c| redis::cmd("GET").arg(&name).query(c))?;
+        let Some(value) = value else { return Ok(None) };
+        if !crypt::is_sealed(&value) {
+            return Ok(Some(value));
+        }
+        let Some(kek) = &self.inner.kek else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in {} is encrypted (key id {}), but [storage] has no key_encryption_key_file",
+                    self.inner.url,
+                    crypt::sealed_key_id(&value).unwrap_or_default()
+                ),
+            ));
+        };
+        match kek.open(&name, &value) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(OpenError::WrongKek) => Err(wrong_kek(kek)),
+            Err(OpenError::Corrupt) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in {} does not decrypt: it was altered or copied from another key",
+                    self.inner.url
+                ),
+            )),
+        }
+    }
+
+    fn store(&self, key: &str, value: &[u8], secret: bool) -> io::Result<()> {
+        let name = self.name(key)?;
+        let value = self.at_rest(&name, value, secret);
+        self.inner
+            .with_conn(|c| redis::cmd("SET").arg(&name).arg(&value[..]).query::<()>(c))
+    }
+
+    fn delete(&self, key: &str) -> io::Result<()> {
+        let name = self.name(key)?;
+        self.inner
+            .with_conn(|c| redis::cmd("DEL").arg(&name).query::<()>(c))
+    }
+
+    fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let pattern = if prefix.is_empty() {
+            format!("{}*", glob_escape(&self.inner.prefix))
+        } else {
+            format!("{}/*", glob_escape(&self.name(prefix)?))
+        };
+        let keys = self.inner.scan(&pattern)?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| std::str::from_utf8(k).ok())
+            .filter_map(|k| k.strip_prefix(self.inner.prefix.as_str()))
+            .filter(|k| check_key(k).is_ok())
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn try_lock(&self, name: &str) -> io::Result<Option<Box<dyn StorageLock>>> {
+        check_key(name)?;
+        let inner = &self.inner;
+        let since = crate::tls::certs::unix_now();
+        let base = format!(
+            "{} {since} {}",
+            inner.instance,
+            super::hex(&crate::tls::local_ca::random_bytes::<8>())
+        );
+        let lock_key = inner.lock_key(name);
+        let fence_key = format!("{}.fence:{name}", inner.prefix);
+        let lease_ms = inner.lease.as_millis() as u64;
+        let fence: Option<u64> = inner.with_conn(|c| {
+            inner
+                .scripts
+                .acquire
+                .key(&lock_key)
+                .key(&fence_key)
+                .arg(&base)
+                .arg(lease_ms)
+                .invoke(c)
+        })?;
+        let Some(fence) = fence else { return Ok(None) };
+        Ok(Some(Box::new(RedisLock::held(
+            inner.clone(),
+            lock_key,
+            format!("{base} {fence}"),
+            fence,
+        )?)))
+    }
+
+    fn store_fenced(
+        &self,
+        lock: &dyn StorageLock,
+        key: &str,
+        value: &[u8],
+        secret: bool,
+    ) -> io::Result<()> {
+        let Some(lock) = lock.as_any().downcast_ref::<RedisLock>() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a fenced write needs a lock taken from the same Redis storage",
+            ));
+        };
+        let name = self.name(key)?;
+        let value = self.at_rest(&name, value, secret);
+        let inner = &self.inner;
+        let written: i64 = inner.with_conn(|c| {
+            inner
+                .scripts
+                .store_fenced
+                .key(&lock.key)
+                .key(&name)
+                .arg(&lock.token)
+                .arg(&value[..])
+                .invoke(c)
+        })?;
+        if written == 1 {
+            Ok(())
+        } else {
+            lock.shared.lost.store(true, Ordering::Relaxed);
+            Err(io::Error::other(format!(
+                "{key} not stored: lock lost ({} expired or was taken by another instance)",
+                lock.key
+            )))
+        }
+    }
+
+    fn lock_holders(&self) -> io::Result<Vec<LockHolder>> {
+        let inner = &self.inner;
+        let marker = format!("{}.lock:", inner.prefix);
+        let keys = inner.scan(&format!("{}*", glob_escape(&marker)))?;
+        let mut out = Vec::new();
+        for key in keys {
+            let value: Option<String> =
+                inner.with_conn(|c| redis::cmd("GET").arg(&key).query(c))?;
+            let (Some(value), Ok(key)) = (value, String::from_utf8(key)) else {
+                continue; // released meanwhile
+            };
+            let mut parts = value.rsplitn(4, ' ');
+            let (Some(fence), Some(_random), Some(since), Some(instance)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            out.push(LockHolder {
+                name: key[marker.len()..].to_string(),
+                instance: instance.to_string(),
+                since: since.parse().unwrap_or(0),
+                fence: fence.parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl RedisStorage {
+    /// `value` as it is written to Redis under `name`: sealed when secret and a KEK is set.
+    fn at_rest(&self, name: &str, value: &[u8], secret: bool) -> Vec<u8> {
+        match (&self.inner.kek, secret) {
+            (Some(kek), true) => kek.seal(name, value),
+            _ => value.to_vec(),
+        }
+    }
+}
+
+/// A held Redis lock: its lease is renewed by a thread of its own while the guard lives, and
+/// the lock is released (if still this guard's) when it is dropped.
+pub struct RedisLock {
+    key: String,
+    token: String,
+    fence: u64,
+    shared: Arc<LockShared>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct LockShared {
+    inner: Arc<Inner>,
+    /// Set to stop the renewer; the condvar wakes it.
+    stop: Mutex<bool>,
+    wake: Condvar,
+    /// A renewal or a fenced write found the lease gone.
+    lost: AtomicBool,
+    /// Neither renew nor release: as if the holder had died.
+    abandoned: AtomicBool,
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("key", &self.key)
+            .field("fence", &self.fence)
+            .finish()
+    }
+}
+
+impl RedisLock {
+    fn held(inner: Arc<Inner>, key: String, token: String, fence: u64) -> io::Result<RedisLock> {
+        let shared = Arc::new(LockShared {
+            inner,
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            lost: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+        });
+        let renewer = {
+            let (shared, key, token) = (shared.clone(), key.clone(), token.clone());
+            std::thread::Builder::new()
+                .name("portcullis-lease".into())
+                .spawn(move || renew_until_stopped(&shared, &key, &token))
+        };
+        let renewer = match renewer {
+            Ok(r) => r,
+            Err(e) => {
+                // Without a renewer the lease would run out under the holder: give it back.
+                let _ = release(&shared, &key, &token);
+                return Err(e);
+            }
+        };
+        Ok(RedisLock {
+            key,
+            token,
+            fence,
+            shared,
+            renewer: Some(renewer),
+        })
+    }
+
+    /// Stops renewing without releasing, as a holder that died would (the lease runs out).
+    /// For tests of lease expiry and fencing; a live process has no use for it.
+    #[doc(hidden)]
+    pub fn simulate_crash(&self) {
+        self.shared.abandoned.store(true, Ordering::Relaxed);
+        self.stop_renewer();
+    }
+
+    fn stop_renewer(&self) {
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+fn renew_until_stopped(shared: &LockShared, key: &str, token: &str) {
+    let inner = &shared.inner;
+    let every = inner.lease / 3;
+    let lease_ms = inner.lease.as_millis() as u64;
+    let mut stopped = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        stopped = shared
+            .wake
+            .wait_timeout_while(stopped, every, |s| !*s)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if *stopped {
+            return;
+        }
+        drop(stopped);
+        let renewed: io::Result<i64> = inner.with_conn(|c| {
+            inner
+                .scripts
+                .renew
+                .key(key)
+                .arg(token)
+                .arg(lease_ms)
+                .invoke(c)
+        });
+        match renewed {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(
+                    lock = key,
+                    "storage lock lost: its lease ran out before it was renewed"
+                );
+                shared.lost.store(true, Ordering::Relaxed);
+                return;
+            }
+            // The lease may still be valid: try again at the next tick.
+            Err(e) => {
+                tracing::warn!(lock = key, error = %e, "storage lock: cannot renew the lease")
+            }
+        }
+        stopped = shared.stop.lock().unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+fn release(shared: &LockShared, key: &str, token: &str) -> io::Result<()> {
+    let inner = &shared.inner;
+    inner.with_conn(|c| {
+        inner
+            .scripts
+            .release
+            .key(key)
+            .arg(token)
+            .invoke::<i64>(c)
+            .map(drop)
+    })
+}
+
+impl Drop for RedisLock {
+    fn drop(&mut self) {
+        self.stop_renewer();
+        if let Some(r) = self.renewer.take() {
+            let _ = r.join();
+        }
+        if self.shared.abandoned.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = release(&self.shared, &self.key, &self.token) {
+            // The lease runs out by itself.
+            tracing::warn!(lock = %self.key, error = %e, "storage lock: cannot release it");
+        }
+    }
+}
+
+impl StorageLock for RedisLock {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn fence(&self) -> u64 {
+        self.fence
+    }
+    fn is_held(&self) -> bool {
+        !self.shared.lost.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_in_prefixes_and_keys_match_literally() {
+        assert_eq!(glob_escape("p:certs/*.a"), "p:certs/\\*.a");
+        assert_eq!(glob_escape("a[b]?\\^"), "a\\[b\\]\\?\\\\\\^");
+    }
+}

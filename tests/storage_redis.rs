@@ -1,0 +1,665 @@
+//! `[storage] kind = "redis"`: the storage contract against a real redis-server
+//! (`common::redis_server`, a private instance on loopback), encryption of secret values at
+//! rest, the key-encryption key check, leased and fenced locks between instances, an
+//! unreachable Redis, and a server that keeps its state there.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis_server::Redis;
+use common::*;
+use portcullis::config::admin::Token;
+use portcullis::config::storage::RedisSettings;
+use portcullis::storage::crypt::Kek;
+use portcullis::storage::{FileStorage, RedisLock, RedisStorage, Storage};
+
+const KEY_PEM: &[u8] = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+
+/// A KEK file of 32 random bytes in `dir`.
+fn kek_file(dir: &Path, name: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw).unwrap();
+    std::fs::write(&p, raw).unwrap();
+    p
+}
+
+fn settings(redis: &Redis, prefix: &str, kek: Option<&Path>) -> RedisSettings {
+    RedisSettings {
+        url: redis.url(),
+        ca: None,
+        username: None,
+        password: None,
+        prefix: prefix.into(),
+        kek: kek.map(|p| Arc::new(Kek::read(p).unwrap())),
+        lock_lease: Duration::from_secs(30),
+    }
+}
+
+fn open(redis: &Redis, prefix: &str, kek: Option<&Path>) -> RedisStorage {
+    RedisStorage::open(settings(redis, prefix, kek)).unwrap()
+}
+
+fn open_err(s: RedisSettings) -> String {
+    match RedisStorage::open(s) {
+        Ok(s) => panic!("opened: {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What every [`Storage`] does, files or Redis.
+fn contract(s: &dyn Storage) {
+    assert_eq!(s.load("certs/a.example/cert.pem").unwrap(), None);
+    s.store("certs/a.example/cert.pem", b"CERT", false).unwrap();
+    s.store("certs/a.example/key.pem", KEY_PEM, true).unwrap();
+    s.store("certs/*.b.example/cert.pem", b"W", false).unwrap();
+    s.store("certsx/other", b"O", false).unwrap();
+    assert_eq!(
+        s.load("certs/a.example/cert.pem").unwrap().as_deref(),
+        Some(&b"CERT"[..])
+    );
+    assert_eq!(
+        s.load("certs/a.example/key.pem").unwrap().as_deref(),
+        Some(KEY_PEM),
+        "a secret value reads back in clear"
+    );
+    assert_eq!(
+        s.list("certs").unwrap(),
+        vec![
+            "certs/*.b.example/cert.pem",
+            "certs/a.example/cert.pem",
+            "certs/a.example/key.pem"
+        ]
+    );
+    assert_eq!(
+        s.list("certs/*.b.example").unwrap(),
+        vec!["certs/*.b.example/cert.pem"],
+        "'*' in a key is matched literally"
+    );
+    assert_eq!(s.list("nothing").unwrap(), Vec::<String>::new());
+    s.store("certs/a.example/cert.pem", b"NEW", false).unwrap();
+    assert_eq!(
+        s.load("certs/a.example/cert.pem").unwrap().as_deref(),
+        Some(&b"NEW"[..])
+    );
+    s.delete("certs/a.example/cert.pem").unwrap();
+    s.delete("certs/a.example/cert.pem").unwrap();
+    assert_eq!(s.load("certs/a.example/cert.pem").unwrap(), None);
+    // A lock: exclusive, the plain fenced write for its holder, released on drop.
+    let held = s.try_lock("order/a.example").unwrap().expect("free");
+    s.store_fenced(&*held, "certs/a.example/cert.pem", b"FENCED", false)
+        .unwrap();
+    assert_eq!(
+        s.load("certs/a.example/cert.pem").unwrap().as_deref(),
+        Some(&b"FENCED"[..])
+    );
+    drop(held);
+    assert!(s.try_lock("order/a.example").unwrap().is_some());
+}
+
+#[test]
+fn store_load_list_delete_as_with_files() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(&FileStorage::new(dir.path().join("data")));
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let s = open(&redis, "portcullis:", Some(&kek));
+    contract(&s);
+    // The whole store: the bookkeeping (`.kek-id`, locks, fence counters) is not listed.
+    let _lock = s.try_lock("order/b.example").unwrap().unwrap();
+    assert_eq!(
+        s.list("").unwrap(),
+        vec![
+            "certs/*.b.example/cert.pem",
+            "certs/a.example/cert.pem",
+            "certs/a.example/key.pem",
+            "certsx/other"
+        ]
+    );
+    assert!(redis.keys().iter().all(|k| k.starts_with("portcullis:")));
+}
+
+#[test]
+fn keys_cannot_leave_the_prefix_and_prefixes_are_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let a = open(&redis, "a:", Some(&kek));
+    let ab = open(&redis, "a:b:", Some(&kek));
+    for bad in [
+        "",
+        "/etc/passwd",
+        "../x",
+        "a/../../x",
+        "a//b",
+        "a/./b",
+        ".hidden",
+        ".kek-id",
+        "a/",
+        "a\\b",
+        "a b",
+        "a\0b",
+        "x:y",
+    ] {
+        assert_eq!(
+            a.store(bad, b"x", false).unwrap_err().kind(),
+            std::io::ErrorKind::InvalidInput,
+            "{bad:?}"
+        );
+        assert!(a.load(bad).is_err(), "{bad:?}");
+        assert!(a.try_lock(bad).is_err(), "{bad:?}");
+    }
+    a.store("certs/x/cert.pem", b"A", false).unwrap();
+    ab.store("certs/x/cert.pem", b"AB", false).unwrap();
+    ab.store("acme/acct.json", b"{}", false).unwrap();
+    assert_eq!(a.load("certs/x/cert.pem").unwrap().unwrap(), b"A");
+    assert_eq!(ab.load("certs/x/cert.pem").unwrap().unwrap(), b"AB");
+    assert_eq!(a.list("").unwrap(), vec!["certs/x/cert.pem"]);
+    assert_eq!(
+        ab.list("").unwrap(),
+        vec!["acme/acct.json", "certs/x/cert.pem"]
+    );
+    let _held = a.try_lock("order/x").unwrap().expect("free");
+    assert!(
+        ab.try_lock("order/x").unwrap().is_some(),
+        "locks are per prefix too"
+    );
+}
+
+#[test]
+fn secret_values_are_encrypted_at_rest_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let s = open(&redis, "portcullis:", Some(&kek));
+    s.store("certs/a/key.pem", KEY_PEM, true).unwrap();
+    s.store("certs/a/chain.pem", b"-----BEGIN CERTIFICATE-----\n", false)
+        .unwrap();
+    let raw = redis.get("portcullis:certs/a/key.pem").unwrap();
+    assert!(
+        !raw.windows(11).any(|w| w == b"PRIVATE KEY") && !raw.windows(5).any(|w| w == b"-----"),
+        "stored in clear: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(!raw.windows(8).any(|w| w == &KEY_PEM[40..48]));
+    assert_eq!(
+        redis.get("portcullis:certs/a/chain.pem").unwrap(),
+        b"-----BEGIN CERTIFICATE-----\n",
+        "certificates are stored as they are"
+    );
+    // A value copied under another key does not decrypt there.
+    let mut c = redis.conn();
+    redis::cmd("SET")
+        .arg("portcullis:certs/b/key.pem")
+        .arg(&raw)
+        .query::<()>(&mut c)
+        .unwrap();
+    let e = s.load("certs/b/key.pem").unwrap_err().to_string();
+    assert!(e.contains("does not decrypt"), "{e}");
+    // The explicit waiver stores keys as they are (under its own prefix).
+    let plain = open(&redis, "plain:", None);
+    plain.store("certs/a/key.pem", KEY_PEM, true).unwrap();
+    assert_eq!(redis.get("plain:certs/a/key.pem").unwrap(), KEY_PEM);
+}
+
+#[test]
+fn a_wrong_key_encryption_key_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let (right, wrong) = (kek_file(dir.path(), "right"), kek_file(dir.path(), "wrong"));
+    let first = open(&redis, "portcullis:", Some(&right));
+    first
+        .store("acme/x/account.json", b"{\"key\":1}", true)
+        .unwrap();
+    // The same key file (another instance) opens and reads.
+    let again = open(&redis, "portcullis:", Some(&right));
+    assert!(again.load("acme/x/account.json").unwrap().is_some());
+
+    let e = open_err(settings(&redis, "portcullis:", Some(&wrong)));
+    assert_eq!(
+        e,
+        format!(
+            "key-encryption key does not match the one these values were stored with ({}): use the same key file on every instance sharing the prefix",
+            wrong.display()
+        )
+    );
+    let e = open_err(settings(&redis, "portcullis:", None));
+    assert!(
+        e.contains("are encrypted") && e.contains("key_encryption_key_file"),
+        "{e}"
+    );
+    // Another prefix is another store: its first KEK is recorded.
+    open(&redis, "other:", Some(&wrong));
+}
+
+#[test]
+fn a_lock_is_exclusive_across_instances_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    // Two stores on one Redis stand for two instances.
+    let a = open(&redis, "portcullis:", Some(&kek));
+    let b = open(&redis, "portcullis:", Some(&kek));
+    let held = a
+        .try_lock("order/example.com")
+        .unwrap()
+        .expect("first taker gets it");
+    assert!(held.is_held());
+    assert!(
+        b.try_lock("order/example.com").unwrap().is_none(),
+        "second taker must not"
+    );
+    let other = b
+        .try_lock("order/other.example")
+        .unwrap()
+        .expect("other names are independent");
+    let mut holders = b.lock_holders().unwrap();
+    holders.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert_eq!(holders[0].name, "order/example.com");
+    assert_eq!(holders[0].fence, held.fence());
+    let me = format!(":{}", std::process::id());
+    assert!(holders[0].instance.ends_with(&me), "{holders:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - holders[0].since).abs() < 60, "{holders:?}");
+    drop(other);
+    let first_fence = held.fence();
+    drop(held);
+    let again = b
+        .try_lock("order/example.com")
+        .unwrap()
+        .expect("released on drop");
+    assert!(again.fence() > first_fence, "fence numbers only grow");
+    assert_eq!(b.lock_holders().unwrap().len(), 1);
+}
+
+/// The lease in the expiry tests: short, yet with a second of slack between renewals (every
+/// third of it) and its end, for a loaded machine.
+const TEST_LEASE: Duration = Duration::from_millis(2400);
+
+fn short_lease(redis: &Redis, kek: &Path, lease: Duration) -> RedisStorage {
+    let mut s = settings(redis, "portcullis:", Some(kek));
+    s.lock_lease = lease;
+    RedisStorage::open(s).unwrap()
+}
+
+#[test]
+fn a_lease_is_renewed_while_held_and_runs_out_when_the_holder_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let lease = TEST_LEASE;
+    let a = short_lease(&redis, &kek, lease);
+    let b = short_lease(&redis, &kek, lease);
+    let old = a.try_lock("order/x").unwrap().unwrap();
+    // Three leases long, the holder keeps it: nobody else gets it.
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        assert!(b.try_lock("order/x").unwrap().is_none(), "taken while held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.store_fenced(&*old, "certs/x/chain.pem", b"OLD", false)
+        .unwrap();
+
+    // The holder stops renewing (as if it hung or died): the lease runs out, and only then
+    // does another instance get the lock.
+    old.as_any()
+        .downcast_ref::<RedisLock>()
+        .unwrap()
+        .simulate_crash();
+    let stopped = Instant::now();
+    let new = loop {
+        if let Some(l) = b.try_lock("order/x").unwrap() {
+            break l;
+        }
+        assert!(stopped.elapsed() < lease * 3, "the lease never ran out");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        stopped.elapsed() >= lease / 2,
+        "taken {:?} after renewal stopped: before the lease could run out",
+        stopped.elapsed()
+    );
+    assert!(new.fence() > old.fence());
+    b.store_fenced(&*new, "certs/x/chain.pem", b"NEW", false)
+        .unwrap();
+
+    // The old holder wakes up and writes its result: refused, and the new result stays.
+    let e = a
+        .store_fenced(&*old, "certs/x/chain.pem", b"STALE", false)
+        .unwrap_err();
+    assert!(e.to_string().contains("lock lost"), "{e}");
+    assert!(!old.is_held());
+    assert_eq!(b.load("certs/x/chain.pem").unwrap().unwrap(), b"NEW");
+    // Dropping the old guard does not release the new holder's lock.
+    drop(old);
+    assert!(a.try_lock("order/x").unwrap().is_none());
+    // A plain file-style store through the trait's default works for the holder too.
+    b.store_fenced(&*new, "certs/x/key.pem", KEY_PEM, true)
+        .unwrap();
+    assert_eq!(b.load("certs/x/key.pem").unwrap().unwrap(), KEY_PEM);
+}
+
+/// Run by [`a_killed_holder_leaves_a_lease_that_expires`] in a child process: takes the lock,
+/// says so on stdout, and holds it until killed.
+#[test]
+#[ignore = "a child process, started by a_killed_holder_leaves_a_lease_that_expires"]
+fn lock_holder_child() {
+    let url = std::env::var("LOCK_CHILD_URL").expect("started by its parent test");
+    let kek = std::env::var("LOCK_CHILD_KEK").unwrap();
+    let s = RedisStorage::open(RedisSettings {
+        url,
+        ca: None,
+        username: None,
+        password: None,
+        prefix: "portcullis:".into(),
+        kek: Some(Arc::new(Kek::read(Path::new(&kek)).unwrap())),
+        lock_lease: TEST_LEASE,
+    })
+    .unwrap();
+    let lock = s.try_lock("order/killed").unwrap().expect("free");
+    println!("HELD {}", lock.fence());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[test]
+fn a_killed_holder_leaves_a_lease_that_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["lock_holder_child", "--exact", "--ignored", "--nocapture"])
+        .env("LOCK_CHILD_URL", redis.url())
+        .env("LOCK_CHILD_KEK", &kek)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("HELD") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the child took the lock");
+    let child_fence: u64 = line["HELD ".len()..].trim().parse().unwrap();
+    let lease = TEST_LEASE;
+    let me = short_lease(&redis, &kek, lease);
+    // Alive, the child renews its lease: two leases long, it keeps the lock.
+    let until = Instant::now() + lease * 2;
+    while Instant::now() < until {
+        assert!(me.try_lock("order/killed").unwrap().is_none());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let mine = loop {
+        if let Some(l) = me.try_lock("order/killed").unwrap() {
+            break l;
+        }
+        assert!(
+            killed.elapsed() < lease * 3,
+            "the dead holder's lease never ran out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(mine.fence() > child_fence);
+}
+
+#[test]
+fn an_unreachable_redis_fails_fast_naming_it_and_is_used_again_when_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start(dir.path());
+    let kek = kek_file(dir.path(), "kek");
+    let s = open(&redis, "portcullis:", Some(&kek));
+    s.store("ocsp/a.der", b"DER", false).unwrap();
+    redis.stop();
+    let started = Instant::now();
+    for e in [
+        s.load("ocsp/a.der").unwrap_err(),
+        s.store("ocsp/a.der", b"X", false).unwrap_err(),
+        s.list("ocsp").unwrap_err(),
+        s.try_lock("order/a").unwrap_err(),
+    ] {
+        assert!(
+            e.to_string().contains(&redis.url())
+                && e.kind() == std::io::ErrorKind::ConnectionRefused,
+            "the error names the URL: {e}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let e = open_err(settings(&redis, "portcullis:", Some(&kek)));
+    assert!(e.contains(&redis.url()) && e.contains("refused"), "{e}");
+
+    // Back (empty: nothing was persisted): the same store works again.
+    redis.restart();
+    assert_eq!(s.load("ocsp/a.der").unwrap(), None);
+    s.store("ocsp/a.der", b"DER2", false).unwrap();
+    assert_eq!(s.load("ocsp/a.der").unwrap().unwrap(), b"DER2");
+    assert!(s.try_lock("order/a").unwrap().is_some());
+}
+
+#[test]
+fn tls_with_a_private_ca_and_a_password() {
+    require_tool("redis-server");
+    let env = TestEnv::new();
+    env.write_chain("redis", &pki().leaf(&["127.0.0.1"], Alg::Ecdsa));
+    let redis = Redis::start_tls(
+        env.dir.path(),
+        &env.path("certs/redis.pem"),
+        &env.path("certs/redis.key"),
+        &["--requirepass", "s3cret-pass"],
+    );
+    let kek = kek_file(env.dir.path(), "kek");
+    let root = std::fs::read(env.path("certs/root.pem")).unwrap();
+    let mut s = settings(&redis, "portcullis:", Some(&kek));
+    s.ca = Some((env.path("certs/root.pem"), root.clone()));
+    s.password = Some(Token("s3cret-pass".into()));
+    let store = RedisStorage::open(s.clone()).unwrap();
+    store.store("certs/t/key.pem", KEY_PEM, true).unwrap();
+    assert_eq!(store.load("certs/t/key.pem").unwrap().unwrap(), KEY_PEM);
+
+    let mut wrong = s.clone();
+    wrong.password = Some(Token("not-it".into()));
+    let e = open_err(wrong);
+    assert!(
+        e.contains(&redis.url()) && e.contains("authentication failed"),
+        "{e}"
+    );
+    // Without the private CA, the server's certificate is not trusted.
+    let mut public_roots = s;
+    public_roots.ca = None;
+    let e = open_err(public_roots);
+    assert!(
+        e.contains(&redis.url()) && e.contains("UnknownIssuer"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_server_with_redis_storage_serves_its_files_and_keeps_staples_in_redis() {
+    use common::ocsp::{Mode, Responder};
+    use std::sync::atomic::Ordering;
+    require_tool("openssl");
+    let env = TestEnv::new();
+    let p = pki();
+    env.write("ca.pem", &p.inter_pem);
+    env.write("ca.key", p.inter_key_pem());
+    let responder = Responder::start(
+        env.dir.path(),
+        &env.path("ca.pem"),
+        (&env.path("ca.pem"), &env.path("ca.key")),
+        60,
+    );
+    env.write_chain("ocsp", &p.leaf_with_ocsp(&[ALPHA], &responder.url, false));
+    let redis = Redis::start(env.dir.path());
+    kek_file(env.dir.path(), "storage.kek");
+    let body = format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nprefix = \"edge:\"\nkey_encryption_key_file = \"storage.kek\"\n\n\
+         [[site]]\nname = \"alpha\"\nhosts = [\"{ALPHA}\"]\ncert = \"certs/ocsp.pem\"\nkey = \"certs/ocsp.key\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        redis.url()
+    );
+    let staple_of = |addr| {
+        let staple = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let opts = ClientOpts {
+            staple: Some(staple.clone()),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { tls_connect(addr, Some(ALPHA), opts.build()).await.unwrap() });
+        let der = staple.lock().unwrap().clone();
+        der
+    };
+
+    let mut server = env.start(&body);
+    // The responder is asked right after start; its answer is stored, then stapled.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cached = loop {
+        if let Some(k) = redis
+            .keys()
+            .into_iter()
+            .find(|k| k.starts_with("edge:ocsp/"))
+        {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no staple in Redis: {:?}",
+            redis.keys()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let staple = loop {
+        let s = staple_of(server.https);
+        if !s.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !staple.is_empty(),
+        "the file certificate is served with a staple"
+    );
+    assert_eq!(redis.get(&cached).unwrap(), staple);
+    let keys = redis.keys();
+    assert!(keys.contains(&"edge:.kek-id".to_string()), "{keys:?}");
+    assert!(
+        !server.env.path("data/ocsp").exists(),
+        "nothing of it in the data directory"
+    );
+
+    // Restarted with the responder down: the staple comes from Redis at once.
+    server.take().shutdown();
+    responder.set_mode(Mode::Down);
+    let hits = responder.hits.load(Ordering::SeqCst);
+    let path = server.env.path("portcullis.toml");
+    let (config, _) = server.env.load(&path).unwrap();
+    let again = portcullis::server::Server::start(config).unwrap();
+    assert_eq!(staple_of(again.https_addrs()[0]), staple);
+    assert_eq!(responder.hits.load(Ordering::SeqCst), hits);
+    again.shutdown();
+
+    // Redis unreachable at start: the server does not start, and says why.
+    drop(redis);
+    let (config, _) = server.env.load(&path).unwrap();
+    let e = match portcullis::server::Server::start(config) {
+        Ok(_) => panic!("started without its storage"),
+        Err(e) => e,
+    };
+    assert!(e.contains("[storage]") && e.contains("refused"), "{e}");
+}
+
+#[test]
+fn acme_state_goes_to_redis_with_private_keys_encrypted() {
+    use common::pebble::*;
+    let PebbleEnv {
+        env,
+        dir,
+        test_ca,
+        http_port,
+        pebble,
+    } = PebbleEnv::start();
+    let redis = Redis::start(env.dir.path());
+    kek_file(env.dir.path(), "storage.kek");
+    let config = format!(
+        "{}\n[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"storage.kek\"\n",
+        pebbled_config(1, http_port, &pebble.directory, &test_ca, ""),
+        redis.url()
+    );
+    let path = env.write_config_raw(&config);
+    let root = pebble_root(&dir, &pebble, &test_ca);
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("start");
+    let port = server.https_addrs()[0].port();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !curl_localhost(&root, port).status.success() {
+        assert!(Instant::now() < deadline, "no certificate after 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.shutdown();
+
+    let keys = redis.keys();
+    let find = |suffix: &str| {
+        keys.iter()
+            .find(|k| k.starts_with("portcullis:") && k.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no *{suffix} in Redis: {keys:?}"))
+            .clone()
+    };
+    let chain = redis.get(&find("/chain.pem")).unwrap();
+    assert!(chain.starts_with(b"-----BEGIN CERTIFICATE-----"));
+    for secret in [find("/key.pem"), find("/account.json")] {
+        let raw = redis.get(&secret).unwrap();
+        assert!(
+            !raw.windows(11).any(|w| w == b"PRIVATE KEY") && !raw.windows(5).any(|w| w == b"-----"),
+            "{secret} stored in clear"
+        );
+    }
+    for local in ["data/certs", "data/acme"] {
+        assert!(!env.path(local).exists(), "{local} written");
+    }
+
+    // The CLI reads the same store, and a restart serves the stored certificate at once.
+    let out = run_with_timeout(
+        Command::new(bin()).args(["certs", "--config"]).arg(&path),
+        Duration::from_secs(30),
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("pebbled: ACME") && stdout.contains("renews"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
+    let (cfg, _) = env.load(&path).unwrap();
+    let server = portcullis::server::Server::start(cfg).expect("restart");
+    let out = curl_localhost(&root, server.https_addrs()[0].port());
+    assert!(
+        out.status.success(),
+        "stored certificate not served right after restart: {}",
+        text(&out.stderr)
+    );
+    server.shutdown();
+}
