@@ -17,6 +17,7 @@ use portcullis::config::admin::Token;
 use portcullis::config::storage::RedisSettings;
 use portcullis::storage::crypt::Kek;
 use portcullis::storage::{FileStorage, RedisLock, RedisStorage, Storage};
+use rustls::HandshakeKind;
 
 const KEY_PEM: &[u8] = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
 
@@ -662,4 +663,58 @@ fn acme_state_goes_to_redis_with_private_keys_encrypted() {
         text(&out.stderr)
     );
     server.shutdown();
+}
+
+#[tokio::test]
+async fn a_ticket_from_one_instance_resumes_on_the_others() {
+    let env = TestEnv::new();
+    let redis = Redis::start(env.dir.path());
+    let kek = kek_file(env.dir.path(), "storage.kek");
+    let shared = format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"{}\"\n{ONE_SITE}",
+        redis.url(),
+        kek.display()
+    );
+    // Three instances, each with its own data directory, one Redis.
+    let a = env.start(&shared);
+    let b = TestEnv::new().start(&shared);
+    let c = TestEnv::new().start(&shared);
+    for (version, opts) in [
+        ("TLS 1.3", ClientOpts::default().tls13()),
+        ("TLS 1.2", ClientOpts::default().tls12()),
+    ] {
+        let cfg = opts.build();
+        let first = request(a.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+            .await
+            .unwrap();
+        assert_eq!(first.tls.kind, Some(HandshakeKind::Full), "{version}");
+        for (name, srv) in [("B", &b), ("C", &c), ("A", &a)] {
+            let r = request(srv.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.tls.kind,
+                Some(HandshakeKind::Resumed),
+                "{version}: a ticket from A does not resume at {name}"
+            );
+            assert_eq!(r.status, 200);
+        }
+    }
+    // The keys are stored sealed, like every secret.
+    let raw = redis
+        .get("portcullis:tls/ticket-keys")
+        .expect("ticket keys in Redis");
+    assert!(!raw.starts_with(b"v1"), "ticket keys stored in clear");
+
+    // Instances with their own files keep their own keys: no resumption across them.
+    let d = start(ONE_SITE);
+    let e = start(ONE_SITE);
+    let cfg = ClientOpts::default().tls13().build();
+    request(d.https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+        .await
+        .unwrap();
+    let r = request(e.https, cfg, Some(ALPHA), Req::get(ALPHA, "/"))
+        .await
+        .unwrap();
+    assert_eq!(r.tls.kind, Some(HandshakeKind::Full));
 }

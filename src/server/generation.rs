@@ -156,10 +156,18 @@ fn build_inner(
     // kept, so clients resume across a reload.
     let tls_shared = match prev {
         Some((options_then, shared)) if *options_then == options => shared.clone(),
-        _ => Arc::new((
-            TlsShared::new(&options).map_err(|e| format!("TLS set-up failed: {e}"))?,
-            options,
-        )),
+        _ => {
+            let mut shared =
+                TlsShared::new(&options).map_err(|e| format!("TLS set-up failed: {e}"))?;
+            // Instances sharing a store share ticket keys: a ticket from any resumes on all.
+            if storage.shared() && options.session_tickets {
+                shared.share_tickets(crate::tls::tickets::shared_ticketer(
+                    storage.clone(),
+                    options.ticket_rotation_secs,
+                )?);
+            }
+            Arc::new((shared, options))
+        }
     };
     let shared_tls = &tls_shared.0;
     let mut configs = Vec::new();

@@ -197,6 +197,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn lock_holders(&self) -> io::Result<Vec<LockHolder>> {
         Ok(Vec::new())
     }
+    /// Several instances share this store (state kept here, such as TLS ticket keys, is
+    /// cluster-wide). Default: no, one machine's own store.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A held [`Storage`] lock; dropping it releases the lock.

@@ -321,6 +321,10 @@ fn glob_escape(s: &str) -> String {
 }
 
 impl Storage for RedisStorage {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn load(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let name = self.name(key)?;
         let value: Option<Vec<u8>> = self

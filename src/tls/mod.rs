@@ -170,6 +170,14 @@ impl TlsShared {
         })
     }
 
+    /// Seals session tickets with `ticketer` (keys shared by a cluster) instead of this
+    /// process's own rotating keys; nothing changes when session tickets are off.
+    pub fn share_tickets(&mut self, ticketer: Arc<dyn ProducesTickets>) {
+        if self.ticketer.is_some() {
+            self.ticketer = Some(ticketer);
+        }
+    }
+
     /// A server config for a `[[stream]]` route: as a site's (same versions, suites, tickets
     /// and session cache), offering `alpn` only (no HTTP protocols unless configured), no
     /// early data.
