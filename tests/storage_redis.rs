@@ -718,3 +718,71 @@ async fn a_ticket_from_one_instance_resumes_on_the_others() {
         .unwrap();
     assert_eq!(r.tls.kind, Some(HandshakeKind::Full));
 }
+
+#[tokio::test]
+async fn a_certificate_another_instance_stored_is_served_by_all_within_seconds() {
+    let env = TestEnv::new();
+    let redis = Redis::start(env.dir.path());
+    let kek = kek_file(env.dir.path(), "storage.kek");
+    // What an instance that obtained (then renewed) the certificate leaves in the store.
+    let store = RedisStorage::open(settings(&redis, "portcullis:", Some(&kek))).unwrap();
+    let names = vec!["localhost".to_string()];
+    let dir = portcullis::acme::manager::cert_dir(&names);
+    let put = |leaf: &Leaf| {
+        store
+            .store(
+                &format!("{dir}/chain.pem"),
+                pki().chain_pem(leaf).as_bytes(),
+                false,
+            )
+            .unwrap();
+        store
+            .store(&format!("{dir}/key.pem"), leaf.key_pem.as_bytes(), true)
+            .unwrap();
+    };
+    let first = pki().leaf_expiring_in(&["localhost"], 60);
+    put(&first);
+    // Two instances of an ACME site whose CA is unreachable: they serve what the store holds.
+    let config = format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"{}\"\n\
+         [acme]\nca = \"https://127.0.0.1:1/directory\"\n\
+         [[site]]\nname = \"shared\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n\
+         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
+        redis.url(),
+        kek.display()
+    );
+    let a = env.start(&config);
+    let b = TestEnv::new().start(&config);
+    let served = |addr: std::net::SocketAddr| async move {
+        let r = request(
+            addr,
+            ClientOpts::default().build(),
+            Some("localhost"),
+            Req::get("localhost", "/"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+        r.tls.chain[0].clone()
+    };
+    assert_eq!(served(a.https).await, first.der);
+    assert_eq!(served(b.https).await, first.der);
+    // The renewal lands in the store: both serve it within seconds, without a CA of their own.
+    let second = pki().leaf_expiring_in(&["localhost"], 70);
+    put(&second);
+    let stored_at = Instant::now();
+    loop {
+        if served(a.https).await == second.der && served(b.https).await == second.der {
+            break;
+        }
+        assert!(
+            stored_at.elapsed() < Duration::from_secs(12),
+            "the renewed certificate is not served by both instances within 12 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // An older certificate (a stale writer) is not taken.
+    put(&first);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(served(a.https).await, second.der);
+}

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
 use tokio::sync::watch;
 
 use super::ari::{self, AriHttp};
@@ -276,10 +277,30 @@ async fn run(
         for st in &mut states {
             // A revoked certificate (OCSP said so, or `portcullis revoke` removed it from
             // storage) is replaced now, failures or not.
-            let removed = st.current.is_some() && st.revoked.is_none() && {
-                let dir = cert_dir(&st.site.names);
-                matches!(storage.load(&format!("{dir}/chain.pem")), Ok(None))
-            };
+            let dir = cert_dir(&st.site.names);
+            let stored_chain = storage.load(&format!("{dir}/chain.pem"));
+            let removed =
+                st.current.is_some() && st.revoked.is_none() && matches!(stored_chain, Ok(None));
+            // Another instance sharing the store renewed it: serve the newer certificate
+            // (within STORAGE_CHECK_SECS of its being stored).
+            if let (Ok(Some(chain)), Some(current)) = (&stored_chain, &st.current) {
+                let stored_leaf = rustls::pki_types::CertificateDer::pem_slice_iter(chain)
+                    .next()
+                    .and_then(Result::ok);
+                if stored_leaf.as_deref() != leaf_of(current) {
+                    let newer = stored(storage.as_ref(), &st.site.names).filter(|c| {
+                        c.info.not_after > current.info.not_after && !is_revoked(st, c)
+                    });
+                    if let Some(cert) = newer {
+                        tracing::info!(
+                            site = st.site.name,
+                            not_after = cert.info.not_after,
+                            "ACME: serving the certificate another instance stored"
+                        );
+                        install(st, cert);
+                    }
+                }
+            }
             if removed {
                 tracing::warn!(
                     site = st.site.name,
