@@ -786,3 +786,66 @@ async fn a_certificate_another_instance_stored_is_served_by_all_within_seconds()
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(served(a.https).await, second.der);
 }
+
+#[tokio::test]
+async fn redis_stopped_under_load_fails_no_request_and_is_reported_until_it_returns() {
+    let env = TestEnv::new();
+    let mut redis = Redis::start(env.dir.path());
+    let kek = kek_file(env.dir.path(), "storage.kek");
+    let srv = env.start(&format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"{}\"\n{ONE_SITE}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        redis.url(),
+        kek.display()
+    ));
+    let admin = srv
+        .server
+        .as_ref()
+        .and_then(|s| s.admin())
+        .and_then(|a| a.local_addr())
+        .expect("the admin listener runs");
+    let storage_up = || async move {
+        let r = raw_tcp(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let text = r.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix("portcullis_storage_up "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no portcullis_storage_up in:\n{text}"))
+    };
+    assert_eq!(storage_up().await, "1");
+    // Requests keep coming, new handshakes and resumed ones, while Redis is away.
+    let cfg = ClientOpts::default().tls13().build();
+    let https = srv.https;
+    let mut requests = 0;
+    let step = |deadline: Duration, want: &'static str| {
+        let cfg = cfg.clone();
+        async move {
+            let started = Instant::now();
+            let mut n = 0;
+            loop {
+                let r = request(https, cfg.clone(), Some(ALPHA), Req::get(ALPHA, "/"))
+                    .await
+                    .expect("a request failed");
+                assert_eq!(r.status, 200);
+                n += 1;
+                if storage_up().await == want {
+                    return n;
+                }
+                assert!(
+                    started.elapsed() < deadline,
+                    "portcullis_storage_up is not {want} after {deadline:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    redis.stop();
+    requests += step(Duration::from_secs(15), "0").await;
+    redis.restart();
+    requests += step(Duration::from_secs(15), "1").await;
+    assert!(requests > 10, "{requests} requests");
+}

@@ -227,6 +227,25 @@ impl Inner {
     /// a pooled one that turns out dead is replaced once.
     fn with_conn<T>(
         &self,
+        f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> io::Result<T> {
+        let r = self.with_conn_inner(f);
+        let unreachable = r.as_ref().err().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::TimedOut
+                    | io::ErrorKind::NotConnected
+            )
+        });
+        if r.is_ok() || unreachable {
+            crate::ops::metrics::storage_reached(r.is_ok(), &self.url);
+        }
+        r
+    }
+
+    fn with_conn_inner<T>(
+        &self,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> io::Result<T> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
@@ -272,6 +291,8 @@ impl Inner {
             io::ErrorKind::TimedOut
         } else if e.is_connection_refusal() {
             io::ErrorKind::ConnectionRefused
+        } else if e.is_io_error() || e.is_connection_dropped() {
+            io::ErrorKind::NotConnected
         } else {
             io::ErrorKind::Other
         };

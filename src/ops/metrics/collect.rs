@@ -266,6 +266,24 @@ impl Collector for Exporter {
         )?;
         Counter(super::QUIC_RETRIES.load(std::sync::atomic::Ordering::Relaxed)).encode(m)?;
 
+        let up = super::STORAGE_UP.load(std::sync::atomic::Ordering::Relaxed);
+        if up >= 0 {
+            let m = enc.encode_descriptor(
+                "storage_up",
+                "1 while the shared storage (Redis) answers, 0 while it is unreachable (instances serve what they hold).",
+                None,
+                MetricType::Gauge,
+            )?;
+            Gauge(up).encode(m)?;
+            let m = enc.encode_descriptor(
+                "storage_errors",
+                "Calls to the shared storage that could not reach it.",
+                None,
+                MetricType::Counter,
+            )?;
+            Counter(super::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed)).encode(m)?;
+        }
+
         let backend_labels = |b: &BackendFact| {
             [
                 ("site", b.site.clone()),

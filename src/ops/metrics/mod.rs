@@ -285,6 +285,27 @@ impl Drop for OpenConn {
     }
 }
 
+/// The shared storage (`[storage] kind = "redis"`): 1 while its last call succeeded, 0 while
+/// it is unreachable, -1 where there is none (then not exported).
+pub static STORAGE_UP: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(-1);
+/// Calls to the shared storage that failed to reach it.
+pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A call to the shared storage reached it (`true`) or not; the first of each change is
+/// logged, since instances keep serving what they hold while it is away.
+pub fn storage_reached(ok: bool, url: &str) {
+    use std::sync::atomic::Ordering;
+    let was = STORAGE_UP.swap(i64::from(ok), Ordering::Relaxed);
+    if !ok {
+        STORAGE_ERRORS.fetch_add(1, Ordering::Relaxed);
+        if was != 0 {
+            tracing::warn!(storage = url, "the shared storage is unreachable: serving the certificates and ticket keys held in memory until it answers again");
+        }
+    } else if was == 0 {
+        tracing::info!(storage = url, "the shared storage answers again");
+    }
+}
+
 /// QUIC Retry packets sent (rare: only under load or with `h3_retry = "always"`, so one
 /// process-wide counter).
 pub static QUIC_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
