@@ -849,3 +849,42 @@ async fn redis_stopped_under_load_fails_no_request_and_is_reported_until_it_retu
     requests += step(Duration::from_secs(15), "1").await;
     assert!(requests > 10, "{requests} requests");
 }
+
+#[tokio::test]
+async fn the_status_page_shows_the_shared_storage_and_who_holds_which_lock() {
+    let env = TestEnv::new();
+    let redis = Redis::start(env.dir.path());
+    let kek = kek_file(env.dir.path(), "storage.kek");
+    let srv = env.start(&format!(
+        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"{}\"\n{ONE_SITE}\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        redis.url(),
+        kek.display()
+    ));
+    let admin = srv
+        .server
+        .as_ref()
+        .and_then(|s| s.admin())
+        .and_then(|a| a.local_addr())
+        .expect("the admin listener runs");
+    // Another instance holds a lock.
+    let other = open(&redis, "portcullis:", Some(&kek));
+    let _held = other.try_lock("order-example.com").unwrap().expect("free");
+    let r = raw_tcp(
+        admin,
+        b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    let st = &v["storage"];
+    assert_eq!(st["kind"], "redis", "{st}");
+    assert_eq!(st["up"], true, "{st}");
+    let locks = st["locks"].as_array().unwrap();
+    let held = locks
+        .iter()
+        .find(|l| l["lock"] == "order-example.com")
+        .unwrap_or_else(|| panic!("the held lock is not shown: {st}"));
+    assert!(held["instance"].as_str().unwrap().contains(':'), "{held}");
+    assert!(held["fence"].as_u64().unwrap() >= 1, "{held}");
+}

@@ -233,8 +233,29 @@ pub fn json(g: &Generation, uptime: Duration, shutting_down: bool) -> String {
                     "avg_ms": if n > 0 { b.latency.sum_us as f64 / n as f64 / 1000.0 } else { 0.0 } })
         })
         .collect();
+    // The shared store: whether it answers, and who holds which lock (asked only while it
+    // answers, so an unreachable Redis does not hold the page up).
+    let up = metrics::STORAGE_UP.load(std::sync::atomic::Ordering::Relaxed);
+    let storage = if g.storage.shared() {
+        let locks: Vec<_> = if up != 0 {
+            g.storage
+                .lock_holders()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| json!({ "lock": h.name, "instance": h.instance, "since": h.since, "fence": h.fence }))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        json!({ "kind": "redis", "up": up != 0,
+                "errors": metrics::STORAGE_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+                "instance": crate::storage::instance_id(), "locks": locks })
+    } else {
+        json!({ "kind": "file" })
+    };
     let v = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "storage": storage,
         "now": now,
         "uptime_seconds": uptime.as_secs(),
         "shutting_down": shutting_down,

@@ -143,6 +143,17 @@
         b.in_flight, b.requests, b.failures, b.requests ? b.avg_ms.toFixed(1) + ' ms' : '—']);
     }
     if (!data.backends.length) row(be, [el('span', 'no reverse-proxy routes', 'muted')]);
+    if (data.storage && data.storage.kind === 'redis') {
+      $('cluster').hidden = false;
+      const st = $('storage-state');
+      clear(st);
+      st.appendChild(el('span', data.storage.up ? 'Redis answers' : 'Redis unreachable: serving what this instance holds', data.storage.up ? 'state-up' : 'state-down'));
+      st.appendChild(el('span', ' — this instance: ' + data.storage.instance + ', failed calls: ' + data.storage.errors, 'muted'));
+      const lk = $('locks').tBodies[0];
+      clear(lk);
+      for (const l of data.storage.locks) row(lk, [l.lock, l.instance, date(l.since), l.fence]);
+      if (!data.storage.locks.length) row(lk, [el('span', 'no lock held', 'muted')]);
+    }
     const errs = $('errors').tBodies[0];
     clear(errs);
     for (const f of data.recent_failures.slice().reverse()) {
