@@ -378,9 +378,10 @@ pub fn tls_client_config(spec: &UpstreamTlsSpec) -> Result<ClientConfig, String>
 }
 
 /// `tls.insecure_skip_verify`: accepts any certificate, still checking the handshake
-/// signatures (so the connection is encrypted, only not authenticated).
+/// signatures (so the connection is encrypted, only not authenticated). The probe's verifier,
+/// which judges the chain itself afterwards, delegates to it too.
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub struct NoVerify(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tokio::time::Sleep;
 
 pub use balance::sticky_cookie;
-pub use connector::{encode_proxy_header, tls_client_config, Io, RESOLVE_EVERY};
+pub use connector::{encode_proxy_header, tls_client_config, Io, NoVerify, RESOLVE_EVERY};
 pub use error::{TlsFailure, UpstreamError};
 pub use health::ejection_length;
 pub use pool::H2_STREAMS_PER_CONN;

@@ -13,6 +13,7 @@ use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 use super::report::{Check, Report};
 use super::{Options, Target};
+use crate::outbound::NoVerify;
 use crate::tls::certs::{leaf_info, unix_now, KeyKind};
 
 /// Certificates expiring within this many days are flagged, or within the last third of
@@ -20,13 +21,14 @@ use crate::tls::certs::{leaf_info, unix_now, KeyKind};
 /// as ACME clients do).
 const EXPIRING_SOON_DAYS: i64 = 14;
 
-/// Keeps what the server sent; accepts it (the verdict comes from [`verify`]).
+/// Keeps what the server sent; accepts it (the verdict comes from [`certificate_checks`]),
+/// checking the handshake signatures as [`NoVerify`] does.
 #[derive(Debug)]
 struct Keep {
     chain: Mutex<Vec<CertificateDer<'static>>>,
     /// The stapled OCSP response (empty: none).
     ocsp: Mutex<Vec<u8>>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+    accept: NoVerify,
 }
 
 impl ServerCertVerifier for Keep {
@@ -55,12 +57,7 @@ impl ServerCertVerifier for Keep {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.accept.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -69,18 +66,11 @@ impl ServerCertVerifier for Keep {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.accept.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.accept.supported_verify_schemes()
     }
 }
 
@@ -105,7 +95,7 @@ pub(super) fn accept_any() -> Arc<dyn ServerCertVerifier> {
 /// A client configuration (TLS 1.3 and 1.2, ALPN h2 and http/1.1) whose verifier keeps the
 /// chain and accepts it (the verdict is [`certificate_checks`]'s).
 fn client(keep: Arc<Keep>) -> Result<rustls::ClientConfig, String> {
-    let mut config = rustls::ClientConfig::builder_with_provider(keep.provider.clone())
+    let mut config = rustls::ClientConfig::builder_with_provider(keep.accept.0.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| format!("TLS client set-up failed: {e}"))?
         .dangerous()
@@ -119,7 +109,7 @@ fn keeper() -> Arc<Keep> {
     Arc::new(Keep {
         chain: Mutex::new(Vec::new()),
         ocsp: Mutex::new(Vec::new()),
-        provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        accept: NoVerify(Arc::new(rustls::crypto::aws_lc_rs::default_provider())),
     })
 }
 
