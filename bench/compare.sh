@@ -12,6 +12,9 @@
 #                    port by default; run.sh builds its quinn load generator; of the Debian
 #                    anchors only caddy speaks HTTP/3, the others' h3 rows stay empty)
 #   bench/h3idle.py HOST PORT PID [N]           memory per idle HTTP/3 connection (aioquic)
+#   REDIS_URL=redis://127.0.0.1:6390/0 bench/compare.sh -l hs13,res13,h2
+#                    adds `portcullis-redis` (bench/redis-storage.sh: the same binary with
+#                    [storage] kind = "redis" at that URL; static files only) beside portcullis
 #
 # What it does:
 #   1. cargo build --release in the repo root (target dir: $CARGO_TARGET_DIR, default
@@ -29,7 +32,7 @@
 #   -w $BENCH_WORK   (default /tmp/portcullis-bench; keeps PKI, docroot and the tlsload build)
 #   -o $BENCH_WORK/results-YYYYmmdd-HHMMSS
 #   -l hs13,hs12,res13,hs13c1,h1,h2,bulk,idle,idle2   (run.sh's default set + hs13c1)
-# Environment: BENCH, BENCH_WORK, ANCHORS, CARGO_TARGET_DIR, NO_BUILD=1 (use the existing binary),
+# Environment: BENCH, BENCH_WORK, ANCHORS, REDIS_URL, CARGO_TARGET_DIR, NO_BUILD=1 (use the existing binary),
 #   PORTCULLIS_BIN=/path (benchmark exactly this binary: no build, no copy; to repeat a run),
 #   ALLOW_CONCURRENT=1 (do not wait while another run.sh/limits.sh is running; by default it waits).
 # Needs: nginx haproxy caddy h2o nghttp2-client wrk openssl curl time python3 (see BENCHMARKS.md).
@@ -42,7 +45,7 @@ BENCH_WORK=${BENCH_WORK:-/tmp/portcullis-bench}
 ANCHORS=${ANCHORS:-nginx haproxy caddy h2o}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-case "${1:-}" in -h | --help) sed -n '2,31p' "${BASH_SOURCE[0]}"; exit 0 ;; esac
+case "${1:-}" in -h | --help) sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 0 ;; esac
 [[ -x $BENCH/run.sh ]] || { echo "compare.sh: no $BENCH/run.sh (set BENCH)" >&2; exit 1; }
 
 git_rev() {
@@ -128,7 +131,8 @@ fi
 # shellcheck disable=SC2086
 set +e
 "$BENCH/run.sh" -w "$BENCH_WORK" -o "$OUT_DIR" -l hs13,hs12,res13,hs13c1,h1,h2,bulk,idle,idle2 "$@" \
-  $ANCHORS "portcullis=$CMD"
+  $ANCHORS "portcullis=$CMD" \
+  ${REDIS_URL:+"portcullis-redis=$ROOT/bench/redis-storage.sh $BIN $REDIS_URL {HOST} {PORT} {CHAIN} {KEY} {DOCROOT} {WORKERS} {RUNDIR}"}
 rc=$?
 set -e
 if [[ -f $OUT_DIR/preflight.txt ]]; then

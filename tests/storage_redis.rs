@@ -732,45 +732,14 @@ async fn a_certificate_another_instance_stored_is_served_by_all_within_seconds()
     let kek = kek_file(env.dir.path(), "storage.kek");
     // What an instance that obtained (then renewed) the certificate leaves in the store.
     let store = RedisStorage::open(settings(&redis, "portcullis:", Some(&kek))).unwrap();
-    let names = vec!["localhost".to_string()];
-    let dir = portcullis::acme::manager::cert_dir(&names);
-    let put = |leaf: &Leaf| {
-        store
-            .store(
-                &format!("{dir}/chain.pem"),
-                pki().chain_pem(leaf).as_bytes(),
-                false,
-            )
-            .unwrap();
-        store
-            .store(&format!("{dir}/key.pem"), leaf.key_pem.as_bytes(), true)
-            .unwrap();
-    };
+    let put = |leaf: &Leaf| put_cert(&store, leaf);
     let first = pki().leaf_expiring_in(&["localhost"], 60);
     put(&first);
     // Two instances of an ACME site whose CA is unreachable: they serve what the store holds.
-    let config = format!(
-        "[storage]\nkind = \"redis\"\nurl = \"{}\"\nkey_encryption_key_file = \"{}\"\n\
-         [acme]\nca = \"https://127.0.0.1:1/directory\"\n\
-         [[site]]\nname = \"shared\"\nhosts = [\"localhost\"]\nissuer = \"acme\"\n\
-         [[site.route]]\npath = \"/\"\nrespond = {{ body = \"ok\" }}\n",
-        redis.url(),
-        kek.display()
-    );
+    let config = stored_cert_config(&redis, &kek);
     let a = env.start(&config);
     let b = TestEnv::new().start(&config);
-    let served = |addr: std::net::SocketAddr| async move {
-        let r = request(
-            addr,
-            ClientOpts::default().build(),
-            Some("localhost"),
-            Req::get("localhost", "/"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200);
-        r.tls.chain[0].clone()
-    };
+    let served = served_leaf;
     assert_eq!(served(a.https).await, first.der);
     assert_eq!(served(b.https).await, first.der);
     // The renewal lands in the store: both serve it within seconds, without a CA of their own.
@@ -785,7 +754,7 @@ async fn a_certificate_another_instance_stored_is_served_by_all_within_seconds()
             stored_at.elapsed() < Duration::from_secs(3),
             "the renewed certificate is not served by both instances within 3 s (pub/sub)"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // An older certificate (a stale writer) is not taken.
     put(&first);
@@ -977,14 +946,22 @@ fn a_local_copy_serves_reads_while_redis_is_away_and_refills_an_emptied_redis() 
         KEY_PEM
     );
     // ...and the instance that opened with another KEK while Redis was away is refused now.
-    let e = wrong.store("ocsp/x.der", b"X", false).unwrap_err().to_string();
+    let e = wrong
+        .store("ocsp/x.der", b"X", false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not match"), "{e}");
     // The copy keeps private keys readable by the owner only.
     let mode = |p: std::path::PathBuf| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     };
-    let kept = std::fs::read_dir(&copy).unwrap().next().unwrap().unwrap().path();
+    let kept = std::fs::read_dir(&copy)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(mode(kept.join("certs/a/key.pem")), 0o600);
 }
 
@@ -1069,7 +1046,10 @@ async fn an_instance_starts_without_redis_from_its_copy_refills_it_and_converges
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        redis.keys().iter().any(|k| k == "portcullis:tls/ticket-keys"),
+        redis
+            .keys()
+            .iter()
+            .any(|k| k == "portcullis:tls/ticket-keys"),
         "ticket keys not refilled: {:?}",
         redis.keys()
     );

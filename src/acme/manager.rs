@@ -210,22 +210,9 @@ pub fn spawn(
     renew: Arc<RenewRequests>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("portcullis-acme".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "ACME: cannot start");
-                    return;
-                }
-            };
-            rt.block_on(run(settings, storage, sites, challenges, renew, shutdown));
-        })?;
-    Ok(())
+    super::spawn_task("portcullis-acme", move || {
+        run(settings, storage, sites, challenges, renew, shutdown)
+    })
 }
 
 async fn run(

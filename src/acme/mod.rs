@@ -134,7 +134,10 @@ impl Challenges {
     pub fn present_http01(&self, token: &str, key_authorization: &str) {
         self.http01
             .insert(token.to_string(), key_authorization.to_string());
-        self.share(&format!("{SHARED_CHALLENGES}/http-01/{token}"), key_authorization);
+        self.share(
+            &format!("{SHARED_CHALLENGES}/http-01/{token}"),
+            key_authorization,
+        );
     }
 
     /// Starts answering the TLS-ALPN-01 challenge for `name` here and on every instance
@@ -142,7 +145,10 @@ impl Challenges {
     pub fn present_tls_alpn(&self, name: &str, key_auth_digest: &[u8]) -> Result<(), String> {
         self.tls_alpn.insert(name, key_auth_digest)?;
         self.share(
-            &format!("{SHARED_CHALLENGES}/tls-alpn-01/{}", name.to_ascii_lowercase()),
+            &format!(
+                "{SHARED_CHALLENGES}/tls-alpn-01/{}",
+                name.to_ascii_lowercase()
+            ),
             &crate::storage::hex(key_auth_digest),
         );
         Ok(())
@@ -188,11 +194,15 @@ impl Challenges {
 
     /// Puts up (or takes down) the shared challenge under `key` as the store now holds it.
     fn adopt(&self, storage: &dyn crate::storage::Storage, key: &str) {
-        let Some(rest) = key.strip_prefix(SHARED_CHALLENGES).and_then(|r| r.strip_prefix('/'))
+        let Some(rest) = key
+            .strip_prefix(SHARED_CHALLENGES)
+            .and_then(|r| r.strip_prefix('/'))
         else {
             return;
         };
-        let Some((kind, id)) = rest.split_once('/') else { return };
+        let Some((kind, id)) = rest.split_once('/') else {
+            return;
+        };
         let value = match storage.load(key) {
             Ok(v) => v,
             Err(e) => {
@@ -238,39 +248,40 @@ pub fn follow(
     let Some(mut changes) = storage.changes() else {
         return Ok(());
     };
-    std::thread::Builder::new()
-        .name("acme-challenges".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "ACME: cannot follow shared challenges");
-                    return;
-                }
+    spawn_task("acme-challenges", move || async move {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let change = tokio::select! {
+                c = changes.recv() => c,
+                _ = shutdown.wait_for(|stop| *stop) => return,
             };
-            rt.block_on(async move {
-                use tokio::sync::broadcast::error::RecvError;
-                loop {
-                    let change = tokio::select! {
-                        c = changes.recv() => c,
-                        _ = shutdown.wait_for(|stop| *stop) => return,
-                    };
-                    match change {
-                        Ok(crate::storage::Change::Key(key)) => {
-                            challenges.adopt(storage.as_ref(), &key)
-                        }
-                        Ok(crate::storage::Change::All) | Err(RecvError::Lagged(_)) => {
-                            for key in storage.list(SHARED_CHALLENGES).unwrap_or_default() {
-                                challenges.adopt(storage.as_ref(), &key);
-                            }
-                        }
-                        Err(RecvError::Closed) => return,
+            match change {
+                Ok(crate::storage::Change::Key(key)) => challenges.adopt(storage.as_ref(), &key),
+                Ok(crate::storage::Change::All) | Err(RecvError::Lagged(_)) => {
+                    for key in storage.list(SHARED_CHALLENGES).unwrap_or_default() {
+                        challenges.adopt(storage.as_ref(), &key);
                     }
                 }
-            });
-        })?;
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+}
+
+/// Runs the future `make` returns on a thread of its own named `name`, with a current-thread
+/// runtime of its own (made here first: failing to make it is the caller's error).
+pub(crate) fn spawn_task<F>(
+    name: &str,
+    make: impl FnOnce() -> F + Send + 'static,
+) -> std::io::Result<()>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || rt.block_on(make()))?;
     Ok(())
 }

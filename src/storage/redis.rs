@@ -183,7 +183,10 @@ impl RedisStorage {
     /// anyway (logged) and checks the key-encryption key once Redis answers.
     pub fn open_with_copy(settings: RedisSettings, dir: PathBuf) -> io::Result<RedisStorage> {
         // One copy per Redis and prefix: a changed URL or prefix starts from nothing.
-        let dir = dir.join(super::short_id(&format!("{} {}", settings.url, settings.prefix)));
+        let dir = dir.join(super::short_id(&format!(
+            "{} {}",
+            settings.url, settings.prefix
+        )));
         RedisStorage::open_inner(settings, Some(FileStorage::new(dir)))
     }
 
@@ -309,13 +312,8 @@ impl Inner {
             return Ok(Held::Empty);
         };
         let mark = format!("{} {}", self.instance, crate::tls::certs::unix_now());
-        let won: Option<String> = self.with_conn_raw(|c| {
-            redis::cmd("SET")
-                .arg(&marker)
-                .arg(&mark)
-                .arg("NX")
-                .query(c)
-        })?;
+        let won: Option<String> =
+            self.with_conn_raw(|c| redis::cmd("SET").arg(&marker).arg(&mark).arg("NX").query(c))?;
         if won.is_none() {
             return Ok(Held::Yes); // another instance is restoring it
         }
@@ -324,7 +322,9 @@ impl Inner {
         let keys = copy.list("")?;
         let mut restored = 0;
         for key in &keys {
-            let Some(value) = copy.load(key)? else { continue };
+            let Some(value) = copy.load(key)? else {
+                continue;
+            };
             let name = format!("{}{key}", self.prefix);
             let value = self.at_rest(&name, &value, copy.is_secret(key));
             let set: Option<String> = self.with_conn_raw(|c| {
@@ -573,23 +573,10 @@ impl Storage for RedisStorage {
         let sealed = self.inner.at_rest(&name, value, secret);
         let note = self.inner.note(key);
         let marker = format!("{}.cluster", self.inner.prefix);
-        self.inner.with_conn(|c| {
-            redis::pipe()
-                .cmd("SET")
-                .arg(&name)
-                .arg(&sealed[..])
-                .ignore()
-                .cmd("SET")
-                .arg(&marker)
-                .arg(&note)
-                .arg("NX")
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(&self.inner.channel)
-                .arg(&note)
-                .ignore()
-                .query::<()>(c)
-        })?;
+        let mut write = redis::pipe();
+        write.cmd("SET").arg(&name).arg(&sealed[..]).ignore();
+        write.cmd("SET").arg(&marker).arg(&note).arg("NX").ignore();
+        self.inner.announced(write, &note)?;
         // What this instance stored survives a Redis that goes away (a failed write is not
         // kept: the caller knows it failed).
         self.inner.copy_store(key, value, secret);
@@ -599,17 +586,9 @@ impl Storage for RedisStorage {
     fn delete(&self, key: &str) -> io::Result<()> {
         let name = self.name(key)?;
         let note = self.inner.note(key);
-        self.inner.with_conn(|c| {
-            redis::pipe()
-                .cmd("DEL")
-                .arg(&name)
-                .ignore()
-                .cmd("PUBLISH")
-                .arg(&self.inner.channel)
-                .arg(&note)
-                .ignore()
-                .query::<()>(c)
-        })?;
+        let mut write = redis::pipe();
+        write.cmd("DEL").arg(&name).ignore();
+        self.inner.announced(write, &note)?;
         if let Some(copy) = &self.inner.copy {
             copy.delete(key)?;
         }
@@ -625,7 +604,11 @@ impl Storage for RedisStorage {
         let keys = match self.inner.scan(&pattern) {
             Ok(keys) => keys,
             Err(e) if unreachable(&e) && self.inner.copy.is_some() => {
-                return self.inner.copy.as_ref().map_or(Ok(Vec::new()), |c| c.list(prefix));
+                return self
+                    .inner
+                    .copy
+                    .as_ref()
+                    .map_or(Ok(Vec::new()), |c| c.list(prefix));
             }
             Err(e) => return Err(e),
         };
@@ -783,6 +766,12 @@ impl RedisStorage {
 }
 
 impl Inner {
+    /// Runs `write` and publishes `note` on the change channel, in one round trip.
+    fn announced(&self, mut write: redis::Pipeline, note: &str) -> io::Result<()> {
+        write.cmd("PUBLISH").arg(&self.channel).arg(note).ignore();
+        self.with_conn(|c| write.query::<()>(c))
+    }
+
     /// The change note published for `key`: `ORIGIN KEY`.
     fn note(&self, key: &str) -> String {
         format!("{} {key}", self.origin)
