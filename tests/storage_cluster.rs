@@ -52,17 +52,24 @@ async fn served_leaf(
     Ok(r.tls.chain[0].clone())
 }
 
-/// Polls [`served_leaf`] until it succeeds, for at most `within`.
+/// Polls [`served_leaf`] until it succeeds, for at most `within`, failing at once should
+/// pebble have been asked for more than `max_orders` orders.
 async fn wait_served(
     addr: SocketAddr,
     name: &str,
     root: &Path,
     body: &str,
     within: Duration,
-    pebble_dir: &Path,
+    (pebble_dir, max_orders): (&Path, usize),
 ) -> CertificateDer<'static> {
     let deadline = Instant::now() + within;
     loop {
+        let orders = new_orders(pebble_dir);
+        assert!(
+            orders <= max_orders,
+            "{orders} orders at pebble, {max_orders} expected, while waiting for {addr} to serve {name}:\n{}",
+            pebble_log_tail(pebble_dir)
+        );
         match served_leaf(addr, name, root, body).await {
             Ok(leaf) => return leaf,
             Err(e) => assert!(
@@ -148,7 +155,7 @@ async fn three_instances_order_each_name_once_and_serve_the_same_certificate() {
                 &root,
                 &body,
                 Duration::from_secs(40),
-                &dir,
+                (&dir, names.len()),
             )
             .await;
             served.push(leaf);
@@ -204,9 +211,14 @@ async fn three_instances_order_each_name_once_and_serve_the_same_certificate() {
     let (a, others) = servers.split_first().unwrap();
     for (label, srv) in ["B", "C"].iter().zip(others) {
         let cfg = pebble_client(&root, true);
-        let first = request(a.https, cfg.clone(), Some(names[0]), Req::get(names[0], "/"))
-            .await
-            .unwrap();
+        let first = request(
+            a.https,
+            cfg.clone(),
+            Some(names[0]),
+            Req::get(names[0], "/"),
+        )
+        .await
+        .unwrap();
         assert_eq!(first.tls.kind, Some(HandshakeKind::Full));
         let r = request(srv.https, cfg, Some(names[0]), Req::get(names[0], "/"))
             .await
@@ -265,10 +277,7 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
         .collect();
     for (ip, p) in &mut instances {
         let line = p.wait_for_line("listening on https://", Duration::from_secs(15));
-        assert_eq!(
-            parse_listen_line(&line),
-            SocketAddr::from((*ip, tls_port))
-        );
+        assert_eq!(parse_listen_line(&line), SocketAddr::from((*ip, tls_port)));
     }
 
     // The first validation request reaches the door: the order runs, its holder has the lock.
@@ -298,7 +307,9 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
     let killed_at = Instant::now();
     let left = pttl(&redis, &lock_key);
     assert_eq!(
-        redis.get(&lock_key).map(|v| String::from_utf8_lossy(&v).into_owned()),
+        redis
+            .get(&lock_key)
+            .map(|v| String::from_utf8_lossy(&v).into_owned()),
         Some(held.clone()),
         "the lock changed hands while its holder ({killed_ip}) lived"
     );
@@ -327,8 +338,10 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
     // While the dead holder's lease runs, nobody orders; it ends when it expires, not before.
     let deadline = expires + Duration::from_secs(10);
     let successor = loop {
-        let now = redis.get(&lock_key);
+        // Counted before the lock is read: while the lock still holds the dead holder's
+        // token, every order counted was placed during its lease.
         let orders = new_orders(&dir);
+        let now = redis.get(&lock_key);
         match now.map(|v| String::from_utf8_lossy(&v).into_owned()) {
             Some(v) if v == held => assert_eq!(
                 orders,
@@ -381,7 +394,7 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
             &root,
             "s0",
             Duration::from_secs(15),
-            &dir,
+            (&dir, 2),
         )
         .await;
         assert!(

@@ -141,7 +141,10 @@ pub fn get_text(url: &str, key: &str) -> Option<String> {
 
 /// Milliseconds `key` has left to live (Redis `PTTL`: -2 absent, -1 no expiry).
 pub fn pttl(redis: &Redis, key: &str) -> i64 {
-    redis::cmd("PTTL").arg(key).query(&mut redis.conn()).unwrap()
+    redis::cmd("PTTL")
+        .arg(key)
+        .query(&mut redis.conn())
+        .unwrap()
 }
 
 /// The process id in a lock's value, `HOST:PID SINCE RANDOM FENCE`.
