@@ -1100,7 +1100,18 @@ fn certs(a: ServeArgs) -> i32 {
                             config.acme.directory,
                             describe(&c),
                             fmt_time(at)
-                        )
+                        );
+                        let leaf = c.certified.cert.first().map_or(&[][..], |d| d.as_ref());
+                        if let Some(i) =
+                            crate::acme::manager::issuance(storage.as_ref(), &names, leaf)
+                        {
+                            println!(
+                                "{}:   obtained {} by {}",
+                                site.name,
+                                fmt_time(i.at),
+                                i.by
+                            );
+                        }
                     }
                     None => println!(
                         "{}: ACME {}: no certificate yet for {}",
@@ -1120,6 +1131,26 @@ fn certs(a: ServeArgs) -> i32 {
                     }
                 }
             }
+        }
+    }
+    if storage.shared() {
+        // The cluster view: what the instances sharing the store are doing right now.
+        match storage.lock_holders() {
+            Ok(holders) if holders.is_empty() => {
+                println!("shared storage: no lock held (no order or key rotation running)")
+            }
+            Ok(holders) => {
+                for h in holders {
+                    println!(
+                        "shared storage: lock {} held by {} since {} (fence {})",
+                        h.name,
+                        h.instance,
+                        fmt_time(h.since),
+                        h.fence
+                    );
+                }
+            }
+            Err(e) => println!("shared storage: locks unknown: {e}"),
         }
     }
     0

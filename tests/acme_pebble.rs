@@ -28,6 +28,7 @@ async fn http01_issuance_from_pebble_gives_a_chain_that_verifies() {
         http01: state.front.acme.clone(),
         tls_alpn: state.tls_alpn.clone(),
         dns: None,
+        shared: None,
     };
     let tokens = challenges.http01.clone();
     let storage = FileStorage::new(dir.join("store"));
@@ -211,6 +212,7 @@ async fn tls_alpn01_issuance_is_answered_by_the_https_listener() {
         http01: state.front.acme.clone(),
         tls_alpn: state.tls_alpn.clone(),
         dns: None,
+        shared: None,
     };
     let storage = FileStorage::new(dir.join("store"));
     let client = AcmeClient::open(&storage, &pebble.directory, Some(&test_ca), &[])
@@ -280,6 +282,7 @@ fn a_server_waits_for_the_order_lock_and_serves_what_the_holder_stored() {
         http01: state.front.acme.clone(),
         tls_alpn: state.tls_alpn.clone(),
         dns: None,
+        shared: None,
     };
     // The other process orders (answering through this server's listener, the one pebble
     // validates against) and stores the result, then releases the lock.

@@ -448,17 +448,16 @@ impl AcmeClient {
                         })?;
                 match kind {
                     ChallengeKind::Http01 => {
-                        challenges.http01.insert(
-                            challenge.token.clone(),
-                            challenge.key_authorization().as_str().to_string(),
+                        challenges.present_http01(
+                            &challenge.token,
+                            challenge.key_authorization().as_str(),
                         );
                         placed.push(challenge.token.clone());
                     }
                     ChallengeKind::TlsAlpn01 => {
                         let digest = challenge.key_authorization().digest();
                         challenges
-                            .tls_alpn
-                            .insert(&name, digest.as_ref())
+                            .present_tls_alpn(&name, digest.as_ref())
                             .map_err(|detail| failed(name.clone(), detail))?;
                         placed.push(name.clone());
                     }
@@ -474,6 +473,10 @@ impl AcmeClient {
                             .map_err(|detail| failed(name.clone(), detail))?;
                         continue;
                     }
+                }
+                if challenges.is_shared() {
+                    // The other instances put it up from the store's announcement first.
+                    tokio::time::sleep(super::SHARED_CHALLENGE_SETTLE).await;
                 }
                 challenge
                     .set_ready()
@@ -566,8 +569,8 @@ impl AcmeClient {
         .await;
         for p in &placed {
             match kind {
-                ChallengeKind::Http01 => challenges.http01.remove(p),
-                ChallengeKind::TlsAlpn01 => challenges.tls_alpn.remove(p),
+                ChallengeKind::Http01 => challenges.withdraw_http01(p),
+                ChallengeKind::TlsAlpn01 => challenges.withdraw_tls_alpn(p),
                 ChallengeKind::Dns01 => {}
             }
         }

@@ -271,6 +271,8 @@ async fn run(
         .chain(settings.fallback.iter().cloned())
         .collect();
     let mut clients: Vec<Option<AcmeClient>> = directories.iter().map(|_| None).collect();
+    // Another instance's writes, announced as they happen (shared stores only).
+    let mut changes = storage.changes();
     loop {
         let now = certs::unix_now();
         let mut next_wake = now + 3600;
@@ -442,7 +444,40 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = renew.notify.notified() => {}
+            change = next_change(&mut changes) => {
+                // A certificate another instance stored is looked at now, not at the next
+                // poll; a site still waiting for its first one asks again (the order lock
+                // tells whether the other instance is done). Only the certificate itself
+                // counts: status records change at every attempt, anywhere.
+                for st in &mut states {
+                    let chain = format!("{}/chain.pem", cert_dir(&st.site.names));
+                    let ours = match &change {
+                        crate::storage::Change::All => true,
+                        crate::storage::Change::Key(k) => *k == chain,
+                    };
+                    if ours && st.current.is_none() {
+                        st.retry_at = 0;
+                    }
+                }
+            }
             _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
+/// The next change another instance made to the shared store; never, without one.
+async fn next_change(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>,
+) -> crate::storage::Change {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let Some(rx) = changes.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.recv().await {
+            Ok(change) => return change,
+            Err(RecvError::Lagged(_)) => return crate::storage::Change::All,
+            Err(RecvError::Closed) => *changes = None,
         }
     }
 }
@@ -854,10 +889,44 @@ pub fn store_issued(
             false,
         )
     });
+    // Who obtained it, when: the cluster view (`portcullis certs`, the status page).
+    let record = Issuance {
+        by: crate::storage::instance_id(),
+        at: certs::unix_now(),
+        cert_sha256: crate::storage::sha256_hex(&leaf_der(&cert), 32),
+    };
+    let saved = saved.and_then(|()| {
+        let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        store(format!("{dir}/{ISSUANCE}"), &json, false)
+    });
     if let Err(e) = saved {
         tracing::error!(dir, error = %e, "ACME: cannot store the new certificate (serving it anyway)");
     }
     Ok(cert)
+}
+
+/// Where [`Issuance`] is kept beside a certificate.
+const ISSUANCE: &str = "issued.json";
+
+/// Which instance obtained the stored certificate, and when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Issuance {
+    /// The instance (`HOST:PID`, [`crate::storage::instance_id`]).
+    pub by: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// SHA-256 of the leaf (hex, 32 characters): the record is for this certificate only.
+    pub cert_sha256: String,
+}
+
+/// Who obtained the certificate whose leaf is `leaf` (DER) for `names`, as recorded beside it.
+pub fn issuance(storage: &dyn Storage, names: &[String], leaf: &[u8]) -> Option<Issuance> {
+    let bytes = storage
+        .load(&format!("{}/{ISSUANCE}", cert_dir(names)))
+        .ok()??;
+    serde_json::from_slice::<Issuance>(&bytes)
+        .ok()
+        .filter(|i| i.cert_sha256 == crate::storage::sha256_hex(leaf, 32))
 }
 
 /// Unix time at which `cert` is due for renewal by the lifetime rule (two thirds into its

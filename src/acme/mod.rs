@@ -105,10 +105,172 @@ impl TlsAlpnChallenges {
 
 /// Where challenges are answered: the port-80 token store, the TLS-ALPN-01 configs and the
 /// DNS hook.
+///
+/// With a shared store, a challenge is answered by every instance: behind a load balancer the
+/// CA's validation request reaches any of them, not necessarily the one that placed the order.
+/// The holder writes each pending challenge to `acme/challenges/…` (announced at once,
+/// [`crate::storage::Storage::changes`]) and every instance's [`follow`] thread puts it up in
+/// memory, so answering stays a memory lookup (no store round trip on the request path).
 #[derive(Debug, Default, Clone)]
 pub struct Challenges {
     pub http01: std::sync::Arc<Http01Tokens>,
     pub tls_alpn: std::sync::Arc<TlsAlpnChallenges>,
     /// DNS-01 through `acme.dns_hook`, when configured.
     pub dns: Option<std::sync::Arc<dns::DnsHook>>,
+    /// The store shared with other instances, when there is one.
+    pub shared: Option<std::sync::Arc<dyn crate::storage::Storage>>,
+}
+
+/// Where pending challenges are kept in a shared store.
+const SHARED_CHALLENGES: &str = "acme/challenges";
+/// Older shared challenges are left alone (a holder that died did not remove its own).
+const SHARED_CHALLENGE_MAX_AGE: i64 = 3600;
+/// Time given to the other instances to put a shared challenge up before the CA is told.
+pub const SHARED_CHALLENGE_SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl Challenges {
+    /// Starts answering the HTTP-01 challenge `token` here and on every instance sharing the
+    /// store.
+    pub fn present_http01(&self, token: &str, key_authorization: &str) {
+        self.http01
+            .insert(token.to_string(), key_authorization.to_string());
+        self.share(&format!("{SHARED_CHALLENGES}/http-01/{token}"), key_authorization);
+    }
+
+    /// Starts answering the TLS-ALPN-01 challenge for `name` here and on every instance
+    /// sharing the store.
+    pub fn present_tls_alpn(&self, name: &str, key_auth_digest: &[u8]) -> Result<(), String> {
+        self.tls_alpn.insert(name, key_auth_digest)?;
+        self.share(
+            &format!("{SHARED_CHALLENGES}/tls-alpn-01/{}", name.to_ascii_lowercase()),
+            &crate::storage::hex(key_auth_digest),
+        );
+        Ok(())
+    }
+
+    /// Stops answering the HTTP-01 challenge `token`, everywhere.
+    pub fn withdraw_http01(&self, token: &str) {
+        self.http01.remove(token);
+        self.unshare(&format!("{SHARED_CHALLENGES}/http-01/{token}"));
+    }
+
+    /// Stops answering the TLS-ALPN-01 challenge for `name`, everywhere.
+    pub fn withdraw_tls_alpn(&self, name: &str) {
+        self.tls_alpn.remove(name);
+        self.unshare(&format!(
+            "{SHARED_CHALLENGES}/tls-alpn-01/{}",
+            name.to_ascii_lowercase()
+        ));
+    }
+
+    /// Whether challenges are shared (then the CA is told after [`SHARED_CHALLENGE_SETTLE`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    fn share(&self, key: &str, value: &str) {
+        let Some(storage) = &self.shared else { return };
+        let value = format!("{} {value}", crate::tls::certs::unix_now());
+        if let Err(e) = storage.store(key, value.as_bytes(), false) {
+            // This instance still answers; others may not (validation may then fail and be
+            // retried).
+            tracing::warn!(key, error = %e, "ACME: cannot share a challenge with the other instances");
+        }
+    }
+
+    fn unshare(&self, key: &str) {
+        if let Some(storage) = &self.shared {
+            if let Err(e) = storage.delete(key) {
+                tracing::warn!(key, error = %e, "ACME: cannot remove a shared challenge");
+            }
+        }
+    }
+
+    /// Puts up (or takes down) the shared challenge under `key` as the store now holds it.
+    fn adopt(&self, storage: &dyn crate::storage::Storage, key: &str) {
+        let Some(rest) = key.strip_prefix(SHARED_CHALLENGES).and_then(|r| r.strip_prefix('/'))
+        else {
+            return;
+        };
+        let Some((kind, id)) = rest.split_once('/') else { return };
+        let value = match storage.load(key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "ACME: cannot read a shared challenge");
+                return;
+            }
+        };
+        let fresh = value.as_deref().and_then(|v| {
+            let (at, value) = std::str::from_utf8(v).ok()?.split_once(' ')?;
+            let age = crate::tls::certs::unix_now() - at.parse::<i64>().ok()?;
+            (age < SHARED_CHALLENGE_MAX_AGE).then(|| value.to_string())
+        });
+        match (kind, fresh) {
+            ("http-01", Some(key_auth)) => self.http01.insert(id.to_string(), key_auth),
+            ("http-01", None) => self.http01.remove(id),
+            ("tls-alpn-01", Some(digest)) => {
+                let digest: Option<Vec<u8>> = (0..digest.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(digest.get(i..i + 2)?, 16).ok())
+                    .collect();
+                let put = digest
+                    .ok_or_else(|| "not hex".to_string())
+                    .and_then(|d| self.tls_alpn.insert(id, &d));
+                if let Err(e) = put {
+                    tracing::warn!(key, error = %e, "ACME: cannot put up a shared challenge");
+                }
+            }
+            ("tls-alpn-01", None) => self.tls_alpn.remove(id),
+            _ => {}
+        }
+    }
+}
+
+/// Answers the challenges other instances place, on a thread of its own until `shutdown`
+/// (nothing to do without a shared store).
+pub fn follow(
+    challenges: Challenges,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let Some(storage) = challenges.shared.clone() else {
+        return Ok(());
+    };
+    let Some(mut changes) = storage.changes() else {
+        return Ok(());
+    };
+    std::thread::Builder::new()
+        .name("acme-challenges".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "ACME: cannot follow shared challenges");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    let change = tokio::select! {
+                        c = changes.recv() => c,
+                        _ = shutdown.wait_for(|stop| *stop) => return,
+                    };
+                    match change {
+                        Ok(crate::storage::Change::Key(key)) => {
+                            challenges.adopt(storage.as_ref(), &key)
+                        }
+                        Ok(crate::storage::Change::All) | Err(RecvError::Lagged(_)) => {
+                            for key in storage.list(SHARED_CHALLENGES).unwrap_or_default() {
+                                challenges.adopt(storage.as_ref(), &key);
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
+        })?;
+    Ok(())
 }

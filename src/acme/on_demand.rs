@@ -338,8 +338,31 @@ impl Issuer {
         Ok(client)
     }
 
-    /// Orders, checks and stores the certificate for `names` (HTTP-01, then TLS-ALPN-01).
+    /// Orders, checks and stores the certificate for `names` (HTTP-01, then TLS-ALPN-01),
+    /// under the store's order lock: when another process (an instance sharing the store) is
+    /// ordering it already, waits for its certificate instead of ordering a second one.
     async fn order(&self, names: &[String]) -> Result<LoadedCert, String> {
+        let lock_name = super::manager::order_lock(names);
+        let deadline = tokio::time::Instant::now() + ORDER_TIMEOUT;
+        let lock = loop {
+            match self.storage.try_lock(&lock_name) {
+                Ok(Some(lock)) => break lock,
+                Ok(None) => {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err("another instance held the order lock too long".into());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(format!("cannot take the order lock: {e}")),
+            }
+        };
+        // The other holder may have finished meanwhile (a certificate not yet due).
+        if let Some(c) = stored(self.storage.as_ref(), names) {
+            let (from, until) = (c.info.not_before, c.info.not_after);
+            if unix_now() < until - (until - from) / 3 {
+                return Ok(c);
+            }
+        }
         let client = self.account().await.map_err(|e| e.to_string())?;
         let options = OrderOptions {
             profile: self.acme.profile.clone(),
@@ -355,7 +378,7 @@ impl Issuer {
             )
             .await
             .map_err(|e| e.to_string())?;
-        store_issued(self.storage.as_ref(), None, names, &issued, false)
+        store_issued(self.storage.as_ref(), Some(&*lock), names, &issued, false)
     }
 
     /// Renews on-demand certificates past two thirds of their lifetime (the old one is served
@@ -379,6 +402,7 @@ impl Issuer {
                 continue;
             }
             match self.order(std::slice::from_ref(&name)).await {
+                Ok(c) if c.certified.cert.first() == ck.cert.first() => {} // nothing newer
                 Ok(c) => {
                     self.od.certs.insert(&name, c.certified.clone());
                     tracing::info!(name, expires = %fmt_time(c.info.not_after), "on-demand: certificate renewed");

@@ -241,8 +241,13 @@ fn build_inner(
                 timeout: h.timeout,
             })
         }),
+        shared: storage.shared().then(|| storage.clone()),
         ..Default::default()
     };
+    if !acme_sites.is_empty() || config.on_demand.is_some() {
+        acme::follow(challenges.clone(), retire_rx.clone())
+            .map_err(|e| format!("cannot start the shared-challenge thread: {e}"))?;
+    }
     let on_demand = match (&config.on_demand, &named) {
         (Some(settings), Some((_, named))) => Some(
             acme::on_demand::spawn(

@@ -22,6 +22,13 @@ impl FileStorage {
         FileStorage { root: root.into() }
     }
 
+    /// Whether `key` was stored as a secret (readable by the owner only).
+    pub fn is_secret(&self, key: &str) -> bool {
+        self.path(key)
+            .and_then(fs::metadata)
+            .is_ok_and(|m| m.permissions().mode() & 0o077 == 0)
+    }
+
     fn path(&self, key: &str) -> io::Result<PathBuf> {
         check_key(key)?;
         Ok(self.root.join(key))

@@ -202,6 +202,21 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn shared(&self) -> bool {
         false
     }
+    /// The changes other instances make to a shared store, as they are made (Redis pub/sub).
+    /// `None` for a store nobody else writes. A receiver that lags behind gets
+    /// `RecvError::Lagged`, which it takes as [`Change::All`].
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+}
+
+/// A change another instance made to a shared store ([`Storage::changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `key` was stored or deleted.
+    Key(String),
+    /// Anything may have changed: notifications were missed while the store was unreachable.
+    All,
 }
 
 /// A held [`Storage`] lock; dropping it releases the lock.
@@ -252,7 +267,9 @@ pub fn open(config: &crate::config::model::Config) -> Result<Arc<dyn Storage>, S
             Ok(Arc::new(FileStorage::new(config.data_dir.clone())))
         }
         crate::config::storage::StorageSettings::Redis(settings) => {
-            let s = RedisStorage::open(settings.clone()).map_err(|e| format!("[storage]: {e}"))?;
+            let mirror = config.data_dir.join("shared-copy");
+            let s = RedisStorage::open_with_copy(settings.clone(), mirror)
+                .map_err(|e| format!("[storage]: {e}"))?;
             Ok(Arc::new(s))
         }
     }

@@ -10,7 +10,33 @@
 //!   one at open, so a wrong KEK is an error at start rather than at the first renewal;
 //! - `PREFIX.lock:NAME`: a held lock; its value is the holder's token, `INSTANCE SINCE RANDOM
 //!   FENCE`, and it expires after the lease unless renewed;
-//! - `PREFIX.fence:NAME`: the lock's fence counter (INCR at each acquisition).
+//! - `PREFIX.fence:NAME`: the lock's fence counter (INCR at each acquisition);
+//! - `PREFIX.cluster`: set by the first instance that reaches an empty Redis (which instance,
+//!   when). Its absence on a Redis that answers means Redis lost what it held (restarted without
+//!   persistence, flushed): see *Local copy* below.
+//!
+//! # Changes reach every instance at once
+//! Every write and delete also publishes `ORIGIN KEY` (the instance and a random tag) on the channel `PREFIX.changes` (in the
+//! same round trip). [`Storage::changes`] starts a thread that subscribes to it and hands other
+//! instances' changes to the certificate machinery (a renewed certificate, rotated ticket keys,
+//! a pending ACME challenge), which reacts within milliseconds; each of those also polls, so a
+//! lost message costs seconds, not correctness. When the subscription breaks, the thread
+//! reconnects every second and, once back, reports [`Change::All`]: whatever was published
+//! meanwhile is read again.
+//!
+//! # Local copy
+//! Opened with [`RedisStorage::open_with_copy`] (as the server and the CLI do), the store keeps
+//! a copy of every value it reads or writes in a private directory of this machine (the data
+//! directory's `shared-copy/`, files of mode 0600 as the file store writes them; values that
+//! are sealed in Redis are kept in clear there, as the file store keeps them). The copy serves
+//! two failures:
+//! - **Redis unreachable** (refused, timed out, dropped): reads answer from the copy, so an
+//!   instance starts and reloads without Redis and serves what it held; writes still fail (no
+//!   order is placed without the cluster's lock). The instance catches up when Redis answers.
+//! - **Redis empty** (restarted without persistence, flushed): the first instance to notice
+//!   (the subscriber's heartbeat every five seconds, or any read that finds nothing) writes its
+//!   copy back with `SET NX` (never over a value another instance restored first), so no
+//!   instance orders certificates the cluster already has.
 //!
 //! Values are written with one `SET` (atomic). Secret values are sealed ([`super::crypt`])
 //! with the full Redis key name as associated data; other values (certificates, OCSP
@@ -41,14 +67,16 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::Duration;
 
 use redis::{Client, Connection, IntoConnectionInfo, RedisError, Script};
+use tokio::sync::broadcast;
 
 use super::crypt::{self, Kek, OpenError};
-use super::{check_key, instance_id, LockHolder, Storage, StorageLock};
+use super::{check_key, instance_id, Change, FileStorage, LockHolder, Storage, StorageLock};
 use crate::config::storage::RedisSettings;
 
 /// Bound on connecting (TCP, then TLS and AUTH).
@@ -57,6 +85,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept for the next call.
 const POOL_SIZE: usize = 4;
+/// How often the subscriber checks that its connection and Redis' contents are still there.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Wait before the subscriber reconnects.
+const RECONNECT: Duration = Duration::from_secs(1);
 
 /// Takes the lock if nobody has it: KEYS = lock, fence counter; ARGV = token without the
 /// fence, lease in ms. Returns the fence number, or nil.
@@ -78,10 +110,12 @@ const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
-/// Stores while the lock holds the token: KEYS = lock, value key; ARGV = token, value.
+/// Stores while the lock holds the token, and publishes the change: KEYS = lock, value key;
+/// ARGV = token, value, channel, message.
 const STORE_FENCED: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
   return 1
 end
 return 0
@@ -102,6 +136,20 @@ struct Inner {
     instance: String,
     idle: Mutex<Vec<Connection>>,
     scripts: Scripts,
+    /// This machine's copy of the values (see *Local copy*).
+    copy: Option<FileStorage>,
+    /// `PREFIX.changes`, where writes are announced.
+    channel: String,
+    /// This store's name in the announcements: the instance and a random tag (two stores in
+    /// one process are two writers).
+    origin: String,
+    changes: broadcast::Sender<Change>,
+    /// The subscriber thread runs.
+    watching: AtomicBool,
+    /// The KEK was checked against Redis (at open, or later when Redis was unreachable then).
+    verified: AtomicBool,
+    /// Held while verifying or restoring, so that happens once at a time.
+    verifying: Mutex<()>,
 }
 
 struct Scripts {
@@ -125,7 +173,21 @@ impl fmt::Debug for RedisStorage {
 impl RedisStorage {
     /// Connects to Redis as `settings` say and checks the key-encryption key against the one
     /// the values under the prefix were stored with (recording it when it is the first).
+    /// Without a local copy: an unreachable Redis is an error.
     pub fn open(settings: RedisSettings) -> io::Result<RedisStorage> {
+        RedisStorage::open_inner(settings, None)
+    }
+
+    /// [`RedisStorage::open`] keeping this machine's copy of the values in `dir` (see
+    /// *Local copy*): when Redis cannot be reached and the copy holds values, the store opens
+    /// anyway (logged) and checks the key-encryption key once Redis answers.
+    pub fn open_with_copy(settings: RedisSettings, dir: PathBuf) -> io::Result<RedisStorage> {
+        // One copy per Redis and prefix: a changed URL or prefix starts from nothing.
+        let dir = dir.join(super::short_id(&format!("{} {}", settings.url, settings.prefix)));
+        RedisStorage::open_inner(settings, Some(FileStorage::new(dir)))
+    }
+
+    fn open_inner(settings: RedisSettings, copy: Option<FileStorage>) -> io::Result<RedisStorage> {
         let url = settings.url.clone();
         let bad =
             |e: RedisError| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}"));
@@ -149,6 +211,7 @@ impl RedisStorage {
             None => Client::open(info),
         }
         .map_err(bad)?;
+        let channel = format!("{}.changes", settings.prefix);
         let storage = RedisStorage {
             inner: Arc::new(Inner {
                 client,
@@ -164,20 +227,132 @@ impl RedisStorage {
                     release: Script::new(RELEASE),
                     store_fenced: Script::new(STORE_FENCED),
                 },
+                copy,
+                channel,
+                origin: format!(
+                    "{}/{}",
+                    instance_id(),
+                    super::hex(&crate::tls::local_ca::random_bytes::<4>())
+                ),
+                changes: broadcast::channel(256).0,
+                watching: AtomicBool::new(false),
+                verified: AtomicBool::new(false),
+                verifying: Mutex::new(()),
             }),
         };
-        storage.check_kek()?;
+        match storage.inner.verify() {
+            Ok(()) => {}
+            Err(e) if unreachable(&e) && storage.inner.copy_holds_values() => {
+                tracing::warn!(
+                    error = %e,
+                    "shared storage: Redis cannot be reached; serving from this machine's copy until it answers"
+                );
+            }
+            Err(e) => return Err(e),
+        }
         Ok(storage)
+    }
+}
+
+/// What [`Inner::restore_if_empty`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Redis holds the cluster's values.
+    Yes,
+    /// It held none; this machine's copy was written back.
+    Restored,
+    /// It holds none, and neither does this machine.
+    Empty,
+}
+
+/// Redis did not answer (as opposed to answering with an error).
+fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::TimedOut | io::ErrorKind::NotConnected
+    )
+}
+
+impl Inner {
+    /// Once: the KEK matches the one recorded under the prefix, and Redis still holds what the
+    /// cluster stored (else the copy is written back).
+    fn verify(&self) -> io::Result<()> {
+        if self.verified.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _once = self.verifying.lock().unwrap_or_else(|p| p.into_inner());
+        if self.verified.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.check_kek()?;
+        self.restore_if_empty()?;
+        self.verified.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn copy_holds_values(&self) -> bool {
+        self.copy
+            .as_ref()
+            .is_some_and(|c| c.list("").is_ok_and(|l| !l.is_empty()))
+    }
+
+    /// Whether Redis still holds the cluster's values (`PREFIX.cluster` is there, set by the
+    /// first write). When it is not and this machine's copy holds values, marks it and writes
+    /// the copy back (`SET NX`: values another instance restored first stay).
+    fn restore_if_empty(&self) -> io::Result<Held> {
+        let marker = format!("{}.cluster", self.prefix);
+        let present: bool = self.with_conn_raw(|c| redis::cmd("EXISTS").arg(&marker).query(c))?;
+        if present {
+            return Ok(Held::Yes);
+        }
+        let Some(copy) = self.copy.as_ref().filter(|_| self.copy_holds_values()) else {
+            return Ok(Held::Empty);
+        };
+        let mark = format!("{} {}", self.instance, crate::tls::certs::unix_now());
+        let won: Option<String> = self.with_conn_raw(|c| {
+            redis::cmd("SET")
+                .arg(&marker)
+                .arg(&mark)
+                .arg("NX")
+                .query(c)
+        })?;
+        if won.is_none() {
+            return Ok(Held::Yes); // another instance is restoring it
+        }
+        // Redis lost the KEK id with the rest: record ours again.
+        self.check_kek()?;
+        let keys = copy.list("")?;
+        let mut restored = 0;
+        for key in &keys {
+            let Some(value) = copy.load(key)? else { continue };
+            let name = format!("{}{key}", self.prefix);
+            let value = self.at_rest(&name, &value, copy.is_secret(key));
+            let set: Option<String> = self.with_conn_raw(|c| {
+                redis::cmd("SET")
+                    .arg(&name)
+                    .arg(&value[..])
+                    .arg("NX")
+                    .query(c)
+            })?;
+            restored += usize::from(set.is_some());
+        }
+        tracing::warn!(
+            restored,
+            of = keys.len(),
+            url = %self.url,
+            "shared storage: Redis held none of the cluster's values (restarted empty?); wrote back this machine's copy"
+        );
+        Ok(Held::Restored)
     }
 
     /// The KEK matches the one recorded under the prefix; the first instance records its own.
     fn check_kek(&self) -> io::Result<()> {
-        let inner = &self.inner;
+        let inner = self;
         let meta = format!("{}.kek-id", inner.prefix);
         let recorded: Option<String> = match &inner.kek {
             Some(kek) => {
                 let id = kek.id_hex();
-                inner.with_conn(|c| {
+                inner.with_conn_raw(|c| {
                     let set: bool = redis::cmd("SET")
                         .arg(&meta)
                         .arg(&id)
@@ -191,7 +366,7 @@ impl RedisStorage {
                     }
                 })?
             }
-            None => inner.with_conn(|c| redis::cmd("GET").arg(&meta).query(c))?,
+            None => inner.with_conn_raw(|c| redis::cmd("GET").arg(&meta).query(c))?,
         };
         match (&inner.kek, recorded) {
             (Some(kek), Some(id)) if id != kek.id_hex() => Err(wrong_kek(kek)),
@@ -206,6 +381,16 @@ impl RedisStorage {
         }
     }
 
+    /// `value` as it is written to Redis under `name`: sealed when secret and a KEK is set.
+    fn at_rest(&self, name: &str, value: &[u8], secret: bool) -> Vec<u8> {
+        match (&self.kek, secret) {
+            (Some(kek), true) => kek.seal(name, value),
+            _ => value.to_vec(),
+        }
+    }
+}
+
+impl RedisStorage {
     fn name(&self, key: &str) -> io::Result<String> {
         check_key(key)?;
         Ok(format!("{}{key}", self.inner.prefix))
@@ -223,21 +408,25 @@ fn wrong_kek(kek: &Kek) -> io::Error {
 }
 
 impl Inner {
-    /// Runs `f` on a pooled connection (or a new one); a connection that fails is dropped, and
-    /// a pooled one that turns out dead is replaced once.
+    /// Runs `f` on a pooled connection (or a new one), once the store is verified
+    /// ([`Inner::verify`]: an instance that opened while Redis was away checks the KEK before
+    /// its first write); a connection that fails is dropped, and a pooled one that turns out
+    /// dead is replaced once.
     fn with_conn<T>(
         &self,
         f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> io::Result<T> {
+        self.verify()?;
+        self.with_conn_raw(f)
+    }
+
+    /// [`Inner::with_conn`] without the verification.
+    fn with_conn_raw<T>(
+        &self,
+        f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+    ) -> io::Result<T> {
         let r = self.with_conn_inner(f);
-        let unreachable = r.as_ref().err().is_some_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::TimedOut
-                    | io::ErrorKind::NotConnected
-            )
-        });
+        let unreachable = r.as_ref().err().is_some_and(unreachable);
         if r.is_ok() || unreachable {
             crate::ops::metrics::storage_reached(r.is_ok(), &self.url);
         }
@@ -348,47 +537,83 @@ impl Storage for RedisStorage {
 
     fn load(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         let name = self.name(key)?;
-        let value: Option<Vec<u8>> = self
-            .inner
-            .with_conn(|c| redis::cmd("GET").arg(&name).query(c))?;
-        let Some(value) = value else { return Ok(None) };
-        if !crypt::is_sealed(&value) {
-            return Ok(Some(value));
-        }
-        let Some(kek) = &self.inner.kek else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{name} in {} is encrypted (key id {}), but [storage] has no key_encryption_key_file",
-                    self.inner.url,
-                    crypt::sealed_key_id(&value).unwrap_or_default()
-                ),
-            ));
+        let get = || -> io::Result<Option<Vec<u8>>> {
+            self.inner
+                .with_conn(|c| redis::cmd("GET").arg(&name).query(c))
         };
-        match kek.open(&name, &value) {
-            Ok(plain) => Ok(Some(plain)),
-            Err(OpenError::WrongKek) => Err(wrong_kek(kek)),
-            Err(OpenError::Corrupt) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{name} in {} does not decrypt: it was altered or copied from another key",
-                    self.inner.url
-                ),
-            )),
-        }
+        let raw = match get() {
+            // Nothing there: Redis may have lost everything (then the copy is written back
+            // first), or the key was deleted (then from the copy too).
+            Ok(None) => match self.inner.restore_if_empty()? {
+                Held::Restored => get()?,
+                Held::Yes => {
+                    if let Some(copy) = &self.inner.copy {
+                        copy.delete(key)?;
+                    }
+                    None
+                }
+                Held::Empty => None,
+            },
+            Ok(v) => v,
+            Err(e) if unreachable(&e) && self.inner.copy.is_some() => {
+                return self.inner.copy.as_ref().map_or(Ok(None), |c| c.load(key));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        // Sealed values are secrets; without a KEK nothing says, so all are kept as secrets.
+        let secret = crypt::is_sealed(&raw) || self.inner.kek.is_none();
+        let plain = self.open_value(&name, raw)?;
+        self.inner.keep_copy(key, &plain, secret);
+        Ok(Some(plain))
     }
 
     fn store(&self, key: &str, value: &[u8], secret: bool) -> io::Result<()> {
         let name = self.name(key)?;
-        let value = self.at_rest(&name, value, secret);
-        self.inner
-            .with_conn(|c| redis::cmd("SET").arg(&name).arg(&value[..]).query::<()>(c))
+        let sealed = self.inner.at_rest(&name, value, secret);
+        let note = self.inner.note(key);
+        let marker = format!("{}.cluster", self.inner.prefix);
+        self.inner.with_conn(|c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg(&name)
+                .arg(&sealed[..])
+                .ignore()
+                .cmd("SET")
+                .arg(&marker)
+                .arg(&note)
+                .arg("NX")
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.inner.channel)
+                .arg(&note)
+                .ignore()
+                .query::<()>(c)
+        })?;
+        // What this instance stored survives a Redis that goes away (a failed write is not
+        // kept: the caller knows it failed).
+        self.inner.copy_store(key, value, secret);
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> io::Result<()> {
         let name = self.name(key)?;
-        self.inner
-            .with_conn(|c| redis::cmd("DEL").arg(&name).query::<()>(c))
+        let note = self.inner.note(key);
+        self.inner.with_conn(|c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(&name)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(&self.inner.channel)
+                .arg(&note)
+                .ignore()
+                .query::<()>(c)
+        })?;
+        if let Some(copy) = &self.inner.copy {
+            copy.delete(key)?;
+        }
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -397,7 +622,13 @@ impl Storage for RedisStorage {
         } else {
             format!("{}/*", glob_escape(&self.name(prefix)?))
         };
-        let keys = self.inner.scan(&pattern)?;
+        let keys = match self.inner.scan(&pattern) {
+            Ok(keys) => keys,
+            Err(e) if unreachable(&e) && self.inner.copy.is_some() => {
+                return self.inner.copy.as_ref().map_or(Ok(Vec::new()), |c| c.list(prefix));
+            }
+            Err(e) => return Err(e),
+        };
         Ok(keys
             .iter()
             .filter_map(|k| std::str::from_utf8(k).ok())
@@ -405,6 +636,21 @@ impl Storage for RedisStorage {
             .filter(|k| check_key(k).is_ok())
             .map(str::to_string)
             .collect())
+    }
+
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        let rx = self.inner.changes.subscribe();
+        if !self.inner.watching.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(&self.inner);
+            let spawned = std::thread::Builder::new()
+                .name("storage-changes".into())
+                .spawn(move || watch(&weak));
+            if let Err(e) = spawned {
+                self.inner.watching.store(false, Ordering::Release);
+                tracing::error!(error = %e, "shared storage: cannot start the change subscriber; changes are polled");
+            }
+        }
+        Some(rx)
     }
 
     fn try_lock(&self, name: &str) -> io::Result<Option<Box<dyn StorageLock>>> {
@@ -452,7 +698,7 @@ impl Storage for RedisStorage {
             ));
         };
         let name = self.name(key)?;
-        let value = self.at_rest(&name, value, secret);
+        let sealed = self.inner.at_rest(&name, value, secret);
         let inner = &self.inner;
         let written: i64 = inner.with_conn(|c| {
             inner
@@ -461,10 +707,13 @@ impl Storage for RedisStorage {
                 .key(&lock.key)
                 .key(&name)
                 .arg(&lock.token)
-                .arg(&value[..])
+                .arg(&sealed[..])
+                .arg(&inner.channel)
+                .arg(inner.note(key))
                 .invoke(c)
         })?;
         if written == 1 {
+            inner.copy_store(key, value, secret);
             Ok(())
         } else {
             lock.shared.lost.store(true, Ordering::Relaxed);
@@ -504,11 +753,136 @@ impl Storage for RedisStorage {
 }
 
 impl RedisStorage {
-    /// `value` as it is written to Redis under `name`: sealed when secret and a KEK is set.
-    fn at_rest(&self, name: &str, value: &[u8], secret: bool) -> Vec<u8> {
-        match (&self.inner.kek, secret) {
-            (Some(kek), true) => kek.seal(name, value),
-            _ => value.to_vec(),
+    /// A value as read from Redis under `name`, opened when it is sealed.
+    fn open_value(&self, name: &str, value: Vec<u8>) -> io::Result<Vec<u8>> {
+        if !crypt::is_sealed(&value) {
+            return Ok(value);
+        }
+        let Some(kek) = &self.inner.kek else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in {} is encrypted (key id {}), but [storage] has no key_encryption_key_file",
+                    self.inner.url,
+                    crypt::sealed_key_id(&value).unwrap_or_default()
+                ),
+            ));
+        };
+        match kek.open(name, &value) {
+            Ok(plain) => Ok(plain),
+            Err(OpenError::WrongKek) => Err(wrong_kek(kek)),
+            Err(OpenError::Corrupt) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in {} does not decrypt: it was altered or copied from another key",
+                    self.inner.url
+                ),
+            )),
+        }
+    }
+}
+
+impl Inner {
+    /// The change note published for `key`: `ORIGIN KEY`.
+    fn note(&self, key: &str) -> String {
+        format!("{} {key}", self.origin)
+    }
+
+    /// Keeps `value` in the local copy.
+    fn copy_store(&self, key: &str, value: &[u8], secret: bool) {
+        if let Some(copy) = &self.copy {
+            if let Err(e) = copy.store(key, value, secret) {
+                tracing::warn!(key, error = %e, "shared storage: cannot update this machine's copy");
+            }
+        }
+    }
+
+    /// [`Inner::copy_store`] unless the copy already holds `value` (reads repeat often).
+    fn keep_copy(&self, key: &str, value: &[u8], secret: bool) {
+        if let Some(copy) = &self.copy {
+            if !matches!(copy.load(key), Ok(Some(v)) if v == value) {
+                self.copy_store(key, value, secret);
+            }
+        }
+    }
+}
+
+/// The subscriber thread: passes other instances' changes on, keeps the local copy current,
+/// and notices a Redis that lost its contents. Ends when the store is dropped.
+fn watch(weak: &Weak<Inner>) {
+    let mut away = false;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        match inner.connect() {
+            Ok(mut conn) => {
+                let lost = subscribed(&inner, weak, &mut conn, &mut away);
+                drop(inner);
+                if !lost {
+                    return;
+                }
+            }
+            Err(e) => {
+                if !away {
+                    tracing::warn!(error = %e, "shared storage: change subscription lost; retrying every second");
+                    away = true;
+                }
+                drop(inner);
+            }
+        }
+        std::thread::sleep(RECONNECT);
+    }
+}
+
+/// Follows the change channel on `conn` until the connection breaks (returns true) or the
+/// store is dropped (false).
+fn subscribed(
+    inner: &Arc<Inner>,
+    weak: &Weak<Inner>,
+    conn: &mut Connection,
+    away: &mut bool,
+) -> bool {
+    // Reads through the store keep the local copy current with other instances' writes.
+    let store = RedisStorage {
+        inner: inner.clone(),
+    };
+    let mut sub = conn.as_pubsub();
+    if sub.subscribe(&inner.channel).is_err() || sub.set_read_timeout(Some(HEARTBEAT)).is_err() {
+        return true;
+    }
+    if std::mem::take(away) {
+        tracing::info!("shared storage: change subscription restored");
+    }
+    // Whatever was published while this instance was not listening is read again.
+    let _ = inner.restore_if_empty();
+    let _ = inner.changes.send(Change::All);
+    loop {
+        match sub.get_message() {
+            Ok(msg) => {
+                let Some((from, key)) = std::str::from_utf8(msg.get_payload_bytes())
+                    .ok()
+                    .and_then(|p| p.split_once(' '))
+                else {
+                    continue;
+                };
+                if from != inner.origin && check_key(key).is_ok() {
+                    if inner.copy.is_some() {
+                        let _ = store.load(key);
+                    }
+                    let _ = inner.changes.send(Change::Key(key.to_string()));
+                }
+            }
+            Err(e) if e.is_timeout() => {
+                if weak.strong_count() <= 2 {
+                    return false; // only this thread's references are left
+                }
+                // The heartbeat: the connection is alive and Redis still holds the cluster's
+                // values (a flushed Redis keeps connections).
+                if sub.ping::<String>().is_err() {
+                    return true;
+                }
+                let _ = inner.restore_if_empty();
+            }
+            Err(_) => return true,
         }
     }
 }

@@ -288,19 +288,29 @@ impl SharedTicketer {
             }
         };
         let due = |keys: &[StoredKey]| keys.first().is_none_or(|k| k.created + rotation <= now);
-        let mut keys = read(storage)?;
+        let keys = read(storage)?;
+        // What was read serves even when the rotation below cannot be made (the store's
+        // lock needs Redis; the read may have come from this machine's copy).
+        if !keys.is_empty() {
+            self.install(&keys, now);
+        }
         if due(&keys) {
             if let Some(lock) = storage.try_lock("tls-ticket-keys")? {
-                keys = read(storage)?;
+                let mut keys = read(storage)?;
                 if due(&keys) {
                     keys = rotated(&keys, rotation, now)
                         .map_err(|_| std::io::Error::other("no randomness for a ticket key"))?;
                     storage.store_fenced(lock.as_ref(), SHARED_KEYS, &encode_keys(&keys), true)?;
                 }
+                self.install(&keys, now);
             }
         }
-        self.install(&keys, now);
         Ok(())
+    }
+
+    /// Whether any key is installed (without one, no tickets are issued).
+    pub fn has_keys(&self) -> bool {
+        self.keys.load().seal.is_some()
     }
 }
 
@@ -362,24 +372,42 @@ impl ProducesTickets for SharedTicketer {
 }
 
 /// A [`SharedTicketer`] kept in sync with `storage` by a thread of its own (which ends when
-/// the ticketer is dropped). The first round runs before this returns, so the first tickets
-/// are already the cluster's.
+/// the ticketer is dropped): every [`SYNC_EVERY`], and at once when another instance stores
+/// new keys. The first round runs before this returns, so the first tickets are already the
+/// cluster's; when the store cannot be reached then (and this machine holds no copy of the
+/// keys), the instance starts without tickets (full handshakes) and takes the cluster's keys
+/// when the store answers.
 pub fn shared_ticketer(
     storage: Arc<dyn crate::storage::Storage>,
     rotation_secs: u32,
 ) -> Result<Arc<SharedTicketer>, String> {
     let rotation = u64::from(rotation_secs.max(60));
     let ticketer = Arc::new(SharedTicketer::new(rotation_secs));
-    ticketer
-        .sync(storage.as_ref(), rotation, unix_now())
-        .map_err(|e| format!("TLS ticket keys in the shared storage: {e}"))?;
+    let mut failing = false;
+    if let Err(e) = ticketer.sync(storage.as_ref(), rotation, unix_now()) {
+        failing = true;
+        match ticketer.has_keys() {
+            true => tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached; using this machine's copy of the cluster's keys"),
+            false => tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached and no copy is held; no session tickets until it answers"),
+        }
+    }
+    let mut changes = storage.changes();
     let weak = Arc::downgrade(&ticketer);
     std::thread::Builder::new()
         .name("ticket-keys".into())
         .spawn(move || {
-            let mut failing = false;
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS ticket keys: cannot follow the shared storage");
+                    return;
+                }
+            };
             loop {
-                std::thread::sleep(SYNC_EVERY);
+                rt.block_on(next_sync(&mut changes));
                 let Some(t) = weak.upgrade() else { return };
                 match t.sync(storage.as_ref(), rotation, unix_now()) {
                     Ok(()) if failing => {
@@ -397,6 +425,25 @@ pub fn shared_ticketer(
         })
         .map_err(|e| format!("cannot start the ticket-key thread: {e}"))?;
     Ok(ticketer)
+}
+
+/// Waits [`SYNC_EVERY`], or less when another instance stores the keys (or changes were
+/// missed).
+async fn next_sync(
+    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>,
+) {
+    use crate::storage::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::Instant::now() + SYNC_EVERY;
+    while let Some(rx) = changes.as_mut() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return, // the regular round
+            Ok(Ok(Change::Key(k))) if k != SHARED_KEYS => continue,
+            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => return,
+            Ok(Err(RecvError::Closed)) => *changes = None,
+        }
+    }
+    tokio::time::sleep_until(deadline).await;
 }
 
 fn unix_now() -> u64 {

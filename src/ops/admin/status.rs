@@ -123,6 +123,10 @@ fn cert_fact(
     let not_before = cert.validity().not_before.timestamp();
     let not_after = cert.validity().not_after.timestamp();
     let lifetime_rule = not_after - (not_after - not_before) / 3;
+    let obtained = match source {
+        "acme" => crate::acme::manager::issuance(storage, hosts, leaf),
+        _ => None,
+    };
     let next_renewal = match source {
         "acme" => {
             let names: Vec<String> = hosts.to_vec();
@@ -166,6 +170,7 @@ fn cert_fact(
         source,
         next_renewal,
         staple,
+        obtained,
     })
 }
 

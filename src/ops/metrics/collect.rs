@@ -32,6 +32,8 @@ pub struct CertFact {
     pub next_renewal: Option<i64>,
     /// The OCSP response stapled to it, if any.
     pub staple: Option<StapleFact>,
+    /// Which instance obtained it and when (ACME certificates, as recorded in the store).
+    pub obtained: Option<crate::acme::manager::Issuance>,
 }
 
 /// An OCSP response as stapled.

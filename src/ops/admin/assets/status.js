@@ -62,7 +62,7 @@
     for (const c of data.on_demand_certs) certs.push(Object.assign({ hosts: c.names }, c));
     for (const c of certs) {
       if (c.none) {
-        row(tbody, [c.site, c.hosts.join(', '), '—', c.source, el('span', 'no certificate yet', 'staple-bad'), '—', '—']);
+        row(tbody, [c.site, c.hosts.join(', '), '—', c.source, el('span', 'no certificate yet', 'staple-bad'), '—', '—', '—']);
         continue;
       }
       const days = Math.floor((c.not_after - data.now) / 86400);
@@ -71,7 +71,9 @@
       if (!c.staple) staple = el('span', 'none', 'staple-none');
       else if (c.staple.status === 'good') staple = el('span', 'good, ' + Math.round((data.now - c.staple.this_update) / 3600) + ' h old', 'staple-good');
       else staple = el('span', c.staple.status, 'staple-bad');
-      const tr = row(tbody, [c.site, c.names.join(', '), c.issuer, c.source, daysBar(days, life), date(c.next_renewal), staple]);
+      // Which instance obtained it (shared storage: any of the cluster's).
+      const obtained = c.obtained ? date(c.obtained.at) + ' by ' + c.obtained.by : '—';
+      const tr = row(tbody, [c.site, c.names.join(', '), c.issuer, c.source, daysBar(days, life), date(c.next_renewal), obtained, staple]);
       tr.dataset.site = c.site;
     }
   }
