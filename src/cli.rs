@@ -1105,12 +1105,7 @@ fn certs(a: ServeArgs) -> i32 {
                         if let Some(i) =
                             crate::acme::manager::issuance(storage.as_ref(), &names, leaf)
                         {
-                            println!(
-                                "{}:   obtained {} by {}",
-                                site.name,
-                                fmt_time(i.at),
-                                i.by
-                            );
+                            println!("{}:   obtained {} by {}", site.name, fmt_time(i.at), i.by);
                         }
                     }
                     None => println!(

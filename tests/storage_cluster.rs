@@ -321,8 +321,8 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
     );
     assert_eq!(new_orders(&dir), 1, "{}", pebble_log_tail(&dir));
 
-    // From now on the door forwards to the instance holding the order lock (the one whose
-    // order the CA is validating).
+    // From now on the door forwards each validation request to the surviving instance that
+    // does not hold the order lock: the challenge is answered by one that did not place it.
     let url = redis.url();
     let alive: Vec<(u32, Ipv4Addr)> = instances
         .iter()
@@ -331,7 +331,7 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
     let route_key = lock_key.clone();
     door.open(Box::new(move || {
         let pid = holder_pid(&get_text(&url, &route_key)?);
-        let ip = alive.iter().find(|(p, _)| *p == pid)?.1;
+        let ip = alive.iter().find(|(p, _)| *p != pid)?.1;
         Some(SocketAddr::from((ip, http_port)))
     }));
 
@@ -381,12 +381,26 @@ async fn a_lock_holder_killed_mid_order_is_finished_by_another_after_the_lease()
         }
         assert!(
             Instant::now() < deadline,
-            "no certificate stored 30 s after the lease ran out; new orders: {}\n{}",
+            "no certificate stored 30 s after the lease ran out (validated at the survivor \
+             that did not order); new orders: {}\n{}",
             new_orders(&dir),
             pebble_log_tail(&dir)
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    let issued_key = chain_key(&names).replace("/chain.pem", "/issued.json");
+    let issued: serde_json::Value = serde_json::from_slice(
+        &redis
+            .get(&issued_key)
+            .unwrap_or_else(|| panic!("no {issued_key}: {:?}", redis.keys())),
+    )
+    .unwrap();
+    assert!(
+        issued["by"]
+            .as_str()
+            .is_some_and(|by| by.ends_with(&format!(":{successor_pid}"))),
+        "the certificate is not recorded as obtained by the lock's successor (pid {successor_pid}): {issued}"
+    );
     for (ip, _) in &instances {
         let leaf = wait_served(
             SocketAddr::from((*ip, tls_port)),

@@ -977,14 +977,22 @@ fn a_local_copy_serves_reads_while_redis_is_away_and_refills_an_emptied_redis() 
         KEY_PEM
     );
     // ...and the instance that opened with another KEK while Redis was away is refused now.
-    let e = wrong.store("ocsp/x.der", b"X", false).unwrap_err().to_string();
+    let e = wrong
+        .store("ocsp/x.der", b"X", false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("does not match"), "{e}");
     // The copy keeps private keys readable by the owner only.
     let mode = |p: std::path::PathBuf| {
         use std::os::unix::fs::PermissionsExt;
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     };
-    let kept = std::fs::read_dir(&copy).unwrap().next().unwrap().unwrap().path();
+    let kept = std::fs::read_dir(&copy)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     assert_eq!(mode(kept.join("certs/a/key.pem")), 0o600);
 }
 
@@ -1069,7 +1077,10 @@ async fn an_instance_starts_without_redis_from_its_copy_refills_it_and_converges
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        redis.keys().iter().any(|k| k == "portcullis:tls/ticket-keys"),
+        redis
+            .keys()
+            .iter()
+            .any(|k| k == "portcullis:tls/ticket-keys"),
         "ticket keys not refilled: {:?}",
         redis.keys()
     );

@@ -134,7 +134,10 @@ impl Challenges {
     pub fn present_http01(&self, token: &str, key_authorization: &str) {
         self.http01
             .insert(token.to_string(), key_authorization.to_string());
-        self.share(&format!("{SHARED_CHALLENGES}/http-01/{token}"), key_authorization);
+        self.share(
+            &format!("{SHARED_CHALLENGES}/http-01/{token}"),
+            key_authorization,
+        );
     }
 
     /// Starts answering the TLS-ALPN-01 challenge for `name` here and on every instance
@@ -142,7 +145,10 @@ impl Challenges {
     pub fn present_tls_alpn(&self, name: &str, key_auth_digest: &[u8]) -> Result<(), String> {
         self.tls_alpn.insert(name, key_auth_digest)?;
         self.share(
-            &format!("{SHARED_CHALLENGES}/tls-alpn-01/{}", name.to_ascii_lowercase()),
+            &format!(
+                "{SHARED_CHALLENGES}/tls-alpn-01/{}",
+                name.to_ascii_lowercase()
+            ),
             &crate::storage::hex(key_auth_digest),
         );
         Ok(())
@@ -188,11 +194,15 @@ impl Challenges {
 
     /// Puts up (or takes down) the shared challenge under `key` as the store now holds it.
     fn adopt(&self, storage: &dyn crate::storage::Storage, key: &str) {
-        let Some(rest) = key.strip_prefix(SHARED_CHALLENGES).and_then(|r| r.strip_prefix('/'))
+        let Some(rest) = key
+            .strip_prefix(SHARED_CHALLENGES)
+            .and_then(|r| r.strip_prefix('/'))
         else {
             return;
         };
-        let Some((kind, id)) = rest.split_once('/') else { return };
+        let Some((kind, id)) = rest.split_once('/') else {
+            return;
+        };
         let value = match storage.load(key) {
             Ok(v) => v,
             Err(e) => {

@@ -183,7 +183,10 @@ impl RedisStorage {
     /// anyway (logged) and checks the key-encryption key once Redis answers.
     pub fn open_with_copy(settings: RedisSettings, dir: PathBuf) -> io::Result<RedisStorage> {
         // One copy per Redis and prefix: a changed URL or prefix starts from nothing.
-        let dir = dir.join(super::short_id(&format!("{} {}", settings.url, settings.prefix)));
+        let dir = dir.join(super::short_id(&format!(
+            "{} {}",
+            settings.url, settings.prefix
+        )));
         RedisStorage::open_inner(settings, Some(FileStorage::new(dir)))
     }
 
@@ -309,13 +312,8 @@ impl Inner {
             return Ok(Held::Empty);
         };
         let mark = format!("{} {}", self.instance, crate::tls::certs::unix_now());
-        let won: Option<String> = self.with_conn_raw(|c| {
-            redis::cmd("SET")
-                .arg(&marker)
-                .arg(&mark)
-                .arg("NX")
-                .query(c)
-        })?;
+        let won: Option<String> =
+            self.with_conn_raw(|c| redis::cmd("SET").arg(&marker).arg(&mark).arg("NX").query(c))?;
         if won.is_none() {
             return Ok(Held::Yes); // another instance is restoring it
         }
@@ -324,7 +322,9 @@ impl Inner {
         let keys = copy.list("")?;
         let mut restored = 0;
         for key in &keys {
-            let Some(value) = copy.load(key)? else { continue };
+            let Some(value) = copy.load(key)? else {
+                continue;
+            };
             let name = format!("{}{key}", self.prefix);
             let value = self.at_rest(&name, &value, copy.is_secret(key));
             let set: Option<String> = self.with_conn_raw(|c| {
@@ -625,7 +625,11 @@ impl Storage for RedisStorage {
         let keys = match self.inner.scan(&pattern) {
             Ok(keys) => keys,
             Err(e) if unreachable(&e) && self.inner.copy.is_some() => {
-                return self.inner.copy.as_ref().map_or(Ok(Vec::new()), |c| c.list(prefix));
+                return self
+                    .inner
+                    .copy
+                    .as_ref()
+                    .map_or(Ok(Vec::new()), |c| c.list(prefix));
             }
             Err(e) => return Err(e),
         };

@@ -387,8 +387,12 @@ pub fn shared_ticketer(
     if let Err(e) = ticketer.sync(storage.as_ref(), rotation, unix_now()) {
         failing = true;
         match ticketer.has_keys() {
-            true => tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached; using this machine's copy of the cluster's keys"),
-            false => tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached and no copy is held; no session tickets until it answers"),
+            true => {
+                tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached; using this machine's copy of the cluster's keys")
+            }
+            false => {
+                tracing::warn!(error = %e, "TLS ticket keys: the shared storage cannot be reached and no copy is held; no session tickets until it answers")
+            }
         }
     }
     let mut changes = storage.changes();
@@ -429,9 +433,7 @@ pub fn shared_ticketer(
 
 /// Waits [`SYNC_EVERY`], or less when another instance stores the keys (or changes were
 /// missed).
-async fn next_sync(
-    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>,
-) {
+async fn next_sync(changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>) {
     use crate::storage::Change;
     use tokio::sync::broadcast::error::RecvError;
     let deadline = tokio::time::Instant::now() + SYNC_EVERY;
