@@ -10,6 +10,7 @@
 pub mod acme_proxy;
 pub mod backends;
 pub mod browser;
+pub mod cluster;
 pub mod h3client;
 pub mod ocsp;
 pub mod pebble;
