@@ -1141,6 +1141,33 @@ fn redis_storage_mistakes_are_reported_at_their_lines() {
         "is not a kind of storage",
         &[],
     );
+    storage_problem(
+        &env,
+        &format!("{ok}\nsentinels = [\"10.0.0.1:26379\", \"10.0.0.2:sentinel\"]"),
+        "sentinels =",
+        "storage.sentinels: \"10.0.0.2:sentinel\" is not HOST:PORT",
+        &["26379"],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\nsentinels = []"),
+        "sentinels =",
+        "storage.sentinels is empty",
+        &[],
+    );
+    storage_problem(
+        &env,
+        "kind = \"file\"\nsentinels = [\"10.0.0.1\"]",
+        "sentinels =",
+        "storage.sentinels is a Redis setting",
+        &[],
+    );
+    // Sentinels: the URL's host is the master's name; ports default to 26379.
+    let path = env.write_config_raw(&with_storage(&format!(
+        "{}\nsentinels = [\"10.0.0.1\", \"[::1]:26380\", \"s3.internal:26379\"]",
+        with("127.0.0.1:6379", "mymaster")
+    )));
+    problems(&path, Mode::Check).expect("sentinels are accepted");
     // The explicit waiver stands in for the key.
     let waived = with(
         "key_encryption_key_file = \"kek\"",

@@ -39,6 +39,7 @@ fn settings(redis: &Redis, prefix: &str, kek: Option<&Path>) -> RedisSettings {
         prefix: prefix.into(),
         kek: kek.map(|p| Arc::new(Kek::read(p).unwrap())),
         lock_lease: Duration::from_secs(30),
+        sentinels: Vec::new(),
     }
 }
 
@@ -364,6 +365,7 @@ fn lock_holder_child() {
         prefix: "portcullis:".into(),
         kek: Some(Arc::new(Kek::read(Path::new(&kek)).unwrap())),
         lock_lease: TEST_LEASE,
+        sentinels: Vec::new(),
     })
     .unwrap();
     let lock = s.try_lock("order/killed").unwrap().expect("free");
@@ -1142,4 +1144,70 @@ async fn a_challenge_placed_by_one_instance_is_answered_by_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     holder.withdraw_tls_alpn("localhost");
+}
+
+#[test]
+fn with_sentinel_the_store_follows_a_failover_to_the_new_master() {
+    use common::redis_server::Sentinel;
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = Redis::start(dir.path());
+    let replica = Redis::start_with(
+        dir.path(),
+        &["--replicaof", "127.0.0.1", &master.port.to_string()],
+    );
+    let sentinel = Sentinel::start(dir.path(), master.port);
+    let kek = kek_file(dir.path(), "kek");
+    let mut s = settings(&master, "portcullis:", Some(&kek));
+    s.url = "redis://mymaster/0".into();
+    // One sentinel that does not answer first: the next one is asked.
+    s.sentinels = vec![
+        ("127.0.0.1".into(), common::pebble::free_port()),
+        ("127.0.0.1".into(), sentinel.port),
+    ];
+    let store = RedisStorage::open(s.clone()).unwrap();
+    store.store("certs/a/key.pem", KEY_PEM, true).unwrap();
+    store.store("certs/a/chain.pem", b"CHAIN", false).unwrap();
+    assert_eq!(
+        master.get("portcullis:certs/a/chain.pem").unwrap(),
+        b"CHAIN"
+    );
+    // Replicated before the master goes away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replica.get("portcullis:certs/a/chain.pem").is_none() {
+        assert!(Instant::now() < deadline, "not replicated");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    master.stop();
+    // Calls fail (naming the sentinels) until the sentinel has promoted the replica, then the
+    // same store works against the new master.
+    let stopped = Instant::now();
+    loop {
+        match store.store("ocsp/after.der", b"NEW", false) {
+            Ok(()) => break,
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("sentinels") && e.contains("mymaster"), "{e}");
+                assert!(
+                    stopped.elapsed() < Duration::from_secs(30),
+                    "no failover after 30 s: {e}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    assert_eq!(
+        sentinel.master(),
+        Some(("127.0.0.1".to_string(), replica.port)),
+        "the sentinel names the promoted replica"
+    );
+    assert_eq!(replica.get("portcullis:ocsp/after.der").unwrap(), b"NEW");
+    assert_eq!(store.load("certs/a/key.pem").unwrap().unwrap(), KEY_PEM);
+    assert!(store.try_lock("order-a").unwrap().is_some());
+
+    // A master name the sentinels do not know is an error that says so.
+    let mut unknown = s;
+    unknown.url = "redis://nosuchmaster/0".into();
+    let e = open_err(unknown);
+    assert!(e.contains("nosuchmaster"), "{e}");
 }

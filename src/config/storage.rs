@@ -11,6 +11,9 @@
 //! key_encryption_key_file = "/etc/portcullis/storage.kek"   # `head -c 32 /dev/urandom > FILE`
 //! # insecure_plaintext_keys = true        # the explicit waiver: private keys stored in clear
 //! lock_lease = "30s"                      # default; how long a dead holder's lock lasts
+//! # Redis Sentinel: the URL's host is the master's name as the sentinels know it
+//! # url = "redis://mymaster/0"
+//! # sentinels = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3"]   # port 26379 by default
 //! ```
 //!
 //! Raw struct, typed settings and checks are all here; `raw.rs`, `model.rs` and `validate.rs`
@@ -59,6 +62,8 @@ pub struct RawStorage {
     /// How long a lock lasts unless renewed (its holder renews it every third of this while
     /// alive). Default 30s.
     pub lock_lease: Option<Spanned<String>>,
+    /// Redis Sentinel: `HOST[:PORT]` of each sentinel; the URL's host is then the master's name.
+    pub sentinels: Option<Spanned<Vec<String>>>,
 }
 
 /// The validated `[storage]` section.
@@ -86,6 +91,8 @@ pub struct RedisSettings {
     pub kek: Option<Arc<Kek>>,
     /// How long a lock lasts unless renewed.
     pub lock_lease: Duration,
+    /// Redis Sentinel: the sentinels to ask for the master (empty: `url` is the server).
+    pub sentinels: Vec<(String, u16)>,
 }
 
 /// Validates `[storage]` (absent: the data directory).
@@ -110,6 +117,14 @@ pub(super) fn storage(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawStorage>>) -> St
                 ("key_encryption_key_file", &r.key_encryption_key_file),
                 ("lock_lease", &r.lock_lease),
             ];
+            if let Some(s) = &r.sentinels {
+                let loc = cx.loc(s, "");
+                cx.err(
+                    loc,
+                    "storage.sentinels is a Redis setting, but storage.kind is \"file\"",
+                    "set kind = \"redis\" to keep state in Redis, or remove the Redis settings",
+                );
+            }
             if let Some((key, Some(v))) = redis_only.iter().find(|(_, v)| v.is_some()) {
                 let loc = cx.loc(v, "");
                 cx.err(
@@ -311,6 +326,7 @@ fn redis(cx: &mut Ctx<'_>, r: &RawStorage, kind_loc: super::Location) -> Option<
             None
         }
     };
+    let sentinels = sentinels(cx, r.sentinels.as_ref());
     let lock_lease = cx.duration(
         &r.lock_lease,
         "storage.lock_lease",
@@ -329,7 +345,46 @@ fn redis(cx: &mut Ctx<'_>, r: &RawStorage, kind_loc: super::Location) -> Option<
         prefix,
         kek,
         lock_lease,
+        sentinels,
     })
+}
+
+/// `storage.sentinels`: `HOST[:PORT]` each (port 26379 when left out), at least one.
+fn sentinels(cx: &mut Ctx<'_>, raw: Option<&Spanned<Vec<String>>>) -> Vec<(String, u16)> {
+    let Some(raw) = raw else { return Vec::new() };
+    let loc = cx.loc(raw, "");
+    if raw.get_ref().is_empty() {
+        cx.err(
+            loc,
+            "storage.sentinels is empty",
+            "list the sentinels as \"HOST:PORT\" (e.g. [\"10.0.0.1:26379\"]), or remove sentinels to connect to url directly",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for s in raw.get_ref() {
+        // "[::1]:26379", "host:26379", "host"
+        let parsed = match s.rsplit_once(':') {
+            Some((host, port)) if !host.contains(':') || host.ends_with(']') => {
+                port.parse::<u16>().ok().map(|p| (host, p))
+            }
+            _ => Some((s.as_str(), 26379)),
+        };
+        let host = parsed.map(|(h, p)| (h.trim_start_matches('[').trim_end_matches(']'), p));
+        match host {
+            Some((h, p)) if !h.is_empty() && p != 0 && !h.contains(['/', ' ', '@']) => {
+                out.push((h.to_string(), p))
+            }
+            _ => {
+                cx.err(
+                    loc.clone(),
+                    format!("storage.sentinels: {s:?} is not HOST:PORT"),
+                    "write each sentinel as \"HOST:PORT\", e.g. \"10.0.0.1:26379\" (26379 when the port is left out)",
+                );
+            }
+        }
+    }
+    out
 }
 
 /// The URL if it is one Redis can be reached at: `redis://` or `rediss://`, a host, an

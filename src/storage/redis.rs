@@ -128,6 +128,8 @@ pub struct RedisStorage {
 
 struct Inner {
     client: Client,
+    /// With Redis Sentinel: where to ask for the master (`client` is then unused).
+    sentinels: Option<Sentinels>,
     /// The URL as configured (never holds a password), for errors.
     url: String,
     prefix: String,
@@ -203,22 +205,58 @@ impl RedisStorage {
             redis = redis.set_password(&*password.0);
         }
         info = info.set_redis_settings(redis);
-        let client = match &settings.ca {
-            Some((_, pem)) => Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => Client::open(info),
-        }
-        .map_err(bad)?;
+        let ca = settings.ca.as_ref().map(|(_, pem)| pem.clone());
+        let client = client_for(info.clone(), ca.clone()).map_err(bad)?;
+        let sentinels = match settings.sentinels.is_empty() {
+            true => None,
+            false => {
+                let tls = settings.url.starts_with("rediss:");
+                let nodes = settings
+                    .sentinels
+                    .iter()
+                    .map(|(host, port)| {
+                        let scheme = if tls { "rediss" } else { "redis" };
+                        let host = match host.contains(':') {
+                            true => format!("[{host}]"),
+                            false => host.clone(),
+                        };
+                        let node = format!("{scheme}://{host}:{port}").into_connection_info()?;
+                        Ok((format!("{host}:{port}"), client_for(node, ca.clone())?))
+                    })
+                    .collect::<Result<Vec<_>, RedisError>>()
+                    .map_err(bad)?;
+                Some(Sentinels {
+                    // With sentinels, the URL's host is the name they know the master by.
+                    master: match info.addr() {
+                        redis::ConnectionAddr::Tcp(host, _)
+                        | redis::ConnectionAddr::TcpTls { host, .. } => host.clone(),
+                        other => other.to_string(),
+                    },
+                    nodes,
+                    info,
+                    ca,
+                })
+            }
+        };
         let channel = format!("{}.changes", settings.prefix);
         let storage = RedisStorage {
             inner: Arc::new(Inner {
                 client,
-                url: settings.url,
+                sentinels,
+                // Errors name the sentinels asked too.
+                url: match settings.sentinels.is_empty() {
+                    true => settings.url,
+                    false => format!(
+                        "{} (sentinels {})",
+                        settings.url,
+                        settings
+                            .sentinels
+                            .iter()
+                            .map(|(h, p)| format!("{h}:{p}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                },
                 prefix: settings.prefix,
                 kek: settings.kek,
                 lease: settings.lock_lease,
@@ -254,6 +292,100 @@ impl RedisStorage {
             Err(e) => return Err(e),
         }
         Ok(storage)
+    }
+}
+
+/// A client for `info`, trusting `ca` (PEM) for TLS instead of the public roots when given.
+fn client_for(info: redis::ConnectionInfo, ca: Option<Vec<u8>>) -> redis::RedisResult<Client> {
+    match ca {
+        Some(pem) => Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            },
+        ),
+        None => Client::open(info),
+    }
+}
+
+/// A connection to `client` within [`CONNECT_TIMEOUT`], whose commands are bounded by
+/// [`COMMAND_TIMEOUT`].
+fn timed_connection(client: &Client) -> redis::RedisResult<Connection> {
+    let c = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+    c.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+    c.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+    Ok(c)
+}
+
+/// Redis Sentinel: the sentinels to ask, and how to reach the master they name.
+///
+/// Not redis-rs's `SentinelClient`: it connects to sentinels and masters without a timeout,
+/// so one unreachable sentinel (a dropped SYN) would stall a call for minutes. This asks each
+/// sentinel in turn with the same bounds as every other call (`SENTINEL
+/// get-master-addr-by-name`), connects to the address it names with the configured
+/// credentials and TLS, and takes the connection only when that server says (`ROLE`) it is
+/// the master: during a failover a sentinel may still name the old one. Every new connection
+/// asks again, so after a failover the pool's broken connections are replaced by connections
+/// to the new master.
+struct Sentinels {
+    /// The master's name as the sentinels know it.
+    master: String,
+    /// `HOST:PORT` and a client for each sentinel.
+    nodes: Vec<(String, Client)>,
+    /// The master's connection settings (database, credentials, TLS) without its address.
+    info: redis::ConnectionInfo,
+    ca: Option<Vec<u8>>,
+}
+
+impl Sentinels {
+    fn master(&self) -> redis::RedisResult<Connection> {
+        let mut last = None;
+        for (node, sentinel) in &self.nodes {
+            match self.master_from(sentinel) {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(format!("sentinel {node}: {e}")),
+            }
+        }
+        Err(RedisError::from((
+            redis::ErrorKind::Io,
+            "no sentinel named a reachable master",
+            last.unwrap_or_default(),
+        )))
+    }
+
+    fn master_from(&self, sentinel: &Client) -> redis::RedisResult<Connection> {
+        let mut ask = timed_connection(sentinel)?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.master)
+            .query(&mut ask)?;
+        let Some((host, port)) = addr else {
+            return Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "unknown master name",
+                format!("it monitors no master named {:?}", self.master),
+            )));
+        };
+        let addr = match self.info.addr() {
+            redis::ConnectionAddr::TcpTls { .. } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        let client = client_for(self.info.clone().set_addr(addr), self.ca.clone())?;
+        let mut c = timed_connection(&client)?;
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut c)?;
+        match role.first().map(redis::from_redis_value_ref::<String>) {
+            Some(Ok(r)) if r == "master" => Ok(c),
+            _ => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the server the sentinel named is not (or no longer) the master",
+            ))),
+        }
     }
 }
 
@@ -457,14 +589,10 @@ impl Inner {
     }
 
     fn connect(&self) -> io::Result<Connection> {
-        let c = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| self.error(e))?;
-        c.set_read_timeout(Some(COMMAND_TIMEOUT))
-            .and_then(|()| c.set_write_timeout(Some(COMMAND_TIMEOUT)))
-            .map_err(|e| self.error(e))?;
-        Ok(c)
+        match &self.sentinels {
+            None => timed_connection(&self.client).map_err(|e| self.error(e)),
+            Some(s) => s.master().map_err(|e| self.error(e)),
+        }
     }
 
     fn put_back(&self, c: Connection) {

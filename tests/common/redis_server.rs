@@ -155,3 +155,70 @@ impl Redis {
         k
     }
 }
+
+/// A Redis Sentinel (`redis-server --sentinel`) watching one master as `mymaster`, quick to
+/// fail over: the master counts as down after 1 s, quorum 1.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sentinel {
+    /// Starts a sentinel on a free loopback port watching the master on `master_port`.
+    pub fn start(dir: &Path, master_port: u16) -> Sentinel {
+        let port = free_port();
+        let dir = dir.join(format!("sentinel-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 4000\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (Debian package `redis-server`)");
+        let s = Sentinel { child, port };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while s.master().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel did not start (see {}/sentinel.log)",
+                dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// The master's address as the sentinel knows it now.
+    pub fn master(&self) -> Option<(String, u16)> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+            .ok()?
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("mymaster")
+            .query(&mut c)
+            .ok()?
+    }
+}
