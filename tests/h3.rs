@@ -1136,37 +1136,11 @@ async fn http3_requests_are_counted_in_metrics_and_logged_with_their_protocol() 
     let srv = env.start(&format!(
         "[log]\naccess_log = {{ format = \"json\", file = \"logs/access.log\" }}\n{ONE_SITE}\n[admin]\nlisten = \"127.0.0.1:0\"\n"
     ));
-    let admin = srv
-        .server
-        .as_ref()
-        .and_then(|s| s.admin())
-        .and_then(|a| a.local_addr())
-        .expect("the admin listener runs");
-    let scrape = || async move {
-        let r = raw_tcp(
-            admin,
-            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200);
-        r.text()
-    };
-    let h3_requests = |text: &str, code: &str| -> f64 {
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "portcullis_http_requests_total")
-            .filter(|s| s.labels.get("protocol") == Some("h3"))
-            .filter(|s| s.labels.get("site") == Some("alpha"))
-            .filter(|s| s.labels.get("code") == Some(code))
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+    let admin = common::scrape::admin_addr(&srv);
+    let scrape = || common::scrape::scrape(admin);
+    let h3_requests = |s: &prometheus_parse::Scrape, code: &str| {
+        let labels = [("protocol", "h3"), ("site", "alpha"), ("code", code)];
+        common::scrape::value(s, "portcullis_http_requests_total", &labels)
     };
     let before = scrape().await;
     let client = H3Client::new();
@@ -1178,7 +1152,8 @@ async fn http3_requests_are_counted_in_metrics_and_logged_with_their_protocol() 
     assert_eq!(
         h3_requests(&after, "2xx") - h3_requests(&before, "2xx"),
         3.0,
-        "portcullis_http_requests_total{{protocol=\"h3\"}}:\n{after}"
+        "portcullis_http_requests_total{{protocol=\"h3\"}}: {:?}",
+        after.samples
     );
 
     let lines = {

@@ -774,24 +774,16 @@ async fn redis_stopped_under_load_fails_no_request_and_is_reported_until_it_retu
         redis.url(),
         kek.display()
     ));
-    let admin = srv
-        .server
-        .as_ref()
-        .and_then(|s| s.admin())
-        .and_then(|a| a.local_addr())
-        .expect("the admin listener runs");
+    let admin = common::scrape::admin_addr(&srv);
     let storage_up = || async move {
-        let r = raw_tcp(
-            admin,
-            b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .unwrap();
-        let text = r.text();
-        text.lines()
-            .find_map(|l| l.strip_prefix("portcullis_storage_up "))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no portcullis_storage_up in:\n{text}"))
+        let s = common::scrape::scrape(admin).await;
+        assert!(
+            s.samples
+                .iter()
+                .any(|x| x.metric == "portcullis_storage_up"),
+            "no portcullis_storage_up"
+        );
+        common::scrape::value(&s, "portcullis_storage_up", &[]).to_string()
     };
     assert_eq!(storage_up().await, "1");
     // Requests keep coming, new handshakes and resumed ones, while Redis is away.
@@ -847,12 +839,7 @@ async fn the_status_page_shows_the_shared_storage_and_who_holds_which_lock() {
         redis.url(),
         kek.display()
     ));
-    let admin = srv
-        .server
-        .as_ref()
-        .and_then(|s| s.admin())
-        .and_then(|a| a.local_addr())
-        .expect("the admin listener runs");
+    let admin = common::scrape::admin_addr(&srv);
     // Another instance holds a lock.
     let other = open(&redis, "portcullis:", Some(&kek));
     let _held = other.try_lock("order-example.com").unwrap().expect("free");

@@ -58,41 +58,53 @@ impl ProducesTickets for GcmTicketKey {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&n.to_be_bytes());
-        let mut out = Vec::with_capacity(KEY_NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
-        out.extend_from_slice(&self.key_name);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let (_, body) = out.split_at_mut(KEY_NAME_LEN + NONCE_LEN);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&self.key_name),
-                body,
-            )
-            .ok()?;
-        out.extend_from_slice(tag.as_ref());
-        Some(out)
+        seal(&self.key, &self.key_name, nonce, plain)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        if cipher.len() < KEY_NAME_LEN + NONCE_LEN + TAG_LEN
-            || cipher[..KEY_NAME_LEN] != self.key_name
-        {
+        if key_name(cipher)? != self.key_name {
             return None;
         }
-        let nonce =
-            Nonce::try_assume_unique_for_key(&cipher[KEY_NAME_LEN..KEY_NAME_LEN + NONCE_LEN])
-                .ok()?;
-        let mut body = cipher[KEY_NAME_LEN + NONCE_LEN..].to_vec();
-        let plain_len = self
-            .key
-            .open_in_place(nonce, Aad::from(&self.key_name), &mut body)
-            .ok()?
-            .len();
-        body.truncate(plain_len);
-        Some(body)
+        open(&self.key, &self.key_name, cipher)
     }
+}
+
+/// A ticket: `KEY-NAME (16) | NONCE (12) | AES-256-GCM(plain) | TAG (16)`, the key name as
+/// associated data.
+fn seal(
+    key: &LessSafeKey,
+    name: &[u8; KEY_NAME_LEN],
+    nonce: [u8; NONCE_LEN],
+    plain: &[u8],
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(KEY_NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plain);
+    let (_, body) = out.split_at_mut(KEY_NAME_LEN + NONCE_LEN);
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(name), body)
+        .ok()?;
+    out.extend_from_slice(tag.as_ref());
+    Some(out)
+}
+
+/// The key name a [`seal`]ed ticket names, when it is long enough to be one.
+fn key_name(cipher: &[u8]) -> Option<&[u8]> {
+    (cipher.len() >= KEY_NAME_LEN + NONCE_LEN + TAG_LEN).then(|| &cipher[..KEY_NAME_LEN])
+}
+
+/// The plain text of a [`seal`]ed ticket whose key name is `name` (checked by the caller).
+fn open(key: &LessSafeKey, name: &[u8; KEY_NAME_LEN], cipher: &[u8]) -> Option<Vec<u8>> {
+    let nonce =
+        Nonce::try_assume_unique_for_key(&cipher[KEY_NAME_LEN..KEY_NAME_LEN + NONCE_LEN]).ok()?;
+    let mut body = cipher[KEY_NAME_LEN + NONCE_LEN..].to_vec();
+    let plain_len = key
+        .open_in_place(nonce, Aad::from(name), &mut body)
+        .ok()?
+        .len();
+    body.truncate(plain_len);
+    Some(body)
 }
 
 fn generate() -> Result<Box<dyn ProducesTickets>, rustls::crypto::GetRandomFailed> {
@@ -332,42 +344,17 @@ impl ProducesTickets for SharedTicketer {
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let set = self.keys.load();
         let k = set.keys.get(set.seal?)?;
+        // Random nonces: several instances seal with the same key, so no counter is unique.
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
-        let mut out = Vec::with_capacity(KEY_NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
-        out.extend_from_slice(&k.name);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let (_, body) = out.split_at_mut(KEY_NAME_LEN + NONCE_LEN);
-        let tag = k
-            .key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&k.name),
-                body,
-            )
-            .ok()?;
-        out.extend_from_slice(tag.as_ref());
-        Some(out)
+        seal(&k.key, &k.name, nonce, plain)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        if cipher.len() < KEY_NAME_LEN + NONCE_LEN + TAG_LEN {
-            return None;
-        }
+        let name = key_name(cipher)?;
         let set = self.keys.load();
-        let k = set.keys.iter().find(|k| cipher[..KEY_NAME_LEN] == k.name)?;
-        let nonce =
-            Nonce::try_assume_unique_for_key(&cipher[KEY_NAME_LEN..KEY_NAME_LEN + NONCE_LEN])
-                .ok()?;
-        let mut body = cipher[KEY_NAME_LEN + NONCE_LEN..].to_vec();
-        let plain_len = k
-            .key
-            .open_in_place(nonce, Aad::from(&k.name), &mut body)
-            .ok()?
-            .len();
-        body.truncate(plain_len);
-        Some(body)
+        let k = set.keys.iter().find(|k| name == k.name)?;
+        open(&k.key, &k.name, cipher)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ocsp;
 pub mod pebble;
 pub mod probe;
 pub mod redis_server;
+pub mod scrape;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
