@@ -1099,6 +1099,48 @@ async fn a_challenge_placed_by_one_instance_is_answered_by_the_others() {
     holder.withdraw_http01("tok-1");
     wait_for("tok-1", 404).await;
 
+    // A challenge whose announcement this instance missed (written straight into Redis): the
+    // miss is looked up in the store, within the lookup budget.
+    let token = "missed-announcement-token-0123456789abcdef";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let _: () = redis::cmd("SET")
+        .arg(format!("portcullis:acme/challenges/http-01/{token}"))
+        .arg(format!("{now} {token}.thumbprint"))
+        .query(&mut redis.conn())
+        .unwrap();
+    let r = fetch(token).await;
+    assert_eq!(r.status, 200, "a missed announcement is not looked up");
+    assert_eq!(r.text(), format!("{token}.thumbprint"));
+    // Unknown tokens cannot turn into a Redis read each: 100 of them cost at most the budget
+    // (a burst of 20, then 10 a second), and strings not shaped like tokens none at all.
+    let gets = || -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut redis.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|v| v.split(',').next())
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let before = gets();
+    let started = Instant::now();
+    for i in 0..100 {
+        let probe: &'static str =
+            Box::leak(format!("unknown-token-{i:04}-0123456789abcdef").into_boxed_str());
+        assert_eq!(fetch(probe).await.status, 404);
+        assert_eq!(fetch("short").await.status, 404);
+    }
+    let looked_up = gets() - before;
+    let allowed = 20 + 10 * started.elapsed().as_secs() + 5; // and a few reads of the server's own
+    assert!(
+        (1..=allowed).contains(&looked_up),
+        "{looked_up} GETs for 100 unknown tokens (allowed {allowed})"
+    );
+
     // TLS-ALPN-01: the challenge certificate is presented over ALPN acme-tls/1.
     let digest = [7u8; 32];
     holder.present_tls_alpn("localhost", &digest).unwrap();

@@ -14,12 +14,83 @@ use std::sync::RwLock;
 use bytes::Bytes;
 
 /// Pending HTTP-01 challenges: token → key authorization.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Http01Tokens {
     tokens: RwLock<HashMap<String, Bytes>>,
+    /// With a shared store: where a token missing here is looked up.
+    shared: Option<SharedLookup>,
 }
 
+/// Looking a token up in the shared store when its announcement has not arrived (this
+/// instance's subscription was down when another instance placed it), as Caddy's distributed
+/// solver does. Bounded: only strings shaped like ACME tokens, at most [`LOOKUPS_PER_SEC`] a
+/// second (a burst of twice that) for all clients together, so random paths on port 80 cannot
+/// turn into a stream of Redis reads.
+struct SharedLookup {
+    storage: std::sync::Arc<dyn crate::storage::Storage>,
+    budget: governor::DefaultDirectRateLimiter,
+}
+
+/// Store lookups of unknown HTTP-01 tokens allowed per second.
+const LOOKUPS_PER_SEC: u32 = 10;
+
+impl std::fmt::Debug for Http01Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http01Tokens")
+            .field("shared", &self.shared.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer that may still come from the shared store.
+pub type SharedAnswer = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Bytes>> + Send>>;
+
 impl Http01Tokens {
+    /// Tokens that, when missing here, are looked up in `storage` (shared by several
+    /// instances).
+    pub fn with_shared(storage: std::sync::Arc<dyn crate::storage::Storage>) -> Http01Tokens {
+        let per_sec =
+            std::num::NonZeroU32::new(LOOKUPS_PER_SEC).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(2 * LOOKUPS_PER_SEC).unwrap_or(per_sec);
+        Http01Tokens {
+            tokens: RwLock::default(),
+            shared: Some(SharedLookup {
+                storage,
+                budget: governor::RateLimiter::direct(
+                    governor::Quota::per_second(per_sec).allow_burst(burst),
+                ),
+            }),
+        }
+    }
+
+    /// For a token not held here: its lookup in the shared store, when there is one, the
+    /// token is shaped like an ACME token (base64url, 22 to 128 characters: RFC 8555 §8.3) and
+    /// the lookup budget allows. The lookup runs on the blocking pool (the store's calls
+    /// block), bounded by the store's own timeouts; what it finds is kept here.
+    pub fn shared_lookup(self: &std::sync::Arc<Self>, token: &str) -> Option<SharedAnswer> {
+        let shared = self.shared.as_ref()?;
+        let plausible = (22..=128).contains(&token.len())
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plausible || shared.budget.check().is_err() {
+            return None;
+        }
+        let me = self.clone();
+        let token = token.to_string();
+        Some(Box::pin(async move {
+            let storage = me.shared.as_ref()?.storage.clone();
+            let key = format!("{SHARED_CHALLENGES}/http-01/{token}");
+            let value = tokio::task::spawn_blocking(move || storage.load(&key))
+                .await
+                .ok()?
+                .ok()??;
+            let key_auth = fresh_shared_challenge(&value)?;
+            me.insert(token, key_auth.clone());
+            Some(Bytes::from(key_auth))
+        }))
+    }
+
     /// The key authorization to answer for `token`, if a challenge is pending.
     pub fn get(&self, token: &str) -> Option<Bytes> {
         self.tokens.read().ok()?.get(token).cloned()
@@ -110,7 +181,10 @@ impl TlsAlpnChallenges {
 /// CA's validation request reaches any of them, not necessarily the one that placed the order.
 /// The holder writes each pending challenge to `acme/challenges/…` (announced at once,
 /// [`crate::storage::Storage::changes`]) and every instance's [`follow`] thread puts it up in
-/// memory, so answering stays a memory lookup (no store round trip on the request path).
+/// memory, so answering is a memory lookup. An HTTP-01 token missing from memory (its
+/// announcement was missed) is looked up in the store, within a small budget
+/// ([`Http01Tokens::shared_lookup`]); TLS-ALPN-01, answered inside the handshake, has no such
+/// fallback.
 #[derive(Debug, Default, Clone)]
 pub struct Challenges {
     pub http01: std::sync::Arc<Http01Tokens>,
@@ -210,11 +284,7 @@ impl Challenges {
                 return;
             }
         };
-        let fresh = value.as_deref().and_then(|v| {
-            let (at, value) = std::str::from_utf8(v).ok()?.split_once(' ')?;
-            let age = crate::tls::certs::unix_now() - at.parse::<i64>().ok()?;
-            (age < SHARED_CHALLENGE_MAX_AGE).then(|| value.to_string())
-        });
+        let fresh = value.as_deref().and_then(fresh_shared_challenge);
         match (kind, fresh) {
             ("http-01", Some(key_auth)) => self.http01.insert(id.to_string(), key_auth),
             ("http-01", None) => self.http01.remove(id),
@@ -234,6 +304,13 @@ impl Challenges {
             _ => {}
         }
     }
+}
+
+/// The value of a shared challenge as stored (`UNIX-TIME VALUE`), unless it is stale.
+fn fresh_shared_challenge(stored: &[u8]) -> Option<String> {
+    let (at, value) = std::str::from_utf8(stored).ok()?.split_once(' ')?;
+    let age = crate::tls::certs::unix_now() - at.parse::<i64>().ok()?;
+    (age < SHARED_CHALLENGE_MAX_AGE).then(|| value.to_string())
 }
 
 /// Answers the challenges other instances place, on a thread of its own until `shutdown`

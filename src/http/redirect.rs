@@ -26,20 +26,69 @@ pub struct RedirectService {
     pub peer: std::net::SocketAddr,
 }
 
-impl<B> hyper::service::Service<Request<B>> for RedirectService {
+/// What a port-80 request gets: an answer now, or (an HTTP-01 token another instance placed)
+/// one from the shared store.
+enum Answer {
+    Now(Response<Body>),
+    Shared(crate::acme::SharedAnswer),
+}
+
+type Answered = Result<Response<TrackedBody>, Infallible>;
+
+impl<B: Send + 'static> hyper::service::Service<Request<B>> for RedirectService {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<TrackedBody>, Infallible>>;
+    type Future = futures_util::future::Either<
+        Ready<Answered>,
+        std::pin::Pin<Box<dyn std::future::Future<Output = Answered> + Send>>,
+    >;
 
     fn call(&self, req: Request<B>) -> Self::Future {
+        use futures_util::future::Either;
         let guard = ActiveGuard::new(&self.conn);
         let start = std::time::Instant::now();
-        let resp = self.respond(&req);
+        match self.respond(&req) {
+            Answer::Now(resp) => Either::Left(ready(Ok(self.complete(&req, start, guard, resp)))),
+            Answer::Shared(lookup) => {
+                let me = self.clone();
+                Either::Right(Box::pin(async move {
+                    let resp = challenge_answer(lookup.await);
+                    Ok(me.complete(&req, start, guard, resp))
+                }))
+            }
+        }
+    }
+}
+
+/// The answer to an HTTP-01 challenge request: the key authorization, or 404.
+fn challenge_answer(key_auth: Option<bytes::Bytes>) -> Response<Body> {
+    match key_auth {
+        Some(key_auth) => {
+            let mut r = Response::new(Body::full(key_auth));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            r
+        }
+        None => pages::error(StatusCode::NOT_FOUND),
+    }
+}
+
+impl RedirectService {
+    /// Logs and counts the answer `resp` to `req`.
+    fn complete<B>(
+        &self,
+        req: &Request<B>,
+        start: std::time::Instant,
+        guard: ActiveGuard,
+        resp: Response<Body>,
+    ) -> Response<TrackedBody> {
         // Access log (hook): port 80 requests go to the `[log]` default log.
         let log = self.front.access_record(
             None,
             start,
-            (&req).into(),
+            req.into(),
             self.peer,
             "http",
             resp.status().as_u16(),
@@ -52,26 +101,24 @@ impl<B> hyper::service::Service<Request<B>> for RedirectService {
             resp.status().as_u16(),
             crate::ops::metrics::RequestProtocol::PlainHttp,
         );
-        ready(Ok(resp.map(|inner| TrackedBody::new(inner, guard, log))))
+        resp.map(|inner| TrackedBody::new(inner, guard, log))
     }
-}
 
-impl RedirectService {
-    fn respond<B>(&self, req: &Request<B>) -> Response<Body> {
+    fn respond<B>(&self, req: &Request<B>) -> Answer {
         let path = req.uri().path();
         if let Some(token) = path.strip_prefix(ACME_CHALLENGE_PREFIX) {
-            return match self.front.acme.get(token) {
-                Some(key_auth) => {
-                    let mut r = Response::new(Body::full(key_auth));
-                    r.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    r
-                }
-                None => pages::error(StatusCode::NOT_FOUND),
+            if let Some(key_auth) = self.front.acme.get(token) {
+                return Answer::Now(challenge_answer(Some(key_auth)));
+            }
+            return match self.front.acme.shared_lookup(token) {
+                Some(lookup) => Answer::Shared(lookup),
+                None => Answer::Now(challenge_answer(None)),
             };
         }
+        Answer::Now(self.redirect(req))
+    }
+
+    fn redirect<B>(&self, req: &Request<B>) -> Response<Body> {
         let authority = req.uri().authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
                 .get(header::HOST)

@@ -242,6 +242,10 @@ fn build_inner(
             })
         }),
         shared: storage.shared().then(|| storage.clone()),
+        http01: match storage.shared() {
+            true => Arc::new(acme::Http01Tokens::with_shared(storage.clone())),
+            false => Arc::default(),
+        },
         ..Default::default()
     };
     if !acme_sites.is_empty() || config.on_demand.is_some() {
