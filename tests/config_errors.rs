@@ -1162,12 +1162,31 @@ fn redis_storage_mistakes_are_reported_at_their_lines() {
         "storage.sentinels is a Redis setting",
         &[],
     );
+    storage_problem(
+        &env,
+        &format!("{ok}\nsentinel_password_file = \"pw\""),
+        "sentinel_password_file =",
+        "storage.sentinel_password_* is set, but storage.sentinels is not",
+        &[],
+    );
+    storage_problem(
+        &env,
+        &format!("{ok}\nsentinels = [\"10.0.0.1\"]\nsentinel_password_file = \"gone.pw\""),
+        "sentinel_password_file =",
+        "storage.sentinel_password_file",
+        &["gone.pw", "cannot read it"],
+    );
     // Sentinels: the URL's host is the master's name; ports default to 26379.
     let path = env.write_config_raw(&with_storage(&format!(
         "{}\nsentinels = [\"10.0.0.1\", \"[::1]:26380\", \"s3.internal:26379\"]",
         with("127.0.0.1:6379", "mymaster")
     )));
     problems(&path, Mode::Check).expect("sentinels are accepted");
+    let path = env.write_config_raw(&with_storage(&format!(
+        "{}\nsentinels = [\"10.0.0.1\"]\nsentinel_username = \"watcher\"\nsentinel_password_file = \"pw\"",
+        with("127.0.0.1:6379", "mymaster")
+    )));
+    problems(&path, Mode::Check).expect("sentinel credentials are accepted");
     // The explicit waiver stands in for the key.
     let waived = with(
         "key_encryption_key_file = \"kek\"",

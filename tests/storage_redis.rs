@@ -40,6 +40,8 @@ fn settings(redis: &Redis, prefix: &str, kek: Option<&Path>) -> RedisSettings {
         kek: kek.map(|p| Arc::new(Kek::read(p).unwrap())),
         lock_lease: Duration::from_secs(30),
         sentinels: Vec::new(),
+        sentinel_username: None,
+        sentinel_password: None,
     }
 }
 
@@ -366,6 +368,8 @@ fn lock_holder_child() {
         kek: Some(Arc::new(Kek::read(Path::new(&kek)).unwrap())),
         lock_lease: TEST_LEASE,
         sentinels: Vec::new(),
+        sentinel_username: None,
+        sentinel_password: None,
     })
     .unwrap();
     let lock = s.try_lock("order/killed").unwrap().expect("free");
@@ -1184,7 +1188,7 @@ fn with_sentinel_the_store_follows_a_failover_to_the_new_master() {
         dir.path(),
         &["--replicaof", "127.0.0.1", &master.port.to_string()],
     );
-    let sentinel = Sentinel::start(dir.path(), master.port);
+    let sentinel = Sentinel::start_with(dir.path(), master.port, Some("sentinel-pass"));
     let kek = kek_file(dir.path(), "kek");
     let mut s = settings(&master, "portcullis:", Some(&kek));
     s.url = "redis://mymaster/0".into();
@@ -1193,6 +1197,13 @@ fn with_sentinel_the_store_follows_a_failover_to_the_new_master() {
         ("127.0.0.1".into(), common::pebble::free_port()),
         ("127.0.0.1".into(), sentinel.port),
     ];
+    // The sentinels ask for their own password.
+    let e = open_err(s.clone());
+    assert!(
+        e.contains("sentinel") && e.to_lowercase().contains("auth"),
+        "{e}"
+    );
+    s.sentinel_password = Some(Token("sentinel-pass".into()));
     let store = RedisStorage::open(s.clone()).unwrap();
     store.store("certs/a/key.pem", KEY_PEM, true).unwrap();
     store.store("certs/a/chain.pem", b"CHAIN", false).unwrap();

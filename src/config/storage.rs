@@ -14,6 +14,8 @@
 //! # Redis Sentinel: the URL's host is the master's name as the sentinels know it
 //! # url = "redis://mymaster/0"
 //! # sentinels = ["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3"]   # port 26379 by default
+//! # sentinel_password_file = "/etc/portcullis/sentinel.password"  # or sentinel_password_env;
+//! #                                        # sentinel_username for ACL users
 //! ```
 //!
 //! Raw struct, typed settings and checks are all here; `raw.rs`, `model.rs` and `validate.rs`
@@ -64,6 +66,10 @@ pub struct RawStorage {
     pub lock_lease: Option<Spanned<String>>,
     /// Redis Sentinel: `HOST[:PORT]` of each sentinel; the URL's host is then the master's name.
     pub sentinels: Option<Spanned<Vec<String>>>,
+    /// The sentinels' own ACL user and password (Sentinel's `requirepass`), when they have one.
+    pub sentinel_username: Option<Spanned<String>>,
+    pub sentinel_password_file: Option<Spanned<String>>,
+    pub sentinel_password_env: Option<Spanned<String>>,
 }
 
 /// The validated `[storage]` section.
@@ -73,7 +79,7 @@ pub enum StorageSettings {
     #[default]
     File,
     /// A Redis server shared by the instances (`crate::storage::RedisStorage`).
-    Redis(RedisSettings),
+    Redis(Box<RedisSettings>),
 }
 
 /// How to reach and use Redis.
@@ -93,6 +99,9 @@ pub struct RedisSettings {
     pub lock_lease: Duration,
     /// Redis Sentinel: the sentinels to ask for the master (empty: `url` is the server).
     pub sentinels: Vec<(String, u16)>,
+    /// The sentinels' own credentials, when they ask for them.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<Token>,
 }
 
 /// Validates `[storage]` (absent: the data directory).
@@ -116,6 +125,9 @@ pub(super) fn storage(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawStorage>>) -> St
                 ("prefix", &r.prefix),
                 ("key_encryption_key_file", &r.key_encryption_key_file),
                 ("lock_lease", &r.lock_lease),
+                ("sentinel_username", &r.sentinel_username),
+                ("sentinel_password_file", &r.sentinel_password_file),
+                ("sentinel_password_env", &r.sentinel_password_env),
             ];
             if let Some(s) = &r.sentinels {
                 let loc = cx.loc(s, "");
@@ -136,7 +148,7 @@ pub(super) fn storage(cx: &mut Ctx<'_>, raw: Option<&Spanned<RawStorage>>) -> St
             StorageSettings::File
         }
         Some("redis") => match redis(cx, r, kind_loc) {
-            Some(s) => StorageSettings::Redis(s),
+            Some(s) => StorageSettings::Redis(Box::new(s)),
             None => StorageSettings::File,
         },
         Some(other) => {
@@ -196,75 +208,26 @@ fn redis(cx: &mut Ctx<'_>, r: &RawStorage, kind_loc: super::Location) -> Option<
             }
         }
     });
-    let password = match (&r.password_file, &r.password_env) {
-        (Some(_), Some(env)) => {
-            let loc = cx.loc(env, "");
-            cx.err(
-                loc,
-                "storage.password_file and storage.password_env are both set",
-                "keep one of them",
-            );
-            None
-        }
-        (Some(f), None) => {
-            let path = cx.path(f.get_ref());
-            let loc = cx.loc(f, "");
-            match std::fs::read_to_string(&path) {
-                Ok(p) if !p.trim().is_empty() => Some(Token(p.trim().into())),
-                Ok(_) => {
-                    cx.err(
-                        loc,
-                        format!(
-                            "storage.password_file {}: the file is empty",
-                            path.display()
-                        ),
-                        "put the Redis password in the file",
-                    );
-                    None
-                }
-                Err(e) => {
-                    cx.err(
-                        loc,
-                        format!(
-                            "storage.password_file {}: cannot read it: {e}",
-                            path.display()
-                        ),
-                        "check the path and that the server's user may read the file",
-                    );
-                    None
-                }
-            }
-        }
-        (None, Some(env)) => {
-            let loc = cx.loc(env, "");
-            match std::env::var(env.get_ref()) {
-                Ok(p) if !p.trim().is_empty() => Some(Token(p.trim().into())),
-                Ok(_) | Err(std::env::VarError::NotPresent) => {
-                    cx.err(
-                        loc,
-                        format!(
-                            "storage.password_env: the environment variable {} is not set or empty",
-                            env.get_ref()
-                        ),
-                        "set it in the server's environment (e.g. the systemd unit's EnvironmentFile), or use password_file",
-                    );
-                    None
-                }
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    cx.err(
-                        loc,
-                        format!(
-                            "storage.password_env: the environment variable {} is not UTF-8",
-                            env.get_ref()
-                        ),
-                        "Redis passwords are text: set a UTF-8 value",
-                    );
-                    None
-                }
-            }
-        }
-        (None, None) => None,
-    };
+    let password = read_password(cx, &r.password_file, &r.password_env, "");
+    let sentinel_password = read_password(
+        cx,
+        &r.sentinel_password_file,
+        &r.sentinel_password_env,
+        "sentinel_",
+    );
+    if let (None, Some(p)) = (
+        &r.sentinels,
+        r.sentinel_password_file
+            .as_ref()
+            .or(r.sentinel_password_env.as_ref()),
+    ) {
+        let loc = cx.loc(p, "");
+        cx.err(
+            loc,
+            "storage.sentinel_password_* is set, but storage.sentinels is not",
+            "list the sentinels, or remove the sentinel password",
+        );
+    }
     let prefix = match &r.prefix {
         None => DEFAULT_PREFIX.to_string(),
         Some(p) => {
@@ -346,7 +309,87 @@ fn redis(cx: &mut Ctx<'_>, r: &RawStorage, kind_loc: super::Location) -> Option<
         kek,
         lock_lease,
         sentinels,
+        sentinel_username: r.sentinel_username.as_ref().map(|u| u.get_ref().clone()),
+        sentinel_password,
     })
+}
+
+/// A password from `{what}password_file` or `{what}password_env` (at most one of them).
+fn read_password(
+    cx: &mut Ctx<'_>,
+    file: &Option<Spanned<String>>,
+    env: &Option<Spanned<String>>,
+    what: &str,
+) -> Option<Token> {
+    match (file, env) {
+        (Some(_), Some(env)) => {
+            let loc = cx.loc(env, "");
+            cx.err(
+                loc,
+                format!("storage.{what}password_file and storage.{what}password_env are both set"),
+                "keep one of them",
+            );
+            None
+        }
+        (Some(f), None) => {
+            let path = cx.path(f.get_ref());
+            let loc = cx.loc(f, "");
+            match std::fs::read_to_string(&path) {
+                Ok(p) if !p.trim().is_empty() => Some(Token(p.trim().into())),
+                Ok(_) => {
+                    cx.err(
+                        loc,
+                        format!(
+                            "storage.{what}password_file {}: the file is empty",
+                            path.display()
+                        ),
+                        "put the Redis password in the file",
+                    );
+                    None
+                }
+                Err(e) => {
+                    cx.err(
+                        loc,
+                        format!(
+                            "storage.{what}password_file {}: cannot read it: {e}",
+                            path.display()
+                        ),
+                        "check the path and that the server's user may read the file",
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(env)) => {
+            let loc = cx.loc(env, "");
+            match std::env::var(env.get_ref()) {
+                Ok(p) if !p.trim().is_empty() => Some(Token(p.trim().into())),
+                Ok(_) | Err(std::env::VarError::NotPresent) => {
+                    cx.err(
+                        loc,
+                        format!(
+                            "storage.{what}password_env: the environment variable {} is not set or empty",
+                            env.get_ref()
+                        ),
+                        format!("set it in the server's environment (e.g. the systemd unit's EnvironmentFile), or use {what}password_file"),
+                    );
+                    None
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    cx.err(
+                        loc,
+                        format!(
+                            "storage.{what}password_env: the environment variable {} is not UTF-8",
+                            env.get_ref()
+                        ),
+                        "Redis passwords are text: set a UTF-8 value",
+                    );
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+    }
 }
 
 /// `storage.sentinels`: `HOST[:PORT]` each (port 26379 when left out), at least one.

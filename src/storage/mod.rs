@@ -268,7 +268,7 @@ pub fn open(config: &crate::config::model::Config) -> Result<Arc<dyn Storage>, S
         }
         crate::config::storage::StorageSettings::Redis(settings) => {
             let mirror = config.data_dir.join("shared-copy");
-            let s = RedisStorage::open_with_copy(settings.clone(), mirror)
+            let s = RedisStorage::open_with_copy((**settings).clone(), mirror)
                 .map_err(|e| format!("[storage]: {e}"))?;
             Ok(Arc::new(s))
         }

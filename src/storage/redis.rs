@@ -196,15 +196,8 @@ impl RedisStorage {
         let url = settings.url.clone();
         let bad =
             |e: RedisError| io::Error::new(io::ErrorKind::InvalidInput, format!("{url}: {e}"));
-        let mut info = settings.url.as_str().into_connection_info().map_err(bad)?;
-        let mut redis = info.redis_settings().clone();
-        if let Some(user) = &settings.username {
-            redis = redis.set_username(user);
-        }
-        if let Some(password) = &settings.password {
-            redis = redis.set_password(&*password.0);
-        }
-        info = info.set_redis_settings(redis);
+        let info = settings.url.as_str().into_connection_info().map_err(bad)?;
+        let info = with_credentials(info, &settings.username, &settings.password);
         let ca = settings.ca.as_ref().map(|(_, pem)| pem.clone());
         let client = client_for(info.clone(), ca.clone()).map_err(bad)?;
         let sentinels = match settings.sentinels.is_empty() {
@@ -220,7 +213,11 @@ impl RedisStorage {
                             true => format!("[{host}]"),
                             false => host.clone(),
                         };
-                        let node = format!("{scheme}://{host}:{port}").into_connection_info()?;
+                        let node = with_credentials(
+                            format!("{scheme}://{host}:{port}").into_connection_info()?,
+                            &settings.sentinel_username,
+                            &settings.sentinel_password,
+                        );
                         Ok((format!("{host}:{port}"), client_for(node, ca.clone())?))
                     })
                     .collect::<Result<Vec<_>, RedisError>>()
@@ -293,6 +290,22 @@ impl RedisStorage {
         }
         Ok(storage)
     }
+}
+
+/// `info` logging in as `username` with `password`, when given.
+fn with_credentials(
+    info: redis::ConnectionInfo,
+    username: &Option<String>,
+    password: &Option<crate::config::admin::Token>,
+) -> redis::ConnectionInfo {
+    let mut auth = info.redis_settings().clone();
+    if let Some(user) = username {
+        auth = auth.set_username(user);
+    }
+    if let Some(password) = password {
+        auth = auth.set_password(&*password.0);
+    }
+    info.set_redis_settings(auth)
 }
 
 /// A client for `info`, trusting `ca` (PEM) for TLS instead of the public roots when given.

@@ -161,6 +161,8 @@ impl Redis {
 pub struct Sentinel {
     child: Child,
     pub port: u16,
+    /// Its `requirepass`, if any.
+    password: Option<String>,
 }
 
 impl Drop for Sentinel {
@@ -173,6 +175,11 @@ impl Drop for Sentinel {
 impl Sentinel {
     /// Starts a sentinel on a free loopback port watching the master on `master_port`.
     pub fn start(dir: &Path, master_port: u16) -> Sentinel {
+        Sentinel::start_with(dir, master_port, None)
+    }
+
+    /// [`Sentinel::start`] asking its clients for `password` (Sentinel's `requirepass`).
+    pub fn start_with(dir: &Path, master_port: u16, password: Option<&str>) -> Sentinel {
         let port = free_port();
         let dir = dir.join(format!("sentinel-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -183,8 +190,9 @@ impl Sentinel {
                 "port {port}\nbind 127.0.0.1\ndir {}\nlogfile sentinel.log\n\
                  sentinel monitor mymaster 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds mymaster 1000\n\
-                 sentinel failover-timeout mymaster 4000\n",
-                dir.display()
+                 sentinel failover-timeout mymaster 4000\n{}",
+                dir.display(),
+                password.map_or(String::new(), |p| format!("requirepass {p}\n"))
             ),
         )
         .unwrap();
@@ -196,7 +204,11 @@ impl Sentinel {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("redis-server must be installed (Debian package `redis-server`)");
-        let s = Sentinel { child, port };
+        let s = Sentinel {
+            child,
+            port,
+            password: password.map(str::to_string),
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while s.master().is_none() {
             assert!(
@@ -211,7 +223,11 @@ impl Sentinel {
 
     /// The master's address as the sentinel knows it now.
     pub fn master(&self) -> Option<(String, u16)> {
-        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+        let auth = self
+            .password
+            .as_ref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        let mut c = redis::Client::open(format!("redis://{auth}127.0.0.1:{}", self.port))
             .ok()?
             .get_connection_with_timeout(Duration::from_secs(1))
             .ok()?;
