@@ -990,6 +990,17 @@ pub(crate) fn is_connection_specific(name: &HeaderName) -> bool {
     CONNECTION_SPECIFIC.iter().any(|c| c == name)
 }
 
+/// Removes the [`CONNECTION_SPECIFIC`] fields from the head or trailers of an HTTP/2 or
+/// HTTP/3 message. One pass of name comparisons first (no hashing): handlers rarely add any.
+#[inline]
+pub(crate) fn drop_connection_specific(h: &mut http::HeaderMap) {
+    if h.keys().any(is_connection_specific) {
+        for name in CONNECTION_SPECIFIC {
+            h.remove(name);
+        }
+    }
+}
+
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` matches everything.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {

@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use super::hpack::Encoder as Hpack;
 use super::io::{LINGER, LINGER_BYTES};
 use crate::http::request::{BodyPipe, RequestBody};
-use crate::http::{is_connection_specific, HttpsService, TrackedBody, CONNECTION_SPECIFIC};
+use crate::http::{drop_connection_specific, HttpsService, TrackedBody};
 use crate::ops::limit::{report_to_log, LineLimit};
 
 /// Budgets of the lines any client can cause (see [`crate::ops::limit`]).
@@ -1282,11 +1282,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                         Err(frame) => {
                             // Trailers (gRPC's status) end the stream.
                             let mut trailers = frame.into_trailers().unwrap_or_default();
-                            if trailers.keys().any(is_connection_specific) {
-                                for name in CONNECTION_SPECIFIC {
-                                    trailers.remove(name);
-                                }
-                            }
+                            drop_connection_specific(&mut trailers);
                             self.block.reserve(256);
                             self.hpack.encode_trailers(&trailers, &mut self.block);
                             let frame =
@@ -1385,12 +1381,7 @@ pub(crate) fn clean_response_headers(
     head: bool,
     body: &TrackedBody,
 ) {
-    // One pass of name comparisons (no hashing): our handlers rarely add any of these.
-    if h.keys().any(is_connection_specific) {
-        for name in CONNECTION_SPECIFIC {
-            h.remove(name);
-        }
-    }
+    drop_connection_specific(h);
     if let header::Entry::Vacant(slot) = h.entry(header::DATE) {
         slot.insert(crate::http::date::now());
     }

@@ -21,9 +21,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::model::Limits;
 use crate::http::request::H3Body;
-use crate::http::{
-    is_connection_specific, HttpsService, RequestBody, TrackedBody, CONNECTION_SPECIFIC,
-};
+use crate::http::{drop_connection_specific, HttpsService, RequestBody, TrackedBody};
 use crate::limited;
 use crate::ops::limit::{report_to_log, LineLimit};
 
@@ -207,11 +205,7 @@ async fn respond(
                 }
                 Err(frame) => {
                     if let Ok(mut trailers) = frame.into_trailers() {
-                        if trailers.keys().any(is_connection_specific) {
-                            for name in CONNECTION_SPECIFIC {
-                                trailers.remove(name);
-                            }
-                        }
+                        drop_connection_specific(&mut trailers);
                         send.send_trailers(trailers).await?;
                         return Ok(());
                     }
