@@ -2527,15 +2527,21 @@ async fn unread_ping_or_settings_floods_are_bounded_and_cut_off() {
             (written, wr)
         });
         let (written, _wr) = writer.await.unwrap();
+        // The client's writes blocked at least 500 ms ago (the writer's timeout); the server's
+        // writes of acknowledgements blocked before that.
+        let blocked = Instant::now();
         assert!(
             written < 64 << 20,
             "{what}: the server took {written} bytes of a flood whose answers nobody reads"
         );
         good.get_small(next_good).await;
         next_good += 2;
-        // Not reading for the send timeout ends the connection: what the client reads then
-        // ends (after some acknowledgements) with a close or a reset, not with more waiting.
-        tokio::time::sleep(Duration::from_millis(2500).saturating_sub(started.elapsed())).await;
+        // Not reading for the send timeout (2 s) ends the connection: what the client reads
+        // then ends (after some acknowledgements) with a close or a reset, not with more
+        // waiting. Reading earlier would count as reading, so the client waits the timeout
+        // from when the server's writes blocked, and a margin: reading before the server gave
+        // up would keep the connection alive, rightly.
+        tokio::time::sleep(Duration::from_millis(2500).saturating_sub(blocked.elapsed())).await;
         let ended = loop {
             let mut chunk = [0u8; 64 * 1024];
             match tokio::time::timeout(FRAME_TIMEOUT, rd.read(&mut chunk)).await {
