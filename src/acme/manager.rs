@@ -431,7 +431,7 @@ async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = renew.notify.notified() => {}
-            change = next_change(&mut changes) => {
+            change = crate::storage::next_change(&mut changes) => {
                 // A certificate another instance stored is looked at now, not at the next
                 // poll; a site still waiting for its first one asks again (the order lock
                 // tells whether the other instance is done). Only the certificate itself
@@ -448,23 +448,6 @@ async fn run(
                 }
             }
             _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-    }
-}
-
-/// The next change another instance made to the shared store; never, without one.
-async fn next_change(
-    changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>,
-) -> crate::storage::Change {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        let Some(rx) = changes.as_mut() else {
-            return std::future::pending().await;
-        };
-        match rx.recv().await {
-            Ok(change) => return change,
-            Err(RecvError::Lagged(_)) => return crate::storage::Change::All,
-            Err(RecvError::Closed) => *changes = None,
         }
     }
 }

@@ -322,24 +322,23 @@ pub fn follow(
     let Some(storage) = challenges.shared.clone() else {
         return Ok(());
     };
-    let Some(mut changes) = storage.changes() else {
+    let mut changes = storage.changes();
+    if changes.is_none() {
         return Ok(());
-    };
+    }
     spawn_task("acme-challenges", move || async move {
-        use tokio::sync::broadcast::error::RecvError;
         loop {
             let change = tokio::select! {
-                c = changes.recv() => c,
+                c = crate::storage::next_change(&mut changes) => c,
                 _ = shutdown.wait_for(|stop| *stop) => return,
             };
             match change {
-                Ok(crate::storage::Change::Key(key)) => challenges.adopt(storage.as_ref(), &key),
-                Ok(crate::storage::Change::All) | Err(RecvError::Lagged(_)) => {
+                crate::storage::Change::Key(key) => challenges.adopt(storage.as_ref(), &key),
+                crate::storage::Change::All => {
                     for key in storage.list(SHARED_CHALLENGES).unwrap_or_default() {
                         challenges.adopt(storage.as_ref(), &key);
                     }
                 }
-                Err(RecvError::Closed) => return,
             }
         }
     })

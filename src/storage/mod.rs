@@ -210,6 +210,23 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The next change another instance made to a shared store, from a receiver of
+/// [`Storage::changes`]: a receiver that lagged behind gets [`Change::All`]; without a
+/// receiver (or once the store is gone), never.
+pub async fn next_change(changes: &mut Option<tokio::sync::broadcast::Receiver<Change>>) -> Change {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let Some(rx) = changes.as_mut() else {
+            return std::future::pending().await;
+        };
+        match rx.recv().await {
+            Ok(change) => return change,
+            Err(RecvError::Lagged(_)) => return Change::All,
+            Err(RecvError::Closed) => *changes = None,
+        }
+    }
+}
+
 /// A change another instance made to a shared store ([`Storage::changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {

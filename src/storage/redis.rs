@@ -453,7 +453,13 @@ impl Inner {
         if present {
             return Ok(Held::Yes);
         }
-        let Some(copy) = self.copy.as_ref().filter(|_| self.copy_holds_values()) else {
+        // Listed once: an unreadable copy counts as an empty one.
+        let Some((copy, keys)) = self
+            .copy
+            .as_ref()
+            .map(|c| (c, c.list("").unwrap_or_default()))
+            .filter(|(_, keys)| !keys.is_empty())
+        else {
             return Ok(Held::Empty);
         };
         let mark = format!("{} {}", self.instance, crate::tls::certs::unix_now());
@@ -464,7 +470,6 @@ impl Inner {
         }
         // Redis lost the KEK id with the rest: record ours again.
         self.check_kek()?;
-        let keys = copy.list("")?;
         let mut restored = 0;
         for key in &keys {
             let Some(value) = copy.load(key)? else {

@@ -422,17 +422,14 @@ pub fn shared_ticketer(
 /// missed).
 async fn next_sync(changes: &mut Option<tokio::sync::broadcast::Receiver<crate::storage::Change>>) {
     use crate::storage::Change;
-    use tokio::sync::broadcast::error::RecvError;
     let deadline = tokio::time::Instant::now() + SYNC_EVERY;
-    while let Some(rx) = changes.as_mut() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+    loop {
+        match tokio::time::timeout_at(deadline, crate::storage::next_change(changes)).await {
             Err(_) => return, // the regular round
-            Ok(Ok(Change::Key(k))) if k != SHARED_KEYS => continue,
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => return,
-            Ok(Err(RecvError::Closed)) => *changes = None,
+            Ok(Change::Key(k)) if k != SHARED_KEYS => continue,
+            Ok(_) => return,
         }
     }
-    tokio::time::sleep_until(deadline).await;
 }
 
 fn unix_now() -> u64 {
